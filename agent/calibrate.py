@@ -1,0 +1,176 @@
+"""Teach-in: the first readings after install are normal; fit normalisation and threshold on site, persist them.
+
+Runs on the pipeline thread. The raw normal readings are kept in ``STATE_DIR/calibration.npz`` beside the fitted
+result (``calibration.json``), so that a new model with the same channels is calibrated from them at once
+instead of starting another teach-in.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agent.infer import Model, Scorer
+from agent.window import Normaliser, Windower
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """What teach-in fitted: normalisation, threshold, and for which model."""
+
+    model_sha256: str
+    channels: list[str]
+    mean: list[float] | None
+    std: list[float] | None
+    threshold: float | None
+    samples: int
+    fitted_at: float
+
+    def to_json(self) -> dict[str, Any]:
+        return self.__dict__.copy()
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def fit(model: Model, normal: np.ndarray) -> Calibration:
+    """Fit what the sidecar asks for on ``normal`` (rows of raw vectors, oldest first)."""
+    sc = model.sidecar
+    spec = sc.calibration
+    if "normalisation" in spec.fit and sc.normalisation.method == "zscore":
+        norm = Normaliser.fit(normal)
+    else:
+        norm = sidecar_normaliser(model)
+    threshold = None
+    if "threshold" in spec.fit:
+        scorer = Scorer(model, norm)
+        w = Windower(sc.window.length, sc.window.hop, len(sc.channels))
+        from agent.records import Vector
+
+        scores = []
+        for i, row in enumerate(normal):
+            win = w.push(Vector(ts=float(i), values=row))
+            if win is not None:
+                scores.append(scorer.score(win.data)[0])
+        if scores:
+            threshold = float(np.quantile(np.asarray(scores), spec.threshold_quantile) * spec.threshold_factor)
+    return Calibration(
+        model_sha256=model.sha256,
+        channels=list(sc.channels),
+        mean=None if norm.mean is None else [float(v) for v in norm.mean],
+        std=None if norm.std is None else [float(v) for v in norm.std],
+        threshold=threshold,
+        samples=int(len(normal)),
+        fitted_at=time.time(),
+    )
+
+
+def sidecar_normaliser(model: Model) -> Normaliser:
+    n = model.sidecar.normalisation
+    if n.method == "none" or n.mean is None or n.std is None:
+        return Normaliser(None, None)
+    return Normaliser(np.asarray(n.mean), np.asarray(n.std))
+
+
+class Calibrator:
+    """Collects ``samples`` normal readings, then fits and persists a Calibration; reloads it after a restart."""
+
+    def __init__(self, model: Model, samples: int, state_dir: Path):
+        self.model = model
+        self.samples = samples
+        self.state_dir = Path(state_dir)
+        self._json = self.state_dir / "calibration.json"
+        self._npz = self.state_dir / "calibration.npz"
+        self._rows: list[np.ndarray] = []
+        self.result: Calibration | None = None
+        if samples > 0:
+            self.result = self._load()
+
+    @property
+    def active(self) -> bool:
+        """True while teach-in is collecting readings (no alert may be raised)."""
+        return self.samples > 0 and self.result is None
+
+    @property
+    def progress(self) -> float:
+        return 1.0 if not self.active else len(self._rows) / self.samples
+
+    @property
+    def collected(self) -> int:
+        return len(self._rows)
+
+    def add(self, values: np.ndarray) -> Calibration | None:
+        """Take one normal vector; returns the Calibration when this one completed teach-in."""
+        if not self.active:
+            return None
+        self._rows.append(np.asarray(values, dtype=np.float64))
+        if len(self._rows) < self.samples:
+            return None
+        normal = np.vstack(self._rows)
+        self._rows = []
+        self.result = fit(self.model, normal)
+        self._save(normal)
+        return self.result
+
+    def reset(self) -> None:
+        """Start teach-in again (``edge-agent calibrate --reset``, the calibrate command)."""
+        self._rows = []
+        self.result = None
+        for p in (self._json, self._npz):
+            p.unlink(missing_ok=True)
+
+    def _save(self, normal: np.ndarray) -> None:
+        try:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            with open(self._npz.with_name("calibration.tmp.npz"), "wb") as f:
+                np.savez(f, normal=normal, channels=np.asarray(self.model.sidecar.channels))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(self._npz.with_name("calibration.tmp.npz"), self._npz)
+            assert self.result is not None
+            _atomic_write(self._json, json.dumps(self.result.to_json(), indent=1).encode())
+        except OSError as e:
+            log.warning("could not persist calibration in %s (%s): teach-in repeats after a restart", self.state_dir, e)
+
+    def _load(self) -> Calibration | None:
+        channels = list(self.model.sidecar.channels)
+        try:
+            data = json.loads(self._json.read_text())
+            cal = Calibration(**data)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, TypeError) as e:
+            log.warning("ignoring unreadable %s (%s): teach-in starts again", self._json, e)
+            return None
+        if cal.model_sha256 == self.model.sha256 and cal.channels == channels:
+            return cal
+        # Another model: refit from the stored normal readings when they have the same channels.
+        try:
+            with np.load(self._npz) as z:
+                stored = [str(c) for c in z["channels"]]
+                normal = z["normal"]
+        except (OSError, ValueError, KeyError) as e:
+            log.info("calibration was for another model and its readings are unreadable (%s): teach-in again", e)
+            return None
+        if stored != channels:
+            log.info("calibration was for other channels: teach-in starts again")
+            return None
+        cal = fit(self.model, normal)
+        _atomic_write(self._json, json.dumps(cal.to_json(), indent=1).encode())
+        log.info("calibrated model %s from %d stored normal readings", self.model.name, len(normal))
+        return cal

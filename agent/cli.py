@@ -1,0 +1,169 @@
+"""Command line: ``edge-agent run | check-config | version | config-reference | model info | calibrate``.
+
+Thin: parse arguments → load settings → call into the package → exit code. A configuration or model problem
+exits 78 (EX_CONFIG) with one line per problem, so systemd's ``RestartPreventExitStatus=78`` does not loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from agent import __version__
+from agent.settings import EX_CONFIG, ConfigError, Settings, flat_env, load_settings
+
+log = logging.getLogger("agent")
+
+
+def setup_logging(level: str) -> None:
+    """Log lines on stderr without timestamps (journald adds them)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    logging.getLogger("paho").setLevel(max(logging.getLevelName(level), logging.WARNING))
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return load_settings(Path(args.env_file) if args.env_file else None)
+
+
+def _config_fail(e: ConfigError) -> int:
+    for line in e.problems:
+        print(f"config error: {line}", file=sys.stderr)
+    return EX_CONFIG
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from agent.app import Agent
+    from agent.infer import ModelError
+
+    try:
+        settings = _settings(args)
+    except ConfigError as e:
+        return _config_fail(e)
+    setup_logging(settings.log_level)
+    try:
+        agent = Agent(settings)
+    except ModelError as e:
+        print(f"model error: {e}", file=sys.stderr)
+        return EX_CONFIG
+    except (FileNotFoundError, ValueError) as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return EX_CONFIG
+    except PermissionError as e:
+        print(f"config error: {e} (EDGE_AGENT_STATE_DIR must be writable by the agent's user)", file=sys.stderr)
+        return EX_CONFIG
+    return agent.run()
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    try:
+        settings = _settings(args)
+    except ConfigError as e:
+        return _config_fail(e)
+    if args.json:
+        from agent.settings import masked_dump
+
+        print(json.dumps(masked_dump(settings), indent=2))
+    else:
+        for k, v in flat_env(settings).items():
+            print(f"{k}={v}")
+    return 0
+
+
+def cmd_version(args: argparse.Namespace) -> int:
+    print(f"edge-agent {__version__}")
+    return 0
+
+
+def cmd_config_reference(args: argparse.Namespace) -> int:
+    from agent.reference import render_env_example
+
+    sys.stdout.write(render_env_example())
+    return 0
+
+
+def cmd_model_info(args: argparse.Namespace) -> int:
+    from agent.infer import Model, ModelError, read_sidecar
+
+    path = Path(args.path)
+    result: dict[str, object] = {"path": str(path)}
+    try:
+        sidecar = read_sidecar(path)
+        result["sidecar"] = sidecar.model_dump(mode="json", by_alias=True)
+        result["checks"] = {"sidecar": "ok"}
+        model = Model(path, runtime=args.runtime)
+        result["checks"] = {"sidecar": "ok", "sha256": "ok", "tensors": "ok", "features": "ok"}
+        result["tensors"] = model.tensor_details()
+        result["runtime"] = {"name": model.runtime, "version": model.runtime_version}
+    except ModelError as e:
+        result["error"] = str(e)
+        print(json.dumps(result, indent=2))
+        return EX_CONFIG
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from agent.app import load_model
+    from agent.calibrate import Calibrator
+    from agent.infer import ModelError
+
+    try:
+        settings = _settings(args)
+        model = load_model(settings)
+    except ConfigError as e:
+        return _config_fail(e)
+    except ModelError as e:
+        print(f"model error: {e}", file=sys.stderr)
+        return EX_CONFIG
+    cal = Calibrator(model, 1, settings.state_dir)
+    if args.reset:
+        cal.reset()
+        print(f"calibration in {settings.state_dir} removed: teach-in starts again on the next start")
+        return 0
+    print(json.dumps(cal.result.to_json() if cal.result else {"calibrated": False}, indent=2))
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="edge-agent", description="On-device machine-health inference for gateways.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, fn: object, help: str, env: bool = True) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help, description=help)
+        if env:
+            sp.add_argument("--env-file", metavar="PATH", help="env file with EDGE_AGENT_* settings (default: /etc/edge-agent/agent.env when it exists); the environment overrides it")
+        sp.set_defaults(fn=fn)
+        return sp
+
+    add("run", cmd_run, "run the agent (with no configuration: the bundled demo recording and model)")
+    c = add("check-config", cmd_check_config, "validate the configuration and print it with secrets masked (exit 0, or 78 when invalid)")
+    c.add_argument("--json", action="store_true", help="print JSON instead of env lines")
+    add("version", cmd_version, "print the version", env=False)
+    add("config-reference", cmd_config_reference, "print every setting with its default and meaning (deploy/agent.env.example)", env=False)
+    m = sub.add_parser("model", help="model tools", description="model tools")
+    msub = m.add_subparsers(dest="model_command", required=True, metavar="SUBCOMMAND")
+    mi = msub.add_parser("info", help="print a model's sidecar, tensor details and the result of every check", description="print a model's sidecar, tensor details and the result of every check")
+    mi.add_argument("path", help="the .tflite file (its .json sidecar beside it)")
+    mi.add_argument("--runtime", default="auto", choices=["auto", "ai_edge_litert", "tflite_runtime"])
+    mi.set_defaults(fn=cmd_model_info)
+    cal = add("calibrate", cmd_calibrate, "show the teach-in result, or --reset it so teach-in starts again")
+    cal.add_argument("--reset", action="store_true", help="forget the calibration")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``edge-agent`` console script and ``python -m agent``."""
+    args = _parser().parse_args(argv)
+    return int(args.fn(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

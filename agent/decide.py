@@ -1,0 +1,149 @@
+"""Decisions: the alert state machine (threshold, k-of-n debounce, hysteresis) and periodic summaries.
+
+Pure and single-threaded (the pipeline thread owns them), so they are tested without broker or hardware.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+
+from agent.records import Inference, Vector
+
+RAISED = "raised"
+CLEARED = "cleared"
+
+
+@dataclass
+class Transition:
+    """An alert changing state, with what caused it."""
+
+    state: str  # RAISED | CLEARED
+    alert_id: str
+    sensor: str
+    inference: Inference
+    threshold: float
+    peak_score: float
+
+
+class AlertMachine:
+    """One sensor's alert: raised when ``k`` of the last ``n`` windows score over the threshold, cleared when
+    ``k`` of the last ``n`` score under ``threshold x clear_ratio`` (hysteresis). The history restarts at every
+    transition, so a raise needs k fresh windows over the threshold and a clear k fresh windows under it.
+    """
+
+    def __init__(self, sensor: str, threshold: float, k: int, n: int, clear_ratio: float):
+        if not 1 <= k <= n:
+            raise ValueError("need 1 <= k <= n")
+        self.sensor = sensor
+        self.threshold = threshold
+        self.k, self.n, self.clear_ratio = k, n, clear_ratio
+        self._hist: deque[bool] = deque(maxlen=n)
+        self.active_id: str | None = None
+        self._peak = 0.0
+
+    @property
+    def active(self) -> bool:
+        return self.active_id is not None
+
+    def update(self, inf: Inference) -> Transition | None:
+        """Feed one scored window; a Transition when the alert is raised or cleared by it."""
+        s = inf.score
+        if self.active_id is None:
+            self._hist.append(s > self.threshold)
+            if sum(self._hist) >= self.k:
+                self.active_id = uuid.uuid4().hex
+                self._peak = s
+                self._hist.clear()
+                return Transition(RAISED, self.active_id, self.sensor, inf, self.threshold, s)
+            return None
+        self._peak = max(self._peak, s)
+        self._hist.append(s < self.threshold * self.clear_ratio)
+        if sum(self._hist) >= self.k:
+            t = Transition(CLEARED, self.active_id, self.sensor, inf, self.threshold, self._peak)
+            self.active_id = None
+            self._hist.clear()
+            return t
+        return None
+
+    def reset(self) -> None:
+        """Forget the debounce history (after a gap); an active alert stays active."""
+        self._hist.clear()
+
+
+@dataclass
+class _ChannelStats:
+    count: int = 0
+    total: float = 0.0
+    lo: float = float("inf")
+    hi: float = float("-inf")
+
+
+@dataclass
+class Summariser:
+    """Collects per-period statistics; ``due`` tells when a period of ``interval_s`` of data time is over."""
+
+    channels: list[str]
+    interval_s: float
+    period_start: float | None = None
+    last_ts: float | None = None
+    readings: int = 0
+    windows: int = 0
+    raised: int = 0
+    cleared: int = 0
+    _stats: list[_ChannelStats] = field(default_factory=list)
+    _scores: list[float] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._stats = [_ChannelStats() for _ in self.channels]
+
+    def due(self, ts: float) -> bool:
+        """True when ``ts`` lies past the end of the current period (call ``take`` before adding it)."""
+        return self.period_start is not None and ts - self.period_start >= self.interval_s
+
+    def add_vector(self, v: Vector) -> None:
+        if self.period_start is None:
+            self.period_start = v.ts
+        self.last_ts = v.ts
+        self.readings += 1
+        for st, x in zip(self._stats, v.values):
+            st.count += 1
+            st.total += x
+            st.lo = min(st.lo, x)
+            st.hi = max(st.hi, x)
+
+    def add_score(self, score: float) -> None:
+        self.windows += 1
+        if len(self._scores) < 100_000:  # bounded even with a very long interval
+            self._scores.append(score)
+
+    def take(self, end_ts: float | None, rejected: Mapping[str, int]) -> dict[str, Any]:
+        """The summary of the period so far (ending at ``end_ts``), and a fresh period."""
+        scores = np.asarray(self._scores)
+        out: dict[str, Any] = {
+            "period_start": self.period_start,
+            "period_end": end_ts if end_ts is not None else self.last_ts,
+            "readings": self.readings,
+            "rejected": dict(rejected),
+            "windows": self.windows,
+            "alerts_raised": self.raised,
+            "alerts_cleared": self.cleared,
+            "score": (
+                {"p50": float(np.quantile(scores, 0.5)), "p95": float(np.quantile(scores, 0.95)),
+                 "max": float(scores.max())} if scores.size else None
+            ),
+            "channels": {
+                name: {"count": st.count, "min": st.lo, "mean": st.total / st.count, "max": st.hi}
+                if st.count else {"count": 0}
+                for name, st in zip(self.channels, self._stats)
+            },
+        }
+        self.period_start = end_ts
+        self.readings = self.windows = self.raised = self.cleared = 0
+        self._stats = [_ChannelStats() for _ in self.channels]
+        self._scores = []
+        return out

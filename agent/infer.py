@@ -1,0 +1,279 @@
+"""Inference: TFLite runtime detection, the sidecar contract, load-time checks, int8 (de)quantisation, scoring.
+
+The runtime is imported inside the loader (``ai_edge_litert`` first, then ``tflite_runtime``) so that the
+agent starts, and can say what is wrong, on a machine that has neither. TensorFlow is never imported.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.metadata
+import json
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from agent.window import FEATURE_RECIPES, Normaliser, feature_size, features
+
+RUNTIMES = ("ai_edge_litert", "tflite_runtime")
+
+
+class ModelError(Exception):
+    """A model file or sidecar that the agent refuses, with the reason."""
+
+
+class TensorSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    shape: list[int]
+    dtype: Literal["int8", "uint8", "float32", "int16"]
+
+
+class OutputSpec(TensorSpec):
+    meaning: str = ""
+
+
+class WindowSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    length: int = Field(ge=1)
+    hop: int = Field(ge=1)
+
+
+class NormalisationSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    method: Literal["zscore", "none"]
+    mean: list[float] | None = None
+    std: list[float] | None = None
+
+
+class DecisionSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    k: int = Field(3, ge=1)
+    n: int = Field(5, ge=1)
+    clear_ratio: float = Field(0.8, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _k_le_n(self) -> "DecisionSpec":
+        if self.k > self.n:
+            raise ValueError(f"k ({self.k}) must not exceed n ({self.n})")
+        return self
+
+
+class CalibrationSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    samples: int = Field(0, ge=0)
+    fit: list[Literal["normalisation", "threshold"]] = Field(default_factory=list)
+    threshold_quantile: float = Field(0.99, gt=0, le=1)
+    threshold_factor: float = Field(1.0, gt=0)
+
+
+class Sidecar(BaseModel):
+    """The JSON sidecar of a model (contract in docs/sidecar.md and models/README.md)."""
+
+    model_config = ConfigDict(extra="allow")
+    schema_: Literal[1] = Field(alias="schema")
+    name: str = Field(min_length=1)
+    version: str = Field(min_length=1)
+    kind: Literal["autoencoder", "classifier", "regressor"]
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    input: TensorSpec
+    output: OutputSpec
+    channels: list[str] = Field(min_length=1)
+    window: WindowSpec
+    features: str
+    normalisation: NormalisationSpec
+    score: Literal["mse", "output", "abs_error"]
+    threshold: float
+    decision: DecisionSpec = Field(default_factory=DecisionSpec)
+    calibration: CalibrationSpec = Field(default_factory=CalibrationSpec)
+    valid_ranges: dict[str, tuple[float, float]] = Field(default_factory=dict)
+    target: str | None = None
+    provenance: dict[str, Any] = Field(default_factory=dict)
+    metrics: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Sidecar":
+        c = len(self.channels)
+        if len(set(self.channels)) != c:
+            raise ValueError("channels must be unique")
+        if self.features not in FEATURE_RECIPES:
+            raise ValueError(f"features must be one of {', '.join(FEATURE_RECIPES)}")
+        n = self.normalisation
+        if n.method == "zscore" and "normalisation" not in self.calibration.fit:
+            if n.mean is None or n.std is None:
+                raise ValueError("normalisation zscore needs mean and std (or calibration.fit with normalisation)")
+        for vec in (n.mean, n.std):
+            if vec is not None and len(vec) != c:
+                raise ValueError(f"normalisation mean/std must have one value per channel ({c})")
+        expected = {"autoencoder": "mse", "classifier": "output", "regressor": "abs_error"}[self.kind]
+        if self.score != expected:
+            raise ValueError(f"kind {self.kind} needs score {expected!r}")
+        if self.kind == "regressor" and self.target not in self.channels:
+            raise ValueError("a regressor needs target: one of its channels")
+        unknown = set(self.valid_ranges) - set(self.channels)
+        if unknown:
+            raise ValueError(f"valid_ranges names unknown channels: {sorted(unknown)}")
+        if self.calibration.samples and self.calibration.samples < self.window.length + self.decision.n:
+            raise ValueError("calibration.samples must cover at least window.length + decision.n readings")
+        return self
+
+
+def sidecar_path(model_path: Path) -> Path:
+    return model_path.with_suffix(".json")
+
+
+def read_sidecar(model_path: Path) -> Sidecar:
+    """Parse and validate the sidecar beside ``model_path``; ModelError with every reason otherwise."""
+    path = sidecar_path(model_path)
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise ModelError(f"{model_path}: sidecar {path.name} not found beside the model") from e
+    except (OSError, ValueError) as e:
+        raise ModelError(f"{path}: not readable JSON ({e})") from e
+    try:
+        return Sidecar.model_validate(raw)
+    except ValidationError as e:
+        reasons = "; ".join(f"{'.'.join(map(str, err['loc'])) or 'sidecar'}: {err['msg']}" for err in e.errors())
+        raise ModelError(f"{path}: {reasons}") from e
+
+
+def interpreter_class(runtime: str = "auto") -> tuple[type, str, str]:
+    """The Interpreter class, runtime name and version; ``auto`` prefers ai_edge_litert."""
+    candidates = RUNTIMES if runtime == "auto" else (runtime,)
+    errors = []
+    for name in candidates:
+        try:
+            mod = importlib.import_module(f"{name}.interpreter")
+        except ImportError as e:
+            errors.append(f"{name}: {e}")
+            continue
+        try:
+            version = importlib.metadata.version(name.replace("_", "-"))
+        except importlib.metadata.PackageNotFoundError:
+            version = "unknown"
+        return mod.Interpreter, name, version
+    raise ModelError("no TFLite runtime importable (" + "; ".join(errors) + "); install tflite-runtime or ai-edge-litert")
+
+
+class Model:
+    """A loaded, checked int8 TFLite model with its sidecar. Not thread-safe: one thread invokes it."""
+
+    def __init__(self, path: Path, runtime: str = "auto", num_threads: int = 1):
+        self.path = Path(path)
+        self.sidecar = read_sidecar(self.path)
+        try:
+            content = self.path.read_bytes()
+        except OSError as e:
+            raise ModelError(f"{self.path}: cannot read ({e.strerror})") from e
+        self.sha256 = hashlib.sha256(content).hexdigest()
+        if self.sha256 != self.sidecar.sha256:
+            raise ModelError(f"{self.path}: sha256 {self.sha256} does not match the sidecar's {self.sidecar.sha256}")
+        cls, self.runtime, self.runtime_version = interpreter_class(runtime)
+        try:
+            self._interp = cls(model_content=content, num_threads=num_threads)
+            self._interp.allocate_tensors()
+        except Exception as e:  # the runtimes raise ValueError/RuntimeError with their own text
+            raise ModelError(f"{self.path}: the {self.runtime} interpreter refused the file ({e})") from e
+        self._in = self._interp.get_input_details()[0]
+        self._out = self._interp.get_output_details()[0]
+        self._check()
+        self._in_idx, self._out_idx = self._in["index"], self._out["index"]
+        self._in_scale, self._in_zp = self._in["quantization"]
+        self._out_scale, self._out_zp = self._out["quantization"]
+        self._in_dtype = self._in["dtype"]
+        info = np.iinfo(self._in_dtype) if np.issubdtype(self._in_dtype, np.integer) else None
+        self._in_lo, self._in_hi = (info.min, info.max) if info else (None, None)
+
+    def _check(self) -> None:
+        sc = self.sidecar
+        problems = []
+        for label, spec, det in (("input", sc.input, self._in), ("output", sc.output, self._out)):
+            shape = [int(s) for s in det["shape"]]
+            if shape != spec.shape:
+                problems.append(f"{label} shape {shape} != sidecar {spec.shape}")
+            dtype = np.dtype(det["dtype"]).name
+            if dtype != spec.dtype:
+                problems.append(f"{label} dtype {dtype} != sidecar {spec.dtype}")
+            if np.issubdtype(det["dtype"], np.integer) and det["quantization"][0] == 0:
+                problems.append(f"{label} is {dtype} without quantisation parameters")
+        want = feature_size(sc.features, sc.window.length, len(sc.channels))
+        if int(np.prod(sc.input.shape)) != want:
+            problems.append(
+                f"input holds {int(np.prod(sc.input.shape))} values but features {sc.features!r} of "
+                f"{sc.window.length}x{len(sc.channels)} give {want}"
+            )
+        if sc.kind == "autoencoder" and int(np.prod(sc.output.shape)) != want:
+            problems.append("an autoencoder's output must have the input's size")
+        if problems:
+            raise ModelError(f"{self.path}: " + "; ".join(problems))
+
+    @property
+    def name(self) -> str:
+        return self.sidecar.name
+
+    @property
+    def version(self) -> str:
+        return self.sidecar.version
+
+    def describe(self) -> dict[str, Any]:
+        """Identity for alerts, birth and summaries."""
+        return {"name": self.name, "version": self.version, "sha256": self.sha256}
+
+    def tensor_details(self) -> dict[str, Any]:
+        return {
+            label: {"shape": [int(s) for s in d["shape"]], "dtype": np.dtype(d["dtype"]).name,
+                    "scale": float(d["quantization"][0]), "zero_point": int(d["quantization"][1])}
+            for label, d in (("input", self._in), ("output", self._out))
+        }
+
+    def invoke(self, x: np.ndarray) -> np.ndarray:
+        """Run one feature vector (float, normalised) through the model; returns the dequantised output, flat."""
+        x = np.asarray(x, dtype=np.float64).reshape(self._in["shape"])
+        if self._in_lo is not None:
+            q = np.clip(np.rint(x / self._in_scale) + self._in_zp, self._in_lo, self._in_hi).astype(self._in_dtype)
+        else:
+            q = x.astype(self._in_dtype)
+        self._interp.set_tensor(self._in_idx, q)
+        self._interp.invoke()
+        out = self._interp.get_tensor(self._out_idx)
+        if np.issubdtype(out.dtype, np.integer):
+            return (out.astype(np.float64).reshape(-1) - self._out_zp) * self._out_scale
+        return out.astype(np.float64).reshape(-1)
+
+
+class Scorer:
+    """Turns a raw window into a score and per-channel contributions, the same way for daemon and evaluate."""
+
+    def __init__(self, model: Model, normaliser: Normaliser):
+        self.model = model
+        self.normaliser = normaliser
+        sc = model.sidecar
+        self._recipe = sc.features
+        self._kind = sc.kind
+        self._channels = sc.channels
+        self._target = sc.channels.index(sc.target) if sc.target else None
+
+    def score(self, window_raw: np.ndarray) -> tuple[float, dict[str, float], float]:
+        """(score, contributions channel -> share summing to 1, latency in seconds)."""
+        z = self.normaliser(window_raw)
+        x = features(self._recipe, z)
+        t0 = time.perf_counter()
+        out = self.model.invoke(x)
+        latency = time.perf_counter() - t0
+        if self._kind == "autoencoder":
+            err = (x - out) ** 2
+            score = float(err.mean())
+            per_channel = err.reshape(-1, len(self._channels)).sum(axis=0)
+        elif self._kind == "classifier":
+            score = float(out[0])
+            per_channel = np.abs(z[-1])  # how far each input is from normal, in sigma
+        else:
+            score = float(abs(out[0] - z[-1, self._target]))
+            per_channel = np.abs(z[-1])
+        total = float(per_channel.sum())
+        shares = per_channel / total if total > 0 and np.isfinite(total) else np.full(len(self._channels), 1 / len(self._channels))
+        return score, {c: float(s) for c, s in zip(self._channels, shares)}, latency

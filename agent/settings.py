@@ -1,0 +1,327 @@
+"""Configuration: pydantic-settings models, the only place where configuration is untyped text.
+
+Every setting is an environment variable ``EDGE_AGENT_<FIELD>``, nested with ``__``
+(``EDGE_AGENT_MQTT__HOST``). The agent reads its env file itself (``--env-file``, default
+``/etc/edge-agent/agent.env`` when it exists) so that an unknown ``EDGE_AGENT_*`` key in the file is an error
+rather than a silently ignored typo; the process environment overrides the file.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import socket
+from pathlib import Path
+from typing import Annotated, Any, Iterator, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, SecretStr, Tag, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ENV_PREFIX = "EDGE_AGENT_"
+DEFAULT_ENV_FILE = Path("/etc/edge-agent/agent.env")
+EX_CONFIG = 78  # sysexits.h: configuration error; the unit sets RestartPreventExitStatus=78
+
+
+def _default_state_dir() -> Path:
+    # systemd's StateDirectory= exports $STATE_DIRECTORY; root gets the FHS place; an unprivileged user running
+    # the demo gets the XDG state directory instead of a permission error.
+    if os.environ.get("STATE_DIRECTORY"):
+        return Path(os.environ["STATE_DIRECTORY"].split(":")[0])
+    if os.geteuid() == 0:
+        return Path("/var/lib/edge-agent")
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "edge-agent"
+
+
+def _split_list(value: Any) -> Any:
+    if isinstance(value, str):
+        return [p.strip() for p in value.split(",") if p.strip()]
+    return value
+
+
+CommaList = Annotated[list[str], NoDecode]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class ReplaySourceSettings(_Section):
+    """Replays a recorded CSV as if it were a live sensor."""
+
+    kind: Literal["replay"] = Field("replay", description="Source of readings: replay | serial | mqtt.")
+    path: Path | None = Field(None, description="Recorded CSV to replay (SKAB format: ';' separated, 'datetime' column); empty = the bundled demo recording.")
+    speed: float = Field(0.0, ge=0, description="Replay pace: 1 = recorded pace, 10 = ten times faster, 0 = as fast as possible.")
+    loop: bool = Field(False, description="Start again at the end of the file instead of draining and exiting.")
+    sensor: str = Field("replay", min_length=1, description="Sensor id given to the replayed readings.")
+
+
+class SerialSourceSettings(_Section):
+    """Reads lines from a serial port (USB-serial adapter, RS-485 converter, pty) with pyserial."""
+
+    kind: Literal["serial"] = "serial"
+    port: str = Field(..., min_length=1, description="Device path (prefer /dev/serial/by-id/...) or a pyserial URL.")
+    baudrate: int = Field(115200, gt=0, description="Line speed in baud.")
+    parity: Literal["N", "E", "O", "M", "S"] = Field("N", description="Parity: N, E, O, M or S.")
+    stopbits: Literal[1, 1.5, 2] = Field(1, description="Stop bits: 1, 1.5 or 2.")
+    bytesize: Literal[5, 6, 7, 8] = Field(8, description="Data bits: 5 to 8.")
+    terminator: Literal["lf", "crlf", "cr"] = Field("lf", description="Line terminator: lf, crlf or cr.")
+    max_line_bytes: int = Field(4096, ge=16, description="Longer lines are dropped and counted as line_too_long.")
+    format: Literal["csv", "json", "kv"] = Field("csv", description="Line format: csv, json (one object per line) or kv (name=value pairs).")
+    channels: CommaList = Field(default_factory=list, description="csv: channel names in column order, comma-separated; empty = take them from a header line.")
+    delimiter: str = Field(",", min_length=1, max_length=1, description="csv: field separator.")
+    checksum: bool = Field(False, description="Require an NMEA-style '*hh' XOR checksum at the end of each line.")
+    timestamp_field: str = Field("ts", description="Name of the device timestamp field/column (epoch seconds or ISO 8601); absent = time of receipt.")
+    sensor: str = Field("serial", min_length=1, description="Sensor id given to readings from this port.")
+    reconnect_min_s: float = Field(0.5, gt=0, description="First retry delay after the port disappears.")
+    reconnect_max_s: float = Field(30.0, gt=0, description="Cap of the exponential reconnect backoff.")
+
+    _split = field_validator("channels", mode="before")(_split_list)
+
+
+class MqttSourceSettings(_Section):
+    """Subscribes to sensor topics on an MQTT broker (by default the upstream broker)."""
+
+    kind: Literal["mqtt"] = "mqtt"
+    topics: CommaList = Field(..., min_length=1, description="Topic filters to subscribe to, comma-separated; wildcards allowed.")
+    sensor_pattern: str = Field("", description="Topic pattern naming the sensor level, e.g. plant/{sensor}/telemetry; empty = the whole topic.")
+    channel: str = Field("value", description="Channel name for payloads that are a bare number.")
+    timestamp_field: str = Field("ts", description="Timestamp field in JSON payloads (epoch seconds or ISO 8601); absent = time of receipt.")
+    qos: Literal[0, 1] = Field(0, description="Subscription QoS.")
+    host: str = Field("", description="Sensor broker host; empty = the upstream broker (EDGE_AGENT_MQTT__HOST).")
+    port: int = Field(0, ge=0, le=65535, description="Sensor broker port; 0 = the upstream port.")
+    username: str = Field("", description="Sensor broker user name; empty = the upstream one.")
+    password_file: Path | None = Field(None, description="File holding the sensor broker password; empty = the upstream one.")
+
+    _split = field_validator("topics", mode="before")(_split_list)
+
+
+def _source_kind(value: Any) -> str:
+    if isinstance(value, dict):
+        return str(value.get("kind", "replay"))
+    return str(getattr(value, "kind", "replay"))
+
+
+SourceSettings = Annotated[
+    Union[
+        Annotated[ReplaySourceSettings, Tag("replay")],
+        Annotated[SerialSourceSettings, Tag("serial")],
+        Annotated[MqttSourceSettings, Tag("mqtt")],
+    ],
+    Discriminator(_source_kind, custom_error_type="source_kind", custom_error_message="must be replay, serial or mqtt"),
+]
+SOURCE_KINDS = {"replay": ReplaySourceSettings, "serial": SerialSourceSettings, "mqtt": MqttSourceSettings}
+
+
+class ModelSettings(_Section):
+    """Which model to run and how."""
+
+    path: Path | None = Field(None, description="Model .tflite (its JSON sidecar with the same stem beside it); empty = the bundled pump-anomaly model.")
+    runtime: Literal["auto", "ai_edge_litert", "tflite_runtime"] = Field("auto", description="TFLite runtime: auto (ai_edge_litert first, then tflite_runtime), ai_edge_litert or tflite_runtime.")
+    threshold: float | None = Field(None, description="Score threshold; empty = calibrated on site, else the sidecar's default.")
+    num_threads: int = Field(1, ge=1, le=4, description="Interpreter threads (1 is fastest for one window at a time).")
+
+
+class DecisionSettings(_Section):
+    """Alert state machine; empty values take the model sidecar's defaults."""
+
+    k: int | None = Field(None, ge=1, description="Raise when k of the last n windows score over the threshold.")
+    n: int | None = Field(None, ge=1, description="Length of the k-of-n debounce.")
+    clear_ratio: float | None = Field(None, gt=0, le=1, description="Hysteresis: clear when k of the last n windows score under threshold x clear_ratio.")
+
+
+class CalibrationSettings(_Section):
+    """Teach-in: the first readings after install are taken as normal."""
+
+    samples: int | None = Field(None, ge=0, description="Readings taken as normal to fit normalisation and threshold on site; 0 = off, empty = the sidecar's default.")
+
+
+class MqttSettings(_Section):
+    """The upstream broker: alerts, summaries and status go there."""
+
+    host: str = Field("localhost", min_length=1, description="Upstream broker host.")
+    port: int = Field(1883, ge=1, le=65535, description="Upstream broker port.")
+    topic_prefix: str = Field("edge", min_length=1, description="Topics are {topic_prefix}/{device_id}/...")
+    client_id: str = Field("", description="MQTT client id; empty = edge-agent-{device_id}.")
+    keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keepalive; the broker publishes the last will after 1.5x this.")
+    username: str = Field("", description="User name for the upstream broker; empty = anonymous.")
+    password_file: Path | None = Field(None, description="File holding the password; empty = $CREDENTIALS_DIRECTORY/mqtt-password when present.")
+    password: SecretStr | None = Field(None, description="Password given directly (prefer password_file or a systemd credential).")
+    max_inflight: int = Field(10, ge=1, le=100, description="QoS 1 messages awaiting PUBACK at once.")
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _no_wildcards(cls, v: str) -> str:
+        if any(c in v for c in "+#") or v.startswith("/") or v.endswith("/"):
+            raise ValueError("must not contain + or # nor start or end with /")
+        return v
+
+
+class Settings(BaseSettings):
+    """All of edge-agent's settings."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="ignore", validate_default=True,
+        nested_model_default_partial_update=True, env_ignore_empty=True,
+    )
+
+    device_id: str = Field(default_factory=socket.gethostname, min_length=1, pattern=r"^[^/+#]+$", description="This gateway's id in topics and messages; default: the host name.")
+    state_dir: Path = Field(default_factory=_default_state_dir, description="Outbox and calibration live here; default: $STATE_DIRECTORY, /var/lib/edge-agent for root, else ~/.local/state/edge-agent.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level on stderr: DEBUG, INFO, WARNING or ERROR.")
+    summary_interval_s: float = Field(300.0, gt=0, description="Seconds of data time between summaries.")
+    drain_timeout_s: float = Field(10.0, ge=0, description="At the end of a replay, how long to keep trying an unreachable broker before exiting.")
+    queue_size: int = Field(10000, ge=10, description="Readings buffered between source and pipeline; a live source drops the oldest past this.")
+    source: SourceSettings = Field(default_factory=ReplaySourceSettings, description="")
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    decision: DecisionSettings = Field(default_factory=DecisionSettings)
+    calibration: CalibrationSettings = Field(default_factory=CalibrationSettings)
+    mqtt: MqttSettings = Field(default_factory=MqttSettings)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, v: Any) -> Any:
+        return v.upper() if isinstance(v, str) else v
+
+
+class ConfigError(Exception):
+    """Invalid configuration: one human-readable line per problem."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+def env_name(loc: tuple[Any, ...]) -> str:
+    """The environment variable for a pydantic error location (the union tag is not part of the name)."""
+    parts = [str(p) for p in loc]
+    if len(parts) >= 2 and parts[0] == "source" and parts[1] in SOURCE_KINDS:
+        del parts[1]
+    return ENV_PREFIX + "__".join(p.upper() for p in parts)
+
+
+def _walk(model: type[BaseModel], prefix: str) -> Iterator[tuple[str, Any]]:
+    for name, field in model.model_fields.items():
+        ann = field.annotation
+        if name == "source":
+            seen: set[str] = set()
+            for cls in SOURCE_KINDS.values():
+                for env, f in _walk(cls, f"{prefix}SOURCE__"):
+                    if env not in seen:
+                        seen.add(env)
+                        yield env, f
+            continue
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            yield from _walk(ann, f"{prefix}{name.upper()}__")
+        else:
+            yield f"{prefix}{name.upper()}", field
+
+
+def known_env_names() -> list[str]:
+    """Every EDGE_AGENT_* variable the settings model understands."""
+    return [env for env, _ in _walk(Settings, ENV_PREFIX)]
+
+
+def secret_env_names() -> set[str]:
+    return {env for env, f in _walk(Settings, ENV_PREFIX) if f.annotation in (SecretStr, SecretStr | None)}
+
+
+def _read_env_file(path: Path) -> dict[str, str]:
+    from dotenv import dotenv_values  # python-dotenv comes with pydantic-settings
+
+    return {k: v for k, v in dotenv_values(path).items() if v is not None}
+
+
+def load_settings(env_file: Path | None = None, environ: dict[str, str] | None = None) -> Settings:
+    """Settings from the env file and the environment (environment wins), or ConfigError naming each problem."""
+    environ = dict(os.environ if environ is None else environ)
+    explicit = env_file is not None
+    if env_file is None and DEFAULT_ENV_FILE.exists():
+        env_file = DEFAULT_ENV_FILE
+    file_values: dict[str, str] = {}
+    problems: list[str] = []
+    if env_file is not None:
+        try:
+            file_values = _read_env_file(env_file)
+        except OSError as e:
+            raise ConfigError([f"--env-file {env_file}: cannot read ({e.strerror})"]) from e
+        if explicit and not env_file.is_file():
+            raise ConfigError([f"--env-file {env_file}: no such file"])
+    known = set(known_env_names())
+    secrets = secret_env_names()
+    for key, value in file_values.items():
+        if key.upper().startswith(ENV_PREFIX) and key.upper() not in known:
+            hint = difflib.get_close_matches(key.upper(), known, n=1)
+            shown = "***" if any(s in key.upper() for s in ("PASSWORD", "SECRET", "TOKEN")) else value
+            problems.append(
+                f"{key}={shown!s}: unknown setting in {env_file}" + (f" (did you mean {hint[0]}?)" if hint else "")
+            )
+    merged = {k.upper(): v for k, v in file_values.items() if k.upper() in known}
+    merged.update({k.upper(): v for k, v in environ.items() if k.upper() in known})
+    try:
+        settings = _build(merged)
+    except ValidationError as e:
+        for err in e.errors():
+            name = env_name(err["loc"])
+            if err["type"] == "source_kind":
+                name = ENV_PREFIX + "SOURCE__KIND"
+            raw = merged.get(name, err.get("input"))
+            if name in secrets:
+                raw = "***"
+            if isinstance(raw, dict) or (raw is None and name not in merged):
+                shown = "(not set)"
+            else:
+                shown = repr(str(raw)) if raw is not None else "(not set)"
+            problems.append(f"{name}={shown}: {err['msg']}")
+    if problems:
+        raise ConfigError(problems)
+    return settings
+
+
+def _build(values: dict[str, str]) -> Settings:
+    # Settings reads os.environ itself; give it exactly the merged view instead.
+    saved = {k: v for k, v in os.environ.items() if k.upper().startswith(ENV_PREFIX)}
+    try:
+        for k in saved:
+            del os.environ[k]
+        os.environ.update(values)
+        return Settings()
+    finally:
+        for k in values:
+            os.environ.pop(k, None)
+        os.environ.update(saved)
+
+
+def masked_dump(settings: Settings) -> dict[str, Any]:
+    """The effective configuration as plain data, secrets shown as '***'."""
+    data = settings.model_dump(mode="json")
+
+    def mask(d: Any, model: Any) -> Any:
+        if isinstance(d, dict) and isinstance(model, BaseModel):
+            out = {}
+            for k, v in d.items():
+                attr = getattr(model, k, None)
+                if isinstance(attr, SecretStr):
+                    out[k] = "***"
+                else:
+                    out[k] = mask(v, attr)
+            return out
+        return d
+
+    return mask(data, settings)
+
+
+def flat_env(settings: Settings) -> dict[str, str]:
+    """The effective configuration as EDGE_AGENT_* = value lines (secrets masked)."""
+    out: dict[str, str] = {}
+
+    def walk(d: Any, prefix: str) -> None:
+        for k, v in d.items():
+            if isinstance(v, dict):
+                walk(v, f"{prefix}{k.upper()}__")
+            else:
+                if isinstance(v, list):
+                    v = ",".join(map(str, v))
+                out[f"{prefix}{k.upper()}"] = "" if v is None else str(v).lower() if isinstance(v, bool) else str(v)
+
+    walk(masked_dump(settings), ENV_PREFIX)
+    return out

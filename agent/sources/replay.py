@@ -1,0 +1,126 @@
+"""Replay source: a recorded CSV played back as if it were a live sensor (demo, evaluation, tests).
+
+Reads SKAB's format (``;``-separated, header row, a ``datetime`` column ``YYYY-MM-DD hh:mm:ss`` taken as UTC)
+and any similar CSV (``,`` or ``;``; a ``datetime``, ``timestamp`` or ``ts`` column with ISO 8601 text or epoch
+seconds). Data timestamps come from the file; ``speed`` paces the playback (0 = as fast as the pipeline takes).
+Runs on the source thread.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator
+
+from agent.bundled import demo_recording_path
+from agent.counters import Counters
+from agent.records import Reading
+from agent.settings import ReplaySourceSettings
+from agent.sources import CONNECTED, CONNECTING, FINISHED, Sink
+
+log = logging.getLogger(__name__)
+
+TIME_COLUMNS = ("datetime", "timestamp", "ts", "time")
+
+
+def parse_ts(text: str) -> float | None:
+    """Epoch seconds from epoch text or ISO 8601 (naive = UTC); None when unreadable."""
+    text = text.strip()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return dt.timestamp()
+
+
+def read_recording(path: Path, counters: Counters, sensor: str = "replay") -> Iterator[Reading]:
+    """Readings of a recorded CSV in file order; a bad row is counted (``reject.<reason>``) and skipped."""
+    with open(path, newline="", encoding="utf-8", errors="replace") as f:
+        header_line = f.readline()
+        delimiter = ";" if header_line.count(";") > header_line.count(",") else ","
+        header = next(csv.reader([header_line], delimiter=delimiter))
+        header = [h.strip() for h in header]
+        tcol = next((i for i, h in enumerate(header) if h.lower() in TIME_COLUMNS), None)
+        if tcol is None:
+            raise ValueError(f"{path}: no time column (one of {', '.join(TIME_COLUMNS)}) in the header")
+        names = [(i, h) for i, h in enumerate(header) if i != tcol]
+        for row in csv.reader(f, delimiter=delimiter):
+            if not row:
+                continue
+            if len(row) != len(header):
+                counters.inc("reject.field_count")
+                continue
+            ts = parse_ts(row[tcol])
+            if ts is None:
+                counters.inc("reject.bad_timestamp")
+                continue
+            values: dict[str, float | str] = {}
+            for i, name in names:
+                text = row[i]
+                try:
+                    values[name] = float(text)
+                except ValueError:
+                    values[name] = text
+            yield Reading(ts=ts, values=values, sensor=sensor)
+
+
+class ReplaySource:
+    """Plays a recording once (or in a loop) at ``speed`` times the recorded pace."""
+
+    live = False
+
+    def __init__(self, settings: ReplaySourceSettings, counters: Counters):
+        self.settings = settings
+        self.path = Path(settings.path) if settings.path is not None else demo_recording_path()
+        self.name = f"replay:{self.path.name}"
+        self.counters = counters
+        self._state = CONNECTING
+        self._closed = threading.Event()
+        if not self.path.is_file():
+            raise FileNotFoundError(f"replay recording {self.path} not found")
+
+    @property
+    def state(self) -> str:
+        return self._state
+
+    def run(self, sink: Sink, stop: threading.Event) -> None:
+        speed = self.settings.speed
+        offset = 0.0  # added to the file's timestamps on each loop, so that time keeps moving forward
+        wall0 = data0 = None
+        while True:
+            self._state = CONNECTED
+            first = last = None
+            for r in read_recording(self.path, self.counters, self.settings.sensor):
+                if stop.is_set() or self._closed.is_set():
+                    self._state = FINISHED
+                    return
+                first = r.ts if first is None else first
+                last = r.ts
+                ts = r.ts + offset
+                if speed > 0:
+                    if wall0 is None:
+                        wall0, data0 = time.monotonic(), ts
+                    delay = wall0 + (ts - data0) / speed - time.monotonic()
+                    if delay > 0 and (stop.wait(delay) or self._closed.is_set()):
+                        self._state = FINISHED
+                        return
+                self.counters.inc("source.readings")
+                sink(Reading(ts=ts, values=r.values, sensor=r.sensor) if offset else r)
+            if not self.settings.loop or first is None or last is None:
+                break
+            offset += last - first + 1.0
+            log.info("replay of %s looping", self.path.name)
+        self._state = FINISHED
+
+    def close(self) -> None:
+        self._closed.set()

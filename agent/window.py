@@ -1,0 +1,93 @@
+"""Per-sensor ring buffers that cut the cleaned stream into windows, and the feature recipes (pure functions)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from agent.records import Vector, Window
+
+
+class Windower:
+    """Keeps the last ``length`` vectors of each sensor and yields a Window every ``hop`` vectors once full.
+
+    Runs on the pipeline thread. ``reset(sensor)`` forgets a sensor's buffer (after a gap or a stale channel)
+    so that no window ever spans a hole in the data.
+    """
+
+    def __init__(self, length: int, hop: int, channels: int):
+        if length < 1 or hop < 1:
+            raise ValueError("window length and hop must be >= 1")
+        self.length, self.hop, self.channels = length, hop, channels
+        self._buf: dict[str, np.ndarray] = {}
+        self._ts: dict[str, np.ndarray] = {}
+        self._count: dict[str, int] = {}  # vectors seen since the last reset
+
+    def push(self, v: Vector) -> Window | None:
+        """Add one vector; return a window when one is due."""
+        buf = self._buf.get(v.sensor)
+        if buf is None:
+            buf = self._buf[v.sensor] = np.zeros((self.length, self.channels))
+            self._ts[v.sensor] = np.zeros(self.length)
+            self._count[v.sensor] = 0
+        n = self._count[v.sensor]
+        i = n % self.length
+        buf[i] = v.values
+        self._ts[v.sensor][i] = v.ts
+        n += 1
+        self._count[v.sensor] = n
+        if n < self.length or (n - self.length) % self.hop:
+            return None
+        order = np.arange(n, n + self.length) % self.length  # oldest first
+        ts = self._ts[v.sensor]
+        return Window(sensor=v.sensor, start_ts=float(ts[order[0]]), end_ts=float(ts[order[-1]]), data=buf[order].copy())
+
+    def reset(self, sensor: str | None = None) -> None:
+        """Forget one sensor's buffer, or all of them."""
+        for d in (self._buf, self._ts, self._count):
+            if sensor is None:
+                d.clear()
+            else:
+                d.pop(sensor, None)
+
+
+class Normaliser:
+    """Per-channel z-score (or identity): ``(x - mean) / std`` with the floor of the sidecar contract."""
+
+    def __init__(self, mean: np.ndarray | None, std: np.ndarray | None):
+        if mean is None or std is None:
+            self.mean = self.std = None
+        else:
+            self.mean = np.asarray(mean, dtype=np.float64)
+            self.std = std_floor(np.asarray(std, dtype=np.float64), self.mean)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        if self.mean is None:
+            return np.asarray(x, dtype=np.float64)
+        return (x - self.mean) / self.std
+
+    @classmethod
+    def fit(cls, data: np.ndarray) -> "Normaliser":
+        """Fit on rows of raw vectors (population std)."""
+        return cls(data.mean(axis=0), data.std(axis=0))
+
+
+def std_floor(std: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    """A constant channel must not divide by zero: floor std at 1e-6 x max(1, |mean|)."""
+    return np.maximum(std, 1e-6 * np.maximum(1.0, np.abs(mean)))
+
+
+FEATURE_RECIPES = ("raw", "last")
+
+
+def features(recipe: str, window_norm: np.ndarray) -> np.ndarray:
+    """The model input for a normalised window (length x C): ``raw`` flattens it time-major, ``last`` keeps the newest row."""
+    if recipe == "raw":
+        return window_norm.reshape(-1)
+    if recipe == "last":
+        return window_norm[-1]
+    raise ValueError(f"unknown feature recipe {recipe!r}")
+
+
+def feature_size(recipe: str, length: int, channels: int) -> int:
+    """How many values ``features`` returns for this recipe."""
+    return length * channels if recipe == "raw" else channels

@@ -1,0 +1,201 @@
+"""Shared fixtures: a private mosquitto per test session, an MQTT recorder, the agent as a real process.
+
+The broker is real (never mocked, never skipped): a test that needs it and cannot find ``mosquitto`` fails with
+the command that installs it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05, what: str = "condition") -> Any:
+    """Poll until ``predicate()`` is truthy; fail the test with ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+class Broker:
+    """A private mosquitto on a free port; ``stop()``/``start()`` simulate an outage."""
+
+    def __init__(self, workdir: Path, extra_conf: str = ""):
+        exe = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
+        if exe is None:
+            pytest.fail("mosquitto not found: install it with `sudo apt-get install -y mosquitto` (the tests need a real broker)")
+        self.exe = exe
+        self.port = free_port()
+        self.workdir = workdir
+        self.conf = workdir / "mosquitto.conf"
+        self.conf.write_text(
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\nset_tcp_nodelay true\n{extra_conf}"
+        )
+        self.log = workdir / "mosquitto.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen([self.exe, "-c", str(self.conf)], stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                if self.proc.poll() is not None:
+                    pytest.fail(f"mosquitto exited: {self.log.read_text()[-2000:]}")
+                time.sleep(0.05)
+        pytest.fail("mosquitto did not start listening within 10 s")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    b = Broker(tmp_path_factory.mktemp("broker"))
+    b.start()
+    yield b
+    b.stop()
+
+
+@pytest.fixture
+def live_broker(broker: Broker) -> Broker:
+    """The session broker, restarted if an earlier test left it stopped."""
+    if not broker.running:
+        broker.start()
+    return broker
+
+
+class Recorder:
+    """Subscribes to a topic filter and keeps every message (topic, JSON payload, retain flag)."""
+
+    def __init__(self, port: int, topic: str = "#"):
+        self.messages: list[tuple[str, Any, bool]] = []
+        self._lock = threading.Lock()
+        self._subscribed = threading.Event()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"recorder-{os.getpid()}-{time.monotonic_ns()}")
+        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1)
+        self.client.on_subscribe = lambda *a: self._subscribed.set()
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        if not self._subscribed.wait(10):
+            raise RuntimeError("recorder could not subscribe")
+
+    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+        try:
+            payload = json.loads(msg.payload) if msg.payload else None
+        except ValueError:
+            payload = msg.payload
+        with self._lock:
+            self.messages.append((msg.topic, payload, bool(msg.retain)))
+
+    def on(self, suffix: str) -> list[Any]:
+        """Payloads whose topic ends with ``/suffix``."""
+        with self._lock:
+            return [p for t, p, _ in self.messages if t.endswith("/" + suffix)]
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+@pytest.fixture
+def recorder(live_broker: Broker) -> Iterator[Callable[..., Recorder]]:
+    made: list[Recorder] = []
+
+    def make(topic: str = "#") -> Recorder:
+        r = Recorder(live_broker.port, topic)
+        made.append(r)
+        return r
+
+    yield make
+    for r in made:
+        r.close()
+
+
+def agent_env(state_dir: Path, port: int, **extra: Any) -> dict[str, str]:
+    """A clean environment for an agent process: no EDGE_AGENT_* from the outside, a private state dir."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_AGENT_")}
+    env.update(
+        EDGE_AGENT_STATE_DIR=str(state_dir),
+        EDGE_AGENT_MQTT__HOST="127.0.0.1",
+        EDGE_AGENT_MQTT__PORT=str(port),
+        EDGE_AGENT_DEVICE_ID="test-gw",
+        EDGE_AGENT_LOG_LEVEL="INFO",
+    )
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def run_agent(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m agent`` to completion (the real process, as a user would)."""
+    return subprocess.run(
+        [sys.executable, "-m", "agent", *(args or ("run",))], env=env, cwd=ROOT, capture_output=True, text=True,
+        timeout=timeout,
+    )
+
+
+def start_agent(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "agent", *(args or ("run",))], env=env, cwd=ROOT, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )
+
+
+def stop_agent(proc: subprocess.Popen[str], sig: int = signal.SIGTERM, timeout: float = 30) -> tuple[str, str]:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+    out, err = proc.communicate(timeout=timeout)
+    return out, err
+
+
+@pytest.fixture(autouse=True)
+def no_thread_leaks() -> Iterator[None]:
+    """A test that leaves a non-daemon thread of ours running fails (thread deaths must not hide)."""
+    before = set(threading.enumerate())
+    yield
+    leaked = [t for t in threading.enumerate() if t not in before and t.is_alive() and not t.daemon]
+    for t in leaked:
+        t.join(timeout=2)
+    leaked = [t.name for t in leaked if t.is_alive()]
+    assert not leaked, f"threads left running: {leaked}"

@@ -1,0 +1,71 @@
+"""The alert state machine and summaries."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from agent.decide import CLEARED, RAISED, AlertMachine, Summariser
+from agent.records import Inference, Vector, Window
+
+
+def _inf(score: float, t: float = 0.0) -> Inference:
+    return Inference(window=Window("s", t, t, np.zeros((1, 1))), score=score)
+
+
+def _run(machine, scores):
+    out = []
+    for i, s in enumerate(scores):
+        t = machine.update(_inf(s, i))
+        out.append(t.state if t else None)
+    return out
+
+
+@pytest.mark.parametrize(
+    "k, n, scores, expected",
+    [
+        # 3 of 5 over 1.0 raises on the third over-threshold window
+        (3, 5, [2, 0, 2, 0, 2], [None, None, None, None, RAISED]),
+        (3, 5, [2, 0, 0, 0, 2, 0, 0, 0, 2], [None] * 9),  # never 3 within 5
+        (1, 1, [0.5, 1.5, 1.5, 0.5], [None, RAISED, None, CLEARED]),
+        # hysteresis: 0.9 is under the threshold but not under 1.0 x 0.8, so the alert stays raised
+        (1, 1, [2, 0.9, 0.9, 0.7], [RAISED, None, None, CLEARED]),
+        (2, 3, [2, 2, 0.5, 2, 0.5], [None, RAISED, None, None, CLEARED]),
+        # exactly at the threshold is not over it
+        (1, 1, [1.0], [None]),
+    ],
+)
+def test_k_of_n_and_hysteresis(k, n, scores, expected):
+    assert _run(AlertMachine("s", 1.0, k, n, 0.8), scores) == expected
+
+
+def test_raise_and_clear_share_the_alert_id_and_new_alert_gets_new_id():
+    m = AlertMachine("s", 1.0, 1, 1, 0.8)
+    r1 = m.update(_inf(2))
+    c1 = m.update(_inf(0))
+    r2 = m.update(_inf(3))
+    assert r1.alert_id == c1.alert_id != r2.alert_id
+    assert c1.peak_score == 2
+
+
+def test_invalid_k_n():
+    with pytest.raises(ValueError):
+        AlertMachine("s", 1.0, 4, 3, 0.8)
+
+
+def test_summary_period_and_statistics():
+    s = Summariser(["a", "b"], interval_s=10)
+    for t in range(12):
+        if s.due(float(t)):
+            first = s.take(float(t), {"non_numeric": 2})
+            break
+        s.add_vector(Vector(float(t), np.array([t, -t], dtype=float)))
+        s.add_score(float(t))
+    assert first["period_start"] == 0 and first["period_end"] == 10
+    assert first["readings"] == 10 and first["windows"] == 10
+    assert first["channels"]["a"] == {"count": 10, "min": 0, "mean": 4.5, "max": 9}
+    assert first["channels"]["b"]["min"] == -9
+    assert first["rejected"] == {"non_numeric": 2}
+    assert first["score"]["max"] == 9 and first["score"]["p50"] == pytest.approx(4.5)
+    empty = s.take(None, {})
+    assert empty["readings"] == 0 and empty["score"] is None and empty["channels"]["a"] == {"count": 0}

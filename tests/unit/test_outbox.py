@@ -1,0 +1,99 @@
+"""The SQLite outbox: durable order, priorities, bounds, corruption."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+from agent.counters import Counters
+from agent.outbox import Outbox
+from agent.records import Outgoing
+
+
+def _alert(i):
+    return Outgoing("alert", "alerts", {"id": f"a{i}"})
+
+
+def _summary(i):
+    return Outgoing("summary", "summary", {"id": f"s{i}", "pad": "x" * 100})
+
+
+def test_alerts_drain_before_summaries_and_in_order(tmp_path):
+    ob = Outbox(tmp_path / "o.db", Counters())
+    ob.put(_summary(1))
+    ob.put(_alert(1))
+    ob.put(_summary(2))
+    ob.put(_alert(2))
+    ids = [json.loads(r.payload)["id"] for r in ob.pending(10)]
+    assert ids == ["a1", "a2", "s1", "s2"]
+
+
+def test_alerts_get_a_persistent_sequence(tmp_path):
+    ob = Outbox(tmp_path / "o.db", Counters())
+    ob.put(_alert(1))
+    ob.put(_alert(2))
+    ob.close()
+    ob = Outbox(tmp_path / "o.db", Counters())
+    ob.put(_alert(3))
+    seqs = [json.loads(r.payload)["seq"] for r in ob.pending(10)]
+    assert seqs == [1, 2, 3]
+
+
+def test_rows_survive_reopen_until_acked(tmp_path):
+    ob = Outbox(tmp_path / "o.db", Counters())
+    ob.put(_alert(1))
+    ob.put(_alert(2))
+    first = ob.pending(1)[0]
+    ob.ack(first.id)
+    # no close(): as after a kill, the committed rows must be there
+    ob2 = Outbox(tmp_path / "o.db", Counters())
+    assert [json.loads(r.payload)["id"] for r in ob2.pending(10)] == ["a2"]
+    assert ob2.depth() == 1
+
+
+def test_pending_excludes_inflight(tmp_path):
+    ob = Outbox(tmp_path / "o.db", Counters())
+    rows = [ob.put(_alert(i)) for i in range(3)]
+    assert [r.id for r in ob.pending(2, exclude={rows[0]})] == rows[1:]
+
+
+def test_full_drops_oldest_summaries_first_then_alerts(tmp_path):
+    c = Counters()
+    ob = Outbox(tmp_path / "o.db", c, max_rows=3)
+    ob.put(_alert(1))
+    ob.put(_summary(1))
+    ob.put(_summary(2))
+    ob.put(_alert(2))  # drops s1
+    assert [json.loads(r.payload)["id"] for r in ob.pending(10)] == ["a1", "a2", "s2"]
+    ob.put(_alert(3))  # drops s2
+    ob.put(_alert(4))  # nothing else left: drops the oldest alert
+    assert [json.loads(r.payload)["id"] for r in ob.pending(10)] == ["a2", "a3", "a4"]
+    assert c.snapshot("outbox.dropped.") == {"summary": 2, "alert": 1}
+
+
+def test_byte_bound(tmp_path):
+    c = Counters()
+    ob = Outbox(tmp_path / "o.db", c, max_bytes=350)
+    for i in range(5):
+        ob.put(_summary(i))
+    assert ob.depth() < 5
+    assert c.get("outbox.dropped.summary") == 5 - ob.depth()
+
+
+def test_corrupt_file_is_moved_aside_and_recreated(tmp_path):
+    p = tmp_path / "o.db"
+    p.write_bytes(b"this is not a database" * 100)
+    c = Counters()
+    ob = Outbox(p, c)
+    ob.put(_alert(1))
+    assert ob.depth() == 1
+    assert c.get("outbox.corrupt_recovered") == 1
+    assert list(tmp_path.glob("o.db.corrupt-*"))
+
+
+def test_integrity_and_wal(tmp_path):
+    ob = Outbox(tmp_path / "o.db", Counters())
+    ob.put(_alert(1))
+    db = sqlite3.connect(tmp_path / "o.db")
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"

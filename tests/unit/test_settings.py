@@ -1,0 +1,128 @@
+"""Configuration: names, precedence, unknown keys, one line per problem, exit 78."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agent.settings import ConfigError, flat_env, known_env_names, load_settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_documented_names_exist():
+    names = set(known_env_names())
+    for n in (
+        "EDGE_AGENT_DEVICE_ID", "EDGE_AGENT_STATE_DIR", "EDGE_AGENT_SOURCE__KIND", "EDGE_AGENT_SOURCE__PATH",
+        "EDGE_AGENT_SOURCE__SPEED", "EDGE_AGENT_MODEL__PATH", "EDGE_AGENT_MQTT__HOST", "EDGE_AGENT_MQTT__PORT",
+        "EDGE_AGENT_MQTT__TOPIC_PREFIX", "EDGE_AGENT_LOG_LEVEL", "EDGE_AGENT_SUMMARY_INTERVAL_S",
+        "EDGE_AGENT_DRAIN_TIMEOUT_S", "EDGE_AGENT_SOURCE__PORT", "EDGE_AGENT_SOURCE__TOPICS",
+    ):
+        assert n in names, n
+
+
+def test_defaults_without_any_configuration(tmp_path):
+    s = load_settings(None, {})
+    assert s.source.kind == "replay" and s.source.path is None
+    assert s.mqtt.host == "localhost" and s.mqtt.port == 1883 and s.mqtt.topic_prefix == "edge"
+    assert s.drain_timeout_s == 10 and s.summary_interval_s == 300
+    assert s.device_id  # the host name
+
+
+def test_environment_overrides_env_file(tmp_path):
+    f = tmp_path / "agent.env"
+    f.write_text("EDGE_AGENT_MQTT__PORT=1884\nEDGE_AGENT_DEVICE_ID=from-file\nUNRELATED=1\n")
+    s = load_settings(f, {"EDGE_AGENT_MQTT__PORT": "1999"})
+    assert s.mqtt.port == 1999
+    assert s.device_id == "from-file"
+
+
+@pytest.mark.parametrize(
+    "content, env, expected",
+    [
+        ("EDGE_AGENT_MQTT__HOTS=x\n", {}, ["EDGE_AGENT_MQTT__HOTS=x: unknown setting", "did you mean EDGE_AGENT_MQTT__HOST"]),
+        ("", {"EDGE_AGENT_MQTT__PORT": "abc"}, ["EDGE_AGENT_MQTT__PORT='abc'", "valid integer"]),
+        ("", {"EDGE_AGENT_MQTT__PORT": "70000"}, ["EDGE_AGENT_MQTT__PORT='70000'", "less than or equal to 65535"]),
+        ("", {"EDGE_AGENT_SOURCE__SPEED": "-1"}, ["EDGE_AGENT_SOURCE__SPEED='-1'", "greater than or equal to 0"]),
+        ("", {"EDGE_AGENT_SOURCE__KIND": "usb"}, ["EDGE_AGENT_SOURCE__KIND='usb'", "replay, serial or mqtt"]),
+        ("", {"EDGE_AGENT_SOURCE__KIND": "serial"}, ["EDGE_AGENT_SOURCE__PORT=(not set)", "Field required"]),
+        ("", {"EDGE_AGENT_LOG_LEVEL": "loud"}, ["EDGE_AGENT_LOG_LEVEL='loud'"]),
+        ("", {"EDGE_AGENT_MQTT__TOPIC_PREFIX": "a/#"}, ["EDGE_AGENT_MQTT__TOPIC_PREFIX='a/#'", "must not contain"]),
+    ],
+)
+def test_problems_name_variable_value_and_rule(tmp_path, content, env, expected):
+    f = tmp_path / "agent.env"
+    f.write_text(content)
+    with pytest.raises(ConfigError) as e:
+        load_settings(f, env)
+    text = str(e.value)
+    for piece in expected:
+        assert piece in text
+
+
+def test_every_problem_is_reported_at_once(tmp_path):
+    f = tmp_path / "agent.env"
+    f.write_text("EDGE_AGENT_BOGUS=1\nEDGE_AGENT_MQTT__PORT=x\n")
+    with pytest.raises(ConfigError) as e:
+        load_settings(f, {"EDGE_AGENT_SOURCE__SPEED": "-2"})
+    assert len(e.value.problems) == 3
+
+
+def test_secrets_are_masked(tmp_path):
+    s = load_settings(None, {"EDGE_AGENT_MQTT__PASSWORD": "hunter2"})
+    assert s.mqtt.password.get_secret_value() == "hunter2"
+    flat = flat_env(s)
+    assert flat["EDGE_AGENT_MQTT__PASSWORD"] == "***"
+    assert "hunter2" not in str(flat)
+
+
+def test_comma_separated_lists():
+    s = load_settings(None, {"EDGE_AGENT_SOURCE__KIND": "mqtt", "EDGE_AGENT_SOURCE__TOPICS": "a/+/b, c/#"})
+    assert s.source.topics == ["a/+/b", "c/#"]
+
+
+def _cli(*args, env=None):
+    import os
+
+    e = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_AGENT_")}
+    e.update(env or {})
+    return subprocess.run([sys.executable, "-m", "agent", *args], capture_output=True, text=True, env=e, cwd=ROOT, timeout=60)
+
+
+@pytest.mark.parametrize("command", ["check-config", "run"])
+def test_bad_config_exits_78_naming_the_variable(tmp_path, command):
+    f = tmp_path / "agent.env"
+    f.write_text("EDGE_AGENT_MQTT__PORT=notaport\nEDGE_AGENT_SOURCE__SPED=3\n")
+    r = _cli(command, "--env-file", str(f))
+    assert r.returncode == 78, r.stderr
+    assert "EDGE_AGENT_MQTT__PORT='notaport'" in r.stderr
+    assert "EDGE_AGENT_SOURCE__SPED=3: unknown setting" in r.stderr
+
+
+def test_check_config_prints_effective_configuration(tmp_path):
+    r = _cli("check-config", env={"EDGE_AGENT_MQTT__HOST": "broker.example", "EDGE_AGENT_MQTT__PASSWORD": "s3cret"})
+    assert r.returncode == 0, r.stderr
+    assert "EDGE_AGENT_MQTT__HOST=broker.example" in r.stdout
+    assert "s3cret" not in r.stdout + r.stderr
+
+
+def test_missing_env_file_is_a_config_error(tmp_path):
+    r = _cli("check-config", "--env-file", str(tmp_path / "nope.env"))
+    assert r.returncode == 78
+    assert "nope.env" in r.stderr
+
+
+@pytest.mark.parametrize("args", [["--help"], ["run", "--help"], ["check-config", "--help"], ["version", "--help"]])
+def test_help(args):
+    r = _cli(*args)
+    assert r.returncode == 0 and "usage: edge-agent" in r.stdout
+
+
+def test_version_from_module_and_script():
+    from agent import __version__
+
+    r = _cli("version")
+    assert r.stdout.strip() == f"edge-agent {__version__}"

@@ -1,0 +1,63 @@
+"""Windowing and normalisation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from agent.records import Vector
+from agent.window import Normaliser, Windower, feature_size, features
+
+
+def _push_all(w, n, sensor="s"):
+    out = []
+    for i in range(n):
+        win = w.push(Vector(ts=float(i), values=np.array([i, 10 * i], dtype=float), sensor=sensor))
+        if win is not None:
+            out.append(win)
+    return out
+
+
+@pytest.mark.parametrize(
+    "length, hop, n, expected_ends",
+    [(3, 1, 5, [2, 3, 4]), (3, 2, 7, [2, 4, 6]), (1, 1, 3, [0, 1, 2]), (4, 4, 9, [3, 7]), (5, 1, 4, [])],
+)
+def test_window_length_and_hop(length, hop, n, expected_ends):
+    wins = _push_all(Windower(length, hop, 2), n)
+    assert [w.end_ts for w in wins] == expected_ends
+    for w in wins:
+        assert w.data.shape == (length, 2)
+        assert list(w.data[:, 0]) == list(range(int(w.end_ts) - length + 1, int(w.end_ts) + 1))  # oldest first
+        assert w.start_ts == w.end_ts - length + 1
+
+
+def test_sensors_have_their_own_buffers_and_reset():
+    w = Windower(2, 1, 2)
+    assert w.push(Vector(0.0, np.zeros(2), "a")) is None
+    assert w.push(Vector(0.0, np.zeros(2), "b")) is None
+    assert w.push(Vector(1.0, np.ones(2), "a")) is not None
+    w.reset("b")
+    assert w.push(Vector(1.0, np.ones(2), "b")) is None
+
+
+def test_window_data_is_a_copy():
+    w = Windower(2, 1, 2)
+    wins = _push_all(w, 4)
+    assert wins[0].data[0, 0] == 0 and wins[1].data[0, 0] == 1
+
+
+def test_normaliser_zscore_and_constant_channel():
+    data = np.array([[1.0, 5.0], [3.0, 5.0]])
+    n = Normaliser.fit(data)
+    z = n(data)
+    assert np.allclose(z[:, 0], [-1, 1])
+    assert np.all(np.isfinite(z[:, 1])) and np.allclose(z[:, 1], 0)
+
+
+def test_features():
+    win = np.arange(6, dtype=float).reshape(3, 2)
+    assert list(features("raw", win)) == [0, 1, 2, 3, 4, 5]
+    assert list(features("last", win)) == [4, 5]
+    assert feature_size("raw", 3, 2) == 6 and feature_size("last", 3, 2) == 2
+    with pytest.raises(ValueError):
+        features("fft", win)
