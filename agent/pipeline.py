@@ -62,9 +62,9 @@ class Pipeline:
         self._decision_override = (k, n, clear_ratio)
         self.scorer = Scorer(model, sidecar_normaliser(model))
         self.params = self._params(None)
+        self.machines: dict[str, AlertMachine] = {}
         if self.calibrator.result is not None:
             self._apply(self.calibrator.result)
-        self.machines: dict[str, AlertMachine] = {}
         self.summariser = Summariser(list(sc.channels), summary_interval_s)
         self._rejects_base = counters.snapshot("reject.")
         self.last_inference: Inference | None = None

@@ -88,10 +88,10 @@ class MqttSourceSettings(_Section):
     channel: str = Field("value", description="Channel name for payloads that are a bare number.")
     timestamp_field: str = Field("ts", description="Timestamp field in JSON payloads (epoch seconds or ISO 8601); absent = time of receipt.")
     qos: Literal[0, 1] = Field(0, description="Subscription QoS.")
-    host: str = Field("", description="Sensor broker host; empty = the upstream broker (EDGE_AGENT_MQTT__HOST).")
-    port: int = Field(0, ge=0, le=65535, description="Sensor broker port; 0 = the upstream port.")
-    username: str = Field("", description="Sensor broker user name; empty = the upstream one.")
-    password_file: Path | None = Field(None, description="File holding the sensor broker password; empty = the upstream one.")
+    broker_host: str = Field("", description="Sensor broker host; empty = the upstream broker (EDGE_AGENT_MQTT__HOST).")
+    broker_port: int = Field(0, ge=0, le=65535, description="Sensor broker port; 0 = the upstream port.")
+    broker_username: str = Field("", description="Sensor broker user name; empty = the upstream one.")
+    broker_password_file: Path | None = Field(None, description="File holding the sensor broker password; empty = the upstream one.")
 
     _split = field_validator("topics", mode="before")(_split_list)
 

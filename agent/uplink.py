@@ -129,6 +129,7 @@ class Uplink:
             except (RuntimeError, ValueError) as e:
                 log.warning("could not publish offline status: %s", e)
             self.client.disconnect()
+        self.client.disable_logger()  # paho 2.2 logs a spurious "Client is not connected" after a disconnect
         self.client.loop_stop()
 
     def publish_status(self) -> None:

@@ -1,0 +1,135 @@
+"""The bundled model under both runtimes, and the sidecar checks that refuse a bad model."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from agent.bundled import bundled_dir, default_model_path, demo_recording_path
+from agent.calibrate import sidecar_normaliser
+from agent.infer import Model, ModelError, Scorer, interpreter_class
+
+ROOT = Path(__file__).resolve().parents[2]
+BUNDLED = [default_model_path(), bundled_dir() / "machine-failure.tflite"]
+
+
+def _copy(tmp_path: Path, src: Path = default_model_path()) -> Path:
+    dst = tmp_path / src.name
+    shutil.copy(src, dst)
+    shutil.copy(src.with_suffix(".json"), dst.with_suffix(".json"))
+    return dst
+
+
+def _edit(path: Path, **changes) -> None:
+    sc = json.loads(path.with_suffix(".json").read_text())
+    for k, v in changes.items():
+        if v is None:
+            sc.pop(k, None)
+        else:
+            sc[k] = v
+    path.with_suffix(".json").write_text(json.dumps(sc))
+
+
+@pytest.mark.parametrize("path", BUNDLED, ids=lambda p: p.stem)
+@pytest.mark.parametrize("runtime", ["ai_edge_litert", "tflite_runtime"])
+def test_bundled_models_load_on_both_runtimes(path, runtime):
+    m = Model(path, runtime=runtime)
+    assert m.runtime == runtime
+    assert m.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    x = np.zeros(int(np.prod(m.sidecar.input.shape)))
+    out = m.invoke(x)
+    assert out.shape == (int(np.prod(m.sidecar.output.shape)),) and np.all(np.isfinite(out))
+
+
+@pytest.mark.parametrize("path", BUNDLED, ids=lambda p: p.stem)
+def test_both_runtimes_give_the_same_scores(path):
+    a, b = Model(path, runtime="ai_edge_litert"), Model(path, runtime="tflite_runtime")
+    rng = np.random.default_rng(0)
+    sc = a.sidecar
+    scorer_a, scorer_b = Scorer(a, sidecar_normaliser(a)), Scorer(b, sidecar_normaliser(b))
+    mean = np.asarray(sc.normalisation.mean or np.zeros(len(sc.channels)))
+    std = np.asarray(sc.normalisation.std or np.ones(len(sc.channels)))
+    out_scale = a.tensor_details()["output"]["scale"]
+    for _ in range(50):
+        win = mean + std * rng.normal(size=(sc.window.length, len(sc.channels)))
+        sa, sb = scorer_a.score(win)[0], scorer_b.score(win)[0]
+        # XNNPACK (litert) and the reference int8 kernels may round one step apart
+        assert abs(sa - sb) <= max(4 * out_scale * (1 + abs(sa)) ** 0.5, 1e-6), (sa, sb)
+
+
+def test_auto_prefers_ai_edge_litert():
+    assert interpreter_class("auto")[1] == "ai_edge_litert"
+
+
+@pytest.mark.parametrize(
+    "change, reason",
+    [
+        ({"sha256": "0" * 64}, "does not match the sidecar"),
+        ({"input": {"shape": [1, 81], "dtype": "int8"}}, "input shape"),
+        ({"output": {"shape": [1, 80], "dtype": "float32"}}, "output dtype"),
+        ({"channels": ["a", "b"]}, "normalisation mean/std must have one value per channel"),
+        ({"window": {"length": 11, "hop": 1}}, "features 'raw'"),
+        ({"kind": "classifier"}, "kind classifier needs score 'output'"),
+        ({"name": None}, "name: Field required"),
+        ({"threshold": None}, "threshold: Field required"),
+        ({"features": "fft"}, "features must be one of"),
+        ({"schema": 2}, "schema"),
+        ({"valid_ranges": {"Nope": [0, 1]}}, "unknown channels"),
+    ],
+)
+def test_sidecar_mismatch_is_refused_with_the_reason(tmp_path, change, reason):
+    p = _copy(tmp_path)
+    _edit(p, **change)
+    with pytest.raises(ModelError) as e:
+        Model(p)
+    assert reason in str(e.value)
+
+
+def test_missing_sidecar_and_corrupt_model(tmp_path):
+    p = _copy(tmp_path)
+    p.with_suffix(".json").unlink()
+    with pytest.raises(ModelError, match="sidecar pump-anomaly.json not found"):
+        Model(p)
+    p = _copy(tmp_path)
+    p.write_bytes(b"garbage" * 100)
+    _edit(p, sha256=hashlib.sha256(p.read_bytes()).hexdigest())
+    with pytest.raises(ModelError, match="interpreter refused the file"):
+        Model(p)
+    p.with_suffix(".json").write_text("{not json")
+    with pytest.raises(ModelError, match="not readable JSON"):
+        Model(p)
+
+
+def test_bad_model_at_start_exits_78_with_the_reason(tmp_path):
+    p = _copy(tmp_path)
+    _edit(p, sha256="1" * 64)
+    env = {"EDGE_AGENT_MODEL__PATH": str(p), "EDGE_AGENT_STATE_DIR": str(tmp_path / "s"), "PATH": "/usr/bin:/bin"}
+    r = subprocess.run([sys.executable, "-m", "agent", "run"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 78
+    assert "does not match the sidecar" in r.stderr
+
+
+def test_model_info_prints_sidecar_tensors_and_checks(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "agent", "model", "info", str(default_model_path())],
+                       cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout)
+    assert info["sidecar"]["name"] == "pump-anomaly"
+    assert info["tensors"]["input"]["dtype"] == "int8" and info["tensors"]["input"]["scale"] > 0
+    assert set(info["checks"].values()) == {"ok"}
+    p = _copy(tmp_path)
+    _edit(p, sha256="2" * 64)
+    r = subprocess.run([sys.executable, "-m", "agent", "model", "info", str(p)], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 78 and "does not match" in json.loads(r.stdout)["error"]
+
+
+def test_demo_recording_is_bundled():
+    assert demo_recording_path().is_file()
+    assert (demo_recording_path().parent / "LICENSE-SKAB").is_file()
