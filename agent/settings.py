@@ -63,8 +63,8 @@ class SerialSourceSettings(_Section):
     port: str = Field(..., min_length=1, description="Device path (prefer /dev/serial/by-id/...) or a pyserial URL.")
     baudrate: int = Field(115200, gt=0, description="Line speed in baud.")
     parity: Literal["N", "E", "O", "M", "S"] = Field("N", description="Parity: N, E, O, M or S.")
-    stopbits: Literal[1, 1.5, 2] = Field(1, description="Stop bits: 1, 1.5 or 2.")
-    bytesize: Literal[5, 6, 7, 8] = Field(8, description="Data bits: 5 to 8.")
+    stopbits: float = Field(1, description="Stop bits: 1, 1.5 or 2.")
+    bytesize: int = Field(8, ge=5, le=8, description="Data bits: 5 to 8.")
     terminator: Literal["lf", "crlf", "cr"] = Field("lf", description="Line terminator: lf, crlf or cr.")
     max_line_bytes: int = Field(4096, ge=16, description="Longer lines are dropped and counted as line_too_long.")
     format: Literal["csv", "json", "kv"] = Field("csv", description="Line format: csv, json (one object per line) or kv (name=value pairs).")
@@ -78,6 +78,13 @@ class SerialSourceSettings(_Section):
 
     _split = field_validator("channels", mode="before")(_split_list)
 
+    @field_validator("stopbits")
+    @classmethod
+    def _stopbits(cls, v: float) -> float:
+        if v not in (1, 1.5, 2):
+            raise ValueError("must be 1, 1.5 or 2")
+        return v
+
 
 class MqttSourceSettings(_Section):
     """Subscribes to sensor topics on an MQTT broker (by default the upstream broker)."""
@@ -87,7 +94,7 @@ class MqttSourceSettings(_Section):
     sensor_pattern: str = Field("", description="Topic pattern naming the sensor level, e.g. plant/{sensor}/telemetry; empty = the whole topic.")
     channel: str = Field("value", description="Channel name for payloads that are a bare number.")
     timestamp_field: str = Field("ts", description="Timestamp field in JSON payloads (epoch seconds or ISO 8601); absent = time of receipt.")
-    qos: Literal[0, 1] = Field(0, description="Subscription QoS.")
+    qos: int = Field(0, ge=0, le=1, description="Subscription QoS: 0 or 1.")
     broker_host: str = Field("", description="Sensor broker host; empty = the upstream broker (EDGE_AGENT_MQTT__HOST).")
     broker_port: int = Field(0, ge=0, le=65535, description="Sensor broker port; 0 = the upstream port.")
     broker_username: str = Field("", description="Sensor broker user name; empty = the upstream one.")
@@ -148,6 +155,11 @@ class MqttSettings(_Section):
     password_file: Path | None = Field(None, description="File holding the password; empty = $CREDENTIALS_DIRECTORY/mqtt-password when present.")
     password: SecretStr | None = Field(None, description="Password given directly (prefer password_file or a systemd credential).")
     max_inflight: int = Field(10, ge=1, le=100, description="QoS 1 messages awaiting PUBACK at once.")
+    tls: bool = Field(False, description="Connect with TLS (port 8883 by convention).")
+    ca_file: Path | None = Field(None, description="CA certificate(s) to verify the broker with; empty = the system's CAs.")
+    cert_file: Path | None = Field(None, description="Client certificate for mutual TLS.")
+    key_file: Path | None = Field(None, description="Private key of the client certificate.")
+    tls_insecure: bool = Field(False, description="Skip the broker host name check (never in production: it allows impersonation).")
 
     @field_validator("topic_prefix")
     @classmethod
@@ -155,6 +167,32 @@ class MqttSettings(_Section):
         if any(c in v for c in "+#") or v.startswith("/") or v.endswith("/"):
             raise ValueError("must not contain + or # nor start or end with /")
         return v
+
+
+class OutboxSettings(_Section):
+    """Bounds of the store-and-forward outbox."""
+
+    max_rows: int = Field(10_000, ge=10, description="Messages kept at most; past this the oldest summaries are dropped first, alerts last.")
+    max_bytes: int = Field(16 * 2**20, ge=65536, description="Payload bytes kept at most (same drop policy).")
+
+
+class AlertSettings(_Section):
+    """Alert policy on top of the model's decision: severity, cooldown, rate limit, evidence."""
+
+    critical_margin: float = Field(1.0, gt=0, description="Severity critical when the score exceeds the threshold by this fraction (1.0 = twice the threshold), else warning.")
+    cooldown_s: float = Field(0.0, ge=0, description="After an alert clears, a new one on the same sensor within this many seconds (data time) is suppressed and counted.")
+    rate_limit_per_hour: int = Field(30, ge=0, description="At most this many alerts raised per hour (data time); more are suppressed and counted; 0 = no limit.")
+    evidence_windows_before: int = Field(5, ge=0, le=1000, description="Windows kept as evidence before the one that raised an alert.")
+    evidence_max_bytes: int = Field(16 * 2**20, ge=65536, description="Evidence kept in STATE_DIR at most; the oldest goes first.")
+    evidence_inline_max_bytes: int = Field(0, ge=0, description="Attach the evidence to the alert message when it is at most this big; 0 = never (fetch it by evidence_id).")
+
+
+class CommandSettings(_Section):
+    """Commands under {prefix}/{device_id}/cmd/<name>."""
+
+    enabled: bool = Field(True, description="Accept commands over MQTT; false = do not even subscribe.")
+    threshold_min: float | None = Field(None, gt=0, description="Lowest threshold set-threshold accepts; empty = a tenth of the model's threshold.")
+    threshold_max: float | None = Field(None, gt=0, description="Highest threshold set-threshold accepts; empty = ten times the model's threshold.")
 
 
 class Settings(BaseSettings):
@@ -169,6 +207,8 @@ class Settings(BaseSettings):
     state_dir: Path = Field(default_factory=_default_state_dir, description="Outbox and calibration live here; default: $STATE_DIRECTORY, /var/lib/edge-agent for root, else ~/.local/state/edge-agent.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level on stderr: DEBUG, INFO, WARNING or ERROR.")
     summary_interval_s: float = Field(300.0, gt=0, description="Seconds of data time between summaries.")
+    stats_interval_s: float = Field(300.0, ge=1, description="Seconds between stats messages (QoS 0).")
+    stall_s: float = Field(20.0, ge=1, description="A stage without progress for this long stops the systemd watchdog pings (and is reported).")
     drain_timeout_s: float = Field(10.0, ge=0, description="At the end of a replay, how long to keep trying an unreachable broker before exiting.")
     queue_size: int = Field(10000, ge=10, description="Readings buffered between source and pipeline; a live source drops the oldest past this.")
     source: SourceSettings = Field(default_factory=ReplaySourceSettings, description="")
@@ -176,6 +216,9 @@ class Settings(BaseSettings):
     decision: DecisionSettings = Field(default_factory=DecisionSettings)
     calibration: CalibrationSettings = Field(default_factory=CalibrationSettings)
     mqtt: MqttSettings = Field(default_factory=MqttSettings)
+    outbox: OutboxSettings = Field(default_factory=OutboxSettings)
+    alerts: AlertSettings = Field(default_factory=AlertSettings)
+    commands: CommandSettings = Field(default_factory=CommandSettings)
 
     @field_validator("log_level", mode="before")
     @classmethod

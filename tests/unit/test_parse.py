@@ -1,0 +1,258 @@
+"""Table-driven tests of the line and payload parsers, plus property tests: any bytes in, never an exception."""
+
+from __future__ import annotations
+
+import functools
+import math
+import operator
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agent.parse import (
+    HEADER, REASONS, LineParser, PayloadParser, number, timestamp, with_checksum, xor_checksum,
+)
+from agent.records import Reading
+from agent.settings import SerialSourceSettings
+
+RX = 1_700_000_000.0  # time of receipt handed to the parser
+ISO_TS = 1_704_067_200.0  # 2024-01-01T00:00:00Z
+
+
+def parse(line: bytes, **kw: object) -> Reading | str:
+    return LineParser(**kw).parse(line, RX)  # type: ignore[arg-type]
+
+
+# (parser kwargs, line, expected values or reason, expected ts)
+CASES = [
+    # csv with configured channels
+    ({"format": "csv", "channels": ["a", "b"]}, b"1.5,2", {"a": 1.5, "b": 2.0}, RX),
+    ({"format": "csv", "channels": ["a", "b"]}, b" 1.5 , -2e3 \r", {"a": 1.5, "b": -2000.0}, RX),
+    ({"format": "csv", "channels": ["a", "b"]}, b"1,ERR", {"a": 1.0, "b": "ERR"}, RX),
+    ({"format": "csv", "channels": ["a", "b"]}, b'"1",""', {"a": 1.0, "b": ""}, RX),
+    ({"format": "csv", "channels": ["a", "b"]}, b"1,2,", {"a": 1.0, "b": 2.0}, RX),  # trailing delimiter
+    ({"format": "csv", "channels": ["a", "b"]}, b"1", "field_count", None),
+    ({"format": "csv", "channels": ["a", "b"]}, b"1,2,3", "field_count", None),
+    ({"format": "csv", "channels": ["a", "b"], "delimiter": ";"}, b"1;2", {"a": 1.0, "b": 2.0}, RX),
+    ({"format": "csv", "channels": ["ts", "a"]}, b"1700000123.25,1", {"a": 1.0}, 1_700_000_123.25),
+    ({"format": "csv", "channels": ["ts", "a"]}, b"1700000123250,1", {"a": 1.0}, 1_700_000_123.25),  # ms
+    ({"format": "csv", "channels": ["ts", "a"]}, b"2024-01-01T00:00:00Z,1", {"a": 1.0}, ISO_TS),
+    ({"format": "csv", "channels": ["ts", "a"]}, b"2024-01-01 01:00:00+01:00,1", {"a": 1.0}, ISO_TS),
+    ({"format": "csv", "channels": ["ts", "a"]}, b"2024-01-01T00:00:00,1", {"a": 1.0}, ISO_TS),  # naive = UTC
+    ({"format": "csv", "channels": ["ts", "a"]}, b"yesterday-ish,1", "bad_timestamp", None),
+    ({"format": "csv", "channels": ["ts", "a"]}, b"-5,1", "bad_timestamp", None),
+    ({"format": "csv", "channels": ["time", "a"], "timestamp_field": "time"}, b"7,1", {"a": 1.0}, 7.0),
+    ({"format": "csv"}, b"1,2", "no_header", None),
+    ({"format": "csv", "channels": ["a", "b"]}, b"nan,inf", {"a": math.nan, "b": math.inf}, RX),
+    # json
+    ({"format": "json"}, b'{"a": 1, "b": -2.5}', {"a": 1.0, "b": -2.5}, RX),
+    ({"format": "json"}, b'{"a": "3.5", "b": "open"}', {"a": 3.5, "b": "open"}, RX),
+    ({"format": "json"}, b'{"a": true, "b": null, "c": [1]}', {"a": "true", "b": "null", "c": "[1]"}, RX),
+    ({"format": "json"}, b'{"ts": 1700000123.5, "a": 1}', {"a": 1.0}, 1_700_000_123.5),
+    ({"format": "json"}, b'{"ts": "1700000123.5", "a": 1}', {"a": 1.0}, 1_700_000_123.5),
+    ({"format": "json"}, b'{"ts": "2024-01-01T00:00:00Z", "a": 1}', {"a": 1.0}, ISO_TS),
+    ({"format": "json"}, b'{"ts": "2024-01-01T02:00:00.000+02:00", "a": 1}', {"a": 1.0}, ISO_TS),
+    ({"format": "json", "timestamp_field": "t"}, b'{"t": 5, "ts": 9}', {"ts": 9.0}, 5.0),
+    ({"format": "json"}, b'{"ts": "soon", "a": 1}', "bad_timestamp", None),
+    ({"format": "json"}, b'{"ts": true, "a": 1}', "bad_timestamp", None),
+    ({"format": "json"}, b'{"ts": 1e400, "a": 1}', "bad_timestamp", None),
+    ({"format": "json"}, b'{"ts": 5}', "empty", None),
+    ({"format": "json"}, b"[1, 2]", "malformed", None),
+    ({"format": "json"}, b'{"a": 1', "malformed", None),
+    ({"format": "json"}, b"[" * 100_000, "malformed", None),
+    # kv: spaces, commas, semicolons, spaces around '='
+    ({"format": "kv"}, b"a=1 b=2", {"a": 1.0, "b": 2.0}, RX),
+    ({"format": "kv"}, b"a=1,b=2", {"a": 1.0, "b": 2.0}, RX),
+    ({"format": "kv"}, b"a=1;b=2", {"a": 1.0, "b": 2.0}, RX),
+    ({"format": "kv"}, b"a = 1 ; b=2,  c=x", {"a": 1.0, "b": 2.0, "c": "x"}, RX),
+    ({"format": "kv"}, b"ts=2024-01-01T00:00:00Z a=1", {"a": 1.0}, ISO_TS),
+    ({"format": "kv"}, b"a=1 b", "malformed", None),
+    ({"format": "kv"}, b"=1", "malformed", None),
+    ({"format": "kv"}, b"ts=1", "empty", None),
+    # checksum: good (with and without '$'), wrong, missing, not hex
+    ({"format": "kv", "checksum": True}, with_checksum(b"a=1 b=2"), {"a": 1.0, "b": 2.0}, RX),
+    ({"format": "csv", "channels": ["a", "b"], "checksum": True}, with_checksum(b"1,2", dollar=True),
+     {"a": 1.0, "b": 2.0}, RX),
+    ({"format": "json", "checksum": True}, with_checksum(b'{"a":1}').lower(), {"a": 1.0}, RX),
+    ({"format": "kv", "checksum": True}, b"a=1*00", "checksum", None),
+    ({"format": "kv", "checksum": True}, b"a=1", "checksum", None),
+    ({"format": "kv", "checksum": True}, b"a=1*zz", "checksum", None),
+    ({"format": "kv", "checksum": True}, b"a=1*+4", "checksum", None),
+    ({"format": "kv", "checksum": True}, b"*00", "empty", None),
+    # line-level reasons, any format
+    ({"format": "csv", "channels": ["a"]}, b"", "empty", None),
+    ({"format": "json"}, b"  \r", "empty", None),
+    ({"format": "csv", "channels": ["a"]}, b"\xff\xfe\x00\x81", "not_utf8", None),
+    ({"format": "kv"}, b"a=\xc3", "not_utf8", None),
+    ({"format": "csv", "channels": ["a", "b"]}, b"1\x00,2", "malformed", None),
+    ({"format": "json"}, b'{"a":\x1b1}', "malformed", None),
+    ({"format": "csv", "channels": ["a"]}, b"\xef\xbb\xbf42", {"a": 42.0}, RX),  # UTF-8 BOM
+]
+
+
+@pytest.mark.parametrize("kw,line,expected,ts", CASES, ids=[repr(c[1][:40]) for c in CASES])
+def test_parse_table(kw: dict[str, Any], line: bytes, expected: dict[str, Any] | str, ts: float | None) -> None:
+    result = parse(line, sensor="s1", **kw)
+    if isinstance(expected, str):
+        assert result == expected
+        assert expected in REASONS
+        return
+    assert isinstance(result, Reading), result
+    assert result.sensor == "s1"
+    assert result.ts == pytest.approx(ts)
+    assert set(result.values) == set(expected)
+    for k, v in expected.items():
+        got = result.values[k]
+        if isinstance(v, float) and math.isnan(v):
+            assert isinstance(got, float) and math.isnan(got)
+        else:
+            assert got == v and type(got) is type(v)
+
+
+def test_csv_header_line_names_columns() -> None:
+    p = LineParser("csv", sensor="pump")
+    assert p.parse(b"1,2,3", RX) == "no_header"  # lines before the header
+    assert p.parse(b"ts,Current,Volume Flow RateRMS", RX) == HEADER
+    r = p.parse(b"1700000001,4.5,x", RX)
+    assert isinstance(r, Reading)
+    assert r.ts == 1_700_000_001.0 and dict(r.values) == {"Current": 4.5, "Volume Flow RateRMS": "x"}
+    assert p.parse(b"READY", RX) == "field_count"  # a one-word status line does not replace a known header
+    assert p.parse(b'"b";"a"', RX) == "field_count"  # delimiter is ',' here: one field
+    assert p.parse(b'"b","a"', RX) == HEADER  # a device that reboots may send a new header; quotes stripped
+    r = p.parse(b"1,2", RX)
+    assert isinstance(r, Reading) and dict(r.values) == {"b": 1.0, "a": 2.0}
+
+
+def test_csv_header_overrides_configured_order_only_when_it_names_a_channel() -> None:
+    p = LineParser("csv", channels=["a", "b"])
+    assert p.parse(b"ERR,OVF", RX) == Reading(RX, {"a": "ERR", "b": "OVF"})  # text data, not a header
+    assert p.parse(b"ERR,ERR", RX) == Reading(RX, {"a": "ERR", "b": "ERR"})
+    assert p.parse(b"b,a", RX) == HEADER
+    assert p.parse(b"1,2", RX) == Reading(RX, {"b": 1.0, "a": 2.0})
+    # an ISO timestamp plus text values is a data line, not a header
+    q = LineParser("csv", channels=["ts", "state"])
+    r = q.parse(b"2024-01-01T00:00:00Z,OPEN", RX)
+    assert isinstance(r, Reading) and r.ts == ISO_TS and dict(r.values) == {"state": "OPEN"}
+
+
+def test_from_settings() -> None:
+    s = SerialSourceSettings.model_validate({"port": "/dev/null", "format": "csv", "channels": "a, b", "delimiter": ";",
+                                             "checksum": True, "timestamp_field": "t", "sensor": "boiler"})
+    p = LineParser.from_settings(s)
+    assert (p.format, p.channels, p.delimiter, p.checksum, p.timestamp_field, p.sensor) == (
+        "csv", ("a", "b"), ";", True, "t", "boiler")
+    assert p.parse(with_checksum(b"1;2"), RX) == Reading(RX, {"a": 1.0, "b": 2.0}, "boiler")
+
+
+def test_bad_construction_raises() -> None:
+    with pytest.raises(ValueError):
+        LineParser("xml")  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        LineParser("csv", delimiter=";;")
+
+
+PAYLOADS = [
+    (b"12.5", {"temp": 12.5}, RX),
+    (b" 12.5\n", {"temp": 12.5}, RX),
+    (b"-3", {"temp": -3.0}, RX),
+    (b"nan", {"temp": math.nan}, RX),
+    (b'"7.25"', {"temp": 7.25}, RX),
+    (b'"OVF"', {"temp": "OVF"}, RX),
+    (b'{"a": 1, "b": "x"}', {"a": 1.0, "b": "x"}, RX),
+    (b'{"a": 1, "ts": "2024-01-01T00:00:00Z"}', {"a": 1.0}, ISO_TS),
+    (b'{"a": 1, "ts": 1704067200000}', {"a": 1.0}, ISO_TS),
+    (b"", "empty", None),
+    (b"{}", "empty", None),
+    (b"hello", "malformed", None),
+    (b"true", "malformed", None),
+    (b"null", "malformed", None),
+    (b"[1, 2]", "malformed", None),
+    (b'{"ts": "x", "a": 1}', "bad_timestamp", None),
+    (b"\x80\x81", "not_utf8", None),
+]
+
+
+@pytest.mark.parametrize("payload,expected,ts", PAYLOADS, ids=[repr(p[0]) for p in PAYLOADS])
+def test_payload_table(payload: bytes, expected: dict[str, Any] | str, ts: float | None) -> None:
+    result = PayloadParser(channel="temp", sensor="default").parse(payload, RX, sensor="tank-3")
+    if isinstance(expected, str):
+        assert result == expected and expected in REASONS
+        return
+    assert isinstance(result, Reading), result
+    assert result.sensor == "tank-3" and result.ts == pytest.approx(ts)
+    assert set(result.values) == set(expected)
+    for k, v in expected.items():
+        got = result.values[k]
+        assert (isinstance(got, float) and math.isnan(got)) if isinstance(v, float) and math.isnan(v) else got == v
+
+
+def test_payload_sensor_defaults_to_parser_sensor() -> None:
+    r = PayloadParser(sensor="default").parse(b"1", RX)
+    assert isinstance(r, Reading) and r.sensor == "default" and dict(r.values) == {"value": 1.0}
+
+
+def test_helpers() -> None:
+    assert with_checksum(b"GPGGA,1", dollar=True) == b"$GPGGA,1*%02X" % functools.reduce(operator.xor, b"GPGGA,1")
+    assert xor_checksum(b"") == 0
+    assert number(" 4 ") == 4.0 and number("x ") == "x"
+    assert timestamp("2024-01-01T00:00:00Z") == ISO_TS and timestamp(None) is None and timestamp(True) is None
+    assert timestamp(float("nan")) is None and timestamp(1e20) is None
+
+
+# --- properties: any bytes in -> a Reading or a known reason out, never an exception --------------------------
+
+OUTCOMES = REASONS | {HEADER}
+
+
+def check(result: object) -> None:
+    if isinstance(result, Reading):
+        assert isinstance(result.ts, float) and math.isfinite(result.ts)
+        assert result.values and all(isinstance(k, str) for k in result.values)
+        assert all(isinstance(v, (float, str)) for v in result.values.values())
+    else:
+        assert result in OUTCOMES, result
+
+
+printable_lines = st.lists(
+    st.sampled_from([b"1", b"-2.5", b"nan", b"x", b"ts", b"a", b"b", b"=", b",", b";", b" ", b'"', b"{", b"}",
+                     b":", b"*", b"$", b"2024-01-01T00:00:00Z", b"1700000000", b"\xff", b"\x00", b"\r"]),
+    max_size=20,
+).map(b"".join)
+any_line = st.one_of(st.binary(max_size=300), printable_lines)
+
+
+@settings(max_examples=300, deadline=None)
+@given(fmt=st.sampled_from(["csv", "json", "kv"]), checksum=st.booleans(),
+       channels=st.sampled_from([(), ("a",), ("ts", "a", "b")]), lines=st.lists(any_line, max_size=8))
+def test_line_parser_never_raises(fmt: str, checksum: bool, channels: tuple[str, ...], lines: list[bytes]) -> None:
+    p = LineParser(fmt, channels=channels, checksum=checksum, sensor="s")  # type: ignore[arg-type]
+    for line in lines:  # a sequence, so csv header state is exercised too
+        check(p.parse(line, RX))
+        if checksum:
+            check(p.parse(with_checksum(line), RX))
+
+
+@settings(max_examples=300, deadline=None)
+@given(obj=st.dictionaries(st.text(max_size=5), st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=10),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3),
+    max_leaves=5), max_size=5))
+def test_json_objects_never_raise(obj: dict[str, Any]) -> None:
+    import json
+
+    line = json.dumps(obj).encode()
+    check(LineParser("json").parse(line, RX))
+    check(PayloadParser().parse(line, RX))
+
+
+@settings(max_examples=300, deadline=None)
+@given(payload=any_line)
+def test_payload_parser_never_raises(payload: bytes) -> None:
+    check(PayloadParser(channel="v").parse(payload, RX, sensor="x"))
+
+
+@given(data=st.binary(max_size=200))
+def test_xor_checksum_matches_naive(data: bytes) -> None:
+    assert xor_checksum(data) == functools.reduce(operator.xor, data, 0)
