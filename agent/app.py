@@ -16,15 +16,23 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from agent import __version__
+import hashlib
+import json
+import os
+
+from agent import __version__, sdnotify
 from agent.bundled import default_model_path
+from agent.commands import CommandError, Commands, check_new_model
 from agent.counters import Counters
+from agent.decide import AlertPolicy
+from agent.evidence import EvidenceStore
+from agent.health import Heartbeats, HealthMonitor, clock_synchronised, process_usage
 from agent.infer import Model
 from agent.outbox import Outbox
 from agent.pipeline import Pipeline, iso
 from agent.records import Reading
-from agent.settings import Settings
-from agent.sources import Source, create_source
+from agent.settings import Settings, flat_env
+from agent.sources import CONNECTING, DISCONNECTED, Source, create_source
 from agent.uplink import Uplink
 
 log = logging.getLogger(__name__)
@@ -40,15 +48,28 @@ def load_model(settings: Settings) -> Model:
     return Model(Path(path), runtime=settings.model.runtime, num_threads=settings.model.num_threads)
 
 
-def build_pipeline(settings: Settings, model: Model, counters: Counters) -> Pipeline:
+def build_pipeline(
+    settings: Settings, model: Model, counters: Counters, evidence: EvidenceStore | None = None,
+    state_dir: Path | None = None,
+) -> Pipeline:
     """The pipeline as the settings describe it (also used by ``evaluate``)."""
+    a = settings.alerts
     return Pipeline(
-        model, counters, settings.device_id, settings.state_dir,
+        model, counters, settings.device_id, state_dir or settings.state_dir,
         summary_interval_s=settings.summary_interval_s,
         calibration_samples=settings.calibration.samples,
         threshold=settings.model.threshold,
         k=settings.decision.k, n=settings.decision.n, clear_ratio=settings.decision.clear_ratio,
+        policy=AlertPolicy(a.cooldown_s, a.rate_limit_per_hour), critical_margin=a.critical_margin,
+        evidence=evidence, evidence_windows_before=a.evidence_windows_before,
+        evidence_inline_max_bytes=a.evidence_inline_max_bytes,
     )
+
+
+def config_digest(settings: Settings) -> str:
+    """A short digest of the effective configuration (secrets masked), for the birth message."""
+    text = "\n".join(f"{k}={v}" for k, v in sorted(flat_env(settings).items()) if k != "EDGE_AGENT_DEVICE_ID")
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 class Agent:
@@ -61,24 +82,63 @@ class Agent:
         self.started_ts = time.time()
         self.model = load_model(settings)
         settings.state_dir.mkdir(parents=True, exist_ok=True)
-        self.pipeline = build_pipeline(settings, self.model, self.counters)
-        self.outbox = Outbox(settings.state_dir / "outbox.db", self.counters)
+        self.evidence = EvidenceStore(settings.state_dir / "evidence.db", settings.alerts.evidence_max_bytes)
+        self.pipeline = build_pipeline(settings, self.model, self.counters, self.evidence)
+        self._overrides_path = settings.state_dir / "overrides.json"
+        self._load_overrides()
+        self.outbox = Outbox(
+            settings.state_dir / "outbox.db", self.counters, settings.outbox.max_rows, settings.outbox.max_bytes
+        )
         self.source: Source = create_source(settings, self.counters)
         self.queue: queue.Queue[Any] = queue.Queue(maxsize=settings.queue_size)
-        self.uplink = Uplink(settings.mqtt, settings.device_id, self.outbox, self.counters, self.status)
+        self.commands = Commands(self)
+        self._commands_q: queue.Queue[tuple[str, bytes]] = queue.Queue(maxsize=100)
+        self.uplink = Uplink(
+            settings.mqtt, settings.device_id, self.outbox, self.counters, self.status,
+            on_command=self._queue_command if settings.commands.enabled else None,
+        )
+        self.heartbeats = Heartbeats()
+        self.uplink.heartbeat = lambda: self.heartbeats.beat("uplink")
         self._pipeline_done = threading.Event()
+        self._reload_requested = threading.Event()
         self._failed: list[str] = []
         self._last_state: str | None = None
+        self._digest = config_digest(settings)
+        self._drops_seen = 0
+        self._dropping = False
 
     # -- status ----------------------------------------------------------------------------------------------
 
+    def degraded_reasons(self) -> list[str]:
+        """Why the agent is not fully well, in words a control room can act on."""
+        reasons = []
+        if self.source.state == DISCONNECTED:
+            reasons.append("source disconnected")
+        stale = getattr(self.pipeline, "stale_channels", None)
+        if stale:
+            reasons.append("channel stale: " + ", ".join(sorted(stale)))
+        if self._dropping:
+            reasons.append("outbox dropping")
+        stalled = self.heartbeats.stalled(self.settings.stall_s)
+        if stalled:
+            reasons.append("stage stalled: " + ", ".join(sorted(stalled)))
+        if self.source.live and clock_synchronised() is False:
+            reasons.append("clock not synchronised")
+        return reasons
+
     def state(self) -> str:
+        if self.degraded_reasons():
+            return "degraded"
         return "calibrating" if self.pipeline.calibrating else "online"
 
+    def _status_key(self) -> tuple[Any, ...]:
+        return (self.state(), tuple(self.degraded_reasons()), self.model.sha256)
+
     def status(self) -> dict[str, Any]:
-        """The retained status payload (also the birth message: identity, model, runtime)."""
+        """The retained status payload, also the birth message: identity, model, runtime, config digest."""
+        reasons = self.degraded_reasons()
         st: dict[str, Any] = {
-            "state": self.state(),
+            "state": "degraded" if reasons else "calibrating" if self.pipeline.calibrating else "online",
             "ts": iso(time.time()),
             "device_id": self.settings.device_id,
             "agent_version": __version__,
@@ -86,11 +146,107 @@ class Agent:
             "model": {**self.model.describe(), "runtime": self.model.runtime, "runtime_version": self.model.runtime_version},
             "source": {"kind": self.settings.source.kind, "state": self.source.state},
             "threshold": self.pipeline.params.threshold,
+            "config_digest": self._digest,
         }
+        if reasons:
+            st["reasons"] = reasons
         if self.pipeline.calibrating:
             cal = self.pipeline.calibrator
             st["calibration"] = {"collected": cal.collected, "samples": cal.samples, "progress": round(cal.progress, 3)}
         return st
+
+    def stats(self) -> dict[str, Any]:
+        """The stats payload (QoS 0, every EDGE_AGENT_STATS_INTERVAL_S)."""
+        c = self.counters
+        dropped = c.snapshot("outbox.dropped.")
+        total_dropped = sum(dropped.values())
+        self._dropping = total_dropped > self._drops_seen
+        self._drops_seen = total_dropped
+        bytes_in, bytes_out = c.get("source.bytes"), self.uplink.bytes_out
+        return {
+            "ts": iso(time.time()),
+            "device_id": self.settings.device_id,
+            "state": self.state(),
+            "uptime_s": round(time.time() - self.started_ts, 1),
+            "readings_in": c.get("source.readings"),
+            "windows": c.get("pipeline.windows"),
+            "inference_ms": self.pipeline.latencies.percentiles_ms(),
+            "queue": {"depth": self.queue.qsize(), "dropped": c.get("queue.dropped")},
+            "outbox": {"depth": self.outbox.depth(), "dropped": dropped, "corrupt_recovered": c.get("outbox.corrupt_recovered")},
+            "rejected": c.snapshot("reject."),
+            "alerts": {"raised": c.get("alerts.raised"), "cleared": c.get("alerts.cleared"), "suppressed": c.get("alerts.suppressed")},
+            "source": {"kind": self.settings.source.kind, "state": self.source.state, "reconnects": c.get("source.reconnects")},
+            "clock_synced": clock_synchronised(),
+            **process_usage(),
+            "bytes_in": bytes_in,
+            "bytes_out": bytes_out,
+            "bandwidth_ratio": round(bytes_out / bytes_in, 6) if bytes_in else None,
+            "feedback": self.evidence.counts(),
+            "commands": {"ok": c.get("commands.ok"), "failed": c.get("commands.failed")},
+        }
+
+    def publish_status_and_stats(self) -> None:
+        self.uplink.publish_status()
+        self.uplink.publish_now("stats", self.stats())
+
+    # -- overrides, commands, model reload ------------------------------------------------------------------
+
+    def _load_overrides(self) -> None:
+        try:
+            data = json.loads(self._overrides_path.read_text())
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as e:
+            log.warning("ignoring unreadable %s: %s", self._overrides_path, e)
+            return
+        if isinstance(data.get("threshold"), (int, float)):
+            self.pipeline.set_threshold(float(data["threshold"]))
+            log.info("threshold %.4g set by command (in %s)", data["threshold"], self._overrides_path)
+
+    def save_overrides(self, data: dict[str, Any]) -> None:
+        tmp = self._overrides_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data))
+        os.replace(tmp, self._overrides_path)
+
+    def _queue_command(self, name: str, raw: bytes) -> None:
+        """Called on paho's thread: hand the command to the pipeline thread."""
+        try:
+            self._commands_q.put_nowait((name, raw))
+        except queue.Full:
+            self.counters.inc("commands.dropped")
+
+    def _run_commands(self) -> None:
+        while True:
+            try:
+                name, raw = self._commands_q.get_nowait()
+            except queue.Empty:
+                return
+            reply = self.commands.handle(name, raw)
+            self.uplink.publish_now(f"reply/{name}", reply, qos=1)
+            self._emit([])
+
+    def reload_model(self, path: Path, sha256: str) -> dict[str, Any]:
+        """Load, check, canary, then swap between two windows; on any failure keep the old model (CommandError)."""
+        new = check_new_model(path, sha256, self.settings.model.runtime, self.settings.model.num_threads)
+        why = self.pipeline.canary(new)
+        if why is not None:
+            raise CommandError(why)
+        old = self.model.describe()
+        self.pipeline.swap_model(new)
+        self.model = new
+        log.info("model swapped: %s %s -> %s %s", old["name"], old["version"], new.name, new.version)
+        self.uplink.publish_status()
+        return {"model": new.describe(), "previous": old, "state": self.state()}
+
+    def _reload_configured(self) -> None:
+        path = Path(self.settings.model.path or default_model_path())
+        try:
+            from agent.infer import read_sidecar
+
+            reply = self.reload_model(path, read_sidecar(path).sha256)
+            log.info("SIGHUP: reloaded %s (%s)", path, reply["model"]["version"])
+        except Exception as e:  # noqa: BLE001 - CommandError or anything else: keep running the old model
+            log.error("SIGHUP: kept the old model, %s refused: %s", path, e)
 
     # -- threads ---------------------------------------------------------------------------------------------
 
@@ -134,8 +290,14 @@ class Agent:
 
     def _pipeline_loop(self) -> None:
         while True:
+            self.heartbeats.beat("pipeline")
+            if not self._commands_q.empty():
+                self._run_commands()
+            if self._reload_requested.is_set():
+                self._reload_requested.clear()
+                self._reload_configured()
             try:
-                item = self.queue.get(timeout=1.0)
+                item = self.queue.get(timeout=0.2)
             except queue.Empty:
                 if self.source.live:
                     self._emit(self.pipeline.tick(time.time()))
@@ -151,10 +313,21 @@ class Agent:
             self.outbox.put(m)
         if messages:
             self.uplink.wake()
-        state = self.state()
-        if state != self._last_state:
-            self._last_state = state
+        calibrating = self.pipeline.calibrating
+        if calibrating != self._last_state:
+            self._last_state = calibrating
             self.uplink.publish_status()
+
+    def _sd_status(self) -> str:
+        st = self.state()
+        c = self.counters
+        if self.pipeline.calibrating:
+            cal = self.pipeline.calibrator
+            return f"teach-in {cal.collected}/{cal.samples} readings; outbox {self.outbox.depth()}"
+        extra = f" ({'; '.join(self.degraded_reasons())})" if st == "degraded" else ""
+        return (f"{st}{extra}: {c.get('source.readings')} readings, {c.get('pipeline.windows')} windows, "
+                f"{c.get('alerts.raised')} alerts; outbox {self.outbox.depth()}; "
+                f"broker {'connected' if self.uplink.connected.is_set() else 'unreachable'}")
 
     # -- run -------------------------------------------------------------------------------------------------
 
@@ -162,6 +335,7 @@ class Agent:
         """Run until the replay ends or a signal arrives; the process exit code."""
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self.stop.set())
+        signal.signal(signal.SIGHUP, lambda *_: self._reload_requested.set())
         depth = self.outbox.depth()
         log.info(
             "edge-agent %s: device %s, model %s %s (%s), source %s, broker %s:%d%s",
@@ -174,9 +348,24 @@ class Agent:
         self.uplink.start()
         self._guard("pipeline", self._pipeline_loop)
         source_thread = self._guard("source", self._source_loop)
+        monitor = HealthMonitor(
+            self.heartbeats, self.settings.stall_s, self.settings.stats_interval_s, self.stats,
+            lambda payload: self.uplink.publish_now("stats", payload), self._status_key, self.uplink.publish_status,
+            self.stop,
+        )
+        monitor.start()
+        ready_by = time.monotonic() + 5
+        while self.source.state == CONNECTING and time.monotonic() < ready_by and not self.stop.is_set():
+            time.sleep(0.05)  # READY=1 once the source made its first attempt (open, or retrying with backoff)
+        sdnotify.ready(self._sd_status())
+        next_status = time.monotonic() + 10
         while not self.stop.is_set() and not self._pipeline_done.is_set():
             self.stop.wait(0.2)
+            if time.monotonic() >= next_status:
+                next_status = time.monotonic() + 10
+                sdnotify.status(self._sd_status())
         # Ordered shutdown, from the input end.
+        sdnotify.stopping("stopping: draining the pipeline and the outbox")
         self.source.close()
         source_thread.join(timeout=5)
         if not self._pipeline_done.wait(timeout=30):
@@ -187,8 +376,10 @@ class Agent:
                 "%d messages still in the outbox after %.0f s without progress: they are sent on the next start",
                 self.outbox.depth(), drain,
             )
+        self.stop.set()
         self.uplink.stop()
         self.outbox.close()
+        self.evidence.close()
         if self._failed:
             log.error("stopped because thread(s) %s died", ", ".join(self._failed))
             return EXIT_FAILURE

@@ -21,9 +21,13 @@ class Cleaner:
 
     def __init__(self, channels: Sequence[str], valid_ranges: Mapping[str, tuple[float, float]], counters: Counters):
         self.channels = list(channels)
-        self._ranges = [valid_ranges.get(c) for c in self.channels]
+        self.ranges_from(valid_ranges)
         self.counters = counters
         self._last_ts: dict[str, float] = {}
+
+    def ranges_from(self, valid_ranges: Mapping[str, tuple[float, float]]) -> None:
+        """Use these per-channel valid ranges from now on (a new model's sidecar)."""
+        self._ranges = [valid_ranges.get(c) for c in self.channels]
 
     def clean(self, r: Reading) -> Vector | None:
         """A Vector, or None after counting the first reason the reading is unusable."""

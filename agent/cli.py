@@ -132,6 +132,30 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export_feedback(args: argparse.Namespace) -> int:
+    from agent.evidence import EvidenceStore, export_feedback
+
+    try:
+        settings = _settings(args)
+    except ConfigError as e:
+        return _config_fail(e)
+    path = settings.state_dir / "evidence.db"
+    if not path.exists():
+        print(f"no evidence store at {path}: no alert has been raised with this EDGE_AGENT_STATE_DIR", file=sys.stderr)
+        return 1
+    store = EvidenceStore(path)
+    result = export_feedback(store, Path(args.out))
+    store.close()
+    print(f"wrote {result['written']} labelled recordings to {args.out} ({result['without_evidence']} labels without evidence)")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from agent import evaluate
+
+    return int(evaluate.run(args))
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edge-agent", description="On-device machine-health inference for gateways.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -156,6 +180,14 @@ def _parser() -> argparse.ArgumentParser:
     mi.set_defaults(fn=cmd_model_info)
     cal = add("calibrate", cmd_calibrate, "show the teach-in result, or --reset it so teach-in starts again")
     cal.add_argument("--reset", action="store_true", help="forget the calibration")
+    ex = add("export-feedback", cmd_export_feedback, "write the alerts labelled by feedback, with their evidence, as a dataset for models/ training scripts")
+    ex.add_argument("--out", required=True, metavar="DIR", help="output folder (SKAB-format CSV per alert + labels.csv)")
+    from agent import evaluate
+
+    ev = sub.add_parser("evaluate", help="score labelled recordings through the daemon's pipeline (F1/FAR/MAR, events, plots)",
+                        description="score labelled recordings through the daemon's pipeline (F1/FAR/MAR, events, plots)")
+    evaluate.add_arguments(ev)
+    ev.set_defaults(fn=cmd_evaluate)
     return p
 
 

@@ -95,6 +95,7 @@ class Summariser:
     windows: int = 0
     raised: int = 0
     cleared: int = 0
+    suppressed: int = 0
     _stats: list[_ChannelStats] = field(default_factory=list)
     _scores: list[float] = field(default_factory=list)
 
@@ -132,6 +133,7 @@ class Summariser:
             "windows": self.windows,
             "alerts_raised": self.raised,
             "alerts_cleared": self.cleared,
+            "alerts_suppressed": self.suppressed,
             "score": (
                 {"p50": float(np.quantile(scores, 0.5)), "p95": float(np.quantile(scores, 0.95)),
                  "max": float(scores.max())} if scores.size else None
@@ -143,7 +145,33 @@ class Summariser:
             },
         }
         self.period_start = end_ts
-        self.readings = self.windows = self.raised = self.cleared = 0
+        self.readings = self.windows = self.raised = self.cleared = self.suppressed = 0
         self._stats = [_ChannelStats() for _ in self.channels]
         self._scores = []
         return out
+
+
+class AlertPolicy:
+    """Cooldown and rate limit on raised alerts, in data time. A suppressed alert is counted, never silent."""
+
+    def __init__(self, cooldown_s: float = 0.0, rate_limit_per_hour: int = 0):
+        self.cooldown_s = cooldown_s
+        self.rate_limit_per_hour = rate_limit_per_hour
+        self._last_clear: dict[str, float] = {}
+        self._raises: deque[float] = deque()
+
+    def allow(self, sensor: str, ts: float) -> bool:
+        """May an alert be raised on ``sensor`` at ``ts``? (records it when yes)."""
+        last = self._last_clear.get(sensor)
+        if self.cooldown_s and last is not None and ts - last < self.cooldown_s:
+            return False
+        if self.rate_limit_per_hour:
+            while self._raises and ts - self._raises[0] >= 3600:
+                self._raises.popleft()
+            if len(self._raises) >= self.rate_limit_per_hour:
+                return False
+        self._raises.append(ts)
+        return True
+
+    def cleared(self, sensor: str, ts: float) -> None:
+        self._last_clear[sensor] = ts

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,8 +20,10 @@ import numpy as np
 from agent.calibrate import Calibration, Calibrator, sidecar_normaliser
 from agent.clean import Cleaner
 from agent.counters import Counters
-from agent.decide import CLEARED, RAISED, AlertMachine, Summariser, Transition
-from agent.infer import Model, Scorer
+from agent.decide import CLEARED, RAISED, AlertMachine, AlertPolicy, Summariser, Transition
+from agent.evidence import EvidenceStore, evidence_payload
+from agent.health import LatencyRing
+from agent.infer import Model, ModelError, Scorer
 from agent.records import Inference, Outgoing, Reading
 from agent.window import Normaliser, Windower
 
@@ -49,25 +52,50 @@ class Pipeline:
         self, model: Model, counters: Counters, device_id: str, state_dir: Path, *,
         summary_interval_s: float = 300.0, calibration_samples: int | None = None,
         threshold: float | None = None, k: int | None = None, n: int | None = None, clear_ratio: float | None = None,
+        policy: AlertPolicy | None = None, critical_margin: float = 1.0, evidence: EvidenceStore | None = None,
+        evidence_windows_before: int = 5, evidence_inline_max_bytes: int = 0,
     ):
-        sc = model.sidecar
-        self.model = model
         self.counters = counters
         self.device_id = device_id
-        self.cleaner = Cleaner(sc.channels, sc.valid_ranges, counters)
-        self.windower = Windower(sc.window.length, sc.window.hop, len(sc.channels))
-        samples = sc.calibration.samples if calibration_samples is None else calibration_samples
-        self.calibrator = Calibrator(model, samples, state_dir)
-        self._threshold_override = threshold
+        self.state_dir = Path(state_dir)
+        self._calibration_samples = calibration_samples
+        self._threshold_override = self._configured_threshold = threshold
         self._decision_override = (k, n, clear_ratio)
+        self.policy = policy or AlertPolicy()
+        self.critical_margin = critical_margin
+        self.evidence = evidence
+        self._evidence_before = evidence_windows_before
+        self._evidence_inline = evidence_inline_max_bytes
+        self.machines: dict[str, AlertMachine] = {}
+        self._suppressed: set[str] = set()
+        self.latencies = LatencyRing()
+        self.recent: deque[np.ndarray] = deque(maxlen=32)  # raw windows, the canary for a model reload
+        self.last_inference: Inference | None = None
+        self._install(model, summary_interval_s)
+        self._rejects_base = counters.snapshot("reject.")
+
+    def _install(self, model: Model, summary_interval_s: float | None = None) -> None:
+        """Set up every model-dependent stage (at start and on a model swap)."""
+        sc = model.sidecar
+        old = getattr(self, "model", None)
+        same_shape = old is not None and old.sidecar.channels == sc.channels and old.sidecar.window == sc.window
+        self.model = model
+        if not same_shape:
+            self.cleaner = Cleaner(sc.channels, sc.valid_ranges, self.counters)
+            self.windower = Windower(sc.window.length, sc.window.hop, len(sc.channels))
+            self._raw: dict[str, deque[tuple[float, np.ndarray]]] = {}
+            self.summariser = Summariser(list(sc.channels), summary_interval_s or self.summariser.interval_s)
+        else:
+            self.cleaner.ranges_from(sc.valid_ranges)
+        self._raw_len = sc.window.length + self._evidence_before * sc.window.hop
+        samples = sc.calibration.samples if self._calibration_samples is None else self._calibration_samples
+        self.calibrator = Calibrator(model, samples, self.state_dir)
         self.scorer = Scorer(model, sidecar_normaliser(model))
         self.params = self._params(None)
-        self.machines: dict[str, AlertMachine] = {}
         if self.calibrator.result is not None:
             self._apply(self.calibrator.result)
-        self.summariser = Summariser(list(sc.channels), summary_interval_s)
-        self._rejects_base = counters.snapshot("reject.")
-        self.last_inference: Inference | None = None
+        else:
+            self._apply_threshold()
 
     # -- configuration ---------------------------------------------------------------------------------------
 
@@ -83,8 +111,58 @@ class Pipeline:
         if cal.mean is not None and cal.std is not None:
             self.scorer = Scorer(self.model, Normaliser(np.asarray(cal.mean), np.asarray(cal.std)))
         self.params = self._params(cal)
+        self._apply_threshold()
+
+    def _apply_threshold(self) -> None:
+        p = self.params
         for m in self.machines.values():
-            m.threshold = self.params.threshold
+            m.threshold, m.k, m.n, m.clear_ratio = p.threshold, p.k, p.n, p.clear_ratio
+            m.reset()
+
+    def natural_threshold(self) -> float:
+        """The threshold without a command's override: configured, calibrated or the sidecar's."""
+        saved = self._threshold_override
+        self._threshold_override = self._configured_threshold
+        try:
+            return self._params(self.calibrator.result).threshold
+        finally:
+            self._threshold_override = saved
+
+    def set_threshold(self, threshold: float | None) -> float:
+        """Override the threshold (None: back to configured/calibrated); returns the threshold in force."""
+        self._threshold_override = self._configured_threshold if threshold is None else threshold
+        self.params = self._params(self.calibrator.result)
+        self._apply_threshold()
+        return self.params.threshold
+
+    def recalibrate(self) -> None:
+        """Start teach-in again (the calibrate command)."""
+        self.calibrator.reset()
+        self.scorer = Scorer(self.model, sidecar_normaliser(self.model))
+        self.params = self._params(None)
+        self._apply_threshold()
+
+    def swap_model(self, model: Model) -> None:
+        """Run ``model`` from the next reading on (between two windows: no reading is dropped)."""
+        self._install(model)
+        self.recent.clear()
+
+    def canary(self, model: Model) -> str | None:
+        """Score the recent windows with ``model``; None when sane, else why not."""
+        if model.sidecar.channels != self.model.sidecar.channels or model.sidecar.window != self.model.sidecar.window:
+            return None  # another input shape: nothing recent to try it on; the sidecar checks passed
+        fits_on_site = "normalisation" in model.sidecar.calibration.fit
+        scorer = Scorer(model, self.scorer.normaliser if fits_on_site else sidecar_normaliser(model))
+        for raw in list(self.recent):
+            try:
+                score = scorer.score(raw)[0]
+            except (ValueError, ModelError) as e:
+                return f"canary failed: {e}"
+            if not np.isfinite(score) or score < 0:
+                return f"canary failed: score {score} on a recent window"
+            if model.sidecar.kind == "classifier" and not 0 <= score <= 1:
+                return f"canary failed: probability {score} out of 0..1"
+        return None
 
     @property
     def calibrating(self) -> bool:
@@ -101,6 +179,10 @@ class Pipeline:
         if self.summariser.due(v.ts):
             out.append(self._summary(v.ts))
         self.summariser.add_vector(v)
+        raw = self._raw.get(v.sensor)
+        if raw is None:
+            raw = self._raw[v.sensor] = deque(maxlen=self._raw_len)
+        raw.append((v.ts, v.values))
         win = self.windower.push(v)
         if self.calibrator.active:
             cal = self.calibrator.add(v.values)
@@ -115,14 +197,29 @@ class Pipeline:
         score, contributions, latency = self.scorer.score(win.data)
         inf = Inference(window=win, score=score, contributions=contributions, latency_s=latency)
         self.last_inference = inf
+        self.latencies.add(latency)
+        self.recent.append(win.data)
+        self.counters.inc("pipeline.windows")
         self.summariser.add_score(score)
         machine = self.machines.get(win.sensor)
         if machine is None:
             p = self.params
             machine = self.machines[win.sensor] = AlertMachine(win.sensor, p.threshold, p.k, p.n, p.clear_ratio)
         t = machine.update(inf)
-        if t is not None:
-            out.append(self._alert(t))
+        if t is None:
+            return out
+        if t.state == RAISED and not self.policy.allow(t.sensor, win.end_ts):
+            self._suppressed.add(t.alert_id)
+            self.counters.inc("alerts.suppressed")
+            self.summariser.suppressed += 1
+            log.warning("alert on %s suppressed by cooldown/rate limit (score %.4g)", t.sensor, score)
+            return out
+        if t.state == CLEARED:
+            self.policy.cleared(t.sensor, win.end_ts)
+            if t.alert_id in self._suppressed:
+                self._suppressed.discard(t.alert_id)
+                return out
+        out.append(self._alert(t))
         return out
 
     def tick(self, now_ts: float) -> list[Outgoing]:
@@ -143,6 +240,7 @@ class Pipeline:
             self.summariser.raised += 1
         else:
             self.summariser.cleared += 1
+        self.counters.inc(f"alerts.{t.state}")
         margin = (t.peak_score - t.threshold) / t.threshold if t.threshold > 0 else None
         top = sorted(inf.contributions.items(), key=lambda kv: -kv[1])[:3]
         payload: dict[str, Any] = {
@@ -150,7 +248,7 @@ class Pipeline:
             "alert_id": t.alert_id,
             "device_id": self.device_id,
             "state": t.state,
-            "severity": "critical" if margin is not None and margin >= 1.0 else "warning",
+            "severity": "critical" if margin is not None and margin >= self.critical_margin else "warning",
             "sensor": t.sensor,
             "score": inf.score,
             "threshold": t.threshold,
@@ -163,12 +261,32 @@ class Pipeline:
         }
         if t.state == CLEARED:
             payload["peak_score"] = t.peak_score
+        elif self.evidence is not None:
+            self._keep_evidence(t, payload)
         log.warning(
             "ALERT %s sensor=%s score=%.4g threshold=%.4g window_end=%s top=%s",
             t.state, t.sensor, inf.score, t.threshold, payload["window_end"],
             ",".join(f"{c}({s:.0%})" for c, s in top),
         )
         return Outgoing(kind="alert", topic_suffix="alerts", payload=payload, qos=1)
+
+    def _keep_evidence(self, t: Transition, payload: dict[str, Any]) -> None:
+        rows = list(self._raw.get(t.sensor, ()))
+        ev = evidence_payload(
+            self.model.sidecar.channels, rows, alert_id=t.alert_id, sensor=t.sensor, score=t.inference.score,
+            threshold=t.threshold, window_start=payload["window_start"], window_end=payload["window_end"],
+            model=self.model.describe(),
+        )
+        assert self.evidence is not None
+        try:
+            size = self.evidence.add(t.alert_id, t.sensor, ev)
+        except Exception as e:  # noqa: BLE001 - evidence is a bonus: the alert must go out regardless
+            log.error("could not store evidence of alert %s: %s", t.alert_id, e)
+            return
+        payload["evidence_id"] = t.alert_id
+        payload["evidence_bytes"] = size
+        if self._evidence_inline and size <= self._evidence_inline:
+            payload["evidence"] = ev
 
     def _summary(self, end_ts: float | None, final: bool = False) -> Outgoing:
         now = self.counters.snapshot("reject.")

@@ -27,7 +27,18 @@ from agent.settings import MqttSettings
 
 log = logging.getLogger(__name__)
 
-INFLIGHT_STALE_S = 30.0  # a message still unacknowledged this long after a reconnect is published again
+INFLIGHT_STALE_S = 30.0
+
+
+class _QuietPaho(logging.Filter):
+    """paho 2.2 logs 'Client is not connected' at ERROR on every loop turn while (re)connecting: noise."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Client is not connected")
+
+
+_paho_log = logging.getLogger("paho")
+_paho_log.addFilter(_QuietPaho())  # a message still unacknowledged this long after a reconnect is published again
 
 
 def read_password(s: MqttSettings) -> str | None:
@@ -39,8 +50,59 @@ def read_password(s: MqttSettings) -> str | None:
         candidates.append(Path(os.environ["CREDENTIALS_DIRECTORY"]) / "mqtt-password")
     for p in candidates:
         if p.is_file():
-            return p.read_text().rstrip("\r\n")
-    return s.password.get_secret_value() if s.password is not None else None
+            text = p.read_text().rstrip("\r\n")
+            return text or None  # the installer leaves an empty credential file: no password
+    if s.password is not None and s.password.get_secret_value():
+        return s.password.get_secret_value()
+    return None
+
+
+class _Client(mqtt.Client):
+    """paho's client, remembering why the last connection attempt failed (paho swallows the exception)."""
+
+    last_connect_error: BaseException | None = None
+
+    def _create_socket(self) -> Any:  # paho-mqtt 2.x internal, pinned <3 in pyproject
+        try:
+            sock = super()._create_socket()
+        except OSError as e:
+            self.last_connect_error = e
+            raise
+        self.last_connect_error = None
+        return sock
+
+
+def describe_connect_error(e: BaseException | None) -> str:
+    """A human explanation of a failed connection attempt."""
+    import ssl
+
+    if e is None:
+        return "unreachable"
+    if isinstance(e, ssl.SSLCertVerificationError):
+        return f"TLS certificate check failed ({e.verify_message}): is EDGE_AGENT_MQTT__CA_FILE the CA that signed the broker's certificate?"
+    if isinstance(e, ssl.SSLError):
+        return f"TLS handshake failed ({e.reason or e})"
+    if isinstance(e, ConnectionRefusedError):
+        return "connection refused (no broker listening there?)"
+    if isinstance(e, (TimeoutError, __import__("socket").timeout)):
+        return "connection timed out"
+    return f"unreachable ({e})"
+
+
+def configure_tls(c: mqtt.Client, s: MqttSettings) -> None:
+    """TLS with certificate verification (and host name check unless explicitly disabled); mutual TLS with a client cert."""
+    import ssl
+
+    c.tls_set(
+        ca_certs=str(s.ca_file) if s.ca_file else None,
+        certfile=str(s.cert_file) if s.cert_file else None,
+        keyfile=str(s.key_file) if s.key_file else None,
+        cert_reqs=ssl.CERT_REQUIRED,
+        tls_version=ssl.PROTOCOL_TLS_CLIENT,
+    )
+    if s.tls_insecure:
+        log.warning("EDGE_AGENT_MQTT__TLS_INSECURE=true: the broker's host name is not checked")
+        c.tls_insecure_set(True)
 
 
 class Uplink:
@@ -48,39 +110,45 @@ class Uplink:
 
     def __init__(
         self, settings: MqttSettings, device_id: str, outbox: Outbox, counters: Counters,
-        status: Callable[[], dict[str, Any]],
+        status: Callable[[], dict[str, Any]], on_command: Callable[[str, bytes], None] | None = None,
     ):
         self.s = settings
         self.device_id = device_id
         self.outbox = outbox
         self.counters = counters
         self._status = status
+        self._on_command = on_command
         self.base = f"{settings.topic_prefix}/{device_id}"
         self.connected = threading.Event()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._inflight: dict[int, tuple[int, float]] = {}  # mid -> (row id, time published)
+        self._early_acks: dict[int, float] = {}  # mid -> when its PUBACK came before we recorded the mid
         self._outage_logged = False
         self._thread: threading.Thread | None = None
         self.bytes_out = 0
         self.last_error: str | None = None
+        self.heartbeat: Callable[[], None] = lambda: None
 
-        c = mqtt.Client(
+        c = _Client(
             CallbackAPIVersion.VERSION2, client_id=settings.client_id or f"edge-agent-{device_id}",
             protocol=mqtt.MQTTv311, clean_session=True,
         )
-        c.enable_logger(logging.getLogger("paho"))
+        c.enable_logger(_paho_log)
         c.max_inflight_messages_set(settings.max_inflight)  # must precede connect()
         c.max_queued_messages_set(0)
         c.reconnect_delay_set(min_delay=1, max_delay=30)
         if settings.username:
             c.username_pw_set(settings.username, read_password(settings))
+        if settings.tls:
+            configure_tls(c, settings)
         c.on_connect = self._on_connect
         c.on_connect_fail = self._on_connect_fail
         c.on_disconnect = self._on_disconnect
         c.on_publish = self._on_publish
         c.on_socket_open = self._on_socket_open
+        c.on_message = self._on_message
         self.client = c
 
     def topic(self, suffix: str) -> str:
@@ -129,7 +197,6 @@ class Uplink:
             except (RuntimeError, ValueError) as e:
                 log.warning("could not publish offline status: %s", e)
             self.client.disconnect()
-        self.client.disable_logger()  # paho 2.2 logs a spurious "Client is not connected" after a disconnect
         self.client.loop_stop()
 
     def publish_status(self) -> None:
@@ -138,12 +205,22 @@ class Uplink:
             return
         body = json.dumps(self._status(), separators=(",", ":"))
         self.client.publish(self.topic("status"), body, qos=1, retain=True)
-        self.bytes_out += len(body)
+        self.bytes_out += len(body) + len(self.base) + 7
+
+    def publish_now(self, suffix: str, payload: dict[str, Any], qos: int = 0, retain: bool = False) -> bool:
+        """Publish straight away, not through the outbox (stats, command replies: worthless once stale)."""
+        if not self.connected.is_set():
+            return False
+        body = json.dumps(payload, separators=(",", ":"))
+        info = self.client.publish(self.topic(suffix), body, qos=qos, retain=retain)
+        self.bytes_out += len(body) + len(self.base) + len(suffix) + 1
+        return info.rc == mqtt.MQTT_ERR_SUCCESS
 
     # -- the publisher thread --------------------------------------------------------------------------------
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            self.heartbeat()
             self._wake.wait(timeout=0.5)
             self._wake.clear()
             if self.connected.is_set():
@@ -159,15 +236,25 @@ class Uplink:
             payload = json.loads(row.payload)
             payload["sent_at"] = iso(time.time())
             body = json.dumps(payload, separators=(",", ":")).encode()
-            with self._lock:  # held across publish so on_publish cannot look up the mid before it is recorded
-                info = self.client.publish(self.topic(row.topic), body, qos=row.qos, retain=row.retain)
-                if info.rc != mqtt.MQTT_ERR_SUCCESS:
-                    return  # not connected after all; try again on the next wake-up
-                if row.qos == 0:
-                    self.outbox.ack(row.id)
-                else:
+            # Never hold self._lock while calling into paho: paho calls on_publish holding its own message mutex,
+            # and on_publish takes self._lock (lock-order inversion = deadlock). A PUBACK that beats us to
+            # recording the mid is parked in _early_acks instead.
+            t0 = time.monotonic()
+            info = self.client.publish(self.topic(row.topic), body, qos=row.qos, retain=row.retain)
+            if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                return  # not connected after all; try again on the next wake-up
+            self.bytes_out += len(body) + len(row.topic) + len(self.base) + 1
+            if row.qos == 0:
+                self.outbox.ack(row.id)
+                continue
+            with self._lock:
+                # only an ack that arrived after this publish began is ours (mids wrap around at 65535)
+                early = self._early_acks.pop(info.mid, -1.0) >= t0
+                if not early:
                     self._inflight[info.mid] = (row.id, time.monotonic())
-            self.bytes_out += len(body)
+            if early:
+                self.outbox.ack(row.id)
+                self.counters.inc("uplink.acked")
 
     # -- paho callbacks (network thread; must never raise) ---------------------------------------------------
 
@@ -180,7 +267,10 @@ class Uplink:
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
         try:
             if reason_code.is_failure:
-                self._outage(f"broker refused the connection: {reason_code}")
+                hint = ""
+                if str(reason_code) in ("Not authorized", "Bad user name or password"):
+                    hint = ": check EDGE_AGENT_MQTT__USERNAME and the password (file or credential)"
+                self._outage(f"broker {self.s.host}:{self.s.port} refused the connection: {reason_code}{hint}")
                 return
             self.connected.set()
             self.counters.inc("uplink.connects")
@@ -194,6 +284,8 @@ class Uplink:
                 now = time.monotonic()
                 for mid in [m for m, (_, t) in self._inflight.items() if now - t > INFLIGHT_STALE_S]:
                     del self._inflight[mid]
+            if self._on_command is not None:  # subscriptions do not survive a reconnect: renew them every time
+                client.subscribe(self.topic("cmd/+"), qos=1)
             self.publish_status()
             self._wake.set()
         except Exception:  # noqa: BLE001 - an exception must not escape into paho's thread
@@ -201,7 +293,8 @@ class Uplink:
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
         try:
-            self._outage(f"broker {self.s.host}:{self.s.port} unreachable")
+            why = describe_connect_error(getattr(client, "last_connect_error", None))
+            self._outage(f"broker {self.s.host}:{self.s.port} {why}")
         except Exception:  # noqa: BLE001
             log.exception("error in on_connect_fail")
 
@@ -218,12 +311,25 @@ class Uplink:
         try:
             with self._lock:
                 entry = self._inflight.pop(mid, None)
+                if entry is None:  # not ours yet (or status/replies, which are not tracked)
+                    self._early_acks[mid] = time.monotonic()
+                    if len(self._early_acks) > 1000:
+                        self._early_acks.clear()
             if entry is not None:
                 self.outbox.ack(entry[0])
                 self.counters.inc("uplink.acked")
                 self._wake.set()
         except Exception:  # noqa: BLE001
             log.exception("error in on_publish")
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: Any) -> None:
+        try:
+            prefix = self.topic("cmd/")
+            if self._on_command is not None and msg.topic.startswith(prefix):
+                self.counters.inc("commands.received")
+                self._on_command(msg.topic[len(prefix):], bytes(msg.payload))
+        except Exception:  # noqa: BLE001
+            log.exception("error in on_message")
 
     def _outage(self, what: str) -> None:
         self.last_error = what

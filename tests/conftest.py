@@ -47,7 +47,7 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: floa
 class Broker:
     """A private mosquitto on a free port; ``stop()``/``start()`` simulate an outage."""
 
-    def __init__(self, workdir: Path, extra_conf: str = ""):
+    def __init__(self, workdir: Path, extra_conf: str = "", listener_conf: str = "allow_anonymous true\n"):
         exe = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
         if exe is None:
             pytest.fail("mosquitto not found: install it with `sudo apt-get install -y mosquitto` (the tests need a real broker)")
@@ -56,13 +56,14 @@ class Broker:
         self.workdir = workdir
         self.conf = workdir / "mosquitto.conf"
         self.conf.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\nset_tcp_nodelay true\n{extra_conf}"
+            f"listener {self.port} 127.0.0.1\n{listener_conf}persistence false\nset_tcp_nodelay true\n{extra_conf}"
         )
         self.log = workdir / "mosquitto.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        self.proc = subprocess.Popen([self.exe, "-c", str(self.conf)], stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen([self.exe, "-c", str(self.conf)], stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
@@ -175,18 +176,44 @@ def run_agent(env: dict[str, str], *args: str, timeout: float = 120) -> subproce
     )
 
 
-def start_agent(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "agent", *(args or ("run",))], env=env, cwd=ROOT, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True,
-    )
+class AgentProcess:
+    """The agent running as a real process; its stderr goes to a file so it can be read while it runs."""
+
+    def __init__(self, env: dict[str, str], workdir: Path, *args: str):
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.log_path = workdir / f"agent-{time.monotonic_ns()}.log"
+        with open(self.log_path, "w") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "agent", *(args or ("run",))], env=env, cwd=ROOT,
+                stdout=subprocess.DEVNULL, stderr=log, text=True,
+            )
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(timeout=timeout)
 
 
-def stop_agent(proc: subprocess.Popen[str], sig: int = signal.SIGTERM, timeout: float = 30) -> tuple[str, str]:
-    if proc.poll() is None:
-        proc.send_signal(sig)
-    out, err = proc.communicate(timeout=timeout)
-    return out, err
+def start_agent(env: dict[str, str], workdir: Path, *args: str) -> AgentProcess:
+    return AgentProcess(env, workdir, *args)
+
+
+@pytest.fixture
+def agents() -> Iterator[list[AgentProcess]]:
+    """Agent processes a test starts; killed at the end whatever happened."""
+    started: list[AgentProcess] = []
+    yield started
+    for a in started:
+        if a.alive():
+            a.proc.kill()
+            a.proc.wait(timeout=10)
 
 
 @pytest.fixture(autouse=True)

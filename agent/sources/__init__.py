@@ -54,5 +54,5 @@ def create_source(settings: Settings, counters: Counters) -> Source:
     if kind == "mqtt":
         from agent.sources.mqtt import MqttSource
 
-        return MqttSource(settings.source, settings.mqtt, counters)  # type: ignore[arg-type]
+        return MqttSource(settings.source, settings.mqtt, counters, device_id=settings.device_id)  # type: ignore[arg-type]
     raise ValueError(f"unknown source kind {kind!r}")

@@ -55,6 +55,7 @@ def read_recording(path: Path, counters: Counters, sensor: str = "replay") -> It
             raise ValueError(f"{path}: no time column (one of {', '.join(TIME_COLUMNS)}) in the header")
         names = [(i, h) for i, h in enumerate(header) if i != tcol]
         for row in csv.reader(f, delimiter=delimiter):
+            counters.inc("source.bytes", sum(map(len, row)) + len(row))  # the line as read: fields, separators, newline
             if not row:
                 continue
             if len(row) != len(header):

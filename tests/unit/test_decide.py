@@ -69,3 +69,25 @@ def test_summary_period_and_statistics():
     assert first["score"]["max"] == 9 and first["score"]["p50"] == pytest.approx(4.5)
     empty = s.take(None, {})
     assert empty["readings"] == 0 and empty["score"] is None and empty["channels"]["a"] == {"count": 0}
+
+
+@pytest.mark.parametrize(
+    "cooldown, limit, events, expected",
+    [
+        # (kind, sensor, ts): raises allowed or not
+        (60, 0, [("clear", "a", 0), ("raise", "a", 30), ("raise", "a", 61), ("raise", "b", 31)], [False, True, True]),
+        (0, 2, [("raise", "a", 0), ("raise", "a", 10), ("raise", "a", 20), ("raise", "a", 3600)], [True, True, False, True]),
+        (0, 0, [("raise", "a", t) for t in range(100)], [True] * 100),
+    ],
+)
+def test_policy_cooldown_and_rate_limit(cooldown, limit, events, expected):
+    from agent.decide import AlertPolicy
+
+    p = AlertPolicy(cooldown, limit)
+    got = []
+    for kind, sensor, ts in events:
+        if kind == "clear":
+            p.cleared(sensor, ts)
+        else:
+            got.append(p.allow(sensor, ts))
+    assert got == expected

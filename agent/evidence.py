@@ -1,0 +1,148 @@
+"""Evidence and feedback: the raw readings behind every raised alert, and the operators' labels of alerts.
+
+``STATE_DIR/evidence.db`` (SQLite WAL), bounded in bytes: when full, the oldest unlabelled evidence goes first,
+labelled evidence only when nothing else is left (it is the training data the feedback loop exists for).
+Used from the pipeline thread (the daemon) and from ``edge-agent export-feedback`` (another process).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import sqlite3
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Sequence
+
+log = logging.getLogger(__name__)
+
+LABELS = ("true_positive", "false_positive")
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS evidence (
+    alert_id TEXT PRIMARY KEY,
+    created_ts REAL NOT NULL,
+    sensor TEXT NOT NULL,
+    body TEXT NOT NULL,
+    bytes INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS feedback (
+    alert_id TEXT PRIMARY KEY,
+    label TEXT NOT NULL,
+    note TEXT NOT NULL DEFAULT '',
+    ts REAL NOT NULL
+);
+"""
+
+
+class EvidenceStore:
+    """Evidence of raised alerts and the feedback on them."""
+
+    def __init__(self, path: Path, max_bytes: int = 16 * 2**20):
+        self.path = Path(path)
+        self.max_bytes = max_bytes
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = self._connect()
+        except sqlite3.DatabaseError as e:
+            aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
+            log.error("evidence store %s is corrupt (%s): moved aside to %s", self.path, e, aside.name)
+            self.path.rename(aside)
+            self._db = self._connect()
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, isolation_level=None, timeout=10, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.executescript(_SCHEMA)
+        return db
+
+    def add(self, alert_id: str, sensor: str, evidence: dict[str, Any]) -> int:
+        """Keep one alert's evidence; returns its size in bytes."""
+        body = json.dumps(evidence, separators=(",", ":"))
+        size = len(body)
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            total = db.execute("SELECT COALESCE(SUM(bytes), 0) FROM evidence").fetchone()[0]
+            while total + size > self.max_bytes:
+                victim = db.execute(
+                    "SELECT e.alert_id, e.bytes FROM evidence e LEFT JOIN feedback f USING (alert_id) "
+                    "ORDER BY f.alert_id IS NOT NULL, e.created_ts LIMIT 1"
+                ).fetchone()
+                if victim is None:
+                    break
+                db.execute("DELETE FROM evidence WHERE alert_id=?", (victim[0],))
+                total -= victim[1]
+            db.execute(
+                "INSERT OR REPLACE INTO evidence VALUES (?,?,?,?,?)", (alert_id, time.time(), sensor, body, size)
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return size
+
+    def get(self, alert_id: str) -> dict[str, Any] | None:
+        row = self._db.execute("SELECT body FROM evidence WHERE alert_id=?", (alert_id,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def has_alert(self, alert_id: str) -> bool:
+        return self._db.execute("SELECT 1 FROM evidence WHERE alert_id=?", (alert_id,)).fetchone() is not None
+
+    def label(self, alert_id: str, label: str, note: str = "") -> None:
+        """Store (or replace) the operator's label of an alert."""
+        if label not in LABELS:
+            raise ValueError(f"label must be one of {', '.join(LABELS)}")
+        self._db.execute("INSERT OR REPLACE INTO feedback VALUES (?,?,?,?)", (alert_id, label, note, time.time()))
+
+    def counts(self) -> dict[str, Any]:
+        """Labels so far and the precision they give (TP / (TP + FP))."""
+        rows = dict(self._db.execute("SELECT label, COUNT(*) FROM feedback GROUP BY label").fetchall())
+        tp, fp = rows.get("true_positive", 0), rows.get("false_positive", 0)
+        return {"true_positive": tp, "false_positive": fp, "precision": round(tp / (tp + fp), 4) if tp + fp else None}
+
+    def labelled(self) -> list[tuple[str, str, str, dict[str, Any] | None]]:
+        """(alert_id, label, note, evidence or None) for every labelled alert, oldest label first."""
+        rows = self._db.execute(
+            "SELECT f.alert_id, f.label, f.note, e.body FROM feedback f LEFT JOIN evidence e USING (alert_id) ORDER BY f.ts"
+        ).fetchall()
+        return [(a, lab, note, json.loads(body) if body else None) for a, lab, note, body in rows]
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def export_feedback(store: EvidenceStore, out: Path) -> dict[str, int]:
+    """Write labelled evidence as a dataset the ``models/`` training scripts take (SKAB format, one CSV per alert).
+
+    Each file has ``datetime``, the model's channels and ``anomaly`` (1 for a confirmed fault, 0 for a false
+    alarm: the operator says those readings were normal). ``labels.csv`` indexes the files.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    written = missing = 0
+    with open(out / "labels.csv", "w", newline="") as idx:
+        w = csv.writer(idx)
+        w.writerow(["alert_id", "label", "note", "file"])
+        for alert_id, label, note, ev in store.labelled():
+            if ev is None:
+                missing += 1
+                w.writerow([alert_id, label, note, ""])
+                continue
+            name = f"{alert_id}.csv"
+            anomaly = "1" if label == "true_positive" else "0"
+            with open(out / name, "w", newline="") as f:
+                cw = csv.writer(f, delimiter=";")
+                cw.writerow(["datetime", *ev["channels"], "anomaly"])
+                for ts, values in zip(ev["ts"], ev["values"]):
+                    stamp = datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+                    cw.writerow([stamp, *values, anomaly])
+            written += 1
+            w.writerow([alert_id, label, note, name])
+    return {"written": written, "without_evidence": missing}
+
+
+def evidence_payload(channels: Sequence[str], rows: Sequence[tuple[float, Sequence[float]]], **extra: Any) -> dict[str, Any]:
+    """The evidence document for a set of raw readings (timestamps and channel values)."""
+    return {"channels": list(channels), "ts": [r[0] for r in rows], "values": [[float(v) for v in r[1]] for r in rows], **extra}

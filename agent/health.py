@@ -1,0 +1,149 @@
+"""Health: per-stage heartbeats, the systemd watchdog, degraded reasons, the stats payload.
+
+The ``health`` thread pings the systemd watchdog (``WATCHDOG=1``) only while every watched stage has beaten
+within ``stall_s``: a hung inference or a wedged uplink stops the pings and systemd restarts the service
+(``WatchdogSec=`` in the unit). It also publishes ``stats`` every ``stats_interval_s`` and re-publishes the
+retained status when the state or its reasons change.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import os
+import resource
+import threading
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+from agent import sdnotify
+
+log = logging.getLogger(__name__)
+
+
+class Heartbeats:
+    """Last time each stage showed progress (monotonic seconds). Any thread may beat."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, float] = {}
+
+    def beat(self, stage: str) -> None:
+        self._last[stage] = time.monotonic()
+
+    def stalled(self, stall_s: float) -> dict[str, float]:
+        """Stages silent for longer than ``stall_s``, with how long."""
+        now = time.monotonic()
+        return {s: now - t for s, t in list(self._last.items()) if now - t > stall_s}
+
+    def forget(self, stage: str) -> None:
+        self._last.pop(stage, None)
+
+
+class LatencyRing:
+    """The last ``size`` inference latencies, written by the pipeline thread, read by the health thread."""
+
+    def __init__(self, size: int = 1024):
+        self._buf = np.zeros(size)
+        self._n = 0
+
+    def add(self, seconds: float) -> None:
+        self._buf[self._n % len(self._buf)] = seconds
+        self._n += 1
+
+    def percentiles_ms(self) -> dict[str, float] | None:
+        n = min(self._n, len(self._buf))
+        if n == 0:
+            return None
+        data = self._buf[:n].copy() * 1000
+        return {"p50": round(float(np.quantile(data, 0.5)), 4), "p99": round(float(np.quantile(data, 0.99)), 4)}
+
+
+_TIME_ERROR = 5  # adjtimex(2): clock not synchronised
+
+
+TIMESYNC_FLAG = "/run/systemd/timesync/synchronized"  # touched by systemd-timesyncd once it has synchronised
+
+
+def clock_synchronised() -> bool | None:
+    """What the kernel says (adjtimex, as timedatectl's NTPSynchronized); None when it cannot be asked.
+
+    Under the unit's ProtectClock=yes adjtimex is refused; then systemd-timesyncd's flag file answers.
+    """
+    if os.path.exists(TIMESYNC_FLAG):
+        return True
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        buf = ctypes.create_string_buffer(512)  # struct timex is ~208 bytes; modes = 0 only reads
+        state = libc.adjtimex(buf)
+    except (OSError, AttributeError):
+        return None
+    if state < 0:
+        return None
+    return state != _TIME_ERROR
+
+
+def process_usage() -> dict[str, float]:
+    """Resident memory and CPU time of this process."""
+    rss = 0
+    try:
+        with open("/proc/self/statm") as f:
+            rss = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return {"rss_bytes": rss, "cpu_s": round(ru.ru_utime + ru.ru_stime, 3), "threads": threading.active_count()}
+
+
+class HealthMonitor:
+    """The ``health`` thread: watchdog pings, stats, status changes."""
+
+    def __init__(
+        self, heartbeats: Heartbeats, stall_s: float, stats_interval_s: float,
+        stats: Callable[[], dict[str, Any]], publish_stats: Callable[[dict[str, Any]], None],
+        status_key: Callable[[], Any], publish_status: Callable[[], None], stop: threading.Event,
+    ):
+        self.heartbeats = heartbeats
+        self.stall_s = stall_s
+        self.stats_interval_s = stats_interval_s
+        self._stats = stats
+        self._publish_stats = publish_stats
+        self._status_key = status_key
+        self._publish_status = publish_status
+        self._stop = stop
+        self._thread: threading.Thread | None = None
+        self.watchdog_s = sdnotify.watchdog_interval_s()
+        self.pings = 0
+        self._stall_logged: set[str] = set()
+
+    def start(self) -> threading.Thread:
+        self._thread = threading.Thread(target=self.run, name="health", daemon=True)
+        self._thread.start()
+        return self._thread
+
+    def run(self) -> None:
+        ping_every = self.watchdog_s / 2 if self.watchdog_s else None
+        next_ping = next_stats = time.monotonic()
+        next_stats += self.stats_interval_s
+        last_key = self._status_key()
+        while not self._stop.wait(0.5):
+            now = time.monotonic()
+            stalled = self.heartbeats.stalled(self.stall_s)
+            for stage, age in stalled.items():
+                if stage not in self._stall_logged:
+                    self._stall_logged.add(stage)
+                    log.error("stage %s made no progress for %.0f s: watchdog pings stopped", stage, age)
+            self._stall_logged &= set(stalled)
+            if ping_every and now >= next_ping and not stalled:
+                if sdnotify.watchdog():
+                    self.pings += 1
+                next_ping = now + ping_every
+            key = self._status_key()
+            if key != last_key:
+                last_key = key
+                self._publish_status()
+            if now >= next_stats:
+                next_stats = now + self.stats_interval_s
+                self._publish_stats(self._stats())

@@ -1,0 +1,360 @@
+"""MQTT source: subscribes to sensor topics with its own paho client and hands every parsed payload to the sink.
+
+The sensor broker defaults to the upstream broker (``MqttSettings``) but may be another one with its own host,
+port and credentials. Threads: ``run`` (the source thread) only starts paho and waits; paho's network thread runs
+the callbacks, which parse and call ``sink`` directly (the sink of a live source never blocks). No exception ever
+escapes a callback (one would kill paho's thread and the data would silently stop): each body is wrapped and
+counted as ``source.callback_errors``.
+
+paho reconnects by itself with backoff (``RECONNECT_MIN_S`` .. ``RECONNECT_MAX_S``); the session is clean, so the
+subscriptions are sent again in every ``on_connect`` and data flows again after a broker restart without the
+agent restarting. An outage is logged once, not once per retry.
+
+Topic → sensor id: ``sensor_pattern`` (``plant/{sensor}/telemetry``; ``+`` and a final ``#`` are allowed as in
+filters) must match the whole topic, else the message is counted ``reject.topic_mismatch``; an empty pattern
+makes the whole topic the sensor id. Payloads are parsed by ``agent.parse.PayloadParser``.
+
+Retained messages are skipped (``source.retained``): the broker re-sends them on every subscribe, that is on every
+reconnect, and they are old readings, not new ones. Messages published while the broker holds no subscription
+for us (agent down, outage) are not received: the session is clean.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import secrets
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from agent.counters import Counters
+from agent.parse import PayloadParser
+from agent.settings import MqttSettings, MqttSourceSettings
+from agent.sources import CONNECTED, CONNECTING, DISCONNECTED, FINISHED, Sink
+from agent.uplink import read_password
+
+log = logging.getLogger(__name__)
+
+RECONNECT_MIN_S = 1  # first retry after the sensor broker goes away; doubles per failure ...
+RECONNECT_MAX_S = 8  # ... up to this: a sensor broker is usually on the LAN, data should flow again quickly
+MAX_PAYLOAD_BYTES = 65536  # a bigger payload is no sensor reading: counted reject.payload_too_large, not parsed
+UNSUBSCRIBE_WAIT_S = 1.0  # at close: wait this long for UNSUBACK (messages before it still reach the sink)
+LOOP_STOP_WAIT_S = 2.0  # at close: give paho's thread this long to end (a connect to a dead host can block it)
+SENSOR = "{sensor}"
+
+
+def check_filter(topic_filter: str) -> None:
+    """Raise ValueError unless ``topic_filter`` is a valid MQTT topic filter."""
+    if not topic_filter or "\0" in topic_filter or len(topic_filter.encode()) > 65535:
+        raise ValueError(f"invalid topic filter {topic_filter!r}")
+    levels = topic_filter.split("/")
+    for i, level in enumerate(levels):
+        if "#" in level and (level != "#" or i != len(levels) - 1):
+            raise ValueError(f"invalid topic filter {topic_filter!r}: '#' must be a whole level and the last one")
+        if "+" in level and level != "+":
+            raise ValueError(f"invalid topic filter {topic_filter!r}: '+' must be a whole level")
+
+
+def compile_sensor_pattern(pattern: str) -> re.Pattern[str] | None:
+    """A regex for ``pattern`` whose group ``sensor`` is the sensor id; None for an empty pattern (whole topic).
+
+    ``{sensor}`` names one level or part of one (``line-{sensor}``), exactly once; ``+`` matches any one level
+    and a final ``#`` any number of levels, as in topic filters; everything else must match literally.
+    """
+    if not pattern:
+        return None
+    if pattern.count(SENSOR) != 1:
+        raise ValueError(
+            f"sensor pattern {pattern!r} must contain {SENSOR} exactly once (e.g. plant/{SENSOR}/telemetry)"
+        )
+    levels = pattern.split("/")
+    rx = ""
+    for i, level in enumerate(levels):
+        sep = "/" if i else ""
+        if level == "#":
+            if i != len(levels) - 1:
+                raise ValueError(f"sensor pattern {pattern!r}: '#' must be the last level")
+            rx += "(?:/.*)?" if i else ".*"  # a/# matches a itself too, as a filter does
+        elif level == "+":
+            rx += sep + "[^/]*"
+        elif "+" in level or "#" in level:
+            raise ValueError(f"sensor pattern {pattern!r}: '+' and '#' must be whole levels")
+        else:
+            rx += sep + "(?P<sensor>[^/]+)".join(re.escape(p) for p in level.split(SENSOR))
+    return re.compile(rx)
+
+
+def client_id_for(upstream: MqttSettings, device_id: str | None = None) -> str:
+    """The sensor client's id: ``{upstream client id}-src``, else ``edge-agent-{device_id}-src``, else random.
+
+    It must differ from the upstream client's id (the broker disconnects the older of two clients with one id).
+    """
+    if upstream.client_id:
+        return f"{upstream.client_id}-src"
+    if device_id:
+        return f"edge-agent-{device_id}-src"
+    return f"edge-agent-src-{secrets.token_hex(4)}"
+
+
+class MqttSource:
+    """Subscribes to ``topics`` on the sensor broker; every message becomes a Reading or a counted rejection."""
+
+    live = True
+
+    def __init__(
+        self, settings: MqttSourceSettings, upstream: MqttSettings, counters: Counters, device_id: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.counters = counters
+        self.topics = list(settings.topics)
+        for t in self.topics:
+            check_filter(t)
+        self._pattern = compile_sensor_pattern(settings.sensor_pattern)
+        self.parser = PayloadParser(channel=settings.channel, timestamp_field=settings.timestamp_field)
+        self.host = settings.broker_host or upstream.host
+        self.port = settings.broker_port or upstream.port
+        self.keepalive_s = upstream.keepalive_s
+        self.client_id = client_id_for(upstream, device_id)
+        self.name = f"mqtt:{','.join(self.topics)}@{self.host}:{self.port}"
+        username = settings.broker_username or upstream.username
+        if settings.broker_password_file is not None:
+            path = Path(settings.broker_password_file)
+            if not path.is_file():
+                raise FileNotFoundError(f"EDGE_AGENT_SOURCE__BROKER_PASSWORD_FILE {path}: no such file")
+            password: str | None = path.read_text().rstrip("\r\n")
+        else:
+            password = read_password(upstream)
+
+        self._state = CONNECTING
+        self._closed = threading.Event()  # close() was called
+        self._closing = False  # we are disconnecting on purpose: not an outage
+        self._delivering = True  # False once run() has finished: late messages are not handed to the sink
+        self._connected = False
+        self._outage_logged = False
+        self._ever_connected = False
+        self._ever_subscribed = False
+        self._outage_start = 0.0  # time.monotonic() when the outage being logged began
+        self.granted_qos: dict[str, int | None] = {}  # per filter, from the last SUBACK (None = refused)
+        self._refused_filters: set[str] = set()
+        self._sink: Sink | None = None
+        self._started = False
+        self.subscribed = threading.Event()  # SUBACK for the current connection received (tests, diagnostics)
+        self._unsubscribed = threading.Event()
+        self.last_error: str | None = None
+
+        c = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv311, clean_session=True,
+        )
+        c.enable_logger(logging.getLogger("paho.source"))
+        c.reconnect_delay_set(min_delay=RECONNECT_MIN_S, max_delay=RECONNECT_MAX_S)
+        if username:
+            c.username_pw_set(username, password)
+        c.on_socket_open = self._on_socket_open
+        c.on_connect = self._on_connect
+        c.on_connect_fail = self._on_connect_fail
+        c.on_disconnect = self._on_disconnect
+        c.on_subscribe = self._on_subscribe
+        c.on_unsubscribe = self._on_unsubscribe
+        c.on_message = self._on_message
+        self.client = c
+
+    @property
+    def state(self) -> str:
+        """connecting | connected | disconnected | finished."""
+        return self._state
+
+    # -- lifecycle (source thread) ---------------------------------------------------------------------------
+
+    def run(self, sink: Sink, stop: threading.Event) -> None:
+        """Receive until ``stop`` is set or ``close`` is called; paho delivers on its own thread meanwhile."""
+        if self._started:
+            raise RuntimeError("MqttSource.run() can only be called once")
+        self._started = True
+        self._sink = sink
+        try:
+            if stop.is_set() or self._closed.is_set():
+                return
+            self.client.connect_async(self.host, self.port, keepalive=self.keepalive_s)
+            self.client.loop_start()
+            while not stop.is_set() and not self._closed.is_set():
+                self._closed.wait(0.2)
+        finally:
+            self._shutdown()
+
+    def close(self) -> None:
+        """Make ``run`` return promptly (within ``UNSUBSCRIBE_WAIT_S + LOOP_STOP_WAIT_S``); any thread, any time."""
+        self._closed.set()
+
+    def _shutdown(self) -> None:
+        """Unsubscribe (messages before the UNSUBACK still reach the sink), disconnect, stop paho's thread."""
+        self._closing = True
+        c = self.client
+        try:
+            if self._connected:
+                self._unsubscribed.clear()
+                rc, _ = c.unsubscribe(self.topics)
+                if rc == mqtt.MQTT_ERR_SUCCESS:
+                    self._unsubscribed.wait(UNSUBSCRIBE_WAIT_S)
+            self._delivering = False
+            c.disconnect()
+        except Exception:  # shutting down: the broker may be gone under us
+            log.debug("error while disconnecting from the sensor broker", exc_info=True)
+        finally:
+            self._delivering = False
+            c.disable_logger()  # paho 2.2 logs a spurious "Client is not connected" after a disconnect
+            if self._started:
+                # loop_stop joins paho's thread, which may sit in a blocking connect to a dead host: bound it.
+                stopper = threading.Thread(target=c.loop_stop, name="mqtt-source-stop", daemon=True)
+                stopper.start()
+                stopper.join(LOOP_STOP_WAIT_S)
+                if stopper.is_alive():
+                    log.warning("paho's network thread did not stop within %.0f s; leaving it behind", LOOP_STOP_WAIT_S)
+            self._connected = False
+            self._state = FINISHED
+
+    # -- paho callbacks (network thread; must never raise) ---------------------------------------------------
+
+    def _callback_error(self, where: str) -> None:
+        self.counters.inc("source.callback_errors")
+        n = self.counters.get("source.callback_errors")
+        if n <= 3 or n % 1000 == 0:
+            log.exception("error in MQTT source %s (%d so far; counted as source.callback_errors)", where, n)
+
+    def _on_socket_open(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        try:
+            with contextlib.suppress(OSError, AttributeError):  # not TCP (unix socket, websockets)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except Exception:  # noqa: BLE001
+            self._callback_error("on_socket_open")
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+        try:
+            if self._closing:  # a connect that completed after close(): do not subscribe, do not leave it open
+                client.disconnect()
+                return
+            if reason_code.is_failure:
+                self._outage(f"sensor broker {self.host}:{self.port} refused the connection: {reason_code}")
+                return
+            self._connected = True
+            self.counters.inc("source.connects")
+            if self._ever_connected:
+                self.counters.inc("source.reconnects")  # the stats' source.reconnects, as for the serial source
+            self._ever_connected = True
+            self.subscribed.clear()
+            # A clean session forgets subscriptions: renew them on every connect, or data stops after a restart.
+            subs: list[tuple[str, int]] = [(t, int(self.settings.qos)) for t in self.topics]
+            rc, _ = client.subscribe(subs)
+            if rc != mqtt.MQTT_ERR_SUCCESS:
+                self._outage(f"could not subscribe on {self.host}:{self.port} ({mqtt.error_string(rc)})")
+                return
+            self._state = CONNECTED
+            if self._outage_logged:
+                log.info("sensor broker %s:%d answers again after %.1f s; subscribing to %s again",
+                         self.host, self.port, time.monotonic() - self._outage_start, ", ".join(self.topics))
+            self._outage_logged = False
+            self.last_error = None
+        except Exception:  # noqa: BLE001 - an exception must not escape into paho's thread
+            self._callback_error("on_connect")
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        try:
+            self._outage(f"sensor broker {self.host}:{self.port} unreachable")
+        except Exception:  # noqa: BLE001
+            self._callback_error("on_connect_fail")
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+        try:
+            was = self._connected
+            self._connected = False
+            self.subscribed.clear()
+            if self._closing:
+                return
+            if was:
+                self._outage(f"lost the sensor broker {self.host}:{self.port} ({reason_code})", "source.disconnects")
+            else:
+                self._state = DISCONNECTED
+        except Exception:  # noqa: BLE001
+            self._callback_error("on_disconnect")
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: Any, properties: Any) -> None:
+        try:
+            for topic, rc in zip(self.topics, reason_codes, strict=False):
+                self.granted_qos[topic] = None if rc.is_failure else rc.value
+                if rc.is_failure:
+                    self.counters.inc("source.subscribe_refused")
+                    if topic not in self._refused_filters:  # said once, not on every reconnect
+                        self._refused_filters.add(topic)
+                        log.warning("sensor broker %s:%d refused the subscription to %r (%s): check its ACL",
+                                    self.host, self.port, topic, rc)
+                else:
+                    self._refused_filters.discard(topic)
+            if not self._ever_subscribed:  # the first SUBACK: from now on data flows (said once)
+                self._ever_subscribed = True
+                log.info("subscribed to %s on sensor broker %s:%d (QoS %d)",
+                         ", ".join(self.topics), self.host, self.port, self.settings.qos)
+            self.subscribed.set()
+        except Exception:  # noqa: BLE001
+            self._callback_error("on_subscribe")
+
+    def _on_unsubscribe(self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: Any, properties: Any) -> None:
+        try:
+            self._unsubscribed.set()
+        except Exception:  # noqa: BLE001
+            self._callback_error("on_unsubscribe")
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        try:
+            if not self._delivering:
+                return
+            payload = msg.payload
+            counters = self.counters
+            counters.inc("source.messages")
+            counters.inc("source.bytes", len(payload))
+            if msg.retain:
+                counters.inc("source.retained")
+                return
+            sensor = self.sensor_of(msg.topic)
+            if sensor is None:
+                counters.inc("reject.topic_mismatch")
+                return
+            if len(payload) > MAX_PAYLOAD_BYTES:
+                counters.inc("reject.payload_too_large")
+                return
+            reading = self.parser.parse(payload, time.time(), sensor)
+            if isinstance(reading, str):
+                counters.inc("reject." + reading)
+                return
+            counters.inc("source.readings")
+            sink = self._sink
+            if sink is not None:
+                sink(reading)
+        except Exception:  # noqa: BLE001
+            self._callback_error("on_message")
+
+    # -- helpers ---------------------------------------------------------------------------------------------
+
+    def sensor_of(self, topic: str) -> str | None:
+        """The sensor id that ``sensor_pattern`` takes from ``topic``; None when the topic does not match."""
+        if self._pattern is None:
+            return topic
+        m = self._pattern.fullmatch(topic)
+        return m.group("sensor") if m else None
+
+    def _outage(self, what: str, counter: str = "source.connect_failures") -> None:
+        if self._closing:  # paho's thread left behind by close() may still report: FINISHED stays FINISHED
+            return
+        self._state = DISCONNECTED
+        self.last_error = what
+        self.counters.inc(counter)
+        if not self._outage_logged:
+            self._outage_logged = True
+            self._outage_start = time.monotonic()
+            log.warning("%s: no readings until it answers (retrying every %d-%d s)",
+                        what, RECONNECT_MIN_S, RECONNECT_MAX_S)

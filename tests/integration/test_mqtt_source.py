@@ -1,0 +1,505 @@
+"""MqttSource against a real mosquitto: topic mapping, payloads, rejections, broker restart, close, credentials,
+and the whole agent fed over MQTT compared with the replay source on the same recording."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import logging
+import math
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from agent.bundled import demo_recording_path
+from agent.counters import Counters
+from agent.records import Reading
+from agent.settings import MqttSettings, MqttSourceSettings
+from agent.sources import CONNECTED, CONNECTING, DISCONNECTED, FINISHED
+from agent.sources.mqtt import (
+    MAX_PAYLOAD_BYTES,
+    MqttSource,
+    client_id_for,
+    compile_sensor_pattern,
+)
+from agent.sources.replay import read_recording
+from tests.conftest import (
+    ROOT,
+    Broker,
+    agent_env,
+    free_port,
+    run_agent,
+    wait_for,
+)
+
+PATTERN = "plant/{sensor}/telemetry"
+
+
+class Runner:
+    """An MqttSource running on its own thread; keeps its readings and any exception that ended the thread."""
+
+    def __init__(self, source: MqttSource, sink: Any = None) -> None:
+        self.source = source
+        self.readings: list[Reading] = []
+        self.sink = sink or self.readings.append
+        self.error: BaseException | None = None
+        self.returned = False
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._main, name="test-mqtt-source")
+        self.thread.start()
+
+    def _main(self) -> None:
+        try:
+            self.source.run(self.sink, self.stop)
+            self.returned = True
+        except BaseException as e:  # noqa: BLE001 - reported by finish()
+            self.error = e
+
+    def subscribed(self, timeout: float = 15) -> None:
+        wait_for(lambda: self.source.subscribed.is_set() or self.error, timeout=timeout, what="subscription")
+        assert self.error is None, repr(self.error)
+        assert self.source.state == CONNECTED
+
+    def finish(self, timeout: float = 5) -> float:
+        """close(), then assert run() returned normally within ``timeout``; the seconds it took."""
+        t0 = time.monotonic()
+        self.source.close()
+        self.thread.join(timeout)
+        took = time.monotonic() - t0
+        assert not self.thread.is_alive(), f"run() still running {timeout} s after close()"
+        assert self.error is None, f"source thread died: {self.error!r}"
+        assert self.returned
+        assert self.source.state == FINISHED
+        return took
+
+
+class Publisher:
+    def __init__(self, port: int) -> None:
+        client_id = f"test-pub-{os.getpid()}-{time.monotonic_ns()}"
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+
+    def pub(self, topic: str, payload: bytes | str, qos: int = 1, retain: bool = False) -> None:
+        info = self.client.publish(topic, payload, qos=qos, retain=retain)
+        info.wait_for_publish(timeout=10)
+        assert info.is_published()
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@pytest.fixture
+def publisher(live_broker: Broker) -> Iterator[Publisher]:
+    p = Publisher(live_broker.port)
+    yield p
+    p.close()
+
+
+@pytest.fixture
+def runners() -> Iterator[list[Runner]]:
+    """Runners to close at the end of a test even when it fails half-way."""
+    made: list[Runner] = []
+    yield made
+    for r in made:
+        r.source.close()
+        r.thread.join(5)
+
+
+def start(runners: list[Runner], port: int, upstream_port: int | None = None, sink: Any = None, **kw: Any) -> Runner:
+    kw.setdefault("topics", ["plant/+/telemetry"])
+    kw.setdefault("sensor_pattern", PATTERN)
+    source = MqttSource(
+        MqttSourceSettings(**kw), MqttSettings(host="127.0.0.1", port=upstream_port or port), Counters(),
+    )
+    r = Runner(source, sink)
+    runners.append(r)
+    return r
+
+
+# -- topics -----------------------------------------------------------------------------------------------------
+
+
+def test_wildcard_filters_map_topics_to_sensor_ids(live_broker: Broker, publisher: Publisher,
+                                                   runners: list[Runner]) -> None:
+    r = start(runners, live_broker.port, topics=["plant/+/telemetry", "lab/+/telemetry", "misc/#"],
+              sensor_pattern="+/{sensor}/telemetry", qos=1)
+    r.subscribed()
+    assert r.source.granted_qos == {"plant/+/telemetry": 1, "lab/+/telemetry": 1, "misc/#": 1}
+    publisher.pub("plant/pump-1/telemetry", '{"Current": 1.5}')
+    publisher.pub("lab/rig7/telemetry", '{"Current": 2.5}')
+    publisher.pub("misc/pump-1/other", "3")  # subscribed, but not the pattern's shape
+    publisher.pub("elsewhere/pump-9/telemetry", "4")  # not subscribed at all
+    publisher.pub("plant/pump-2/telemetry", '{"Current": 5.5}')
+    c = r.source.counters
+    wait_for(lambda: c.get("source.messages") == 4, what="4 messages")
+    time.sleep(0.2)  # nothing else comes
+    assert [(x.sensor, dict(x.values)) for x in r.readings] == [
+        ("pump-1", {"Current": 1.5}), ("rig7", {"Current": 2.5}), ("pump-2", {"Current": 5.5}),
+    ]
+    assert c.get("source.messages") == 4 and c.get("source.readings") == 3
+    assert c.get("reject.topic_mismatch") == 1
+    r.finish()
+
+
+def test_empty_pattern_makes_the_whole_topic_the_sensor_id(live_broker: Broker, publisher: Publisher,
+                                                           runners: list[Runner]) -> None:
+    r = start(runners, live_broker.port, topics=["site/#"], sensor_pattern="")
+    r.subscribed()
+    publisher.pub("site/a/b", "1")
+    wait_for(lambda: r.readings, what="a reading")
+    assert r.readings[0].sensor == "site/a/b"
+    r.finish()
+
+
+def test_sensor_pattern_and_filter_validation() -> None:
+    rx = compile_sensor_pattern("+/line-{sensor}/#")
+    assert rx is not None
+    m = rx.fullmatch("x/line-7/a/b")
+    assert m and m.group("sensor") == "7"
+    assert rx.fullmatch("x/line-7") and not rx.fullmatch("x/belt-7/a")
+    dotted = compile_sensor_pattern("a.b/{sensor}")
+    assert dotted is not None and not dotted.fullmatch("axb/1")  # literals are literal
+    up = MqttSettings(host="127.0.0.1")
+    for bad in ({"topics": ["plant/#/x"]}, {"topics": ["plant/p+/x"]}, {"topics": ["a"], "sensor_pattern": "plant/x"},
+                {"topics": ["a"], "sensor_pattern": "{sensor}/{sensor}"},
+                {"topics": ["a"], "sensor_pattern": "#/{sensor}"}):
+        with pytest.raises(ValueError):
+            MqttSource(MqttSourceSettings(**bad), up, Counters())
+    with pytest.raises(FileNotFoundError):
+        MqttSource(MqttSourceSettings(topics=["a"], broker_password_file=Path("/nonexistent/pw")), up, Counters())
+
+
+def test_client_id_differs_from_the_upstream_one() -> None:
+    assert client_id_for(MqttSettings(client_id="gw-1")) == "gw-1-src"
+    assert client_id_for(MqttSettings(), "gw-1") == "edge-agent-gw-1-src"
+    a, b = client_id_for(MqttSettings()), client_id_for(MqttSettings())
+    assert a.startswith("edge-agent-src-") and a != b
+
+
+# -- payloads ---------------------------------------------------------------------------------------------------
+
+
+def test_payload_variants_and_rejections(live_broker: Broker, publisher: Publisher, runners: list[Runner]) -> None:
+    r = start(runners, live_broker.port, channel="temp", qos=1)
+    r.subscribed()
+    t = "plant/s1/telemetry"
+    good: list[bytes] = [
+        b'{"Current": 1.0, "Pressure": 2}',  # no timestamp: time of receipt
+        b'{"ts": 1583750073, "Current": 3}',  # epoch seconds
+        b'{"ts": 1583750073500, "Current": 4}',  # epoch milliseconds
+        b'{"ts": "2020-03-09T10:34:33Z", "Current": 5}',  # ISO 8601
+        b'{"ts": "2020-03-09T10:34:33.250+00:00", "Current": "6.5"}',  # numeric text is a number
+        b"42.5",  # a JSON number
+        b" 17 \n",  # plain number text
+        b"nan",  # not JSON, but a number: the cleaner counts NaN, not the parser
+        b'{"Current": "broken"}',  # non-numeric text is kept for the cleaner to count by channel
+    ]
+    bad: list[tuple[bytes, str]] = [
+        (b"hello", "malformed"),
+        (b"[1, 2]", "malformed"),
+        (b"true", "malformed"),
+        (b"\xff\xfe\x00", "not_utf8"),
+        (b"", "empty"),
+        (b"   ", "empty"),
+        (b"{}", "empty"),
+        (b'{"ts": 1583750073}', "empty"),
+        (b'{"ts": "yesterday", "Current": 1}', "bad_timestamp"),
+        (b'{"Current": 1', "malformed"),
+        (b"1" * (MAX_PAYLOAD_BYTES + 1), "payload_too_large"),
+    ]
+    before = time.time()
+    sent = 0
+    for p in good + [b for b, _ in bad]:
+        publisher.pub(t, p)
+        sent += len(p)
+    c = r.source.counters
+    total = len(good) + len(bad)
+    wait_for(lambda: c.get("source.messages") == total, what=f"{total} messages")
+    after = time.time()
+    assert c.get("source.bytes") == sent
+    assert c.get("source.readings") == len(good) == len(r.readings)
+    expected: dict[str, int] = {}
+    for _, reason in bad:
+        expected[reason] = expected.get(reason, 0) + 1
+    assert c.snapshot("reject.") == expected
+    got = r.readings
+    assert all(x.sensor == "s1" for x in got)
+    assert before <= got[0].ts <= after and got[0].values == {"Current": 1.0, "Pressure": 2.0}
+    assert (got[1].ts, got[1].values) == (1583750073.0, {"Current": 3.0})
+    assert (got[2].ts, got[2].values) == (1583750073.5, {"Current": 4.0})
+    assert (got[3].ts, got[3].values) == (1583750073.0, {"Current": 5.0})
+    assert (got[4].ts, got[4].values) == (1583750073.25, {"Current": 6.5})
+    assert got[5].values == {"temp": 42.5} and before <= got[5].ts <= after
+    assert got[6].values == {"temp": 17.0}
+    assert list(got[7].values) == ["temp"] and math.isnan(float(got[7].values["temp"]))
+    assert got[8].values == {"Current": "broken"}
+    assert c.get("source.callback_errors") == 0
+    r.finish()
+
+
+def test_retained_messages_are_old_readings_and_skipped(live_broker: Broker, publisher: Publisher,
+                                                        runners: list[Runner]) -> None:
+    publisher.pub("plant/old/telemetry", "1", retain=True)
+    try:
+        r = start(runners, live_broker.port)
+        r.subscribed()
+        c = r.source.counters
+        wait_for(lambda: c.get("source.retained") == 1, what="the retained message")
+        publisher.pub("plant/new/telemetry", "2")
+        wait_for(lambda: r.readings, what="a live reading")
+        assert [x.sensor for x in r.readings] == ["new"]
+        r.finish()
+    finally:
+        publisher.pub("plant/old/telemetry", b"", retain=True)  # clear it for later tests
+
+
+def test_a_raising_sink_is_counted_and_data_keeps_flowing(live_broker: Broker, publisher: Publisher,
+                                                          runners: list[Runner]) -> None:
+    readings: list[Reading] = []
+    calls = {"n": 0}
+
+    def flaky(x: Reading) -> None:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("sink bug")
+        readings.append(x)
+
+    r = start(runners, live_broker.port, sink=flaky)
+    r.subscribed()
+    publisher.pub("plant/a/telemetry", "1")
+    publisher.pub("plant/a/telemetry", "2")
+    wait_for(lambda: readings, what="the second reading")
+    assert readings[0].values == {"value": 2.0}
+    assert r.source.counters.get("source.callback_errors") == 1
+    r.finish()
+
+
+# -- broker, lifecycle ------------------------------------------------------------------------------------------
+
+
+def test_broker_restart_resubscribes_without_restarting_the_source(
+    live_broker: Broker, runners: list[Runner], caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="agent.sources.mqtt")
+    r = start(runners, live_broker.port, qos=1)
+    assert r.source.state in (CONNECTING, CONNECTED)
+    r.subscribed()
+    p = Publisher(live_broker.port)
+    p.pub("plant/before/telemetry", "1")
+    p.close()
+    wait_for(lambda: len(r.readings) == 1, what="the reading before the outage")
+
+    live_broker.stop()
+    wait_for(lambda: r.source.state == DISCONNECTED, timeout=20, what="DISCONNECTED")
+    c = r.source.counters
+    wait_for(lambda: c.get("source.connect_failures") >= 2, timeout=20, what="two failed reconnects")
+    live_broker.start()
+    wait_for(lambda: r.source.state == CONNECTED and r.source.subscribed.is_set(), timeout=30,
+             what="CONNECTED and subscribed again")
+
+    p = Publisher(live_broker.port)
+    try:
+        p.pub("plant/after/telemetry", "2")
+        wait_for(lambda: len(r.readings) == 2, what="the reading after the restart")
+    finally:
+        p.close()
+    assert [x.sensor for x in r.readings] == ["before", "after"]
+    assert c.get("source.connects") == 2 and c.get("source.reconnects") == 1 and c.get("source.disconnects") == 1
+    warnings = [m for m in caplog.messages if "no readings until it answers" in m]
+    assert len(warnings) == 1, warnings  # once per outage, not once per retry
+    assert any("answers again" in m for m in caplog.messages)
+    r.finish()
+
+
+def test_close_unblocks_run_promptly_when_connected(live_broker: Broker, runners: list[Runner]) -> None:
+    r = start(runners, live_broker.port)
+    r.subscribed()
+    assert r.finish() < 2.0
+
+
+def test_close_unblocks_run_promptly_while_the_broker_is_down(runners: list[Runner]) -> None:
+    r = start(runners, free_port())  # nothing listens there
+    wait_for(lambda: r.source.state == DISCONNECTED, what="DISCONNECTED")
+    time.sleep(1.2)  # now inside paho's reconnect backoff
+    assert r.finish() < 2.0
+
+
+def test_close_unblocks_run_promptly_during_a_hanging_connect(runners: list[Runner]) -> None:
+    # A listener whose accept queue is full drops further SYNs: paho's TCP connect hangs (up to its 5 s timeout).
+    with socket.socket() as srv:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(0)
+        port = srv.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port), timeout=2):
+            r = start(runners, port, topics=["a"], sensor_pattern="")
+            time.sleep(0.5)
+            assert r.source.state == CONNECTING  # still inside the connect
+            assert r.finish() < 4.0
+
+
+def test_close_before_run_and_stop_event(live_broker: Broker) -> None:
+    up = MqttSettings(host="127.0.0.1", port=live_broker.port)
+    source = MqttSource(MqttSourceSettings(topics=["a"]), up, Counters())
+    source.close()
+    t0 = time.monotonic()
+    source.run(lambda _: None, threading.Event())
+    assert time.monotonic() - t0 < 1 and source.state == FINISHED
+    # the stop event ends run() too
+    source2 = MqttSource(MqttSourceSettings(topics=["a"]), up, Counters())
+    runner = Runner(source2)
+    runner.subscribed()
+    t0 = time.monotonic()
+    runner.stop.set()
+    runner.thread.join(5)
+    assert not runner.thread.is_alive() and runner.returned and time.monotonic() - t0 < 2
+    assert source2.state == FINISHED
+
+
+def test_sensor_broker_with_its_own_address_and_credentials(tmp_path: Path, runners: list[Runner]) -> None:
+    if shutil.which("mosquitto_passwd") is None:
+        pytest.fail("mosquitto_passwd not found: install it with `sudo apt-get install -y mosquitto`")
+    pwfile = tmp_path / "passwd"
+    subprocess.run(["mosquitto_passwd", "-b", "-c", str(pwfile), "sensor", "s3cret"], check=True, capture_output=True)
+    os.chmod(pwfile, 0o600)
+    # mosquitto started by root drops to user mosquitto, which cannot read the test's private tmp dir
+    secured = Broker(tmp_path, extra_conf=f"password_file {pwfile}\nuser {getpass.getuser()}\n")
+    secured.conf.write_text(secured.conf.read_text().replace("allow_anonymous true", "allow_anonymous false"))
+    secured.start()
+    try:
+        (tmp_path / "sensor-pw").write_text("s3cret\n")
+        upstream_port = free_port()  # the upstream broker is elsewhere (and down): the sensor broker is used
+        r = start(runners, secured.port, upstream_port=upstream_port, broker_host="127.0.0.1",
+                  broker_port=secured.port, broker_username="sensor", broker_password_file=tmp_path / "sensor-pw")
+        assert r.source.name.endswith(f"@127.0.0.1:{secured.port}")
+        r.subscribed()
+        p = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="test-secured-pub")
+        p.username_pw_set("sensor", "s3cret")
+        p.connect("127.0.0.1", secured.port)
+        p.loop_start()
+        try:
+            p.publish("plant/x/telemetry", "1", qos=1).wait_for_publish(10)
+            wait_for(lambda: r.readings, what="a reading from the secured broker")
+        finally:
+            p.disconnect()
+            p.loop_stop()
+        r.finish()
+
+        # a wrong password: refused, DISCONNECTED, said once
+        (tmp_path / "bad-pw").write_text("wrong")
+        bad = start(runners, secured.port, broker_username="sensor", broker_password_file=tmp_path / "bad-pw")
+        wait_for(lambda: bad.source.state == DISCONNECTED and bad.source.last_error, what="refused")
+        assert "refused the connection: Not authorized" in (bad.source.last_error or ""), bad.source.last_error
+        bad.finish()
+    finally:
+        secured.stop()
+
+
+# -- the whole agent --------------------------------------------------------------------------------------------
+
+
+class AgentProcess:
+    """``python -m agent run`` with its stderr read as it comes (to know when the source is subscribed)."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "agent", "run"], env=env, cwd=ROOT, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True,
+        )
+        self.err: list[str] = []
+        self.out: list[str] = []
+        self._threads = [
+            threading.Thread(target=self._pump, args=(self.proc.stderr, self.err), daemon=True),
+            threading.Thread(target=self._pump, args=(self.proc.stdout, self.out), daemon=True),
+        ]
+        for t in self._threads:
+            t.start()
+
+    @staticmethod
+    def _pump(stream: Any, into: list[str]) -> None:
+        into.extend(stream)  # line by line, as the agent writes them
+
+    def stderr(self) -> str:
+        return "".join(self.err)
+
+    def stop(self, timeout: float = 60) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        rc = self.proc.wait(timeout)
+        for t in self._threads:
+            t.join(5)
+        return rc
+
+
+def _alert_key(a: dict[str, Any]) -> tuple[str, str]:
+    return (a["window_end"], a["state"])
+
+
+def test_agent_fed_over_mqtt_alerts_like_the_replay(tmp_path: Path, live_broker: Broker, recorder: Any,
+                                                   publisher: Publisher) -> None:
+    samples = "400"
+    # 1. the reference: the replay source on the bundled recording
+    rec_replay = recorder("edge/test-gw/#")
+    r = run_agent(agent_env(tmp_path / "replay", live_broker.port, EDGE_AGENT_CALIBRATION__SAMPLES=samples))
+    assert r.returncode == 0, r.stderr
+    wait_for(lambda: rec_replay.on("status") and rec_replay.on("status")[-1]["state"] == "offline", what="replay done")
+    replay_alerts = sorted(rec_replay.on("alerts"), key=lambda a: a["seq"])
+    assert {a["state"] for a in replay_alerts} == {"raised", "cleared"}
+
+    # 2. the same recording published over MQTT, one JSON object per reading
+    rec = recorder("edge/test-gw/#")
+    agent = AgentProcess(agent_env(
+        tmp_path / "mqtt", live_broker.port,
+        EDGE_AGENT_SOURCE__KIND="mqtt", EDGE_AGENT_SOURCE__TOPICS="plant/+/telemetry",
+        EDGE_AGENT_SOURCE__SENSOR_PATTERN=PATTERN, EDGE_AGENT_CALIBRATION__SAMPLES=samples,
+        EDGE_AGENT_SOURCE__QOS="1",
+    ))
+    try:
+        wait_for(lambda: "subscribed to plant/+/telemetry" in agent.stderr() or agent.proc.poll() is not None,
+                 timeout=30, what="the agent's subscription")
+        assert agent.proc.poll() is None, agent.stderr()
+        readings = list(read_recording(demo_recording_path(), Counters()))
+        for i, reading in enumerate(readings):
+            body = json.dumps({"ts": reading.ts, **reading.values}, separators=(",", ":"))
+            info = publisher.client.publish("plant/pump-1/telemetry", body, qos=1)
+            if i % 50 == 49:  # bounded bursts: never far ahead of the agent
+                info.wait_for_publish(10)
+        info.wait_for_publish(10)
+        wait_for(lambda: len(rec.on("alerts")) >= len(replay_alerts), timeout=60, what="the alerts")
+        time.sleep(1.0)  # the last readings after the last alert reach the pipeline before the shutdown
+    finally:
+        rc = agent.stop()
+    err = agent.stderr()
+    assert rc == 0, err
+    assert "source mqtt:plant/+/telemetry@127.0.0.1" in err
+    wait_for(lambda: rec.on("status") and rec.on("status")[-1]["state"] == "offline", what="mqtt agent offline")
+
+    alerts = sorted(rec.on("alerts"), key=lambda a: a["seq"])
+    assert [_alert_key(a) for a in alerts] == [_alert_key(a) for a in replay_alerts]
+    assert {a["sensor"] for a in alerts} == {"pump-1"}
+    assert [a["score"] for a in alerts] == pytest.approx([a["score"] for a in replay_alerts])
+    summaries = rec.on("summary")
+    assert summaries and summaries[-1]["final"] is True
+    assert sum(s["readings"] for s in summaries) == len(readings)  # every reading arrived, none dropped
+    assert _rejected(summaries) == _rejected(rec_replay.on("summary"))  # the same cleaning on the same data
+
+
+def _rejected(summaries: list[dict[str, Any]]) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for s in summaries:
+        for reason, n in s["rejected"].items():
+            total[reason] = total.get(reason, 0) + n
+    return total
