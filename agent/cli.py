@@ -83,9 +83,9 @@ def cmd_version(args: argparse.Namespace) -> int:
 
 
 def cmd_config_reference(args: argparse.Namespace) -> int:
-    from agent.reference import render_env_example
+    from agent.reference import render_env_example, render_markdown
 
-    sys.stdout.write(render_env_example())
+    sys.stdout.write(render_markdown() if args.markdown else render_env_example())
     return 0
 
 
@@ -171,7 +171,8 @@ def _parser() -> argparse.ArgumentParser:
     c = add("check-config", cmd_check_config, "validate the configuration and print it with secrets masked (exit 0, or 78 when invalid)")
     c.add_argument("--json", action="store_true", help="print JSON instead of env lines")
     add("version", cmd_version, "print the version", env=False)
-    add("config-reference", cmd_config_reference, "print every setting with its default and meaning (deploy/agent.env.example)", env=False)
+    cr = add("config-reference", cmd_config_reference, "print every setting with its default and meaning (deploy/agent.env.example)", env=False)
+    cr.add_argument("--markdown", action="store_true", help="as Markdown tables (the README's configuration section)")
     m = sub.add_parser("model", help="model tools", description="model tools")
     msub = m.add_subparsers(dest="model_command", required=True, metavar="SUBCOMMAND")
     mi = msub.add_parser("info", help="print a model's sidecar, tensor details and the result of every check", description="print a model's sidecar, tensor details and the result of every check")
@@ -188,6 +189,10 @@ def _parser() -> argparse.ArgumentParser:
                         description="score labelled recordings through the daemon's pipeline (F1/FAR/MAR, events, plots)")
     evaluate.add_arguments(ev)
     ev.set_defaults(fn=cmd_evaluate)
+    from agent import monitor
+    mo = sub.add_parser("monitor", help="live table of the gateways under the topic prefix (--once: one snapshot)", description="live table of the gateways under the topic prefix: state, last seen, model, open alerts, outbox, bandwidth ratio")
+    monitor.add_arguments(mo)
+    mo.set_defaults(fn=monitor.run)
     return p
 
 

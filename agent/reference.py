@@ -147,3 +147,32 @@ def rendered_env_names(text: str) -> list[str]:
         if body.startswith(ENV_PREFIX) and "=" in body:
             names.append(body.split("=", 1)[0])
     return names
+
+
+def _md_row(env: str, field: FieldInfo, fallback: str = "") -> str:
+    value, note = default_text(field)
+    computed = not value and field.default_factory is not None and field.default_factory not in _PURE_FACTORIES
+    desc = _description(field, fallback) + (f" {note}" if note else "")
+    shown = f"`{value}`" if value else "(computed)" if computed else "(empty)"
+    return f"| `{env}` | {shown} | {desc.replace('|', '/')} |"
+
+
+def render_markdown() -> str:
+    """The same reference as Markdown tables, one per section (the README's configuration tables)."""
+    head = ["| variable | default | meaning |", "|---|---|---|"]
+    out = ["### General", "", *head]
+    out += [_md_row(f"{ENV_PREFIX}{n.upper()}", f) for n, f in Settings.model_fields.items()
+            if n != "source" and not _is_model(f.annotation)]
+    for name, field in Settings.model_fields.items():
+        if name == "source":
+            for kind, cls in SOURCE_KINDS.items():
+                out += ["", f"### Source `{kind}` (`EDGE_AGENT_SOURCE__KIND={kind}`)", "", _doc(cls), "", *head]
+                out += [_md_row(f"{ENV_PREFIX}SOURCE__{n.upper()}", f,
+                                f"Source of readings: {', '.join(SOURCE_KINDS)}." if n == "kind" else "")
+                        for n, f in cls.model_fields.items()]
+        elif _is_model(field.annotation):
+            model = field.annotation
+            assert isinstance(model, type)
+            out += ["", f"### {_TITLES.get(name, name.capitalize())}", "", _doc(model), "", *head]
+            out += [_md_row(f"{ENV_PREFIX}{name.upper()}__{n.upper()}", f) for n, f in model.model_fields.items()]
+    return "\n".join(out) + "\n"

@@ -70,7 +70,8 @@ def test_teach_in_persists_across_a_restart(tmp_path, model, recording):
 def test_explanation_points_at_the_disturbed_channel(tmp_path, model, recording):
     samples = model.sidecar.calibration.samples
     channels = model.sidecar.channels
-    for victim in ("Current", "Thermocouple"):
+    # temperatures drift slowly on a real pump; the model tolerates level shifts there by design (models/README.md)
+    for victim in ("Current", "Volume Flow RateRMS"):
         p = Pipeline(model, Counters(), "gw", tmp_path / victim)
         _run(p, recording[:samples])
         normal = recording[samples: samples + 120]

@@ -1,0 +1,120 @@
+"""TLS and authentication against a real mosquitto TLS listener with certificates made here by openssl."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import ssl
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from tests.conftest import ROOT, Broker, agent_env, start_agent, wait_for
+
+SECRET = "s3cr3t-" + uuid.uuid4().hex[:8]
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    exe = shutil.which("openssl")
+    if exe is None:
+        pytest.fail("openssl not found: install it with `apt-get install -y openssl`")
+    subprocess.run([exe, *args], cwd=cwd, check=True, capture_output=True)
+
+
+def _ca(d: Path, name: str) -> None:
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", f"/CN={name}",
+             "-keyout", f"{name}.key", "-out", f"{name}.crt", cwd=d)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("pki")
+    _ca(d, "ca")
+    _ca(d, "other-ca")
+    (d / "san.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-keyout", "server.key", "-out", "server.csr", cwd=d)
+    _openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2",
+             "-extfile", "san.ext", "-out", "server.crt", cwd=d)
+    for f in d.iterdir():
+        f.chmod(0o644)
+    return d
+
+
+@pytest.fixture(scope="module")
+def tls_broker(pki, tmp_path_factory):
+    d = tmp_path_factory.mktemp("tlsbroker")
+    pw = d / "passwd"
+    exe = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
+    subprocess.run([exe, "-b", "-c", str(pw), "gateway", SECRET], check=True, capture_output=True)
+    pw.chmod(0o644)
+    # as root, mosquitto drops to its own user, which cannot read pytest's private tmp dirs: stay root here
+    b = Broker(d, extra_conf="user root\n", listener_conf=(
+        f"allow_anonymous false\npassword_file {pw}\ncafile {pki / 'ca.crt'}\ncertfile {pki / 'server.crt'}\n"
+        f"keyfile {pki / 'server.key'}\n"
+    ))
+    b.start()
+    yield b
+    b.stop()
+
+
+def _tls_env(tmp_path: Path, port: int, pki: Path, ca: str, password: str):
+    pwfile = tmp_path / "mqtt-password"
+    pwfile.write_text(password + "\n")
+    return agent_env(
+        tmp_path / "state", port, EDGE_AGENT_MQTT__HOST="localhost", EDGE_AGENT_MQTT__TLS="true",
+        EDGE_AGENT_MQTT__CA_FILE=str(pki / ca), EDGE_AGENT_MQTT__USERNAME="gateway",
+        EDGE_AGENT_MQTT__PASSWORD_FILE=str(pwfile), EDGE_AGENT_SOURCE__LOOP="true", EDGE_AGENT_SOURCE__SPEED="20",
+        EDGE_AGENT_STATS_INTERVAL_S="1",
+    )
+
+
+def test_right_ca_and_password_connect(tmp_path, tls_broker, pki, agents):
+    got: list[tuple[str, dict]] = []
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="tls-recorder")
+    c.username_pw_set("gateway", SECRET)
+    c.tls_set(ca_certs=str(pki / "ca.crt"), cert_reqs=ssl.CERT_REQUIRED)
+    c.on_connect = lambda cl, u, f, rc, p: cl.subscribe("edge/#", qos=1)
+    c.on_message = lambda cl, u, m: got.append((m.topic, json.loads(m.payload)))
+    c.connect("localhost", tls_broker.port)
+    c.loop_start()
+    try:
+        env = _tls_env(tmp_path, tls_broker.port, pki, "ca.crt", SECRET)
+        a = start_agent(env, tmp_path)
+        agents.append(a)
+        wait_for(lambda: any(t.endswith("/status") and p["state"] != "offline" for t, p in got), timeout=30, what="status over TLS")
+        wait_for(lambda: any(t.endswith("/stats") for t, _ in got), timeout=30, what="stats over TLS")
+        assert a.stop() == 0
+        # the secret is nowhere: not in the log, the status, the stats
+        assert SECRET not in a.log
+        assert all(SECRET not in json.dumps(p) for _, p in got)
+        r = subprocess.run([sys.executable, "-m", "agent", "check-config"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0 and SECRET not in r.stdout + r.stderr
+        assert "EDGE_AGENT_MQTT__PASSWORD_FILE=" in r.stdout
+    finally:
+        c.loop_stop()
+        c.disconnect()
+
+
+@pytest.mark.parametrize(
+    "ca, password, expected",
+    [
+        ("other-ca.crt", SECRET, "TLS certificate check failed"),
+        ("ca.crt", "wrong-password", "refused the connection"),
+    ],
+)
+def test_wrong_ca_or_password_fail_clearly_and_keep_retrying(tmp_path, tls_broker, pki, agents, ca, password, expected):
+    a = start_agent(_tls_env(tmp_path, tls_broker.port, pki, ca, password), tmp_path)
+    agents.append(a)
+    wait_for(lambda: expected in a.log, timeout=30, what=expected)
+    time.sleep(3)  # several retries later
+    assert a.alive(), a.log
+    assert a.log.count(expected) == 1, "said once per outage, not once per retry"
+    assert "Traceback" not in a.log
+    assert password not in a.log and SECRET not in a.log
+    assert a.stop() == 0
