@@ -222,7 +222,7 @@ def test_reload_model_good_broken_and_wrong_hash(tmp_path, live_broker, recorder
 def test_reload_drops_no_reading_and_sighup(tmp_path, live_broker, recorder, commander, agents):
     """A swap between two windows: every reading of the recording is in the summaries."""
     rec = recorder(f"{BASE}/#")
-    env = agent_env(tmp_path / "state", live_broker.port, EDGE_AGENT_SOURCE__SPEED="150", EDGE_AGENT_STATS_INTERVAL_S="1")
+    env = agent_env(tmp_path / "state", live_broker.port, EDGE_AGENT_SOURCE__SPEED="50", EDGE_AGENT_STATS_INTERVAL_S="1")
     a = start_agent(env, tmp_path)
     agents.append(a)
     _online(rec)
@@ -231,8 +231,9 @@ def test_reload_drops_no_reading_and_sighup(tmp_path, live_broker, recorder, com
     time.sleep(1)
     r = commander.send("reload-model", {"request_id": "g", "path": str(good), "sha256": sha})
     assert r["ok"] is True
+    assert a.alive(), "the replay ended before the swap: make it longer"
     a.proc.send_signal(signal.SIGHUP)  # reloads the configured (bundled) model
-    assert a.proc.wait(60) == 0, a.log
+    assert a.proc.wait(90) == 0, a.log
     assert "SIGHUP: reloaded" in a.log
     rows = len(default_model_path().parent.joinpath("demo", "skab-valve1-1.csv").read_text().splitlines()) - 1
     assert sum(s["readings"] for s in rec.on("summary")) == rows

@@ -1,0 +1,264 @@
+"""``edge-agent monitor`` as a real process against a private mosquitto and real agent processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import re
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from agent.bundled import default_model_path
+from tests.conftest import ROOT, agent_env, free_port, start_agent, wait_for
+
+SIDECAR = json.loads(default_model_path().with_suffix(".json").read_text())
+
+
+def _prefix() -> str:
+    return f"mon-{uuid.uuid4().hex[:8]}"  # the session broker keeps retained statuses of other tests: stay apart
+
+
+def _env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("EDGE_AGENT_")}
+
+
+def _cmd(port: int, prefix: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", "agent", "monitor", "--host", "127.0.0.1", "--port", str(port), "--prefix", prefix, *args]
+
+
+def run_monitor(port: int, prefix: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(_cmd(port, prefix, *args), env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def _looping_agent(tmp_path: Path, port: int, prefix: str, device: str, agents: list) -> Any:
+    env = agent_env(
+        tmp_path / device, port, EDGE_AGENT_DEVICE_ID=device, EDGE_AGENT_MQTT__TOPIC_PREFIX=prefix,
+        EDGE_AGENT_SOURCE__LOOP="true", EDGE_AGENT_SOURCE__SPEED="50", EDGE_AGENT_STATS_INTERVAL_S="1",
+    )
+    a = start_agent(env, tmp_path / "logs")
+    agents.append(a)
+    return a
+
+
+def _last_status(rec: Any, device: str) -> dict[str, Any] | None:
+    st = [p for t, p, _ in list(rec.messages) if t.endswith(f"/{device}/status") and isinstance(p, dict)]
+    return st[-1] if st else None
+
+
+def _has_stats(rec: Any, device: str) -> bool:
+    return any(t.endswith(f"/{device}/stats") for t, _, _ in list(rec.messages))
+
+
+def _alert_sets(rec: Any, device: str) -> tuple[set[str], set[str]]:
+    alerts = [p for t, p, _ in list(rec.messages) if t.endswith(f"/{device}/alerts")]
+    return ({a["alert_id"] for a in alerts if a["state"] == "raised"},
+            {a["alert_id"] for a in alerts if a["state"] == "cleared"})
+
+
+def test_once_snapshot_of_two_agents_then_one_killed_shows_offline(tmp_path, live_broker, recorder, agents):
+    prefix = _prefix()
+    rec = recorder(f"{prefix}/#")
+    gw_a = _looping_agent(tmp_path, live_broker.port, prefix, "gw-a", agents)
+    gw_b = _looping_agent(tmp_path, live_broker.port, prefix, "gw-b", agents)
+    for dev in ("gw-a", "gw-b"):
+        wait_for(lambda: (_last_status(rec, dev) or {}).get("state") == "online" and _has_stats(rec, dev), timeout=90,
+                 what=f"{dev} online (after teach-in) with stats")
+
+    t0 = time.monotonic()
+    r = run_monitor(live_broker.port, prefix, "--once", "--timeout", "20", "--json")
+    took = time.monotonic() - t0
+    assert r.returncode == 0, r.stderr
+    assert took < 15, f"--once should stop as soon as every device has status and stats, took {took:.1f} s"
+    snap = json.loads(r.stdout)
+    assert snap["prefix"] == prefix
+    devices = {d["device_id"]: d for d in snap["devices"]}
+    assert set(devices) == {"gw-a", "gw-b"}, snap
+    for dev, d in devices.items():
+        assert d["state"] == "online", d
+        assert d["model"] == {"name": SIDECAR["name"], "version": SIDECAR["version"]}
+        assert isinstance(d["bandwidth_ratio"], float) and d["bandwidth_ratio"] > 0
+        assert isinstance(d["outbox_depth"], int) and d["outbox_depth"] >= 0
+        assert d["age_s"] is not None and 0 <= d["age_s"] < 10 and not d["stale"]
+        assert d["have"] == {"status": True, "stats": True}
+        assert d["open_alerts"] == len(d["open_alert_ids"]) >= 0
+        raised, _ = _alert_sets(rec, dev)
+        assert set(d["open_alert_ids"]) <= raised  # only alerts that were really raised
+
+    # the table form
+    r = run_monitor(live_broker.port, prefix, "--once", "--timeout", "20")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    for col in ("DEVICE", "STATE", "LAST SEEN", "MODEL", "ALERTS", "OUTBOX", "BW RATIO"):
+        assert col in lines[0]
+    body = {line.split()[0]: line for line in lines[1:]}
+    assert set(body) == {"gw-a", "gw-b"}
+    for line in body.values():
+        assert "online" in line and f"{SIDECAR['name']} {SIDECAR['version']}" in line and " ago" in line
+
+    # SIGKILL: no clean offline from the agent, the broker publishes its last will
+    gw_b.stop(signal.SIGKILL)
+    wait_for(lambda: (_last_status(rec, "gw-b") or {}).get("state") == "offline", timeout=30, what="gw-b last will")
+    t0 = time.monotonic()
+    r = run_monitor(live_broker.port, prefix, "--once", "--timeout", "20", "--json")
+    took = time.monotonic() - t0
+    assert r.returncode == 0, r.stderr
+    assert took < 15, f"an offline device sends no stats and must not hold --once up ({took:.1f} s)"
+    snap = json.loads(r.stdout)
+    assert [d["device_id"] for d in snap["devices"]] == ["gw-b", "gw-a"]  # offline first
+    b, a = snap["devices"]
+    assert b["state"] == "offline" and b["reason"] == "connection lost" and not b["stale"]
+    assert a["state"] == "online" and gw_a.alive()
+
+    r = run_monitor(live_broker.port, prefix, "--once", "--timeout", "20")
+    assert r.returncode == 0, r.stderr
+    first = r.stdout.splitlines()[1]
+    assert first.startswith("gw-b") and "offline" in first and "connection lost" in first
+
+
+def test_live_open_alerts_match_what_was_raised_and_cleared(tmp_path, live_broker, recorder, agents):
+    """Monitor and recorder both subscribe before the agents start, so both see every alert: at the end (agents
+    killed, nothing in flight) the monitor's open alerts are exactly raised − cleared of the recorder."""
+    prefix = _prefix()
+    rec = recorder(f"{prefix}/#")
+    mon = subprocess.Popen(_cmd(live_broker.port, prefix, "--json", "--interval", "0.3"), env=_env(), cwd=ROOT,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    snapshots: list[dict[str, Any]] = []
+
+    def read() -> None:
+        assert mon.stdout is not None
+        for line in mon.stdout:
+            snapshots.append(json.loads(line))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        wait_for(lambda: snapshots and snapshots[-1]["subscribed"], timeout=20, what="monitor subscribed")
+        assert snapshots[-1]["devices"] == [] and snapshots[-1]["connected"] is True
+        for dev in ("gw-a", "gw-b"):
+            _looping_agent(tmp_path, live_broker.port, prefix, dev, agents)
+
+        def open_seen() -> bool:
+            return any(d["open_alerts"] >= 1 for s in list(snapshots) for d in s["devices"])
+
+        wait_for(open_seen, timeout=120, what="a snapshot with an open alert")
+        wait_for(lambda: any(_alert_sets(rec, d)[1] for d in ("gw-a", "gw-b")), timeout=60, what="a cleared alert")
+        for a in agents:
+            a.stop(signal.SIGKILL)
+        wait_for(lambda: snapshots and {d["device_id"]: d["state"] for d in snapshots[-1]["devices"]}
+                 == {"gw-a": "offline", "gw-b": "offline"}, timeout=30, what="both agents offline in the monitor")
+        time.sleep(1.0)
+        final = {d["device_id"]: d for d in snapshots[-1]["devices"]}
+        for dev in ("gw-a", "gw-b"):
+            raised, cleared = _alert_sets(rec, dev)
+            assert set(final[dev]["open_alert_ids"]) == raised - cleared, (dev, final[dev], raised, cleared)
+            assert final[dev]["open_alerts"] == len(raised - cleared)
+            assert final[dev]["alerts_seen"]["raised"] == len(raised)
+        for s in snapshots:
+            for d in s["devices"]:
+                assert d["open_alerts"] == len(d["open_alert_ids"]) >= 0
+        # Ctrl-C ends the live view cleanly
+        mon.send_signal(signal.SIGINT)
+        assert mon.wait(timeout=10) == 0
+        assert mon.stderr is not None and "Traceback" not in mon.stderr.read()
+    finally:
+        if mon.poll() is None:
+            mon.kill()
+            mon.wait()
+        reader.join(timeout=5)
+
+
+def _publish(port: int, messages: list[tuple[str, dict[str, Any] | None, bool]]) -> None:
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"pub-{uuid.uuid4().hex[:8]}")
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    try:
+        for topic, payload, retain in messages:
+            body = json.dumps(payload) if payload is not None else b""  # None: clear the retained message
+            c.publish(topic, body, qos=1, retain=retain).wait_for_publish(5)
+    finally:
+        c.disconnect()
+        c.loop_stop()
+
+
+def test_live_table_in_a_terminal_redraws_in_place_and_ctrl_c_exits_0(live_broker):
+    prefix = _prefix()
+    now = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())
+    _publish(live_broker.port, [
+        (f"{prefix}/gw-live/status", {"state": "online", "ts": now, "device_id": "gw-live", "started_at": now,
+                                      "model": {"name": "pump-anomaly", "version": "1.0.0"}}, True),
+        (f"{prefix}/gw-sick/status", {"state": "degraded", "ts": now, "device_id": "gw-sick", "started_at": now,
+                                      "reasons": ["source disconnected"], "model": {"name": "pump-anomaly", "version": "1.0.0"}}, True),
+    ])
+    master, slave = pty.openpty()
+    env = {**_env(), "COLUMNS": "70", "LINES": "20"}
+    mon = subprocess.Popen(_cmd(live_broker.port, prefix, "--interval", "0.2"), env=env, cwd=ROOT,
+                           stdin=slave, stdout=slave, stderr=subprocess.PIPE)
+    os.close(slave)
+    out = b""
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not (out.count(b"\x1b[H") >= 3 and b"gw-live" in out.split(b"\x1b[H")[-2]):
+            ready, _, _ = select.select([master], [], [], 0.2)
+            if ready:
+                try:
+                    out += os.read(master, 65536)
+                except OSError:
+                    break
+        text = out.decode(errors="replace")
+        assert "\x1b[H" in text and text.count("\x1b[H") >= 3, text[-2000:]  # redrawn in place, not scrolled
+        frame = text.split("\x1b[H")[-2]  # the last complete frame (the one after it may be cut mid-way)
+        assert frame.index("gw-sick") < frame.index("gw-live")  # degraded before online
+        assert "2 devices" in frame and "connected" in frame
+        plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", frame)
+        assert all(len(line) <= 70 for line in plain.splitlines()), plain
+        mon.send_signal(signal.SIGINT)
+        assert mon.wait(timeout=10) == 0
+        rest = b""
+        while True:
+            ready, _, _ = select.select([master], [], [], 0.2)
+            if not ready:
+                break
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            rest += chunk
+        assert b"\x1b[?25h" in out + rest  # the cursor is given back
+        assert mon.stderr is not None and b"Traceback" not in mon.stderr.read()
+    finally:
+        if mon.poll() is None:
+            mon.kill()
+            mon.wait()
+        os.close(master)
+        _publish(live_broker.port, [(f"{prefix}/gw-live/status", None, True), (f"{prefix}/gw-sick/status", None, True)])
+
+
+def test_unreachable_broker_exits_2_with_a_clear_message():
+    port = free_port()  # nothing listens there
+    r = run_monitor(port, "edge", "--once", "--timeout", "5", timeout=30)
+    assert r.returncode == 2
+    assert f"cannot reach the broker 127.0.0.1:{port}" in r.stderr and "connection refused" in r.stderr
+    assert "Traceback" not in r.stderr and r.stdout == ""
+    r = run_monitor(port, "edge", timeout=30)  # the live view says the same
+    assert r.returncode == 2 and "cannot reach the broker" in r.stderr
+
+
+def test_no_device_exits_1(live_broker):
+    t0 = time.monotonic()
+    r = run_monitor(live_broker.port, _prefix(), "--once", "--timeout", "1.5")
+    assert r.returncode == 1, r.stderr
+    assert "no device seen under" in r.stderr and r.stdout == ""
+    assert time.monotonic() - t0 < 15
