@@ -22,6 +22,7 @@ import os
 
 from agent import __version__, sdnotify
 from agent.bundled import default_model_path
+from agent.clean import CleaningPolicy
 from agent.commands import CommandError, Commands, check_new_model
 from agent.counters import Counters
 from agent.decide import AlertPolicy
@@ -63,6 +64,7 @@ def build_pipeline(
         policy=AlertPolicy(a.cooldown_s, a.rate_limit_per_hour), critical_margin=a.critical_margin,
         evidence=evidence, evidence_windows_before=a.evidence_windows_before,
         evidence_inline_max_bytes=a.evidence_inline_max_bytes,
+        cleaning=CleaningPolicy.from_settings(settings.cleaning),
     )
 
 
@@ -174,6 +176,7 @@ class Agent:
             "queue": {"depth": self.queue.qsize(), "dropped": c.get("queue.dropped")},
             "outbox": {"depth": self.outbox.depth(), "dropped": dropped, "corrupt_recovered": c.get("outbox.corrupt_recovered")},
             "rejected": c.snapshot("reject."),
+            "repaired": c.snapshot("repaired."), "gaps": c.snapshot("gap."),
             "alerts": {"raised": c.get("alerts.raised"), "cleared": c.get("alerts.cleared"), "suppressed": c.get("alerts.suppressed")},
             "source": {"kind": self.settings.source.kind, "state": self.source.state, "reconnects": c.get("source.reconnects")},
             "clock_synced": clock_synchronised(),

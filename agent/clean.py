@@ -1,70 +1,279 @@
-"""Validation and repair of readings: every rejection counted by reason, nothing raised.
+"""Validation and repair of readings: every rejection and every repair counted by reason, nothing raised.
 
-Runs on the pipeline thread. Reasons (counter ``reject.<reason>``): ``non_numeric``, ``not_finite`` (NaN/inf),
-``out_of_range`` (outside the channel's valid range), ``missing_channel`` (a model channel absent from the
-reading), ``duplicate_ts`` and ``out_of_order`` (a timestamp not after the sensor's previous one).
+Runs on the pipeline thread. Counters (all published: ``reject.*`` in every summary's ``rejected`` and the stats
+topic, ``repaired.*`` and ``gap.*`` in every summary's ``repaired``/``gaps``; see docs/cleaning.md):
+
+``reject.<reason>``
+    a value refused: ``non_numeric``, ``not_finite`` (NaN/inf), ``out_of_range`` (outside the channel's valid
+    range), ``missing_channel`` (a model channel absent from the reading); a whole reading refused:
+    ``bad_timestamp`` (NaN/inf), ``duplicate_ts`` and ``out_of_order`` (a timestamp not after the sensor's
+    previous one), ``stale_channel``
+    (dropped because a channel has had no good value for longer than ``max_hold_s``).
+``repaired.<how>``
+    ``held`` (a refused or missing value replaced by the channel's last good value, at most ``max_hold_s`` old),
+    ``spike`` (a value the Hampel filter took for a spike, replaced by the median of the recent values).
+``gap.<what>``
+    ``time_gap`` (a sensor's windows reset: more than ``max_hold_s`` of data time since its previous reading),
+    ``stale`` (a sensor's windows reset: one of its channels went stale). The aligner adds its own
+    (``agent.align``).
+
+With ``max_hold_s = 0`` nothing is held and nothing goes stale: a reading with any bad channel is dropped, as
+before hold-last-value existed.
 """
 
 from __future__ import annotations
 
+import logging
 import math
-from typing import Mapping, Sequence
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from agent.counters import Counters
 from agent.records import Reading, Vector
 
+log = logging.getLogger(__name__)
+
+MAD_SCALE = 1.4826  # MAD x 1.4826 estimates the standard deviation of normal data
+
+
+def parse_ranges(text: str) -> dict[str, tuple[float, float]]:
+    """``Current:0:50,Pressure:-1:10`` → {channel: (lo, hi)}; an empty bound is open (``Current::50``).
+
+    The channel name is everything before the last two colons, so names may hold spaces (and colons).
+    Raises ValueError naming the bad item.
+    """
+    out: dict[str, tuple[float, float]] = {}
+    for item in (p.strip() for p in text.split(",")):
+        if not item:
+            continue
+        parts = item.rsplit(":", 2)
+        if len(parts) != 3 or not parts[0].strip():
+            raise ValueError(f"{item!r}: expected channel:min:max")
+        name, lo_text, hi_text = parts[0].strip(), parts[1].strip(), parts[2].strip()
+        try:
+            lo = float(lo_text) if lo_text else -math.inf
+            hi = float(hi_text) if hi_text else math.inf
+        except ValueError:
+            raise ValueError(f"{item!r}: min and max must be numbers (or empty for no bound)") from None
+        if math.isnan(lo) or math.isnan(hi) or lo > hi:
+            raise ValueError(f"{item!r}: min must not exceed max")
+        if name in out:
+            raise ValueError(f"{item!r}: channel {name!r} given twice")
+        out[name] = (lo, hi)
+    return out
+
+
+@dataclass(frozen=True)
+class CleaningPolicy:
+    """How readings are cleaned and aligned (``EDGE_AGENT_CLEANING__*``); the defaults are the settings' defaults."""
+
+    ranges: Mapping[str, tuple[float, float]] = field(default_factory=dict)  # over the sidecar's valid_ranges
+    max_hold_s: float = 5.0
+    spike_window: int = 0  # 0 = no spike filter
+    spike_sigmas: float = 5.0
+    align_period_s: float = 0.0  # 0 = no alignment
+    align_tolerance_s: float = 0.0  # 0 = one period
+    align_sensor: str = "aligned"
+
+    @classmethod
+    def from_settings(cls, s: Any) -> "CleaningPolicy":
+        """From a ``CleaningSettings`` (ranges still as text)."""
+        return cls(
+            ranges=parse_ranges(s.ranges), max_hold_s=s.max_hold_s, spike_window=s.spike_window,
+            spike_sigmas=s.spike_sigmas, align_period_s=s.align_period_s, align_tolerance_s=s.align_tolerance_s,
+            align_sensor=s.align_sensor,
+        )
+
+
+class _SensorState:
+    """What the cleaner remembers of one sensor."""
+
+    def __init__(self, ts: float, channels: int, spike_window: int):
+        self.first_ts = ts  # a channel never seen goes stale max_hold_s after the sensor's first reading
+        self.last_ts: float | None = None  # of the last accepted reading
+        self.last_seen = 0.0  # clock() when a reading of it last arrived
+        self.fresh = True  # windows empty since the last reset (no time_gap reset needed)
+        self.good: list[tuple[float, float] | None] = [None] * channels  # last good (ts, value) per channel
+        self.history: list[deque[float]] = [deque(maxlen=spike_window) for _ in range(channels)]
+        self.stale: set[int] = set()
+        self.silent = False
+
 
 class Cleaner:
-    """Turns a Reading into a Vector in the model's channel order, or counts why it cannot."""
+    """Turns a Reading into a Vector in the model's channel order, or counts why it cannot.
 
-    def __init__(self, channels: Sequence[str], valid_ranges: Mapping[str, tuple[float, float]], counters: Counters):
+    ``on_reset(sensor)`` is called when the sensor's windows must be forgotten (a hole in time, a stale channel).
+    """
+
+    def __init__(
+        self, channels: Sequence[str], valid_ranges: Mapping[str, tuple[float, float]], counters: Counters, *,
+        ranges: Mapping[str, tuple[float, float]] | None = None, max_hold_s: float = 0.0, spike_window: int = 0,
+        spike_sigmas: float = 5.0, missing_counter: str = "reject.missing_channel",
+        on_reset: Callable[[str], None] | None = None, clock: Callable[[], float] = time.monotonic,
+    ):
         self.channels = list(channels)
-        self.ranges_from(valid_ranges)
         self.counters = counters
-        self._last_ts: dict[str, float] = {}
+        self._override = dict(ranges or {})
+        unknown = sorted(set(self._override) - set(self.channels))
+        if unknown:
+            log.warning("EDGE_AGENT_CLEANING__RANGES names channels the model does not have (ignored): %s",
+                        ", ".join(unknown))
+        self.ranges_from(valid_ranges)
+        self.max_hold_s = max_hold_s
+        self.spike_window = spike_window if spike_window >= 3 else 0  # a median of fewer values is no filter
+        self.spike_sigmas = spike_sigmas
+        self._missing_counter = missing_counter
+        self._on_reset = on_reset
+        self._clock = clock
+        self._sensors: dict[str, _SensorState] = {}
 
     def ranges_from(self, valid_ranges: Mapping[str, tuple[float, float]]) -> None:
-        """Use these per-channel valid ranges from now on (a new model's sidecar)."""
-        self._ranges = [valid_ranges.get(c) for c in self.channels]
+        """Use these per-channel valid ranges from now on (a new model's sidecar); the configured ones win."""
+        merged = {**valid_ranges, **self._override}
+        self._ranges = [merged.get(c) for c in self.channels]
+
+    @property
+    def stale(self) -> set[str]:
+        """Channels now stale or silent, as ``sensor/channel`` (just the channel for a nameless sensor)."""
+        out: set[str] = set()
+        for sensor, st in self._sensors.items():
+            idx = range(len(self.channels)) if st.silent else st.stale
+            out.update(f"{sensor}/{self.channels[i]}" if sensor else self.channels[i] for i in idx)
+        return out
+
+    def check_silence(self) -> None:
+        """Mark every channel of a sensor stale (status only) that sent nothing for ``max_hold_s`` on the clock.
+
+        For a live source while it is silent; windows are not touched: the next reading's timestamp decides.
+        """
+        if self.max_hold_s <= 0:
+            return
+        now = self._clock()
+        for sensor, st in self._sensors.items():
+            if not st.silent and now - st.last_seen > self.max_hold_s:
+                st.silent = True
+                log.warning("sensor %s silent for more than %.3g s: its channels are stale", sensor or "-", self.max_hold_s)
 
     def clean(self, r: Reading) -> Vector | None:
-        """A Vector, or None after counting the first reason the reading is unusable."""
-        last = self._last_ts.get(r.sensor)
-        if last is not None and r.ts <= last:
-            self.counters.inc("reject.duplicate_ts" if r.ts == last else "reject.out_of_order")
+        """A Vector, or None after counting why the reading is unusable."""
+        if not math.isfinite(r.ts):
+            self.counters.inc("reject.bad_timestamp")
             return None
+        st = self._sensors.get(r.sensor)
+        if st is None:
+            st = self._sensors[r.sensor] = _SensorState(r.ts, len(self.channels), self.spike_window)
+        elif st.last_ts is not None and r.ts <= st.last_ts:
+            self.counters.inc("reject.duplicate_ts" if r.ts == st.last_ts else "reject.out_of_order")
+            return None
+        st.last_seen = self._clock()
+        st.silent = False
+        hold = self.max_hold_s > 0
         out = np.empty(len(self.channels))
+        good: list[int] = []
+        unusable: list[int] = []
+        held = spikes = 0
         for i, name in enumerate(self.channels):
-            reason = None
             raw = r.values.get(name)
+            value = None if raw is None else _as_float(raw)
             if raw is None:
                 reason = "missing_channel"
+            elif value is None:
+                reason = "non_numeric"
+            elif not math.isfinite(value):
+                reason = "not_finite"
+            elif (rng := self._ranges[i]) is not None and not (rng[0] <= value <= rng[1]):
+                reason = "out_of_range"
             else:
-                value = _as_float(raw)
-                if value is None:
-                    reason = "non_numeric"
-                elif not math.isfinite(value):
-                    reason = "not_finite"
-                else:
-                    rng = self._ranges[i]
-                    if rng is not None and not (rng[0] <= value <= rng[1]):
-                        reason = "out_of_range"
-            if reason is not None:
-                self.counters.inc(f"reject.{reason}")
-                return None
-            out[i] = value
-        self._last_ts[r.sensor] = r.ts
+                if self.spike_window:
+                    value, spiked = self._despike(st.history[i], value)
+                    spikes += spiked
+                out[i] = value
+                good.append(i)
+                continue
+            self.counters.inc(self._missing_counter if reason == "missing_channel" else f"reject.{reason}")
+            if not hold:
+                return None  # without hold-last-value the first bad channel drops the reading
+            last = st.good[i]
+            if last is not None and r.ts - last[0] <= self.max_hold_s:
+                out[i] = last[1]
+                held += 1
+            else:
+                unusable.append(i)
+        if hold:
+            # good values count even in a reading that is dropped: channels arriving in turns must be able to
+            # recover one after the other
+            for i in good:
+                st.good[i] = (r.ts, float(out[i]))
+                if i in st.stale:
+                    st.stale.discard(i)
+                    log.info("sensor %s: channel %s recovered", r.sensor or "-", self.channels[i])
+        if unusable:
+            newly = [i for i in unusable if i not in st.stale and r.ts - self._since(st, i) > self.max_hold_s]
+            if newly:
+                self._go_stale(r.sensor, st, newly)
+            if any(i in st.stale for i in unusable):
+                self.counters.inc("reject.stale_channel")
+            return None
+        if held:
+            self.counters.inc("repaired.held", held)
+        if spikes:
+            self.counters.inc("repaired.spike", spikes)
+        if hold and st.last_ts is not None and r.ts - st.last_ts > self.max_hold_s and not st.fresh:
+            self.counters.inc("gap.time_gap")
+            log.info("sensor %s: %.1f s without a reading: its windows start again", r.sensor or "-", r.ts - st.last_ts)
+            self._reset(r.sensor, st)
+        st.last_ts = r.ts
+        st.fresh = False
         return Vector(ts=r.ts, values=out, sensor=r.sensor)
 
+    @staticmethod
+    def _since(st: _SensorState, i: int) -> float:
+        last = st.good[i]
+        return last[0] if last is not None else st.first_ts
 
-def _as_float(raw: float | str) -> float | None:
+    def _go_stale(self, sensor: str, st: _SensorState, idx: list[int]) -> None:
+        st.stale.update(idx)
+        log.warning(
+            "sensor %s: no good value of %s for more than %.3g s: stale, its readings are dropped until it recovers",
+            sensor or "-", ", ".join(self.channels[i] for i in idx), self.max_hold_s,
+        )
+        if not st.fresh:
+            self.counters.inc("gap.stale")
+            self._reset(sensor, st)
+
+    def _reset(self, sensor: str, st: _SensorState) -> None:
+        st.fresh = True
+        for h in st.history:
+            h.clear()
+        if self._on_reset is not None:
+            self._on_reset(sensor)
+
+    def _despike(self, hist: deque[float], x: float) -> tuple[float, int]:
+        """Hampel filter over the previous values: (value to use, 1 if it was a spike). The raw value is kept in
+        the history either way, so a sustained step takes over the median after half a window and passes."""
+        full = len(hist) == hist.maxlen
+        if full:
+            s = sorted(hist)
+            med = s[len(s) // 2] if len(s) % 2 else (s[len(s) // 2 - 1] + s[len(s) // 2]) / 2
+            mad = sorted(abs(v - med) for v in s)
+            m = mad[len(mad) // 2] if len(mad) % 2 else (mad[len(mad) // 2 - 1] + mad[len(mad) // 2]) / 2
+            scale = max(MAD_SCALE * m, 1e-9 * max(1.0, abs(med)))  # a constant history: any real change counts
+        hist.append(x)
+        if full and abs(x - med) > self.spike_sigmas * scale:
+            return med, 1
+        return x, 0
+
+
+def _as_float(raw: Any) -> float | None:
     if isinstance(raw, bool):
         return None
     if isinstance(raw, (int, float)):
         return float(raw)
     try:
         return float(raw.strip())
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, TypeError):
         return None

@@ -73,7 +73,7 @@ class CalibrationSpec(BaseModel):
 
 
 class Sidecar(BaseModel):
-    """The JSON sidecar of a model (contract in docs/sidecar.md and models/README.md)."""
+    """The JSON sidecar of a model (contract in models/README.md)."""
 
     model_config = ConfigDict(extra="allow")
     schema_: Literal[1] = Field(alias="schema")

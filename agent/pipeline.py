@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 
 from agent.calibrate import Calibration, Calibrator, sidecar_normaliser
-from agent.clean import Cleaner
+from agent.align import Aligner
+from agent.clean import Cleaner, CleaningPolicy
 from agent.counters import Counters
 from agent.decide import CLEARED, RAISED, AlertMachine, AlertPolicy, Summariser, Transition
 from agent.evidence import EvidenceStore, evidence_payload
@@ -53,9 +54,10 @@ class Pipeline:
         summary_interval_s: float = 300.0, calibration_samples: int | None = None,
         threshold: float | None = None, k: int | None = None, n: int | None = None, clear_ratio: float | None = None,
         policy: AlertPolicy | None = None, critical_margin: float = 1.0, evidence: EvidenceStore | None = None,
-        evidence_windows_before: int = 5, evidence_inline_max_bytes: int = 0,
+        evidence_windows_before: int = 5, evidence_inline_max_bytes: int = 0, cleaning: CleaningPolicy | None = None,
     ):
         self.counters = counters
+        self.cleaning = cleaning or CleaningPolicy()
         self.device_id = device_id
         self.state_dir = Path(state_dir)
         self._calibration_samples = calibration_samples
@@ -73,6 +75,7 @@ class Pipeline:
         self.last_inference: Inference | None = None
         self._install(model, summary_interval_s)
         self._rejects_base = counters.snapshot("reject.")
+        self._repairs_base = {p: counters.snapshot(p) for p in ("repaired.", "gap.")}
 
     def _install(self, model: Model, summary_interval_s: float | None = None) -> None:
         """Set up every model-dependent stage (at start and on a model swap)."""
@@ -81,7 +84,15 @@ class Pipeline:
         same_shape = old is not None and old.sidecar.channels == sc.channels and old.sidecar.window == sc.window
         self.model = model
         if not same_shape:
-            self.cleaner = Cleaner(sc.channels, sc.valid_ranges, self.counters)
+            cp = self.cleaning
+            self.aligner = Aligner(
+                sc.channels, cp.align_period_s, cp.align_tolerance_s, cp.align_sensor, self.counters,
+            ) if cp.align_period_s > 0 else None
+            self.cleaner = Cleaner(
+                sc.channels, sc.valid_ranges, self.counters, ranges=cp.ranges, max_hold_s=cp.max_hold_s,
+                spike_window=cp.spike_window, spike_sigmas=cp.spike_sigmas, on_reset=self._reset_sensor,
+                missing_counter="gap.missing_channel" if self.aligner is not None else "reject.missing_channel",
+            )
             self.windower = Windower(sc.window.length, sc.window.hop, len(sc.channels))
             self._raw: dict[str, deque[tuple[float, np.ndarray]]] = {}
             self.summariser = Summariser(list(sc.channels), summary_interval_s or self.summariser.interval_s)
@@ -168,10 +179,27 @@ class Pipeline:
     def calibrating(self) -> bool:
         return self.calibrator.active
 
+    @property
+    def stale_channels(self) -> set[str]:
+        """Channels now stale (``sensor/channel``), for the status."""
+        return self.cleaner.stale
+
+    def _reset_sensor(self, sensor: str) -> None:
+        """A hole in the data: no window may span it and the debounce starts again (an active alert stays)."""
+        self.windower.reset(sensor)
+        machine = self.machines.get(sensor)
+        if machine is not None:
+            machine.reset()
+
     # -- the stream ------------------------------------------------------------------------------------------
 
     def process(self, r: Reading) -> list[Outgoing]:
         """One reading in; the alerts and summaries it causes out."""
+        if self.aligner is None:
+            return self._process(r)
+        return [m for a in self.aligner.add(r) for m in self._process(a)]
+
+    def _process(self, r: Reading) -> list[Outgoing]:
         out: list[Outgoing] = []
         v = self.cleaner.clean(r)
         if v is None:
@@ -224,13 +252,15 @@ class Pipeline:
 
     def tick(self, now_ts: float) -> list[Outgoing]:
         """Periodic work while the sensor is silent: close a summary period that is over by ``now_ts``."""
+        self.cleaner.check_silence()
         if self.summariser.due(now_ts):
             return [self._summary(now_ts)]
         return []
 
     def finish(self) -> list[Outgoing]:
-        """The final summary (end of a replay, shutdown)."""
-        return [self._summary(None, final=True)]
+        """The last aligned readings and the final summary (end of a replay, shutdown)."""
+        out = [m for a in self.aligner.flush() for m in self._process(a)] if self.aligner is not None else []
+        return out + [self._summary(None, final=True)]
 
     # -- messages --------------------------------------------------------------------------------------------
 
@@ -293,6 +323,11 @@ class Pipeline:
         rejected = {k: v - self._rejects_base.get(k, 0) for k, v in now.items() if v - self._rejects_base.get(k, 0)}
         self._rejects_base = now
         s = self.summariser.take(end_ts, rejected)
+        for prefix, key in (("repaired.", "repaired"), ("gap.", "gaps")):
+            now, base = self.counters.snapshot(prefix), self._repairs_base[prefix]
+            s[key] = {k: v - base.get(k, 0) for k, v in now.items() if v - base.get(k, 0)}
+            self._repairs_base[prefix] = now
+        s["stale_channels"] = sorted(self.stale_channels)
         payload: dict[str, Any] = {
             "id": uuid.uuid4().hex,
             "device_id": self.device_id,

@@ -187,6 +187,33 @@ class AlertSettings(_Section):
     evidence_inline_max_bytes: int = Field(0, ge=0, description="Attach the evidence to the alert message when it is at most this big; 0 = never (fetch it by evidence_id).")
 
 
+class CleaningSettings(_Section):
+    """Cleaning and alignment of readings before the model (docs/cleaning.md)."""
+
+    ranges: str = Field("", description="Valid ranges channel:min:max, comma-separated (Current:0:50,Pressure:-1:10; an empty bound is open); they override the model sidecar's valid_ranges.")
+    max_hold_s: float = Field(5.0, ge=0, description="A missing or refused value is replaced by the channel's last good value at most this old (data time); older: the channel is stale and the sensor's windows restart; 0 = off.")
+    spike_window: int = Field(0, ge=0, le=101, description="Hampel spike filter over this many previous values per channel (e.g. 7); a spike is replaced by their median; 0 = off (the bundled model wants raw data).")
+    spike_sigmas: float = Field(5.0, gt=0, description="Spike filter: a value further than this many robust sigmas (1.4826 x MAD) from the median is a spike.")
+    align_period_s: float = Field(0.0, ge=0, description="Merge the channels of all sensors into one reading every this many seconds of data time (sensors on separate topics or lines); 0 = off.")
+    align_tolerance_s: float = Field(0.0, ge=0, description="Alignment: a channel's latest value older than this at a tick is missing there (counted); 0 = one align period.")
+    align_sensor: str = Field("aligned", min_length=1, pattern=r"^[^/+#]+$", description="Alignment: sensor id of the merged readings (in alerts and status).")
+
+    @field_validator("ranges")
+    @classmethod
+    def _ranges(cls, v: str) -> str:
+        from agent.clean import parse_ranges
+
+        parse_ranges(v)  # ValueError names the bad item
+        return v
+
+    @field_validator("spike_window")
+    @classmethod
+    def _window(cls, v: int) -> int:
+        if v in (1, 2):
+            raise ValueError("must be 0 (off) or at least 3")
+        return v
+
+
 class CommandSettings(_Section):
     """Commands under {prefix}/{device_id}/cmd/<name>."""
 
@@ -219,6 +246,7 @@ class Settings(BaseSettings):
     outbox: OutboxSettings = Field(default_factory=OutboxSettings)
     alerts: AlertSettings = Field(default_factory=AlertSettings)
     commands: CommandSettings = Field(default_factory=CommandSettings)
+    cleaning: CleaningSettings = Field(default_factory=CleaningSettings)
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -50,7 +50,7 @@ def skab_labelled_files(data_dir):
 
 def zscore_fit(X):
     """Per-channel mean and population std (ddof=0) of ``X`` (rows x channels), std floored at
-    1e-6 * max(1, |mean|) -- exactly the agent's on-site fit (docs/sidecar.md)."""
+    1e-6 * max(1, |mean|) -- exactly the agent's on-site fit (models/README.md, sidecar contract)."""
     X = np.asarray(X, dtype=np.float64)
     mean = X.mean(axis=0)
     std = X.std(axis=0)

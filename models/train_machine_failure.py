@@ -3,12 +3,12 @@
 
 Run from the repository root (training venv with TensorFlow):
 
-    /work/venv-train/bin/python models/train_machine_failure.py --data ../shared/data/ai4i --out models
+    .venv-train/bin/python models/train_machine_failure.py --data ../shared/data/ai4i --out models
 
-Writes ``machine-failure.tflite`` and its sidecar ``machine-failure.json`` (docs/sidecar.md, schema 1) to ``--out``
+Writes ``machine-failure.tflite`` and its sidecar ``machine-failure.json`` (models/README.md, schema 1) to ``--out``
 and prints float-vs-int8 test metrics next to the AI4I rule reference.
 
-Method (see models/machine-failure.md for the full card):
+Method (see models/README.md for the full card):
 
 * Inputs: the six machine readings of AI4I (``Type`` + five sensors) -- never the failure-mode columns
   TWF/HDF/PWF/OSF/RNF, which would leak the label. ``Type`` is a channel of its own: one-hot

@@ -11,12 +11,12 @@ temperatures drift after calibration, visibly so in anomaly-free.csv), so the au
 reconstruct temperature levels and spends nothing on the other channels' levels: a shift in flow,
 vibration, current, pressure or voltage is not reconstructed and raises the score.
 
-Evaluation reproduces the agent's scoring path (docs/sidecar.md) on all labelled files: per-file
+Evaluation reproduces the agent's scoring path (models/README.md, sidecar contract) on all labelled files: per-file
 calibration on the first 400 rows (z-score + threshold), windows, int8 quantisation, mse score,
 k-of-n alert state machine, point-wise F1/FAR/MAR on rows after 400, plus event metrics.
 
 Usage (from the repo root):
-    /work/venv-train/bin/python models/train_pump_anomaly.py --data ../shared/data/skab --out models
+    .venv-train/bin/python models/train_pump_anomaly.py --data ../shared/data/skab --out models
 """
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ NAME = "pump-anomaly"
 VERSION = "1.0.0"
 CAL = 400  # calibration readings per file (SKAB protocol / agent teach-in)
 
-# Chosen on the tuning files only (see models/pump-anomaly.md); fixed here so a run is reproducible.
+# Chosen on the tuning files only (see models/README.md); fixed here so a run is reproducible.
 CONFIG = dict(
     window=10, hop=1,
     hidden=[64, 2],             # encoder sizes; decoder mirrors them (2-d code: room for the two temperature levels)

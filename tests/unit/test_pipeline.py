@@ -99,4 +99,5 @@ def test_rejected_readings_are_counted_in_the_summary(tmp_path, model, recording
     _run(p, bad + recording[2:50])
     s = p.finish()[0].payload
     assert s["rejected"] == {"non_numeric": 1, "not_finite": 1}
-    assert s["readings"] == 48 and s["final"] is True and s["calibrating"] is True
+    # the first reading has no earlier Current to hold: dropped; the NaN Pressure is held from the reading before
+    assert s["readings"] == 49 and s["repaired"] == {"held": 1} and s["final"] is True and s["calibrating"] is True

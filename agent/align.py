@@ -1,0 +1,99 @@
+"""Alignment: readings of several sensors (topics, lines) at slightly different times → one reading per period.
+
+Runs on the pipeline thread, before the cleaner. Off unless ``EDGE_AGENT_CLEANING__ALIGN_PERIOD_S`` > 0.
+
+* Ticks lie on a grid of ``period_s`` in data time (multiples of the period since the epoch). The reading of tick
+  ``T`` holds, for every model channel, its latest value with a timestamp at or before ``T`` (sample and hold),
+  when that value is at most ``tolerance_s`` old. An older one is left out and counted ``gap.missing_channel``
+  (by the cleaner, which then holds the last good value or marks the channel stale): never a silent zero.
+* Tick ``T`` is emitted once data time has passed it — when a value with a timestamp after ``T`` arrives — so
+  values stamped exactly ``T`` on other topics still make it. ``flush`` emits the last one (end of a replay).
+* A tick where no channel has a value within the tolerance (every sensor silent) is skipped and counted
+  ``gap.skipped_ticks``; the cleaner then sees the hole in time and restarts the windows.
+* Timestamps are checked per channel: a value not newer than the channel's latest is refused (counted
+  ``reject.duplicate_ts`` / ``reject.out_of_order``).
+
+Channels are matched by name across sensors: a reading's value ``name`` from sensor ``s`` fills the model
+channel ``name``, else ``s/name``, else — for a single-value reading such as a bare number on its own topic —
+the model channel named like the sensor ``s``. Values matching no model channel are ignored.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+from agent.counters import Counters
+from agent.records import Reading
+
+
+class Aligner:
+    """Merges the latest value of every channel, whichever sensor sent it, into one Reading per ``period_s``."""
+
+    def __init__(self, channels: Sequence[str], period_s: float, tolerance_s: float, sensor: str, counters: Counters):
+        if period_s <= 0:
+            raise ValueError("the alignment period must be > 0")
+        self.channels = list(channels)
+        self._known = set(self.channels)
+        self.period_s = period_s
+        self.tolerance_s = tolerance_s if tolerance_s > 0 else period_s
+        self.sensor = sensor
+        self.counters = counters
+        self._latest: dict[str, tuple[float, float | str]] = {}  # model channel -> (ts, raw value)
+        self._k: int | None = None  # the next tick to emit, as a multiple of the period
+        self._seen = -math.inf  # the newest timestamp so far
+
+    def channel_of(self, sensor: str, name: str, single: bool) -> str | None:
+        """The model channel a value named ``name`` from ``sensor`` fills, if any."""
+        if name in self._known:
+            return name
+        qualified = f"{sensor}/{name}"
+        if qualified in self._known:
+            return qualified
+        if single and sensor in self._known:
+            return sensor
+        return None
+
+    def add(self, r: Reading) -> list[Reading]:
+        """Take one reading; the aligned readings of the ticks that data time has now passed."""
+        if not math.isfinite(r.ts):
+            self.counters.inc("reject.bad_timestamp")
+            return []
+        out = self._emit(r.ts, inclusive=False)
+        single = len(r.values) == 1
+        for name, raw in r.values.items():
+            ch = self.channel_of(r.sensor, name, single)
+            if ch is None:
+                continue
+            prev = self._latest.get(ch)
+            if prev is not None and r.ts <= prev[0]:
+                self.counters.inc("reject.duplicate_ts" if r.ts == prev[0] else "reject.out_of_order")
+                continue
+            self._latest[ch] = (r.ts, raw)
+        self._seen = max(self._seen, r.ts)
+        return out
+
+    def flush(self) -> list[Reading]:
+        """The ticks up to the newest timestamp seen (end of the stream)."""
+        return self._emit(self._seen, inclusive=True)
+
+    def _emit(self, until: float, inclusive: bool) -> list[Reading]:
+        """The ticks before ``until`` (or at it too, when ``inclusive``) not emitted yet."""
+        if not math.isfinite(until):
+            return []
+        p = self.period_s
+        end = math.floor(until / p) + 1 if inclusive else math.ceil(until / p)  # the first tick not to emit
+        if self._k is None:
+            self._k = math.ceil(until / p)  # the first tick at or after the first reading
+        out: list[Reading] = []
+        while self._k < end:
+            t = self._k * p
+            values = {ch: raw for ch, (ts, raw) in self._latest.items() if 0 <= t - ts <= self.tolerance_s}
+            if not values:
+                # every channel too old here, so at the later ticks too until new data: skip them all
+                self.counters.inc("gap.skipped_ticks", end - self._k)
+                self._k = end
+                break
+            out.append(Reading(ts=t, values=values, sensor=self.sensor))
+            self._k += 1
+        return out

@@ -1,0 +1,191 @@
+"""Fixtures for the fault-injection tests: a broker that keeps sessions across a restart, a recorder whose session
+survives it, recordings with faults, a pre-taught state dir, and read-only looks into the agent's outbox.
+
+The session broker of ``tests/conftest.py`` keeps nothing across ``stop()``/``start()`` (persistence off), so a
+recorder reconnecting after a restart could miss what the agent publishes in the first milliseconds. Here the broker
+persists its sessions and the recorder uses a persistent session (QoS 1): whatever is published while the recorder
+is still reconnecting is queued for it by the broker, so "every alert arrives" is a statement about the agent,
+never about the test's timing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import sqlite3
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from agent.bundled import demo_recording_path
+from tests.conftest import Broker, agent_env, free_port, run_agent
+
+BASE = "edge/test-gw"
+
+
+# -- a broker that survives its own restart ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def durable_broker(tmp_path: Path) -> Iterator[Broker]:
+    """A private mosquitto with persistence: sessions, subscriptions and queued messages survive stop()/start().
+
+    ``user root`` keeps mosquitto from dropping to its own user when the tests run as root (it could not write
+    the persistence file in the test's private tmp dir); as another user the line has no effect.
+    """
+    d = tmp_path / "durable-broker"
+    d.mkdir()
+    b = Broker(d, extra_conf=(
+        f"persistence true\npersistence_location {d}/\nautosave_interval 1\nuser root\n"
+        "queue_qos0_messages true\nmax_queued_messages 0\n"
+    ))
+    b.start()
+    yield b
+    b.stop()
+
+
+class DurableRecorder:
+    """Like ``tests.conftest.Recorder`` but with a persistent session and a 1 s reconnect: it misses nothing that
+    the broker accepted while it was away (the broker queues it), including across a broker restart."""
+
+    def __init__(self, port: int, topic: str = f"{BASE}/#"):
+        self.messages: list[tuple[float, str, Any, bool]] = []  # (monotonic time received, topic, payload, retain)
+        self._lock = threading.Lock()
+        self._subscribed = threading.Event()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"durable-rec-{os.getpid()}-{time.monotonic_ns()}",
+                                  clean_session=False)
+        self.client.reconnect_delay_set(min_delay=1, max_delay=1)
+        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1)
+        self.client.on_subscribe = lambda *a: self._subscribed.set()
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        if not self._subscribed.wait(10):
+            raise RuntimeError("recorder could not subscribe")
+
+    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+        try:
+            payload = json.loads(msg.payload) if msg.payload else None
+        except ValueError:
+            payload = msg.payload
+        with self._lock:
+            self.messages.append((time.monotonic(), msg.topic, payload, bool(msg.retain)))
+
+    def on(self, suffix: str) -> list[Any]:
+        with self._lock:
+            return [p for _, t, p, _ in self.messages if t.endswith("/" + suffix)]
+
+    def since(self, t0: float, suffix: str) -> list[Any]:
+        """Payloads on ``suffix`` received at or after monotonic time ``t0``."""
+        with self._lock:
+            return [p for t, topic, p, _ in self.messages if t >= t0 and topic.endswith("/" + suffix)]
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+@pytest.fixture
+def durable_recorder(durable_broker: Broker) -> Iterator[DurableRecorder]:
+    r = DurableRecorder(durable_broker.port)
+    yield r
+    r.close()
+
+
+# -- recordings with faults -------------------------------------------------------------------------------------
+
+SKAB_TIME = "%Y-%m-%d %H:%M:%S"
+
+
+def demo_rows() -> tuple[str, list[str]]:
+    """Header and rows of the bundled SKAB valve1/1 recording (valve fault from row 572 on)."""
+    lines = demo_recording_path().read_text().splitlines()
+    return lines[0], lines[1:]
+
+
+def write_recording(path: Path, rows: list[str], copies: int = 1) -> Path:
+    """``rows`` (SKAB format) ``copies`` times over, renumbered one second apart from the first row's time."""
+    header, _ = demo_rows()
+    t0 = datetime.strptime(rows[0].split(";", 1)[0], SKAB_TIME)
+    out = [header]
+    for i in range(copies * len(rows)):
+        fields = rows[i % len(rows)].split(";")
+        fields[0] = (t0 + timedelta(seconds=i)).strftime(SKAB_TIME)
+        out.append(";".join(fields))
+    path.write_text("\n".join(out) + "\n")
+    return path
+
+
+def fault_recording(path: Path, copies: int = 2) -> Path:
+    """The valve fault's densest stretch (demo rows 960..1145, 10:50:33 on) ``copies`` times: with the teach-in
+    of the first 400 demo rows it raises and clears an alert twice per copy (R, C ~90 s of data apart)."""
+    _, rows = demo_rows()
+    return write_recording(path, rows[960:], copies)
+
+
+@pytest.fixture(scope="session")
+def taught(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A state dir holding the teach-in of the first 400 demo readings (nothing else), made once per session."""
+    d = tmp_path_factory.mktemp("taught")
+    _, rows = demo_rows()
+    rec = write_recording(d / "teach.csv", rows[:400])
+    state = d / "state"
+    r = run_agent(agent_env(state, free_port(), EDGE_AGENT_SOURCE__PATH=rec, EDGE_AGENT_DRAIN_TIMEOUT_S="0"))
+    assert r.returncode == 0, r.stderr
+    assert "teach-in done" in r.stderr, r.stderr
+    assert (state / "calibration.json").is_file(), list(state.iterdir())
+    return state
+
+
+def taught_state(taught: Path, state: Path) -> Path:
+    """A fresh state dir with the session's teach-in result (no outbox, no alert sequence)."""
+    state.mkdir(parents=True)
+    for p in taught.glob("calibration*"):
+        shutil.copy(p, state / p.name)
+    return state
+
+
+# -- looking into the outbox and the log ------------------------------------------------------------------------
+
+
+def outbox_snapshot(state: Path) -> tuple[str, list[tuple[str, dict[str, Any]]], int]:
+    """(integrity_check result, [(kind, payload)], meta alert_seq) of ``state/outbox.db``, opened read-only.
+
+    Read-only with the default journal mode: SQLite reads the WAL (and its index) of the database, so rows
+    committed only to the WAL are seen, and nothing is written or checkpointed.
+    """
+    db = sqlite3.connect(f"file:{state / 'outbox.db'}?mode=ro", uri=True, timeout=10)
+    try:
+        check = db.execute("PRAGMA integrity_check").fetchone()[0]
+        rows = [(k, json.loads(p)) for k, p in db.execute("SELECT kind, payload FROM outbox ORDER BY id")]
+        seq = db.execute("SELECT value FROM meta WHERE key='alert_seq'").fetchone()
+    finally:
+        db.close()
+    return check, rows, int(seq[0]) if seq else 0
+
+
+ALERT_LINE = re.compile(r"ALERT (raised|cleared) .*window_end=(\S+)")
+SUMMARY_LINE = re.compile(r"SUMMARY (\S+)\.\.(\S+) readings=(\d+) rejected=(\d+) windows=(\d+)")
+
+
+def parse_iso(text: str) -> float:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).replace(tzinfo=timezone.utc).timestamp()
+
+
+def data_time(log_text: str) -> float | None:
+    """The latest data time the agent's log shows (summary period ends and alert windows)."""
+    times = []
+    for m in [*SUMMARY_LINE.finditer(log_text), *ALERT_LINE.finditer(log_text)]:
+        try:
+            times.append(parse_iso(m.group(2)))
+        except ValueError:  # an empty summary period ("None")
+            pass
+    return max(times) if times else None

@@ -1,0 +1,166 @@
+"""Alignment: several sensors at slightly different times → one reading per period, gaps counted, never zeros."""
+
+from __future__ import annotations
+
+import pytest
+
+from agent.align import Aligner
+from agent.bundled import default_model_path, demo_recording_path
+from agent.clean import Cleaner, CleaningPolicy
+from agent.counters import Counters
+from agent.infer import Model
+from agent.pipeline import Pipeline
+from agent.records import Reading
+from agent.sources.replay import read_recording
+
+
+def _feed(al: Aligner, readings) -> list[Reading]:
+    out: list[Reading] = []
+    for r in readings:
+        out.extend(al.add(r))
+    return out
+
+
+def _split(ts: float, offsets: dict[str, float], value=lambda ch, t: t):
+    """One single-channel reading per channel, each from its own sensor at ts + offset."""
+    return [Reading(ts=ts + off, values={ch: value(ch, ts)}, sensor=f"dev-{ch}") for ch, off in offsets.items()]
+
+
+@pytest.mark.parametrize(
+    "offsets, ticks, partial_first",
+    [
+        ({"a": 0.0, "b": 0.0}, range(10, 20), False),  # the same timestamps on two topics
+        ({"a": 0.0, "b": 0.3}, range(10, 20), True),  # b a little later: tick 10 has no b yet
+        ({"a": 0.7, "b": 0.2}, range(11, 20), False),  # neither on the grid: the first tick is 11
+    ],
+)
+def test_two_sensors_with_offset_timestamps_make_one_reading_per_period(offsets, ticks, partial_first):
+    c = Counters()
+    al = Aligner(["a", "b"], 1.0, 0.0, "pump", c)
+    stream = sorted((r for t in range(10, 20) for r in _split(float(t), offsets)), key=lambda r: r.ts)
+    out = _feed(al, stream) + al.flush()
+    assert [r.ts for r in out] == [float(t) for t in ticks]
+    assert all(r.sensor == "pump" for r in out)
+    assert [set(r.values) for r in out] == [{"a"} if partial_first and i == 0 else {"a", "b"} for i in range(len(out))]
+    for r in out:  # the latest value at or before each tick (sample and hold)
+        for ch, value in r.values.items():
+            assert value == max(t for t in range(10, 20) if t + offsets[ch] <= r.ts)
+    assert c.snapshot() == {}
+
+
+def test_tick_waits_until_data_time_has_passed_it():
+    al = Aligner(["a", "b"], 1.0, 0.0, "x", Counters())
+    assert al.add(Reading(1.0, {"a": 1.0}, "s1")) == []
+    assert al.add(Reading(1.0, {"b": 2.0}, "s2")) == []  # same timestamp, another topic: still in time for tick 1
+    out = al.add(Reading(1.2, {"a": 3.0}, "s1"))
+    assert [(r.ts, dict(r.values)) for r in out] == [(1.0, {"a": 1.0, "b": 2.0})]
+
+
+def test_a_channel_older_than_the_tolerance_is_left_out_and_counted_by_the_cleaner_not_zeroed():
+    c = Counters()
+    al = Aligner(["a", "b"], 1.0, 1.5, "x", c)
+    cl = Cleaner(["a", "b"], {}, c, max_hold_s=3.0, missing_counter="gap.missing_channel")
+    stream = [Reading(0.0, {"a": 1.0, "b": 5.0}, "s")] + [Reading(float(t), {"a": 1.0}, "s1") for t in range(1, 10)]
+    aligned = _feed(al, stream)
+    assert [sorted(r.values) for r in aligned[:2]] == [["a", "b"], ["a", "b"]]  # b from 0.0 within 1.5 s
+    assert all(sorted(r.values) == ["a"] for r in aligned[2:])
+    vectors = [cl.clean(r) for r in aligned]
+    kept = [v for v in vectors if v is not None]
+    assert all(v.values[1] == 5.0 for v in kept)  # held, never 0
+    # b's value of 0.0 is in tick 1 (within the tolerance), then held up to max_hold_s after that tick, then stale
+    assert [v.ts for v in kept] == [0.0, 1.0, 2.0, 3.0, 4.0]
+    assert c.get("gap.missing_channel") == len(aligned) - 2
+    assert c.get("repaired.held") == 3 and c.get("reject.stale_channel") == len(aligned) - 5
+    assert cl.stale == {"x/b"}
+    assert "reject.missing_channel" not in c.snapshot()
+
+
+@pytest.mark.parametrize(
+    "channels, reading, expected",
+    [
+        (["Current"], Reading(1.0, {"Current": 2.0}, "pump1"), {"Current": 2.0}),  # by name, any sensor
+        (["pump1/Current"], Reading(1.0, {"Current": 2.0}, "pump1"), {"pump1/Current": 2.0}),  # sensor/channel
+        (["Current"], Reading(1.0, {"value": 2.0}, "Current"), {"Current": 2.0}),  # a bare number on its topic
+        (["Current"], Reading(1.0, {"value": 2.0, "x": 1.0}, "Current"), {}),  # ... only when single
+        (["Current"], Reading(1.0, {"label": 1.0}, "pump1"), {}),  # not a model channel: ignored
+    ],
+)
+def test_channels_are_matched_by_name_across_sensors(channels, reading, expected):
+    al = Aligner(channels, 1.0, 0.0, "x", Counters())
+    al.add(reading)
+    out = al.flush()
+    assert (dict(out[0].values) if out else {}) == expected
+
+
+def test_silence_skips_ticks_and_the_cleaner_restarts_the_windows():
+    c = Counters()
+    resets: list[str] = []
+    al = Aligner(["a"], 1.0, 0.0, "x", c)
+    cl = Cleaner(["a"], {}, c, max_hold_s=5.0, missing_counter="gap.missing_channel", on_reset=resets.append)
+    stream = [Reading(float(t), {"a": 1.0}, "s") for t in [*range(0, 5), *range(100, 103)]]
+    out = _feed(al, stream) + al.flush()
+    assert [r.ts for r in out] == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 100.0, 101.0, 102.0]
+    assert c.get("gap.skipped_ticks") == 94  # 6..99
+    assert all(cl.clean(r) is not None for r in out)
+    assert resets == ["x"] and c.get("gap.time_gap") == 1
+
+
+def test_per_channel_duplicates_and_out_of_order_are_refused():
+    c = Counters()
+    al = Aligner(["a", "b"], 1.0, 0.0, "x", c)
+    _feed(al, [Reading(1.0, {"a": 1.0}, "s"), Reading(1.0, {"a": 2.0}, "s"), Reading(0.5, {"a": 3.0}, "s"),
+               Reading(0.5, {"b": 3.0}, "t")])  # b is new: its first value is fine though late
+    assert c.snapshot("reject.") == {"duplicate_ts": 1, "out_of_order": 1}
+    assert dict(al.flush()[0].values) == {"a": 1.0, "b": 3.0}
+
+
+def test_period_must_be_positive():
+    with pytest.raises(ValueError):
+        Aligner(["a"], 0.0, 0.0, "x", Counters())
+
+
+# -- in the pipeline, on the real model ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def model():
+    return Model(default_model_path())
+
+
+@pytest.fixture(scope="module")
+def recording():
+    return list(read_recording(demo_recording_path(), Counters()))
+
+
+def test_pipeline_aligns_channels_published_on_separate_topics(tmp_path, model, recording):
+    """Each channel of the demo recording from its own sensor, a little late; one topic dies for a while."""
+    channels = model.sidecar.channels
+    offsets = {ch: 0.05 * i for i, ch in enumerate(channels)}
+    c = Counters()
+    p = Pipeline(model, c, "gw", tmp_path, calibration_samples=0, summary_interval_s=1e9,
+                 cleaning=CleaningPolicy(align_period_s=1.0, align_tolerance_s=1.5, align_sensor="pump-1"))
+    rows = recording[:200]
+    dead = range(100, 120)  # Pressure silent for 20 rows
+    stale_seen = set()
+    scored = []  # (start_ts, end_ts) of every window scored
+    for i, r in enumerate(rows):
+        for ch in channels:
+            if ch == "Pressure" and i in dead:
+                continue
+            p.process(Reading(r.ts + offsets[ch], {ch: r.values[ch]}, f"dev/{ch}"))
+            inf = p.last_inference
+            if inf is not None and (not scored or scored[-1] != (inf.window.start_ts, inf.window.end_ts)):
+                scored.append((inf.window.start_ts, inf.window.end_ts))
+        stale_seen |= p.stale_channels
+    assert stale_seen == {"pump-1/Pressure"}
+    assert p.stale_channels == set()  # recovered
+    s = p.finish()[-1].payload
+    assert s["gaps"]["missing_channel"] > 0 and s["gaps"]["stale"] == 1
+    assert s["rejected"]["stale_channel"] > 0 and s["repaired"]["held"] > 0
+    assert s["stale_channels"] == []
+    # no window spans the dead stretch: the windows restart after Pressure is back and fill before scoring
+    back = rows[dead.stop].ts
+    assert not any(a < back - 1.5 and b >= back for a, b in scored)
+    after = [w for w in scored if w[1] >= back]
+    assert after and after[0][0] >= back - 1.5 and len(after) > 50
+    assert s["windows"] == len(scored)
