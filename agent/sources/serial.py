@@ -233,6 +233,7 @@ class SerialSource:
                 if self._pending:
                     self._flush()
                 continue
+            counters.inc("source.bytes", len(data))
             lines = splitter.feed(data)
             if not lines:
                 if self._pending:
@@ -240,13 +241,17 @@ class SerialSource:
                 continue
             received_ts = time.time()
             counters.inc("source.lines", len(lines))
+            good = 0
             for line in lines:
                 r = parse(line, received_ts)
                 if isinstance(r, Reading):
+                    good += 1
                     sink(r)
                 elif r == HEADER:
                     counters.inc("source.headers")
                 else:
                     self._reject(r)
+            if good:
+                counters.inc("source.readings", good)
             if self._pending:
                 self._flush()
