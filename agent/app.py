@@ -124,7 +124,7 @@ class Agent:
         stalled = self.heartbeats.stalled(self.settings.stall_s)
         if stalled:
             reasons.append("stage stalled: " + ", ".join(sorted(stalled)))
-        if self.source.live and clock_synchronised() is False:
+        if self.settings.clock_sync_required and self.source.live and clock_synchronised() is False:
             reasons.append("clock not synchronised")
         return reasons
 
