@@ -298,7 +298,8 @@ def run_file(model: Any, path: Path, rel: str, make_pipeline: Callable[[Counters
              on_row: Callable[[int], None] | None = None) -> FileRun:
     """Replay one recording through a fresh Pipeline (``make_pipeline(counters, state_dir)`` with its own new
     temporary state dir, so teach-in starts afresh) reading by reading."""
-    from agent.sources.replay import parse_ts, read_recording
+    from agent.parse import timestamp as parse_ts
+    from agent.sources.replay import read_recording
 
     channels = list(model.sidecar.channels)
     counters = Counters()

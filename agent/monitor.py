@@ -45,6 +45,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
+from agent.parse import timestamp
+
 EXIT_OK = 0
 EXIT_NO_DEVICE = 1
 EXIT_UNREACHABLE = 2
@@ -71,15 +73,7 @@ def iso(ts: float | None) -> str | None:
 
 def parse_iso(text: Any) -> float | None:
     """The agent's ISO 8601 timestamps as epoch seconds; None when absent or unreadable."""
-    if not isinstance(text, str) or not text:
-        return None
-    try:
-        dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
-    return dt.timestamp()
+    return timestamp(text) if isinstance(text, str) and text else None
 
 
 def format_age(seconds: float | None) -> str:

@@ -12,12 +12,12 @@ import csv
 import logging
 import threading
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
 from agent.bundled import demo_recording_path
 from agent.counters import Counters
+from agent.parse import timestamp
 from agent.records import Reading
 from agent.settings import ReplaySourceSettings
 from agent.sources import CONNECTED, CONNECTING, FINISHED, Sink
@@ -25,22 +25,6 @@ from agent.sources import CONNECTED, CONNECTING, FINISHED, Sink
 log = logging.getLogger(__name__)
 
 TIME_COLUMNS = ("datetime", "timestamp", "ts", "time")
-
-
-def parse_ts(text: str) -> float | None:
-    """Epoch seconds from epoch text or ISO 8601 (naive = UTC); None when unreadable."""
-    text = text.strip()
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    try:
-        dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
-    return dt.timestamp()
 
 
 def read_recording(path: Path, counters: Counters, sensor: str = "replay") -> Iterator[Reading]:
@@ -61,7 +45,7 @@ def read_recording(path: Path, counters: Counters, sensor: str = "replay") -> It
             if len(row) != len(header):
                 counters.inc("reject.field_count")
                 continue
-            ts = parse_ts(row[tcol])
+            ts = timestamp(row[tcol])
             if ts is None:
                 counters.inc("reject.bad_timestamp")
                 continue

@@ -6,7 +6,6 @@ every WATCHDOG_USEC; when the pings stop it kills the agent (systemd sends SIGAB
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess

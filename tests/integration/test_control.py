@@ -6,7 +6,6 @@ The agent replays the bundled recording in a loop at 50x, so it keeps scoring wh
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import sqlite3
