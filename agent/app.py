@@ -303,7 +303,7 @@ class Agent:
                 item = self.queue.get(timeout=0.2)
             except queue.Empty:
                 if self.source.live:
-                    self._emit(self.pipeline.tick(time.time()))
+                    self._emit(self.pipeline.tick())
                 continue
             if item is _END:
                 break

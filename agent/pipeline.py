@@ -73,6 +73,7 @@ class Pipeline:
         self.latencies = LatencyRing()
         self.recent: deque[np.ndarray] = deque(maxlen=32)  # raw windows, the canary for a model reload
         self.last_inference: Inference | None = None
+        self._last_arrival = time.monotonic()
         self._install(model, summary_interval_s)
         self._rejects_base = counters.snapshot("reject.")
         self._repairs_base = {p: counters.snapshot(p) for p in ("repaired.", "gap.")}
@@ -207,6 +208,7 @@ class Pipeline:
         if self.summariser.due(v.ts):
             out.append(self._summary(v.ts))
         self.summariser.add_vector(v)
+        self._last_arrival = time.monotonic()
         raw = self._raw.get(v.sensor)
         if raw is None:
             raw = self._raw[v.sensor] = deque(maxlen=self._raw_len)
@@ -250,11 +252,18 @@ class Pipeline:
         out.append(self._alert(t))
         return out
 
-    def tick(self, now_ts: float) -> list[Outgoing]:
-        """Periodic work while the sensor is silent: close a summary period that is over by ``now_ts``."""
+    def tick(self, mono_now: float | None = None) -> list[Outgoing]:
+        """Periodic work while a live sensor is silent: close a summary period that is over.
+
+        Data time goes on from the last reading's timestamp by the monotonic time elapsed since it arrived, so a
+        device whose clock is off (or that replays old data) neither closes periods early nor jumps time.
+        """
         self.cleaner.check_silence()
-        if self.summariser.due(now_ts):
-            return [self._summary(now_ts)]
+        if self.summariser.last_ts is None:
+            return []
+        data_now = self.summariser.last_ts + ((time.monotonic() if mono_now is None else mono_now) - self._last_arrival)
+        if self.summariser.due(data_now):
+            return [self._summary(data_now)]
         return []
 
     def finish(self) -> list[Outgoing]:

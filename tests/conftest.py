@@ -56,7 +56,10 @@ class Broker:
         self.workdir = workdir
         self.conf = workdir / "mosquitto.conf"
         self.conf.write_text(
-            f"listener {self.port} 127.0.0.1\n{listener_conf}persistence false\nset_tcp_nodelay true\n{extra_conf}"
+            # max_queued_messages: mosquitto drops QoS 1 messages past 1000 queued for a slow subscriber (the
+            # default); on a loaded CI machine an agent can lag that far behind a test's publisher
+            f"listener {self.port} 127.0.0.1\n{listener_conf}persistence false\nset_tcp_nodelay true\n"
+            f"max_queued_messages 100000\n{extra_conf}"
         )
         self.log = workdir / "mosquitto.log"
         self.proc: subprocess.Popen[bytes] | None = None

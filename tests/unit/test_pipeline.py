@@ -101,3 +101,19 @@ def test_rejected_readings_are_counted_in_the_summary(tmp_path, model, recording
     assert s["rejected"] == {"non_numeric": 1, "not_finite": 1}
     # the first reading has no earlier Current to hold: dropped; the NaN Pressure is held from the reading before
     assert s["readings"] == 49 and s["repaired"] == {"held": 1} and s["final"] is True and s["calibrating"] is True
+
+
+def test_a_silent_live_sensor_closes_its_summary_period_in_data_time(tmp_path, model, recording):
+    """Old device timestamps (2020) must not be compared with today's clock: silence is measured monotonic."""
+    p = Pipeline(model, Counters(), "gw", tmp_path, summary_interval_s=300)
+    from agent.pipeline import iso
+
+    _run(p, recording[:10])
+    span = recording[9].ts - recording[0].ts
+    arrival = p._last_arrival
+    assert p.tick(arrival + 299 - span) == []
+    out = p.tick(arrival + 301 - span)  # the data so far + the silence: the 300 s period is over
+    assert len(out) == 1
+    s = out[0].payload
+    assert s["readings"] == 10 and s["final"] is False
+    assert s["period_end"] == iso(recording[0].ts + 301)  # in the recording's time, not today's
