@@ -17,9 +17,10 @@ import shutil
 import sqlite3
 import threading
 import time
-from datetime import datetime, timedelta, timezone
+from collections.abc import Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -177,7 +178,7 @@ SUMMARY_LINE = re.compile(r"SUMMARY (\S+)\.\.(\S+) readings=(\d+) rejected=(\d+)
 
 
 def parse_iso(text: str) -> float:
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).replace(tzinfo=timezone.utc).timestamp()
+    return datetime.fromisoformat(text).timestamp()
 
 
 def data_time(log_text: str) -> float | None:
@@ -189,3 +190,23 @@ def data_time(log_text: str) -> float | None:
         except ValueError:  # an empty summary period ("None")
             pass
     return max(times) if times else None
+
+
+@pytest.fixture
+def tiny_fs(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MB tmpfs (root only: mount(2)); skipped where it cannot be mounted."""
+    import subprocess
+
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a 1 MB tmpfs needs root")
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True, text=True,
+                       check=False)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        if subprocess.run(["umount", str(mnt)], capture_output=True, check=False).returncode != 0:
+            subprocess.run(["umount", "-l", str(mnt)], capture_output=True, check=False)
