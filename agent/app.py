@@ -371,7 +371,7 @@ class Agent:
         sdnotify.stopping("stopping: draining the pipeline and the outbox")
         self.source.close()
         source_thread.join(timeout=5)
-        if not self._pipeline_done.wait(timeout=30):
+        if "pipeline" not in self._failed and not self._pipeline_done.wait(timeout=30):
             log.error("pipeline did not finish draining in time")
         drain = self.settings.drain_timeout_s
         if not self.uplink.drain(drain):

@@ -43,6 +43,7 @@ class EvidenceStore:
         self.path = Path(path)
         self.max_bytes = max_bytes
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._low_logged = False
         try:
             self._db = self._connect()
         except sqlite3.DatabaseError as e:
@@ -55,11 +56,21 @@ class EvidenceStore:
         db = sqlite3.connect(self.path, isolation_level=None, timeout=10, check_same_thread=False)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("PRAGMA wal_autocheckpoint=100")
+        db.execute("PRAGMA journal_size_limit=1048576")
         db.executescript(_SCHEMA)
         return db
 
     def add(self, alert_id: str, sensor: str, evidence: dict[str, Any]) -> int:
-        """Keep one alert's evidence; returns its size in bytes."""
+        """Keep one alert's evidence; returns its size in bytes (0: not kept, the disk is nearly full)."""
+        from agent.outbox import low_on_disk
+
+        if low_on_disk(self.path.parent):  # the outbox's alerts need the space more than evidence does
+            if not self._low_logged:
+                self._low_logged = True
+                log.warning("state disk nearly full: not keeping evidence of new alerts until there is room")
+            return 0
+        self._low_logged = False
         body = json.dumps(evidence, separators=(",", ":"))
         size = len(body)
         db = self._db

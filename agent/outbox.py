@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import sqlite3
 import threading
 import time
@@ -25,7 +26,8 @@ from agent.records import Outgoing
 
 log = logging.getLogger(__name__)
 
-PRIORITY = {"alert": 0, "summary": 2}  # lower drains first; anything else sits between
+PRIORITY = {"alert": 0, "summary": 2}
+RESERVE_BYTES = 256 * 1024  # ballast kept beside the outbox, given up when the disk is full  # lower drains first; anything else sits between
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -40,6 +42,19 @@ CREATE TABLE IF NOT EXISTS outbox (
 CREATE INDEX IF NOT EXISTS outbox_order ON outbox (priority, id);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
+
+
+def low_on_disk(directory: Path) -> bool:
+    """Free space on ``directory``'s file system under the reserve (1 MiB, or 5 % of a small file system)."""
+    try:
+        du = shutil.disk_usage(directory)
+    except OSError:
+        return False
+    return du.free < min(2**20, du.total // 20)
+
+
+def _disk_full(e: sqlite3.Error) -> bool:
+    return getattr(e, "sqlite_errorname", "") == "SQLITE_FULL" or "disk is full" in str(e)
 
 
 @dataclass(frozen=True)
@@ -62,8 +77,11 @@ class Outbox:
         self.counters = counters
         self.max_rows, self.max_bytes = max_rows, max_bytes
         self._lock = threading.Lock()
+        self._disk_full_logged = False
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._reserve = self.path.with_name(self.path.name + ".reserve")
         self._db = self._open()
+        self._keep_reserve()
 
     def _open(self) -> sqlite3.Connection:
         try:
@@ -86,44 +104,132 @@ class Outbox:
         db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
+        db.execute("PRAGMA wal_autocheckpoint=100")  # pages: keeps the WAL small on an SD card
+        db.execute("PRAGMA journal_size_limit=1048576")
         db.executescript(_SCHEMA)
         return db
 
     def put(self, msg: Outgoing) -> int:
-        """Store one message durably (alerts get the next per-device ``seq``); returns its row id."""
-        with self._lock:
-            db = self._db
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                payload = dict(msg.payload)
-                if msg.kind == "alert":
-                    seq = db.execute("SELECT value FROM meta WHERE key='alert_seq'").fetchone()
-                    payload["seq"] = (seq[0] if seq else 0) + 1
-                    db.execute("INSERT OR REPLACE INTO meta VALUES ('alert_seq', ?)", (payload["seq"],))
-                body = json.dumps(payload, separators=(",", ":")).encode()
-                self._make_room(db, len(body))
-                cur = db.execute(
-                    "INSERT INTO outbox (kind, priority, topic, payload, qos, retain, created_ts) VALUES (?,?,?,?,?,?,?)",
-                    (msg.kind, PRIORITY.get(msg.kind, 1), msg.topic_suffix, body, msg.qos, int(msg.retain), time.time()),
-                )
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            self.counters.inc(f"outbox.written.{msg.kind}")
-            return int(cur.lastrowid or 0)
+        """Store one message durably (alerts get the next per-device ``seq``); returns its row id, 0 if dropped.
 
-    def _make_room(self, db: sqlite3.Connection, incoming: int) -> None:
+        Never raises for a full disk: that is handled like a full outbox (the most expendable rows go first, an
+        incoming message is dropped only when nothing at most as precious is left), and every drop is counted.
+        """
+        with self._lock:
+            for attempt in range(3):
+                try:
+                    return self._put(msg, shed="full" if attempt else "low" if self._low_on_disk() else "")
+                except sqlite3.OperationalError as e:
+                    if not _disk_full(e):
+                        raise
+                    if not self._disk_full_logged:
+                        self._disk_full_logged = True
+                        log.error("outbox %s: disk full (%s): dropping the most expendable messages", self.path, e)
+                    self._release_reserve()
+                    self._shed_all(PRIORITY.get(msg.kind, 1))
+                    self._checkpoint()
+            self.counters.inc(f"outbox.dropped.{msg.kind}")
+            log.error("outbox %s: disk full, dropped this %s (nothing more expendable left)", self.path, msg.kind)
+            return 0
+
+    def _put(self, msg: Outgoing, shed: str) -> int:
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            payload = dict(msg.payload)
+            priority = PRIORITY.get(msg.kind, 1)
+            body = json.dumps(payload, separators=(",", ":")).encode()
+            if not self._make_room(db, len(body), priority, shed):
+                db.execute("ROLLBACK")
+                self.counters.inc(f"outbox.dropped.{msg.kind}")
+                log.warning("outbox: no room for this %s without dropping an alert: dropped it", msg.kind)
+                return 0
+            if msg.kind == "alert":
+                seq = db.execute("SELECT value FROM meta WHERE key='alert_seq'").fetchone()
+                payload["seq"] = (seq[0] if seq else 0) + 1
+                db.execute("INSERT OR REPLACE INTO meta VALUES ('alert_seq', ?)", (payload["seq"],))
+                body = json.dumps(payload, separators=(",", ":")).encode()
+            cur = db.execute(
+                "INSERT INTO outbox (kind, priority, topic, payload, qos, retain, created_ts) VALUES (?,?,?,?,?,?,?)",
+                (msg.kind, priority, msg.topic_suffix, body, msg.qos, int(msg.retain), time.time()),
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:  # a COMMIT that failed with SQLITE_FULL has rolled back already
+                db.execute("ROLLBACK")
+            raise
+        if shed:
+            self._checkpoint()  # keep the WAL from growing on a nearly full disk
+        else:
+            self._keep_reserve()
+        self._disk_full_logged = False
+        self.counters.inc(f"outbox.written.{msg.kind}")
+        return int(cur.lastrowid or 0)
+
+    def _make_room(self, db: sqlite3.Connection, incoming: int, priority: int, shed: str) -> bool:
+        """Drop the oldest most expendable rows until ``incoming`` fits; False when only more precious rows are
+        left (then the incoming message is the one to drop). ``shed``: ``low`` (free space under the reserve) or
+        ``full`` (an insert failed with SQLITE_FULL): free one row whatever the bounds say, so that the insert
+        reuses its pages instead of growing the file — an alert only once the disk is really full."""
         rows, size = db.execute("SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM outbox").fetchone()
-        # Oldest of the most expendable kind first: summaries (priority 2), then others, alerts last.
-        while rows and (rows + 1 > self.max_rows or size + incoming > self.max_bytes):
+        while rows and (shed or rows + 1 > self.max_rows or size + incoming > self.max_bytes):
+            # Oldest of the most expendable kind first: summaries (priority 2), then others, alerts last.
             victim = db.execute(
-                "SELECT id, kind, LENGTH(payload) FROM outbox ORDER BY priority DESC, id ASC LIMIT 1"
+                "SELECT id, kind, LENGTH(payload), priority FROM outbox ORDER BY priority DESC, id ASC LIMIT 1"
             ).fetchone()
+            if victim[3] < priority:
+                return False  # never evict an alert to make room for a summary
+            if shed == "low" and victim[0] is not None and victim[3] == PRIORITY["alert"]:
+                break  # space is short but not gone: keep every alert and try the insert
             db.execute("DELETE FROM outbox WHERE id=?", (victim[0],))
             self.counters.inc(f"outbox.dropped.{victim[1]}")
-            log.warning("outbox full: dropped the oldest %s (row %d)", victim[1], victim[0])
+            log.warning("outbox %s: dropped the oldest %s (row %d)", "disk nearly full" if shed else "full", victim[1], victim[0])
             rows, size = rows - 1, size - victim[2]
+            shed = ""
+        return rows + 1 <= self.max_rows or rows == 0
+
+    def _low_on_disk(self) -> bool:
+        return low_on_disk(self.path.parent)
+
+    def _keep_reserve(self) -> None:
+        """A ballast file beside the outbox: deleted when the disk is full, so SQLite has room to delete rows."""
+        if self._reserve.exists():
+            return
+        try:
+            free = shutil.disk_usage(self.path.parent).free
+            size = min(RESERVE_BYTES, free // 4)
+            if size >= 16384 and not self._low_on_disk():
+                with open(self._reserve, "wb") as f:
+                    f.truncate(0)
+                    f.write(b"\0" * size)  # real blocks, not a sparse file
+        except OSError:
+            self._reserve.unlink(missing_ok=True)
+
+    def _release_reserve(self) -> None:
+        if self._reserve.exists():
+            self._reserve.unlink(missing_ok=True)
+            log.error("outbox %s: disk full: released the reserve file to make room", self.path)
+
+    def _shed_all(self, priority: int) -> None:
+        """On a full disk: drop every row more expendable than the incoming message, in one go."""
+        try:
+            victims = self._db.execute(
+                "SELECT kind, COUNT(*) FROM outbox WHERE priority > ? GROUP BY kind", (priority,)
+            ).fetchall()
+            if victims:
+                self._db.execute("DELETE FROM outbox WHERE priority > ?", (priority,))
+                for kind, n in victims:
+                    self.counters.inc(f"outbox.dropped.{kind}", n)
+                    log.warning("outbox disk full: dropped %d %s message(s)", n, kind)
+        except sqlite3.OperationalError as e:
+            if not _disk_full(e):
+                raise
+
+    def _checkpoint(self) -> None:
+        try:
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error:
+            pass
 
     def pending(self, limit: int, exclude: set[int] | frozenset[int] = frozenset()) -> list[Row]:
         """Up to ``limit`` rows in drain order (alerts first, then oldest first), skipping ``exclude``."""
@@ -136,9 +242,17 @@ class Outbox:
         return rows[:limit]
 
     def ack(self, row_id: int) -> None:
-        """Delete a row whose PUBACK arrived."""
+        """Delete a row whose PUBACK arrived (on a full disk it may stay and be sent again: at-least-once)."""
         with self._lock:
-            self._db.execute("DELETE FROM outbox WHERE id=?", (row_id,))
+            for attempt in range(2):
+                try:
+                    self._db.execute("DELETE FROM outbox WHERE id=?", (row_id,))
+                    return
+                except sqlite3.OperationalError as e:
+                    if not _disk_full(e):
+                        raise
+                    self._checkpoint()
+            self.counters.inc("outbox.ack_failed")
 
     def depth(self) -> int:
         with self._lock:

@@ -322,6 +322,8 @@ class Pipeline:
         except Exception as e:  # noqa: BLE001 - evidence is a bonus: the alert must go out regardless
             log.error("could not store evidence of alert %s: %s", t.alert_id, e)
             return
+        if not size:
+            return
         payload["evidence_id"] = t.alert_id
         payload["evidence_bytes"] = size
         if self._evidence_inline and size <= self._evidence_inline:

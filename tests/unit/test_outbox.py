@@ -97,3 +97,19 @@ def test_integrity_and_wal(tmp_path):
     db = sqlite3.connect(tmp_path / "o.db")
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_a_summary_never_evicts_an_alert(tmp_path):
+    c = Counters()
+    ob = Outbox(tmp_path / "o.db", c, max_rows=2)
+    ob.put(_alert(1))
+    ob.put(_alert(2))
+    assert ob.put(_summary(1)) == 0  # dropped itself, counted
+    assert [json.loads(r.payload)["id"] for r in ob.pending(10)] == ["a1", "a2"]
+    assert c.snapshot("outbox.dropped.") == {"summary": 1}
+
+
+def test_a_reserve_file_is_kept_beside_the_outbox(tmp_path):
+    Outbox(tmp_path / "o.db", Counters())
+    reserve = tmp_path / "o.db.reserve"
+    assert reserve.is_file() and reserve.stat().st_size > 16384
