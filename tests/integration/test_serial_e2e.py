@@ -17,7 +17,9 @@ CHANNELS = ["Accelerometer1RMS", "Accelerometer2RMS", "Current", "Pressure", "Te
 
 
 def _alerts(rec) -> list[tuple[str, str, float]]:
-    return [(a["state"], a["window_end"], round(a["score"], 6)) for a in rec.on("alerts")]
+    """Alert transitions in order of raising, each message once (delivery is at-least-once: dedupe on id)."""
+    unique = {a["id"]: a for a in rec.on("alerts")}.values()
+    return [(a["state"], a["window_end"], round(a["score"], 6)) for a in sorted(unique, key=lambda a: a["seq"])]
 
 
 def test_serial_stream_alerts_like_the_replay(tmp_path, live_broker, recorder, agents):
@@ -58,7 +60,8 @@ def test_serial_stream_alerts_like_the_replay(tmp_path, live_broker, recorder, a
         assert not w.is_alive()
         wait_for(lambda: any(s["readings_in"] >= len(readings) for s in rec.on("stats")), timeout=60,
                  what="every line read")
-        wait_for(lambda: len(_alerts(rec)) >= len(expected), timeout=30, what="the alerts")
+        got = wait_for(lambda: len(_alerts(rec)) >= len(expected) and _alerts(rec), timeout=30, what="the alerts")
+        assert got == expected, (got, expected, a.log[-3000:])
         assert a.stop() == 0
     finally:
         os.close(master)
