@@ -76,14 +76,6 @@ class AlertMachine:
 
 
 @dataclass
-class _ChannelStats:
-    count: int = 0
-    total: float = 0.0
-    lo: float = float("inf")
-    hi: float = float("-inf")
-
-
-@dataclass
 class Summariser:
     """Collects per-period statistics; ``due`` tells when a period of ``interval_s`` of data time is over."""
 
@@ -96,11 +88,15 @@ class Summariser:
     raised: int = 0
     cleared: int = 0
     suppressed: int = 0
-    _stats: list[_ChannelStats] = field(default_factory=list)
     _scores: list[float] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self._stats = [_ChannelStats() for _ in self.channels]
+        self._reset_stats()
+
+    def _reset_stats(self) -> None:
+        c = len(self.channels)
+        self._count = np.zeros(c, dtype=np.int64)
+        self._total, self._lo, self._hi = np.zeros(c), np.full(c, np.inf), np.full(c, -np.inf)
 
     def due(self, ts: float) -> bool:
         """True when ``ts`` lies past the end of the current period (call ``take`` before adding it)."""
@@ -111,11 +107,11 @@ class Summariser:
             self.period_start = v.ts
         self.last_ts = v.ts
         self.readings += 1
-        for st, x in zip(self._stats, v.values):
-            st.count += 1
-            st.total += x
-            st.lo = min(st.lo, x)
-            st.hi = max(st.hi, x)
+        x = v.values
+        self._count += 1
+        self._total += x
+        np.minimum(self._lo, x, out=self._lo)
+        np.maximum(self._hi, x, out=self._hi)
 
     def add_score(self, score: float) -> None:
         self.windows += 1
@@ -139,14 +135,14 @@ class Summariser:
                  "max": float(scores.max())} if scores.size else None
             ),
             "channels": {
-                name: {"count": st.count, "min": st.lo, "mean": st.total / st.count, "max": st.hi}
-                if st.count else {"count": 0}
-                for name, st in zip(self.channels, self._stats)
+                name: {"count": int(n), "min": float(lo), "mean": float(t / n), "max": float(hi)}
+                if n else {"count": 0}
+                for name, n, t, lo, hi in zip(self.channels, self._count, self._total, self._lo, self._hi)
             },
         }
         self.period_start = end_ts
         self.readings = self.windows = self.raised = self.cleared = self.suppressed = 0
-        self._stats = [_ChannelStats() for _ in self.channels]
+        self._reset_stats()
         self._scores = []
         return out
 

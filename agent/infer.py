@@ -14,7 +14,7 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Iterator, Literal, Mapping
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -184,6 +184,8 @@ class Model:
         self._out = self._interp.get_output_details()[0]
         self._check()
         self._in_idx, self._out_idx = self._in["index"], self._out["index"]
+        self._in_shape = tuple(int(d) for d in self._in["shape"])
+        self._out_int = bool(np.issubdtype(self._out["dtype"], np.integer))
         self._in_scale, self._in_zp = self._in["quantization"]
         self._out_scale, self._out_zp = self._out["quantization"]
         self._in_dtype = self._in["dtype"]
@@ -238,9 +240,10 @@ class Model:
 
     def invoke(self, x: np.ndarray) -> np.ndarray:
         """Run one feature vector (float, normalised) through the model; returns the dequantised output, flat."""
-        x = np.asarray(x, dtype=np.float64).reshape(self._in["shape"])
+        x = np.asarray(x, dtype=np.float64).reshape(self._in_shape)
         if self._in_lo is not None:
-            q = np.clip(np.rint(x / self._in_scale) + self._in_zp, self._in_lo, self._in_hi).astype(self._in_dtype)
+            q = np.rint(x / self._in_scale) + self._in_zp
+            q = np.minimum(np.maximum(q, self._in_lo), self._in_hi).astype(self._in_dtype)  # np.clip is slower
         else:
             q = x.astype(self._in_dtype)
         self._interp.set_tensor(self._in_idx, q)
@@ -250,7 +253,7 @@ class Model:
                 threading.Event().wait()  # a hung inference, as a wedged delegate would
         self._interp.invoke()
         out = self._interp.get_tensor(self._out_idx)
-        if np.issubdtype(out.dtype, np.integer):
+        if self._out_int:
             return (out.astype(np.float64).reshape(-1) - self._out_zp) * self._out_scale
         return out.astype(np.float64).reshape(-1)
 
@@ -267,16 +270,17 @@ class Scorer:
         self._channels = sc.channels
         self._target = sc.channels.index(sc.target) if sc.target else None
 
-    def score(self, window_raw: np.ndarray) -> tuple[float, dict[str, float], float]:
-        """(score, contributions channel -> share summing to 1, latency in seconds)."""
+    def score(self, window_raw: np.ndarray) -> tuple[float, "Contributions", float]:
+        """(score, per-channel contributions, latency in seconds)."""
         z = self.normaliser(window_raw)
         x = features(self._recipe, z)
         t0 = time.perf_counter()
         out = self.model.invoke(x)
         latency = time.perf_counter() - t0
         if self._kind == "autoencoder":
-            err = (x - out) ** 2
-            score = float(err.mean())
+            err = x - out
+            err *= err
+            score = float(err.sum()) / err.size
             per_channel = err.reshape(-1, len(self._channels)).sum(axis=0)
         elif self._kind == "classifier":
             score = float(out[0])
@@ -284,6 +288,31 @@ class Scorer:
         else:
             score = float(abs(out[0] - z[-1, self._target]))
             per_channel = np.abs(z[-1])
-        total = float(per_channel.sum())
-        shares = per_channel / total if total > 0 and np.isfinite(total) else np.full(len(self._channels), 1 / len(self._channels))
-        return score, {c: float(s) for c, s in zip(self._channels, shares)}, latency
+        return score, Contributions(self._channels, per_channel), latency
+
+
+class Contributions(Mapping[str, float]):
+    """Each channel's share of a score (summing to 1), computed only when somebody looks (alerts, not windows)."""
+
+    __slots__ = ("_channels", "_raw", "_shares")
+
+    def __init__(self, channels: list[str], raw: np.ndarray):
+        self._channels, self._raw = channels, raw
+        self._shares: dict[str, float] | None = None
+
+    def _get(self) -> dict[str, float]:
+        if self._shares is None:
+            total = float(self._raw.sum())
+            n = len(self._channels)
+            shares = self._raw / total if total > 0 and np.isfinite(total) else np.full(n, 1 / n)
+            self._shares = {c: float(v) for c, v in zip(self._channels, shares)}
+        return self._shares
+
+    def __getitem__(self, key: str) -> float:
+        return self._get()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._get())
+
+    def __len__(self) -> int:
+        return len(self._channels)

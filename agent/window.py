@@ -26,20 +26,22 @@ class Windower:
         """Add one vector; return a window when one is due."""
         buf = self._buf.get(v.sensor)
         if buf is None:
-            buf = self._buf[v.sensor] = np.zeros((self.length, self.channels))
-            self._ts[v.sensor] = np.zeros(self.length)
+            # every row is written twice, at i and i + length, so that a window is one contiguous slice
+            buf = self._buf[v.sensor] = np.zeros((2 * self.length, self.channels))
+            self._ts[v.sensor] = np.zeros(2 * self.length)
             self._count[v.sensor] = 0
+        ts = self._ts[v.sensor]
         n = self._count[v.sensor]
         i = n % self.length
-        buf[i] = v.values
-        self._ts[v.sensor][i] = v.ts
+        buf[i] = buf[i + self.length] = v.values
+        ts[i] = ts[i + self.length] = v.ts
         n += 1
         self._count[v.sensor] = n
         if n < self.length or (n - self.length) % self.hop:
             return None
-        order = np.arange(n, n + self.length) % self.length  # oldest first
-        ts = self._ts[v.sensor]
-        return Window(sensor=v.sensor, start_ts=float(ts[order[0]]), end_ts=float(ts[order[-1]]), data=buf[order].copy())
+        s = n % self.length  # the oldest row of the window
+        return Window(sensor=v.sensor, start_ts=float(ts[s]), end_ts=float(ts[s + self.length - 1]),
+                      data=buf[s:s + self.length].copy())
 
     def reset(self, sensor: str | None = None) -> None:
         """Forget one sensor's buffer, or all of them."""
