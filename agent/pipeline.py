@@ -329,6 +329,17 @@ class Pipeline:
         if self._evidence_inline and size <= self._evidence_inline:
             payload["evidence"] = ev
 
+    def _drift(self, channels: dict[str, dict[str, Any]]) -> dict[str, float] | None:
+        """Each channel's mean in the period against the normal it was calibrated on, in sigma (None while the
+        model has no normal to compare with: teach-in running, or a model without normalisation)."""
+        norm = self.scorer.normaliser
+        if self.calibrating or norm.mean is None or norm.std is None:
+            return None
+        return {
+            name: round(float((st["mean"] - mu) / sd), 3)
+            for (name, st), mu, sd in zip(channels.items(), norm.mean, norm.std) if st.get("count")
+        }
+
     def _summary(self, end_ts: float | None, final: bool = False) -> Outgoing:
         now = self.counters.snapshot("reject.")
         rejected = {k: v - self._rejects_base.get(k, 0) for k, v in now.items() if v - self._rejects_base.get(k, 0)}
@@ -339,6 +350,7 @@ class Pipeline:
             s[key] = {k: v - base.get(k, 0) for k, v in now.items() if v - base.get(k, 0)}
             self._repairs_base[prefix] = now
         s["stale_channels"] = sorted(self.stale_channels)
+        s["drift"] = self._drift(s["channels"])
         payload: dict[str, Any] = {
             "id": uuid.uuid4().hex,
             "device_id": self.device_id,

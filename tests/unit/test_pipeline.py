@@ -117,3 +117,18 @@ def test_a_silent_live_sensor_closes_its_summary_period_in_data_time(tmp_path, m
     s = out[0].payload
     assert s["readings"] == 10 and s["final"] is False
     assert s["period_end"] == iso(recording[0].ts + 301)  # in the recording's time, not today's
+
+
+def test_summary_reports_drift_against_the_calibrated_normal(tmp_path, model, recording):
+    samples = model.sidecar.calibration.samples
+    p = Pipeline(model, Counters(), "gw", tmp_path, summary_interval_s=1e9)
+    _run(p, recording[:samples])
+    first = p.finish()[0].payload
+    # the period holds exactly the teach-in readings: no drift from themselves
+    assert first["calibrating"] is False and all(abs(v) < 1e-6 for v in first["drift"].values())
+    sd = p.scorer.normaliser.std[model.sidecar.channels.index("Current")]
+    shifted = [Reading(r.ts, {**r.values, "Current": r.values["Current"] + 3 * sd}) for r in recording[samples: samples + 50]]
+    _run(p, shifted)
+    s = p.finish()[0].payload
+    assert s["drift"]["Current"] == pytest.approx(3.0, abs=0.6)
+    assert abs(s["drift"]["Pressure"]) < 1.5
