@@ -30,15 +30,26 @@ log = logging.getLogger(__name__)
 INFLIGHT_STALE_S = 30.0
 
 
-class _QuietPaho(logging.Filter):
-    """paho 2.2 logs 'Client is not connected' at ERROR on every loop turn while (re)connecting: noise."""
+class _PahoLog(logging.Filter):
+    """paho's own log lines, tamed. paho 2.2 logs 'Client is not connected' at ERROR on every loop turn while
+    (re)connecting (noise), and a connection the broker drops after the TLS handshake (TLS 1.3 asks for the
+    client certificate only then) as 'failed to receive on socket' on every retry: that becomes one outage line."""
+
+    def __init__(self, on_failure: Callable[[str], None] | None = None):
+        super().__init__()
+        self._on_failure = on_failure
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("Client is not connected")
+        text = str(record.msg)
+        if text.startswith("Client is not connected"):
+            return False
+        if self._on_failure is not None and text.startswith("failed to receive on socket"):
+            self._on_failure(record.getMessage())
+            return False
+        return True
 
 
-_paho_log = logging.getLogger("paho")
-_paho_log.addFilter(_QuietPaho())  # a message still unacknowledged this long after a reconnect is published again
+logging.getLogger("paho").addFilter(_PahoLog())  # a message still unacknowledged this long after a reconnect is published again
 
 
 def read_password(s: MqttSettings) -> str | None:
@@ -135,7 +146,9 @@ class Uplink:
             CallbackAPIVersion.VERSION2, client_id=settings.client_id or f"edge-agent-{device_id}",
             protocol=mqtt.MQTTv311, clean_session=True,
         )
-        c.enable_logger(_paho_log)
+        paho_log = logging.getLogger(f"paho.uplink.{device_id}")
+        paho_log.addFilter(_PahoLog(self._receive_failed))
+        c.enable_logger(paho_log)
         c.max_inflight_messages_set(settings.max_inflight)  # must precede connect()
         c.max_queued_messages_set(0)
         c.reconnect_delay_set(min_delay=1, max_delay=30)
@@ -330,6 +343,19 @@ class Uplink:
                 self._on_command(msg.topic[len(prefix):], bytes(msg.payload))
         except Exception:  # noqa: BLE001
             log.exception("error in on_message")
+
+    def _receive_failed(self, text: str) -> None:
+        """The connection broke before CONNACK (called from paho's log line, on its thread: never raises)."""
+        try:
+            if "CERTIFICATE_REQUIRED" in text:
+                why = "requires a client certificate: set EDGE_AGENT_MQTT__CERT_FILE and EDGE_AGENT_MQTT__KEY_FILE"
+            elif "CERTIFICATE" in text.upper():
+                why = f"refused our client certificate ({text.split(':', 1)[-1].strip()})"
+            else:
+                why = f"dropped the connection ({text})"
+            self._outage(f"broker {self.s.host}:{self.s.port} {why}")
+        except Exception:  # noqa: BLE001
+            pass
 
     def _outage(self, what: str) -> None:
         self.last_error = what

@@ -41,6 +41,10 @@ def pki(tmp_path_factory) -> Path:
     _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-keyout", "server.key", "-out", "server.csr", cwd=d)
     _openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2",
              "-extfile", "san.ext", "-out", "server.crt", cwd=d)
+    # a client certificate for mutual TLS, signed by the same CA
+    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=gateway", "-keyout", "client.key", "-out", "client.csr", cwd=d)
+    _openssl("x509", "-req", "-in", "client.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2",
+             "-out", "client.crt", cwd=d)
     for f in d.iterdir():
         f.chmod(0o644)
     return d
@@ -117,4 +121,37 @@ def test_wrong_ca_or_password_fail_clearly_and_keep_retrying(tmp_path, tls_broke
     assert a.log.count(expected) == 1, "said once per outage, not once per retry"
     assert "Traceback" not in a.log
     assert password not in a.log and SECRET not in a.log
+    assert a.stop() == 0
+
+
+@pytest.fixture(scope="module")
+def mtls_broker(pki, tmp_path_factory):
+    d = tmp_path_factory.mktemp("mtlsbroker")
+    b = Broker(d, extra_conf="user root\n", listener_conf=(
+        f"allow_anonymous true\nrequire_certificate true\ncafile {pki / 'ca.crt'}\ncertfile {pki / 'server.crt'}\n"
+        f"keyfile {pki / 'server.key'}\n"
+    ))
+    b.start()
+    yield b
+    b.stop()
+
+
+@pytest.mark.parametrize("with_client_cert", [True, False])
+def test_mutual_tls_needs_the_client_certificate(tmp_path, mtls_broker, pki, agents, with_client_cert):
+    extra = {"EDGE_AGENT_MQTT__CERT_FILE": str(pki / "client.crt"), "EDGE_AGENT_MQTT__KEY_FILE": str(pki / "client.key")}
+    env = agent_env(
+        tmp_path / "state", mtls_broker.port, EDGE_AGENT_MQTT__HOST="localhost", EDGE_AGENT_MQTT__TLS="true",
+        EDGE_AGENT_MQTT__CA_FILE=str(pki / "ca.crt"), EDGE_AGENT_SOURCE__LOOP="true", EDGE_AGENT_SOURCE__SPEED="20",
+        **(extra if with_client_cert else {}),
+    )
+    a = start_agent(env, tmp_path)
+    agents.append(a)
+    if with_client_cert:
+        wait_for(lambda: "connected to localhost" in a.log, timeout=30, what="a mutual-TLS connection")
+    else:
+        wait_for(lambda: "requires a client certificate" in a.log, timeout=30, what="the refusal, said clearly")
+        time.sleep(3)  # several retries later: said once per outage
+        assert "connected to localhost" not in a.log
+        assert a.log.count("requires a client certificate") == 1 and "failed to receive" not in a.log
+    assert a.alive() and "Traceback" not in a.log
     assert a.stop() == 0
