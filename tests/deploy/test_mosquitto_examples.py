@@ -158,8 +158,10 @@ def test_bridge_directions(mosquitto_bin: str, tmp_path: Path, central: int) -> 
         for c in (up, down):
             c.loop_stop()
             c.disconnect()
-        assert sorted(received["central"]) == ["edge/pump-hall-01/alert", "edge/pump-hall-01/cmd/calibrate", "edge/pump-hall-01/other"]
-        assert sorted(received["gateway"]) == ["edge/pump-hall-01/alert", "edge/pump-hall-01/cmd/calibrate"]
+        # (the bridge's own retained notification may still arrive late on either side: not part of the question)
+        got = {k: sorted(t for t in v if t != "edge/pump-hall-01/bridge") for k, v in received.items()}
+        assert got["central"] == ["edge/pump-hall-01/alert", "edge/pump-hall-01/cmd/calibrate", "edge/pump-hall-01/other"]
+        assert got["gateway"] == ["edge/pump-hall-01/alert", "edge/pump-hall-01/cmd/calibrate"]
     finally:
         out = _stop(gateway)
     assert not re.search(r"(?m)Error: ", out), out

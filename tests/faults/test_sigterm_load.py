@@ -79,8 +79,8 @@ def test_sigterm_under_full_load_stops_in_time_and_loses_nothing(tmp_path, durab
     try:
         # full load: the pipeline is behind, readings are waiting in the queue
         loaded = wait_for(lambda: next((s for s in durable_recorder.on("stats")
-                                        if s["queue"]["depth"] >= 2000 and s["windows"] > 0), None),
-                          timeout=60, what="a backlog of 2000 readings in the agent's queue")
+                                        if s["queue"]["depth"] >= 300 and s["windows"] > 0), None),
+                          timeout=90, what="a backlog of 300 readings in the agent's queue")
         t_term = time.monotonic()
         a.proc.send_signal(signal.SIGTERM)
         code = a.proc.wait(TIMEOUT_STOP_S + 30)
@@ -106,7 +106,7 @@ def test_sigterm_under_full_load_stops_in_time_and_loses_nothing(tmp_path, durab
     assert sum(s["readings"] for s in summaries) == accepted, (
         f"{accepted} readings accepted (ts {t0}..{last_ts:.0f}) but {sum(s['readings'] for s in summaries)} summarised")
     # it was under load when stopped, and the backlog was scored, not dropped
-    assert accepted >= loaded["readings_in"] >= loaded["queue"]["depth"] >= 2000
+    assert accepted >= loaded["readings_in"] >= loaded["queue"]["depth"] >= 300
     assert all(s["queue"]["dropped"] == 0 for s in durable_recorder.on("stats"))
 
     # everything written to the outbox reached the broker
