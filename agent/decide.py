@@ -166,7 +166,7 @@ class AlertPolicy:
                 self._raises.popleft()
             if len(self._raises) >= self.rate_limit_per_hour:
                 return False
-        self._raises.append(ts)
+            self._raises.append(ts)  # only with a limit: without one the list would grow for ever
         return True
 
     def cleared(self, sensor: str, ts: float) -> None:
