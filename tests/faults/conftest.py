@@ -194,17 +194,19 @@ def data_time(log_text: str) -> float | None:
 
 @pytest.fixture
 def tiny_fs(tmp_path: Path) -> Iterator[Path]:
-    """A 1 MB tmpfs (root only: mount(2)); skipped where it cannot be mounted."""
+    """A 1 MB tmpfs. mount(2) needs root: like a missing broker, that is a failure that says what to do, never a
+    skip (CI runs as root)."""
     import subprocess
 
     mnt = tmp_path / "tiny"
     mnt.mkdir()
     if os.geteuid() != 0:
-        pytest.skip("mounting a 1 MB tmpfs needs root")
+        pytest.fail("the full-disk test mounts a 1 MB tmpfs and needs root: run the suite as root (as CI does), "
+                    "or in a container or VM where you are root")
     r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True, text=True,
                        check=False)
     if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+        pytest.fail(f"cannot mount a 1 MB tmpfs for the full-disk test: {r.stderr.strip()}")
     try:
         yield mnt
     finally:
