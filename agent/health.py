@@ -62,6 +62,7 @@ class LatencyRing:
 
 
 _TIME_ERROR = 5  # adjtimex(2): clock not synchronised
+_libc: ctypes.CDLL | None = None
 
 
 TIMESYNC_FLAG = "/run/systemd/timesync/synchronized"  # touched by systemd-timesyncd once it has synchronised
@@ -74,10 +75,12 @@ def clock_synchronised() -> bool | None:
     """
     if os.path.exists(TIMESYNC_FLAG):
         return True
+    global _libc
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        if _libc is None:  # find_library runs ldconfig: once per process, not on every health tick
+            _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
         buf = ctypes.create_string_buffer(512)  # struct timex is ~208 bytes; modes = 0 only reads
-        state = libc.adjtimex(buf)
+        state = _libc.adjtimex(buf)
     except (OSError, AttributeError):
         return None
     if state < 0:
