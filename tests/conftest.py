@@ -110,13 +110,21 @@ def live_broker(broker: Broker) -> Broker:
 
 
 class Recorder:
-    """Subscribes to a topic filter and keeps every message (topic, JSON payload, retain flag)."""
+    """Subscribes to a topic filter and keeps every message (topic, JSON payload, retain flag).
 
-    def __init__(self, port: int, topic: str = "#"):
+    ``durable``: a persistent session and a 1 s reconnect, so it misses nothing the broker accepted while it was
+    away (the broker queues it), including across a broker restart.
+    """
+
+    def __init__(self, port: int, topic: str = "#", durable: bool = False):
         self.messages: list[tuple[str, Any, bool]] = []
+        self.received_at: list[float] = []  # monotonic time of each message
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"recorder-{os.getpid()}-{time.monotonic_ns()}")
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"recorder-{os.getpid()}-{time.monotonic_ns()}",
+                                  clean_session=not durable)
+        if durable:
+            self.client.reconnect_delay_set(min_delay=1, max_delay=1)
         self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1)
         self.client.on_subscribe = lambda *a: self._subscribed.set()
         self.client.on_message = self._on_message
@@ -132,11 +140,17 @@ class Recorder:
             payload = msg.payload
         with self._lock:
             self.messages.append((msg.topic, payload, bool(msg.retain)))
+            self.received_at.append(time.monotonic())
 
     def on(self, suffix: str) -> list[Any]:
         """Payloads whose topic ends with ``/suffix``."""
         with self._lock:
             return [p for t, p, _ in self.messages if t.endswith("/" + suffix)]
+
+    def since(self, t0: float, suffix: str) -> list[Any]:
+        """Payloads on ``suffix`` received at or after monotonic time ``t0``."""
+        with self._lock:
+            return [p for at, (t, p, _) in zip(self.received_at, self.messages) if at >= t0 and t.endswith("/" + suffix)]
 
     def close(self) -> None:
         self.client.loop_stop()

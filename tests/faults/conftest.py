@@ -15,19 +15,15 @@ import os
 import re
 import shutil
 import sqlite3
-import threading
-import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.bundled import demo_recording_path
-from tests.conftest import Broker, agent_env, free_port, run_agent
+from tests.conftest import Broker, Recorder, agent_env, free_port, run_agent
 
 BASE = "edge/test-gw"
 
@@ -53,50 +49,9 @@ def durable_broker(tmp_path: Path) -> Iterator[Broker]:
     b.stop()
 
 
-class DurableRecorder:
-    """Like ``tests.conftest.Recorder`` but with a persistent session and a 1 s reconnect: it misses nothing that
-    the broker accepted while it was away (the broker queues it), including across a broker restart."""
-
-    def __init__(self, port: int, topic: str = f"{BASE}/#"):
-        self.messages: list[tuple[float, str, Any, bool]] = []  # (monotonic time received, topic, payload, retain)
-        self._lock = threading.Lock()
-        self._subscribed = threading.Event()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"durable-rec-{os.getpid()}-{time.monotonic_ns()}",
-                                  clean_session=False)
-        self.client.reconnect_delay_set(min_delay=1, max_delay=1)
-        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1)
-        self.client.on_subscribe = lambda *a: self._subscribed.set()
-        self.client.on_message = self._on_message
-        self.client.connect("127.0.0.1", port)
-        self.client.loop_start()
-        if not self._subscribed.wait(10):
-            raise RuntimeError("recorder could not subscribe")
-
-    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
-        try:
-            payload = json.loads(msg.payload) if msg.payload else None
-        except ValueError:
-            payload = msg.payload
-        with self._lock:
-            self.messages.append((time.monotonic(), msg.topic, payload, bool(msg.retain)))
-
-    def on(self, suffix: str) -> list[Any]:
-        with self._lock:
-            return [p for _, t, p, _ in self.messages if t.endswith("/" + suffix)]
-
-    def since(self, t0: float, suffix: str) -> list[Any]:
-        """Payloads on ``suffix`` received at or after monotonic time ``t0``."""
-        with self._lock:
-            return [p for t, topic, p, _ in self.messages if t >= t0 and topic.endswith("/" + suffix)]
-
-    def close(self) -> None:
-        self.client.loop_stop()
-        self.client.disconnect()
-
-
 @pytest.fixture
-def durable_recorder(durable_broker: Broker) -> Iterator[DurableRecorder]:
-    r = DurableRecorder(durable_broker.port)
+def durable_recorder(durable_broker: Broker) -> Iterator[Recorder]:
+    r = Recorder(durable_broker.port, f"{BASE}/#", durable=True)
     yield r
     r.close()
 
