@@ -142,15 +142,20 @@ class Recorder:
             self.messages.append((msg.topic, payload, bool(msg.retain)))
             self.received_at.append(time.monotonic())
 
+    @staticmethod
+    def _is(topic: str, suffix: str) -> bool:
+        # {prefix}/{device}/{suffix}: "status" must not match the reply to the status command (.../reply/status)
+        return topic.endswith("/" + suffix) and topic.count("/") == 2 + suffix.count("/")
+
     def on(self, suffix: str) -> list[Any]:
-        """Payloads whose topic ends with ``/suffix``."""
+        """Payloads on ``{prefix}/{device}/{suffix}``."""
         with self._lock:
-            return [p for t, p, _ in self.messages if t.endswith("/" + suffix)]
+            return [p for t, p, _ in self.messages if self._is(t, suffix)]
 
     def since(self, t0: float, suffix: str) -> list[Any]:
         """Payloads on ``suffix`` received at or after monotonic time ``t0``."""
         with self._lock:
-            return [p for at, (t, p, _) in zip(self.received_at, self.messages) if at >= t0 and t.endswith("/" + suffix)]
+            return [p for at, (t, p, _) in zip(self.received_at, self.messages) if at >= t0 and self._is(t, suffix)]
 
     def close(self) -> None:
         self.client.loop_stop()
