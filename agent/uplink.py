@@ -68,7 +68,7 @@ def read_password(s: MqttSettings) -> str | None:
     return None
 
 
-class _Client(mqtt.Client):
+class ExplainingClient(mqtt.Client):
     """paho's client, remembering why the last connection attempt failed (paho swallows the exception)."""
 
     last_connect_error: BaseException | None = None
@@ -81,6 +81,14 @@ class _Client(mqtt.Client):
             raise
         self.last_connect_error = None
         return sock
+
+
+def set_tcp_nodelay(sock: Any) -> None:
+    """Neither paho nor mosquitto sets TCP_NODELAY (STACK.md: QoS 2 round trips of ~88 ms): set it, never raise."""
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except (OSError, AttributeError):
+        pass  # not TCP (unix socket, websockets)
 
 
 def describe_connect_error(e: BaseException | None) -> str:
@@ -142,7 +150,7 @@ class Uplink:
         self.last_error: str | None = None
         self.heartbeat: Callable[[], None] = lambda: None
 
-        c = _Client(
+        c = ExplainingClient(
             CallbackAPIVersion.VERSION2, client_id=settings.client_id or f"edge-agent-{device_id}",
             protocol=mqtt.MQTTv311, clean_session=True,
         )
@@ -272,10 +280,7 @@ class Uplink:
     # -- paho callbacks (network thread; must never raise) ---------------------------------------------------
 
     def _on_socket_open(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except (OSError, AttributeError):
-            pass  # not TCP (unix socket, websockets)
+        set_tcp_nodelay(sock)
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
         try:

@@ -21,11 +21,9 @@ for us (agent down, outage) are not received: the session is clean.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import re
 import secrets
-import socket
 import threading
 import time
 from pathlib import Path
@@ -38,7 +36,7 @@ from agent.counters import Counters
 from agent.parse import PayloadParser
 from agent.settings import MqttSettings, MqttSourceSettings
 from agent.sources import CONNECTED, CONNECTING, DISCONNECTED, FINISHED, Sink
-from agent.uplink import read_password
+from agent.uplink import ExplainingClient, describe_connect_error, read_password, set_tcp_nodelay
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +147,7 @@ class MqttSource:
         self._unsubscribed = threading.Event()
         self.last_error: str | None = None
 
-        c = mqtt.Client(
+        c = ExplainingClient(
             CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv311, clean_session=True,
         )
         c.enable_logger(logging.getLogger("paho.source"))
@@ -228,11 +226,7 @@ class MqttSource:
             log.exception("error in MQTT source %s (%d so far; counted as source.callback_errors)", where, n)
 
     def _on_socket_open(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
-        try:
-            with contextlib.suppress(OSError, AttributeError):  # not TCP (unix socket, websockets)
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except Exception:  # noqa: BLE001
-            self._callback_error("on_socket_open")
+        set_tcp_nodelay(sock)
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
         try:
@@ -265,7 +259,8 @@ class MqttSource:
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
         try:
-            self._outage(f"sensor broker {self.host}:{self.port} unreachable")
+            why = describe_connect_error(getattr(client, "last_connect_error", None))
+            self._outage(f"sensor broker {self.host}:{self.port} {why}")
         except Exception:  # noqa: BLE001
             self._callback_error("on_connect_fail")
 
