@@ -443,7 +443,7 @@ class MonitorClient:
         import paho.mqtt.client as mqtt
         from paho.mqtt.enums import CallbackAPIVersion
 
-        from agent.uplink import _Client, configure_tls, read_password
+        from agent.uplink import ExplainingClient, configure_tls, read_password
 
         self.fleet = fleet
         self.host, self.port = host, port
@@ -453,7 +453,7 @@ class MonitorClient:
         self.refused: str | None = None
         self._pending_mids: set[int] = set()
         self._lock = threading.Lock()
-        c = _Client(
+        c = ExplainingClient(
             CallbackAPIVersion.VERSION2, client_id=f"edge-agent-monitor-{socket.gethostname()}-{os.getpid()}",
             protocol=mqtt.MQTTv311, clean_session=True,
         )
