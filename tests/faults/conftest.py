@@ -81,8 +81,9 @@ def write_recording(path: Path, rows: list[str], copies: int = 1) -> Path:
 
 
 def fault_recording(path: Path, copies: int = 2) -> Path:
-    """The valve fault's densest stretch (demo rows 960..1145, 10:50:33 on) ``copies`` times: with the teach-in
-    of the first 400 demo rows it raises and clears an alert twice per copy (R, C ~90 s of data apart)."""
+    """The end of the demo's valve fault and what follows (demo rows 960..1145, 10:50:33 on) ``copies`` times:
+    with the teach-in of the first 400 demo rows the bundled model raises an alert once per copy (vibration and
+    flow, ~170 s into the copy) and clears it ~24 s later."""
     _, rows = demo_rows()
     return write_recording(path, rows[960:], copies)
 

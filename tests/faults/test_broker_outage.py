@@ -10,12 +10,14 @@ from tests.faults.conftest import ALERT_LINE, data_time, fault_recording, parse_
 
 SPEED = 15  # 60 s of data = 4 s of wall time
 OUTAGE_DATA_S = 60.0
-OUTAGE_FROM = parse_iso("2020-03-09T10:52:40.000Z")  # data time; the fault recording raises at ~10:53:23
+# data time; the fault recording raises once per 185-s copy (~10:53:23, ~10:56:28, ~10:59:33): the first alert
+# flows before the outage, the second is raised during it
+OUTAGE_FROM = parse_iso("2020-03-09T10:55:50.000Z")
 
 
 def test_broker_outage_while_alerts_are_raised_loses_nothing(tmp_path, durable_broker, durable_recorder, taught, agents):
     state = taught_state(taught, tmp_path / "state")
-    rec = fault_recording(tmp_path / "fault.csv", copies=2)
+    rec = fault_recording(tmp_path / "fault.csv", copies=3)
     env = agent_env(state, durable_broker.port, EDGE_AGENT_SOURCE__PATH=rec, EDGE_AGENT_SOURCE__SPEED=SPEED,
                     EDGE_AGENT_SUMMARY_INTERVAL_S="5", EDGE_AGENT_MQTT__KEEPALIVE_S="5")
     a = start_agent(env, tmp_path)
