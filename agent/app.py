@@ -33,6 +33,7 @@ from agent.outbox import Outbox
 from agent.pipeline import Pipeline, iso
 from agent.records import Reading
 from agent.settings import Settings, flat_env
+from agent.signals import SignalCounter
 from agent.sources import CONNECTING, DISCONNECTED, Source, create_source
 from agent.uplink import Uplink
 
@@ -336,9 +337,9 @@ class Agent:
 
     def run(self) -> int:
         """Run until the replay ends or a signal arrives; the process exit code."""
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: self.stop.set())
-        signal.signal(signal.SIGHUP, lambda *_: self._reload_requested.set())
+        # the handlers only count; this thread sets the events (agent/signals.py: Event.set() in a handler can hang)
+        term = SignalCounter(signal.SIGTERM, signal.SIGINT).install()
+        hup = SignalCounter(signal.SIGHUP).install()
         depth = self.outbox.depth()
         log.info(
             "edge-agent %s: device %s, model %s %s (%s), source %s, broker %s:%d%s",
@@ -358,12 +359,16 @@ class Agent:
         )
         monitor.start()
         ready_by = time.monotonic() + 5
-        while self.source.state == CONNECTING and time.monotonic() < ready_by and not self.stop.is_set():
+        while self.source.state == CONNECTING and time.monotonic() < ready_by and not (term.arrived or self.stop.is_set()):
             time.sleep(0.05)  # READY=1 once the source made its first attempt (open, or retrying with backoff)
         sdnotify.ready(self._sd_status())
         next_status = time.monotonic() + 10
         while not self.stop.is_set() and not self._pipeline_done.is_set():
-            self.stop.wait(0.2)
+            term.sleep(0.2)
+            if term.arrived:
+                self.stop.set()
+            if hup.seen():
+                self._reload_requested.set()
             if time.monotonic() >= next_status:
                 next_status = time.monotonic() + 10
                 sdnotify.status(self._sd_status())

@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from agent.parse import timestamp
+from agent.signals import SignalCounter
 
 EXIT_OK = 0
 EXIT_NO_DEVICE = 1
@@ -632,14 +633,13 @@ def _once(args: argparse.Namespace, fleet: Fleet, mc: MonitorClient, where: str)
 
 
 def _live(args: argparse.Namespace, fleet: Fleet, mc: MonitorClient, where: str) -> int:
-    stop = threading.Event()
-    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    term = SignalCounter(signal.SIGTERM).install()  # counts only: Event.set() in a handler can hang (agent/signals.py)
     tty = sys.stdout.isatty() and not args.json
     out = sys.stdout
     if tty:
         out.write("\x1b[?25l\x1b[2J")  # hide the cursor, clear once; then redraw from home without flicker
     try:
-        while not stop.is_set():
+        while not term.arrived:
             now = time.time()
             rows = fleet.rows(now)
             if args.json:
@@ -662,7 +662,7 @@ def _live(args: argparse.Namespace, fleet: Fleet, mc: MonitorClient, where: str)
                 else:
                     out.write("\n".join(header + lines) + "\n\n")
             out.flush()
-            stop.wait(args.interval)
+            term.sleep(args.interval)
     except KeyboardInterrupt:
         pass
     except BrokenPipeError:  # `edge-agent monitor --json | head`
@@ -671,7 +671,7 @@ def _live(args: argparse.Namespace, fleet: Fleet, mc: MonitorClient, where: str)
         except OSError:
             pass
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        term.restore()
         if tty:
             out.write("\x1b[?25h\n")
             out.flush()
