@@ -18,7 +18,6 @@ from typing import Any, Callable
 
 import hashlib
 import json
-import os
 
 from agent import __version__, sdnotify
 from agent.bundled import default_model_path
@@ -27,10 +26,12 @@ from agent.commands import CommandError, Commands, check_new_model
 from agent.counters import Counters
 from agent.decide import AlertPolicy
 from agent.evidence import EvidenceStore
+from agent.files import atomic_write
 from agent.health import Heartbeats, HealthMonitor, clock_synchronised, process_usage
 from agent.infer import Model
 from agent.outbox import Outbox
-from agent.pipeline import Pipeline, iso
+from agent.parse import iso
+from agent.pipeline import Pipeline
 from agent.records import Reading
 from agent.settings import Settings, flat_env
 from agent.signals import SignalCounter
@@ -208,9 +209,7 @@ class Agent:
             log.info("threshold %.4g set by command (in %s)", data["threshold"], self._overrides_path)
 
     def save_overrides(self, data: dict[str, Any]) -> None:
-        tmp = self._overrides_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data))
-        os.replace(tmp, self._overrides_path)
+        atomic_write(self._overrides_path, json.dumps(data).encode())
 
     def _queue_command(self, name: str, raw: bytes) -> None:
         """Called on paho's thread: hand the command to the pipeline thread."""

@@ -7,9 +7,9 @@ instead of starting another teach-in.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from agent.files import atomic_write
 from agent.infer import Model, Scorer
 from agent.window import Normaliser, Windower
 
@@ -38,14 +39,9 @@ class Calibration:
     def to_json(self) -> dict[str, Any]:
         return self.__dict__.copy()
 
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    def write(self, path: Path) -> None:
+        """Persist as JSON, atomically (a power cut leaves the old file or the new one)."""
+        atomic_write(path, json.dumps(self.to_json(), indent=1).encode())
 
 
 def fit(model: Model, normal: np.ndarray) -> Calibration:
@@ -137,13 +133,11 @@ class Calibrator:
     def _save(self, normal: np.ndarray) -> None:
         try:
             self.state_dir.mkdir(parents=True, exist_ok=True)
-            with open(self._npz.with_name("calibration.tmp.npz"), "wb") as f:
-                np.savez(f, normal=normal, channels=np.asarray(self.model.sidecar.channels))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(self._npz.with_name("calibration.tmp.npz"), self._npz)
+            buf = io.BytesIO()
+            np.savez(buf, normal=normal, channels=np.asarray(self.model.sidecar.channels))
+            atomic_write(self._npz, buf.getvalue())
             assert self.result is not None
-            _atomic_write(self._json, json.dumps(self.result.to_json(), indent=1).encode())
+            self.result.write(self._json)
         except OSError as e:
             log.warning("could not persist calibration in %s (%s): teach-in repeats after a restart", self.state_dir, e)
 
@@ -171,6 +165,6 @@ class Calibrator:
             log.info("calibration was for other channels: teach-in starts again")
             return None
         cal = fit(self.model, normal)
-        _atomic_write(self._json, json.dumps(cal.to_json(), indent=1).encode())
+        cal.write(self._json)
         log.info("calibrated model %s from %d stored normal readings", self.model.name, len(normal))
         return cal

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from agent.evidence import LABELS
 from agent.infer import Model, ModelError
-from agent.pipeline import iso
+from agent.parse import iso
 
 if TYPE_CHECKING:
     from agent.app import Agent

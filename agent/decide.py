@@ -95,7 +95,6 @@ class Summariser:
 
     def _reset_stats(self) -> None:
         c = len(self.channels)
-        self._count = np.zeros(c, dtype=np.int64)
         self._total, self._lo, self._hi = np.zeros(c), np.full(c, np.inf), np.full(c, -np.inf)
 
     def due(self, ts: float) -> bool:
@@ -108,7 +107,6 @@ class Summariser:
         self.last_ts = v.ts
         self.readings += 1
         x = v.values
-        self._count += 1
         self._total += x
         np.minimum(self._lo, x, out=self._lo)
         np.maximum(self._hi, x, out=self._hi)
@@ -121,6 +119,7 @@ class Summariser:
     def take(self, end_ts: float | None, rejected: Mapping[str, int]) -> dict[str, Any]:
         """The summary of the period so far (ending at ``end_ts``), and a fresh period."""
         scores = np.asarray(self._scores)
+        n = self.readings  # every vector carries every channel: each channel's count is the reading count
         out: dict[str, Any] = {
             "period_start": self.period_start,
             "period_end": end_ts if end_ts is not None else self.last_ts,
@@ -135,9 +134,9 @@ class Summariser:
                  "max": float(scores.max())} if scores.size else None
             ),
             "channels": {
-                name: {"count": int(n), "min": float(lo), "mean": float(t / n), "max": float(hi)}
+                name: {"count": n, "min": float(lo), "mean": float(t / n), "max": float(hi)}
                 if n else {"count": 0}
-                for name, n, t, lo, hi in zip(self.channels, self._count, self._total, self._lo, self._hi)
+                for name, t, lo, hi in zip(self.channels, self._total, self._lo, self._hi)
             },
         }
         self.period_start = end_ts

@@ -429,7 +429,7 @@ def table(rows: Sequence[dict[str, Any]], total: dict[str, Any]) -> str:
 
 
 def file_entry(run: FileRun, metrics: FileMetrics, first_row: int, plot: str | None) -> dict[str, Any]:
-    from agent.pipeline import iso
+    from agent.parse import iso
 
     ts = run.ts
     return {

@@ -41,11 +41,11 @@ import threading
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Sequence
 
-from agent.parse import timestamp
+from agent.parse import iso, timestamp
 from agent.signals import SignalCounter
 
 EXIT_OK = 0
@@ -63,13 +63,6 @@ KINDS = ("status", "stats", "alerts")
 
 
 # ================================================================================================ time helpers
-
-
-def iso(ts: float | None) -> str | None:
-    """Epoch seconds as ISO 8601 UTC with milliseconds (the agent's format)."""
-    if ts is None:
-        return None
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def parse_iso(text: Any) -> float | None:

@@ -80,6 +80,14 @@ def number(text: str) -> float | str:
     return t
 
 
+def iso(ts: float | None) -> str | None:
+    """Epoch seconds as ISO 8601 UTC with milliseconds (``2020-03-09T10:34:33.000Z``): the agent's format, read back by
+    ``timestamp``."""
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def timestamp(value: Any) -> float | None:
     """Epoch seconds from a device timestamp (number, numeric text in s or ms, ISO 8601 text), None if unusable.
 

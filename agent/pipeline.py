@@ -11,7 +11,6 @@ import time
 import uuid
 from collections import deque
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -25,17 +24,11 @@ from agent.decide import CLEARED, RAISED, AlertMachine, AlertPolicy, Summariser,
 from agent.evidence import EvidenceStore, evidence_payload
 from agent.health import LatencyRing
 from agent.infer import Model, ModelError, Scorer
+from agent.parse import iso
 from agent.records import Inference, Outgoing, Reading
 from agent.window import Normaliser, Windower
 
 log = logging.getLogger(__name__)
-
-
-def iso(ts: float | None) -> str | None:
-    """Epoch seconds as ISO 8601 UTC with milliseconds (``2020-03-09T10:34:33.000Z``)."""
-    if ts is None:
-        return None
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass(frozen=True)
@@ -75,8 +68,7 @@ class Pipeline:
         self.last_inference: Inference | None = None
         self._last_arrival = time.monotonic()
         self._install(model, summary_interval_s)
-        self._rejects_base = counters.snapshot("reject.")
-        self._repairs_base = {p: counters.snapshot(p) for p in ("repaired.", "gap.")}
+        self._counter_bases = {p: counters.snapshot(p) for p in ("reject.", "repaired.", "gap.")}
 
     def _install(self, model: Model, summary_interval_s: float | None = None) -> None:
         """Set up every model-dependent stage (at start and on a model swap)."""
@@ -209,10 +201,11 @@ class Pipeline:
             out.append(self._summary(v.ts))
         self.summariser.add_vector(v)
         self._last_arrival = time.monotonic()
-        raw = self._raw.get(v.sensor)
-        if raw is None:
-            raw = self._raw[v.sensor] = deque(maxlen=self._raw_len)
-        raw.append((v.ts, v.values))
+        if self.evidence is not None:  # the raw readings behind an alert, kept only where evidence is stored
+            raw = self._raw.get(v.sensor)
+            if raw is None:
+                raw = self._raw[v.sensor] = deque(maxlen=self._raw_len)
+            raw.append((v.ts, v.values))
         win = self.windower.push(v)
         if self.calibrator.active:
             cal = self.calibrator.add(v.values)
@@ -329,6 +322,12 @@ class Pipeline:
         if self._evidence_inline and size <= self._evidence_inline:
             payload["evidence"] = ev
 
+    def _counted_since_last_summary(self, prefix: str) -> dict[str, int]:
+        """The counters under ``prefix`` that moved since the last summary, by how much."""
+        now, base = self.counters.snapshot(prefix), self._counter_bases[prefix]
+        self._counter_bases[prefix] = now
+        return {k: v - base.get(k, 0) for k, v in now.items() if v - base.get(k, 0)}
+
     def _drift(self, channels: dict[str, dict[str, Any]]) -> dict[str, float] | None:
         """Each channel's mean in the period against the normal it was calibrated on, in sigma (None while the
         model has no normal to compare with: teach-in running, or a model without normalisation)."""
@@ -341,14 +340,9 @@ class Pipeline:
         }
 
     def _summary(self, end_ts: float | None, final: bool = False) -> Outgoing:
-        now = self.counters.snapshot("reject.")
-        rejected = {k: v - self._rejects_base.get(k, 0) for k, v in now.items() if v - self._rejects_base.get(k, 0)}
-        self._rejects_base = now
-        s = self.summariser.take(end_ts, rejected)
-        for prefix, key in (("repaired.", "repaired"), ("gap.", "gaps")):
-            now, base = self.counters.snapshot(prefix), self._repairs_base[prefix]
-            s[key] = {k: v - base.get(k, 0) for k, v in now.items() if v - base.get(k, 0)}
-            self._repairs_base[prefix] = now
+        s = self.summariser.take(end_ts, self._counted_since_last_summary("reject."))
+        s["repaired"] = self._counted_since_last_summary("repaired.")
+        s["gaps"] = self._counted_since_last_summary("gap.")
         s["stale_channels"] = sorted(self.stale_channels)
         s["drift"] = self._drift(s["channels"])
         payload: dict[str, Any] = {
@@ -364,7 +358,7 @@ class Pipeline:
         }
         log.info(
             "SUMMARY %s..%s readings=%d rejected=%s windows=%d raised=%d cleared=%d%s",
-            payload["period_start"], payload["period_end"], payload["readings"], sum(rejected.values()),
+            payload["period_start"], payload["period_end"], payload["readings"], sum(payload["rejected"].values()),
             payload["windows"], payload["alerts_raised"], payload["alerts_cleared"], " (final)" if final else "",
         )
         return Outgoing(kind="summary", topic_suffix="summary", payload=payload, qos=1)

@@ -22,7 +22,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.counters import Counters
 from agent.outbox import Outbox
-from agent.pipeline import iso
+from agent.parse import iso
 from agent.settings import MqttSettings
 
 log = logging.getLogger(__name__)

@@ -43,13 +43,10 @@ class Windower:
         return Window(sensor=v.sensor, start_ts=float(ts[s]), end_ts=float(ts[s + self.length - 1]),
                       data=buf[s:s + self.length].copy())
 
-    def reset(self, sensor: str | None = None) -> None:
-        """Forget one sensor's buffer, or all of them."""
+    def reset(self, sensor: str) -> None:
+        """Forget one sensor's buffer: its next window starts from the next vector."""
         for d in (self._buf, self._ts, self._count):
-            if sensor is None:
-                d.clear()
-            else:
-                d.pop(sensor, None)
+            d.pop(sensor, None)
 
 
 class Normaliser:

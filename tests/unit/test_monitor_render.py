@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 
-from agent.monitor import Fleet, format_age, iso, render_table, snapshot_json
+from agent.monitor import Fleet, format_age, render_table, snapshot_json
+from agent.parse import iso
 
 T0 = 1_800_000_000.0
 MODEL = {"name": "pump-anomaly", "version": "1.0.0", "sha256": "ab", "runtime": "ai_edge_litert"}
