@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import tty
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -198,6 +199,29 @@ def run_agent(env: dict[str, str], *args: str, timeout: float = 120) -> subproce
         [sys.executable, "-m", "agent", *(args or ("run",))], env=env, cwd=ROOT, capture_output=True, text=True,
         timeout=timeout,
     )
+
+
+class Pty:
+    """One pty pair in raw mode: the test writes to ``master``, the serial source opens ``path`` (the slave);
+    ``unplug()`` closes both ends, as pulling a USB adapter does."""
+
+    def __init__(self) -> None:
+        self.master, self.slave = os.openpty()
+        tty.setraw(self.slave)
+        self.path = os.ttyname(self.slave)
+
+    def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.master, view):]
+
+    def unplug(self) -> None:
+        for fd in (self.master, self.slave):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.master = self.slave = -1
 
 
 class AgentProcess:

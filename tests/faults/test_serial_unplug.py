@@ -11,34 +11,14 @@ from __future__ import annotations
 import os
 import signal
 import time
-import tty
 
-from tests.conftest import agent_env, start_agent, wait_for
+from tests.conftest import Pty, agent_env, start_agent, wait_for
 from tests.faults.conftest import BASE, demo_rows, taught_state
 
 # a machine without NTP may add this reason to a live source's status: it is the machine's, not the test's
 MACHINE_REASONS = {"clock not synchronised"}
 CHANNELS = ["Accelerometer1RMS", "Accelerometer2RMS", "Current", "Pressure", "Temperature", "Thermocouple",
             "Voltage", "Volume Flow RateRMS"]
-
-
-class Pty:
-    def __init__(self) -> None:
-        self.master, self.slave = os.openpty()
-        tty.setraw(self.slave)
-        self.path = os.ttyname(self.slave)
-
-    def write(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self.master, view):]
-
-    def unplug(self) -> None:
-        for fd in (self.master, self.slave):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
 
 
 def csv_lines(t0: int, first: int, count: int) -> bytes:

@@ -3,14 +3,12 @@ the replay source for the same file."""
 
 from __future__ import annotations
 
-import os
 import threading
-import tty
 
 from agent.bundled import demo_recording_path
 from agent.counters import Counters
 from agent.sources.replay import read_recording
-from tests.conftest import agent_env, run_agent, start_agent, wait_for
+from tests.conftest import Pty, agent_env, run_agent, start_agent, wait_for
 
 CHANNELS = ["Accelerometer1RMS", "Accelerometer2RMS", "Current", "Pressure", "Temperature", "Thermocouple",
             "Voltage", "Volume Flow RateRMS"]
@@ -32,10 +30,9 @@ def test_serial_stream_alerts_like_the_replay(tmp_path, live_broker, recorder, a
     expected = _alerts(ref)
     ref.close()
 
-    master, slave = os.openpty()
-    tty.setraw(slave)
+    pty = Pty()
     link = tmp_path / "ttyUSB-pump"
-    link.symlink_to(os.ttyname(slave))
+    link.symlink_to(pty.path)
     rec = recorder("edge/test-gw/#")
     env = agent_env(
         tmp_path / "serial", live_broker.port, EDGE_AGENT_SOURCE__KIND="serial", EDGE_AGENT_SOURCE__PORT=str(link),
@@ -49,10 +46,10 @@ def test_serial_stream_alerts_like_the_replay(tmp_path, live_broker, recorder, a
                  what="serial source connected")
 
         def write() -> None:
-            os.write(master, b"\n")  # the first fragment after an open is dropped as a possible partial line
+            pty.write(b"\n")  # the first fragment after an open is dropped as a possible partial line
             for rd in readings:
                 line = ",".join([repr(rd.ts), *(repr(rd.values[c]) for c in CHANNELS)]) + "\n"
-                os.write(master, line.encode())
+                pty.write(line.encode())
 
         w = threading.Thread(target=write, daemon=True)
         w.start()
@@ -64,8 +61,7 @@ def test_serial_stream_alerts_like_the_replay(tmp_path, live_broker, recorder, a
         assert got == expected, (got, expected, a.log[-3000:])
         assert a.stop() == 0
     finally:
-        os.close(master)
-        os.close(slave)
+        pty.unplug()
     assert _alerts(rec) == expected
     total = sum(s["readings"] for s in rec.on("summary"))
     assert total == len(readings)

@@ -7,7 +7,6 @@ import logging
 import os
 import threading
 import time
-import tty
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,27 +20,7 @@ from agent.records import Reading
 from agent.settings import SerialSourceSettings
 from agent.sources import CONNECTED, CONNECTING, DISCONNECTED, FINISHED
 from agent.sources.serial import LineSplitter, SerialSource, permission_message
-
-class Pty:
-    """One pty pair in raw mode: the test writes to ``master``, the source opens ``path`` (the slave)."""
-
-    def __init__(self) -> None:
-        self.master, self.slave = os.openpty()
-        tty.setraw(self.slave)
-        self.path = os.ttyname(self.slave)
-
-    def write(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self.master, view):]
-
-    def unplug(self) -> None:
-        for fd in (self.master, self.slave):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-        self.master = self.slave = -1
+from tests.conftest import Pty
 
 
 @pytest.fixture

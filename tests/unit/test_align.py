@@ -5,13 +5,10 @@ from __future__ import annotations
 import pytest
 
 from agent.align import Aligner
-from agent.bundled import default_model_path, demo_recording_path
 from agent.clean import Cleaner, CleaningPolicy
 from agent.counters import Counters
-from agent.infer import Model
 from agent.pipeline import Pipeline
 from agent.records import Reading
-from agent.sources.replay import read_recording
 
 
 def _feed(al: Aligner, readings) -> list[Reading]:
@@ -120,16 +117,6 @@ def test_period_must_be_positive():
 
 
 # -- in the pipeline, on the real model ------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def model():
-    return Model(default_model_path())
-
-
-@pytest.fixture(scope="module")
-def recording():
-    return list(read_recording(demo_recording_path(), Counters()))
 
 
 def test_pipeline_aligns_channels_published_on_separate_topics(tmp_path, model, recording):

@@ -312,22 +312,6 @@ def test_cleaner_never_raises_and_counters_only_grow(readings, max_hold_s, spike
 # -- in the pipeline, on the real model ------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def model():
-    from agent.bundled import default_model_path
-    from agent.infer import Model
-
-    return Model(default_model_path())
-
-
-@pytest.fixture(scope="module")
-def recording():
-    from agent.bundled import demo_recording_path
-    from agent.sources.replay import read_recording
-
-    return list(read_recording(demo_recording_path(), Counters()))
-
-
 def test_pipeline_holds_a_bad_value_and_counts_it_in_the_summary(tmp_path, model, recording):
     from agent.pipeline import Pipeline
 

@@ -7,22 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from agent.bundled import default_model_path, demo_recording_path
 from agent.counters import Counters
-from agent.infer import Model
 from agent.pipeline import Pipeline
 from agent.records import Reading
-from agent.sources.replay import read_recording
-
-
-@pytest.fixture(scope="module")
-def model():
-    return Model(default_model_path())
-
-
-@pytest.fixture(scope="module")
-def recording():
-    return list(read_recording(demo_recording_path(), Counters()))
 
 
 def _run(p: Pipeline, readings):
@@ -106,7 +93,7 @@ def test_rejected_readings_are_counted_in_the_summary(tmp_path, model, recording
 def test_a_silent_live_sensor_closes_its_summary_period_in_data_time(tmp_path, model, recording):
     """Old device timestamps (2020) must not be compared with today's clock: silence is measured monotonic."""
     p = Pipeline(model, Counters(), "gw", tmp_path, summary_interval_s=300)
-    from agent.pipeline import iso
+    from agent.parse import iso
 
     _run(p, recording[:10])
     span = recording[9].ts - recording[0].ts
