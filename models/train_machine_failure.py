@@ -32,17 +32,17 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import hashlib
 import json
 import math
-import os
 import platform
-import random
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import TfliteRunner, set_seed, sha256_hex, zscore_fit  # noqa: E402
 
 NAME = "machine-failure"
 VERSION = "1.0.0"
@@ -65,24 +65,9 @@ VALID_RANGES = {
 }
 
 
-# --------------------------------------------------------------------------- helpers (self-contained on purpose)
-def set_seed(seed):
-    os.environ.setdefault("PYTHONHASHSEED", str(seed))
-    random.seed(seed)
-    np.random.seed(seed)
-    import tensorflow as tf
-
-    tf.keras.utils.set_random_seed(seed)
-    tf.config.experimental.enable_op_determinism()
-
-
-def zscore_fit(X):
-    """Per-channel mean and population std, std floored at 1e-6 * max(1, |mean|) like the agent."""
-    X = np.asarray(X, dtype=np.float64)
-    mean, std = X.mean(axis=0), X.std(axis=0)
-    return mean, np.maximum(std, 1e-6 * np.maximum(1.0, np.abs(mean)))
-
-
+# --------------------------------------------------------------------------- helpers
+# set_seed, zscore_fit (the agent's exact fit), TfliteRunner (the agent's scoring path) and sha256_hex come from
+# models/common.py; the int8 conversion is this model's own: its graph needs a concrete function (see below).
 def convert_int8(model, representative):
     """Full-integer int8 TFLite (int8 input and output, builtin int8 ops only), batch 1."""
     import tensorflow as tf
@@ -105,31 +90,6 @@ def convert_int8(model, representative):
     conv.inference_input_type = tf.int8
     conv.inference_output_type = tf.int8
     return conv.convert()
-
-
-class TfliteRunner:
-    """The agent's scoring path on a batch-1 .tflite: ``rows`` are z-scored readings;
-    ``q = clip(round(z/scale)+zp, -128, 127)``, invoke, dequantise output."""
-
-    def __init__(self, model_bytes):
-        import tensorflow as tf
-
-        self.it = tf.lite.Interpreter(model_content=bytes(model_bytes))
-        self.it.allocate_tensors()
-        self.inp = self.it.get_input_details()[0]
-        self.out = self.it.get_output_details()[0]
-
-    def run(self, rows):
-        rows = np.asarray(rows, dtype=np.float64)
-        s_in, zp_in = self.inp["quantization"]
-        s_out, zp_out = self.out["quantization"]
-        out = np.empty((rows.shape[0], int(np.prod(self.out["shape"][1:]))), dtype=np.float64)
-        for i, z in enumerate(rows):
-            q = np.clip(np.round(z / s_in) + zp_in, -128, 127).astype(np.int8).reshape(self.inp["shape"])
-            self.it.set_tensor(self.inp["index"], q)
-            self.it.invoke()
-            out[i] = (self.it.get_tensor(self.out["index"]).reshape(-1).astype(np.float64) - zp_out) * s_out
-        return out
 
 
 # --------------------------------------------------------------------------- data
@@ -328,7 +288,7 @@ def main(argv=None):
 
     # ---- int8 conversion (representative = all training rows, z-scored like the agent feeds them)
     tfl = convert_int8(model, Z[tr])
-    runner = TfliteRunner(tfl)
+    runner = TfliteRunner(tfl, prefer="tf")
     in_det, out_det = runner.inp, runner.out
     assert in_det["dtype"] == np.int8 and out_det["dtype"] == np.int8, (in_det["dtype"], out_det["dtype"])
     # the agent's path: z-score (float64) -> quantise -> invoke -> dequantise output[0]
@@ -366,7 +326,7 @@ def main(argv=None):
         "name": NAME,
         "version": VERSION,
         "kind": "classifier",
-        "sha256": hashlib.sha256(tfl).hexdigest(),
+        "sha256": sha256_hex(tfl),
         "input": {"shape": [int(v) for v in in_det["shape"]], "dtype": np.dtype(in_det["dtype"]).name},
         "output": {"shape": [int(v) for v in out_det["shape"]], "dtype": np.dtype(out_det["dtype"]).name,
                    "meaning": "probability of a machine failure in this production cycle"},
