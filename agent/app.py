@@ -109,7 +109,7 @@ class Agent:
         self._last_state: str | None = None
         self._digest = config_digest(settings)
         self._drops_seen = 0
-        self._dropping = False
+        self._last_drop = -float("inf")  # monotonic time the outbox was last seen dropping
 
     # -- status ----------------------------------------------------------------------------------------------
 
@@ -121,7 +121,7 @@ class Agent:
         stale = getattr(self.pipeline, "stale_channels", None)
         if stale:
             reasons.append("channel stale: " + ", ".join(sorted(stale)))
-        if self._dropping:
+        if self._outbox_dropping():
             reasons.append("outbox dropping")
         stalled = self.heartbeats.stalled(self.settings.stall_s)
         if stalled:
@@ -129,6 +129,15 @@ class Agent:
         if self.settings.clock_sync_required and self.source.live and clock_synchronised() is False:
             reasons.append("clock not synchronised")
         return reasons
+
+    def _outbox_dropping(self) -> bool:
+        """True from the first drop (the health thread looks twice a second) until a whole stats interval passed
+        without one: drops come one per full write (a summary period apart), so the reason does not flap."""
+        total = sum(self.counters.snapshot("outbox.dropped.").values())
+        now = time.monotonic()
+        if total > self._drops_seen:
+            self._drops_seen, self._last_drop = total, now
+        return now - self._last_drop < self.settings.stats_interval_s
 
     def state(self) -> str:
         if self.degraded_reasons():
@@ -163,9 +172,6 @@ class Agent:
         """The stats payload (QoS 0, every EDGE_AGENT_STATS_INTERVAL_S)."""
         c = self.counters
         dropped = c.snapshot("outbox.dropped.")
-        total_dropped = sum(dropped.values())
-        self._dropping = total_dropped > self._drops_seen
-        self._drops_seen = total_dropped
         bytes_in, bytes_out = c.get("source.bytes"), self.uplink.bytes_out
         return {
             "ts": iso(time.time()),

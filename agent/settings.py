@@ -237,7 +237,7 @@ class Settings(BaseSettings):
     stats_interval_s: float = Field(300.0, ge=1, description="Seconds between stats messages (QoS 0).")
     stall_s: float = Field(20.0, ge=1, description="A stage without progress for this long stops the systemd watchdog pings (and is reported).")
     clock_sync_required: bool = Field(True, description="Report degraded while the system clock is not NTP-synchronised (live sources only); false for gateways that run without time sync on purpose.")
-    drain_timeout_s: float = Field(10.0, ge=0, description="At the end of a replay, how long to keep trying an unreachable broker before exiting.")
+    drain_timeout_s: float = Field(10.0, ge=0, description="On shutdown (end of a replay, SIGTERM): give up draining the outbox after this long without progress; what is left is sent on the next start.")
     queue_size: int = Field(10000, ge=10, description="Readings buffered between source and pipeline; a live source drops the oldest past this.")
     source: SourceSettings = Field(default_factory=ReplaySourceSettings, description="")
     model: ModelSettings = Field(default_factory=ModelSettings)
