@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from agent.files import atomic_write
+from agent.derive import Deriver
 from agent.infer import Model, Scorer
 from agent.window import Normaliser, Windower
 
@@ -49,7 +50,7 @@ def fit(model: Model, normal: np.ndarray) -> Calibration:
     sc = model.sidecar
     spec = sc.calibration
     if "normalisation" in spec.fit and sc.normalisation.method == "zscore":
-        norm = Normaliser.fit(normal)
+        norm = Normaliser.fit(Deriver(sc.channels, sc.derived)(normal))  # derived features are normalised too
     else:
         norm = sidecar_normaliser(model)
     threshold = None
