@@ -20,6 +20,7 @@ import hashlib
 import json
 
 from agent import __version__, sdnotify
+from agent.advice import Advisor, parse_adjustable
 from agent.bundled import default_model_path
 from agent.clean import CleaningPolicy
 from agent.commands import CommandError, Commands, check_new_model
@@ -57,6 +58,12 @@ def build_pipeline(
 ) -> Pipeline:
     """The pipeline as the settings describe it (also used by ``evaluate``)."""
     a = settings.alerts
+    adv = settings.advice
+    advisor = Advisor(settings.device_id, counters, enabled=adv.enabled, rate_limit_per_hour=adv.rate_limit_per_hour,
+                      adjustable=parse_adjustable(adv.adjustable))
+    problems = advisor.check(model.sidecar)
+    if problems:
+        raise ValueError("EDGE_AGENT_ADVICE__ADJUSTABLE: " + "; ".join(problems))
     return Pipeline(
         model, counters, settings.device_id, state_dir or settings.state_dir,
         summary_interval_s=settings.summary_interval_s,
@@ -66,7 +73,7 @@ def build_pipeline(
         policy=AlertPolicy(a.cooldown_s, a.rate_limit_per_hour), critical_margin=a.critical_margin,
         evidence=evidence, evidence_windows_before=a.evidence_windows_before,
         evidence_inline_max_bytes=a.evidence_inline_max_bytes,
-        cleaning=CleaningPolicy.from_settings(settings.cleaning),
+        cleaning=CleaningPolicy.from_settings(settings.cleaning), advisor=advisor,
     )
 
 
@@ -186,6 +193,7 @@ class Agent:
             "rejected": c.snapshot("reject."),
             "repaired": c.snapshot("repaired."), "gaps": c.snapshot("gap."),
             "alerts": {"raised": c.get("alerts.raised"), "cleared": c.get("alerts.cleared"), "suppressed": c.get("alerts.suppressed")},
+            "advice": {"advised": c.get("advice.advised"), "none": c.get("advice.none"), "suppressed": c.get("advice.suppressed")},
             "source": {"kind": self.settings.source.kind, "state": self.source.state, "reconnects": c.get("source.reconnects")},
             "clock_synced": clock_synchronised(),
             **process_usage(),

@@ -296,12 +296,15 @@ class Model:
         single-window interpreter above is never resized. A model that cannot be resized (its first dimension
         is not a batch of 1, or the runtime refuses) is run row by row through ``invoke``: same results, slower.
         """
-        xs = np.asarray(xs, dtype=np.float64).reshape(len(xs), -1)
-        n, size = xs.shape
         out_size = int(np.prod(self._out["shape"]))
+        xs = np.asarray(xs, dtype=np.float64)
+        if len(xs) == 0:
+            return np.empty((0, out_size))
+        xs = xs.reshape(len(xs), -1)
+        n, size = xs.shape
         it = self._batch_interpreter()
         if it is None:
-            return np.stack([self.invoke(x) for x in xs]) if n else np.empty((0, out_size))
+            return np.stack([self.invoke(x) for x in xs])
         rows = self._batch_rows
         in_idx, out_idx = it.get_input_details()[0]["index"], it.get_output_details()[0]["index"]
         result = np.empty((n, out_size))
