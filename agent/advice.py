@@ -178,12 +178,20 @@ class _Evaluator:
         self.current = window[-1]
         self.count = 0
 
-    def __call__(self, cols: Sequence[int], values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def windows(self, cols: Sequence[int], values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Candidate windows (the advised setting held over the whole window) and their distances."""
         cand = np.repeat(self.window[None, :, :], len(values), axis=0)
-        cand[:, :, list(cols)] = values[:, None, :]  # the advised setting held over the whole window
-        self.count += len(values)
+        cand[:, :, list(cols)] = values[:, None, :]
         dist = np.sqrt((((values - self.current[list(cols)]) / self.std[list(cols)]) ** 2).sum(axis=1))
-        return self.scorer.scores(cand), dist
+        return cand, dist
+
+    def __call__(self, cols: Sequence[int], values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        cand, dist = self.windows(cols, values)
+        return self.score(cand), dist
+
+    def score(self, cand: np.ndarray) -> np.ndarray:
+        self.count += len(cand)
+        return self.scorer.scores(cand)
 
 
 def search(scorer: Any, window: np.ndarray, spec: AdviceSpec, threshold: float, p_before: float) -> Advice:
@@ -199,25 +207,31 @@ def search(scorer: Any, window: np.ndarray, spec: AdviceSpec, threshold: float, 
     levers = _levers(spec, channels, ev.current)
     lowest: tuple[float, tuple[Lever, ...], np.ndarray] | None = None
     for k in range(1, spec.max_channels + 1):
-        best: tuple[float, float, tuple[Lever, ...], np.ndarray, list[int]] | None = None
+        # every combination of k levers in one batched scoring: the candidates of one level, at once
+        combos, wins, dists, spans = [], [], [], []
         for combo in itertools.combinations(levers, k):
             cols = [c for lv in combo for c in lv.columns]
             if len(set(cols)) != len(cols):
                 continue  # two levers on one channel
             strides = _strides(combo)
             values = _grid(combo, strides)
-            p, d = ev(cols, values)
-            i_low = int(np.argmin(p))
-            if lowest is None or p[i_low] < lowest[0]:
-                lowest = (float(p[i_low]), combo, values[i_low])
-            ok = np.flatnonzero(p <= target)
-            if len(ok):
-                j = ok[np.lexsort((p[ok], d[ok]))[0]]
-                if best is None or (d[j], p[j]) < (best[0], best[1]):
-                    best = (float(d[j]), float(p[j]), combo, values[j], strides)
-        if best is not None:
-            _, p1, combo, vals, strides = best
-            vals, p1 = _refine(ev, combo, vals, p1, strides, target)
+            w, d = ev.windows(cols, values)
+            start = sum(len(x) for x in wins)
+            combos.append((combo, strides, values, start))
+            wins.append(w)
+            dists.append(d)
+        if not combos:
+            break
+        p, d = ev.score(np.concatenate(wins)), np.concatenate(dists)
+        i_low = int(np.argmin(p))
+        combo_low = next(c for c in reversed(combos) if c[3] <= i_low)
+        if lowest is None or p[i_low] < lowest[0]:
+            lowest = (float(p[i_low]), combo_low[0], combo_low[2][i_low - combo_low[3]])
+        ok = np.flatnonzero(p <= target)
+        if len(ok):
+            j = int(ok[np.lexsort((p[ok], d[ok]))[0]])
+            combo, strides, values, start = next(c for c in reversed(combos) if c[3] <= j)
+            vals, p1 = _refine(ev, combo, values[j - start], float(p[j]), strides, target)
             vals, p1 = _clear(ev, combo, vals, p1, target, spec.clearance_z)
             return _result(True, p_before, p1, combo, vals, ev, channels, t0)
     closest: dict[str, Any] = {}

@@ -321,6 +321,11 @@ class Model:
             )
         return result
 
+    @property
+    def batched(self) -> bool:
+        """True when ``invoke_batch`` runs real batches (False: row by row)."""
+        return self._batch_interpreter() is not None
+
     def _quantise(self, x: np.ndarray) -> np.ndarray:
         if self._in_lo is None:
             return x.astype(self._in_dtype)
@@ -334,7 +339,8 @@ class Model:
                 try:
                     it = self._cls(model_content=self._content, num_threads=self._threads)
                     idx = it.get_input_details()[0]["index"]
-                    it.resize_tensor_input(idx, [self._batch_rows, *self._in_shape[1:]], strict=True)
+                    # not strict: the converter fixes the batch dimension at 1, and FULLY_CONNECTED takes any batch
+                    it.resize_tensor_input(idx, [self._batch_rows, *self._in_shape[1:]], strict=False)
                     it.allocate_tensors()
                     self._batch_interp = it
                 except Exception as e:  # noqa: BLE001 - the runtimes raise ValueError/RuntimeError: run row by row

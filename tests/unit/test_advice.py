@@ -52,6 +52,7 @@ def test_batched_invoke_gives_the_single_invoke_results(path, runtime):
     size = int(np.prod(m.sidecar.input.shape))
     xs = np.random.default_rng(1).normal(size=(150, size))  # three batches, the last one padded
     single = np.stack([m.invoke(x) for x in xs])
+    assert m.batched  # a real batch on a second interpreter, not the row-by-row fallback
     np.testing.assert_array_equal(m.invoke_batch(xs), single)
     np.testing.assert_array_equal(m.invoke(xs[0]), single[0])  # the single-window interpreter was not resized
     assert m.invoke_batch(xs[:0]).shape[0] == 0
