@@ -408,8 +408,8 @@ def explain(payload: Mapping[str, Any]) -> str:
             f"p={payload['probability']:.3g}")
     if payload["state"] != "advised":
         return f"{head}: no advice within bounds ({payload['candidates']} candidates, {payload['search_ms']:.2f} ms)"
-    parts = [f"{c['channel']} {c['from']:g}->{c['to']:g}" for c in payload["changes"]
-             if not any(c["channel"] in a["set"] for a in payload["available_actions"] if a["name"] in payload["actions"])]
+    by_action = {ch for a in payload["available_actions"] if a["name"] in payload["actions"] for ch in a["set"]}
+    parts = [f"{c['channel']} {c['from']:g}->{c['to']:g}" for c in payload["changes"] if c["channel"] not in by_action]
     parts += list(payload["actions"])
     return (f"{head}->{payload['advised_probability']:.3g} (threshold {payload['threshold']:.3g}): "
             f"{'; '.join(parts)} ({payload['candidates']} candidates, {payload['search_ms']:.2f} ms; advisory only)")

@@ -125,7 +125,8 @@ def _derived_info(sidecar: object) -> list[dict[str, object]]:
     sc = sidecar  # a Sidecar (typed loosely: the import stays lazy)
     c = len(sc.channels)  # type: ignore[attr-defined]
     n = sc.normalisation  # type: ignore[attr-defined]
-    at_means = Deriver(sc.channels, sc.derived)(np.asarray(n.mean[:c])) if n.mean else None  # type: ignore[attr-defined]
+    derive = Deriver(sc.channels, sc.derived)  # type: ignore[attr-defined]
+    at_means = derive(np.asarray(n.mean[:c])) if n.mean else None
     out = []
     for k, d in enumerate(sc.derived):  # type: ignore[attr-defined]
         item: dict[str, object] = {"name": d.name, "formula": formula(d)}
