@@ -25,9 +25,11 @@ from agent.clean import CleaningPolicy
 from agent.commands import CommandError, Commands, check_new_model
 from agent.counters import Counters
 from agent.decide import AlertPolicy
+from agent.detectors import open_model
 from agent.evidence import EvidenceStore
 from agent.files import atomic_write
 from agent.health import Heartbeats, HealthMonitor, clock_synchronised, process_usage
+from agent.generic import GenericModel
 from agent.infer import Model
 from agent.outbox import Outbox
 from agent.parse import iso
@@ -45,24 +47,25 @@ EXIT_FAILURE = 1
 _END = object()  # queued by the source thread when the input is exhausted or closed
 
 
-def load_model(settings: Settings) -> Model:
-    """The configured model (or the bundled one), checked against its sidecar; raises ModelError."""
+def load_model(settings: Settings) -> Model | GenericModel:
+    """The configured model (a bundled name or a path; default: the bundled default), checked; raises ModelError."""
     path = settings.model.path or default_model_path()
-    return Model(Path(path), runtime=settings.model.runtime, num_threads=settings.model.num_threads)
+    return open_model(path, runtime=settings.model.runtime, num_threads=settings.model.num_threads)
 
 
 def build_pipeline(
-    settings: Settings, model: Model, counters: Counters, evidence: EvidenceStore | None = None,
-    state_dir: Path | None = None,
+    settings: Settings, model: Model | GenericModel, counters: Counters, evidence: EvidenceStore | None = None,
+    state_dir: Path | None = None, channels: list[str] | None = None,
 ) -> Pipeline:
     """The pipeline as the settings describe it (also used by ``evaluate``)."""
     a = settings.alerts
     return Pipeline(
         model, counters, settings.device_id, state_dir or settings.state_dir,
         summary_interval_s=settings.summary_interval_s,
-        calibration_samples=settings.calibration.samples,
-        threshold=settings.model.threshold,
+        calibration_samples=settings.calibration.samples, calibration_duration_s=settings.calibration.duration,
+        channels=channels, threshold=settings.model.threshold,
         k=settings.decision.k, n=settings.decision.n, clear_ratio=settings.decision.clear_ratio,
+        recede_ratio=settings.decision.recede_ratio,
         policy=AlertPolicy(a.cooldown_s, a.rate_limit_per_hour), critical_margin=a.critical_margin,
         evidence=evidence, evidence_windows_before=a.evidence_windows_before,
         evidence_inline_max_bytes=a.evidence_inline_max_bytes,

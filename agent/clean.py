@@ -38,6 +38,8 @@ from agent.records import Reading, Vector
 log = logging.getLogger(__name__)
 
 MAD_SCALE = 1.4826  # MAD x 1.4826 estimates the standard deviation of normal data
+LEARN_INTERVALS = 8  # a sensor's reporting interval: the median of its first this many intervals
+HOLD_INTERVALS = 3.0  # ... and a value is held, a gap tolerated, for at least this many intervals
 
 
 def parse_ranges(text: str) -> dict[str, tuple[float, float]]:
@@ -101,6 +103,8 @@ class _SensorState:
         self.history: list[deque[float]] = [deque(maxlen=spike_window) for _ in range(channels)]
         self.stale: set[int] = set()
         self.silent = False
+        self.intervals: list[float] = []  # the first LEARN_INTERVALS intervals between accepted readings
+        self.interval: float | None = None  # their median: the sensor's reporting interval
 
 
 class Cleaner:
@@ -154,9 +158,23 @@ class Cleaner:
             return
         now = self._clock()
         for sensor, st in self._sensors.items():
-            if not st.silent and now - st.last_seen > self.max_hold_s:
+            hold = self.hold_s(st)
+            if not st.silent and now - st.last_seen > hold:
                 st.silent = True
-                log.warning("sensor %s silent for more than %.3g s: its channels are stale", sensor or "-", self.max_hold_s)
+                log.warning("sensor %s silent for more than %.3g s: its channels are stale", sensor or "-", hold)
+
+    def hold_s(self, st: _SensorState) -> float:
+        """How long (data time) a value is held and a gap tolerated for this sensor: ``max_hold_s``, or
+        ``HOLD_INTERVALS`` of its reporting interval once learnt if that is longer (a sensor that reports every
+        five minutes is not stale after five seconds)."""
+        if st.interval is None:
+            return self.max_hold_s
+        return max(self.max_hold_s, HOLD_INTERVALS * st.interval)
+
+    def interval_of(self, sensor: str) -> float | None:
+        """The learnt reporting interval of ``sensor`` (None until LEARN_INTERVALS intervals were seen)."""
+        st = self._sensors.get(sensor)
+        return None if st is None else st.interval
 
     def clean(self, r: Reading) -> Vector | None:
         """A Vector, or None after counting why the reading is unusable."""
@@ -172,6 +190,7 @@ class Cleaner:
         st.last_seen = self._clock()
         st.silent = False
         hold = self.max_hold_s > 0
+        hold_s = self.hold_s(st)
         out = np.empty(len(self.channels))
         good: list[int] = []
         unusable: list[int] = []
@@ -198,7 +217,7 @@ class Cleaner:
             if not hold:
                 return None  # without hold-last-value the first bad channel drops the reading
             last = st.good[i]
-            if last is not None and r.ts - last[0] <= self.max_hold_s:
+            if last is not None and r.ts - last[0] <= hold_s:
                 out[i] = last[1]
                 held += 1
             else:
@@ -212,7 +231,7 @@ class Cleaner:
                     st.stale.discard(i)
                     log.info("sensor %s: channel %s recovered", r.sensor or "-", self.channels[i])
         if unusable:
-            newly = [i for i in unusable if i not in st.stale and r.ts - self._since(st, i) > self.max_hold_s]
+            newly = [i for i in unusable if i not in st.stale and r.ts - self._since(st, i) > hold_s]
             if newly:
                 self._go_stale(r.sensor, st, newly)
             if any(i in st.stale for i in unusable):
@@ -222,9 +241,18 @@ class Cleaner:
             self.counters.inc("repaired.held", held)
         if spikes:
             self.counters.inc("repaired.spike", spikes)
-        if hold and st.last_ts is not None and r.ts - st.last_ts > self.max_hold_s and not st.fresh:
+        if st.last_ts is not None and st.interval is None:
+            st.intervals.append(r.ts - st.last_ts)
+            if len(st.intervals) >= LEARN_INTERVALS:
+                st.interval = float(np.median(st.intervals))
+                if HOLD_INTERVALS * st.interval > self.max_hold_s > 0:
+                    log.info("sensor %s reports every %.3g s: values held and gaps tolerated up to %.3g s",
+                             r.sensor or "-", st.interval, self.hold_s(st))
+        if hold and st.last_ts is not None and r.ts - st.last_ts > hold_s and not st.fresh:
             self.counters.inc("gap.time_gap")
-            log.info("sensor %s: %.1f s without a reading: its windows start again", r.sensor or "-", r.ts - st.last_ts)
+            if st.interval is not None:  # while the interval is being learnt, a slow sensor's every reading is one
+                log.info("sensor %s: %.1f s without a reading: its windows start again", r.sensor or "-",
+                         r.ts - st.last_ts)
             self._reset(r.sensor, st)
         st.last_ts = r.ts
         st.fresh = False
@@ -239,7 +267,7 @@ class Cleaner:
         st.stale.update(idx)
         log.warning(
             "sensor %s: no good value of %s for more than %.3g s: stale, its readings are dropped until it recovers",
-            sensor or "-", ", ".join(self.channels[i] for i in idx), self.max_hold_s,
+            sensor or "-", ", ".join(self.channels[i] for i in idx), self.hold_s(st),
         )
         if not st.fresh:
             self.counters.inc("gap.stale")

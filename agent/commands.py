@@ -131,7 +131,8 @@ class Commands:
         if not store.has_alert(alert_id):
             raise CommandError(f"no evidence of alert {alert_id} on this gateway (unknown, or evicted by EDGE_AGENT_ALERTS__EVIDENCE_MAX_BYTES)")
         store.label(alert_id, label, note)
-        return {"alert_id": alert_id, "label": label, "feedback": store.counts()}
+        learned = self.agent.pipeline.learn(alert_id, label)  # false_positive: fold into normal; else undo a fold
+        return {"alert_id": alert_id, "label": label, "feedback": store.counts(), **learned}
 
 
 def check_new_model(path: Path, sha256: str, runtime: str, num_threads: int) -> Model:

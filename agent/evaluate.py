@@ -278,12 +278,12 @@ def pipeline_factory(settings: Any, model: Any, calibration_samples: int) -> Cal
     ``calibration_samples`` readings and the state in the given (fresh) directory."""
     from agent.app import build_pipeline
 
-    def make(counters: Counters, state_dir: Path) -> Any:
+    def make(counters: Counters, state_dir: Path, channels: list[str] | None = None) -> Any:
         s = settings.model_copy(update={
             "state_dir": state_dir,
             "calibration": settings.calibration.model_copy(update={"samples": calibration_samples}),
         })
-        return build_pipeline(s, model, counters)
+        return build_pipeline(s, model, counters, channels=channels)
 
     return make
 
@@ -301,7 +301,7 @@ def run_file(model: Any, path: Path, rel: str, make_pipeline: Callable[[Counters
     from agent.parse import timestamp as parse_ts
     from agent.sources.replay import read_recording
 
-    channels = list(model.sidecar.channels)
+    channels = list(model.sidecar.channels) or recording_channels(path)
     counters = Counters()
     ts: list[float] = []
     labels: list[int] = []
@@ -313,7 +313,7 @@ def run_file(model: Any, path: Path, rel: str, make_pipeline: Callable[[Counters
     bad_labels = 0
     teach_in_rows = None
     with tempfile.TemporaryDirectory(prefix="edge-agent-eval-") as state:
-        p = make_pipeline(counters, Path(state))
+        p = make_pipeline(counters, Path(state), channels)
         if not p.calibrating:
             teach_in_rows = 0
         last = p.last_inference
@@ -368,6 +368,15 @@ def run_file(model: Any, path: Path, rel: str, make_pipeline: Callable[[Counters
 
 
 # ================================================================================================ files
+
+
+NOT_CHANNELS = {"datetime", "timestamp", "ts", "time", LABEL_COLUMN, "changepoint"}
+
+
+def recording_channels(path: Path) -> list[str]:
+    """The channels of a recording for a detector that takes them from the source: its columns except the
+    timestamp and the labels."""
+    return [h for h in read_header(path) if h and h.lower() not in NOT_CHANNELS]
 
 
 def read_header(path: Path) -> list[str]:
@@ -644,7 +653,8 @@ def _fail(msg: str) -> int:
 def run(args: argparse.Namespace) -> int:
     """``edge-agent evaluate`` with parsed arguments; the exit code."""
     from agent.bundled import default_model_path
-    from agent.infer import Model, ModelError
+    from agent.detectors import open_model
+    from agent.infer import ModelError
 
     data = Path(args.data)
     if not data.exists():
@@ -663,7 +673,7 @@ def run(args: argparse.Namespace) -> int:
         settings = default_settings()
     model_path = Path(args.model) if args.model else settings.model.path or default_model_path()
     try:
-        model = Model(Path(model_path), runtime=args.runtime or settings.model.runtime,
+        model = open_model(model_path, runtime=args.runtime or settings.model.runtime,
                       num_threads=settings.model.num_threads)
     except ModelError as e:
         return _fail(f"model error: {e}")
@@ -740,7 +750,8 @@ def run(args: argparse.Namespace) -> int:
             png = None
             if plots and len(fr.ts):
                 try:
-                    plot_file(fr, model.sidecar.channels, first_row, out / plot_name(rel))
+                    plot_file(fr, list(model.sidecar.channels) or recording_channels(path), first_row,
+                              out / plot_name(rel))
                     png = plot_name(rel)
                 except ImportError:
                     progress.message(MATPLOTLIB_HINT)

@@ -41,6 +41,22 @@ def _split_list(value: Any) -> Any:
 
 CommaList = Annotated[list[str], NoDecode]
 
+_UNITS = {"s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(text: str) -> float:
+    """``90``, ``90s``, ``15m``, ``24h``, ``7d`` → seconds; ValueError naming the rule otherwise."""
+    t = text.strip().lower()
+    unit = next((u for u in sorted(_UNITS, key=len, reverse=True) if t.endswith(u)), "")
+    number = t[: len(t) - len(unit)].strip() if unit else t
+    try:
+        value = float(number) * (_UNITS[unit] if unit else 1.0)
+    except ValueError:
+        raise ValueError("must be seconds or a number with a unit s, m, h or d (e.g. 24h)") from None
+    if not value > 0 or value == float("inf"):
+        raise ValueError("must be a positive, finite duration")
+    return value
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
@@ -135,12 +151,19 @@ class DecisionSettings(_Section):
     k: int | None = Field(None, ge=1, description="Raise when k of the last n windows score over the threshold.")
     n: int | None = Field(None, ge=1, description="Length of the k-of-n debounce.")
     clear_ratio: float | None = Field(None, gt=0, le=1, description="Hysteresis: clear when k of the last n windows score under threshold x clear_ratio.")
+    recede_ratio: float | None = Field(None, ge=0, lt=1, description="Also clear when k of the last n windows score under recede_ratio x the alert's peak (the event is over, the machine settled a little away from its teach-in); 0 = off, empty = the model's default.")
 
 
 class CalibrationSettings(_Section):
     """Teach-in: the first readings after install are taken as normal."""
 
     samples: int | None = Field(None, ge=0, description="Readings taken as normal to fit normalisation and threshold on site; 0 = off, empty = the sidecar's default.")
+    duration: float | None = Field(None, gt=0, description="Teach-in as a span of data time instead: seconds, or with a unit (90s, 15m, 24h, 7d); with SAMPLES both must be reached.")
+
+    @field_validator("duration", mode="before")
+    @classmethod
+    def _duration(cls, v: Any) -> Any:
+        return parse_duration(v) if isinstance(v, str) and v.strip() else v
 
 
 class MqttSettings(_Section):
