@@ -183,9 +183,10 @@ class T2Q:
         self.t2_ucl = m * (n - 1) * (n + 1) / (n * (n - m)) * c
         self.q_ucl = math.inf
         if m < p:
-            w = np.linalg.eigvals(np.cov(xs.T)).real
+            w = np.linalg.eig(np.cov(xs.T))[0].real  # SKAB: LA.eig, in the order LAPACK returns them
             if self.sorted_residual:
                 w = np.sort(w)[::-1]
+            self.eigenvalues = w
             s = float(w[m:].sum())
             theta = [s ** i for i in (1, 2, 3)]  # SKAB's θ_i (see the class docstring)
             h0 = 1 - 2 * theta[0] * theta[2] / (3 * theta[1] ** 2)
@@ -262,11 +263,12 @@ class MSET:
 
 
 def centred_mean(v: np.ndarray, window: int) -> np.ndarray:
-    """SKAB's ``movmean``: row i gets the mean of rows i − ceil(w/2) .. i + ceil(w/2) − 1, clipped at the ends."""
+    """SKAB's ``movmean``: row i gets the mean of rows i + h − w .. i + h − 1 (h = ceil(w/2); for w = 60: i − 30 ..
+    i + 29), clipped at the ends of the series."""
     half = math.ceil(window / 2)
     c = np.concatenate([[0.0], np.cumsum(v)])
     i = np.arange(len(v))
-    lo, hi = np.maximum(0, i - half), np.minimum(len(v), i + half)
+    lo, hi = np.maximum(0, i + half - window), np.minimum(len(v), i + half)
     return (c[hi] - c[lo]) / (hi - lo)
 
 
