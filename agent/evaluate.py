@@ -26,6 +26,7 @@ matplotlib is optional (``pip install 'edge-agent[eval]'``): without it the tabl
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import logging
@@ -36,7 +37,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence, TextIO
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TextIO
 
 import numpy as np
 
@@ -528,6 +529,7 @@ class Evaluation:
     model: Any
     samples: int
     make_pipeline: Callable[[Counters, Path], Any]
+    verbose: bool = False  # False: the pipeline's per-alert and teach-in log lines are held back
 
     @classmethod
     def create(cls, overrides: Mapping[str, Any] | None = None, settings: Any = None, model: Any = None,
@@ -553,7 +555,8 @@ class Evaluation:
             on_row: Callable[[int], None] | None = None) -> FileResult:
         """Replay one file through a fresh pipeline and score it (``labelled=False``: all rows normal)."""
         path = Path(path)
-        fr = run_file(self.model, path, rel or path.name, self.make_pipeline, on_row, labelled)
+        with _quiet_pipeline(not self.verbose):
+            fr = run_file(self.model, path, rel or path.name, self.make_pipeline, on_row, labelled)
         return FileResult(fr, score_file(fr.labels, fr.ts, fr.spans, self.samples), self.samples, labelled)
 
     def run_many(self, files: Iterable[str | Path], base: str | Path | None = None) -> list[FileResult]:
@@ -563,6 +566,21 @@ class Evaluation:
             rel = f.relative_to(base).as_posix() if base is not None else f.name
             out.append(self.run(f, rel))
         return out
+
+
+@contextlib.contextmanager
+def _quiet_pipeline(quiet: bool) -> Iterator[None]:
+    """Hold back the pipeline's INFO/WARNING lines (one per alert) while replaying, unless asked for."""
+    loggers = [logging.getLogger(n) for n in ("agent.pipeline", "agent.calibrate")]
+    saved = [lg.level for lg in loggers]
+    if quiet:
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, lvl in zip(loggers, saved):
+            lg.setLevel(lvl)
 
 
 def evaluate_files(files: Iterable[str | Path], overrides: Mapping[str, Any] | None = None, *,
@@ -976,11 +994,7 @@ def run(args: argparse.Namespace) -> int:
     except OSError as e:
         return _fail(f"--out {out}: cannot create ({e.strerror})")
 
-    quiet = [logging.getLogger(n) for n in ("agent.pipeline", "agent.calibrate")]
-    saved = [lg.level for lg in quiet]
-    if not args.verbose:
-        for lg in quiet:
-            lg.setLevel(logging.ERROR)
+    ev.verbose = args.verbose
     plots = not args.no_plots
     progress = Progress(sys.stderr, len(jobs), sum(j.rows for j in jobs))
     entries: list[dict[str, Any]] = []
@@ -1023,8 +1037,6 @@ def run(args: argparse.Namespace) -> int:
             progress.done(len(fr.ts), note)
     finally:
         progress.close()
-        for lg, lvl in zip(quiet, saved):
-            lg.setLevel(lvl)
 
     configured = settings.model.threshold
     sidecar = getattr(model, "sidecar", None)
