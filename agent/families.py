@@ -14,7 +14,7 @@ import tomllib
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
 log = logging.getLogger(__name__)
 
@@ -103,11 +103,6 @@ class Grouping:
             msg = f"{rel}: no family matches it, grouped under its folder '{fam}'"
             (warn or log.warning)(msg)
         return fam
-
-
-def group_names(names: Iterable[str]) -> list[str]:
-    """Distinct group names in first-seen order."""
-    return list(dict.fromkeys(names))
 
 
 GROUP_COLUMNS = ("group", "files", "rows", "TP", "FP", "FN", "TN", "F1", "FAR%", "MAR%", "alerted", "delay_s",
