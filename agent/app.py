@@ -166,9 +166,17 @@ class Agent:
         }
         if reasons:
             st["reasons"] = reasons
+        cal = self.pipeline.calibrator
         if self.pipeline.calibrating:
-            cal = self.pipeline.calibrator
             st["calibration"] = {"collected": cal.collected, "samples": cal.samples, "progress": round(cal.progress, 3)}
+            if cal.duration_s:
+                st["calibration"].update(duration_s=cal.duration_s, elapsed_s=round(cal.elapsed_s, 1))
+        elif cal.result is not None and (cal.result.warning or cal.result.folded):
+            st["calibration"] = {"fitted_at": iso(cal.result.fitted_at), "samples": cal.result.samples}
+            if cal.result.warning:
+                st["calibration"]["warning"] = cal.result.warning  # the teach-in did not look like one normal
+            if cal.result.folded:
+                st["calibration"]["folded_alerts"] = len(cal.result.folded)  # feedback taught it these were normal
         return st
 
     def stats(self) -> dict[str, Any]:
@@ -253,9 +261,10 @@ class Agent:
     def _reload_configured(self) -> None:
         path = Path(self.settings.model.path or default_model_path())
         try:
-            from agent.infer import read_sidecar
+            from agent.detectors import resolve
 
-            reply = self.reload_model(path, read_sidecar(path).sha256)
+            path = resolve(path)
+            reply = self.reload_model(path, open_model(path, self.settings.model.runtime).sha256)
             log.info("SIGHUP: reloaded %s (%s)", path, reply["model"]["version"])
         except Exception as e:  # noqa: BLE001 - CommandError or anything else: keep running the old model
             log.error("SIGHUP: kept the old model, %s refused: %s", path, e)
@@ -335,7 +344,8 @@ class Agent:
         c = self.counters
         if self.pipeline.calibrating:
             cal = self.pipeline.calibrator
-            return f"teach-in {cal.collected}/{cal.samples} readings; outbox {self.outbox.depth()}"
+            done = f"{cal.collected}/{cal.samples} readings" if not cal.duration_s else f"{cal.progress:.0%}"
+            return f"teach-in {done}; outbox {self.outbox.depth()}"
         extra = f" ({'; '.join(self.degraded_reasons())})" if st == "degraded" else ""
         return (f"{st}{extra}: {c.get('source.readings')} readings, {c.get('pipeline.windows')} windows, "
                 f"{c.get('alerts.raised')} alerts; outbox {self.outbox.depth()}; "

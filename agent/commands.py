@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from agent.evidence import LABELS
+from agent.detectors import open_model
+from agent.generic import GenericModel
 from agent.infer import Model, ModelError
 from agent.parse import iso
 
@@ -135,12 +137,12 @@ class Commands:
         return {"alert_id": alert_id, "label": label, "feedback": store.counts(), **learned}
 
 
-def check_new_model(path: Path, sha256: str, runtime: str, num_threads: int) -> Model:
+def check_new_model(path: Path, sha256: str, runtime: str, num_threads: int) -> Model | GenericModel:
     """Load a model for a swap; CommandError with the reason when it is refused."""
     if not path.is_file():
         raise CommandError(f"{path}: no such file on the gateway")
     try:
-        model = Model(path, runtime=runtime, num_threads=num_threads)
+        model = open_model(path, runtime=runtime, num_threads=num_threads)
     except ModelError as e:
         raise CommandError(str(e)) from e
     if model.sha256 != sha256:

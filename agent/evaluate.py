@@ -424,7 +424,7 @@ def run_file(model: Any, path: Path, rel: str, make_pipeline: Callable[[Counters
     bad_labels = 0
     teach_in_rows = None
     with tempfile.TemporaryDirectory(prefix="edge-agent-eval-") as state:
-        p = make_pipeline(counters, Path(state), channels)
+        p = make_pipeline(counters, Path(state), channels if getattr(model, "needs_channels", False) else None)
         if not p.calibrating:
             teach_in_rows = 0
         last = p.last_inference

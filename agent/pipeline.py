@@ -189,6 +189,8 @@ class Pipeline:
 
     def swap_model(self, model: Model) -> None:
         """Run ``model`` from the next reading on (between two windows: no reading is dropped)."""
+        if getattr(model, "needs_channels", False):  # a generic detector takes over the channels in use
+            model = model.with_channels(list(self.model.sidecar.channels))  # type: ignore[attr-defined]
         self._install(model)
         self.recent.clear()
 
