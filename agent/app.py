@@ -90,13 +90,15 @@ class Agent:
         self.model = load_model(settings)
         settings.state_dir.mkdir(parents=True, exist_ok=True)
         self.evidence = EvidenceStore(settings.state_dir / "evidence.db", settings.alerts.evidence_max_bytes)
-        self.pipeline = build_pipeline(settings, self.model, self.counters, self.evidence)
         self._overrides_path = settings.state_dir / "overrides.json"
-        self._load_overrides()
         self.outbox = Outbox(
             settings.state_dir / "outbox.db", self.counters, settings.outbox.max_rows, settings.outbox.max_bytes
         )
         self.source: Source = create_source(settings, self.counters)
+        # a detector that learns its channels takes them from the source when it knows them (else: first reading)
+        self.pipeline = build_pipeline(settings, self.model, self.counters, self.evidence,
+                                       channels=getattr(self.source, "channels", None))
+        self._load_overrides()
         self.queue: queue.Queue[Any] = queue.Queue(maxsize=settings.queue_size)
         self.commands = Commands(self)
         self._commands_q: queue.Queue[tuple[str, bytes]] = queue.Queue(maxsize=100)
@@ -366,7 +368,9 @@ class Agent:
             f", {depth} messages from an earlier run in the outbox" if depth else "",
         )
         if self.pipeline.calibrating:
-            log.info("teach-in: the first %d readings are taken as normal (no alerts until then)", self.pipeline.calibrator.samples)
+            cal = self.pipeline.calibrator
+            span = f"{cal.duration_s:g} s of data" if cal.duration_s else f"{cal.samples} readings"
+            log.info("teach-in: the first %s are taken as normal (no alerts until then)", span)
         self.uplink.start()
         self._guard("pipeline", self._pipeline_loop)
         source_thread = self._guard("source", self._source_loop)

@@ -9,18 +9,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from agent.bundled import bundled_dir
+from agent.bundled import BUNDLED_MODELS, bundled_model
 from agent.generic import GenericModel
 from agent.infer import Model, ModelError
-
-BUNDLED = {"generic": "generic.json", "pump-anomaly": "pump-anomaly.tflite", "machine-failure": "machine-failure.tflite"}
-
 
 def resolve(path: str | Path) -> Path:
     """A bundled name → its file; anything else is a path."""
     text = str(path)
-    if text in BUNDLED and not Path(text).exists():
-        return bundled_dir() / BUNDLED[text]
+    if text in BUNDLED_MODELS and not Path(text).exists():
+        return bundled_model(text)
     return Path(path)
 
 

@@ -86,19 +86,31 @@ class Pipeline:
             self.model = model  # stages are built at the first reading, from its channels
             self.aligner = None
             self.summariser = Summariser([], summary_interval_s)
-            self.calibrator = Calibrator(model, 0, self.state_dir)
+            self.calibrator = self._new_calibrator(model)  # nothing stored (else the channels were known)
             self.scorer = None
             self.params = self._params(None)
         else:
             self._install(model, summary_interval_s)
         self._counter_bases = {p: counters.snapshot(p) for p in ("reject.", "repaired.", "gap.")}
 
+    def _new_calibrator(self, model: Any) -> Calibrator:
+        sc = model.sidecar
+        samples = sc.calibration.samples if self._calibration_samples is None else self._calibration_samples
+        duration = self._calibration_duration_s
+        if duration and self._calibration_samples is None:
+            samples = 0  # a duration replaces the sidecar's count; the window still needs its readings
+        if duration:
+            samples = max(samples, sc.window.length * 2 + sc.decision.n)
+        return Calibrator(model, samples, self.state_dir, duration)
+
     def _stored_channels(self, model: Any) -> list[str] | None:
         return Calibrator(model, 0, self.state_dir).stored_channels()
 
     def _bind(self, r: Reading) -> None:
         """A generic detector's channels from the first reading: its numeric values, in their order."""
-        channels = [k for k, v in r.values.items() if isinstance(v, float) or _numeric(v)]
+        from agent.sources.replay import LABEL_COLUMNS
+
+        channels = [k for k, v in r.values.items() if k not in LABEL_COLUMNS and (isinstance(v, float) or _numeric(v))]
         if not channels:
             return
         log.info("channels from the first reading: %s", ", ".join(channels))
@@ -126,13 +138,7 @@ class Pipeline:
         else:
             self.cleaner.ranges_from(sc.valid_ranges)
         self._raw_len = sc.window.length + self._evidence_before * sc.window.hop
-        samples = sc.calibration.samples if self._calibration_samples is None else self._calibration_samples
-        duration = self._calibration_duration_s
-        if duration and self._calibration_samples is None:
-            samples = 0  # a duration replaces the sidecar's count; the window still needs its readings
-        if duration:
-            samples = max(samples, sc.window.length * 2 + sc.decision.n)
-        self.calibrator = Calibrator(model, samples, self.state_dir, duration)
+        self.calibrator = self._new_calibrator(model)
         if not self.calibrator.enabled and make_scorer(model, None) is None:
             raise ModelError(f"{model.name}: learns normal on site: teach-in cannot be off (EDGE_AGENT_CALIBRATION__SAMPLES=0)")
         self.scorer = make_scorer(model, self.calibrator.result)

@@ -12,7 +12,8 @@ Objective on the training families: the mean over families of their F1 (so the 1
 other five families), minus 5 x the false-alarm rate over 10 %, 2 x the missed-alarm rate over 25 %, and 0.02 per
 fault not alerted.
 
-    python models/select_generic.py --data ../shared/data/skab --out models/generic-selection.json [--jobs 2]
+    python models/select_generic.py --data ../shared/data/skab --out models/selection/generic.json [--jobs 2]
+    python models/select_generic.py --model pump-anomaly --data ../shared/data/skab --out models/selection/pump-anomaly.json
 
 Takes about 25 minutes on 2 cores (the grid is written down below: every value it holds was tried).
 """
@@ -49,21 +50,32 @@ FAMILIES = {  # SKAB's fault families among the files in ../shared/data/skab (it
 }
 
 GRID = {
-    "window": [10, 20, 30],
-    "threshold": [3.0, 4.0, 5.0, 6.0],
-    "tolerance": [0.25, 0.5, 0.75],
+    "window": [10, 20],
+    "threshold": [4.0, 5.0, 6.0, 7.0],
+    "tolerance": [0.25, 0.5],
     "adapt": [1 / 1800, 1 / 600],
-    "recede_ratio": [0.0, 0.2],
-    "cross_channel": [0.0, 3.0],
+    "recede_ratio": [0.2],
+    "cross_channel": [0.0],
+    "clear_ratio": [0.6, 0.8],
+    "kn": ["3/5", "5/10"],
 }
 ABLATIONS = {  # each part off: its own selection over the rest of the grid
     "full": {},
     "no wander tolerance (tolerance 0)": {"tolerance": [0.0]},
     "no drift following (adapt 0)": {"adapt": [0.0]},
     "no receded clear (recede_ratio 0)": {"recede_ratio": [0.0]},
-    "no cross-channel view": {"cross_channel": [0.0]},
-    "cross-channel view always on": {"cross_channel": [3.0]},
+    "with the cross-channel view (PCA SPE)": {"cross_channel": [3.0]},
 }
+
+
+# The bundled autoencoder through the same protocol: its network is fixed (trained on anomaly-free.csv only); what
+# can be chosen on site is how its calibrated threshold is set and how alerts are decided.
+GRID_AE = {
+    "threshold_factor": [1.0, 1.25, 1.5, 2.0],
+    "recede_ratio": [0.0, 0.2],
+    "clear_ratio": [0.6, 0.8],
+}
+ABLATIONS_AE = {"full": {}, "no receded clear (recede_ratio 0)": {"recede_ratio": [0.0]}}
 
 
 def family(rel: str) -> str:
@@ -74,17 +86,31 @@ def variant(base: GenericModel, cfg: dict[str, Any]) -> GenericModel:
     spec = base.sidecar
     det = spec.detector.model_copy(update={"tolerance": cfg["tolerance"], "adapt": cfg["adapt"],
                                             "cross_channel": cfg["cross_channel"]})
-    dec = spec.decision.model_copy(update={"recede_ratio": cfg["recede_ratio"]})
+    k, n = (int(v) for v in cfg["kn"].split("/"))
+    dec = spec.decision.model_copy(update={"recede_ratio": cfg["recede_ratio"], "clear_ratio": cfg["clear_ratio"],
+                                            "k": k, "n": n})
     win = spec.window.model_copy(update={"length": cfg["window"]})
     new = spec.model_copy(update={"detector": det, "decision": dec, "window": win, "threshold": cfg["threshold"]})
     return GenericModel(base.path, new, base.sha256)
 
 
-def run_config(args: tuple[dict[str, Any], list[tuple[str, str]]]) -> list[dict[str, Any]]:
+def variant_ae(base: Any, cfg: dict[str, Any]) -> Any:
+    import copy
+
+    model = copy.copy(base)  # the same interpreter; another sidecar
+    sc = base.sidecar
+    cal = sc.calibration.model_copy(update={"threshold_factor": cfg["threshold_factor"]})
+    dec = sc.decision.model_copy(update={"recede_ratio": cfg["recede_ratio"], "clear_ratio": cfg["clear_ratio"]})
+    model.sidecar = sc.model_copy(update={"calibration": cal, "decision": dec})
+    return model
+
+
+def run_config(args: tuple[str, dict[str, Any], list[tuple[str, str]]]) -> list[dict[str, Any]]:
     """Every file through the pipeline with one setting; per-file metrics as plain data."""
-    cfg, files = args
+    which, cfg, files = args
     logging.disable(logging.WARNING)  # one line per alert of every setting would drown the progress
-    model = variant(open_model("generic"), cfg)  # type: ignore[arg-type]
+    base = open_model(which)
+    model = variant(base, cfg) if which == "generic" else variant_ae(base, cfg)  # type: ignore[arg-type]
     make = pipeline_factory(default_settings(), model, TEACH_IN)
     out = []
     for path, rel in files:
@@ -147,27 +173,35 @@ def main() -> int:
     ap.add_argument("--data", required=True, type=Path)
     ap.add_argument("--out", required=True, type=Path)
     ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--model", default="generic", choices=["generic", "pump-anomaly"])
+    ap.add_argument("--runs", type=Path, default=None,
+                    help="also keep every setting's per-file results here (large); with --reuse, read them back")
+    ap.add_argument("--reuse", action="store_true", help="reuse the runs stored in --runs by an earlier call")
     args = ap.parse_args()
     files = [(str(p), str(p.relative_to(args.data))) for p in find_csvs(args.data) if "anomaly" in read_header(p)]
-    grid = dict(GRID)
-    for restrict in ABLATIONS.values():  # the ablations' values must be in the grid too
+    base_grid_spec, ablations = (GRID, ABLATIONS) if args.model == "generic" else (GRID_AE, ABLATIONS_AE)
+    grid = dict(base_grid_spec)
+    for restrict in ablations.values():  # the ablations' values must be in the grid too
         for name, values in restrict.items():
             grid[name] = sorted(set(grid[name]) | set(values))
     configs = [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
     print(f"{len(files)} files, {len(configs)} settings, {args.jobs} processes", file=sys.stderr)
     t0 = time.monotonic()
     results: dict[str, list[dict[str, Any]]] = {}
+    if args.reuse and args.runs is not None and args.runs.exists():  # re-select from an earlier call's runs
+        results = json.loads(args.runs.read_text())
+    todo = [c for c in configs if json.dumps(c, sort_keys=True) not in results]
     with multiprocessing.Pool(args.jobs) as pool:
-        for i, rows in enumerate(pool.imap(run_config, [(c, files) for c in configs])):
-            results[json.dumps(configs[i], sort_keys=True)] = rows
+        for i, rows in enumerate(pool.imap(run_config, [(args.model, c, files) for c in todo])):
+            results[json.dumps(todo[i], sort_keys=True)] = rows
             if (i + 1) % 10 == 0:
-                print(f"  {i + 1}/{len(configs)} ({time.monotonic() - t0:.0f} s)", file=sys.stderr)
-    keys = list(results)
-    base_grid = allowed_keys(keys, GRID)
-    report = {"teach_in": TEACH_IN, "grid": GRID, "files": [rel for _, rel in files],
-              "selection": {name: select(results, allowed_keys(base_grid, r) if r else base_grid)
-                            for name, r in ABLATIONS.items()},
-              "per_config": results}
+                print(f"  {i + 1}/{len(todo)} ({time.monotonic() - t0:.0f} s)", file=sys.stderr)
+    keys = [json.dumps(c, sort_keys=True) for c in configs]
+    if args.runs is not None:
+        args.runs.write_text(json.dumps(results))
+    report = {"model": args.model, "teach_in": TEACH_IN, "grid": base_grid_spec, "files": [rel for _, rel in files],
+              "selection": {name: select(results, allowed_keys(keys, {**base_grid_spec, **r}))
+                            for name, r in ablations.items()}}
     args.out.write_text(json.dumps(report, indent=1))
     for name, sel in report["selection"].items():
         h, a = sel["pooled_held_out"], sel["all_files_with_that_choice"]

@@ -25,6 +25,7 @@ from agent.sources import CONNECTED, CONNECTING, FINISHED, Sink
 log = logging.getLogger(__name__)
 
 TIME_COLUMNS = ("datetime", "timestamp", "ts", "time")
+LABEL_COLUMNS = ("anomaly", "changepoint")  # labels of a labelled recording (SKAB): never channels
 
 
 def read_recording(path: Path, counters: Counters, sensor: str = "replay") -> Iterator[Reading]:

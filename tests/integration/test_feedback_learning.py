@@ -7,6 +7,7 @@ A recording with one benign event repeated three times and then a real fault: th
 from __future__ import annotations
 
 import csv
+import json
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -59,3 +60,31 @@ def test_false_positive_label_folds_the_event_into_normal_and_a_real_fault_still
         assert [a["top_channels"][0]["channel"] for a in later] == ["vibration"], later
     finally:
         commander.close()
+
+
+def test_a_teach_in_with_a_fault_inside_is_reported_in_the_log_status_and_calibrate(tmp_path, live_broker, recorder):
+    from tests.conftest import run_agent
+
+    rng = np.random.default_rng(12)
+    x = 10.0 + rng.normal(0, 1, (700, 3))
+    x[300:, 2] += 15.0  # the machine changed at reading 300, inside the 400-reading teach-in
+    t0 = datetime(2026, 1, 5, 8, 0, tzinfo=timezone.utc).timestamp()
+    data = tmp_path / "changed.csv"
+    with open(data, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["timestamp", "flow", "vibration", "current"])
+        for i, row in enumerate(x):
+            w.writerow([datetime.fromtimestamp(t0 + i, timezone.utc).strftime("%Y-%m-%d %H:%M:%S"), *map(float, row)])
+    rec = recorder(f"{BASE}/#")
+    env = agent_env(tmp_path / "state", live_broker.port, EDGE_AGENT_MODEL__PATH="generic",
+                    EDGE_AGENT_SOURCE__PATH=str(data))
+    r = run_agent(env)
+    assert r.returncode == 0, r.stderr
+    assert "WARNING agent.pipeline: teach-in: the second half of the teach-in differs from the first (current:" in r.stderr
+    st = wait_for(lambda: next((s for s in rec.on("status") if "warning" in s.get("calibration", {})), None),
+                  timeout=20, what="a status with the teach-in warning")
+    assert st["calibration"]["warning"].startswith("the second half of the teach-in differs")
+    shown = run_agent(env, "calibrate")
+    assert shown.returncode == 0
+    assert json.loads(shown.stdout)["warning"] == st["calibration"]["warning"]
+    assert "warning: teach-in: the second half" in shown.stderr

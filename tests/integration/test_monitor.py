@@ -19,10 +19,10 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.bundled import default_model_path
+from agent.bundled import bundled_model
 from tests.conftest import ROOT, agent_env, free_port, start_agent, wait_for
 
-SIDECAR = json.loads(default_model_path().with_suffix(".json").read_text())
+SIDECAR = json.loads(bundled_model("pump-anomaly").with_suffix(".json").read_text())
 
 
 def _prefix() -> str:
