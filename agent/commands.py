@@ -73,13 +73,19 @@ class TokenBucket:
 
 class CommandGate:
     """Between paho's thread and the pipeline thread: rate limit, size limit, bounded queue. Drops are counted
-    (``commands.dropped.<why>``) and logged when a burst of drops starts and once it is over, never per message."""
+    (``commands.dropped.<why>``) and logged per burst, never per message: when a burst starts, every
+    ``BURST_LOG_S`` while it lasts, and once it is over (a command accepted ``BURST_QUIET_S`` after the last drop)."""
+
+    BURST_QUIET_S = 10.0
+    BURST_LOG_S = 600.0
 
     def __init__(self, counters: Counters, rate_per_minute: int, burst: int, clock: Callable[[], float] = time.monotonic):
         self.counters = counters
         self.bucket = TokenBucket(rate_per_minute / 60.0, burst, clock)
         self.queue: queue.Queue[tuple[str, bytes | TooLarge]] = queue.Queue(maxsize=QUEUE_SIZE)
+        self._clock = clock
         self._dropped_in_burst = 0
+        self._last_drop = self._logged_at = -math.inf
 
     def offer(self, name: str, raw: bytes) -> None:
         """Called on paho's thread for every message on ``cmd/+``."""
@@ -92,17 +98,23 @@ class CommandGate:
         except queue.Full:
             self._drop("queue_full", name)
             return
-        if self._dropped_in_burst:
-            log.warning("commands: %d dropped in the last burst (rate limit EDGE_AGENT_COMMANDS__RATE_PER_MINUTE)",
+        if self._dropped_in_burst and self._clock() - self._last_drop >= self.BURST_QUIET_S:
+            log.warning("commands: the burst is over, %d were dropped (rate limit EDGE_AGENT_COMMANDS__RATE_PER_MINUTE)",
                         self._dropped_in_burst)
             self._dropped_in_burst = 0
 
     def _drop(self, why: str, name: str) -> None:
         self.counters.inc(f"commands.dropped.{why}")
+        now = self._clock()
         if not self._dropped_in_burst:
+            self._logged_at = now
             log.warning("commands arrive faster than they may be carried out (%s, e.g. %s): dropping them without "
                         "a reply until the rate falls (counted in stats commands.dropped)", why, clip(name, 64))
+        elif now - self._logged_at >= self.BURST_LOG_S:
+            self._logged_at = now
+            log.warning("commands: still dropping, %d so far in this burst", self._dropped_in_burst)
         self._dropped_in_burst += 1
+        self._last_drop = now
 
 
 def _no_constant(name: str) -> Any:
