@@ -158,7 +158,8 @@ class _SensorState:
         self.last_seen = 0.0  # clock() when a reading of it last arrived
         self.fresh = True  # windows empty since the last reset (no time_gap reset needed)
         self.good: list[tuple[float, float] | None] = [None] * channels  # last good (ts, value) per channel
-        self.history: list[deque[float]] = [deque(maxlen=spike_window) for _ in range(channels)]
+        # spike filter history: none without the filter (an empty deque still costs ~600 bytes, x channels x sensors)
+        self.history: list[deque[float]] = [deque(maxlen=spike_window) for _ in range(channels)] if spike_window else []
         self.stale: set[int] = set()
         self.silent = False
 

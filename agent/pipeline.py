@@ -273,12 +273,12 @@ class Pipeline:
 
     def process(self, r: Reading) -> list[Outgoing]:
         """One reading in; the alerts and summaries it causes out."""
+        if self.cleaning.sensor_idle_s > 0:  # first: a new sensor may take the place of an idle one
+            self._forget_idle()
         if self.aligner is None:
             out = self._process(r)
         else:
             out = [m for a in self.aligner.add(r) for m in self._process(a)]
-        if self.cleaning.sensor_idle_s > 0:
-            self._forget_idle()
         self._publish_if_changed()
         return out
 
