@@ -170,3 +170,16 @@ def test_no_message_ever_carries_nan():
     import numpy as np
 
     assert json.loads(message_bytes({"v": np.float32("nan"), "w": np.float64(2.0)})) == {"v": None, "w": 2.0}
+
+
+def test_a_summary_with_nan_is_stored_and_sent_as_valid_json(tmp_path):
+    """NaN in a summary (a NaN calibration once gave `"drift": NaN`) must never reach the broker as invalid JSON."""
+    box = Outbox(tmp_path / "outbox.db", Counters())
+    box.put(Outgoing("summary", "summary", {"drift": {"Current": float("nan")}, "score": {"max": float("inf")}}))
+    row = box.pending(1)[0]
+
+    def strict(name):
+        raise ValueError(name)
+
+    assert json.loads(row.payload, parse_constant=strict) == {"drift": {"Current": None}, "score": {"max": None}}
+    box.close()
