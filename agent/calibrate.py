@@ -78,7 +78,10 @@ def parse_calibration(raw: bytes) -> Calibration:
 
 
 def _finite(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    try:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    except OverflowError:  # an integer too large for a float
+        return False
 
 
 def fit(model: Model, normal: np.ndarray) -> Calibration:

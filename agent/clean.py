@@ -10,7 +10,7 @@ topic, ``repaired.*`` and ``gap.*`` in every summary's ``repaired``/``gaps``; se
     previous one), ``future_ts`` / ``past_ts`` (more than ``max_time_jump_s`` ahead of the sensor's time or
     behind it: one bad device timestamp must not blind the sensor), ``stale_channel`` (dropped because a channel
     has had no good value for longer than ``max_hold_s``), ``too_many_sensors`` (a new sensor beyond
-    ``max_sensors``).
+    ``max_sensors``), ``sensor_id_too_long`` (a sensor id longer than ``MAX_SENSOR_ID`` characters).
 ``repaired.<how>``
     ``held`` (a refused or missing value replaced by the channel's last good value, at most ``max_hold_s`` old),
     ``spike`` (a value the Hampel filter took for a spike, replaced by the median of the recent values).
@@ -45,6 +45,7 @@ from agent.records import Reading, Vector
 log = logging.getLogger(__name__)
 
 MAD_SCALE = 1.4826  # MAD x 1.4826 estimates the standard deviation of normal data
+MAX_SENSOR_ID = 200  # characters: a sensor id is a dict key in every per-sensor structure and is in every alert
 TIME_STEP_READINGS = 5  # readings in a row that must agree on a far time before it is taken as a clock step
 TIME_STEP = "time_step"  # TimeBase.judge: this reading completes a sustained step
 _LOG_EVERY_S = 600.0  # repeated warnings (too many sensors) at most this often
@@ -262,6 +263,9 @@ class Cleaner:
 
     def _admit(self, r: Reading, now: float) -> _SensorState | None:
         """The state of a sensor seen for the first time, or None (counted) when there are too many already."""
+        if len(r.sensor) > MAX_SENSOR_ID:
+            self.counters.inc("reject.sensor_id_too_long")
+            return None
         if self.max_sensors and len(self._sensors) >= self.max_sensors:
             self.counters.inc("reject.too_many_sensors")
             self._refused_sensors += 1

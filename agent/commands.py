@@ -117,6 +117,13 @@ class CommandGate:
         self._last_drop = now
 
 
+def _finite(value: int | float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer too large for a float
+        return False
+
+
 def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
@@ -202,7 +209,7 @@ class Commands:
         value = body["threshold"]
         pipe = self.agent.pipeline
         if value is not None:
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not _finite(value):
                 raise CommandError("threshold must be a finite number or null")
             lo, hi = self.threshold_bounds()
             if not lo <= value <= hi:
@@ -356,7 +363,7 @@ def load_overrides(path: Path) -> dict[str, Any]:
         set_aside(path, "not an object with an optional threshold")
         return {}
     t = data.get("threshold")
-    if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 0):
+    if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not _finite(t) or t <= 0):
         set_aside(path, f"threshold {clip(t, 40)} is not a finite positive number")
         return {}
     return {"threshold": float(t)} if t is not None else {}

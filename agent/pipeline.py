@@ -326,7 +326,7 @@ class Pipeline:
             self._suppressed.add(t.alert_id)
             self.counters.inc("alerts.suppressed")
             self.summariser.suppressed += 1
-            log.warning("alert on %s suppressed by cooldown/rate limit (score %.4g)", t.sensor, score)
+            log.warning("alert on %s suppressed by cooldown/rate limit (score %.4g)", clip(t.sensor), score)
             return out
         if t.state == CLEARED:
             self.policy.cleared(t.sensor, win.end_ts)
@@ -393,7 +393,7 @@ class Pipeline:
             self._keep_evidence(t, payload)
         log.warning(
             "ALERT %s sensor=%s score=%.4g threshold=%.4g window_end=%s top=%s",
-            t.state, t.sensor, inf.score, t.threshold, payload["window_end"],
+            t.state, clip(t.sensor), inf.score, t.threshold, payload["window_end"],
             ",".join(f"{c}({s:.0%})" for c, s in top),
         )
         return Outgoing(kind="alert", topic_suffix="alerts", payload=payload, qos=1)

@@ -499,3 +499,10 @@ def test_sensors_beyond_the_maximum_are_refused_and_counted(caplog):
     assert cl.sensor_count == 3
     assert c.get("reject.too_many_sensors") == 10
     assert caplog.text.count("of new sensors refused") == 1  # logged once, not per reading
+
+
+def test_a_sensor_id_too_long_to_keep_is_refused():
+    c = Counters()
+    cl = Cleaner(["a"], {}, c)
+    assert cl.clean(Reading(ts=1.0, values={"a": 1.0}, sensor="x" * 100_000)) is None
+    assert c.snapshot("reject.") == {"sensor_id_too_long": 1} and cl.sensor_count == 0

@@ -299,6 +299,7 @@ _payloads = st.one_of(
     _json.map(lambda v: json.dumps(v).encode()),
     _fields.map(lambda d: json.dumps(d).encode()),
     st.just(b'{"request_id": "n", "threshold": NaN}'), st.just(b'[' * 5000 + b']' * 5000),
+    st.just(b'{"request_id": "n", "threshold": 1' + b'0' * 400 + b'}'),
 )
 
 

@@ -23,7 +23,7 @@ from agent.settings import load_settings
 
 NASTY = [
     b"", b"[]", b"null", b"42", b'"x"', b"{", b"\x00\xff" * 100, b'{"threshold": NaN}', b'{"threshold": -1}',
-    b'{"threshold": 1e999}', b'{"threshold": true}', b'{"threshold": "2"}', b'{"other": 1}', b"[" * 10000,
+    b'{"threshold": 1e999}', b'{"threshold": 1' + b'0' * 400 + b'}', b'{"threshold": true}', b'{"threshold": "2"}', b'{"other": 1}', b"[" * 10000,
 ]
 
 
@@ -71,6 +71,7 @@ def _calibration(model, **changes) -> bytes:
 @pytest.mark.parametrize("changes", [
     {"threshold": float("nan")}, {"threshold": float("inf")}, {"threshold": 0}, {"std": [float("nan")] * 8},
     {"mean": [1.0] * 7}, {"std": [-1.0] * 8}, {"channels": "abc"}, {"samples": "many"}, {"extra": 1},
+    {"threshold": 10**400}, {"mean": [10**400] * 8},
 ])
 def test_a_calibration_with_nan_or_wrong_shapes_is_set_aside_and_teach_in_starts_again(tmp_path, model, changes, caplog):
     caplog.set_level(logging.WARNING)
