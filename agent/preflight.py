@@ -9,7 +9,6 @@ first window).
 from __future__ import annotations
 
 import difflib
-import os
 import stat
 from pathlib import Path
 from typing import Mapping
