@@ -34,6 +34,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.counters import Counters
 from agent.parse import PayloadParser
+from agent.receipt import receipt_time
 from agent.settings import MqttSettings, MqttSourceSettings
 from agent.sources import CONNECTED, CONNECTING, DISCONNECTED, FINISHED, Sink
 from agent.uplink import ExplainingClient, describe_connect_error, read_password, set_tcp_nodelay
@@ -322,7 +323,7 @@ class MqttSource:
             if len(payload) > MAX_PAYLOAD_BYTES:
                 counters.inc("reject.payload_too_large")
                 return
-            reading = self.parser.parse(payload, time.time(), sensor)
+            reading = self.parser.parse(payload, receipt_time(), sensor)  # agent/receipt.py
             if isinstance(reading, str):
                 counters.inc("reject." + reading)
                 return

@@ -21,6 +21,7 @@ import serial
 
 from agent.counters import Counters
 from agent.parse import HEADER, LineParser
+from agent.receipt import receipt_time
 from agent.records import Reading
 from agent.settings import SerialSourceSettings
 from agent.sources import CONNECTED, CONNECTING, DISCONNECTED, FINISHED, Sink
@@ -239,11 +240,11 @@ class SerialSource:
                 if self._pending:
                     self._flush()
                 continue
-            received_ts = time.time()
             counters.inc("source.lines", len(lines))
             good = 0
             for line in lines:
-                r = parse(line, received_ts)
+                # one receipt time per line, never per read: lines of one read must not share a time (agent/receipt.py)
+                r = parse(line, receipt_time())
                 if isinstance(r, Reading):
                     good += 1
                     sink(r)
