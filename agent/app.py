@@ -118,6 +118,7 @@ class Agent:
         reasons = []
         if self.source.state == DISCONNECTED:
             reasons.append("source disconnected")
+        reasons.extend(getattr(self.source, "problems", ()))  # e.g. a Modbus device not answering
         stale = getattr(self.pipeline, "stale_channels", None)
         if stale:
             reasons.append("channel stale: " + ", ".join(sorted(stale)))

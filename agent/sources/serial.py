@@ -117,6 +117,15 @@ class SerialSource:
         # Fail now, not on the source thread, on an unknown URL scheme or a parameter pyserial refuses.
         serial.serial_for_url(settings.port, do_not_open=True, **self._kwargs)
         self._pending: dict[str, int] = {}
+        self.problems: list[str] = []
+
+    @property
+    def channels(self) -> list[str] | None:
+        """The configured channels, or those of the header line the device sent; None until one is known."""
+        cols = self.parser.columns
+        if self.settings.format != "csv" or cols is None:
+            return None
+        return [c for c in cols if c != self.settings.timestamp_field]
 
     @property
     def state(self) -> str:
