@@ -117,8 +117,16 @@ def _modbus_example() -> list[str]:
         f"## [modbus.buses.NAME]: {_doc(BusSettings)}",
         "#[modbus.buses.rs485-1]",
     ]
+    tcp_only = {"host", "tcp_port"}
     for name, field in BusSettings.model_fields.items():
-        value = bus.get(name, _default(field)[0])
+        if name not in tcp_only:
+            value = bus.get(name, _default(field)[0])
+            out += [f"# {_description(field, '')}", f"#{name} = {value}"]
+    out += ["", "## A Modbus TCP device or gateway (a bus of its own, polled by its own thread).", "#[modbus.buses.plc]",
+            '#kind = "tcp"']
+    for name in sorted(tcp_only, key=list(BusSettings.model_fields).index):
+        field = BusSettings.model_fields[name]
+        value = '"192.168.10.20"' if name == "host" else _default(field)[0]
         out += [f"# {_description(field, '')}", f"#{name} = {value}"]
     out += ["", f"## [modbus.devices.NAME]: {_doc(DeviceSettings)}", "#[modbus.devices.meter-1]"]
     for name, field in DeviceSettings.model_fields.items():
