@@ -249,7 +249,7 @@ class Settings(BaseSettings):
         nested_model_default_partial_update=True, env_ignore_empty=True,
     )
 
-    config_file: Path | None = Field(None, description="TOML configuration file (docs/configuration.md); empty = /etc/edge-agent/agent.toml when it exists. Env variables and the env file override it.")
+    config_file: Path | None = Field(None, description="TOML configuration file (README: configuration file; deploy/agent.toml.example); empty = /etc/edge-agent/agent.toml when it exists. Env variables and the env file override it.")
     device_id: str = Field(default_factory=socket.gethostname, min_length=1, pattern=r"^[^/+#]+$", description="This gateway's id in topics and messages; default: the host name.")
     state_dir: Path = Field(default_factory=_default_state_dir, description="Outbox and calibration live here; default: $STATE_DIRECTORY, /var/lib/edge-agent for root, else ~/.local/state/edge-agent.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level on stderr: DEBUG, INFO, WARNING or ERROR.")
