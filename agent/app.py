@@ -73,6 +73,9 @@ def build_pipeline(
 def config_digest(settings: Settings) -> str:
     """A short digest of the effective configuration (secrets masked), for the birth message."""
     text = "\n".join(f"{k}={v}" for k, v in sorted(flat_env(settings).items()) if k != "EDGE_AGENT_DEVICE_ID")
+    from agent.reference_toml import render_file_only
+
+    text += "\n" + render_file_only(settings)  # the register maps have no env variables but are configuration
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
