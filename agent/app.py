@@ -190,7 +190,8 @@ class Agent:
             "rejected": c.snapshot("reject."),
             "repaired": c.snapshot("repaired."), "gaps": c.snapshot("gap."),
             "alerts": {"raised": c.get("alerts.raised"), "cleared": c.get("alerts.cleared"), "suppressed": c.get("alerts.suppressed")},
-            "source": {"kind": self.settings.source.kind, "state": self.source.state, "reconnects": c.get("source.reconnects")},
+            "source": {"kind": self.settings.source.kind, "state": self.source.state, "reconnects": c.get("source.reconnects"),
+                       "errors": c.snapshot("source.error.")},  # Modbus: no_answer, exception_<code>, bad_crc, ...
             "clock_synced": clock_synchronised(),
             **process_usage(),
             "bytes_in": bytes_in,
