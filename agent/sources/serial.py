@@ -21,6 +21,7 @@ import serial
 
 from agent.counters import Counters
 from agent.parse import HEADER, LineParser
+from agent.receipt import receipt_time
 from agent.records import Reading
 from agent.settings import SerialSourceSettings
 from agent.sources import CONNECTED, CONNECTING, DISCONNECTED, FINISHED, Sink
@@ -116,6 +117,15 @@ class SerialSource:
         # Fail now, not on the source thread, on an unknown URL scheme or a parameter pyserial refuses.
         serial.serial_for_url(settings.port, do_not_open=True, **self._kwargs)
         self._pending: dict[str, int] = {}
+        self.problems: list[str] = []
+
+    @property
+    def channels(self) -> list[str] | None:
+        """The configured channels, or those of the header line the device sent; None until one is known."""
+        cols = self.parser.columns
+        if self.settings.format != "csv" or cols is None:
+            return None
+        return [c for c in cols if c != self.settings.timestamp_field]
 
     @property
     def state(self) -> str:
@@ -239,11 +249,11 @@ class SerialSource:
                 if self._pending:
                     self._flush()
                 continue
-            received_ts = time.time()
             counters.inc("source.lines", len(lines))
             good = 0
             for line in lines:
-                r = parse(line, received_ts)
+                # one receipt time per line, never per read: lines of one read must not share a time (agent/receipt.py)
+                r = parse(line, receipt_time())
                 if isinstance(r, Reading):
                     good += 1
                     sink(r)
