@@ -72,6 +72,9 @@ def build_pipeline(
 def config_digest(settings: Settings) -> str:
     """A short digest of the effective configuration (secrets masked), for the birth message."""
     text = "\n".join(f"{k}={v}" for k, v in sorted(flat_env(settings).items()) if k != "EDGE_AGENT_DEVICE_ID")
+    from agent.reference_toml import render_file_only
+
+    text += "\n" + render_file_only(settings)  # the register maps have no env variables but are configuration
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -121,9 +124,8 @@ class Agent:
         reasons = []
         if self.source.state == DISCONNECTED:
             reasons.append("source disconnected")
-        problem = getattr(self.source, "problem", None)  # e.g. serial: no line terminator in the data
-        if problem:
-            reasons.append(problem)
+        # e.g. a Modbus device not answering, a serial device without the configured line terminator
+        reasons.extend(getattr(self.source, "problems", ()))
         stale = self.pipeline.snapshot.stale_channels
         if stale:
             reasons.append("channel stale: " + ", ".join(sorted(stale)))
@@ -201,7 +203,8 @@ class Agent:
             "rejected": c.snapshot("reject."),
             "repaired": c.snapshot("repaired."), "gaps": c.snapshot("gap."),
             "alerts": {"raised": c.get("alerts.raised"), "cleared": c.get("alerts.cleared"), "suppressed": c.get("alerts.suppressed")},
-            "source": {"kind": self.settings.source.kind, "state": self.source.state, "reconnects": c.get("source.reconnects")},
+            "source": {"kind": self.settings.source.kind, "state": self.source.state, "reconnects": c.get("source.reconnects"),
+                       "errors": c.snapshot("source.error.")},  # Modbus: no_answer, exception_<code>, bad_crc, ...
             "clock_synced": clock_synchronised(),
             **process_usage(),
             "bytes_in": bytes_in,

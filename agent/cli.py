@@ -100,6 +100,12 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     else:
         for k, v in flat_env(settings).items():
             print(f"{k}={v}")
+        from agent.reference_toml import render_file_only
+
+        text = render_file_only(settings)
+        if text:
+            print("# configuration file only (no env variables):")
+            print(text, end="")
     return 0
 
 
@@ -110,8 +116,9 @@ def cmd_version(args: argparse.Namespace) -> int:
 
 def cmd_config_reference(args: argparse.Namespace) -> int:
     from agent.reference import render_env_example, render_markdown
+    from agent.reference_toml import render_toml_example
 
-    sys.stdout.write(render_markdown() if args.markdown else render_env_example())
+    sys.stdout.write(render_markdown() if args.markdown else render_toml_example() if args.toml else render_env_example())
     return 0
 
 
@@ -199,6 +206,7 @@ def _parser() -> argparse.ArgumentParser:
     add("version", cmd_version, "print the version", env=False)
     cr = add("config-reference", cmd_config_reference, "print every setting with its default and meaning (deploy/agent.env.example)", env=False)
     cr.add_argument("--markdown", action="store_true", help="as Markdown tables (the README's configuration section)")
+    cr.add_argument("--toml", action="store_true", help="as a commented TOML configuration file (deploy/agent.toml.example)")
     m = sub.add_parser("model", help="model tools", description="model tools")
     msub = m.add_subparsers(dest="model_command", required=True, metavar="SUBCOMMAND")
     mi = msub.add_parser("info", help="print a model's sidecar, tensor details and the result of every check", description="print a model's sidecar, tensor details and the result of every check")

@@ -19,6 +19,8 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from agent.modbus_config import ModbusSettings
+
 ENV_PREFIX = "EDGE_AGENT_"
 DEFAULT_ENV_FILE = Path("/etc/edge-agent/agent.env")
 EX_CONFIG = 78  # sysexits.h: configuration error; the unit sets RestartPreventExitStatus=78
@@ -54,7 +56,7 @@ class _Section(BaseModel):
 class ReplaySourceSettings(_Section):
     """Replays a recorded CSV as if it were a live sensor."""
 
-    kind: Literal["replay"] = Field("replay", description="Source of readings: replay | serial | mqtt.")
+    kind: Literal["replay"] = Field("replay", description="Source of readings: replay | serial | mqtt | modbus.")
     path: Path | None = Field(None, description="Recorded CSV to replay (SKAB format: ';' separated, 'datetime' column); empty = the bundled demo recording.")
     speed: float = Field(0.0, ge=0, description="Replay pace: 1 = recorded pace, 10 = ten times faster, 0 = as fast as possible.")
     loop: bool = Field(False, description="Start again at the end of the file instead of draining and exiting.")
@@ -104,8 +106,22 @@ class MqttSourceSettings(_Section):
     broker_port: int = Field(0, ge=0, le=65535, description="Sensor broker port; 0 = the upstream port.")
     broker_username: str = Field("", description="Sensor broker user name; empty = the upstream one.")
     broker_password_file: Path | None = Field(None, description="File holding the sensor broker password; empty = the upstream one.")
+    broker_tls: bool = Field(False, description="Separate sensor broker (BROKER_HOST or BROKER_PORT set) over TLS; the upstream broker itself is always used with EDGE_AGENT_MQTT__TLS*. Refused: upstream credentials in clear text when the upstream uses TLS.")
+    broker_ca_file: Path | None = Field(None, description="Separate sensor broker: CA certificate(s) to verify it with; empty = the system's CAs.")
+    broker_cert_file: Path | None = Field(None, description="Separate sensor broker: client certificate for mutual TLS.")
+    broker_key_file: Path | None = Field(None, description="Separate sensor broker: private key of the client certificate.")
+    broker_tls_insecure: bool = Field(False, description="Separate sensor broker: skip its host name check (never in production).")
 
     _split = field_validator("topics", mode="before")(_split_list)
+
+
+class ModbusSourceSettings(_Section):
+    """Polls Modbus RTU/TCP devices declared in the configuration file ([modbus.buses.NAME], [modbus.devices.NAME]; docs/modbus.md)."""
+
+    kind: Literal["modbus"] = "modbus"
+    devices: CommaList = Field(default_factory=list, description="Names of the [modbus.devices.NAME] to poll, comma-separated; empty = every declared device.")
+
+    _split = field_validator("devices", mode="before")(_split_list)
 
 
 def _source_kind(value: Any) -> str:
@@ -119,10 +135,13 @@ SourceSettings = Annotated[
         Annotated[ReplaySourceSettings, Tag("replay")],
         Annotated[SerialSourceSettings, Tag("serial")],
         Annotated[MqttSourceSettings, Tag("mqtt")],
+        Annotated[ModbusSourceSettings, Tag("modbus")],
     ],
-    Discriminator(_source_kind, custom_error_type="source_kind", custom_error_message="must be replay, serial or mqtt"),
+    Discriminator(_source_kind, custom_error_type="source_kind", custom_error_message="must be replay, serial, mqtt or modbus"),
 ]
-SOURCE_KINDS = {"replay": ReplaySourceSettings, "serial": SerialSourceSettings, "mqtt": MqttSourceSettings}
+SOURCE_KINDS = {"replay": ReplaySourceSettings, "serial": SerialSourceSettings, "mqtt": MqttSourceSettings,
+                "modbus": ModbusSourceSettings}
+FILE_ONLY = ("modbus",)  # settings that exist only in the configuration file (agent/config_file.py)
 
 
 class ModelSettings(_Section):
@@ -269,6 +288,7 @@ class Settings(BaseSettings):
         nested_model_default_partial_update=True, env_ignore_empty=True, allow_inf_nan=False,
     )
 
+    config_file: Path | None = Field(None, description="TOML configuration file (README: configuration file; deploy/agent.toml.example); empty = /etc/edge-agent/agent.toml when it exists. Env variables and the env file override it.")
     device_id: str = Field(default_factory=socket.gethostname, min_length=1, pattern=r"^[^/+#]+$", description="This gateway's id in topics and messages; default: the host name.")
     state_dir: Path = Field(default_factory=_default_state_dir, description="Outbox and calibration live here; default: $STATE_DIRECTORY, /var/lib/edge-agent for root, else ~/.local/state/edge-agent.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level on stderr: DEBUG, INFO, WARNING or ERROR.")
@@ -287,6 +307,7 @@ class Settings(BaseSettings):
     alerts: AlertSettings = Field(default_factory=AlertSettings)
     commands: CommandSettings = Field(default_factory=CommandSettings)
     cleaning: CleaningSettings = Field(default_factory=CleaningSettings)
+    modbus: ModbusSettings = Field(default_factory=ModbusSettings)
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -313,6 +334,8 @@ def env_name(loc: tuple[Any, ...]) -> str:
 def _walk(model: type[BaseModel], prefix: str) -> Iterator[tuple[str, Any]]:
     for name, field in model.model_fields.items():
         ann = field.annotation
+        if name in FILE_ONLY and model is Settings:
+            continue
         if name == "source":
             seen: set[str] = set()
             for cls in SOURCE_KINDS.values():
@@ -368,13 +391,28 @@ def load_settings(env_file: Path | None = None, environ: dict[str, str] | None =
             )
     merged = {k.upper(): v for k, v in file_values.items() if k.upper() in known}
     merged.update({k.upper(): v for k, v in environ.items() if k.upper() in known})
+    from agent import config_file  # the TOML file: the lowest layer, under the env file and the environment
+
+    path, _ = config_file.find(merged)
+    cfg = None
+    if path is not None:
+        try:
+            cfg = config_file.load(path, known)
+        except ValueError as e:
+            raise ConfigError(problems + [str(e)]) from None
+        problems += cfg.problems
+        merged = {**cfg.flat, **merged}
     try:
-        settings = _build(merged)
+        settings = _build(merged, cfg.file_only if cfg else {})
     except ValidationError as e:
         for err in e.errors():
             name = env_name(err["loc"])
             if err["type"] == "source_kind":
                 name = ENV_PREFIX + "SOURCE__KIND"
+            from_file = cfg.describe(err["loc"], name, err.get("input"), err["msg"]) if cfg else None
+            if from_file is not None and (name not in merged or merged[name] == cfg.flat.get(name)):  # type: ignore[union-attr]
+                problems.append(from_file)
+                continue
             raw = merged.get(name, err.get("input"))
             if name in secrets:
                 raw = "***"
@@ -383,19 +421,23 @@ def load_settings(env_file: Path | None = None, environ: dict[str, str] | None =
             else:
                 shown = repr(str(raw)) if raw is not None else "(not set)"
             problems.append(f"{name}={shown}: {err['msg']}")
+    if not problems:
+        from agent.config_checks import consistency_problems
+
+        problems += consistency_problems(settings)
     if problems:
         raise ConfigError(problems)
     return settings
 
 
-def _build(values: dict[str, str]) -> Settings:
+def _build(values: dict[str, str], file_only: dict[str, Any] | None = None) -> Settings:
     # Settings reads os.environ itself; give it exactly the merged view instead.
     saved = {k: v for k, v in os.environ.items() if k.upper().startswith(ENV_PREFIX)}
     try:
         for k in saved:
             del os.environ[k]
         os.environ.update(values)
-        return Settings()
+        return Settings(**(file_only or {}))
     finally:
         for k in values:
             os.environ.pop(k, None)
@@ -434,5 +476,5 @@ def flat_env(settings: Settings) -> dict[str, str]:
                     v = ",".join(map(str, v))
                 out[f"{prefix}{k.upper()}"] = "" if v is None else str(v).lower() if isinstance(v, bool) else str(v)
 
-    walk(masked_dump(settings), ENV_PREFIX)
+    walk({k: v for k, v in masked_dump(settings).items() if k not in FILE_ONLY}, ENV_PREFIX)
     return out

@@ -35,6 +35,7 @@ def plan(quick: bool, soak_s: float) -> list[tuple[str, list[str]]]:
     q = quick
     steps = [
         ("serial_rate", ["--lines", "50000", "--baseline-lines", "5000"] if q else []),
+        ("modbus_rate", ["--polls", "1000", "--rounds", "3"] if q else ["--polls", "3000", "--rounds", "5"]),
         ("mqtt_ingest", ["--readings", "10000"] if q else ["--readings", "20000", "--repeat", "2"]),
         ("window_cost", ["--windows", "5000"] if q else ["--windows", "20000", "--profile"]),
         ("footprint", ["--seconds", "10", "--starts", "3"] if q else ["--seconds", "20", "--starts", "5"]),

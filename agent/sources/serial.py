@@ -14,7 +14,7 @@ new line, after the device's pause between lines. A first byte that arrives afte
 whole line and is kept; one that comes sooner may be a tail and its fragment is dropped (``reject.partial_line``).
 
 A device that never sends the configured terminator would give zero readings: after ``no_terminator_bytes``
-without one, ``problem`` says so (the status shows it as a degraded reason), naming the terminator the data seems
+without one, ``problems`` says so (the status shows it as a degraded reason), naming the terminator the data seems
 to use, until a line arrives.
 """
 
@@ -30,6 +30,7 @@ import serial
 
 from agent.counters import Counters
 from agent.parse import HEADER, LineParser
+from agent.receipt import receipt_time
 from agent.records import Reading
 from agent.settings import SerialSourceSettings
 from agent.sources import CONNECTED, CONNECTING, DISCONNECTED, FINISHED, Sink
@@ -138,7 +139,15 @@ class SerialSource:
         serial.serial_for_url(settings.port, do_not_open=True, **self._kwargs)
         self._pending: dict[str, int] = {}
         self.no_terminator_bytes = max(2 * settings.max_line_bytes, 1024)
-        self.problem: str | None = None  # a degraded reason for the status (agent.app), None when well
+        self.problems: list[str] = []  # degraded reasons for the status; replaced whole, never changed in place
+
+    @property
+    def channels(self) -> list[str] | None:
+        """The configured channels, or those of the header line the device sent; None until one is known."""
+        cols = self.parser.columns
+        if self.settings.format != "csv" or cols is None:
+            return None
+        return [c for c in cols if c != self.settings.timestamp_field]
 
     @property
     def state(self) -> str:
@@ -219,7 +228,7 @@ class SerialSource:
                         pass
                     self._flush()
         finally:
-            self.problem = None
+            self.problems = []
             self._state = FINISHED
 
     def _no_terminator(self, data: bytes) -> None:
@@ -227,8 +236,8 @@ class SerialSource:
         name = self.settings.terminator
         seen = [t for t, b in (("crlf", b"\r\n"), ("lf", b"\n"), ("cr", b"\r")) if b in data and t != name]
         hint = f" (the data has {seen[0].upper()}: EDGE_AGENT_SOURCE__TERMINATOR={seen[0]}?)" if seen else ""
-        self.problem = f"no line terminator in {self.no_terminator_bytes} bytes{hint}"
-        log.warning("%s: %s; no readings until one arrives", self.settings.port, self.problem)
+        self.problems = [f"no line terminator in {self.no_terminator_bytes} bytes{hint}"]
+        log.warning("%s: %s; no readings until one arrives", self.settings.port, self.problems[0])
 
     def _log_open_failure(self, port: str, e: BaseException, logged: set[str]) -> None:
         code = getattr(e, "errno", None)
@@ -273,19 +282,19 @@ class SerialSource:
             counters.inc("source.bytes", len(data))
             lines = splitter.feed(data)
             if not lines:
-                if splitter.unterminated > self.no_terminator_bytes and self.problem is None:
+                if splitter.unterminated > self.no_terminator_bytes and not self.problems:
                     self._no_terminator(data)
                 if self._pending:
                     self._flush()
                 continue
-            if self.problem is not None:
+            if self.problems:
                 log.info("%s: lines arrive again", self.settings.port)
-                self.problem = None
-            received_ts = time.time()
+                self.problems = []
             counters.inc("source.lines", len(lines))
             good = 0
             for line in lines:
-                r = parse(line, received_ts)
+                # one receipt time per line, never per read: lines of one read must not share a time (agent/receipt.py)
+                r = parse(line, receipt_time())
                 if isinstance(r, Reading):
                     good += 1
                     sink(r)

@@ -230,14 +230,14 @@ def test_a_device_without_the_configured_terminator_is_reported(pty_factory: Cal
     with running(serial_settings(pty.path, format="csv", channels=["a"], max_line_bytes=64), counters) as r:
         connected(r)
         src = r.source
-        assert src.problem is None
+        assert src.problems == []
         for i in range(400):  # 2,000 bytes, no LF
             pty.write(b"%d\r" % (1000 + i))
-        wait_for(lambda: src.problem is not None, "the problem reported", runner=r)
-        assert src.problem == "no line terminator in 1024 bytes (the data has CR: EDGE_AGENT_SOURCE__TERMINATOR=cr?)"
+        wait_for(lambda: src.problems, "the problem reported", runner=r)
+        assert src.problems == ["no line terminator in 1024 bytes (the data has CR: EDGE_AGENT_SOURCE__TERMINATOR=cr?)"]
         assert r.readings == [] and caplog.text.count("no line terminator") == 1
         pty.write(b"\n5\n")  # the device fixed: lines again, the problem is gone
-        wait_for(lambda: src.problem is None and r.readings, "lines again", runner=r)
+        wait_for(lambda: src.problems == [] and r.readings, "lines again", runner=r)
 
 
 def test_unplug_and_replug_behind_symlink(pty_factory: Callable[[], Pty], tmp_path: Path,

@@ -47,7 +47,7 @@ def test_environment_overrides_env_file(tmp_path):
         ("", {"EDGE_AGENT_MQTT__PORT": "abc"}, ["EDGE_AGENT_MQTT__PORT='abc'", "valid integer"]),
         ("", {"EDGE_AGENT_MQTT__PORT": "70000"}, ["EDGE_AGENT_MQTT__PORT='70000'", "less than or equal to 65535"]),
         ("", {"EDGE_AGENT_SOURCE__SPEED": "-1"}, ["EDGE_AGENT_SOURCE__SPEED='-1'", "greater than or equal to 0"]),
-        ("", {"EDGE_AGENT_SOURCE__KIND": "usb"}, ["EDGE_AGENT_SOURCE__KIND='usb'", "replay, serial or mqtt"]),
+        ("", {"EDGE_AGENT_SOURCE__KIND": "usb"}, ["EDGE_AGENT_SOURCE__KIND='usb'", "replay, serial, mqtt or modbus"]),
         ("", {"EDGE_AGENT_SOURCE__KIND": "serial"}, ["EDGE_AGENT_SOURCE__PORT=(not set)", "Field required"]),
         ("", {"EDGE_AGENT_LOG_LEVEL": "loud"}, ["EDGE_AGENT_LOG_LEVEL='loud'"]),
         ("", {"EDGE_AGENT_MQTT__TOPIC_PREFIX": "a/#"}, ["EDGE_AGENT_MQTT__TOPIC_PREFIX='a/#'", "must not contain"]),
