@@ -16,8 +16,12 @@ from typing import Mapping
 from agent.settings import ENV_PREFIX, Settings, known_env_names
 
 
-class SecretFileError(Exception):
+class SecretFileError(OSError):
     """A password file that is configured but cannot be read: a configuration error (exit 78)."""
+
+
+class SecretFileMissing(SecretFileError, FileNotFoundError):
+    """A configured password file that does not exist."""
 
 
 def read_secret_file(path: Path, env: str, warn: list[str] | None = None) -> str:
@@ -29,7 +33,7 @@ def read_secret_file(path: Path, env: str, warn: list[str] | None = None) -> str
             raise SecretFileError(f"{env}={path}: not a regular file")
         text = path.read_text().rstrip("\r\n")
     except FileNotFoundError:
-        raise SecretFileError(f"{env}={path}: no such file") from None
+        raise SecretFileMissing(f"{env}={path}: no such file") from None
     except (OSError, UnicodeDecodeError) as e:
         raise SecretFileError(f"{env}={path}: cannot read it ({getattr(e, 'strerror', None) or e})") from None
     if st.st_mode & 0o044 and warn is not None:
