@@ -20,9 +20,12 @@ log = logging.getLogger("agent")
 
 
 def setup_logging(level: str) -> None:
-    """Log lines on stderr without timestamps (journald adds them)."""
+    """Log lines on stderr without timestamps (journald adds them); control characters in a message are escaped
+    (agent/logsafe.py), so no value from outside can forge a line."""
+    from agent.logsafe import SafeFormatter
+
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(SafeFormatter("%(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
@@ -39,21 +42,42 @@ def _config_fail(e: ConfigError) -> int:
     return EX_CONFIG
 
 
+def _checked_settings(args: argparse.Namespace) -> tuple[Settings, list[str]]:
+    """The settings, checked against the model sidecar, secret files and environment (agent/preflight.py);
+    ConfigError with every problem, else the warnings to show."""
+    import os
+
+    from agent import preflight
+
+    settings = _settings(args)
+    problems, warnings = preflight.check(settings, os.environ)
+    if problems:
+        raise ConfigError(problems)
+    return settings, warnings
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from agent.app import Agent
+    from agent.files import StateDirError
     from agent.infer import ModelError
+    from agent.preflight import SecretFileError
 
     try:
-        settings = _settings(args)
+        settings, warnings = _checked_settings(args)
     except ConfigError as e:
         return _config_fail(e)
     setup_logging(settings.log_level)
+    for w in warnings:
+        log.warning("config: %s", w)
     try:
         agent = Agent(settings)
     except ModelError as e:
         print(f"model error: {e}", file=sys.stderr)
         return EX_CONFIG
-    except (FileNotFoundError, ValueError) as e:
+    except StateDirError as e:
+        print(f"config error: {e} (EDGE_AGENT_STATE_DIR)", file=sys.stderr)
+        return EX_CONFIG
+    except (FileNotFoundError, ValueError, SecretFileError) as e:
         print(f"config error: {e}", file=sys.stderr)
         return EX_CONFIG
     except PermissionError as e:
@@ -64,9 +88,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     try:
-        settings = _settings(args)
+        settings, warnings = _checked_settings(args)
     except ConfigError as e:
         return _config_fail(e)
+    for w in warnings:
+        print(f"config warning: {w}", file=sys.stderr)
     if args.json:
         from agent.settings import masked_dump
 

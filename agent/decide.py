@@ -34,6 +34,9 @@ class AlertMachine:
     """One sensor's alert: raised when ``k`` of the last ``n`` windows score over the threshold, cleared when
     ``k`` of the last ``n`` score under ``threshold x clear_ratio`` (hysteresis). The history restarts at every
     transition, so a raise needs k fresh windows over the threshold and a clear k fresh windows under it.
+
+    The recent scores are kept (not just whether they were over), so that a new threshold re-judges them
+    (``retune``) instead of forgetting the debounce: a command cannot silence alerts by resetting it.
     """
 
     def __init__(self, sensor: str, threshold: float, k: int, n: int, clear_ratio: float):
@@ -42,7 +45,7 @@ class AlertMachine:
         self.sensor = sensor
         self.threshold = threshold
         self.k, self.n, self.clear_ratio = k, n, clear_ratio
-        self._hist: deque[bool] = deque(maxlen=n)
+        self._scores: deque[float] = deque(maxlen=n)
         self.active_id: str | None = None
         self._peak = 0.0
 
@@ -53,26 +56,37 @@ class AlertMachine:
     def update(self, inf: Inference) -> Transition | None:
         """Feed one scored window; a Transition when the alert is raised or cleared by it."""
         s = inf.score
+        self._scores.append(s)
         if self.active_id is None:
-            self._hist.append(s > self.threshold)
-            if sum(self._hist) >= self.k:
+            t = self.threshold
+            if sum(1 for x in self._scores if x > t) >= self.k:
                 self.active_id = uuid.uuid4().hex
                 self._peak = s
-                self._hist.clear()
+                self._scores.clear()
                 return Transition(RAISED, self.active_id, self.sensor, inf, self.threshold, s)
             return None
         self._peak = max(self._peak, s)
-        self._hist.append(s < self.threshold * self.clear_ratio)
-        if sum(self._hist) >= self.k:
-            t = Transition(CLEARED, self.active_id, self.sensor, inf, self.threshold, self._peak)
+        under = self.threshold * self.clear_ratio
+        if sum(1 for x in self._scores if x < under) >= self.k:
+            tr = Transition(CLEARED, self.active_id, self.sensor, inf, self.threshold, self._peak)
             self.active_id = None
-            self._hist.clear()
-            return t
+            self._scores.clear()
+            return tr
         return None
 
+    def retune(self, threshold: float, k: int, n: int, clear_ratio: float) -> None:
+        """New decision parameters from the next window on; the recent scores are judged again by them (an
+        active alert stays active until ``k`` windows are under the new clear level)."""
+        if not 1 <= k <= n:
+            raise ValueError("need 1 <= k <= n")
+        self.threshold, self.k, self.clear_ratio = threshold, k, clear_ratio
+        if n != self.n:
+            self.n = n
+            self._scores = deque(self._scores, maxlen=n)
+
     def reset(self) -> None:
-        """Forget the debounce history (after a gap); an active alert stays active."""
-        self._hist.clear()
+        """Forget the debounce history (after a gap, or scores of another model); an active alert stays active."""
+        self._scores.clear()
 
 
 @dataclass
@@ -170,3 +184,7 @@ class AlertPolicy:
 
     def cleared(self, sensor: str, ts: float) -> None:
         self._last_clear[sensor] = ts
+
+    def forget(self, sensor: str) -> None:
+        """Drop what is kept of an idle sensor (its cooldown has long passed)."""
+        self._last_clear.pop(sensor, None)

@@ -23,7 +23,8 @@ WIDTH = {"int16": 1, "uint16": 1, "int32": 2, "uint32": 2, "int64": 4, "uint64":
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    # finite numbers only, as every settings section (agent/settings.py): TOML writes nan and inf as literals
+    model_config = ConfigDict(extra="forbid", validate_default=True, allow_inf_nan=False)
 
 
 class ChannelMap(_Strict):

@@ -77,16 +77,16 @@ class BrokerConnection:
 
 
 def read_password(s: Any) -> str | None:
-    """The broker password: ``password_file``, else the systemd credential ``mqtt-password``, else ``password``."""
-    candidates = []
+    """The broker password: ``password_file`` (which must exist: SecretFileError, exit 78, as the sensor broker's),
+    else the systemd credential ``mqtt-password`` when present, else ``password``."""
+    from agent.preflight import read_secret_file
+
     if s.password_file is not None:
-        candidates.append(Path(s.password_file))
-    elif os.environ.get("CREDENTIALS_DIRECTORY"):
-        candidates.append(Path(os.environ["CREDENTIALS_DIRECTORY"]) / "mqtt-password")
-    for p in candidates:
+        return read_secret_file(Path(s.password_file), f"{UPSTREAM}PASSWORD_FILE") or None
+    if os.environ.get("CREDENTIALS_DIRECTORY"):
+        p = Path(os.environ["CREDENTIALS_DIRECTORY"]) / "mqtt-password"
         if p.is_file():
-            text = p.read_text().rstrip("\r\n")
-            return text or None  # the installer leaves an empty credential file: no password
+            return p.read_text().rstrip("\r\n") or None  # the installer leaves an empty credential file: no password
     if s.password is not None and s.password.get_secret_value():
         return str(s.password.get_secret_value())
     return None
@@ -152,10 +152,9 @@ def source_connection(src: Any, up: Any) -> BrokerConnection:
         raise ValueError("; ".join(problems))
     username = src.broker_username or up.username
     if src.broker_password_file is not None:
-        path = Path(src.broker_password_file)
-        if not path.is_file():
-            raise FileNotFoundError(f"{SOURCE_BROKER}PASSWORD_FILE {path}: no such file")
-        password: str | None = path.read_text().rstrip("\r\n")
+        from agent.preflight import read_secret_file
+
+        password: str | None = read_secret_file(Path(src.broker_password_file), f"{SOURCE_BROKER}PASSWORD_FILE")
     else:
         password = read_password(up)
     if not _separate(src, up):

@@ -14,7 +14,9 @@ import socket
 from pathlib import Path
 from typing import Annotated, Any, Iterator, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, SecretStr, Tag, ValidationError, field_validator
+from pydantic import (
+    BaseModel, ConfigDict, Discriminator, Field, SecretStr, Tag, ValidationError, ValidationInfo, field_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from agent.modbus_config import ModbusSettings
@@ -22,6 +24,7 @@ from agent.modbus_config import ModbusSettings
 ENV_PREFIX = "EDGE_AGENT_"
 DEFAULT_ENV_FILE = Path("/etc/edge-agent/agent.env")
 EX_CONFIG = 78  # sysexits.h: configuration error; the unit sets RestartPreventExitStatus=78
+COMMAND_NAMES = ("ping", "status", "set-threshold", "calibrate", "reload-model", "feedback")  # agent/commands.py
 
 
 def _default_state_dir() -> Path:
@@ -45,7 +48,9 @@ CommaList = Annotated[list[str], NoDecode]
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    # allow_inf_nan=False: every float setting must be finite (NaN would switch alerting off silently, inf hang a
+    # shutdown); sections added later inherit it
+    model_config = ConfigDict(extra="forbid", validate_default=True, allow_inf_nan=False)
 
 
 class ReplaySourceSettings(_Section):
@@ -144,7 +149,7 @@ class ModelSettings(_Section):
 
     path: Path | None = Field(None, description="Model .tflite (its JSON sidecar with the same stem beside it); empty = the bundled pump-anomaly model.")
     runtime: Literal["auto", "ai_edge_litert", "tflite_runtime"] = Field("auto", description="TFLite runtime: auto (ai_edge_litert first, then tflite_runtime), ai_edge_litert or tflite_runtime.")
-    threshold: float | None = Field(None, description="Score threshold; empty = calibrated on site, else the sidecar's default.")
+    threshold: float | None = Field(None, gt=0, description="Score threshold; empty = calibrated on site, else the sidecar's default.")
     num_threads: int = Field(1, ge=1, le=4, description="Interpreter threads (1 is fastest for one window at a time).")
 
 
@@ -155,11 +160,19 @@ class DecisionSettings(_Section):
     n: int | None = Field(None, ge=1, description="Length of the k-of-n debounce.")
     clear_ratio: float | None = Field(None, gt=0, le=1, description="Hysteresis: clear when k of the last n windows score under threshold x clear_ratio.")
 
+    @field_validator("n")
+    @classmethod
+    def _k_le_n(cls, v: int | None, info: ValidationInfo) -> int | None:
+        k = info.data.get("k")
+        if v is not None and k is not None and k > v:
+            raise ValueError(f"must be at least EDGE_AGENT_DECISION__K ({k})")
+        return v
+
 
 class CalibrationSettings(_Section):
     """Teach-in: the first readings after install are taken as normal."""
 
-    samples: int | None = Field(None, ge=0, description="Readings taken as normal to fit normalisation and threshold on site; 0 = off, empty = the sidecar's default.")
+    samples: int | None = Field(None, ge=0, le=1_000_000, description="Readings taken as normal to fit normalisation and threshold on site; 0 = off, empty = the sidecar's default.")
 
 
 class MqttSettings(_Section):
@@ -225,6 +238,10 @@ class CleaningSettings(_Section):
         parse_ranges(v)  # ValueError names the bad item
         return v
 
+    max_time_jump_s: float = Field(600.0, ge=0, description="A reading more than this many seconds ahead of its sensor's time (by the clock since its last reading) or behind it is refused alone (future_ts/past_ts); 5 such readings in a row that agree are taken as a stepped device clock (gaps.time_step, warning); 0 = off.")
+    max_sensors: int = Field(1000, ge=0, description="Sensors tracked at most; readings of new sensors beyond this are refused and counted (too_many_sensors); 0 = no limit.")
+    sensor_idle_s: float = Field(86400.0, ge=0, description="A sensor that sent nothing for this many seconds is forgotten (its windows, alert state, evidence buffer); 0 = never.")
+
     @field_validator("spike_window")
     @classmethod
     def _window(cls, v: int) -> int:
@@ -237,8 +254,30 @@ class CommandSettings(_Section):
     """Commands under {prefix}/{device_id}/cmd/<name>."""
 
     enabled: bool = Field(True, description="Accept commands over MQTT; false = do not even subscribe.")
+    allow: CommaList = Field(list(COMMAND_NAMES), description="Commands carried out, comma-separated; any other gets a not-ok reply (the broker's ACL decides who may send them).")
+    rate_per_minute: int = Field(60, ge=1, description="Commands carried out per minute at most (token bucket); more are dropped without a reply, counted (commands.dropped) and logged once per burst.")
+    burst: int = Field(10, ge=1, description="Commands accepted at once before the rate limit applies.")
+    model_dirs: CommaList = Field(default_factory=list, description="Directories reload-model may load models from, comma-separated; empty = the bundled models and the configured model's directory.")
     threshold_min: float | None = Field(None, gt=0, description="Lowest threshold set-threshold accepts; empty = a tenth of the model's threshold.")
     threshold_max: float | None = Field(None, gt=0, description="Highest threshold set-threshold accepts; empty = ten times the model's threshold.")
+
+    _split = field_validator("allow", "model_dirs", mode="before")(_split_list)
+
+    @field_validator("allow")
+    @classmethod
+    def _known(cls, v: list[str]) -> list[str]:
+        unknown = [c for c in v if c not in COMMAND_NAMES]
+        if unknown:
+            raise ValueError(f"unknown command(s) {', '.join(unknown)}; known: {', '.join(COMMAND_NAMES)}")
+        return v
+
+    @field_validator("model_dirs")
+    @classmethod
+    def _absolute(cls, v: list[str]) -> list[str]:
+        relative = [d for d in v if not d.startswith("/")]
+        if relative:
+            raise ValueError(f"must be absolute paths: {', '.join(relative)}")
+        return v
 
 
 class Settings(BaseSettings):
@@ -246,7 +285,7 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="ignore", validate_default=True,
-        nested_model_default_partial_update=True, env_ignore_empty=True,
+        nested_model_default_partial_update=True, env_ignore_empty=True, allow_inf_nan=False,
     )
 
     config_file: Path | None = Field(None, description="TOML configuration file (README: configuration file; deploy/agent.toml.example); empty = /etc/edge-agent/agent.toml when it exists. Env variables and the env file override it.")

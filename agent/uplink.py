@@ -30,6 +30,7 @@ from agent.mqtt_client import (  # noqa: F401 - ExplainingClient, configure_tls,
 )
 from agent.outbox import Outbox
 from agent.parse import iso
+from agent.records import message_bytes
 from agent.settings import MqttSettings
 
 log = logging.getLogger(__name__)
@@ -84,7 +85,7 @@ class Uplink:
     def start(self) -> None:
         """Connect in the background and start publishing; never blocks on the broker."""
         will = {"state": "offline", "device_id": self.device_id, "ts": iso(time.time()), "reason": "connection lost"}
-        self.client.will_set(self.topic("status"), json.dumps(will), qos=1, retain=True)
+        self.client.will_set(self.topic("status"), message_bytes(will), qos=1, retain=True)
         self.client.connect_async(self.s.host, self.s.port, keepalive=self.s.keepalive_s)
         self.client.loop_start()
         self._thread = threading.Thread(target=self._run, name="uplink", daemon=True)
@@ -115,7 +116,7 @@ class Uplink:
         if self._thread is not None:
             self._thread.join(timeout=5)
         if self.connected.is_set():
-            body = json.dumps({"state": "offline", "device_id": self.device_id, "ts": iso(time.time()), "reason": reason})
+            body = message_bytes({"state": "offline", "device_id": self.device_id, "ts": iso(time.time()), "reason": reason})
             try:
                 info = self.client.publish(self.topic("status"), body, qos=1, retain=True)
                 info.wait_for_publish(timeout=3)
@@ -128,7 +129,7 @@ class Uplink:
         """Publish the retained status now (on connect and whenever the state changes)."""
         if not self.connected.is_set():
             return
-        body = json.dumps(self._status(), separators=(",", ":"))
+        body = message_bytes(self._status())
         self.client.publish(self.topic("status"), body, qos=1, retain=True)
         self.bytes_out += len(body) + len(self.base) + 7
 
@@ -136,7 +137,7 @@ class Uplink:
         """Publish straight away, not through the outbox (stats, command replies: worthless once stale)."""
         if not self.connected.is_set():
             return False
-        body = json.dumps(payload, separators=(",", ":"))
+        body = message_bytes(payload)
         info = self.client.publish(self.topic(suffix), body, qos=qos, retain=retain)
         self.bytes_out += len(body) + len(self.base) + len(suffix) + 1
         return info.rc == mqtt.MQTT_ERR_SUCCESS
@@ -160,7 +161,7 @@ class Uplink:
         for row in self.outbox.pending(room, exclude=busy):
             payload = json.loads(row.payload)
             payload["sent_at"] = iso(time.time())
-            body = json.dumps(payload, separators=(",", ":")).encode()
+            body = message_bytes(payload)
             # Never hold self._lock while calling into paho: paho calls on_publish holding its own message mutex,
             # and on_publish takes self._lock (lock-order inversion = deadlock). A PUBACK that beats us to
             # recording the mid is parked in _early_acks instead.

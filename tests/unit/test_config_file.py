@@ -218,3 +218,13 @@ def test_check_config_exits_78_naming_the_key(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert "EDGE_AGENT_SOURCE__KIND=modbus" in r.stdout and "[modbus.devices.meter-1]" in r.stdout
     assert '"Voltage L1" = {table = "input", address = 0, type = "float32"' in r.stdout
+
+
+@pytest.mark.parametrize("line", ["scale = nan", "offset = inf", "scale = -inf"])
+def test_nan_and_inf_in_the_file_are_refused_like_in_the_environment(tmp_path: Path, line: str) -> None:
+    """Issue 12 item 9: TOML writes nan and inf as literals; a NaN scale would make every reading not_finite."""
+    text = MODBUS.replace('type = "float32"}', f'type = "float32", {line}}}')
+    problems = _problems(tmp_path, text)
+    assert any("finite number" in p for p in problems), problems
+    got = _problems(tmp_path, "[cleaning]\nmax_hold_s = nan\n")
+    assert any("max_hold_s" in p and "finite number" in p for p in got), got
