@@ -27,9 +27,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from agent.files import atomic_write
+from agent.files import atomic_write, set_aside
 from agent.generic import GenericModel, GenericScorer, contamination
-from agent.infer import Model, Scorer
+from agent.logsafe import clip
+from agent.infer import Scorer
 from agent.window import Normaliser, Windower
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,50 @@ class Calibration:
         atomic_write(path, json.dumps(self.to_json(), indent=1).encode())
 
 
+def parse_calibration(raw: bytes) -> Calibration:
+    """A Calibration from ``calibration.json``; ValueError saying what is wrong (garbage, NaN, wrong shapes)."""
+    def no_constant(name: str) -> Any:
+        raise ValueError(f"{name} is not a number")
+
+    try:
+        data = json.loads(raw, parse_constant=no_constant)
+    except RecursionError:
+        raise ValueError("not JSON (nested too deeply)") from None
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    try:
+        cal = Calibration(**data)
+    except TypeError as e:
+        raise ValueError(f"not a calibration ({e})") from None
+    if not isinstance(cal.model_sha256, str) or not isinstance(cal.channels, list) or not all(isinstance(c, str) for c in cal.channels):
+        raise ValueError("model_sha256 and channels must be text")
+    n = len(cal.channels)
+    for name in ("mean", "std"):
+        vec = getattr(cal, name)
+        if vec is not None and (not isinstance(vec, list) or len(vec) != n or not all(_finite(v) for v in vec)):
+            raise ValueError(f"{name} must be {n} finite numbers")
+    if cal.std is not None and any(v < 0 for v in cal.std):
+        raise ValueError("std must not be negative")
+    if cal.threshold is not None and not (_finite(cal.threshold) and cal.threshold > 0):
+        raise ValueError(f"threshold {cal.threshold!r} is not a finite positive number")
+    if isinstance(cal.samples, bool) or not isinstance(cal.samples, int) or cal.samples < 0 or not _finite(cal.fitted_at):
+        raise ValueError("samples and fitted_at must be numbers")
+    if cal.params is not None and not isinstance(cal.params, dict):
+        raise ValueError("params must be an object")
+    if cal.warning is not None and not isinstance(cal.warning, str):
+        raise ValueError("warning must be text")
+    if not isinstance(cal.folded, list) or not all(isinstance(a, str) for a in cal.folded):
+        raise ValueError("folded must be a list of alert ids")
+    return cal
+
+
+def _finite(v: Any) -> bool:
+    try:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    except OverflowError:  # an integer too large for a float
+        return False
+
+
 def fit(model: Detector, normal: np.ndarray, folded: list[str] | None = None) -> Calibration:
     """Fit what the model asks for on ``normal`` (rows of raw vectors, oldest first)."""
     sc = model.sidecar
@@ -108,6 +153,9 @@ def fit(model: Detector, normal: np.ndarray, folded: list[str] | None = None) ->
                 scores.append(scorer.score(win.data)[0])
         if scores:
             threshold = float(np.quantile(np.asarray(scores), spec.threshold_quantile) * spec.threshold_factor)
+            if not (math.isfinite(threshold) and threshold > 0):  # e.g. perfectly constant data: keep the sidecar's
+                log.warning("teach-in fitted threshold %r is unusable: the sidecar's %.4g holds", threshold, sc.threshold)
+                threshold = None
     return Calibration(
         model_sha256=model.sha256,
         channels=channels,
@@ -252,22 +300,31 @@ class Calibrator:
 
     def _read_normal(self) -> np.ndarray | None:
         try:
-            with np.load(self._npz) as z:
-                return np.asarray(z["normal"], dtype=np.float64)
-        except (OSError, ValueError, KeyError) as e:
-            log.warning("teach-in readings in %s unreadable (%s): feedback cannot refit", self._npz, e)
+            with np.load(self._npz, allow_pickle=False) as z:
+                normal = np.asarray(z["normal"], dtype=np.float64)
+        except Exception as e:  # noqa: BLE001 - numpy raises many kinds for a damaged file
+            log.warning("teach-in readings in %s unreadable (%s): feedback cannot refit", self._npz, clip(e))
             return None
+        if normal.ndim != 2 or normal.shape[1] != len(self.model.sidecar.channels) or not np.isfinite(normal).all():
+            log.warning("teach-in readings in %s have the wrong shape: feedback cannot refit", self._npz)
+            return None
+        return normal
 
     def _read_folds(self) -> dict[str, np.ndarray]:
         try:
-            with np.load(self._fold_npz) as z:
+            with np.load(self._fold_npz, allow_pickle=False) as z:
                 ids = [str(i) for i in z["ids"]]
                 lengths = [int(n) for n in z["lengths"]]
                 rows = np.asarray(z["rows"], dtype=np.float64)
         except FileNotFoundError:
             return {}
-        except (OSError, ValueError, KeyError) as e:
-            log.warning("ignoring unreadable %s (%s)", self._fold_npz, e)
+        except Exception as e:  # noqa: BLE001 - numpy raises many kinds for a damaged file
+            set_aside(self._fold_npz, f"{clip(e, 200)}; the readings feedback folded in are forgotten")
+            return {}
+        width = len(self.model.sidecar.channels)
+        if (rows.ndim != 2 or rows.shape[1] != width or not np.isfinite(rows).all() or len(ids) != len(lengths)
+                or sum(lengths) != len(rows) or any(n < 0 for n in lengths)):
+            set_aside(self._fold_npz, "wrong shape or not finite; the readings feedback folded in are forgotten")
             return {}
         out, start = {}, 0
         for i, n in zip(ids, lengths):
@@ -311,28 +368,33 @@ class Calibrator:
     def _load(self) -> Calibration | None:
         channels = list(self.model.sidecar.channels)
         try:
-            data = json.loads(self._json.read_text())
-            cal = Calibration(**data)
+            cal = parse_calibration(self._json.read_bytes())
         except FileNotFoundError:
             return None
-        except (OSError, ValueError, TypeError) as e:
-            log.warning("ignoring unreadable %s (%s): teach-in starts again", self._json, e)
+        except OSError as e:
+            log.warning("ignoring unreadable %s (%s): teach-in starts again", self._json, e.strerror)
+            return None
+        except ValueError as e:
+            set_aside(self._json, f"{clip(e, 200)}; teach-in starts again")
             return None
         if cal.model_sha256 == self.model.sha256 and cal.channels == channels:
             return cal
         # Another model: refit from the stored normal readings when they have the same channels.
         try:
-            with np.load(self._npz) as z:
+            with np.load(self._npz, allow_pickle=False) as z:
                 stored = [str(c) for c in z["channels"]]
-                normal = z["normal"]
-        except (OSError, ValueError, KeyError) as e:
-            log.info("calibration was for another model and its readings are unreadable (%s): teach-in again", e)
+                normal = np.asarray(z["normal"], dtype=np.float64)
+        except Exception as e:  # noqa: BLE001 - numpy raises many kinds for a damaged file (zipfile, pickle, EOF)
+            log.info("calibration was for another model and its readings are unreadable (%s): teach-in again", clip(e))
             return None
         if stored != channels:
             log.info("calibration was for other channels: teach-in starts again")
             return None
+        if normal.ndim != 2 or normal.shape[1] != len(channels) or not np.isfinite(normal).all():
+            set_aside(self._npz, "stored normal readings of the wrong shape or not finite")
+            return None
         folds = self._read_folds()
-        parts = [normal, *folds.values()]
+        parts = [normal, *(f for f in folds.values() if f.ndim == 2 and f.shape[1] == len(channels))]
         cal = fit(self.model, np.vstack(parts), folded=list(folds))
         cal.write(self._json)
         log.info("calibrated model %s from %d stored normal readings", self.model.name, len(normal))

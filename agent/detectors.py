@@ -10,8 +10,8 @@ import json
 from pathlib import Path
 
 from agent.bundled import BUNDLED_MODELS, bundled_model
-from agent.generic import GenericModel
-from agent.infer import Model, ModelError
+from agent.generic import GenericModel, GenericSpec
+from agent.infer import Model, ModelError, Sidecar, read_sidecar
 
 def resolve(path: str | Path) -> Path:
     """A bundled name → its file; anything else is a path."""
@@ -42,3 +42,14 @@ def open_model(path: str | Path, runtime: str = "auto", num_threads: int = 1) ->
                              f"for a TFLite model give the .tflite file (its sidecar is found beside it)")
         return GenericModel.load(p)
     return Model(p, runtime=runtime, num_threads=num_threads)
+
+
+def read_spec(path: Path) -> Sidecar | GenericSpec:
+    """The validated sidecar (TFLite) or spec (generic) of ``path``, without loading a runtime; ModelError."""
+    if path.suffix.lower() == ".json":
+        if not path.is_file():
+            raise ModelError(f"{path}: no such file")
+        if not is_generic_spec(path):
+            raise ModelError(f"{path}: a JSON file here must be a generic detector spec (kind \"generic\")")
+        return GenericModel.load(path).sidecar
+    return read_sidecar(path)

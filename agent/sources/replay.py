@@ -74,6 +74,16 @@ class ReplaySource:
         self._closed = threading.Event()
         if not self.path.is_file():
             raise FileNotFoundError(f"replay recording {self.path} not found")
+        with open(self.path, encoding="utf-8", errors="replace") as f:
+            head = f.readline()
+        names = [h.strip() for h in next(csv.reader([head], delimiter=";" if head.count(";") > head.count(",") else ","))]
+        self._channels = [h for h in names if h.lower() not in TIME_COLUMNS]
+        self.problems: list[str] = []
+
+    @property
+    def channels(self) -> list[str] | None:
+        """The recording's columns other than its time column, in file order."""
+        return list(self._channels)
 
     @property
     def state(self) -> str:
