@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import dataclasses
 import hashlib
 
 from agent import __version__, sdnotify
@@ -58,6 +59,9 @@ def build_pipeline(
 ) -> Pipeline:
     """The pipeline as the settings describe it (also used by ``evaluate``)."""
     a = settings.alerts
+    cleaning = CleaningPolicy.from_settings(settings.cleaning)
+    if settings.source.kind == "replay":  # a recording carries its own time: a jump in it is a gap, not a bad clock
+        cleaning = dataclasses.replace(cleaning, max_time_jump_s=0.0)
     return Pipeline(
         model, counters, settings.device_id, state_dir or settings.state_dir,
         summary_interval_s=settings.summary_interval_s,
@@ -68,7 +72,7 @@ def build_pipeline(
         policy=AlertPolicy(a.cooldown_s, a.rate_limit_per_hour), critical_margin=a.critical_margin,
         evidence=evidence, evidence_windows_before=a.evidence_windows_before,
         evidence_inline_max_bytes=a.evidence_inline_max_bytes,
-        cleaning=CleaningPolicy.from_settings(settings.cleaning),
+        cleaning=cleaning,
     )
 
 

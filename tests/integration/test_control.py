@@ -18,7 +18,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.bundled import bundled_model
+from agent.bundled import DEFAULT_MODEL, bundled_model
 from tests.conftest import ROOT, Recorder, agent_env, start_agent, wait_for
 
 BASE = "edge/test-gw"
@@ -82,7 +82,7 @@ def test_birth_stats_and_last_will_on_kill9(tmp_path, live_broker, recorder, age
     st = _online(rec)
     for key in ("agent_version", "started_at", "config_digest", "device_id"):
         assert st[key]
-    assert st["model"]["name"] == "pump-anomaly" and len(st["model"]["sha256"]) == 64 and st["model"]["runtime"]
+    assert st["model"]["name"] == DEFAULT_MODEL and len(st["model"]["sha256"]) == 64 and st["model"]["runtime"]
     stats = _stats(rec, lambda s: s["windows"] > 0)
     for key in ("uptime_s", "readings_in", "inference_ms", "queue", "outbox", "rejected", "source", "rss_bytes",
                 "cpu_s", "bytes_in", "bytes_out", "clock_synced", "feedback", "alerts"):

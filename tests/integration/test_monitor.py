@@ -19,10 +19,10 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.bundled import bundled_model
+from agent.bundled import default_model_path
 from tests.conftest import ROOT, agent_env, free_port, start_agent, wait_for
 
-SIDECAR = json.loads(bundled_model("pump-anomaly").with_suffix(".json").read_text())
+SIDECAR = json.loads(default_model_path().read_text())  # the default model's spec: what the agents run
 
 
 def _prefix() -> str:
