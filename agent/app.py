@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import dataclasses
 import hashlib
 
 from agent import __version__, sdnotify
@@ -24,9 +25,11 @@ from agent.clean import CleaningPolicy
 from agent.commands import CommandGate, Commands, load_overrides
 from agent.counters import Counters
 from agent.decide import AlertPolicy
+from agent.detectors import open_model
 from agent.evidence import EvidenceStore
 from agent.files import probe_state_dir
 from agent.health import Heartbeats, HealthMonitor, clock_synchronised, process_usage
+from agent.generic import GenericModel
 from agent.infer import Model
 from agent.outbox import Outbox
 from agent.parse import iso
@@ -44,28 +47,32 @@ EXIT_FAILURE = 1
 _END = object()  # queued by the source thread when the input is exhausted or closed
 
 
-def load_model(settings: Settings) -> Model:
-    """The configured model (or the bundled one), checked against its sidecar; raises ModelError."""
+def load_model(settings: Settings) -> Model | GenericModel:
+    """The configured model (a bundled name or a path; default: the bundled default), checked; raises ModelError."""
     path = settings.model.path or default_model_path()
-    return Model(Path(path), runtime=settings.model.runtime, num_threads=settings.model.num_threads)
+    return open_model(path, runtime=settings.model.runtime, num_threads=settings.model.num_threads)
 
 
 def build_pipeline(
-    settings: Settings, model: Model, counters: Counters, evidence: EvidenceStore | None = None,
-    state_dir: Path | None = None,
+    settings: Settings, model: Model | GenericModel, counters: Counters, evidence: EvidenceStore | None = None,
+    state_dir: Path | None = None, channels: list[str] | None = None,
 ) -> Pipeline:
     """The pipeline as the settings describe it (also used by ``evaluate``)."""
     a = settings.alerts
+    cleaning = CleaningPolicy.from_settings(settings.cleaning)
+    if settings.source.kind == "replay":  # a recording carries its own time: a jump in it is a gap, not a bad clock
+        cleaning = dataclasses.replace(cleaning, max_time_jump_s=0.0)
     return Pipeline(
         model, counters, settings.device_id, state_dir or settings.state_dir,
         summary_interval_s=settings.summary_interval_s,
-        calibration_samples=settings.calibration.samples,
-        threshold=settings.model.threshold,
+        calibration_samples=settings.calibration.samples, calibration_duration_s=settings.calibration.duration,
+        channels=channels, threshold=settings.model.threshold,
         k=settings.decision.k, n=settings.decision.n, clear_ratio=settings.decision.clear_ratio,
+        recede_ratio=settings.decision.recede_ratio,
         policy=AlertPolicy(a.cooldown_s, a.rate_limit_per_hour), critical_margin=a.critical_margin,
         evidence=evidence, evidence_windows_before=a.evidence_windows_before,
         evidence_inline_max_bytes=a.evidence_inline_max_bytes,
-        cleaning=CleaningPolicy.from_settings(settings.cleaning),
+        cleaning=cleaning,
     )
 
 
@@ -89,16 +96,18 @@ class Agent:
         self.model = load_model(settings)
         probe_state_dir(settings.state_dir)  # StateDirError (exit 78) naming the path and the reason
         self.evidence = EvidenceStore(settings.state_dir / "evidence.db", settings.alerts.evidence_max_bytes)
-        self.pipeline = build_pipeline(settings, self.model, self.counters, self.evidence)
         self.overrides_path = settings.state_dir / "overrides.json"
-        threshold = load_overrides(self.overrides_path).get("threshold")
-        if threshold is not None:
-            self.pipeline.set_threshold(threshold)
-            log.info("threshold %.6g set by command (in %s)", threshold, self.overrides_path)
         self.outbox = Outbox(
             settings.state_dir / "outbox.db", self.counters, settings.outbox.max_rows, settings.outbox.max_bytes
         )
         self.source: Source = create_source(settings, self.counters)
+        # a detector that learns its channels takes them from the source when it knows them (else: first reading)
+        self.pipeline = build_pipeline(settings, self.model, self.counters, self.evidence,
+                                       channels=getattr(self.source, "channels", None))
+        threshold = load_overrides(self.overrides_path).get("threshold")
+        if threshold is not None:
+            self.pipeline.set_threshold(threshold)
+            log.info("threshold %.6g set by command (in %s)", threshold, self.overrides_path)
         self.queue: queue.Queue[Any] = queue.Queue(maxsize=settings.queue_size)
         self.commands = Commands(self)
         c = settings.commands
@@ -178,6 +187,15 @@ class Agent:
         if snap.calibrating:
             st["calibration"] = {"collected": snap.calibration_collected, "samples": snap.calibration_samples,
                                  "progress": round(snap.calibration_progress, 3)}
+            if snap.calibration_duration_s:
+                st["calibration"].update(duration_s=snap.calibration_duration_s,
+                                         elapsed_s=round(snap.calibration_elapsed_s, 1))
+        elif snap.calibration_warning or snap.calibration_folded:
+            st["calibration"] = {"fitted_at": iso(snap.calibration_fitted_at or 0.0)}
+            if snap.calibration_warning:
+                st["calibration"]["warning"] = snap.calibration_warning  # the teach-in was not one normal
+            if snap.calibration_folded:
+                st["calibration"]["folded_alerts"] = snap.calibration_folded  # feedback taught it these are normal
         return st
 
     def status_changed(self) -> None:
@@ -309,7 +327,9 @@ class Agent:
         c = self.counters
         snap = self.pipeline.snapshot
         if snap.calibrating:
-            return f"teach-in {snap.calibration_collected}/{snap.calibration_samples} readings; outbox {self.outbox.depth()}"
+            done = (f"{snap.calibration_collected}/{snap.calibration_samples} readings"
+                    if not snap.calibration_duration_s else f"{snap.calibration_progress:.0%}")
+            return f"teach-in {done}; outbox {self.outbox.depth()}"
         extra = f" ({'; '.join(self.degraded_reasons())})" if st == "degraded" else ""
         return (f"{st}{extra}: {c.get('source.readings')} readings, {c.get('pipeline.windows')} windows, "
                 f"{c.get('alerts.raised')} alerts; outbox {self.outbox.depth()}; "
@@ -330,8 +350,9 @@ class Agent:
             f", {depth} messages from an earlier run in the outbox" if depth else "",
         )
         if self.pipeline.snapshot.calibrating:
-            log.info("teach-in: the first %d readings are taken as normal (no alerts until then)",
-                     self.pipeline.snapshot.calibration_samples)
+            cal = self.pipeline.calibrator
+            span = f"{cal.duration_s:g} s of data" if cal.duration_s else f"{cal.samples} readings"
+            log.info("teach-in: the first %s are taken as normal (no alerts until then)", span)
         self.uplink.start()
         self._guard("pipeline", self._pipeline_loop)
         source_thread = self._guard("source", self._source_loop)

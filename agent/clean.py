@@ -45,6 +45,8 @@ from agent.records import Reading, Vector
 log = logging.getLogger(__name__)
 
 MAD_SCALE = 1.4826  # MAD x 1.4826 estimates the standard deviation of normal data
+LEARN_INTERVALS = 8  # a sensor's reporting interval: the median of its first this many intervals
+HOLD_INTERVALS = 3.0  # ... and a value is held, a gap tolerated, for at least this many intervals
 MAX_SENSOR_ID = 200  # characters: a sensor id is a dict key in every per-sensor structure and is in every alert
 TIME_STEP_READINGS = 5  # readings in a row that must agree on a far time before it is taken as a clock step
 TIME_STEP = "time_step"  # TimeBase.judge: this reading completes a sustained step
@@ -163,6 +165,8 @@ class _SensorState:
         self.history: list[deque[float]] = [deque(maxlen=spike_window) for _ in range(channels)] if spike_window else []
         self.stale: set[int] = set()
         self.silent = False
+        self.intervals: list[float] = []  # the first LEARN_INTERVALS intervals between accepted readings
+        self.interval: float | None = None  # their median: the sensor's reporting interval
 
 
 class Cleaner:
@@ -244,10 +248,24 @@ class Cleaner:
             return
         now = self._clock()
         for sensor, st in self._sensors.items():
-            if not st.silent and now - st.last_seen > self.max_hold_s:
+            hold = self.hold_s(st)
+            if not st.silent and now - st.last_seen > hold:
                 st.silent = True
                 self._show_stale(sensor, range(len(self.channels)), True)
-                log.warning("sensor %s silent for more than %.3g s: its channels are stale", clip(sensor) or "-", self.max_hold_s)
+                log.warning("sensor %s silent for more than %.3g s: its channels are stale", clip(sensor) or "-", hold)
+
+    def hold_s(self, st: _SensorState) -> float:
+        """How long (data time) a value is held and a gap tolerated for this sensor: ``max_hold_s``, or
+        ``HOLD_INTERVALS`` of its reporting interval once learnt if that is longer (a sensor that reports every
+        five minutes is not stale after five seconds)."""
+        if st.interval is None:
+            return self.max_hold_s
+        return max(self.max_hold_s, HOLD_INTERVALS * st.interval)
+
+    def interval_of(self, sensor: str) -> float | None:
+        """The learnt reporting interval of ``sensor`` (None until LEARN_INTERVALS intervals were seen)."""
+        st = self._sensors.get(sensor)
+        return None if st is None else st.interval
 
     def idle_sensors(self) -> list[str]:
         """Sensors that sent nothing for ``idle_s`` on the clock (none when ``idle_s`` is 0)."""
@@ -320,6 +338,7 @@ class Cleaner:
             st.silent = False
             self._show_stale(r.sensor, [i for i in range(len(self.channels)) if i not in st.stale], False)
         hold = self.max_hold_s > 0
+        hold_s = self.hold_s(st)
         out = np.empty(len(self.channels))
         good: list[int] = []
         unusable: list[int] = []
@@ -346,7 +365,7 @@ class Cleaner:
             if not hold:
                 return None  # without hold-last-value the first bad channel drops the reading
             last = st.good[i]
-            if last is not None and r.ts - last[0] <= self.max_hold_s:
+            if last is not None and r.ts - last[0] <= hold_s:
                 out[i] = last[1]
                 held += 1
             else:
@@ -361,7 +380,7 @@ class Cleaner:
                     self._show_stale(r.sensor, [i], False)
                     log.info("sensor %s: channel %s recovered", clip(r.sensor) or "-", self.channels[i])
         if unusable:
-            newly = [i for i in unusable if i not in st.stale and r.ts - self._since(st, i) > self.max_hold_s]
+            newly = [i for i in unusable if i not in st.stale and r.ts - self._since(st, i) > hold_s]
             if newly:
                 self._go_stale(r.sensor, st, newly)
             if any(i in st.stale for i in unusable):
@@ -372,9 +391,18 @@ class Cleaner:
         if spikes:
             self.counters.inc("repaired.spike", spikes)
         last_ts = st.time.last_ts
-        if hold and last_ts is not None and r.ts - last_ts > self.max_hold_s and not st.fresh:
+        if last_ts is not None and st.interval is None:
+            st.intervals.append(r.ts - last_ts)
+            if len(st.intervals) >= LEARN_INTERVALS:
+                st.interval = float(np.median(st.intervals))
+                if HOLD_INTERVALS * st.interval > self.max_hold_s > 0:
+                    log.info("sensor %s reports every %.3g s: values held and gaps tolerated up to %.3g s",
+                             clip(r.sensor) or "-", st.interval, self.hold_s(st))
+        if hold and last_ts is not None and r.ts - last_ts > hold_s and not st.fresh:
             self.counters.inc("gap.time_gap")
-            log.info("sensor %s: %.1f s without a reading: its windows start again", clip(r.sensor) or "-", r.ts - last_ts)
+            if st.interval is not None:  # while the interval is being learnt, a slow sensor's every reading is one
+                log.info("sensor %s: %.1f s without a reading: its windows start again", clip(r.sensor) or "-",
+                         r.ts - last_ts)
             self._reset(r.sensor, st)
         st.time.accept(r.ts, now)
         st.fresh = False
@@ -391,7 +419,7 @@ class Cleaner:
             self._show_stale(sensor, idx, True)
         log.warning(
             "sensor %s: no good value of %s for more than %.3g s: stale, its readings are dropped until it recovers",
-            clip(sensor) or "-", ", ".join(self.channels[i] for i in idx), self.max_hold_s,
+            clip(sensor) or "-", ", ".join(self.channels[i] for i in idx), self.hold_s(st),
         )
         if not st.fresh:
             self.counters.inc("gap.stale")

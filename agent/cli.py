@@ -125,8 +125,22 @@ def cmd_config_reference(args: argparse.Namespace) -> int:
 def cmd_model_info(args: argparse.Namespace) -> int:
     from agent.infer import Model, ModelError, read_sidecar
 
-    path = Path(args.path)
+    from agent.detectors import is_generic_spec, open_model, resolve
+
+    path = resolve(args.path)
     result: dict[str, object] = {"path": str(path)}
+    if is_generic_spec(path):
+        try:
+            generic = open_model(path)
+        except ModelError as e:
+            result["error"] = str(e)
+            print(json.dumps(result, indent=2))
+            return EX_CONFIG
+        result["spec"] = generic.sidecar.model_dump(mode="json", by_alias=True)
+        result["checks"] = {"spec": "ok"}
+        result["runtime"] = {"name": generic.runtime, "version": generic.runtime_version}
+        print(json.dumps(result, indent=2))
+        return 0
     try:
         sidecar = read_sidecar(path)
         result["sidecar"] = sidecar.model_dump(mode="json", by_alias=True)
@@ -156,12 +170,18 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     except ModelError as e:
         print(f"model error: {e}", file=sys.stderr)
         return EX_CONFIG
+    if getattr(model, "needs_channels", False):  # a generic detector: its channels are those of its teach-in
+        stored = Calibrator(model, 0, settings.state_dir).stored_channels()
+        if stored:
+            model = model.with_channels(stored)
     cal = Calibrator(model, 1, settings.state_dir)
     if args.reset:
         cal.reset()
         print(f"calibration in {settings.state_dir} removed: teach-in starts again on the next start")
         return 0
     print(json.dumps(cal.result.to_json() if cal.result else {"calibrated": False}, indent=2))
+    if cal.result is not None and cal.result.warning:
+        print(f"warning: teach-in: {cal.result.warning}", file=sys.stderr)
     return 0
 
 

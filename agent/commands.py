@@ -15,6 +15,7 @@ changes nothing can reset the alert debounce.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -26,8 +27,10 @@ from typing import TYPE_CHECKING, Any, Callable
 from agent.bundled import bundled_dir, default_model_path
 from agent.counters import Counters
 from agent.evidence import LABELS
+from agent.detectors import open_model, resolve
 from agent.files import atomic_write, set_aside
-from agent.infer import Model, ModelError, read_sidecar
+from agent.generic import GenericModel
+from agent.infer import Model, ModelError
 from agent.logsafe import clip
 from agent.parse import iso
 from agent.settings import COMMAND_NAMES, Settings
@@ -280,9 +283,13 @@ class Commands:
     def reload_configured(self) -> None:
         """SIGHUP: load the configured model again (a new file at the same path); keep the old one on failure."""
         configured = self.agent.settings.model.path
-        path = Path(configured) if configured else default_model_path()
+        path = resolve(configured) if configured else default_model_path()
         try:
-            reply = self.swap(path, read_sidecar(path).sha256, by_command=False)
+            try:
+                sha256 = hashlib.sha256(path.read_bytes()).hexdigest()  # whatever is there now
+            except OSError as e:
+                raise CommandError(f"{path}: cannot read ({e.strerror})") from e
+            reply = self.swap(path, sha256, by_command=False)
             log.info("SIGHUP: reloaded %s (%s%s)", clip(path), reply["model"]["version"],
                      "" if reply["changed"] else ", unchanged")
         except (CommandError, ModelError) as e:
@@ -300,7 +307,8 @@ class Commands:
         if not store.has_alert(alert_id):
             raise CommandError(f"no evidence of alert {clip(alert_id, 64)} on this gateway (unknown, or evicted by EDGE_AGENT_ALERTS__EVIDENCE_MAX_BYTES)")
         store.label(alert_id, label, note)
-        return {"alert_id": alert_id, "label": label, "feedback": store.counts()}
+        learned = self.agent.pipeline.learn(alert_id, label)  # false_positive: fold into normal; else undo a fold
+        return {"alert_id": alert_id, "label": label, "feedback": store.counts(), **learned}
 
 
 # -- models a command may load -------------------------------------------------------------------------------
@@ -336,10 +344,10 @@ def allowed_model(path: Path, dirs: list[Path]) -> Path | None:
     return real
 
 
-def check_new_model(path: Path, sha256: str, runtime: str, num_threads: int) -> Model:
+def check_new_model(path: Path, sha256: str, runtime: str, num_threads: int) -> Model | GenericModel:
     """Load a model for a swap; CommandError with the reason when it is refused."""
     try:
-        model = Model(path, runtime=runtime, num_threads=num_threads)
+        model = open_model(path, runtime=runtime, num_threads=num_threads)
     except ModelError as e:
         raise CommandError(str(e)) from e
     if model.sha256 != sha256:

@@ -47,7 +47,6 @@ from agent.families import GROUP_BY, FamiliesError, Grouping, group_table, load_
 EXIT_OK = 0
 EXIT_USAGE = 2
 LABEL_COLUMN = "anomaly"
-NON_CHANNEL_COLUMNS = (LABEL_COLUMN, "changepoint")  # SKAB's label columns: never channels
 MATPLOTLIB_HINT = "plots need matplotlib: pip install 'edge-agent[eval]'"
 
 Span = tuple[int, "int | None"]  # alert-active rows [start, end); end None = to the end of the file
@@ -377,12 +376,12 @@ def pipeline_factory(settings: Any, model: Any, calibration_samples: int,
     if build is None:
         from agent.app import build_pipeline as build
 
-    def make(counters: Counters, state_dir: Path) -> Any:
+    def make(counters: Counters, state_dir: Path, channels: list[str] | None = None) -> Any:
         s = settings.model_copy(update={
             "state_dir": state_dir,
             "calibration": settings.calibration.model_copy(update={"samples": calibration_samples}),
         })
-        return build(s, model, counters)
+        return build(s, model, counters, **({"channels": channels} if channels else {}))
 
     return make
 
@@ -399,9 +398,9 @@ def model_channels(model: Any, path: Path) -> list[str]:
     sidecar = getattr(model, "sidecar", None)
     if sidecar is not None and getattr(sidecar, "channels", None):
         return list(sidecar.channels)
-    from agent.sources.replay import TIME_COLUMNS
+    from agent.sources.replay import LABEL_COLUMNS, TIME_COLUMNS
 
-    return [h for h in read_header(path) if h.lower() not in TIME_COLUMNS and h not in NON_CHANNEL_COLUMNS]
+    return [h for h in read_header(path) if h.lower() not in TIME_COLUMNS and h not in LABEL_COLUMNS]
 
 
 def run_file(model: Any, path: Path, rel: str, make_pipeline: Callable[[Counters, Path], Any],
@@ -424,7 +423,7 @@ def run_file(model: Any, path: Path, rel: str, make_pipeline: Callable[[Counters
     bad_labels = 0
     teach_in_rows = None
     with tempfile.TemporaryDirectory(prefix="edge-agent-eval-") as state:
-        p = make_pipeline(counters, Path(state))
+        p = make_pipeline(counters, Path(state), channels if getattr(model, "needs_channels", False) else None)
         if not p.calibrating:
             teach_in_rows = 0
         last = p.last_inference

@@ -108,6 +108,18 @@ class EvidenceStore:
             raise
         return size
 
+    def extend(self, alert_id: str, rows: Sequence[tuple[float, Sequence[float]]]) -> None:
+        """Append readings (timestamp, values) to an alert's evidence (those after it was raised)."""
+        ev = self.get(alert_id)
+        if ev is None or not rows:
+            return
+        seen = set(ev.get("ts", []))
+        new = [(ts, list(v)) for ts, v in rows if ts not in seen]
+        ev["ts"] = list(ev.get("ts", [])) + [ts for ts, _ in new]
+        ev["values"] = list(ev.get("values", [])) + [v for _, v in new]
+        body = json.dumps(ev, separators=(",", ":"))
+        self._db.execute("UPDATE evidence SET body=?, bytes=? WHERE alert_id=?", (body, len(body), alert_id))
+
     def get(self, alert_id: str) -> dict[str, Any] | None:
         row = self._db.execute("SELECT body FROM evidence WHERE alert_id=?", (alert_id,)).fetchone()
         return json.loads(row[0]) if row else None

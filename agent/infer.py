@@ -73,6 +73,8 @@ class DecisionSpec(_Spec):
     k: int = Field(3, ge=1)
     n: int = Field(5, ge=1)
     clear_ratio: float = Field(0.8, gt=0, le=1)
+    recede_ratio: float = Field(0.0, ge=0, lt=1)  # 0: off (agent.decide.AlertMachine)
+    refractory: int = Field(1800, ge=1)  # windows for the floor after a receded clear to decay by e
 
     @model_validator(mode="after")
     def _k_le_n(self) -> "DecisionSpec":
@@ -298,8 +300,8 @@ class Scorer:
         self._channels = sc.channels
         self._target = sc.channels.index(sc.target) if sc.target else None
 
-    def score(self, window_raw: np.ndarray) -> tuple[float, "Contributions", float]:
-        """(score, per-channel contributions, latency in seconds)."""
+    def score(self, window_raw: np.ndarray, sensor: str = "") -> tuple[float, "Contributions", float]:
+        """(score, per-channel contributions, latency in seconds); stateless, so ``sensor`` is not used."""
         z = self.normaliser(window_raw)
         x = features(self._recipe, z)
         t0 = time.perf_counter()

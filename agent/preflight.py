@@ -80,14 +80,18 @@ def _secret_files(settings: Settings) -> list[tuple[Path, str]]:
 
 def _against_sidecar(settings: Settings) -> list[str]:
     from agent.bundled import default_model_path
-    from agent.infer import ModelError, read_sidecar
+    from agent.detectors import read_spec, resolve
+    from agent.infer import ModelError
 
-    path = Path(settings.model.path) if settings.model.path else default_model_path()
+    path = resolve(settings.model.path) if settings.model.path else default_model_path()
     try:
-        sc = read_sidecar(path)
+        sc = read_spec(path)
     except ModelError as e:
         return [f"{ENV_PREFIX}MODEL__PATH={path}: {e}"]
     problems = []
+    if sc.kind == "generic" and settings.calibration.samples == 0 and not settings.calibration.duration:
+        problems.append(f"{ENV_PREFIX}CALIBRATION__SAMPLES=0: the {sc.name} detector learns normal on site: "
+                        f"teach-in cannot be off")
     d = settings.decision
     k, n = d.k or sc.decision.k, d.n or sc.decision.n
     if k > n:

@@ -78,6 +78,11 @@ class PipelineSnapshot:
     calibrating: bool = False
     calibration_collected: int = 0
     calibration_samples: int = 0
+    calibration_duration_s: float | None = None  # a teach-in by duration (then progress is by data time)
+    calibration_elapsed_s: float = 0.0
+    calibration_warning: str | None = None  # the teach-in did not look like one normal operating point
+    calibration_folded: int = 0  # alerts whose readings feedback folded into the normal model
+    calibration_fitted_at: float | None = None
     threshold: float = 0.0
     overrides: Mapping[str, Any] = field(default_factory=dict)  # in force: threshold / model set by command
     stale_channels: frozenset[str] = frozenset()  # "sensor/channel" (the channel alone for a nameless sensor)
@@ -86,7 +91,14 @@ class PipelineSnapshot:
 
     @property
     def calibration_progress(self) -> float:
-        return 1.0 if not self.calibrating or not self.calibration_samples else self.calibration_collected / self.calibration_samples
+        if not self.calibrating:
+            return 1.0
+        parts = []
+        if self.calibration_samples:
+            parts.append(self.calibration_collected / self.calibration_samples)
+        if self.calibration_duration_s:
+            parts.append(self.calibration_elapsed_s / self.calibration_duration_s)
+        return max(0.0, min(1.0, min(parts))) if parts else 1.0
 
 
 def finite(value: Any) -> Any:

@@ -46,6 +46,22 @@ def _split_list(value: Any) -> Any:
 
 CommaList = Annotated[list[str], NoDecode]
 
+_UNITS = {"s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(text: str) -> float:
+    """``90``, ``90s``, ``15m``, ``24h``, ``7d`` → seconds; ValueError naming the rule otherwise."""
+    t = text.strip().lower()
+    unit = next((u for u in sorted(_UNITS, key=len, reverse=True) if t.endswith(u)), "")
+    number = t[: len(t) - len(unit)].strip() if unit else t
+    try:
+        value = float(number) * (_UNITS[unit] if unit else 1.0)
+    except ValueError:
+        raise ValueError("must be seconds or a number with a unit s, m, h or d (e.g. 24h)") from None
+    if not value > 0 or value == float("inf"):
+        raise ValueError("must be a positive, finite duration")
+    return value
+
 
 class _Section(BaseModel):
     # allow_inf_nan=False: every float setting must be finite (NaN would switch alerting off silently, inf hang a
@@ -147,7 +163,7 @@ FILE_ONLY = ("modbus",)  # settings that exist only in the configuration file (a
 class ModelSettings(_Section):
     """Which model to run and how."""
 
-    path: Path | None = Field(None, description="Model .tflite (its JSON sidecar with the same stem beside it); empty = the bundled pump-anomaly model.")
+    path: Path | None = Field(None, description="A bundled model by name (generic, pump-anomaly, machine-failure), a .tflite with its JSON sidecar beside it, or a generic detector spec (.json); empty = generic.")
     runtime: Literal["auto", "ai_edge_litert", "tflite_runtime"] = Field("auto", description="TFLite runtime: auto (ai_edge_litert first, then tflite_runtime), ai_edge_litert or tflite_runtime.")
     threshold: float | None = Field(None, gt=0, description="Score threshold; empty = calibrated on site, else the sidecar's default.")
     num_threads: int = Field(1, ge=1, le=4, description="Interpreter threads (1 is fastest for one window at a time).")
@@ -159,6 +175,7 @@ class DecisionSettings(_Section):
     k: int | None = Field(None, ge=1, description="Raise when k of the last n windows score over the threshold.")
     n: int | None = Field(None, ge=1, description="Length of the k-of-n debounce.")
     clear_ratio: float | None = Field(None, gt=0, le=1, description="Hysteresis: clear when k of the last n windows score under threshold x clear_ratio.")
+    recede_ratio: float | None = Field(None, ge=0, lt=1, description="Also clear when k of the last n windows score under recede_ratio x the alert's peak (the event is over, the machine settled a little away from its teach-in); 0 = off, empty = the model's default.")
 
     @field_validator("n")
     @classmethod
@@ -173,6 +190,12 @@ class CalibrationSettings(_Section):
     """Teach-in: the first readings after install are taken as normal."""
 
     samples: int | None = Field(None, ge=0, le=1_000_000, description="Readings taken as normal to fit normalisation and threshold on site; 0 = off, empty = the sidecar's default.")
+    duration: float | None = Field(None, gt=0, description="Teach-in as a span of data time instead: seconds, or with a unit (90s, 15m, 24h, 7d); with SAMPLES both must be reached.")
+
+    @field_validator("duration", mode="before")
+    @classmethod
+    def _duration(cls, v: Any) -> Any:
+        return parse_duration(v) if isinstance(v, str) and v.strip() else v
 
 
 class MqttSettings(_Section):
@@ -223,7 +246,7 @@ class CleaningSettings(_Section):
     """Cleaning and alignment of readings before the model (docs/cleaning.md)."""
 
     ranges: str = Field("", description="Valid ranges channel:min:max, comma-separated (Current:0:50,Pressure:-1:10; an empty bound is open); they override the model sidecar's valid_ranges.")
-    max_hold_s: float = Field(5.0, ge=0, description="A missing or refused value is replaced by the channel's last good value at most this old (data time); older: the channel is stale and the sensor's windows restart; 0 = off.")
+    max_hold_s: float = Field(5.0, ge=0, description="A missing or refused value is replaced by the channel's last good value at most this old (data time), or 3 of the sensor's learnt reporting intervals when that is longer; older: the channel is stale and the sensor's windows restart; 0 = off.")
     spike_window: int = Field(0, ge=0, le=101, description="Hampel spike filter over this many previous values per channel (e.g. 7); a spike is replaced by their median; 0 = off (the bundled model wants raw data).")
     spike_sigmas: float = Field(5.0, gt=0, description="Spike filter: a value further than this many robust sigmas (1.4826 x MAD) from the median is a spike.")
     align_period_s: float = Field(0.0, ge=0, description="Merge the channels of all sensors into one reading every this many seconds of data time (sensors on separate topics or lines); 0 = off.")

@@ -25,6 +25,7 @@ from agent.sources import CONNECTED, CONNECTING, FINISHED, Sink
 log = logging.getLogger(__name__)
 
 TIME_COLUMNS = ("datetime", "timestamp", "ts", "time")
+LABEL_COLUMNS = ("anomaly", "changepoint")  # labels of a labelled recording (SKAB): never channels
 
 
 def read_recording(path: Path, counters: Counters, sensor: str = "replay") -> Iterator[Reading]:
@@ -76,7 +77,7 @@ class ReplaySource:
         with open(self.path, encoding="utf-8", errors="replace") as f:
             head = f.readline()
         names = [h.strip() for h in next(csv.reader([head], delimiter=";" if head.count(";") > head.count(",") else ","))]
-        self._channels = [h for h in names if h.lower() not in TIME_COLUMNS]
+        self._channels = [h for h in names if h.lower() not in TIME_COLUMNS and h not in LABEL_COLUMNS]
         self.problems: list[str] = []
 
     @property

@@ -12,8 +12,8 @@ import os
 import signal
 import time
 
-from tests.conftest import Pty, agent_env, start_agent, wait_for
-from tests.faults.conftest import BASE, demo_rows, taught_state
+from tests.conftest import Pty, start_agent, wait_for
+from tests.faults.conftest import agent_env, BASE, demo_rows, taught_state
 
 # a machine without NTP may add this reason to a live source's status: it is the machine's, not the test's
 MACHINE_REASONS = {"clock not synchronised"}

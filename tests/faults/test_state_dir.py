@@ -12,7 +12,8 @@ import subprocess
 from pathlib import Path
 
 
-from tests.conftest import agent_env, free_port, run_agent
+from tests.faults.conftest import agent_env
+from tests.conftest import free_port, run_agent
 
 
 def _env(state: Path) -> dict[str, str]:

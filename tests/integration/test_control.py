@@ -18,7 +18,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.bundled import default_model_path
+from agent.bundled import DEFAULT_MODEL, bundled_model
 from tests.conftest import ROOT, Recorder, agent_env, start_agent, wait_for
 
 BASE = "edge/test-gw"
@@ -82,7 +82,7 @@ def test_birth_stats_and_last_will_on_kill9(tmp_path, live_broker, recorder, age
     st = _online(rec)
     for key in ("agent_version", "started_at", "config_digest", "device_id"):
         assert st[key]
-    assert st["model"]["name"] == "pump-anomaly" and len(st["model"]["sha256"]) == 64 and st["model"]["runtime"]
+    assert st["model"]["name"] == DEFAULT_MODEL and len(st["model"]["sha256"]) == 64 and st["model"]["runtime"]
     stats = _stats(rec, lambda s: s["windows"] > 0)
     for key in ("uptime_s", "readings_in", "inference_ms", "queue", "outbox", "rejected", "source", "rss_bytes",
                 "cpu_s", "bytes_in", "bytes_out", "clock_synced", "feedback", "alerts"):
@@ -174,7 +174,7 @@ def test_commands_can_be_turned_off(tmp_path, live_broker, recorder, agents):
 
 
 def _model_copy(tmp_path: Path, version: str) -> Path:
-    src = default_model_path()
+    src = bundled_model("pump-anomaly")
     d = tmp_path / f"model-{version}"
     d.mkdir()
     shutil.copy(src, d / src.name)
@@ -235,7 +235,7 @@ def test_reload_drops_no_reading_and_sighup(tmp_path, live_broker, recorder, com
     a.proc.send_signal(signal.SIGHUP)  # reloads the configured (bundled) model
     assert a.proc.wait(90) == 0, a.log
     assert "SIGHUP: reloaded" in a.log
-    rows = len(default_model_path().parent.joinpath("demo", "skab-valve1-1.csv").read_text().splitlines()) - 1
+    rows = len(bundled_model("pump-anomaly").parent.joinpath("demo", "skab-valve1-1.csv").read_text().splitlines()) - 1
     assert sum(s["readings"] for s in rec.on("summary")) == rows
 
 

@@ -15,7 +15,7 @@ from typing import Any, Iterator
 import pytest
 
 from agent.app import Agent
-from agent.bundled import default_model_path
+from agent.bundled import bundled_model
 from agent.commands import MAX_PAYLOAD_BYTES, CommandGate, TokenBucket
 from agent.counters import Counters
 from agent.settings import load_settings
@@ -24,6 +24,7 @@ from agent.settings import load_settings
 def make_agent(state: Path, **env: str) -> Agent:
     settings = load_settings(None, {
         "EDGE_AGENT_STATE_DIR": str(state), "EDGE_AGENT_DEVICE_ID": "gw", "EDGE_AGENT_CLOCK_SYNC_REQUIRED": "false",
+        "EDGE_AGENT_MODEL__PATH": "pump-anomaly",  # the command mechanics on the TFLite model (teach-in may be off)
         **env,
     })
     return Agent(settings)
@@ -89,14 +90,14 @@ def test_reloading_the_running_model_changes_nothing(agent: Agent) -> None:
     machines_before = dict(agent.pipeline.machines)
     snap = agent.pipeline.snapshot
     sha = agent.model.sha256
-    r = cmd(agent, "reload-model", {"request_id": "m", "path": str(default_model_path()), "sha256": sha})
+    r = cmd(agent, "reload-model", {"request_id": "m", "path": str(bundled_model("pump-anomaly")), "sha256": sha})
     assert r["ok"] and r["changed"] is False, r
     assert agent.pipeline.snapshot is snap and agent.pipeline.machines == machines_before
 
 
 def _copy_model(d: Path, version: str) -> tuple[Path, str]:
     d.mkdir(parents=True, exist_ok=True)
-    src = default_model_path()
+    src = bundled_model("pump-anomaly")
     shutil.copy(src, d / src.name)
     sc = json.loads(src.with_suffix(".json").read_text())
     sc["version"] = version
@@ -247,8 +248,8 @@ def test_by_default_the_bundled_and_the_configured_models_directory_are_allowed(
     try:
         from agent.commands import model_dirs
 
-        assert model_dirs(a.settings) == [default_model_path().parent, configured.parent]
-        r = cmd(a, "reload-model", {"request_id": "b", "path": str(default_model_path()), "sha256": sha})
+        assert model_dirs(a.settings) == [bundled_model("pump-anomaly").parent, configured.parent]
+        r = cmd(a, "reload-model", {"request_id": "b", "path": str(bundled_model("pump-anomaly")), "sha256": sha})
         assert r["ok"], r
     finally:
         a.outbox.close()
@@ -289,7 +290,7 @@ _json = st.recursive(
 _fields = st.fixed_dictionaries({}, optional={
     "request_id": st.one_of(st.text(max_size=200), st.integers(), st.floats(), st.none(), st.booleans()),
     "threshold": st.one_of(st.floats(), st.integers(), st.none(), st.text(max_size=5), st.booleans()),
-    "path": st.one_of(st.text(max_size=50), st.sampled_from([str(default_model_path()), "/etc/passwd", "", "."])),
+    "path": st.one_of(st.text(max_size=50), st.sampled_from([str(bundled_model("pump-anomaly")), "/etc/passwd", "", "."])),
     "sha256": st.one_of(st.text(min_size=64, max_size=64), st.text(max_size=70)),
     "alert_id": st.text(max_size=80), "label": st.sampled_from(["true_positive", "false_positive", "maybe"]),
     "note": st.one_of(st.text(max_size=50), st.integers()),

@@ -55,7 +55,7 @@ def grouped(tmp_path_factory):
 def test_group_by_family_reports_each_family_and_pooled_is_their_sum(grouped, capsys):
     data, base = grouped
     out = base / "fam"
-    assert main(["--data", str(data), "--calibration-samples", str(CAL), "--out", str(out), "--no-plots",
+    assert main(["--model", "pump-anomaly", "--data", str(data), "--calibration-samples", str(CAL), "--out", str(out), "--no-plots",
                  "--group-by", "family"]) == 0
     captured = capsys.readouterr()
     assert "warning: mine/x.csv: no family matches it, grouped under its folder 'mine'" in captured.err
@@ -84,14 +84,14 @@ def test_group_by_family_reports_each_family_and_pooled_is_their_sum(grouped, ca
 def test_group_by_folder_and_a_families_file(grouped, capsys):
     data, base = grouped
     out = base / "folder"
-    assert main(["--data", str(data), "--calibration-samples", str(CAL), "--out", str(out), "--no-plots",
+    assert main(["--model", "pump-anomaly", "--data", str(data), "--calibration-samples", str(CAL), "--out", str(out), "--no-plots",
                  "--group-by", "folder"]) == 0
     s = json.loads((out / "summary.json").read_text())
     assert [(g["group"], len(g["files"])) for g in s["groups"]] == [("mine", 1), ("other", 2), ("valve1", 2)]
     fam = base / "fam.toml"
     fam.write_text('[families]\n"*/1.csv" = "ones"\n"valve1/*" = "valves"\n')
     capsys.readouterr()
-    assert main(["--data", str(data), "--calibration-samples", str(CAL), "--out", str(out), "--no-plots",
+    assert main(["--model", "pump-anomaly", "--data", str(data), "--calibration-samples", str(CAL), "--out", str(out), "--no-plots",
                  "--group-by", "family", "--families", str(fam)]) == 0
     s = json.loads((out / "summary.json").read_text())
     assert {g["group"]: g["files"] for g in s["groups"]} == {
@@ -100,7 +100,7 @@ def test_group_by_folder_and_a_families_file(grouped, capsys):
     assert s["families"] == [["*/1.csv", "ones"], ["valve1/*", "valves"]]
     assert "grouped under its folder 'other'" in capsys.readouterr().err
     fam.write_text('[families]\n"*/1.csv" = 1\n')
-    assert main(["--data", str(data), "--out", str(out), "--group-by", "family", "--families", str(fam)]) == 2
+    assert main(["--model", "pump-anomaly", "--data", str(data), "--out", str(out), "--group-by", "family", "--families", str(fam)]) == 2
     assert "every entry must be a glob = a non-empty family name" in capsys.readouterr().err
 
 
@@ -132,7 +132,7 @@ def test_long_normal_mode_counts_the_false_alerts(tmp_path, recording, capsys):
     f = tmp_path / "normal.csv"
     _write_normal(f, recording)
     out = tmp_path / "out"
-    assert main(["--normal", str(f), "--calibration-samples", str(CAL), "--out", str(out), "--no-plots"]) == 0
+    assert main(["--model", "pump-anomaly", "--normal", str(f), "--calibration-samples", str(CAL), "--out", str(out), "--no-plots"]) == 0
     s = json.loads((out / "summary.json").read_text())
     assert s["files"] == [] and s["total"] is None
     (n,) = s["normal"]
@@ -148,7 +148,7 @@ def test_long_normal_mode_counts_the_false_alerts(tmp_path, recording, capsys):
     assert n["headroom_p99"] > 1.0  # the bumps push the top 1 % of the scores over the threshold
     assert "normal operation" in capsys.readouterr().out
     # the same through the API: the p99 of the scores after teach-in over the calibrated threshold
-    res = Evaluation.create({"calibration.samples": CAL}).run(f, labelled=False)
+    res = Evaluation.create({"calibration.samples": CAL, "model.path": "pump-anomaly"}).run(f, labelled=False)
     r = res.run
     assert n["headroom_p99"] == pytest.approx(np.percentile(r.scores[r.score_rows >= CAL], 99) / r.threshold)
 
@@ -159,17 +159,17 @@ def test_unlabelled_file_under_data_is_skipped_or_taken_as_normal(tmp_path, reco
     _write_normal(data / "free.csv", recording)
     _write_recording(data / "step.csv")
     out = tmp_path / "out"
-    assert main(["--data", str(data), "--calibration-samples", str(CAL), "--out", str(out), "--no-plots"]) == 0
+    assert main(["--model", "pump-anomaly", "--data", str(data), "--calibration-samples", str(CAL), "--out", str(out), "--no-plots"]) == 0
     s = json.loads((out / "summary.json").read_text())
     assert s["normal"] == [] and s["skipped"] == [{"file": "free.csv", "reason": "no 'anomaly' column"}]
-    assert main(["--data", str(data), "--calibration-samples", str(CAL), "--out", str(out), "--no-plots",
+    assert main(["--model", "pump-anomaly", "--data", str(data), "--calibration-samples", str(CAL), "--out", str(out), "--no-plots",
                  "--unlabelled-as-normal"]) == 0
     s = json.loads((out / "summary.json").read_text())
     assert [n["file"] for n in s["normal"]] == ["free.csv"] and s["skipped"] == []
     assert [f["file"] for f in s["files"]] == ["step.csv"] and s["normal"][0]["alerts"] == 2
     assert main(["--out", str(out)]) == 2
     assert "give --data DIR" in capsys.readouterr().err
-    assert main(["--normal", str(tmp_path / "nope.csv")]) == 2
+    assert main(["--model", "pump-anomaly", "--normal", str(tmp_path / "nope.csv")]) == 2
     assert "--normal" in capsys.readouterr().err
 
 
@@ -179,16 +179,16 @@ def test_unlabelled_file_under_data_is_skipped_or_taken_as_normal(tmp_path, reco
 def test_api_gives_the_commands_numbers_and_takes_overrides(tmp_path):
     _write_recording(tmp_path / "a.csv")
     out = tmp_path / "out"
-    assert main(["--data", str(tmp_path / "a.csv"), "--calibration-samples", str(CAL), "--out", str(out),
+    assert main(["--model", "pump-anomaly", "--data", str(tmp_path / "a.csv"), "--calibration-samples", str(CAL), "--out", str(out),
                  "--no-plots"]) == 0
     cli = json.loads((out / "summary.json").read_text())["files"][0]
-    (res,) = evaluate_files([tmp_path / "a.csv"], {"calibration.samples": CAL})
+    (res,) = evaluate_files([tmp_path / "a.csv"], {"calibration.samples": CAL, "model.path": "pump-anomaly"})
     c = res.metrics.counts
     assert (c.tp, c.fp, c.fn, c.tn) == (cli["tp"], cli["fp"], cli["fn"], cli["tn"])
     assert res.spans == [(a["raise_row"], a["clear_row"]) for a in cli["alert_details"]]
     assert res.metrics.segments_alerted == 1 and res.first_row == CAL
     # a configured threshold far above any score: no alert, the whole segment missed
-    (quiet,) = evaluate_files([tmp_path / "a.csv"], {"calibration.samples": CAL, "model.threshold": 1e9})
+    (quiet,) = evaluate_files([tmp_path / "a.csv"], {"calibration.samples": CAL, "model.threshold": 1e9, "model.path": "pump-anomaly"})
     assert quiet.spans == [] and quiet.metrics.counts.fn == SEG[1] - SEG[0]
     # decision overrides reach the pipeline
     ev = Evaluation.create({"calibration.samples": CAL, "decision.k": 5, "decision.n": 5})
@@ -206,7 +206,7 @@ def test_api_build_pipeline_seam_runs_another_pipeline(tmp_path):
         return build_pipeline(settings.model_copy(update={"model": settings.model.model_copy(
             update={"threshold": 1e9})}), model, counters)
 
-    res = evaluate_files([tmp_path / "a.csv", tmp_path / "a.csv"], {"calibration.samples": CAL},
+    res = evaluate_files([tmp_path / "a.csv", tmp_path / "a.csv"], {"calibration.samples": CAL, "model.path": "pump-anomaly"},
                          build_pipeline=build)
     assert len(built) == 2 and built[0] != built[1]  # a fresh pipeline and state dir per file
     assert all(r.spans == [] for r in res)

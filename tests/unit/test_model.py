@@ -12,15 +12,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.bundled import bundled_dir, default_model_path, demo_recording_path
+from agent.bundled import bundled_dir, bundled_model, demo_recording_path
 from agent.calibrate import sidecar_normaliser
 from agent.infer import Model, ModelError, Scorer, interpreter_class
 
 ROOT = Path(__file__).resolve().parents[2]
-BUNDLED = [default_model_path(), bundled_dir() / "machine-failure.tflite"]
+BUNDLED = [bundled_model("pump-anomaly"), bundled_dir() / "machine-failure.tflite"]
 
 
-def _copy(tmp_path: Path, src: Path = default_model_path()) -> Path:
+def _copy(tmp_path: Path, src: Path = bundled_model("pump-anomaly")) -> Path:
     dst = tmp_path / src.name
     shutil.copy(src, dst)
     shutil.copy(src.with_suffix(".json"), dst.with_suffix(".json"))
@@ -127,7 +127,7 @@ def test_bad_model_at_start_exits_78_with_the_reason(tmp_path):
 
 
 def test_model_info_prints_sidecar_tensors_and_checks(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "agent", "model", "info", str(default_model_path())],
+    r = subprocess.run([sys.executable, "-m", "agent", "model", "info", str(bundled_model("pump-anomaly"))],
                        cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     info = json.loads(r.stdout)

@@ -23,6 +23,7 @@ def agent(tmp_path: Path) -> Iterator[Agent]:
     settings = load_settings(None, {
         "EDGE_AGENT_STATE_DIR": str(tmp_path / "state"), "EDGE_AGENT_DEVICE_ID": "gw",
         "EDGE_AGENT_CALIBRATION__SAMPLES": "0", "EDGE_AGENT_CLOCK_SYNC_REQUIRED": "false",
+        "EDGE_AGENT_MODEL__PATH": "pump-anomaly",
         "EDGE_AGENT_CLEANING__MAX_SENSORS": "10000",
     })
     a = Agent(settings)
