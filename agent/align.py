@@ -11,7 +11,9 @@ Runs on the pipeline thread, before the cleaner. Off unless ``EDGE_AGENT_CLEANIN
 * A tick where no channel has a value within the tolerance (every sensor silent) is skipped and counted
   ``gap.skipped_ticks``; the cleaner then sees the hole in time and restarts the windows.
 * Timestamps are checked per channel: a value not newer than the channel's latest is refused (counted
-  ``reject.duplicate_ts`` / ``reject.out_of_order``).
+  ``reject.duplicate_ts`` / ``reject.out_of_order``). A reading far from the stream's time (``max_time_jump_s``)
+  is refused alone (``reject.future_ts`` / ``reject.past_ts``): one bad timestamp must not move the ticks a year
+  ahead; a sustained step is taken as the new time base (``gap.time_step``), as the cleaner does per sensor.
 
 Channels are matched by name across sensors: a reading's value ``name`` from sensor ``s`` fills the model
 channel ``name``, else ``s/name``, else — for a single-value reading such as a bare number on its own topic —
@@ -20,17 +22,25 @@ the model channel named like the sensor ``s``. Values matching no model channel 
 
 from __future__ import annotations
 
+import logging
 import math
-from typing import Sequence
+import time
+from typing import Callable, Sequence
 
+from agent.clean import TIME_STEP, TIME_STEP_READINGS, TimeBase
 from agent.counters import Counters
 from agent.records import Reading
+
+log = logging.getLogger(__name__)
 
 
 class Aligner:
     """Merges the latest value of every channel, whichever sensor sent it, into one Reading per ``period_s``."""
 
-    def __init__(self, channels: Sequence[str], period_s: float, tolerance_s: float, sensor: str, counters: Counters):
+    def __init__(
+        self, channels: Sequence[str], period_s: float, tolerance_s: float, sensor: str, counters: Counters, *,
+        max_time_jump_s: float = 0.0, clock: Callable[[], float] = time.monotonic,
+    ):
         if period_s <= 0:
             raise ValueError("the alignment period must be > 0")
         self.channels = list(channels)
@@ -42,6 +52,8 @@ class Aligner:
         self._latest: dict[str, tuple[float, float | str]] = {}  # model channel -> (ts, raw value)
         self._k: int | None = None  # the next tick to emit, as a multiple of the period
         self._seen = -math.inf  # the newest timestamp so far
+        self._time = TimeBase(max_time_jump_s)  # far-off timestamps and clock steps of the merged stream
+        self._clock = clock
 
     def channel_of(self, sensor: str, name: str, single: bool) -> str | None:
         """The model channel a value named ``name`` from ``sensor`` fills, if any."""
@@ -59,6 +71,18 @@ class Aligner:
         if not math.isfinite(r.ts):
             self.counters.inc("reject.bad_timestamp")
             return []
+        now = self._clock()
+        verdict = self._time.judge(r.ts, now)
+        if verdict == TIME_STEP:
+            self.counters.inc("gap.time_step")
+            log.warning("alignment: %d readings in a row are %+.0f s away from the stream's time: taken as its new "
+                        "time base (a device clock stepped?)", TIME_STEP_READINGS, self._time.step_s)
+            self._latest.clear()
+            self._k, self._seen = None, -math.inf
+            self._time.reset()
+        elif verdict in ("future_ts", "past_ts"):
+            self.counters.inc(f"reject.{verdict}")
+            return []
         out = self._emit(r.ts, inclusive=False)
         single = len(r.values) == 1
         for name, raw in r.values.items():
@@ -70,7 +94,9 @@ class Aligner:
                 self.counters.inc("reject.duplicate_ts" if r.ts == prev[0] else "reject.out_of_order")
                 continue
             self._latest[ch] = (r.ts, raw)
-        self._seen = max(self._seen, r.ts)
+        if r.ts > self._seen:
+            self._seen = r.ts
+            self._time.accept(r.ts, now)
         return out
 
     def flush(self) -> list[Reading]:

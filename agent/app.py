@@ -16,19 +16,21 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import dataclasses
 import hashlib
-import json
 
 from agent import __version__, sdnotify
 from agent.advice import Advisor, parse_adjustable
 from agent.bundled import default_model_path
 from agent.clean import CleaningPolicy
-from agent.commands import CommandError, Commands, check_new_model
+from agent.commands import CommandGate, Commands, load_overrides
 from agent.counters import Counters
 from agent.decide import AlertPolicy
+from agent.detectors import open_model
 from agent.evidence import EvidenceStore
-from agent.files import atomic_write
+from agent.files import probe_state_dir
 from agent.health import Heartbeats, HealthMonitor, clock_synchronised, process_usage
+from agent.generic import GenericModel
 from agent.infer import Model
 from agent.outbox import Outbox
 from agent.parse import iso
@@ -46,15 +48,15 @@ EXIT_FAILURE = 1
 _END = object()  # queued by the source thread when the input is exhausted or closed
 
 
-def load_model(settings: Settings) -> Model:
-    """The configured model (or the bundled one), checked against its sidecar; raises ModelError."""
+def load_model(settings: Settings) -> Model | GenericModel:
+    """The configured model (a bundled name or a path; default: the bundled default), checked; raises ModelError."""
     path = settings.model.path or default_model_path()
-    return Model(Path(path), runtime=settings.model.runtime, num_threads=settings.model.num_threads)
+    return open_model(path, runtime=settings.model.runtime, num_threads=settings.model.num_threads)
 
 
 def build_pipeline(
-    settings: Settings, model: Model, counters: Counters, evidence: EvidenceStore | None = None,
-    state_dir: Path | None = None,
+    settings: Settings, model: Model | GenericModel, counters: Counters, evidence: EvidenceStore | None = None,
+    state_dir: Path | None = None, channels: list[str] | None = None,
 ) -> Pipeline:
     """The pipeline as the settings describe it (also used by ``evaluate``)."""
     a = settings.alerts
@@ -64,22 +66,29 @@ def build_pipeline(
     problems = advisor.check(model.sidecar)
     if problems:
         raise ValueError("EDGE_AGENT_ADVICE__ADJUSTABLE: " + "; ".join(problems))
+    cleaning = CleaningPolicy.from_settings(settings.cleaning)
+    if settings.source.kind == "replay":  # a recording carries its own time: a jump in it is a gap, not a bad clock
+        cleaning = dataclasses.replace(cleaning, max_time_jump_s=0.0)
     return Pipeline(
         model, counters, settings.device_id, state_dir or settings.state_dir,
         summary_interval_s=settings.summary_interval_s,
-        calibration_samples=settings.calibration.samples,
-        threshold=settings.model.threshold,
+        calibration_samples=settings.calibration.samples, calibration_duration_s=settings.calibration.duration,
+        channels=channels, threshold=settings.model.threshold,
         k=settings.decision.k, n=settings.decision.n, clear_ratio=settings.decision.clear_ratio,
+        recede_ratio=settings.decision.recede_ratio,
         policy=AlertPolicy(a.cooldown_s, a.rate_limit_per_hour), critical_margin=a.critical_margin,
         evidence=evidence, evidence_windows_before=a.evidence_windows_before,
         evidence_inline_max_bytes=a.evidence_inline_max_bytes,
-        cleaning=CleaningPolicy.from_settings(settings.cleaning), advisor=advisor,
+        cleaning=cleaning, advisor=advisor,
     )
 
 
 def config_digest(settings: Settings) -> str:
     """A short digest of the effective configuration (secrets masked), for the birth message."""
     text = "\n".join(f"{k}={v}" for k, v in sorted(flat_env(settings).items()) if k != "EDGE_AGENT_DEVICE_ID")
+    from agent.reference_toml import render_file_only
+
+    text += "\n" + render_file_only(settings)  # the register maps have no env variables but are configuration
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -92,21 +101,27 @@ class Agent:
         self.stop = threading.Event()
         self.started_ts = time.time()
         self.model = load_model(settings)
-        settings.state_dir.mkdir(parents=True, exist_ok=True)
+        probe_state_dir(settings.state_dir)  # StateDirError (exit 78) naming the path and the reason
         self.evidence = EvidenceStore(settings.state_dir / "evidence.db", settings.alerts.evidence_max_bytes)
-        self.pipeline = build_pipeline(settings, self.model, self.counters, self.evidence)
-        self._overrides_path = settings.state_dir / "overrides.json"
-        self._load_overrides()
+        self.overrides_path = settings.state_dir / "overrides.json"
         self.outbox = Outbox(
             settings.state_dir / "outbox.db", self.counters, settings.outbox.max_rows, settings.outbox.max_bytes
         )
         self.source: Source = create_source(settings, self.counters)
+        # a detector that learns its channels takes them from the source when it knows them (else: first reading)
+        self.pipeline = build_pipeline(settings, self.model, self.counters, self.evidence,
+                                       channels=getattr(self.source, "channels", None))
+        threshold = load_overrides(self.overrides_path).get("threshold")
+        if threshold is not None:
+            self.pipeline.set_threshold(threshold)
+            log.info("threshold %.6g set by command (in %s)", threshold, self.overrides_path)
         self.queue: queue.Queue[Any] = queue.Queue(maxsize=settings.queue_size)
         self.commands = Commands(self)
-        self._commands_q: queue.Queue[tuple[str, bytes]] = queue.Queue(maxsize=100)
+        c = settings.commands
+        self.gate = CommandGate(self.counters, c.rate_per_minute, c.burst)
         self.uplink = Uplink(
             settings.mqtt, settings.device_id, self.outbox, self.counters, self.status,
-            on_command=self._queue_command if settings.commands.enabled else None,
+            on_command=self.gate.offer if c.enabled else None,
         )
         self.heartbeats = Heartbeats()
         self.uplink.heartbeat = lambda: self.heartbeats.beat("uplink")
@@ -118,14 +133,16 @@ class Agent:
         self._drops_seen = 0
         self._last_drop = -float("inf")  # monotonic time the outbox was last seen dropping
 
-    # -- status ----------------------------------------------------------------------------------------------
+    # -- status (any thread: built from the pipeline's published snapshot, never from its live state) ------------
 
     def degraded_reasons(self) -> list[str]:
         """Why the agent is not fully well, in words a control room can act on."""
         reasons = []
         if self.source.state == DISCONNECTED:
             reasons.append("source disconnected")
-        stale = getattr(self.pipeline, "stale_channels", None)
+        # e.g. a Modbus device not answering, a serial device without the configured line terminator
+        reasons.extend(getattr(self.source, "problems", ()))
+        stale = self.pipeline.snapshot.stale_channels
         if stale:
             reasons.append("channel stale: " + ", ".join(sorted(stale)))
         if self._outbox_dropping():
@@ -149,35 +166,53 @@ class Agent:
     def state(self) -> str:
         if self.degraded_reasons():
             return "degraded"
-        return "calibrating" if self.pipeline.calibrating else "online"
+        return "calibrating" if self.pipeline.snapshot.calibrating else "online"
 
     def _status_key(self) -> tuple[Any, ...]:
-        return (self.state(), tuple(self.degraded_reasons()), self.model.sha256)
+        snap = self.pipeline.snapshot
+        return (self.state(), tuple(self.degraded_reasons()), snap.model.get("sha256"), snap.threshold, snap.overrides)
 
     def status(self) -> dict[str, Any]:
-        """The retained status payload, also the birth message: identity, model, runtime, config digest."""
+        """The retained status payload, also the birth message: identity, model, runtime, config digest, and
+        every override a command put in force."""
+        snap = self.pipeline.snapshot
         reasons = self.degraded_reasons()
         st: dict[str, Any] = {
-            "state": "degraded" if reasons else "calibrating" if self.pipeline.calibrating else "online",
+            "state": "degraded" if reasons else "calibrating" if snap.calibrating else "online",
             "ts": iso(time.time()),
             "device_id": self.settings.device_id,
             "agent_version": __version__,
             "started_at": iso(self.started_ts),
-            "model": {**self.model.describe(), "runtime": self.model.runtime, "runtime_version": self.model.runtime_version},
+            "model": dict(snap.model),
             "source": {"kind": self.settings.source.kind, "state": self.source.state},
-            "threshold": self.pipeline.params.threshold,
+            "threshold": snap.threshold,
+            "overrides": dict(snap.overrides),
             "config_digest": self._digest,
         }
         if reasons:
             st["reasons"] = reasons
-        if self.pipeline.calibrating:
-            cal = self.pipeline.calibrator
-            st["calibration"] = {"collected": cal.collected, "samples": cal.samples, "progress": round(cal.progress, 3)}
+        if snap.calibrating:
+            st["calibration"] = {"collected": snap.calibration_collected, "samples": snap.calibration_samples,
+                                 "progress": round(snap.calibration_progress, 3)}
+            if snap.calibration_duration_s:
+                st["calibration"].update(duration_s=snap.calibration_duration_s,
+                                         elapsed_s=round(snap.calibration_elapsed_s, 1))
+        elif snap.calibration_warning or snap.calibration_folded:
+            st["calibration"] = {"fitted_at": iso(snap.calibration_fitted_at or 0.0)}
+            if snap.calibration_warning:
+                st["calibration"]["warning"] = snap.calibration_warning  # the teach-in was not one normal
+            if snap.calibration_folded:
+                st["calibration"]["folded_alerts"] = snap.calibration_folded  # feedback taught it these are normal
         return st
+
+    def status_changed(self) -> None:
+        """Publish the retained status now (a command changed what it shows)."""
+        self.uplink.publish_status()
 
     def stats(self) -> dict[str, Any]:
         """The stats payload (QoS 0, every EDGE_AGENT_STATS_INTERVAL_S)."""
         c = self.counters
+        snap = self.pipeline.snapshot
         dropped = c.snapshot("outbox.dropped.")
         bytes_in, bytes_out = c.get("source.bytes"), self.uplink.bytes_out
         return {
@@ -194,76 +229,36 @@ class Agent:
             "repaired": c.snapshot("repaired."), "gaps": c.snapshot("gap."),
             "alerts": {"raised": c.get("alerts.raised"), "cleared": c.get("alerts.cleared"), "suppressed": c.get("alerts.suppressed")},
             "advice": {"advised": c.get("advice.advised"), "none": c.get("advice.none"), "suppressed": c.get("advice.suppressed")},
-            "source": {"kind": self.settings.source.kind, "state": self.source.state, "reconnects": c.get("source.reconnects")},
+            "source": {"kind": self.settings.source.kind, "state": self.source.state, "reconnects": c.get("source.reconnects"),
+                       "errors": c.snapshot("source.error.")},  # Modbus: no_answer, exception_<code>, bad_crc, ...
             "clock_synced": clock_synchronised(),
             **process_usage(),
             "bytes_in": bytes_in,
             "bytes_out": bytes_out,
             "bandwidth_ratio": round(bytes_out / bytes_in, 6) if bytes_in else None,
             "feedback": self.evidence.counts(),
-            "commands": {"ok": c.get("commands.ok"), "failed": c.get("commands.failed")},
+            "commands": {"ok": c.get("commands.ok"), "failed": c.get("commands.failed"),
+                         "dropped": c.snapshot("commands.dropped.")},
+            "threshold": snap.threshold,
+            "overrides": dict(snap.overrides),
+            "sensors": {"tracked": snap.sensors, "forgotten": c.get("sensors.forgotten")},
         }
 
     def publish_status_and_stats(self) -> None:
         self.uplink.publish_status()
         self.uplink.publish_now("stats", self.stats())
 
-    # -- overrides, commands, model reload ------------------------------------------------------------------
-
-    def _load_overrides(self) -> None:
-        try:
-            data = json.loads(self._overrides_path.read_text())
-        except FileNotFoundError:
-            return
-        except (OSError, ValueError) as e:
-            log.warning("ignoring unreadable %s: %s", self._overrides_path, e)
-            return
-        if isinstance(data.get("threshold"), (int, float)):
-            self.pipeline.set_threshold(float(data["threshold"]))
-            log.info("threshold %.4g set by command (in %s)", data["threshold"], self._overrides_path)
-
-    def save_overrides(self, data: dict[str, Any]) -> None:
-        atomic_write(self._overrides_path, json.dumps(data).encode())
-
-    def _queue_command(self, name: str, raw: bytes) -> None:
-        """Called on paho's thread: hand the command to the pipeline thread."""
-        try:
-            self._commands_q.put_nowait((name, raw))
-        except queue.Full:
-            self.counters.inc("commands.dropped")
+    # -- commands (pipeline thread) -----------------------------------------------------------------------------
 
     def _run_commands(self) -> None:
         while True:
             try:
-                name, raw = self._commands_q.get_nowait()
+                name, raw = self.gate.queue.get_nowait()
             except queue.Empty:
                 return
             reply = self.commands.handle(name, raw)
             self.uplink.publish_now(f"reply/{name}", reply, qos=1)
             self._emit([])
-
-    def reload_model(self, path: Path, sha256: str) -> dict[str, Any]:
-        """Load, check, canary, then swap between two windows; on any failure keep the old model (CommandError)."""
-        new = check_new_model(path, sha256, self.settings.model.runtime, self.settings.model.num_threads)
-        why = self.pipeline.canary(new)
-        if why is not None:
-            raise CommandError(why)
-        old = self.model.describe()
-        self.pipeline.swap_model(new)
-        self.model = new
-        log.info("model swapped: %s %s -> %s %s", old["name"], old["version"], new.name, new.version)
-        self.uplink.publish_status()
-        return {"model": new.describe(), "previous": old, "state": self.state()}
-
-    def _reload_configured(self) -> None:
-        path = Path(self.settings.model.path or default_model_path())
-        try:
-            from agent.infer import read_sidecar
-
-            reply = self.reload_model(path, read_sidecar(path).sha256)
-            log.info("SIGHUP: reloaded %s (%s)", path, reply["model"]["version"])
-        except Exception as e:  # noqa: BLE001 - CommandError or anything else: keep running the old model
-            log.error("SIGHUP: kept the old model, %s refused: %s", path, e)
 
     # -- threads ---------------------------------------------------------------------------------------------
 
@@ -308,11 +303,11 @@ class Agent:
     def _pipeline_loop(self) -> None:
         while True:
             self.heartbeats.beat("pipeline")
-            if not self._commands_q.empty():
+            if not self.gate.queue.empty():
                 self._run_commands()
             if self._reload_requested.is_set():
                 self._reload_requested.clear()
-                self._reload_configured()
+                self.commands.reload_configured()
             try:
                 item = self.queue.get(timeout=0.2)
             except queue.Empty:
@@ -330,7 +325,7 @@ class Agent:
             self.outbox.put(m)
         if messages:
             self.uplink.wake()
-        calibrating = self.pipeline.calibrating
+        calibrating = self.pipeline.snapshot.calibrating
         if calibrating != self._last_state:
             self._last_state = calibrating
             self.uplink.publish_status()
@@ -338,9 +333,11 @@ class Agent:
     def _sd_status(self) -> str:
         st = self.state()
         c = self.counters
-        if self.pipeline.calibrating:
-            cal = self.pipeline.calibrator
-            return f"teach-in {cal.collected}/{cal.samples} readings; outbox {self.outbox.depth()}"
+        snap = self.pipeline.snapshot
+        if snap.calibrating:
+            done = (f"{snap.calibration_collected}/{snap.calibration_samples} readings"
+                    if not snap.calibration_duration_s else f"{snap.calibration_progress:.0%}")
+            return f"teach-in {done}; outbox {self.outbox.depth()}"
         extra = f" ({'; '.join(self.degraded_reasons())})" if st == "degraded" else ""
         return (f"{st}{extra}: {c.get('source.readings')} readings, {c.get('pipeline.windows')} windows, "
                 f"{c.get('alerts.raised')} alerts; outbox {self.outbox.depth()}; "
@@ -360,8 +357,10 @@ class Agent:
             self.source.name, self.settings.mqtt.host, self.settings.mqtt.port,
             f", {depth} messages from an earlier run in the outbox" if depth else "",
         )
-        if self.pipeline.calibrating:
-            log.info("teach-in: the first %d readings are taken as normal (no alerts until then)", self.pipeline.calibrator.samples)
+        if self.pipeline.snapshot.calibrating:
+            cal = self.pipeline.calibrator
+            span = f"{cal.duration_s:g} s of data" if cal.duration_s else f"{cal.samples} readings"
+            log.info("teach-in: the first %s are taken as normal (no alerts until then)", span)
         self.uplink.start()
         self._guard("pipeline", self._pipeline_loop)
         source_thread = self._guard("source", self._source_loop)

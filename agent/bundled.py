@@ -15,9 +15,19 @@ def bundled_dir() -> Path:
     return _PKG.parent / "models"
 
 
+BUNDLED_MODELS = {"generic": "generic.json", "pump-anomaly": "pump-anomaly.tflite",
+                  "machine-failure": "machine-failure.tflite"}
+DEFAULT_MODEL = "generic"  # models/README.md: it beats pump-anomaly on faults it was not tuned on
+
+
+def bundled_model(name: str) -> Path:
+    """A bundled model's file by name (``generic``, ``pump-anomaly``, ``machine-failure``)."""
+    return bundled_dir() / BUNDLED_MODELS[name]
+
+
 def default_model_path() -> Path:
-    """The bundled pump-anomaly model (the default when EDGE_AGENT_MODEL__PATH is empty)."""
-    return bundled_dir() / "pump-anomaly.tflite"
+    """The default model when EDGE_AGENT_MODEL__PATH is empty: the generic detector."""
+    return bundled_model(DEFAULT_MODEL)
 
 
 def demo_recording_path() -> Path:

@@ -7,15 +7,21 @@ topic, ``repaired.*`` and ``gap.*`` in every summary's ``repaired``/``gaps``; se
     a value refused: ``non_numeric``, ``not_finite`` (NaN/inf), ``out_of_range`` (outside the channel's valid
     range), ``missing_channel`` (a model channel absent from the reading); a whole reading refused:
     ``bad_timestamp`` (NaN/inf), ``duplicate_ts`` and ``out_of_order`` (a timestamp not after the sensor's
-    previous one), ``stale_channel``
-    (dropped because a channel has had no good value for longer than ``max_hold_s``).
+    previous one), ``future_ts`` / ``past_ts`` (more than ``max_time_jump_s`` ahead of the sensor's time or
+    behind it: one bad device timestamp must not blind the sensor), ``stale_channel`` (dropped because a channel
+    has had no good value for longer than ``max_hold_s``), ``too_many_sensors`` (a new sensor beyond
+    ``max_sensors``), ``sensor_id_too_long`` (a sensor id longer than ``MAX_SENSOR_ID`` characters).
 ``repaired.<how>``
     ``held`` (a refused or missing value replaced by the channel's last good value, at most ``max_hold_s`` old),
     ``spike`` (a value the Hampel filter took for a spike, replaced by the median of the recent values).
 ``gap.<what>``
     ``time_gap`` (a sensor's windows reset: more than ``max_hold_s`` of data time since its previous reading),
-    ``stale`` (a sensor's windows reset: one of its channels went stale). The aligner adds its own
-    (``agent.align``).
+    ``stale`` (a sensor's windows reset: one of its channels went stale), ``time_step`` (``TIME_STEP_READINGS``
+    readings in a row agreed on a time far from the sensor's: its clock was stepped, taken as the new time base).
+    The aligner adds its own (``agent.align``).
+
+Per-sensor state is bounded: at most ``max_sensors`` sensors, and a sensor silent for ``idle_s`` (on the clock) is
+forgotten by ``forget`` (the pipeline drops its other per-sensor state at the same time).
 
 With ``max_hold_s = 0`` nothing is held and nothing goes stale: a reading with any bad channel is dropped, as
 before hold-last-value existed.
@@ -28,16 +34,23 @@ import math
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
 from agent.counters import Counters
+from agent.logsafe import clip
 from agent.records import Reading, Vector
 
 log = logging.getLogger(__name__)
 
 MAD_SCALE = 1.4826  # MAD x 1.4826 estimates the standard deviation of normal data
+LEARN_INTERVALS = 8  # a sensor's reporting interval: the median of its first this many intervals
+HOLD_INTERVALS = 3.0  # ... and a value is held, a gap tolerated, for at least this many intervals
+MAX_SENSOR_ID = 200  # characters: a sensor id is a dict key in every per-sensor structure and is in every alert
+TIME_STEP_READINGS = 5  # readings in a row that must agree on a far time before it is taken as a clock step
+TIME_STEP = "time_step"  # TimeBase.judge: this reading completes a sustained step
+_LOG_EVERY_S = 600.0  # repeated warnings (too many sensors) at most this often
 
 
 def parse_ranges(text: str) -> dict[str, tuple[float, float]]:
@@ -78,6 +91,9 @@ class CleaningPolicy:
     align_period_s: float = 0.0  # 0 = no alignment
     align_tolerance_s: float = 0.0  # 0 = one period
     align_sensor: str = "aligned"
+    max_time_jump_s: float = 600.0  # 0 = off
+    max_sensors: int = 1000  # 0 = no limit
+    sensor_idle_s: float = 86400.0  # 0 = never forget
 
     @classmethod
     def from_settings(cls, s: Any) -> "CleaningPolicy":
@@ -85,28 +101,80 @@ class CleaningPolicy:
         return cls(
             ranges=parse_ranges(s.ranges), max_hold_s=s.max_hold_s, spike_window=s.spike_window,
             spike_sigmas=s.spike_sigmas, align_period_s=s.align_period_s, align_tolerance_s=s.align_tolerance_s,
-            align_sensor=s.align_sensor,
+            align_sensor=s.align_sensor, max_time_jump_s=s.max_time_jump_s, max_sensors=s.max_sensors,
+            sensor_idle_s=s.sensor_idle_s,
         )
+
+
+class TimeBase:
+    """A stream's recent data time. A reading far from it (more than ``max_jump_s`` ahead of where the time should
+    be by now, or behind it) is refused alone; ``TIME_STEP_READINGS`` far readings in a row that agree with each
+    other (increasing, each within ``max_jump_s`` of the previous) are a stepped device clock: the caller takes the
+    last one as the new time base. ``max_jump_s = 0``: only the order is checked."""
+
+    __slots__ = ("max_jump_s", "last_ts", "step_s", "_at", "_run", "_run_ts")
+
+    def __init__(self, max_jump_s: float = 0.0):
+        self.max_jump_s = max_jump_s
+        self.last_ts: float | None = None  # of the last accepted reading
+        self._at = 0.0  # clock() when it was accepted: data time runs on with the clock while a sensor is silent
+        self._run = 0  # far readings in a row that agree
+        self._run_ts = 0.0
+        self.step_s = 0.0  # the last step taken: how far the new time base is from where the old one would be now
+
+    def judge(self, ts: float, now: float) -> str | None:
+        """None when ``ts`` may be accepted; else ``duplicate_ts``/``out_of_order`` (just behind), ``future_ts``/
+        ``past_ts`` (far from the stream's time), or ``TIME_STEP`` (this reading completes a sustained step)."""
+        last, jump = self.last_ts, self.max_jump_s
+        if last is None:
+            return None
+        if ts > last:
+            if not jump or ts - last - max(0.0, now - self._at) <= jump:
+                return None
+            reason = "future_ts"
+        elif not jump or last - ts <= jump:
+            return "duplicate_ts" if ts == last else "out_of_order"
+        else:
+            reason = "past_ts"
+        self._run = self._run + 1 if self._run and 0 < ts - self._run_ts <= jump else 1
+        self._run_ts = ts
+        if self._run < TIME_STEP_READINGS:
+            return reason
+        self._run = 0
+        self.step_s = ts - last - max(0.0, now - self._at)
+        return TIME_STEP
+
+    def accept(self, ts: float, now: float) -> None:
+        self.last_ts, self._at, self._run = ts, now, 0
+
+    def reset(self) -> None:
+        """Forget the time base: the next reading starts a new one."""
+        self.last_ts, self._run = None, 0
 
 
 class _SensorState:
     """What the cleaner remembers of one sensor."""
 
-    def __init__(self, ts: float, channels: int, spike_window: int):
+    def __init__(self, ts: float, channels: int, spike_window: int, max_jump_s: float):
         self.first_ts = ts  # a channel never seen goes stale max_hold_s after the sensor's first reading
-        self.last_ts: float | None = None  # of the last accepted reading
+        self.time = TimeBase(max_jump_s)  # its last accepted timestamp, and clock steps
         self.last_seen = 0.0  # clock() when a reading of it last arrived
         self.fresh = True  # windows empty since the last reset (no time_gap reset needed)
         self.good: list[tuple[float, float] | None] = [None] * channels  # last good (ts, value) per channel
-        self.history: list[deque[float]] = [deque(maxlen=spike_window) for _ in range(channels)]
+        # spike filter history: none without the filter (an empty deque still costs ~600 bytes, x channels x sensors)
+        self.history: list[deque[float]] = [deque(maxlen=spike_window) for _ in range(channels)] if spike_window else []
         self.stale: set[int] = set()
         self.silent = False
+        self.intervals: list[float] = []  # the first LEARN_INTERVALS intervals between accepted readings
+        self.interval: float | None = None  # their median: the sensor's reporting interval
 
 
 class Cleaner:
     """Turns a Reading into a Vector in the model's channel order, or counts why it cannot.
 
-    ``on_reset(sensor)`` is called when the sensor's windows must be forgotten (a hole in time, a stale channel).
+    ``on_reset(sensor)`` is called when the sensor's windows must be forgotten (a hole in time, a stale channel, a
+    clock step); ``on_time_step(sensor, delta_s)`` when a sensor's clock stepped. ``stale`` and ``sensor_count``
+    change only with ``version`` (the pipeline publishes them in its snapshot when it moved).
     """
 
     def __init__(
@@ -114,6 +182,8 @@ class Cleaner:
         ranges: Mapping[str, tuple[float, float]] | None = None, max_hold_s: float = 0.0, spike_window: int = 0,
         spike_sigmas: float = 5.0, missing_counter: str = "reject.missing_channel",
         on_reset: Callable[[str], None] | None = None, clock: Callable[[], float] = time.monotonic,
+        max_time_jump_s: float = 0.0, max_sensors: int = 0, idle_s: float = 0.0,
+        on_time_step: Callable[[str, float], None] | None = None,
     ):
         self.channels = list(channels)
         self.counters = counters
@@ -128,8 +198,18 @@ class Cleaner:
         self.spike_sigmas = spike_sigmas
         self._missing_counter = missing_counter
         self._on_reset = on_reset
+        self._on_time_step = on_time_step
         self._clock = clock
+        self.max_time_jump_s = max_time_jump_s
+        self.max_sensors = max_sensors
+        self.idle_s = idle_s
         self._sensors: dict[str, _SensorState] = {}
+        self.version = 0  # moves whenever ``stale`` or ``sensor_count`` changes
+        self._stale_names: set[str] = set()
+        self._stale_view: frozenset[str] = frozenset()
+        self._stale_view_version = 0
+        self._refused_sensors = 0  # new sensors refused since the last warning
+        self._refused_logged_at = -math.inf
 
     def ranges_from(self, valid_ranges: Mapping[str, tuple[float, float]]) -> None:
         """Use these per-channel valid ranges from now on (a new model's sidecar); the configured ones win."""
@@ -137,13 +217,27 @@ class Cleaner:
         self._ranges = [merged.get(c) for c in self.channels]
 
     @property
-    def stale(self) -> set[str]:
+    def stale(self) -> frozenset[str]:
         """Channels now stale or silent, as ``sensor/channel`` (just the channel for a nameless sensor)."""
-        out: set[str] = set()
-        for sensor, st in self._sensors.items():
-            idx = range(len(self.channels)) if st.silent else st.stale
-            out.update(f"{sensor}/{self.channels[i]}" if sensor else self.channels[i] for i in idx)
-        return out
+        if self._stale_view_version != self.version:
+            self._stale_view = frozenset(self._stale_names)
+            self._stale_view_version = self.version
+        return self._stale_view
+
+    @property
+    def sensor_count(self) -> int:
+        return len(self._sensors)
+
+    def _name(self, sensor: str, i: int) -> str:
+        return f"{sensor}/{self.channels[i]}" if sensor else self.channels[i]
+
+    def _show_stale(self, sensor: str, idx: Iterable[int], stale: bool) -> None:
+        names = [self._name(sensor, i) for i in idx]
+        if stale:
+            self._stale_names.update(names)
+        else:
+            self._stale_names.difference_update(names)
+        self.version += 1
 
     def check_silence(self) -> None:
         """Mark every channel of a sensor stale (status only) that sent nothing for ``max_hold_s`` on the clock.
@@ -154,24 +248,97 @@ class Cleaner:
             return
         now = self._clock()
         for sensor, st in self._sensors.items():
-            if not st.silent and now - st.last_seen > self.max_hold_s:
+            hold = self.hold_s(st)
+            if not st.silent and now - st.last_seen > hold:
                 st.silent = True
-                log.warning("sensor %s silent for more than %.3g s: its channels are stale", sensor or "-", self.max_hold_s)
+                self._show_stale(sensor, range(len(self.channels)), True)
+                log.warning("sensor %s silent for more than %.3g s: its channels are stale", clip(sensor) or "-", hold)
+
+    def hold_s(self, st: _SensorState) -> float:
+        """How long (data time) a value is held and a gap tolerated for this sensor: ``max_hold_s``, or
+        ``HOLD_INTERVALS`` of its reporting interval once learnt if that is longer (a sensor that reports every
+        five minutes is not stale after five seconds)."""
+        if st.interval is None:
+            return self.max_hold_s
+        return max(self.max_hold_s, HOLD_INTERVALS * st.interval)
+
+    def interval_of(self, sensor: str) -> float | None:
+        """The learnt reporting interval of ``sensor`` (None until LEARN_INTERVALS intervals were seen)."""
+        st = self._sensors.get(sensor)
+        return None if st is None else st.interval
+
+    def idle_sensors(self) -> list[str]:
+        """Sensors that sent nothing for ``idle_s`` on the clock (none when ``idle_s`` is 0)."""
+        if self.idle_s <= 0:
+            return []
+        limit = self._clock() - self.idle_s
+        return [sensor for sensor, st in self._sensors.items() if st.last_seen < limit]
+
+    def forget(self, sensor: str) -> None:
+        """Drop everything the cleaner keeps of ``sensor``; a reading of it later starts afresh."""
+        if self._sensors.pop(sensor, None) is not None:
+            self._show_stale(sensor, range(len(self.channels)), False)
+
+    def _admit(self, r: Reading, now: float) -> _SensorState | None:
+        """The state of a sensor seen for the first time, or None (counted) when there are too many already."""
+        if len(r.sensor) > MAX_SENSOR_ID:
+            self.counters.inc("reject.sensor_id_too_long")
+            return None
+        if self.max_sensors and len(self._sensors) >= self.max_sensors:
+            self.counters.inc("reject.too_many_sensors")
+            self._refused_sensors += 1
+            if now - self._refused_logged_at >= _LOG_EVERY_S:
+                log.warning(
+                    "%d reading(s) of new sensors refused (e.g. %s): already %d sensors "
+                    "(EDGE_AGENT_CLEANING__MAX_SENSORS; idle ones are forgotten after EDGE_AGENT_CLEANING__SENSOR_IDLE_S)",
+                    self._refused_sensors, clip(r.sensor) or "-", len(self._sensors),
+                )
+                self._refused_sensors, self._refused_logged_at = 0, now
+            return None
+        st = self._sensors[r.sensor] = _SensorState(r.ts, len(self.channels), self.spike_window, self.max_time_jump_s)
+        self.version += 1
+        return st
+
+    def _time_step(self, sensor: str, st: _SensorState, ts: float) -> None:
+        """The sensor's clock stepped: its time base, held values and windows start again from ``ts``."""
+        delta = st.time.step_s
+        self.counters.inc("gap.time_step")
+        log.warning(
+            "sensor %s: %d readings in a row are %+.0f s away from its time: taken as its new time base "
+            "(device clock stepped?); its windows start again", clip(sensor) or "-", TIME_STEP_READINGS, delta,
+        )
+        st.time.reset()
+        st.first_ts = ts
+        st.good = [None] * len(self.channels)
+        if not st.fresh:
+            self._reset(sensor, st)
+        if self._on_time_step is not None:
+            self._on_time_step(sensor, delta)
 
     def clean(self, r: Reading) -> Vector | None:
         """A Vector, or None after counting why the reading is unusable."""
         if not math.isfinite(r.ts):
             self.counters.inc("reject.bad_timestamp")
             return None
+        now = self._clock()
         st = self._sensors.get(r.sensor)
         if st is None:
-            st = self._sensors[r.sensor] = _SensorState(r.ts, len(self.channels), self.spike_window)
-        elif st.last_ts is not None and r.ts <= st.last_ts:
-            self.counters.inc("reject.duplicate_ts" if r.ts == st.last_ts else "reject.out_of_order")
-            return None
-        st.last_seen = self._clock()
-        st.silent = False
+            st = self._admit(r, now)
+            if st is None:
+                return None
+        else:
+            verdict = st.time.judge(r.ts, now)
+            if verdict == TIME_STEP:
+                self._time_step(r.sensor, st, r.ts)
+            elif verdict is not None:
+                self.counters.inc(f"reject.{verdict}")
+                return None
+        st.last_seen = now
+        if st.silent:
+            st.silent = False
+            self._show_stale(r.sensor, [i for i in range(len(self.channels)) if i not in st.stale], False)
         hold = self.max_hold_s > 0
+        hold_s = self.hold_s(st)
         out = np.empty(len(self.channels))
         good: list[int] = []
         unusable: list[int] = []
@@ -198,7 +365,7 @@ class Cleaner:
             if not hold:
                 return None  # without hold-last-value the first bad channel drops the reading
             last = st.good[i]
-            if last is not None and r.ts - last[0] <= self.max_hold_s:
+            if last is not None and r.ts - last[0] <= hold_s:
                 out[i] = last[1]
                 held += 1
             else:
@@ -210,9 +377,10 @@ class Cleaner:
                 st.good[i] = (r.ts, float(out[i]))
                 if i in st.stale:
                     st.stale.discard(i)
-                    log.info("sensor %s: channel %s recovered", r.sensor or "-", self.channels[i])
+                    self._show_stale(r.sensor, [i], False)
+                    log.info("sensor %s: channel %s recovered", clip(r.sensor) or "-", self.channels[i])
         if unusable:
-            newly = [i for i in unusable if i not in st.stale and r.ts - self._since(st, i) > self.max_hold_s]
+            newly = [i for i in unusable if i not in st.stale and r.ts - self._since(st, i) > hold_s]
             if newly:
                 self._go_stale(r.sensor, st, newly)
             if any(i in st.stale for i in unusable):
@@ -222,11 +390,21 @@ class Cleaner:
             self.counters.inc("repaired.held", held)
         if spikes:
             self.counters.inc("repaired.spike", spikes)
-        if hold and st.last_ts is not None and r.ts - st.last_ts > self.max_hold_s and not st.fresh:
+        last_ts = st.time.last_ts
+        if last_ts is not None and st.interval is None:
+            st.intervals.append(r.ts - last_ts)
+            if len(st.intervals) >= LEARN_INTERVALS:
+                st.interval = float(np.median(st.intervals))
+                if HOLD_INTERVALS * st.interval > self.max_hold_s > 0:
+                    log.info("sensor %s reports every %.3g s: values held and gaps tolerated up to %.3g s",
+                             clip(r.sensor) or "-", st.interval, self.hold_s(st))
+        if hold and last_ts is not None and r.ts - last_ts > hold_s and not st.fresh:
             self.counters.inc("gap.time_gap")
-            log.info("sensor %s: %.1f s without a reading: its windows start again", r.sensor or "-", r.ts - st.last_ts)
+            if st.interval is not None:  # while the interval is being learnt, a slow sensor's every reading is one
+                log.info("sensor %s: %.1f s without a reading: its windows start again", clip(r.sensor) or "-",
+                         r.ts - last_ts)
             self._reset(r.sensor, st)
-        st.last_ts = r.ts
+        st.time.accept(r.ts, now)
         st.fresh = False
         return Vector(ts=r.ts, values=out, sensor=r.sensor)
 
@@ -237,9 +415,11 @@ class Cleaner:
 
     def _go_stale(self, sensor: str, st: _SensorState, idx: list[int]) -> None:
         st.stale.update(idx)
+        if not st.silent:
+            self._show_stale(sensor, idx, True)
         log.warning(
             "sensor %s: no good value of %s for more than %.3g s: stale, its readings are dropped until it recovers",
-            sensor or "-", ", ".join(self.channels[i] for i in idx), self.max_hold_s,
+            clip(sensor) or "-", ", ".join(self.channels[i] for i in idx), self.hold_s(st),
         )
         if not st.fresh:
             self.counters.inc("gap.stale")

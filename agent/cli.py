@@ -20,9 +20,12 @@ log = logging.getLogger("agent")
 
 
 def setup_logging(level: str) -> None:
-    """Log lines on stderr without timestamps (journald adds them)."""
+    """Log lines on stderr without timestamps (journald adds them); control characters in a message are escaped
+    (agent/logsafe.py), so no value from outside can forge a line."""
+    from agent.logsafe import SafeFormatter
+
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(SafeFormatter("%(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
@@ -39,21 +42,42 @@ def _config_fail(e: ConfigError) -> int:
     return EX_CONFIG
 
 
+def _checked_settings(args: argparse.Namespace) -> tuple[Settings, list[str]]:
+    """The settings, checked against the model sidecar, secret files and environment (agent/preflight.py);
+    ConfigError with every problem, else the warnings to show."""
+    import os
+
+    from agent import preflight
+
+    settings = _settings(args)
+    problems, warnings = preflight.check(settings, os.environ)
+    if problems:
+        raise ConfigError(problems)
+    return settings, warnings
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from agent.app import Agent
+    from agent.files import StateDirError
     from agent.infer import ModelError
+    from agent.preflight import SecretFileError
 
     try:
-        settings = _settings(args)
+        settings, warnings = _checked_settings(args)
     except ConfigError as e:
         return _config_fail(e)
     setup_logging(settings.log_level)
+    for w in warnings:
+        log.warning("config: %s", w)
     try:
         agent = Agent(settings)
     except ModelError as e:
         print(f"model error: {e}", file=sys.stderr)
         return EX_CONFIG
-    except (FileNotFoundError, ValueError) as e:
+    except StateDirError as e:
+        print(f"config error: {e} (EDGE_AGENT_STATE_DIR)", file=sys.stderr)
+        return EX_CONFIG
+    except (FileNotFoundError, ValueError, SecretFileError) as e:
         print(f"config error: {e}", file=sys.stderr)
         return EX_CONFIG
     except PermissionError as e:
@@ -64,9 +88,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     try:
-        settings = _settings(args)
+        settings, warnings = _checked_settings(args)
     except ConfigError as e:
         return _config_fail(e)
+    for w in warnings:
+        print(f"config warning: {w}", file=sys.stderr)
     if args.json:
         from agent.settings import masked_dump
 
@@ -74,6 +100,12 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     else:
         for k, v in flat_env(settings).items():
             print(f"{k}={v}")
+        from agent.reference_toml import render_file_only
+
+        text = render_file_only(settings)
+        if text:
+            print("# configuration file only (no env variables):")
+            print(text, end="")
     return 0
 
 
@@ -84,16 +116,31 @@ def cmd_version(args: argparse.Namespace) -> int:
 
 def cmd_config_reference(args: argparse.Namespace) -> int:
     from agent.reference import render_env_example, render_markdown
+    from agent.reference_toml import render_toml_example
 
-    sys.stdout.write(render_markdown() if args.markdown else render_env_example())
+    sys.stdout.write(render_markdown() if args.markdown else render_toml_example() if args.toml else render_env_example())
     return 0
 
 
 def cmd_model_info(args: argparse.Namespace) -> int:
     from agent.infer import Model, ModelError, read_sidecar
 
-    path = Path(args.path)
+    from agent.detectors import is_generic_spec, open_model, resolve
+
+    path = resolve(args.path)
     result: dict[str, object] = {"path": str(path)}
+    if is_generic_spec(path):
+        try:
+            generic = open_model(path)
+        except ModelError as e:
+            result["error"] = str(e)
+            print(json.dumps(result, indent=2))
+            return EX_CONFIG
+        result["spec"] = generic.sidecar.model_dump(mode="json", by_alias=True)
+        result["checks"] = {"spec": "ok"}
+        result["runtime"] = {"name": generic.runtime, "version": generic.runtime_version}
+        print(json.dumps(result, indent=2))
+        return 0
     try:
         sidecar = read_sidecar(path)
         result["sidecar"] = sidecar.model_dump(mode="json", by_alias=True)
@@ -150,12 +197,18 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     except ModelError as e:
         print(f"model error: {e}", file=sys.stderr)
         return EX_CONFIG
+    if getattr(model, "needs_channels", False):  # a generic detector: its channels are those of its teach-in
+        stored = Calibrator(model, 0, settings.state_dir).stored_channels()
+        if stored:
+            model = model.with_channels(stored)
     cal = Calibrator(model, 1, settings.state_dir)
     if args.reset:
         cal.reset()
         print(f"calibration in {settings.state_dir} removed: teach-in starts again on the next start")
         return 0
     print(json.dumps(cal.result.to_json() if cal.result else {"calibrated": False}, indent=2))
+    if cal.result is not None and cal.result.warning:
+        print(f"warning: teach-in: {cal.result.warning}", file=sys.stderr)
     return 0
 
 
@@ -200,6 +253,7 @@ def _parser() -> argparse.ArgumentParser:
     add("version", cmd_version, "print the version", env=False)
     cr = add("config-reference", cmd_config_reference, "print every setting with its default and meaning (deploy/agent.env.example)", env=False)
     cr.add_argument("--markdown", action="store_true", help="as Markdown tables (the README's configuration section)")
+    cr.add_argument("--toml", action="store_true", help="as a commented TOML configuration file (deploy/agent.toml.example)")
     m = sub.add_parser("model", help="model tools", description="model tools")
     msub = m.add_subparsers(dest="model_command", required=True, metavar="SUBCOMMAND")
     mi = msub.add_parser("info", help="print a model's sidecar, tensor details and the result of every check", description="print a model's sidecar, tensor details and the result of every check")

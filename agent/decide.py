@@ -5,6 +5,7 @@ Pure and single-threaded (the pipeline thread owns them), so they are tested wit
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
@@ -28,23 +29,41 @@ class Transition:
     inference: Inference
     threshold: float
     peak_score: float
+    receded: bool = False  # cleared because the event receded (under recede_ratio x its peak), not under the clear level
+
+
+RECEDE_MARGIN = 0.3  # after a "receded" clear, a new raise needs 30 % more than the score it cleared at
 
 
 class AlertMachine:
     """One sensor's alert: raised when ``k`` of the last ``n`` windows score over the threshold, cleared when
     ``k`` of the last ``n`` score under ``threshold x clear_ratio`` (hysteresis). The history restarts at every
     transition, so a raise needs k fresh windows over the threshold and a clear k fresh windows under it.
+
+    With ``recede_ratio`` > 0 an alert also clears when the event has receded: k of the last n windows under
+    ``recede_ratio x`` the alert's peak score, even if still over the clear level (a machine that settles a little
+    away from where it was taught after a fault that is over). A new raise then needs the score to exceed the one
+    it cleared at by ``RECEDE_MARGIN``; that floor decays back to the threshold with a time constant of
+    ``refractory`` windows, so the settled state does not raise again while it is absorbed.
+
+    The recent scores are kept (not just whether they were over), so that a new threshold re-judges them
+    (``retune``) instead of forgetting the debounce: a command cannot silence alerts by resetting it.
     """
 
-    def __init__(self, sensor: str, threshold: float, k: int, n: int, clear_ratio: float):
+    def __init__(self, sensor: str, threshold: float, k: int, n: int, clear_ratio: float,
+                 recede_ratio: float = 0.0, refractory: int = 1800):
         if not 1 <= k <= n:
             raise ValueError("need 1 <= k <= n")
         self.sensor = sensor
         self.threshold = threshold
         self.k, self.n, self.clear_ratio = k, n, clear_ratio
-        self._hist: deque[bool] = deque(maxlen=n)
+        self.recede_ratio = recede_ratio
+        self._decay = math.exp(-1.0 / refractory) if refractory > 0 else 0.0
+        self._scores: deque[float] = deque(maxlen=n)
+        self._receded: deque[bool] = deque(maxlen=n)  # while raised: was the window under recede_ratio x the peak
         self.active_id: str | None = None
         self._peak = 0.0
+        self._floor = 0.0  # a raise needs a score over this too (after a receded clear); decays each window
 
     @property
     def active(self) -> bool:
@@ -53,26 +72,52 @@ class AlertMachine:
     def update(self, inf: Inference) -> Transition | None:
         """Feed one scored window; a Transition when the alert is raised or cleared by it."""
         s = inf.score
+        self._scores.append(s)
         if self.active_id is None:
-            self._hist.append(s > self.threshold)
-            if sum(self._hist) >= self.k:
+            level = self.threshold
+            if self._floor > level:
+                level = self._floor
+                self._floor *= self._decay
+            self._receded.append(False)
+            if sum(1 for x in self._scores if x > level) >= self.k:
                 self.active_id = uuid.uuid4().hex
                 self._peak = s
-                self._hist.clear()
+                self._floor = 0.0
+                self._scores.clear()
+                self._receded.clear()
                 return Transition(RAISED, self.active_id, self.sensor, inf, self.threshold, s)
             return None
         self._peak = max(self._peak, s)
-        self._hist.append(s < self.threshold * self.clear_ratio)
-        if sum(self._hist) >= self.k:
-            t = Transition(CLEARED, self.active_id, self.sensor, inf, self.threshold, self._peak)
+        under = self.threshold * self.clear_ratio
+        self._receded.append(self.recede_ratio > 0 and s < self.recede_ratio * self._peak)
+        if sum(1 for x, r in zip(self._scores, self._receded) if x < under or r) >= self.k:
+            receded = s >= under  # cleared because the event receded, still over the clear level
+            tr = Transition(CLEARED, self.active_id, self.sensor, inf, self.threshold, self._peak, receded)
+            if receded:
+                self._floor = s * (1 + RECEDE_MARGIN)
             self.active_id = None
-            self._hist.clear()
-            return t
+            self._scores.clear()
+            self._receded.clear()
+            return tr
         return None
 
+    def retune(self, threshold: float, k: int, n: int, clear_ratio: float, recede_ratio: float | None = None) -> None:
+        """New decision parameters from the next window on; the recent scores are judged again by them (an
+        active alert stays active until ``k`` windows are under the new clear level)."""
+        if not 1 <= k <= n:
+            raise ValueError("need 1 <= k <= n")
+        self.threshold, self.k, self.clear_ratio = threshold, k, clear_ratio
+        if recede_ratio is not None:
+            self.recede_ratio = recede_ratio
+        if n != self.n:
+            self.n = n
+            self._scores = deque(self._scores, maxlen=n)
+            self._receded = deque(self._receded, maxlen=n)
+
     def reset(self) -> None:
-        """Forget the debounce history (after a gap); an active alert stays active."""
-        self._hist.clear()
+        """Forget the debounce history (after a gap, or scores of another model); an active alert stays active."""
+        self._scores.clear()
+        self._receded.clear()
 
 
 @dataclass
@@ -170,3 +215,7 @@ class AlertPolicy:
 
     def cleared(self, sensor: str, ts: float) -> None:
         self._last_clear[sensor] = ts
+
+    def forget(self, sensor: str) -> None:
+        """Drop what is kept of an idle sensor (its cooldown has long passed)."""
+        self._last_clear.pop(sensor, None)

@@ -26,6 +26,7 @@ matplotlib is optional (``pip install 'edge-agent[eval]'``): without it the tabl
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import logging
@@ -36,11 +37,12 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence, TextIO
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TextIO
 
 import numpy as np
 
 from agent.counters import Counters
+from agent.families import GROUP_BY, FamiliesError, Grouping, group_table, load_families
 
 EXIT_OK = 0
 EXIT_USAGE = 2
@@ -218,6 +220,68 @@ def _metrics_dict(c: Confusion, **extra: Any) -> dict[str, Any]:
     return {"tp": c.tp, "fp": c.fp, "fn": c.fn, "tn": c.tn, "f1": c.f1, "far": c.far, "mar": c.mar, **extra}
 
 
+def group_totals(groups: Sequence[str], results: Sequence[FileMetrics], names: Sequence[str]) -> list[dict[str, Any]]:
+    """Per group (in first-seen order): the totals of its files, their names and the false alerts per file."""
+    out = []
+    for g in dict.fromkeys(groups):
+        idx = [i for i, x in enumerate(groups) if x == g]
+        t = totals([results[i] for i in idx])
+        out.append({"group": g, **t, "files": [names[i] for i in idx],
+                    "false_alerts_per_file": t["false_alerts"] / len(idx)})
+    return out
+
+
+@dataclass(frozen=True)
+class NormalMetrics:
+    """A recording of normal operation replayed after teach-in: every alert is a false alert."""
+
+    rows: int
+    scored_rows: int
+    hours: float  # data time from the first scored row to the last row
+    alerts: int
+    active_rows: int  # scored rows with an alert active
+    threshold: float
+    score_p99: float | None  # of the windows scored after teach-in
+    score_max: float | None
+
+    @property
+    def alerts_per_hour(self) -> float | None:
+        return self.alerts / self.hours if self.hours > 0 else None
+
+    @property
+    def active_share(self) -> float | None:
+        """The FAR of a normal recording: share of scored rows with an alert active."""
+        return self.active_rows / self.scored_rows if self.scored_rows else None
+
+    @property
+    def headroom(self) -> float | None:
+        """p99 score / threshold: below 1 the usual score stays under the threshold by that margin."""
+        return self.score_p99 / self.threshold if self.score_p99 is not None and self.threshold > 0 else None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "false_alerts": self.alerts, "alerts_per_hour": self.alerts_per_hour,
+                "active_share": self.active_share, "headroom_p99": self.headroom,
+                "max_over_threshold": None if self.score_max is None or self.threshold <= 0
+                else self.score_max / self.threshold}
+
+
+def normal_metrics(ts: Sequence[float] | np.ndarray, spans: Sequence[Span], score_rows: Sequence[int] | np.ndarray,
+                   scores: Sequence[float] | np.ndarray, threshold: float, first_row: int) -> NormalMetrics:
+    """False alerts, alert-active rows and score headroom of a normal recording scored from ``first_row``."""
+    ts = np.asarray(ts, dtype=np.float64)
+    n = len(ts)
+    scored = max(0, n - first_row)
+    sc = np.asarray(scores, dtype=np.float64)[np.asarray(score_rows, dtype=np.int64) >= first_row]
+    sc = sc[np.isfinite(sc)]
+    return NormalMetrics(
+        rows=n, scored_rows=scored,
+        hours=float(ts[-1] - ts[first_row]) / 3600.0 if scored else 0.0,
+        alerts=len(spans), active_rows=int(active_rows(n, spans)[first_row:].sum()), threshold=float(threshold),
+        score_p99=float(np.percentile(sc, 99)) if len(sc) else None,
+        score_max=float(sc.max()) if len(sc) else None,
+    )
+
+
 # ================================================================================================ running files
 
 
@@ -259,31 +323,65 @@ class FileRun:
         return [(a.raise_row, a.clear_row) for a in self.alerts]
 
 
-def default_settings() -> Any:
-    """The agent's settings at their defaults: no env file and no EDGE_AGENT_* from the environment."""
+def _init_only_settings(**values: Any) -> Any:
+    """Settings from the given values and the defaults only: no env file, no EDGE_AGENT_* from the environment."""
     from agent.settings import Settings
 
-    class _Defaults(Settings):
+    class _InitOnly(Settings):
         @classmethod
         def settings_customise_sources(  # type: ignore[override]
             cls, settings_cls: Any, init_settings: Any, **_: Any
         ) -> tuple[Any, ...]:
             return (init_settings,)
 
-    return _Defaults()
+    return _InitOnly(**values)
 
 
-def pipeline_factory(settings: Any, model: Any, calibration_samples: int) -> Callable[[Counters, Path], Any]:
-    """Builds each file's Pipeline the way the daemon builds its own (``app.build_pipeline``), with teach-in over
-    ``calibration_samples`` readings and the state in the given (fresh) directory."""
-    from agent.app import build_pipeline
+def default_settings() -> Any:
+    """The agent's settings at their defaults: no env file and no EDGE_AGENT_* from the environment."""
+    return _init_only_settings()
 
-    def make(counters: Counters, state_dir: Path) -> Any:
+
+def apply_overrides(settings: Any, overrides: Mapping[str, Any] | None) -> Any:
+    """``settings`` with dotted-key overrides applied (``{"decision.k": 3, "model.threshold": 1.2,
+    "calibration.samples": 400, "model.path": "generic"}``; a value None restores the default "from the
+    sidecar"), validated like any configuration: an unknown key or a bad value raises ValueError naming it."""
+    if not overrides:
+        return settings
+    from pydantic import ValidationError
+
+    data = settings.model_dump()
+    for key, value in overrides.items():
+        node = data
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.get(part)
+            if not isinstance(node, dict):
+                raise ValueError(f"unknown setting {key!r}")
+        if leaf not in node:
+            raise ValueError(f"unknown setting {key!r}")
+        node[leaf] = value
+    try:
+        return _init_only_settings(**data)
+    except ValidationError as e:
+        problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']} (got {err.get('input')!r})"
+                             for err in e.errors())
+        raise ValueError(f"bad setting override: {problems}") from None
+
+
+def pipeline_factory(settings: Any, model: Any, calibration_samples: int,
+                     build: Callable[[Any, Any, Counters], Any] | None = None) -> Callable[[Counters, Path], Any]:
+    """Builds each file's Pipeline the way the daemon builds its own (``build``, default ``app.build_pipeline``),
+    with teach-in over ``calibration_samples`` readings and the state in the given (fresh) directory."""
+    if build is None:
+        from agent.app import build_pipeline as build
+
+    def make(counters: Counters, state_dir: Path, channels: list[str] | None = None) -> Any:
         s = settings.model_copy(update={
             "state_dir": state_dir,
             "calibration": settings.calibration.model_copy(update={"samples": calibration_samples}),
         })
-        return build_pipeline(s, model, counters)
+        return build(s, model, counters, **({"channels": channels} if channels else {}))
 
     return make
 
@@ -294,14 +392,26 @@ def _label(v: float | str | None) -> int | None:
     return None
 
 
+def model_channels(model: Any, path: Path) -> list[str]:
+    """The channels to keep per row (for the plot): the model's sidecar channels, else every column of the file
+    but its time and label columns (a detector that takes its channels from the source)."""
+    sidecar = getattr(model, "sidecar", None)
+    if sidecar is not None and getattr(sidecar, "channels", None):
+        return list(sidecar.channels)
+    from agent.sources.replay import LABEL_COLUMNS, TIME_COLUMNS
+
+    return [h for h in read_header(path) if h.lower() not in TIME_COLUMNS and h not in LABEL_COLUMNS]
+
+
 def run_file(model: Any, path: Path, rel: str, make_pipeline: Callable[[Counters, Path], Any],
-             on_row: Callable[[int], None] | None = None) -> FileRun:
+             on_row: Callable[[int], None] | None = None, labelled: bool = True) -> FileRun:
     """Replay one recording through a fresh Pipeline (``make_pipeline(counters, state_dir)`` with its own new
-    temporary state dir, so teach-in starts afresh) reading by reading."""
+    temporary state dir, so teach-in starts afresh) reading by reading. ``labelled=False``: every row is normal
+    (a long normal recording), its label column, if any, is ignored."""
     from agent.parse import timestamp as parse_ts
     from agent.sources.replay import read_recording
 
-    channels = list(model.sidecar.channels)
+    channels = model_channels(model, path)
     counters = Counters()
     ts: list[float] = []
     labels: list[int] = []
@@ -313,13 +423,13 @@ def run_file(model: Any, path: Path, rel: str, make_pipeline: Callable[[Counters
     bad_labels = 0
     teach_in_rows = None
     with tempfile.TemporaryDirectory(prefix="edge-agent-eval-") as state:
-        p = make_pipeline(counters, Path(state))
+        p = make_pipeline(counters, Path(state), channels if getattr(model, "needs_channels", False) else None)
         if not p.calibrating:
             teach_in_rows = 0
         last = p.last_inference
         for row, r in enumerate(read_recording(path, counters, sensor="evaluate")):
             ts.append(r.ts)
-            lab = _label(r.values.get(LABEL_COLUMN))
+            lab = _label(r.values.get(LABEL_COLUMN)) if labelled else 0
             if lab is None:
                 bad_labels += 1
                 lab = 0
@@ -365,6 +475,119 @@ def run_file(model: Any, path: Path, rel: str, make_pipeline: Callable[[Counters
         teach_in_rows=teach_in_rows, rejected=counters.snapshot("reject."), bad_labels=bad_labels,
         suppressed=counters.get("alerts.suppressed"),
     )
+
+
+# ================================================================================================ API
+
+
+@dataclass
+class FileResult:
+    """One recording replayed and scored: the replay (alerts, spans, scores) and its metrics."""
+
+    run: FileRun
+    metrics: FileMetrics
+    first_row: int  # first scored row (= the teach-in length asked for)
+    labelled: bool = True
+
+    @property
+    def rel(self) -> str:
+        return self.run.rel
+
+    @property
+    def spans(self) -> list[Span]:
+        return self.run.spans
+
+    def normal(self) -> NormalMetrics:
+        """The long-normal-operation view of this replay (every alert false)."""
+        r = self.run
+        return normal_metrics(r.ts, r.spans, r.score_rows, r.scores, r.threshold, self.first_row)
+
+    def notes(self) -> list[str]:
+        """What the reader of the table must know about this file (teach-in, labels, suppressed alerts)."""
+        r, notes = self.run, []
+        if r.teach_in_rows is None:
+            notes.append(f"teach-in never completed ({len(r.ts)} rows < {self.first_row})")
+        elif r.teach_in_rows > self.first_row:
+            notes.append(f"teach-in took {r.teach_in_rows} rows (rejected readings)")
+        if r.bad_labels:
+            notes.append(f"{r.bad_labels} row(s) without a 0/1 label taken as 0")
+        if r.suppressed:
+            notes.append(f"{r.suppressed} alert(s) suppressed by cooldown/rate limit (not scored)")
+        return notes
+
+
+@dataclass
+class Evaluation:
+    """A model and the settings to replay recordings with: built once, then run on any number of files.
+
+    The command and scripts (a parameter search calling it many times) share this one code path: the daemon's
+    own pipeline per file, scored by :func:`score_file`. Nothing is plotted or written.
+    """
+
+    settings: Any
+    model: Any
+    samples: int
+    make_pipeline: Callable[[Counters, Path], Any]
+    verbose: bool = False  # False: the pipeline's per-alert and teach-in log lines are held back
+
+    @classmethod
+    def create(cls, overrides: Mapping[str, Any] | None = None, settings: Any = None, model: Any = None,
+               load_model: Callable[[Any], Any] | None = None,
+               build_pipeline: Callable[[Any, Any, Counters], Any] | None = None) -> "Evaluation":
+        """From ``settings`` (default: the defaults, no environment) with dotted ``overrides`` applied. The model
+        is ``model`` if given, else ``load_model(settings)`` (default ``app.load_model``: ``model.path``, or the
+        bundled model); each file's pipeline is ``build_pipeline(settings, model, counters)`` (default
+        ``app.build_pipeline``): the seams for a detector that is not a TFLite model. Raises ValueError on a bad
+        override and the loader's error (``ModelError``) on a bad model."""
+        s = apply_overrides(settings if settings is not None else default_settings(), overrides)
+        if model is None:
+            if load_model is None:
+                from agent.app import load_model
+            model = load_model(s)
+        samples = s.calibration.samples
+        if samples is None:
+            sidecar = getattr(model, "sidecar", None)
+            samples = sidecar.calibration.samples if sidecar is not None else 0
+        return cls(s, model, int(samples), pipeline_factory(s, model, int(samples), build_pipeline))
+
+    def run(self, path: str | Path, rel: str | None = None, labelled: bool = True,
+            on_row: Callable[[int], None] | None = None) -> FileResult:
+        """Replay one file through a fresh pipeline and score it (``labelled=False``: all rows normal)."""
+        path = Path(path)
+        with _quiet_pipeline(not self.verbose):
+            fr = run_file(self.model, path, rel or path.name, self.make_pipeline, on_row, labelled)
+        return FileResult(fr, score_file(fr.labels, fr.ts, fr.spans, self.samples), self.samples, labelled)
+
+    def run_many(self, files: Iterable[str | Path], base: str | Path | None = None) -> list[FileResult]:
+        """:meth:`run` on each file; ``rel`` names are relative to ``base`` (default: the file name)."""
+        out = []
+        for f in map(Path, files):
+            rel = f.relative_to(base).as_posix() if base is not None else f.name
+            out.append(self.run(f, rel))
+        return out
+
+
+@contextlib.contextmanager
+def _quiet_pipeline(quiet: bool) -> Iterator[None]:
+    """Hold back the pipeline's INFO/WARNING lines (one per alert) while replaying, unless asked for."""
+    loggers = [logging.getLogger(n) for n in ("agent.pipeline", "agent.calibrate")]
+    saved = [lg.level for lg in loggers]
+    if quiet:
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, lvl in zip(loggers, saved):
+            lg.setLevel(lvl)
+
+
+def evaluate_files(files: Iterable[str | Path], overrides: Mapping[str, Any] | None = None, *,
+                   base: str | Path | None = None, **create: Any) -> list[FileResult]:
+    """Score labelled recordings with the given setting overrides: ``Evaluation.create(overrides, **create)``
+    then ``run_many``. Per file: ``.metrics`` (counts, segments, false alerts) and ``.spans`` (alert rows).
+    Building the :class:`Evaluation` once and calling ``run_many`` saves reloading the model."""
+    return Evaluation.create(overrides, **create).run_many(files, base)
 
 
 # ================================================================================================ files
@@ -598,8 +821,19 @@ def plot_file(run: FileRun, channels: Sequence[str], first_row: int, out: Path) 
 
 def add_arguments(parser: argparse.ArgumentParser, env_file: bool = True) -> argparse.ArgumentParser:
     """The options of ``edge-agent evaluate`` (``env_file=False`` when the caller adds ``--env-file`` itself)."""
-    parser.add_argument("--data", required=True, metavar="DIR",
+    parser.add_argument("--data", default=None, metavar="DIR",
                         help="labelled CSV (SKAB format, 'anomaly' column), or a folder searched recursively for *.csv")
+    parser.add_argument("--normal", action="append", default=[], metavar="FILE",
+                        help="a recording of normal operation (no labels needed; repeatable): teach-in on its first N "
+                             "rows, then report false alerts per hour, alert-active share and score headroom")
+    parser.add_argument("--unlabelled-as-normal", action="store_true",
+                        help="treat a CSV under --data without an 'anomaly' column as --normal instead of skipping it")
+    parser.add_argument("--group-by", choices=GROUP_BY, default="file",
+                        help="also report per fault family (--families mapping) or per folder, and pooled "
+                             "(default: file, the per-file table only)")
+    parser.add_argument("--families", metavar="FILE", default=None,
+                        help="family mapping for --group-by family: JSON or TOML table of path glob = family name "
+                             "(default: the bundled SKAB mapping)")
     parser.add_argument("--calibration-samples", type=_non_negative, default=None, metavar="N",
                         help="first N rows of each file are teach-in, the rest is scored "
                              "(default: the model sidecar's calibration.samples; SKAB protocol: 400)")
@@ -641,14 +875,79 @@ def _fail(msg: str) -> int:
     return EXIT_USAGE
 
 
+def _count_rows(path: Path) -> int:
+    with open(path, "rb") as fh:
+        return max(0, sum(1 for _ in fh) - 1)
+
+
+@dataclass
+class _Job:
+    path: Path
+    rel: str
+    rows: int
+    labelled: bool
+
+
+def _collect(data: Path | None, normal: Sequence[str], unlabelled_as_normal: bool
+             ) -> tuple[list[_Job], list[dict[str, str]], int]:
+    """The files to run (labelled ones under --data, then the normal ones), the skipped ones, and how many CSVs
+    --data held."""
+    jobs: list[_Job] = []
+    skipped: list[dict[str, str]] = []
+    files = find_csvs(data) if data is not None else []
+    base = (data if data.is_dir() else data.parent) if data is not None else None
+    for f in files:
+        rel = f.relative_to(base).as_posix() if base is not None else f.name
+        try:
+            header = read_header(f)
+        except OSError as e:
+            skipped.append({"file": rel, "reason": f"unreadable ({e.strerror})"})
+            continue
+        if LABEL_COLUMN not in header and not unlabelled_as_normal:
+            skipped.append({"file": rel, "reason": f"no '{LABEL_COLUMN}' column"})
+            continue
+        jobs.append(_Job(f, rel, _count_rows(f), LABEL_COLUMN in header))
+    for name in normal:
+        f = Path(name)
+        jobs.append(_Job(f, f.name if data is None or not f.is_relative_to(base) else f.relative_to(base).as_posix(),
+                         _count_rows(f), False))
+    return jobs, skipped, len(files)
+
+
+def normal_table(rows: Sequence[dict[str, Any]]) -> str:
+    """Aligned text table of the long-normal-operation runs."""
+    head = ["normal file", "rows", "hours", "thr", "alerts", "per_hour", "active%", "p99/thr", "max/thr"]
+    lines = [head] + [[
+        r["file"], str(r["scored_rows"]), f"{r['hours']:.2f}", _fmt(r["threshold"], ".4g"), str(r["alerts"]),
+        _fmt(r["alerts_per_hour"], ".2f"), _fmt(r["active_share"], ".2f", 100), _fmt(r["headroom_p99"], ".3f"),
+        _fmt(r["max_over_threshold"], ".3f"),
+    ] for r in rows]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
+
+    def render(line: list[str]) -> str:
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths))).rstrip()
+
+    return "\n".join([render(head), "  ".join("-" * w for w in widths), *map(render, lines[1:])]) + "\n"
+
+
 def run(args: argparse.Namespace) -> int:
     """``edge-agent evaluate`` with parsed arguments; the exit code."""
-    from agent.bundled import default_model_path
-    from agent.infer import Model, ModelError
+    from agent.infer import ModelError
 
-    data = Path(args.data)
-    if not data.exists():
+    if args.data is None and not args.normal:
+        return _fail("give --data DIR (labelled recordings) and/or --normal FILE (a normal recording)")
+    data = Path(args.data) if args.data is not None else None
+    if data is not None and not data.exists():
         return _fail(f"--data {data}: no such file or directory")
+    for name in args.normal:
+        if not Path(name).is_file():
+            return _fail(f"--normal {name}: no such file")
+    grouping = Grouping(args.group_by)
+    if args.families:
+        try:
+            grouping = Grouping(args.group_by, tuple(load_families(Path(args.families))))
+        except FamiliesError as e:
+            return _fail(str(e))
     env_file = getattr(args, "env_file", None)
     if env_file:
         from agent.settings import ConfigError, load_settings
@@ -661,140 +960,146 @@ def run(args: argparse.Namespace) -> int:
             return EXIT_USAGE
     else:
         settings = default_settings()
-    model_path = Path(args.model) if args.model else settings.model.path or default_model_path()
+    overrides: dict[str, Any] = {}
+    if args.model:
+        overrides["model.path"] = args.model
+    if args.runtime:
+        overrides["model.runtime"] = args.runtime
+    if args.calibration_samples is not None:
+        overrides["calibration.samples"] = args.calibration_samples
     try:
-        model = Model(Path(model_path), runtime=args.runtime or settings.model.runtime,
-                      num_threads=settings.model.num_threads)
+        ev = Evaluation.create(overrides, settings=settings)
     except ModelError as e:
         return _fail(f"model error: {e}")
-    samples = args.calibration_samples
-    if samples is None:
-        samples = settings.calibration.samples
-    if samples is None:
-        samples = model.sidecar.calibration.samples
-    make_pipeline = pipeline_factory(settings, model, samples)
+    except ValueError as e:
+        return _fail(str(e))
+    model, samples, settings = ev.model, ev.samples, ev.settings
 
     out = Path(args.out)
     progress = Progress(sys.stderr, 0, 0)
-    files = find_csvs(data)
-    labelled: list[tuple[Path, str, int]] = []
-    skipped: list[dict[str, str]] = []
-    base = data if data.is_dir() else data.parent
-    for f in files:
-        rel = f.relative_to(base).as_posix()
-        try:
-            header = read_header(f)
-        except OSError as e:
-            skipped.append({"file": rel, "reason": f"unreadable ({e.strerror})"})
-            continue
-        if LABEL_COLUMN not in header:
-            skipped.append({"file": rel, "reason": f"no '{LABEL_COLUMN}' column"})
-            continue
-        with open(f, "rb") as fh:
-            lines = sum(1 for _ in fh) - 1
-        labelled.append((f, rel, max(0, lines)))
+    try:
+        jobs, skipped, n_csv = _collect(data, args.normal, args.unlabelled_as_normal)
+    except OSError as e:
+        return _fail(f"cannot read {e.filename} ({e.strerror})")
     for s in skipped:
         progress.message(f"warning: skipping {s['file']}: {s['reason']}")
-    if not labelled:
+    if not jobs:
         return _fail(
             f"no labelled CSV (with an '{LABEL_COLUMN}' column) in {data}"
-            + (f" ({len(files)} CSV file(s) found, none labelled)" if files else " (no *.csv found)")
+            + (f" ({n_csv} CSV file(s) found, none labelled)" if n_csv else " (no *.csv found)")
         )
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         return _fail(f"--out {out}: cannot create ({e.strerror})")
 
-    quiet = [logging.getLogger(n) for n in ("agent.pipeline", "agent.calibrate")]
-    saved = [lg.level for lg in quiet]
-    if not args.verbose:
-        for lg in quiet:
-            lg.setLevel(logging.ERROR)
+    ev.verbose = args.verbose
     plots = not args.no_plots
-    progress = Progress(sys.stderr, len(labelled), sum(n for _, _, n in labelled))
+    progress = Progress(sys.stderr, len(jobs), sum(j.rows for j in jobs))
     entries: list[dict[str, Any]] = []
     results: list[FileMetrics] = []
+    groups: list[str] = []
+    normal_rows: list[dict[str, Any]] = []
     params: dict[str, Any] = {}
     try:
-        for i, (path, rel, _) in enumerate(labelled, 1):
-            progress.start(i, rel)
+        for i, job in enumerate(jobs, 1):
+            progress.start(i, job.rel)
             try:
-                fr = run_file(model, path, rel, make_pipeline, on_row=progress.row)
+                res = ev.run(job.path, job.rel, labelled=job.labelled, on_row=progress.row)
             except (OSError, ValueError) as e:
-                progress.message(f"warning: skipping {rel}: {e}")
-                skipped.append({"file": rel, "reason": str(e)})
+                progress.message(f"warning: skipping {job.rel}: {e}")
+                skipped.append({"file": job.rel, "reason": str(e)})
                 continue
-            first_row = samples
-            m = score_file(fr.labels, fr.ts, fr.spans, first_row)
-            notes = []
-            if fr.teach_in_rows is None:
-                notes.append(f"teach-in never completed ({len(fr.ts)} rows < {samples})")
-            elif fr.teach_in_rows > samples:
-                notes.append(f"teach-in took {fr.teach_in_rows} rows (rejected readings)")
-            if fr.bad_labels:
-                notes.append(f"{fr.bad_labels} row(s) without a 0/1 label taken as 0")
-            if fr.suppressed:
-                notes.append(f"{fr.suppressed} alert(s) suppressed by cooldown/rate limit (not scored)")
-            for note in notes:
-                progress.message(f"warning: {rel}: {note}")
+            fr, m = res.run, res.metrics
+            for note in res.notes():
+                progress.message(f"warning: {job.rel}: {note}")
             png = None
             if plots and len(fr.ts):
                 try:
-                    plot_file(fr, model.sidecar.channels, first_row, out / plot_name(rel))
-                    png = plot_name(rel)
+                    plot_file(fr, model_channels(model, job.path), samples, out / plot_name(job.rel))
+                    png = plot_name(job.rel)
                 except ImportError:
                     progress.message(MATPLOTLIB_HINT)
                     plots = False
-            entries.append(file_entry(fr, m, first_row, png))
-            results.append(m)
             params = {"k": fr.k, "n": fr.n, "clear_ratio": fr.clear_ratio}
-            progress.done(len(fr.ts), f"{m.alerts} alert(s), segments alerted {m.segments_alerted}/{len(m.segments)}")
+            if job.labelled:
+                entries.append(file_entry(fr, m, samples, png))
+                results.append(m)
+                groups.append(grouping.group(job.rel, job.path, lambda msg: progress.message(f"warning: {msg}")))
+                note = f"{m.alerts} alert(s), segments alerted {m.segments_alerted}/{len(m.segments)}"
+            else:
+                nm = res.normal()
+                normal_rows.append({"file": job.rel, **nm.as_dict(), "teach_in_rows": fr.teach_in_rows,
+                                    "rejected": fr.rejected, "suppressed_alerts": fr.suppressed,
+                                    "alert_details": [asdict(a) for a in fr.alerts], "plot": png})
+                note = f"{nm.alerts} alert(s) in {nm.hours:.2f} h of normal operation"
+            progress.done(len(fr.ts), note)
     finally:
         progress.close()
-        for lg, lvl in zip(quiet, saved):
-            lg.setLevel(lvl)
 
-    total = totals(results)
-    total["files"] = len(results)
-    txt = table(entries, total)
     configured = settings.model.threshold
+    sidecar = getattr(model, "sidecar", None)
     if configured is not None:
         source, shown = "configured", f"{configured:g}"
-    elif samples and "threshold" in model.sidecar.calibration.fit:
+    elif samples and sidecar is not None and "threshold" in sidecar.calibration.fit:
         source, shown = "calibrated", "calibrated per file"
+    elif sidecar is not None:
+        source, shown = "sidecar", f"{sidecar.threshold:g} (sidecar)"
     else:
-        source, shown = "sidecar", f"{model.sidecar.threshold:g} (sidecar)"
+        source, shown = "model", "the model's own"
+    describe = model.describe() if hasattr(model, "describe") else {"name": getattr(model, "name", str(model))}
     header = (
-        f"model {model.name} {model.version} sha256 {model.sha256} ({model.runtime} {model.runtime_version})\n"
-        f"data {data}: {len(results)} labelled file(s), {len(skipped)} skipped; teach-in {samples} rows per file; "
+        f"model {describe.get('name')} {describe.get('version', '')} sha256 {getattr(model, 'sha256', '-')} "
+        f"({getattr(model, 'runtime', '-')} {getattr(model, 'runtime_version', '')})\n"
+        f"data {data if data is not None else '-'}: {len(results)} labelled file(s), {len(normal_rows)} normal, "
+        f"{len(skipped)} skipped; teach-in {samples} rows per file; "
         f"threshold {shown}, k={params.get('k')} n={params.get('n')} clear_ratio={params.get('clear_ratio')}\n"
-        "rows = scored rows; FAR/MAR in %; alerted = segments alerted; delay_s = median detection delay; "
-        "false = false alerts\n"
     )
+    body = ""
+    total: dict[str, Any] = {}
+    group_rows: list[dict[str, Any]] = []
+    if results:
+        total = totals(results)
+        total["files"] = len(results)
+        total["false_alerts_per_file"] = total["false_alerts"] / len(results)
+        header += ("rows = scored rows; FAR/MAR in %; alerted = segments alerted; delay_s = median detection delay; "
+                   "false = false alerts\n")
+        body += table(entries, total)
+        if grouping.by != "file":
+            group_rows = group_totals(groups, results, [e["file"] for e in entries])
+            body += f"\nper {grouping.by}:\n" + group_table(group_rows, total)
+    if normal_rows:
+        body += ("\nnormal operation (every alert is false): hours = data time after teach-in; per_hour = false "
+                 "alerts per hour; active% = rows with an alert active; p99/thr, max/thr = score over threshold\n")
+        body += normal_table(normal_rows)
     skipped_txt = "".join(f"skipped {s['file']}: {s['reason']}\n" for s in skipped)
     summary = {
-        "model": {**model.describe(), "path": str(model.path), "runtime": model.runtime,
-                  "runtime_version": model.runtime_version},
-        "data": str(data),
+        "model": {**describe, "path": str(getattr(model, "path", "")), "runtime": getattr(model, "runtime", None),
+                  "runtime_version": getattr(model, "runtime_version", None)},
+        "data": None if data is None else str(data),
         "calibration_samples": samples,
         "decision": {"threshold": configured, "threshold_source": source, **params},
         "alert_policy": _policy(settings),
         "protocol": "per file: first N rows teach-in (fresh state), rows >= N scored point-wise by alert state "
                     "(raise row inclusive .. clear row exclusive); F1 = TP/(TP+(FP+FN)/2), FAR = FP/(FP+TN), "
                     "MAR = FN/(FN+TP); delay clamped at 0",
-        "total": total,
+        "group_by": grouping.by,
+        "families": [list(p) for p in grouping.mapping] if grouping.by == "family" else None,
+        "total": total or None,
+        "groups": group_rows if grouping.by != "file" else None,
         "files": entries,
+        "normal": normal_rows,
         "skipped": skipped,
     }
     try:
-        (out / "summary.txt").write_text(header + "\n" + txt + skipped_txt)
+        (out / "summary.txt").write_text(header + "\n" + body.lstrip("\n") + skipped_txt)
         (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     except OSError as e:
         print(f"evaluate: cannot write to {out} ({e.strerror})", file=sys.stderr)
         return 1
-    sys.stdout.write(header + "\n" + txt + skipped_txt)
+    sys.stdout.write(header + "\n" + body.lstrip("\n") + skipped_txt)
     sys.stdout.write(f"written: {out / 'summary.txt'}, {out / 'summary.json'}"
-                     + (f" and {sum(1 for e in entries if e['plot'])} plot(s)" if plots else "") + "\n")
+                     + (f" and {sum(1 for e in entries + normal_rows if e['plot'])} plot(s)" if plots else "") + "\n")
     return EXIT_OK
 
 

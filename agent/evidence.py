@@ -16,6 +16,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
+from agent.files import StateDirError, set_aside, sqlite_corrupt
+from agent.records import message_bytes
+
 log = logging.getLogger(__name__)
 
 LABELS = ("true_positive", "false_positive")
@@ -44,12 +47,17 @@ class EvidenceStore:
         self.max_bytes = max_bytes
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._low_logged = False
+        self._counts: dict[str, Any] = {"true_positive": 0, "false_positive": 0, "precision": None}
+        self._counts_failed = False
         try:
             self._db = self._connect()
         except sqlite3.DatabaseError as e:
-            aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
-            log.error("evidence store %s is corrupt (%s): moved aside to %s", self.path, e, aside.name)
-            self.path.rename(aside)
+            if not sqlite_corrupt(e):  # permissions, a read-only or full disk: not the file's fault
+                raise StateDirError(self.path.parent, f"cannot open {self.path.name} ({e})") from e
+            for suffix in ("-wal", "-shm"):
+                Path(str(self.path) + suffix).unlink(missing_ok=True)
+            if set_aside(self.path, f"corrupt evidence store: {e}") is None:
+                raise StateDirError(self.path.parent, f"cannot move the corrupt {self.path.name} aside") from e
             self._db = self._connect()
 
     def _connect(self) -> sqlite3.Connection:
@@ -60,6 +68,10 @@ class EvidenceStore:
         db.execute("PRAGMA journal_size_limit=1048576")
         db.execute("PRAGMA cache_size=-256")  # 256 KiB: evidence is written, rarely read (the soak's RSS growth)
         db.executescript(_SCHEMA)
+        ok = db.execute("PRAGMA quick_check").fetchone()[0]
+        if ok != "ok":
+            db.close()
+            raise sqlite3.DatabaseError(ok)
         return db
 
     def add(self, alert_id: str, sensor: str, evidence: dict[str, Any]) -> int:
@@ -72,7 +84,7 @@ class EvidenceStore:
                 log.warning("state disk nearly full: not keeping evidence of new alerts until there is room")
             return 0
         self._low_logged = False
-        body = json.dumps(evidence, separators=(",", ":"))
+        body = message_bytes(evidence).decode()
         size = len(body)
         db = self._db
         db.execute("BEGIN IMMEDIATE")
@@ -96,6 +108,18 @@ class EvidenceStore:
             raise
         return size
 
+    def extend(self, alert_id: str, rows: Sequence[tuple[float, Sequence[float]]]) -> None:
+        """Append readings (timestamp, values) to an alert's evidence (those after it was raised)."""
+        ev = self.get(alert_id)
+        if ev is None or not rows:
+            return
+        seen = set(ev.get("ts", []))
+        new = [(ts, list(v)) for ts, v in rows if ts not in seen]
+        ev["ts"] = list(ev.get("ts", [])) + [ts for ts, _ in new]
+        ev["values"] = list(ev.get("values", [])) + [v for _, v in new]
+        body = json.dumps(ev, separators=(",", ":"))
+        self._db.execute("UPDATE evidence SET body=?, bytes=? WHERE alert_id=?", (body, len(body), alert_id))
+
     def get(self, alert_id: str) -> dict[str, Any] | None:
         row = self._db.execute("SELECT body FROM evidence WHERE alert_id=?", (alert_id,)).fetchone()
         return json.loads(row[0]) if row else None
@@ -110,10 +134,20 @@ class EvidenceStore:
         self._db.execute("INSERT OR REPLACE INTO feedback VALUES (?,?,?,?)", (alert_id, label, note, time.time()))
 
     def counts(self) -> dict[str, Any]:
-        """Labels so far and the precision they give (TP / (TP + FP))."""
-        rows = dict(self._db.execute("SELECT label, COUNT(*) FROM feedback GROUP BY label").fetchall())
+        """Labels so far and the precision they give (TP / (TP + FP)); the last known counts when the database
+        cannot answer (stats must not die of it)."""
+        try:
+            rows = dict(self._db.execute("SELECT label, COUNT(*) FROM feedback GROUP BY label").fetchall())
+        except sqlite3.Error as e:
+            if not self._counts_failed:
+                self._counts_failed = True
+                log.error("evidence store %s cannot count labels (%s): stats show the last known counts", self.path, e)
+            return dict(self._counts)
+        self._counts_failed = False
         tp, fp = rows.get("true_positive", 0), rows.get("false_positive", 0)
-        return {"true_positive": tp, "false_positive": fp, "precision": round(tp / (tp + fp), 4) if tp + fp else None}
+        self._counts = {"true_positive": tp, "false_positive": fp,
+                        "precision": round(tp / (tp + fp), 4) if tp + fp else None}
+        return dict(self._counts)
 
     def labelled(self) -> list[tuple[str, str, str, dict[str, Any] | None]]:
         """(alert_id, label, note, evidence or None) for every labelled alert, oldest label first."""

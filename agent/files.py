@@ -1,9 +1,15 @@
-"""Writing state files so that a power cut leaves either the old file or the new one, never a torn one."""
+"""State files: written so that a power cut leaves the old file or the new one, set aside when unusable."""
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
+import sqlite3
+import time
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -14,3 +20,68 @@ def atomic_write(path: Path, data: bytes) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def set_aside(path: Path, why: str) -> Path | None:
+    """Move an unusable state file out of the way (``<name>.corrupt-<time>``, kept for a post-mortem) and say so;
+    the caller starts afresh. Returns the new name, None when even the rename failed (then the file stays)."""
+    aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
+    try:
+        os.replace(path, aside)
+    except OSError as e:
+        log.warning("ignoring %s (%s); could not move it aside: %s", path, why, e.strerror)
+        return None
+    log.warning("%s is unusable (%s): moved aside to %s, starting afresh", path, why, aside.name)
+    return aside
+
+
+class StateDirError(Exception):
+    """The state directory cannot be used (not a directory, read-only, full, no permission): exit 78."""
+
+    def __init__(self, path: Path, reason: str):
+        super().__init__(f"state directory {path}: {reason}")
+        self.path, self.reason = path, reason
+
+
+def probe_state_dir(path: Path, reserve_name: str = "outbox.db.reserve") -> None:
+    """Make sure the agent can create, write and remove a file in ``path`` (creating the directory), before any
+    state file is opened: a read-only or full directory, or a file in its place, is then one clear error naming the
+    path and the reason, instead of a store that claims corruption and a restart loop. On a full disk the outbox's
+    ballast file (``reserve_name``) is given up first: that is what it is kept for."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise StateDirError(path, "exists and is not a directory") from None
+    except OSError as e:
+        raise StateDirError(path, f"cannot create it ({e.strerror})") from None
+    if not path.is_dir():
+        raise StateDirError(path, "exists and is not a directory")
+    probe = path / f".write-probe-{os.getpid()}"
+    for attempt in (1, 2):
+        try:
+            with open(probe, "wb") as f:
+                f.write(b"\0" * 4096)
+                f.flush()
+                os.fsync(f.fileno())
+            probe.unlink()
+            return
+        except OSError as e:
+            try:
+                probe.unlink(missing_ok=True)
+            except OSError:
+                pass
+            reserve = path / reserve_name
+            if attempt == 1 and e.errno == errno.ENOSPC and reserve.exists():
+                log.error("state directory %s is full at start: giving up the outbox's reserve %s", path, reserve.name)
+                reserve.unlink()
+                continue
+            raise StateDirError(path, f"cannot write in it ({e.strerror}); it must be a writable directory with free space") from None
+
+
+def sqlite_corrupt(e: BaseException) -> bool:
+    """True when SQLite says the file is damaged or not a database (set it aside), False when the trouble is
+    around it — permissions, a read-only or full disk, a lock — where moving the file would help nothing."""
+    name = getattr(e, "sqlite_errorname", None)
+    if name is None:
+        return not isinstance(e, sqlite3.OperationalError)  # e.g. a failed quick_check raised by us
+    return name in ("SQLITE_CORRUPT", "SQLITE_NOTADB")

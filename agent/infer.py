@@ -28,14 +28,22 @@ log = logging.getLogger(__name__)
 
 RUNTIMES = ("ai_edge_litert", "tflite_runtime")
 BATCH = 512  # rows per batched invoke (STACK.md: 0.03-0.25 µs per sample at 512)
+MAX_MODEL_BYTES = 64 * 2**20  # an int8 model for a gateway is kilobytes to a few MB; never read a huge file whole
+MAX_SIDECAR_BYTES = 2**20
+MAX_WINDOW_VALUES = 2**18  # window.length x channels: each sensor keeps two windows of float64 (4 MiB at this cap)
+MAX_CALIBRATION_VALUES = 2**22  # calibration.samples x channels kept in memory during teach-in (32 MiB)
 
 
 class ModelError(Exception):
     """A model file or sidecar that the agent refuses, with the reason."""
 
 
-class TensorSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class _Spec(BaseModel):
+    # every number in a sidecar must be finite: a NaN mean, std or threshold switches alerting off silently
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class TensorSpec(_Spec):
     shape: list[int]
     dtype: Literal["int8", "uint8", "float32", "int16"]
 
@@ -44,24 +52,35 @@ class OutputSpec(TensorSpec):
     meaning: str = ""
 
 
-class WindowSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    length: int = Field(ge=1)
+class WindowSpec(_Spec):
+    length: int = Field(ge=1, le=65536)
     hop: int = Field(ge=1)
 
+    @model_validator(mode="after")
+    def _hop(self) -> "WindowSpec":
+        if self.hop > self.length:
+            raise ValueError(f"hop ({self.hop}) must not exceed length ({self.length})")
+        return self
 
-class NormalisationSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+
+class NormalisationSpec(_Spec):
     method: Literal["zscore", "none"]
     mean: list[float] | None = None
     std: list[float] | None = None
 
+    @model_validator(mode="after")
+    def _std(self) -> "NormalisationSpec":
+        if self.std is not None and any(v < 0 for v in self.std):
+            raise ValueError("std values must not be negative")
+        return self
 
-class DecisionSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+
+class DecisionSpec(_Spec):
     k: int = Field(3, ge=1)
     n: int = Field(5, ge=1)
     clear_ratio: float = Field(0.8, gt=0, le=1)
+    recede_ratio: float = Field(0.0, ge=0, lt=1)  # 0: off (agent.decide.AlertMachine)
+    refractory: int = Field(1800, ge=1)  # windows for the floor after a receded clear to decay by e
 
     @model_validator(mode="after")
     def _k_le_n(self) -> "DecisionSpec":
@@ -70,8 +89,7 @@ class DecisionSpec(BaseModel):
         return self
 
 
-class CalibrationSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class CalibrationSpec(_Spec):
     samples: int = Field(0, ge=0)
     fit: list[Literal["normalisation", "threshold"]] = Field(default_factory=list)
     threshold_quantile: float = Field(0.99, gt=0, le=1)
@@ -81,7 +99,7 @@ class CalibrationSpec(BaseModel):
 class Sidecar(BaseModel):
     """The JSON sidecar of a model (contract in models/README.md)."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
     schema_: Literal[1] = Field(alias="schema")
     name: str = Field(min_length=1)
     version: str = Field(min_length=1)
@@ -94,7 +112,7 @@ class Sidecar(BaseModel):
     features: str
     normalisation: NormalisationSpec
     score: Literal["mse", "output", "abs_error"]
-    threshold: float
+    threshold: float = Field(gt=0)
     decision: DecisionSpec = Field(default_factory=DecisionSpec)
     calibration: CalibrationSpec = Field(default_factory=CalibrationSpec)
     valid_ranges: dict[str, tuple[float, float]] = Field(default_factory=dict)
@@ -150,6 +168,13 @@ class Sidecar(BaseModel):
             raise ValueError(f"valid_ranges names unknown channels: {sorted(unknown)}")
         if self.calibration.samples and self.calibration.samples < self.window.length + self.decision.n:
             raise ValueError("calibration.samples must cover at least window.length + decision.n readings")
+        if self.window.length * c > MAX_WINDOW_VALUES:
+            raise ValueError(f"window.length x channels = {self.window.length * c} values, more than {MAX_WINDOW_VALUES}")
+        if self.calibration.samples * c > MAX_CALIBRATION_VALUES:
+            raise ValueError(f"calibration.samples x channels = {self.calibration.samples * c} values, more than {MAX_CALIBRATION_VALUES}")
+        for name, (lo, hi) in self.valid_ranges.items():
+            if lo > hi:
+                raise ValueError(f"valid_ranges of {name}: min {lo} exceeds max {hi}")
         return self
 
 
@@ -161,10 +186,12 @@ def read_sidecar(model_path: Path) -> Sidecar:
     """Parse and validate the sidecar beside ``model_path``; ModelError with every reason otherwise."""
     path = sidecar_path(model_path)
     try:
+        if path.stat().st_size > MAX_SIDECAR_BYTES:
+            raise ModelError(f"{path}: larger than {MAX_SIDECAR_BYTES} bytes: not a sidecar")
         raw = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as e:
         raise ModelError(f"{model_path}: sidecar {path.name} not found beside the model") from e
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RecursionError) as e:
         raise ModelError(f"{path}: not readable JSON ({e})") from e
     try:
         return Sidecar.model_validate(raw)
@@ -198,6 +225,9 @@ class Model:
         self.path = Path(path)
         self.sidecar = read_sidecar(self.path)
         try:
+            size = self.path.stat().st_size  # before reading: a huge file is refused, not read whole
+            if size > MAX_MODEL_BYTES:
+                raise ModelError(f"{self.path}: {size} bytes, more than the {MAX_MODEL_BYTES >> 20} MiB a model may have")
             content = self.path.read_bytes()
         except OSError as e:
             raise ModelError(f"{self.path}: cannot read ({e.strerror})") from e
@@ -364,8 +394,8 @@ class Scorer:
         self.derive = Deriver(sc.channels, sc.derived)
         self._target = sc.channels.index(sc.target) if sc.target else None
 
-    def score(self, window_raw: np.ndarray) -> tuple[float, "Contributions", float]:
-        """(score, per-column contributions, latency in seconds)."""
+    def score(self, window_raw: np.ndarray, sensor: str = "") -> tuple[float, "Contributions", float]:
+        """(score, per-column contributions, latency in seconds); stateless, so ``sensor`` is not used."""
         z = self.normaliser(self.derive(window_raw))
         x = features(self._recipe, z)
         t0 = time.perf_counter()

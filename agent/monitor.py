@@ -470,10 +470,7 @@ class MonitorClient:
     """The paho-mqtt 2 client feeding a :class:`Fleet`; subscriptions are (re)made in on_connect."""
 
     def __init__(self, fleet: Fleet, host: str, port: int, mqtt_settings: Any | None = None):
-        import paho.mqtt.client as mqtt
-        from paho.mqtt.enums import CallbackAPIVersion
-
-        from agent.uplink import ExplainingClient, configure_tls, read_password
+        from agent.mqtt_client import BrokerConnection, make_client, upstream_connection
 
         self.fleet = fleet
         self.host, self.port = host, port
@@ -483,16 +480,10 @@ class MonitorClient:
         self.refused: str | None = None
         self._pending_mids: set[int] = set()
         self._lock = threading.Lock()
-        c = ExplainingClient(
-            CallbackAPIVersion.VERSION2, client_id=f"edge-agent-monitor-{socket.gethostname()}-{os.getpid()}",
-            protocol=mqtt.MQTTv311, clean_session=True,
-        )
-        c.reconnect_delay_set(min_delay=1, max_delay=30)
         s = mqtt_settings
-        if s is not None and s.username:
-            c.username_pw_set(s.username, read_password(s))
-        if s is not None and s.tls:
-            configure_tls(c, s)
+        conn = upstream_connection(s) if s is not None else BrokerConnection(host, port)
+        conn = BrokerConnection(**{**conn.__dict__, "host": host, "port": port})  # --host/--port win
+        c = make_client(conn, f"edge-agent-monitor-{socket.gethostname()}-{os.getpid()}", log_name="paho.monitor")
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_subscribe = self._on_subscribe
@@ -604,7 +595,7 @@ def _ellipsis(stream: Any) -> str:
 def run(args: argparse.Namespace) -> int:
     """``edge-agent monitor`` with parsed arguments; the exit code."""
     from agent.settings import ConfigError, load_settings
-    from agent.uplink import describe_connect_error
+    from agent.mqtt_client import describe_connect_error
 
     env_file = getattr(args, "env_file", None)
     try:

@@ -12,7 +12,6 @@ Shared by the pipeline thread (put) and the uplink thread (pending/ack) behind o
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import sqlite3
@@ -22,7 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.counters import Counters
-from agent.records import Outgoing
+from agent.files import StateDirError, sqlite_corrupt
+from agent.records import Outgoing, message_bytes
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +91,8 @@ class Outbox:
                 raise sqlite3.DatabaseError(ok)
             return db
         except sqlite3.DatabaseError as e:
+            if not sqlite_corrupt(e):  # permissions, a read-only or full disk: moving the file would lose it
+                raise StateDirError(self.path.parent, f"cannot open {self.path.name} ({e})") from e
             aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
             log.error("outbox %s is corrupt (%s): moved aside to %s, starting a new one", self.path, e, aside.name)
             self.counters.inc("outbox.corrupt_recovered")
@@ -138,7 +140,7 @@ class Outbox:
         try:
             payload = dict(msg.payload)
             priority = PRIORITY.get(msg.kind, 1)
-            body = json.dumps(payload, separators=(",", ":")).encode()
+            body = message_bytes(payload)
             if not self._make_room(db, len(body), priority, shed):
                 db.execute("ROLLBACK")
                 self.counters.inc(f"outbox.dropped.{msg.kind}")
@@ -148,7 +150,7 @@ class Outbox:
                 seq = db.execute("SELECT value FROM meta WHERE key='alert_seq'").fetchone()
                 payload["seq"] = (seq[0] if seq else 0) + 1
                 db.execute("INSERT OR REPLACE INTO meta VALUES ('alert_seq', ?)", (payload["seq"],))
-                body = json.dumps(payload, separators=(",", ":")).encode()
+                body = message_bytes(payload)
             cur = db.execute(
                 "INSERT INTO outbox (kind, priority, topic, payload, qos, retain, created_ts) VALUES (?,?,?,?,?,?,?)",
                 (msg.kind, priority, msg.topic_suffix, body, msg.qos, int(msg.retain), time.time()),

@@ -6,6 +6,8 @@ them, else on receipt. Intervals inside the agent use ``time.monotonic()``.
 
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -63,3 +65,56 @@ class Outgoing:
     payload: Mapping[str, Any]
     qos: int = 1
     retain: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineSnapshot:
+    """The pipeline's state after its latest step, published whole for other threads (status, stats, health).
+
+    The pipeline thread replaces the snapshot (one attribute assignment) and never changes one it published, so a
+    reader on another thread sees a consistent state without a lock and without touching the stages' own dicts.
+    """
+
+    calibrating: bool = False
+    calibration_collected: int = 0
+    calibration_samples: int = 0
+    calibration_duration_s: float | None = None  # a teach-in by duration (then progress is by data time)
+    calibration_elapsed_s: float = 0.0
+    calibration_warning: str | None = None  # the teach-in did not look like one normal operating point
+    calibration_folded: int = 0  # alerts whose readings feedback folded into the normal model
+    calibration_fitted_at: float | None = None
+    threshold: float = 0.0
+    overrides: Mapping[str, Any] = field(default_factory=dict)  # in force: threshold / model set by command
+    stale_channels: frozenset[str] = frozenset()  # "sensor/channel" (the channel alone for a nameless sensor)
+    sensors: int = 0  # sensors tracked now (bounded by EDGE_AGENT_CLEANING__MAX_SENSORS)
+    model: Mapping[str, str] = field(default_factory=dict)  # name, version, sha256 of the model running
+
+    @property
+    def calibration_progress(self) -> float:
+        if not self.calibrating:
+            return 1.0
+        parts = []
+        if self.calibration_samples:
+            parts.append(self.calibration_collected / self.calibration_samples)
+        if self.calibration_duration_s:
+            parts.append(self.calibration_elapsed_s / self.calibration_duration_s)
+        return max(0.0, min(1.0, min(parts))) if parts else 1.0
+
+
+def finite(value: Any) -> Any:
+    """``value`` with every NaN/inf float (at any depth) replaced by None: JSON has no such numbers."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    if isinstance(value, np.generic):
+        return finite(value.item())
+    return value
+
+
+def message_bytes(payload: Mapping[str, Any]) -> bytes:
+    """The one encoding of every message the agent sends (outbox rows, status, stats, replies): compact JSON,
+    non-finite numbers as null (``allow_nan=False`` makes a miss an error here rather than invalid JSON upstream)."""
+    return json.dumps(finite(payload), separators=(",", ":"), allow_nan=False).encode()

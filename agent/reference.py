@@ -17,7 +17,7 @@ from pydantic import BaseModel, SecretStr
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from agent.settings import ENV_PREFIX, SOURCE_KINDS, Settings
+from agent.settings import ENV_PREFIX, FILE_ONLY, SOURCE_KINDS, Settings
 
 # Default factories whose result does not depend on the machine; any other factory is "computed at run time".
 _PURE_FACTORIES = (list, dict, tuple, set, frozenset)
@@ -129,6 +129,8 @@ def render_env_example() -> str:
     lines += ["", "## General"]
     lines += _model_lines(Settings, ENV_PREFIX)
     for name, field in Settings.model_fields.items():
+        if name in FILE_ONLY:
+            continue  # no env variables: only in the configuration file (deploy/agent.toml.example)
         if name == "source":
             lines += _source_sections(f"{ENV_PREFIX}SOURCE__")
         elif _is_model(field.annotation):
@@ -164,6 +166,8 @@ def render_markdown() -> str:
     out += [_md_row(f"{ENV_PREFIX}{n.upper()}", f) for n, f in Settings.model_fields.items()
             if n != "source" and not _is_model(f.annotation)]
     for name, field in Settings.model_fields.items():
+        if name in FILE_ONLY:
+            continue
         if name == "source":
             for kind, cls in SOURCE_KINDS.items():
                 out += ["", f"### Source `{kind}` (`EDGE_AGENT_SOURCE__KIND={kind}`)", "", _doc(cls), "", *head]
@@ -175,4 +179,6 @@ def render_markdown() -> str:
             assert isinstance(model, type)
             out += ["", f"### {_TITLES.get(name, name.capitalize())}", "", _doc(model), "", *head]
             out += [_md_row(f"{ENV_PREFIX}{name.upper()}__{n.upper()}", f) for n, f in model.model_fields.items()]
-    return "\n".join(out) + "\n"
+    from agent.reference_toml import render_file_only_markdown
+
+    return "\n".join(out) + "\n\n" + render_file_only_markdown()

@@ -14,12 +14,17 @@ import socket
 from pathlib import Path
 from typing import Annotated, Any, Iterator, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, SecretStr, Tag, ValidationError, field_validator
+from pydantic import (
+    BaseModel, ConfigDict, Discriminator, Field, SecretStr, Tag, ValidationError, ValidationInfo, field_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from agent.modbus_config import ModbusSettings
 
 ENV_PREFIX = "EDGE_AGENT_"
 DEFAULT_ENV_FILE = Path("/etc/edge-agent/agent.env")
 EX_CONFIG = 78  # sysexits.h: configuration error; the unit sets RestartPreventExitStatus=78
+COMMAND_NAMES = ("ping", "status", "set-threshold", "calibrate", "reload-model", "feedback")  # agent/commands.py
 
 
 def _default_state_dir() -> Path:
@@ -41,15 +46,33 @@ def _split_list(value: Any) -> Any:
 
 CommaList = Annotated[list[str], NoDecode]
 
+_UNITS = {"s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(text: str) -> float:
+    """``90``, ``90s``, ``15m``, ``24h``, ``7d`` → seconds; ValueError naming the rule otherwise."""
+    t = text.strip().lower()
+    unit = next((u for u in sorted(_UNITS, key=len, reverse=True) if t.endswith(u)), "")
+    number = t[: len(t) - len(unit)].strip() if unit else t
+    try:
+        value = float(number) * (_UNITS[unit] if unit else 1.0)
+    except ValueError:
+        raise ValueError("must be seconds or a number with a unit s, m, h or d (e.g. 24h)") from None
+    if not value > 0 or value == float("inf"):
+        raise ValueError("must be a positive, finite duration")
+    return value
+
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    # allow_inf_nan=False: every float setting must be finite (NaN would switch alerting off silently, inf hang a
+    # shutdown); sections added later inherit it
+    model_config = ConfigDict(extra="forbid", validate_default=True, allow_inf_nan=False)
 
 
 class ReplaySourceSettings(_Section):
     """Replays a recorded CSV as if it were a live sensor."""
 
-    kind: Literal["replay"] = Field("replay", description="Source of readings: replay | serial | mqtt.")
+    kind: Literal["replay"] = Field("replay", description="Source of readings: replay | serial | mqtt | modbus.")
     path: Path | None = Field(None, description="Recorded CSV to replay (SKAB format: ';' separated, 'datetime' column); empty = the bundled demo recording.")
     speed: float = Field(0.0, ge=0, description="Replay pace: 1 = recorded pace, 10 = ten times faster, 0 = as fast as possible.")
     loop: bool = Field(False, description="Start again at the end of the file instead of draining and exiting.")
@@ -99,8 +122,22 @@ class MqttSourceSettings(_Section):
     broker_port: int = Field(0, ge=0, le=65535, description="Sensor broker port; 0 = the upstream port.")
     broker_username: str = Field("", description="Sensor broker user name; empty = the upstream one.")
     broker_password_file: Path | None = Field(None, description="File holding the sensor broker password; empty = the upstream one.")
+    broker_tls: bool = Field(False, description="Separate sensor broker (BROKER_HOST or BROKER_PORT set) over TLS; the upstream broker itself is always used with EDGE_AGENT_MQTT__TLS*. Refused: upstream credentials in clear text when the upstream uses TLS.")
+    broker_ca_file: Path | None = Field(None, description="Separate sensor broker: CA certificate(s) to verify it with; empty = the system's CAs.")
+    broker_cert_file: Path | None = Field(None, description="Separate sensor broker: client certificate for mutual TLS.")
+    broker_key_file: Path | None = Field(None, description="Separate sensor broker: private key of the client certificate.")
+    broker_tls_insecure: bool = Field(False, description="Separate sensor broker: skip its host name check (never in production).")
 
     _split = field_validator("topics", mode="before")(_split_list)
+
+
+class ModbusSourceSettings(_Section):
+    """Polls Modbus RTU/TCP devices declared in the configuration file ([modbus.buses.NAME], [modbus.devices.NAME]; docs/modbus.md)."""
+
+    kind: Literal["modbus"] = "modbus"
+    devices: CommaList = Field(default_factory=list, description="Names of the [modbus.devices.NAME] to poll, comma-separated; empty = every declared device.")
+
+    _split = field_validator("devices", mode="before")(_split_list)
 
 
 def _source_kind(value: Any) -> str:
@@ -114,18 +151,21 @@ SourceSettings = Annotated[
         Annotated[ReplaySourceSettings, Tag("replay")],
         Annotated[SerialSourceSettings, Tag("serial")],
         Annotated[MqttSourceSettings, Tag("mqtt")],
+        Annotated[ModbusSourceSettings, Tag("modbus")],
     ],
-    Discriminator(_source_kind, custom_error_type="source_kind", custom_error_message="must be replay, serial or mqtt"),
+    Discriminator(_source_kind, custom_error_type="source_kind", custom_error_message="must be replay, serial, mqtt or modbus"),
 ]
-SOURCE_KINDS = {"replay": ReplaySourceSettings, "serial": SerialSourceSettings, "mqtt": MqttSourceSettings}
+SOURCE_KINDS = {"replay": ReplaySourceSettings, "serial": SerialSourceSettings, "mqtt": MqttSourceSettings,
+                "modbus": ModbusSourceSettings}
+FILE_ONLY = ("modbus",)  # settings that exist only in the configuration file (agent/config_file.py)
 
 
 class ModelSettings(_Section):
     """Which model to run and how."""
 
-    path: Path | None = Field(None, description="Model .tflite (its JSON sidecar with the same stem beside it); empty = the bundled pump-anomaly model.")
+    path: Path | None = Field(None, description="A bundled model by name (generic, pump-anomaly, machine-failure), a .tflite with its JSON sidecar beside it, or a generic detector spec (.json); empty = generic.")
     runtime: Literal["auto", "ai_edge_litert", "tflite_runtime"] = Field("auto", description="TFLite runtime: auto (ai_edge_litert first, then tflite_runtime), ai_edge_litert or tflite_runtime.")
-    threshold: float | None = Field(None, description="Score threshold; empty = calibrated on site, else the sidecar's default.")
+    threshold: float | None = Field(None, gt=0, description="Score threshold; empty = calibrated on site, else the sidecar's default.")
     num_threads: int = Field(1, ge=1, le=4, description="Interpreter threads (1 is fastest for one window at a time).")
 
 
@@ -135,12 +175,27 @@ class DecisionSettings(_Section):
     k: int | None = Field(None, ge=1, description="Raise when k of the last n windows score over the threshold.")
     n: int | None = Field(None, ge=1, description="Length of the k-of-n debounce.")
     clear_ratio: float | None = Field(None, gt=0, le=1, description="Hysteresis: clear when k of the last n windows score under threshold x clear_ratio.")
+    recede_ratio: float | None = Field(None, ge=0, lt=1, description="Also clear when k of the last n windows score under recede_ratio x the alert's peak (the event is over, the machine settled a little away from its teach-in); 0 = off, empty = the model's default.")
+
+    @field_validator("n")
+    @classmethod
+    def _k_le_n(cls, v: int | None, info: ValidationInfo) -> int | None:
+        k = info.data.get("k")
+        if v is not None and k is not None and k > v:
+            raise ValueError(f"must be at least EDGE_AGENT_DECISION__K ({k})")
+        return v
 
 
 class CalibrationSettings(_Section):
     """Teach-in: the first readings after install are taken as normal."""
 
-    samples: int | None = Field(None, ge=0, description="Readings taken as normal to fit normalisation and threshold on site; 0 = off, empty = the sidecar's default.")
+    samples: int | None = Field(None, ge=0, le=1_000_000, description="Readings taken as normal to fit normalisation and threshold on site; 0 = off, empty = the sidecar's default.")
+    duration: float | None = Field(None, gt=0, description="Teach-in as a span of data time instead: seconds, or with a unit (90s, 15m, 24h, 7d); with SAMPLES both must be reached.")
+
+    @field_validator("duration", mode="before")
+    @classmethod
+    def _duration(cls, v: Any) -> Any:
+        return parse_duration(v) if isinstance(v, str) and v.strip() else v
 
 
 class MqttSettings(_Section):
@@ -191,7 +246,7 @@ class CleaningSettings(_Section):
     """Cleaning and alignment of readings before the model (docs/cleaning.md)."""
 
     ranges: str = Field("", description="Valid ranges channel:min:max, comma-separated (Current:0:50,Pressure:-1:10; an empty bound is open); they override the model sidecar's valid_ranges.")
-    max_hold_s: float = Field(5.0, ge=0, description="A missing or refused value is replaced by the channel's last good value at most this old (data time); older: the channel is stale and the sensor's windows restart; 0 = off.")
+    max_hold_s: float = Field(5.0, ge=0, description="A missing or refused value is replaced by the channel's last good value at most this old (data time), or 3 of the sensor's learnt reporting intervals when that is longer; older: the channel is stale and the sensor's windows restart; 0 = off.")
     spike_window: int = Field(0, ge=0, le=101, description="Hampel spike filter over this many previous values per channel (e.g. 7); a spike is replaced by their median; 0 = off (the bundled model wants raw data).")
     spike_sigmas: float = Field(5.0, gt=0, description="Spike filter: a value further than this many robust sigmas (1.4826 x MAD) from the median is a spike.")
     align_period_s: float = Field(0.0, ge=0, description="Merge the channels of all sensors into one reading every this many seconds of data time (sensors on separate topics or lines); 0 = off.")
@@ -206,6 +261,10 @@ class CleaningSettings(_Section):
         parse_ranges(v)  # ValueError names the bad item
         return v
 
+    max_time_jump_s: float = Field(600.0, ge=0, description="A reading more than this many seconds ahead of its sensor's time (by the clock since its last reading) or behind it is refused alone (future_ts/past_ts); 5 such readings in a row that agree are taken as a stepped device clock (gaps.time_step, warning); 0 = off.")
+    max_sensors: int = Field(1000, ge=0, description="Sensors tracked at most; readings of new sensors beyond this are refused and counted (too_many_sensors); 0 = no limit.")
+    sensor_idle_s: float = Field(86400.0, ge=0, description="A sensor that sent nothing for this many seconds is forgotten (its windows, alert state, evidence buffer); 0 = never.")
+
     @field_validator("spike_window")
     @classmethod
     def _window(cls, v: int) -> int:
@@ -218,8 +277,30 @@ class CommandSettings(_Section):
     """Commands under {prefix}/{device_id}/cmd/<name>."""
 
     enabled: bool = Field(True, description="Accept commands over MQTT; false = do not even subscribe.")
+    allow: CommaList = Field(list(COMMAND_NAMES), description="Commands carried out, comma-separated; any other gets a not-ok reply (the broker's ACL decides who may send them).")
+    rate_per_minute: int = Field(60, ge=1, description="Commands carried out per minute at most (token bucket); more are dropped without a reply, counted (commands.dropped) and logged once per burst.")
+    burst: int = Field(10, ge=1, description="Commands accepted at once before the rate limit applies.")
+    model_dirs: CommaList = Field(default_factory=list, description="Directories reload-model may load models from, comma-separated; empty = the bundled models and the configured model's directory.")
     threshold_min: float | None = Field(None, gt=0, description="Lowest threshold set-threshold accepts; empty = a tenth of the model's threshold.")
     threshold_max: float | None = Field(None, gt=0, description="Highest threshold set-threshold accepts; empty = ten times the model's threshold.")
+
+    _split = field_validator("allow", "model_dirs", mode="before")(_split_list)
+
+    @field_validator("allow")
+    @classmethod
+    def _known(cls, v: list[str]) -> list[str]:
+        unknown = [c for c in v if c not in COMMAND_NAMES]
+        if unknown:
+            raise ValueError(f"unknown command(s) {', '.join(unknown)}; known: {', '.join(COMMAND_NAMES)}")
+        return v
+
+    @field_validator("model_dirs")
+    @classmethod
+    def _absolute(cls, v: list[str]) -> list[str]:
+        relative = [d for d in v if not d.startswith("/")]
+        if relative:
+            raise ValueError(f"must be absolute paths: {', '.join(relative)}")
+        return v
 
 
 class AdviceSettings(_Section):
@@ -243,9 +324,10 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="ignore", validate_default=True,
-        nested_model_default_partial_update=True, env_ignore_empty=True,
+        nested_model_default_partial_update=True, env_ignore_empty=True, allow_inf_nan=False,
     )
 
+    config_file: Path | None = Field(None, description="TOML configuration file (README: configuration file; deploy/agent.toml.example); empty = /etc/edge-agent/agent.toml when it exists. Env variables and the env file override it.")
     device_id: str = Field(default_factory=socket.gethostname, min_length=1, pattern=r"^[^/+#]+$", description="This gateway's id in topics and messages; default: the host name.")
     state_dir: Path = Field(default_factory=_default_state_dir, description="Outbox and calibration live here; default: $STATE_DIRECTORY, /var/lib/edge-agent for root, else ~/.local/state/edge-agent.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level on stderr: DEBUG, INFO, WARNING or ERROR.")
@@ -264,6 +346,7 @@ class Settings(BaseSettings):
     alerts: AlertSettings = Field(default_factory=AlertSettings)
     commands: CommandSettings = Field(default_factory=CommandSettings)
     cleaning: CleaningSettings = Field(default_factory=CleaningSettings)
+    modbus: ModbusSettings = Field(default_factory=ModbusSettings)
     advice: AdviceSettings = Field(default_factory=AdviceSettings)
 
     @field_validator("log_level", mode="before")
@@ -291,6 +374,8 @@ def env_name(loc: tuple[Any, ...]) -> str:
 def _walk(model: type[BaseModel], prefix: str) -> Iterator[tuple[str, Any]]:
     for name, field in model.model_fields.items():
         ann = field.annotation
+        if name in FILE_ONLY and model is Settings:
+            continue
         if name == "source":
             seen: set[str] = set()
             for cls in SOURCE_KINDS.values():
@@ -346,13 +431,28 @@ def load_settings(env_file: Path | None = None, environ: dict[str, str] | None =
             )
     merged = {k.upper(): v for k, v in file_values.items() if k.upper() in known}
     merged.update({k.upper(): v for k, v in environ.items() if k.upper() in known})
+    from agent import config_file  # the TOML file: the lowest layer, under the env file and the environment
+
+    path, _ = config_file.find(merged)
+    cfg = None
+    if path is not None:
+        try:
+            cfg = config_file.load(path, known)
+        except ValueError as e:
+            raise ConfigError(problems + [str(e)]) from None
+        problems += cfg.problems
+        merged = {**cfg.flat, **merged}
     try:
-        settings = _build(merged)
+        settings = _build(merged, cfg.file_only if cfg else {})
     except ValidationError as e:
         for err in e.errors():
             name = env_name(err["loc"])
             if err["type"] == "source_kind":
                 name = ENV_PREFIX + "SOURCE__KIND"
+            from_file = cfg.describe(err["loc"], name, err.get("input"), err["msg"]) if cfg else None
+            if from_file is not None and (name not in merged or merged[name] == cfg.flat.get(name)):  # type: ignore[union-attr]
+                problems.append(from_file)
+                continue
             raw = merged.get(name, err.get("input"))
             if name in secrets:
                 raw = "***"
@@ -361,19 +461,23 @@ def load_settings(env_file: Path | None = None, environ: dict[str, str] | None =
             else:
                 shown = repr(str(raw)) if raw is not None else "(not set)"
             problems.append(f"{name}={shown}: {err['msg']}")
+    if not problems:
+        from agent.config_checks import consistency_problems
+
+        problems += consistency_problems(settings)
     if problems:
         raise ConfigError(problems)
     return settings
 
 
-def _build(values: dict[str, str]) -> Settings:
+def _build(values: dict[str, str], file_only: dict[str, Any] | None = None) -> Settings:
     # Settings reads os.environ itself; give it exactly the merged view instead.
     saved = {k: v for k, v in os.environ.items() if k.upper().startswith(ENV_PREFIX)}
     try:
         for k in saved:
             del os.environ[k]
         os.environ.update(values)
-        return Settings()
+        return Settings(**(file_only or {}))
     finally:
         for k in values:
             os.environ.pop(k, None)
@@ -412,5 +516,5 @@ def flat_env(settings: Settings) -> dict[str, str]:
                     v = ",".join(map(str, v))
                 out[f"{prefix}{k.upper()}"] = "" if v is None else str(v).lower() if isinstance(v, bool) else str(v)
 
-    walk(masked_dump(settings), ENV_PREFIX)
+    walk({k: v for k, v in masked_dump(settings).items() if k not in FILE_ONLY}, ENV_PREFIX)
     return out

@@ -10,118 +10,32 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import socket
 import threading
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.counters import Counters
+from agent.mqtt_client import (  # noqa: F401 - ExplainingClient, configure_tls, read_password, set_tcp_nodelay: re-exported
+    ExplainingClient,
+    configure_tls,
+    describe_connect_error,
+    explain_receive_failure,
+    make_client,
+    read_password,
+    refused_hint,
+    set_tcp_nodelay,
+    upstream_connection,
+)
 from agent.outbox import Outbox
 from agent.parse import iso
+from agent.records import message_bytes
 from agent.settings import MqttSettings
 
 log = logging.getLogger(__name__)
 
 INFLIGHT_STALE_S = 30.0
-
-
-class _PahoLog(logging.Filter):
-    """paho's own log lines, tamed. paho 2.2 logs 'Client is not connected' at ERROR on every loop turn while
-    (re)connecting (noise), and a connection the broker drops after the TLS handshake (TLS 1.3 asks for the
-    client certificate only then) as 'failed to receive on socket' on every retry: that becomes one outage line."""
-
-    def __init__(self, on_failure: Callable[[str], None] | None = None):
-        super().__init__()
-        self._on_failure = on_failure
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        text = str(record.msg)
-        if text.startswith("Client is not connected"):
-            return False
-        if self._on_failure is not None and text.startswith("failed to receive on socket"):
-            self._on_failure(record.getMessage())
-            return False
-        return True
-
-
-logging.getLogger("paho").addFilter(_PahoLog())  # a message still unacknowledged this long after a reconnect is published again
-
-
-def read_password(s: MqttSettings) -> str | None:
-    """The broker password: ``password_file``, else the systemd credential ``mqtt-password``, else ``password``."""
-    candidates = []
-    if s.password_file is not None:
-        candidates.append(Path(s.password_file))
-    elif os.environ.get("CREDENTIALS_DIRECTORY"):
-        candidates.append(Path(os.environ["CREDENTIALS_DIRECTORY"]) / "mqtt-password")
-    for p in candidates:
-        if p.is_file():
-            text = p.read_text().rstrip("\r\n")
-            return text or None  # the installer leaves an empty credential file: no password
-    if s.password is not None and s.password.get_secret_value():
-        return s.password.get_secret_value()
-    return None
-
-
-class ExplainingClient(mqtt.Client):
-    """paho's client, remembering why the last connection attempt failed (paho swallows the exception)."""
-
-    last_connect_error: BaseException | None = None
-
-    def _create_socket(self) -> Any:  # paho-mqtt 2.x internal, pinned <3 in pyproject
-        try:
-            sock = super()._create_socket()
-        except OSError as e:
-            self.last_connect_error = e
-            raise
-        self.last_connect_error = None
-        return sock
-
-
-def set_tcp_nodelay(sock: Any) -> None:
-    """Neither paho nor mosquitto sets TCP_NODELAY (STACK.md: QoS 2 round trips of ~88 ms): set it, never raise."""
-    try:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    except (OSError, AttributeError):
-        pass  # not TCP (unix socket, websockets)
-
-
-def describe_connect_error(e: BaseException | None) -> str:
-    """A human explanation of a failed connection attempt."""
-    import ssl
-
-    if e is None:
-        return "unreachable"
-    if isinstance(e, ssl.SSLCertVerificationError):
-        return f"TLS certificate check failed ({e.verify_message}): is EDGE_AGENT_MQTT__CA_FILE the CA that signed the broker's certificate?"
-    if isinstance(e, ssl.SSLError):
-        return f"TLS handshake failed ({e.reason or e})"
-    if isinstance(e, ConnectionRefusedError):
-        return "connection refused (no broker listening there?)"
-    if isinstance(e, (TimeoutError, __import__("socket").timeout)):
-        return "connection timed out"
-    return f"unreachable ({e})"
-
-
-def configure_tls(c: mqtt.Client, s: MqttSettings) -> None:
-    """TLS with certificate verification (and host name check unless explicitly disabled); mutual TLS with a client cert."""
-    import ssl
-
-    c.tls_set(
-        ca_certs=str(s.ca_file) if s.ca_file else None,
-        certfile=str(s.cert_file) if s.cert_file else None,
-        keyfile=str(s.key_file) if s.key_file else None,
-        cert_reqs=ssl.CERT_REQUIRED,
-        tls_version=ssl.PROTOCOL_TLS_CLIENT,
-    )
-    if s.tls_insecure:
-        log.warning("EDGE_AGENT_MQTT__TLS_INSECURE=true: the broker's host name is not checked")
-        c.tls_insecure_set(True)
 
 
 class Uplink:
@@ -150,25 +64,16 @@ class Uplink:
         self.last_error: str | None = None
         self.heartbeat: Callable[[], None] = lambda: None
 
-        c = ExplainingClient(
-            CallbackAPIVersion.VERSION2, client_id=settings.client_id or f"edge-agent-{device_id}",
-            protocol=mqtt.MQTTv311, clean_session=True,
+        c = make_client(
+            upstream_connection(settings), settings.client_id or f"edge-agent-{device_id}",
+            log_name=f"paho.uplink.{device_id}", max_inflight=settings.max_inflight,
+            on_receive_failure=self._receive_failed,
         )
-        paho_log = logging.getLogger(f"paho.uplink.{device_id}")
-        paho_log.addFilter(_PahoLog(self._receive_failed))
-        c.enable_logger(paho_log)
-        c.max_inflight_messages_set(settings.max_inflight)  # must precede connect()
         c.max_queued_messages_set(0)
-        c.reconnect_delay_set(min_delay=1, max_delay=30)
-        if settings.username:
-            c.username_pw_set(settings.username, read_password(settings))
-        if settings.tls:
-            configure_tls(c, settings)
         c.on_connect = self._on_connect
         c.on_connect_fail = self._on_connect_fail
         c.on_disconnect = self._on_disconnect
         c.on_publish = self._on_publish
-        c.on_socket_open = self._on_socket_open
         c.on_message = self._on_message
         self.client = c
 
@@ -180,7 +85,7 @@ class Uplink:
     def start(self) -> None:
         """Connect in the background and start publishing; never blocks on the broker."""
         will = {"state": "offline", "device_id": self.device_id, "ts": iso(time.time()), "reason": "connection lost"}
-        self.client.will_set(self.topic("status"), json.dumps(will), qos=1, retain=True)
+        self.client.will_set(self.topic("status"), message_bytes(will), qos=1, retain=True)
         self.client.connect_async(self.s.host, self.s.port, keepalive=self.s.keepalive_s)
         self.client.loop_start()
         self._thread = threading.Thread(target=self._run, name="uplink", daemon=True)
@@ -211,7 +116,7 @@ class Uplink:
         if self._thread is not None:
             self._thread.join(timeout=5)
         if self.connected.is_set():
-            body = json.dumps({"state": "offline", "device_id": self.device_id, "ts": iso(time.time()), "reason": reason})
+            body = message_bytes({"state": "offline", "device_id": self.device_id, "ts": iso(time.time()), "reason": reason})
             try:
                 info = self.client.publish(self.topic("status"), body, qos=1, retain=True)
                 info.wait_for_publish(timeout=3)
@@ -224,7 +129,7 @@ class Uplink:
         """Publish the retained status now (on connect and whenever the state changes)."""
         if not self.connected.is_set():
             return
-        body = json.dumps(self._status(), separators=(",", ":"))
+        body = message_bytes(self._status())
         self.client.publish(self.topic("status"), body, qos=1, retain=True)
         self.bytes_out += len(body) + len(self.base) + 7
 
@@ -232,7 +137,7 @@ class Uplink:
         """Publish straight away, not through the outbox (stats, command replies: worthless once stale)."""
         if not self.connected.is_set():
             return False
-        body = json.dumps(payload, separators=(",", ":"))
+        body = message_bytes(payload)
         info = self.client.publish(self.topic(suffix), body, qos=qos, retain=retain)
         self.bytes_out += len(body) + len(self.base) + len(suffix) + 1
         return info.rc == mqtt.MQTT_ERR_SUCCESS
@@ -256,7 +161,7 @@ class Uplink:
         for row in self.outbox.pending(room, exclude=busy):
             payload = json.loads(row.payload)
             payload["sent_at"] = iso(time.time())
-            body = json.dumps(payload, separators=(",", ":")).encode()
+            body = message_bytes(payload)
             # Never hold self._lock while calling into paho: paho calls on_publish holding its own message mutex,
             # and on_publish takes self._lock (lock-order inversion = deadlock). A PUBACK that beats us to
             # recording the mid is parked in _early_acks instead.
@@ -279,15 +184,10 @@ class Uplink:
 
     # -- paho callbacks (network thread; must never raise) ---------------------------------------------------
 
-    def _on_socket_open(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
-        set_tcp_nodelay(sock)
-
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
         try:
             if reason_code.is_failure:
-                hint = ""
-                if str(reason_code) in ("Not authorized", "Bad user name or password"):
-                    hint = ": check EDGE_AGENT_MQTT__USERNAME and the password (file or credential)"
+                hint = refused_hint(reason_code)
                 self._outage(f"broker {self.s.host}:{self.s.port} refused the connection: {reason_code}{hint}")
                 return
             self.connected.set()
@@ -352,12 +252,7 @@ class Uplink:
     def _receive_failed(self, text: str) -> None:
         """The connection broke before CONNACK (called from paho's log line, on its thread: never raises)."""
         try:
-            if "CERTIFICATE_REQUIRED" in text:
-                why = "requires a client certificate: set EDGE_AGENT_MQTT__CERT_FILE and EDGE_AGENT_MQTT__KEY_FILE"
-            elif "CERTIFICATE" in text.upper():
-                why = f"refused our client certificate ({text.split(':', 1)[-1].strip()})"
-            else:
-                why = f"dropped the connection ({text})"
+            why = explain_receive_failure(text)
             self._outage(f"broker {self.s.host}:{self.s.port} {why}")
         except Exception:  # noqa: BLE001
             pass

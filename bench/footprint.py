@@ -27,12 +27,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agent.bundled import default_model_path  # noqa: E402
+from agent.bundled import bundled_model  # noqa: E402
 from bench._broker import Broker  # noqa: E402
 from bench._common import ROOT, AgentProcess, agent_env, print_rows, proc_sample, result, write_json  # noqa: E402
 from bench.window_cost import runtimes  # noqa: E402
 
 RSS_GOAL_KB = 10 * 1024
+GENERIC_RSS_GOAL_KB = 5 * 1024  # the generic detector against the pump-anomaly agent: at most +5 MB
 START_GOAL = 1.5
 
 FLOOR = r"""
@@ -52,7 +53,7 @@ sys.stdin.read()
 
 def floor_once(runtime: str) -> dict[str, Any]:
     t0 = time.monotonic()
-    p = subprocess.Popen([sys.executable, "-c", FLOOR, str(default_model_path()), runtime], stdin=subprocess.PIPE,
+    p = subprocess.Popen([sys.executable, "-c", FLOOR, str(bundled_model("pump-anomaly")), runtime], stdin=subprocess.PIPE,
                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT)
     assert p.stdout is not None and p.stdin is not None
     line = p.stdout.readline()
@@ -90,11 +91,11 @@ class Notify:
         self.sock.close()
 
 
-def agent_once(port: int, tmp: Path, runtime: str, seconds: float) -> dict[str, Any]:
+def agent_once(port: int, tmp: Path, runtime: str, seconds: float, model: str = "pump-anomaly") -> dict[str, Any]:
     notify = Notify(tmp / f"notify-{time.monotonic_ns()}.sock")
     env = agent_env(tmp / f"state-{time.monotonic_ns()}", port, EDGE_AGENT_SOURCE__LOOP="true",
                     EDGE_AGENT_SOURCE__SPEED="50", EDGE_AGENT_MODEL__RUNTIME=runtime, NOTIFY_SOCKET=notify.path,
-                    EDGE_AGENT_LOG_LEVEL="WARNING")
+                    EDGE_AGENT_LOG_LEVEL="WARNING", EDGE_AGENT_MODEL__PATH=model)
     agent = AgentProcess(env, tmp / f"agent-{time.monotonic_ns()}.log")
     try:
         t_ready = notify.wait_ready(agent) - agent.t_start
@@ -131,6 +132,13 @@ def run(seconds: float = 20, starts: int = 3) -> list[dict[str, Any]]:
                                round(a_start / f_start, 2), "<= 1.5x", a_start / f_start <= START_GOAL,
                                agent_starts=[long["start_s"]] + [s["start_s"] for s in shorts],
                                floor_starts=[f["start_s"] for f in floors]))
+        # the default generic detector (numpy only) against the pump-anomaly agent above, same recording and run
+        pump = next(r for r in rows if r["name"].startswith("steady RSS"))["agent"]
+        gen = agent_once(broker.port, Path(tmp), "auto", seconds, model="generic")
+        delta = gen["rss_kb"] - pump["rss_kb"]
+        rows.append(result("steady RSS, generic detector", round(gen["rss_kb"] / 1024, 1), "MB",
+                           round(pump["rss_kb"] / 1024, 1), "MB pump-anomaly agent", round(delta / 1024, 1),
+                           "<= +5 MB (ratio=+MB)", delta <= GENERIC_RSS_GOAL_KB, agent=gen))
     return rows
 
 

@@ -35,12 +35,14 @@ def plan(quick: bool, soak_s: float) -> list[tuple[str, list[str]]]:
     q = quick
     steps = [
         ("serial_rate", ["--lines", "50000", "--baseline-lines", "5000"] if q else []),
+        ("modbus_rate", ["--polls", "1000", "--rounds", "3"] if q else ["--polls", "3000", "--rounds", "5"]),
         ("mqtt_ingest", ["--readings", "10000"] if q else ["--readings", "20000", "--repeat", "2"]),
         ("window_cost", ["--windows", "5000"] if q else ["--windows", "20000", "--profile"]),
         ("advice_search", ["--repeat", "100"] if q else ["--repeat", "300"]),
         ("footprint", ["--seconds", "10", "--starts", "3"] if q else ["--seconds", "20", "--starts", "5"]),
         ("bandwidth", ["--data-minutes", "10"] if q else ["--data-minutes", "60"]),
         ("alert_latency", ["--alerts", "200"] if q else ["--alerts", "500"]),
+        ("sensor_memory", ["--sensors", "2000"] if q else ["--sensors", "10000"]),
     ]
     if soak_s > 0:
         steps.append(("soak", ["--seconds", str(soak_s), "--interval", str(max(1.0, min(10.0, soak_s / 12)))]))

@@ -211,6 +211,7 @@ install -m 0644 "$unit_src" "$unit"
 install -d -m 0750 "$etc"
 run chown "root:$SERVICE_USER" "$etc"
 install -m 0644 "$example_src" "$etc/agent.env.example"
+[[ -f "$here/agent.toml.example" ]] && install -m 0644 "$here/agent.toml.example" "$etc/agent.toml.example"
 if [[ -e "$env_file" ]]; then
     say "kept existing $env_file (new settings: see $etc/agent.env.example)"
 else

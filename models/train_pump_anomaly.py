@@ -27,7 +27,6 @@ import json
 import platform
 import sys
 import time
-from collections import deque
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +36,7 @@ from common import (SKAB_CHANNELS, TfliteRunner, convert_int8, load_skab, set_se
                     sha256_hex, skab_labelled_files, zscore_fit)
 
 NAME = "pump-anomaly"
-VERSION = "1.1.0"
+VERSION = "1.2.0"
 CAL = 400  # calibration readings per file (SKAB protocol / agent teach-in)
 
 # Channels whose level wanders after calibration in normal operation, with the offset range (z units of the
@@ -58,8 +57,8 @@ CONFIG = dict(
     af_stride=50,               # anomaly-free: a new 400-row calibration stretch every 50 rows
     af_horizon=0,               # ... windows from inside the stretch only (what calibration sees)
     aug_copies=4,               # copies of every window with random level offsets (DRIFT above)
-    threshold_quantile=1.0, threshold_factor=1.25,
-    k=3, n=5, clear_ratio=0.6,
+    threshold_quantile=1.0, threshold_factor=1.0,  # 1.2.0: chosen leaving one fault family out (select_generic.py)
+    k=3, n=5, clear_ratio=0.6, recede_ratio=0.2, refractory=1800,  # 1.2.0: the receded clear (agent/decide.py)
     drift=DRIFT,                # level-offset ranges per channel (above)
 )
 
@@ -125,33 +124,32 @@ def mse_scores(W, R):
     return ((W - R) ** 2).mean(axis=1)
 
 
-def decide(scores, ends, thr, k, n, clear_ratio, cal=CAL):
-    """The agent's alert state machine. Returns [[raise_row, clear_row or None], ...]."""
-    hist = deque(maxlen=n)
-    raised = False
+def decide(scores, ends, thr, k, n, clear_ratio, cal=CAL, recede_ratio=0.0, refractory=1800):
+    """The agent's own alert state machine (agent.decide.AlertMachine). Returns [[raise_row, clear_row or None], ...]."""
+    from agent.decide import RAISED, AlertMachine
+    from agent.records import Inference, Window
+
+    machine = AlertMachine("f", thr, k, n, clear_ratio, recede_ratio, refractory)
+    empty = np.zeros((1, 1))
     spans = []
     for s, e in zip(scores, ends):
         if e < cal:  # no alert during calibration; history starts empty after it
             continue
-        if not raised:
-            hist.append(bool(s > thr))
-            if sum(hist) >= k:
-                raised = True
-                hist.clear()
-                spans.append([int(e), None])
+        t = machine.update(Inference(window=Window("f", float(e), float(e), empty), score=float(s)))
+        if t is None:
+            continue
+        if t.state == RAISED:
+            spans.append([int(e), None])
         else:
-            hist.append(bool(s < thr * clear_ratio))
-            if sum(hist) >= k:
-                raised = False
-                hist.clear()
-                spans[-1][1] = int(e)
+            spans[-1][1] = int(e)
     return spans
 
 
 def file_metrics(f, scores, ends, cfg):
     cal_scores = scores[ends < CAL]
     thr = float(np.quantile(cal_scores, cfg["threshold_quantile"]) * cfg["threshold_factor"])
-    spans = decide(scores, ends, thr, cfg["k"], cfg["n"], cfg["clear_ratio"])
+    spans = decide(scores, ends, thr, cfg["k"], cfg["n"], cfg["clear_ratio"],
+                   recede_ratio=cfg["recede_ratio"], refractory=cfg["refractory"])
     N = len(f["y"])
     pred = np.zeros(N, bool)
     for a, b in spans:
@@ -303,7 +301,8 @@ def main(argv=None):
                           "std": [round(float(v), 6) for v in fb_std]},
         "score": "mse",
         "threshold": round(default_thr, 4),
-        "decision": {"k": cfg["k"], "n": cfg["n"], "clear_ratio": cfg["clear_ratio"]},
+        "decision": {"k": cfg["k"], "n": cfg["n"], "clear_ratio": cfg["clear_ratio"],
+                     "recede_ratio": cfg["recede_ratio"], "refractory": cfg["refractory"]},
         "calibration": {"samples": CAL, "fit": ["normalisation", "threshold"],
                         "threshold_quantile": cfg["threshold_quantile"],
                         "threshold_factor": cfg["threshold_factor"]},

@@ -31,6 +31,11 @@ class Source(Protocol):
     live: bool  # False for a recording: the pipeline applies back-pressure instead of dropping the oldest
 
     @property
+    def channels(self) -> list[str] | None:
+        """The channel names this source delivers, in order, when known (configured, a header, a register map);
+        None when only the data will tell (MQTT payloads, a serial stream whose header has not come yet)."""
+
+    @property
     def state(self) -> str: ...
 
     def run(self, sink: Sink, stop: threading.Event) -> None:
@@ -39,20 +44,50 @@ class Source(Protocol):
     def close(self) -> None:
         """Unblock ``run`` from another thread (shutdown closes from the input end)."""
 
+    @property
+    def problems(self) -> list[str]:
+        """Degraded reasons beyond ``state`` (a Modbus device not answering), for the status; [] when none."""
+
+
+def _replay(settings: Settings, counters: Counters) -> Source:
+    from agent.sources.replay import ReplaySource
+
+    return ReplaySource(settings.source, counters)  # type: ignore[arg-type]
+
+
+def _serial(settings: Settings, counters: Counters) -> Source:
+    from agent.sources.serial import SerialSource
+
+    return SerialSource(settings.source, counters)  # type: ignore[arg-type]
+
+
+def _mqtt(settings: Settings, counters: Counters) -> Source:
+    from agent.sources.mqtt import MqttSource
+
+    return MqttSource(settings.source, settings.mqtt, counters, device_id=settings.device_id)  # type: ignore[arg-type]
+
+
+def _modbus(settings: Settings, counters: Counters) -> Source:
+    from agent.sources.modbus import ModbusSource
+
+    return ModbusSource(settings.source, settings.modbus, counters)  # type: ignore[arg-type]
+
+
+# kind -> factory. Each factory imports its module when called, so that a gateway reading a serial port never
+# imports paho's sensor client or pymodbus. A new kind is one entry here plus its settings class in
+# agent/settings.py (SOURCE_KINDS); a test checks that both list the same kinds.
+FACTORIES: dict[str, Callable[[Settings, Counters], Source]] = {
+    "replay": _replay,
+    "serial": _serial,
+    "mqtt": _mqtt,
+    "modbus": _modbus,
+}
+
 
 def create_source(settings: Settings, counters: Counters) -> Source:
     """Build the source named by ``settings.source.kind``."""
-    kind = settings.source.kind
-    if kind == "replay":
-        from agent.sources.replay import ReplaySource
-
-        return ReplaySource(settings.source, counters)  # type: ignore[arg-type]
-    if kind == "serial":
-        from agent.sources.serial import SerialSource
-
-        return SerialSource(settings.source, counters)  # type: ignore[arg-type]
-    if kind == "mqtt":
-        from agent.sources.mqtt import MqttSource
-
-        return MqttSource(settings.source, settings.mqtt, counters, device_id=settings.device_id)  # type: ignore[arg-type]
-    raise ValueError(f"unknown source kind {kind!r}")
+    try:
+        factory = FACTORIES[settings.source.kind]
+    except KeyError:
+        raise ValueError(f"unknown source kind {settings.source.kind!r}") from None
+    return factory(settings, counters)

@@ -26,17 +26,16 @@ import re
 import secrets
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.counters import Counters
+from agent.mqtt_client import describe_connect_error, explain_receive_failure, make_client, refused_hint, source_connection
 from agent.parse import PayloadParser
+from agent.receipt import receipt_time
 from agent.settings import MqttSettings, MqttSourceSettings
 from agent.sources import CONNECTED, CONNECTING, DISCONNECTED, FINISHED, Sink
-from agent.uplink import ExplainingClient, describe_connect_error, read_password, set_tcp_nodelay
 
 log = logging.getLogger(__name__)
 
@@ -116,19 +115,12 @@ class MqttSource:
             check_filter(t)
         self._pattern = compile_sensor_pattern(settings.sensor_pattern)
         self.parser = PayloadParser(channel=settings.channel, timestamp_field=settings.timestamp_field)
-        self.host = settings.broker_host or upstream.host
-        self.port = settings.broker_port or upstream.port
-        self.keepalive_s = upstream.keepalive_s
+        self.conn = source_connection(settings, upstream)  # ValueError/FileNotFoundError: exit 78 at start
+        self.host = self.conn.host
+        self.port = self.conn.port
+        self.keepalive_s = self.conn.keepalive_s
         self.client_id = client_id_for(upstream, device_id)
-        self.name = f"mqtt:{','.join(self.topics)}@{self.host}:{self.port}"
-        username = settings.broker_username or upstream.username
-        if settings.broker_password_file is not None:
-            path = Path(settings.broker_password_file)
-            if not path.is_file():
-                raise FileNotFoundError(f"EDGE_AGENT_SOURCE__BROKER_PASSWORD_FILE {path}: no such file")
-            password: str | None = path.read_text().rstrip("\r\n")
-        else:
-            password = read_password(upstream)
+        self.name = f"mqtt{'s' if self.conn.tls else ''}:{','.join(self.topics)}@{self.host}:{self.port}"
 
         self._state = CONNECTING
         self._closed = threading.Event()  # close() was called
@@ -147,14 +139,10 @@ class MqttSource:
         self._unsubscribed = threading.Event()
         self.last_error: str | None = None
 
-        c = ExplainingClient(
-            CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv311, clean_session=True,
+        c = make_client(
+            self.conn, self.client_id, log_name="paho.source", reconnect_min_s=RECONNECT_MIN_S,
+            reconnect_max_s=RECONNECT_MAX_S, on_receive_failure=self._receive_failed,
         )
-        c.enable_logger(logging.getLogger("paho.source"))
-        c.reconnect_delay_set(min_delay=RECONNECT_MIN_S, max_delay=RECONNECT_MAX_S)
-        if username:
-            c.username_pw_set(username, password)
-        c.on_socket_open = self._on_socket_open
         c.on_connect = self._on_connect
         c.on_connect_fail = self._on_connect_fail
         c.on_disconnect = self._on_disconnect
@@ -162,6 +150,9 @@ class MqttSource:
         c.on_unsubscribe = self._on_unsubscribe
         c.on_message = self._on_message
         self.client = c
+
+    channels = None  # known only from the payloads
+    problems: list[str] = []  # its state says it all
 
     @property
     def state(self) -> str:
@@ -225,16 +216,14 @@ class MqttSource:
         if n <= 3 or n % 1000 == 0:
             log.exception("error in MQTT source %s (%d so far; counted as source.callback_errors)", where, n)
 
-    def _on_socket_open(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
-        set_tcp_nodelay(sock)
-
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
         try:
             if self._closing:  # a connect that completed after close(): do not subscribe, do not leave it open
                 client.disconnect()
                 return
             if reason_code.is_failure:
-                self._outage(f"sensor broker {self.host}:{self.port} refused the connection: {reason_code}")
+                hint = refused_hint(reason_code, self.conn.prefix)
+                self._outage(f"sensor broker {self.host}:{self.port} refused the connection: {reason_code}{hint}")
                 return
             self._connected = True
             self.counters.inc("source.connects")
@@ -259,7 +248,7 @@ class MqttSource:
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
         try:
-            why = describe_connect_error(getattr(client, "last_connect_error", None))
+            why = describe_connect_error(getattr(client, "last_connect_error", None), self.conn.prefix)
             self._outage(f"sensor broker {self.host}:{self.port} {why}")
         except Exception:  # noqa: BLE001
             self._callback_error("on_connect_fail")
@@ -322,7 +311,7 @@ class MqttSource:
             if len(payload) > MAX_PAYLOAD_BYTES:
                 counters.inc("reject.payload_too_large")
                 return
-            reading = self.parser.parse(payload, time.time(), sensor)
+            reading = self.parser.parse(payload, receipt_time(), sensor)  # agent/receipt.py
             if isinstance(reading, str):
                 counters.inc("reject." + reading)
                 return
@@ -332,6 +321,13 @@ class MqttSource:
                 sink(reading)
         except Exception:  # noqa: BLE001
             self._callback_error("on_message")
+
+    def _receive_failed(self, text: str) -> None:
+        """The connection broke before CONNACK (called from paho's log line, on its thread: never raises)."""
+        try:
+            self._outage(f"sensor broker {self.host}:{self.port} {explain_receive_failure(text, self.conn.prefix)}")
+        except Exception:  # noqa: BLE001
+            pass
 
     # -- helpers ---------------------------------------------------------------------------------------------
 

@@ -25,6 +25,7 @@ from agent.sources import CONNECTED, CONNECTING, FINISHED, Sink
 log = logging.getLogger(__name__)
 
 TIME_COLUMNS = ("datetime", "timestamp", "ts", "time")
+LABEL_COLUMNS = ("anomaly", "changepoint")  # labels of a labelled recording (SKAB): never channels
 
 
 def read_recording(path: Path, counters: Counters, sensor: str = "replay") -> Iterator[Reading]:
@@ -73,6 +74,16 @@ class ReplaySource:
         self._closed = threading.Event()
         if not self.path.is_file():
             raise FileNotFoundError(f"replay recording {self.path} not found")
+        with open(self.path, encoding="utf-8", errors="replace") as f:
+            head = f.readline()
+        names = [h.strip() for h in next(csv.reader([head], delimiter=";" if head.count(";") > head.count(",") else ","))]
+        self._channels = [h for h in names if h.lower() not in TIME_COLUMNS and h not in LABEL_COLUMNS]
+        self.problems: list[str] = []
+
+    @property
+    def channels(self) -> list[str] | None:
+        """The recording's columns other than its time column, in file order."""
+        return list(self._channels)
 
     @property
     def state(self) -> str:

@@ -5,8 +5,17 @@ one system call per byte (~3.9k lines/s on a pty), so we read ``max(1, in_waitin
 and split lines ourselves in ``LineSplitter``, with a bounded buffer.
 
 pyserial contract relied on (3.5, posix): a vanished device raises ``SerialException`` from ``read`` (EIO, or
-"device reports readiness to read but returned no data"); ``open`` raises ``SerialException`` with ``errno`` set;
-``cancel_read`` makes a blocked ``read`` return early.
+"device reports readiness to read but returned no data"); ``open`` raises ``SerialException`` with ``errno`` set
+and flushes the input queue (``tcflush(TCIFLUSH)``); ``cancel_read`` makes a blocked ``read`` return early.
+
+The first line after an open: the input queue is empty then (pyserial flushed it), so what arrives first is either
+the rest of a line the device was sending (or of the adapter's FIFO) — bytes that come at once — or the start of a
+new line, after the device's pause between lines. A first byte that arrives after ``QUIET_S`` of silence starts a
+whole line and is kept; one that comes sooner may be a tail and its fragment is dropped (``reject.partial_line``).
+
+A device that never sends the configured terminator would give zero readings: after ``no_terminator_bytes``
+without one, ``problems`` says so (the status shows it as a degraded reason), naming the terminator the data seems
+to use, until a line arrives.
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ import serial
 
 from agent.counters import Counters
 from agent.parse import HEADER, LineParser
+from agent.receipt import receipt_time
 from agent.records import Reading
 from agent.settings import SerialSourceSettings
 from agent.sources import CONNECTED, CONNECTING, DISCONNECTED, FINISHED, Sink
@@ -30,6 +40,8 @@ log = logging.getLogger(__name__)
 TERMINATORS = {"lf": b"\n", "crlf": b"\r\n", "cr": b"\r"}
 READ_TIMEOUT_S = 0.2  # bounds how long run() takes to notice stop/close when cancel_read is unavailable
 MAX_READ = 1 << 16  # one read never takes more than this, whatever in_waiting says
+QUIET_S = 0.1  # silence after the open that makes the first byte the start of a line (a USB adapter delivers
+# what it holds within its 16 ms latency timer; devices pause far longer than this between lines)
 
 
 def permission_message(port: str) -> str:
@@ -50,12 +62,17 @@ class LineSplitter:
         self._buf = b""
         self._discard: str | None = None  # reason to count for the fragment dropped up to the next terminator
         self._counted = False  # the fragment being discarded was already counted
+        self._first = False  # nothing of the new stream seen yet: an empty first fragment is no line
+        self.unterminated = 0  # bytes since the last terminator (a device sending another terminator)
 
     def reset(self, drop_first: bool = True) -> None:
-        """Forget buffered bytes (after a disconnect); drop the first fragment of the new stream if asked."""
+        """Forget buffered bytes (after a disconnect); drop the first fragment of the new stream if asked (an
+        empty one is never a line: it ends one sent before the port was opened)."""
         self._buf = b""
         self._discard = "partial_line" if drop_first else None
         self._counted = False
+        self._first = True
+        self.unterminated = 0
 
     def feed(self, data: bytes) -> list[bytes]:
         """The complete lines (terminator removed) that ``data`` finishes, in order."""
@@ -63,6 +80,11 @@ class LineSplitter:
         buf = self._buf + data if self._buf else data
         parts = buf.split(term)
         rest = parts.pop()
+        self.unterminated = len(rest) if parts else self.unterminated + len(data)
+        if self._first and (parts or rest):
+            self._first = False
+            if parts and not parts[0] and self._discard is None:
+                parts.pop(0)
         if self._discard is not None:
             if not parts:  # still inside the fragment: keep only what could start a split terminator
                 self._buf = rest[len(rest) - len(term) + 1:] if len(term) > 1 else b""
@@ -116,6 +138,16 @@ class SerialSource:
         # Fail now, not on the source thread, on an unknown URL scheme or a parameter pyserial refuses.
         serial.serial_for_url(settings.port, do_not_open=True, **self._kwargs)
         self._pending: dict[str, int] = {}
+        self.no_terminator_bytes = max(2 * settings.max_line_bytes, 1024)
+        self.problems: list[str] = []  # degraded reasons for the status; replaced whole, never changed in place
+
+    @property
+    def channels(self) -> list[str] | None:
+        """The configured channels, or those of the header line the device sent; None until one is known."""
+        cols = self.parser.columns
+        if self.settings.format != "csv" or cols is None:
+            return None
+        return [c for c in cols if c != self.settings.timestamp_field]
 
     @property
     def state(self) -> str:
@@ -196,7 +228,16 @@ class SerialSource:
                         pass
                     self._flush()
         finally:
+            self.problems = []
             self._state = FINISHED
+
+    def _no_terminator(self, data: bytes) -> None:
+        """Say that the data has no configured terminator, and which one it seems to have."""
+        name = self.settings.terminator
+        seen = [t for t, b in (("crlf", b"\r\n"), ("lf", b"\n"), ("cr", b"\r")) if b in data and t != name]
+        hint = f" (the data has {seen[0].upper()}: EDGE_AGENT_SOURCE__TERMINATOR={seen[0]}?)" if seen else ""
+        self.problems = [f"no line terminator in {self.no_terminator_bytes} bytes{hint}"]
+        log.warning("%s: %s; no readings until one arrives", self.settings.port, self.problems[0])
 
     def _log_open_failure(self, port: str, e: BaseException, logged: set[str]) -> None:
         code = getattr(e, "errno", None)
@@ -223,6 +264,7 @@ class SerialSource:
         """Read bulk chunks, split, parse and deliver until stop/close; raises when the port goes away."""
         splitter = self._splitter
         splitter.reset(drop_first=True)
+        opened, first = time.monotonic(), True
         parse = self.parser.parse
         counters = self.counters
         closed = self._closed
@@ -233,17 +275,26 @@ class SerialSource:
                 if self._pending:
                     self._flush()
                 continue
+            if first:
+                first = False
+                if n == 0 and time.monotonic() - opened >= QUIET_S:
+                    splitter.reset(drop_first=False)  # quiet since the open: this byte starts a line
             counters.inc("source.bytes", len(data))
             lines = splitter.feed(data)
             if not lines:
+                if splitter.unterminated > self.no_terminator_bytes and not self.problems:
+                    self._no_terminator(data)
                 if self._pending:
                     self._flush()
                 continue
-            received_ts = time.time()
+            if self.problems:
+                log.info("%s: lines arrive again", self.settings.port)
+                self.problems = []
             counters.inc("source.lines", len(lines))
             good = 0
             for line in lines:
-                r = parse(line, received_ts)
+                # one receipt time per line, never per read: lines of one read must not share a time (agent/receipt.py)
+                r = parse(line, receipt_time())
                 if isinstance(r, Reading):
                     good += 1
                     sink(r)

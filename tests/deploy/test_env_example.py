@@ -10,7 +10,7 @@ import pytest
 
 from agent import reference
 from agent.reference import render_env_example, rendered_env_names
-from agent.settings import ENV_PREFIX, Settings, known_env_names, load_settings, secret_env_names
+from agent.settings import ENV_PREFIX, SOURCE_KINDS, Settings, known_env_names, load_settings, secret_env_names
 from deploy_support import REPO
 
 EXAMPLE = REPO / "deploy" / "agent.env.example"
@@ -71,7 +71,7 @@ def _uncommented(text: str, skip_kinds: set[str]) -> str:
 
 def test_uncommenting_everything_gives_the_defaults(tmp_path: Path) -> None:
     env = tmp_path / "agent.env"
-    env.write_text(_uncommented(render_env_example(), skip_kinds={"serial", "mqtt"}))
+    env.write_text(_uncommented(render_env_example(), skip_kinds=set(SOURCE_KINDS) - {"replay"}))
     loaded = load_settings(env, environ={})
     assert loaded.model_dump() == Settings().model_dump()
 
@@ -81,10 +81,10 @@ def test_uncommenting_everything_gives_the_defaults(tmp_path: Path) -> None:
     [
         ("serial", {"PORT": "/dev/ttyUSB0"}),
         ("mqtt", {"TOPICS": "plant/#"}),
-    ],
+    ],  # modbus: its devices are in the configuration file (tests/unit/test_config_file.py)
 )
 def test_each_source_section_loads_once_its_required_values_are_set(tmp_path: Path, kind: str, required: dict[str, str]) -> None:
-    others = {k for k in ("replay", "serial", "mqtt") if k != kind}
+    others = set(SOURCE_KINDS) - {kind}
     text = _uncommented(render_env_example(), skip_kinds=others)
     for name, value in required.items():
         text = text.replace(f"\n{ENV_PREFIX}SOURCE__{name}=\n", f"\n{ENV_PREFIX}SOURCE__{name}={value}\n")

@@ -22,10 +22,36 @@ from typing import Any
 
 import pytest
 
-from agent.bundled import demo_recording_path
-from tests.conftest import Broker, Recorder, agent_env, free_port, run_agent
+from agent.bundled import bundled_model, demo_recording_path
+from tests.conftest import Broker, Recorder, free_port, run_agent
+from tests.conftest import agent_env as _agent_env
 
 BASE = "edge/test-gw"
+_FAULT_MODEL: list[Path] = []
+
+
+def fault_model() -> Path:
+    """A frozen alert generator for the fault tests: the pump-anomaly network with the decision settings its timings
+    below were measured with (threshold factor 1.25, no receded clear), so that these tests prove the outbox, the
+    broker handling and the shutdown, whatever the bundled models' settings become."""
+    if not _FAULT_MODEL:
+        import tempfile
+
+        d = Path(tempfile.mkdtemp(prefix="edge-agent-fault-model-"))
+        src = bundled_model("pump-anomaly")
+        shutil.copy(src, d / src.name)
+        sc = json.loads(src.with_suffix(".json").read_text())
+        sc["version"] = "faults"
+        sc["calibration"]["threshold_factor"] = 1.25
+        sc["decision"] = {"k": 3, "n": 5, "clear_ratio": 0.6}
+        (d / src.with_suffix(".json").name).write_text(json.dumps(sc))
+        _FAULT_MODEL.append(d / src.name)
+    return _FAULT_MODEL[0]
+
+
+def agent_env(state_dir: Path, port: int, **extra: Any) -> dict[str, str]:
+    """``tests.conftest.agent_env`` running the fault model (above) unless a test names another."""
+    return _agent_env(state_dir, port, **{"EDGE_AGENT_MODEL__PATH": str(fault_model()), **extra})
 
 
 # -- a broker that survives its own restart ---------------------------------------------------------------------

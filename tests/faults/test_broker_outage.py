@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import time
 
-from tests.conftest import agent_env, start_agent, wait_for
-from tests.faults.conftest import ALERT_LINE, data_time, fault_recording, parse_iso, taught_state
+from tests.conftest import start_agent, wait_for
+from tests.faults.conftest import agent_env, ALERT_LINE, data_time, fault_recording, parse_iso, taught_state
 
 SPEED = 15  # 60 s of data = 4 s of wall time
 OUTAGE_DATA_S = 60.0

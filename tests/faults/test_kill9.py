@@ -15,8 +15,8 @@ import random
 import signal
 import time
 
-from tests.conftest import agent_env, run_agent, start_agent, wait_for
-from tests.faults.conftest import BASE, outbox_snapshot
+from tests.conftest import run_agent, start_agent, wait_for
+from tests.faults.conftest import agent_env, BASE, outbox_snapshot
 
 KILLS = 20
 SPEED = 300  # the 1145-row demo in ~4 s: teach-in (400 rows), then three alerts raised and cleared

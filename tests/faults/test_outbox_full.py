@@ -12,8 +12,8 @@ import re
 import signal
 import time
 
-from tests.conftest import agent_env, start_agent, wait_for
-from tests.faults.conftest import ALERT_LINE, SUMMARY_LINE, fault_recording, outbox_snapshot, taught_state
+from tests.conftest import start_agent, wait_for
+from tests.faults.conftest import agent_env, ALERT_LINE, SUMMARY_LINE, fault_recording, outbox_snapshot, taught_state
 
 DROPPED_SUMMARY = "outbox full: dropped the oldest summary"
 

@@ -18,8 +18,8 @@ import time
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from tests.conftest import agent_env, start_agent, wait_for
-from tests.faults.conftest import demo_rows, outbox_snapshot, parse_iso, taught_state
+from tests.conftest import start_agent, wait_for
+from tests.faults.conftest import agent_env, demo_rows, outbox_snapshot, parse_iso, taught_state
 
 TIMEOUT_STOP_S = 30  # systemd/edge-agent.service: TimeoutStopSec=30s
 CHANNELS = ["Accelerometer1RMS", "Accelerometer2RMS", "Current", "Pressure", "Temperature", "Thermocouple",

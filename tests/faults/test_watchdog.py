@@ -13,7 +13,8 @@ import sys
 import time
 from pathlib import Path
 
-from tests.conftest import ROOT, agent_env
+from tests.conftest import ROOT
+from tests.faults.conftest import agent_env
 
 WATCHDOG_S = 3.0
 

@@ -7,7 +7,7 @@ import re
 import sqlite3
 from datetime import datetime
 
-from agent.bundled import demo_recording_path
+from agent.bundled import DEFAULT_MODEL, demo_recording_path
 from tests.conftest import agent_env, run_agent, wait_for
 
 ALERT_FIELDS = {"id", "alert_id", "seq", "device_id", "state", "severity", "score", "threshold", "model",
@@ -31,7 +31,7 @@ def test_demo_recording_raises_and_clears_alerts_and_ends_offline(tmp_path, live
     for a in alerts:
         assert ALERT_FIELDS <= set(a), ALERT_FIELDS - set(a)
         assert a["device_id"] == "test-gw"
-        assert a["model"]["name"] == "pump-anomaly" and a["model"]["version"]
+        assert a["model"]["name"] == DEFAULT_MODEL and a["model"]["version"]
         assert _parse_iso(a["window_start"]) <= _parse_iso(a["window_end"])
         _parse_iso(a["sent_at"])
         assert a["score"] >= 0 and a["threshold"] > 0

@@ -22,7 +22,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from agent.bundled import default_model_path
 from tests.conftest import ROOT, agent_env, free_port, start_agent, wait_for
 
-SIDECAR = json.loads(default_model_path().with_suffix(".json").read_text())
+SIDECAR = json.loads(default_model_path().read_text())  # the default model's spec: what the agents run
 
 
 def _prefix() -> str:

@@ -503,3 +503,34 @@ def _rejected(summaries: list[dict[str, Any]]) -> dict[str, int]:
         for reason, n in s["rejected"].items():
             total[reason] = total.get(reason, 0) + n
     return total
+
+
+def test_payloads_without_timestamps_published_in_bursts_are_all_accepted(
+    tmp_path: Path, live_broker: Broker, recorder: Any, publisher: Publisher,
+) -> None:
+    """Issue 13: payloads received together shared one receipt time and were refused as duplicate_ts."""
+    rec = recorder("edge/test-gw/#")
+    agent = AgentProcess(agent_env(
+        tmp_path / "mqtt", live_broker.port, EDGE_AGENT_SOURCE__KIND="mqtt",
+        EDGE_AGENT_SOURCE__TOPICS="plant/+/telemetry", EDGE_AGENT_SOURCE__SENSOR_PATTERN=PATTERN,
+        EDGE_AGENT_SOURCE__QOS="1", EDGE_AGENT_STATS_INTERVAL_S="1",
+    ))
+    readings = list(read_recording(demo_recording_path(), Counters()))
+    try:
+        wait_for(lambda: "subscribed to plant/+/telemetry" in agent.stderr() or agent.proc.poll() is not None,
+                 timeout=30, what="the agent's subscription")
+        assert agent.proc.poll() is None, agent.stderr()
+        for i in range(0, len(readings), 50):
+            infos = [publisher.client.publish("plant/pump-1/telemetry", json.dumps(dict(r.values)), qos=1)
+                     for r in readings[i:i + 50]]  # a burst of 50, no "ts": stamped on receipt
+            for info in infos:
+                info.wait_for_publish(10)
+        wait_for(lambda: any(s["readings_in"] >= len(readings) for s in rec.on("stats")), timeout=60,
+                 what="every payload received")
+    finally:
+        rc = agent.stop()
+    assert rc == 0, agent.stderr()
+    wait_for(lambda: rec.on("summary") and rec.on("summary")[-1]["final"], what="the final summary")
+    summaries = rec.on("summary")
+    assert _rejected(summaries) == {}
+    assert sum(s["readings"] for s in summaries) == len(readings) == 1145  # every row of the recording

@@ -181,14 +181,63 @@ def test_bad_lines_counted_by_reason_good_lines_still_arrive(pty_factory: Callab
 
 
 def test_partial_first_line_dropped_and_counted(pty_factory: Callable[[], Pty]) -> None:
+    """A device streaming while the port opens: its first bytes come at once, may be a line's tail: dropped."""
+    pty = pty_factory()
+    counters = Counters()
+    stop = threading.Event()
+
+    def stream() -> None:  # consecutive numbers, back to back: a tail of "100123" would read as "0123" or "23"
+        i = 100_000
+        while not stop.is_set():
+            pty.write(b"%d\n" % i)
+            i += 1
+            time.sleep(0.001)
+
+    writer = threading.Thread(target=stream, daemon=True)
+    writer.start()
+    try:
+        with running(serial_settings(pty.path, format="csv", channels=["a"]), counters) as r:
+            wait_for(lambda: len(r.readings) >= 20, "twenty readings", runner=r)
+    finally:
+        stop.set()
+        writer.join(5)
+    values = [v["a"] for v in r.values()]
+    assert counters.get("reject.partial_line") == 1
+    assert values[0] >= 100_000 and values == [values[0] + i for i in range(len(values))], values[:5]
+
+
+def test_a_whole_first_line_after_a_quiet_open_is_kept(pty_factory: Callable[[], Pty]) -> None:
+    """Issue 12 item 11: the first line after opening the port was always dropped, also when it was whole. pyserial
+    flushes the input queue at open; a device that starts a line after a pause sends a whole one."""
     pty = pty_factory()
     counters = Counters()
     with running(serial_settings(pty.path, format="csv", channels=["a"]), counters) as r:
         connected(r)
-        pty.write(b"5\n6\n")  # as if the port opened mid-line: "5" may be the tail of a line
-        wait_for(lambda: len(r.readings) == 1, "one reading", runner=r)
-        wait_for(lambda: counters.get("reject.partial_line") == 1, "partial_line counted", runner=r)
-    assert r.values() == [{"a": 6.0}]
+        time.sleep(0.5)  # the device's pause between lines
+        pty.write(b"7\n8\n")
+        wait_for(lambda: len(r.readings) == 2, "both readings", runner=r)
+    assert r.values() == [{"a": 7.0}, {"a": 8.0}]
+    assert counters.snapshot("reject.") == {}
+
+
+def test_a_device_without_the_configured_terminator_is_reported(pty_factory: Callable[[], Pty],
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 12 item 11: lines ending with CR only, LF configured: zero readings and status online. Now the source
+    says why (the status shows it as a degraded reason) and names the terminator the data has."""
+    caplog.set_level(logging.WARNING, logger="agent.sources.serial")
+    pty = pty_factory()
+    counters = Counters()
+    with running(serial_settings(pty.path, format="csv", channels=["a"], max_line_bytes=64), counters) as r:
+        connected(r)
+        src = r.source
+        assert src.problems == []
+        for i in range(400):  # 2,000 bytes, no LF
+            pty.write(b"%d\r" % (1000 + i))
+        wait_for(lambda: src.problems, "the problem reported", runner=r)
+        assert src.problems == ["no line terminator in 1024 bytes (the data has CR: EDGE_AGENT_SOURCE__TERMINATOR=cr?)"]
+        assert r.readings == [] and caplog.text.count("no line terminator") == 1
+        pty.write(b"\n5\n")  # the device fixed: lines again, the problem is gone
+        wait_for(lambda: src.problems == [] and r.readings, "lines again", runner=r)
 
 
 def test_unplug_and_replug_behind_symlink(pty_factory: Callable[[], Pty], tmp_path: Path,

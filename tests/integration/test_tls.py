@@ -155,3 +155,63 @@ def test_mutual_tls_needs_the_client_certificate(tmp_path, mtls_broker, pki, age
         assert a.log.count("requires a client certificate") == 1 and "failed to receive" not in a.log
     assert a.alive() and "Traceback" not in a.log
     assert a.stop() == 0
+
+
+def test_mqtt_source_uses_tls_and_the_password_file_of_the_upstream_broker(tmp_path, tls_broker, pki):
+    """Issue 13: the MQTT source built its own client without TLS; on the upstream broker it now connects like
+    the uplink does (TLS, CA, user name, password file)."""
+    import threading
+
+    from agent.counters import Counters
+    from agent.settings import MqttSettings, MqttSourceSettings
+    from agent.sources.mqtt import MqttSource
+
+    pwfile = tmp_path / "mqtt-password"
+    pwfile.write_text(SECRET + "\n")
+    upstream = MqttSettings(host="localhost", port=tls_broker.port, tls=True, ca_file=pki / "ca.crt",
+                            username="gateway", password_file=pwfile)
+    source = MqttSource(MqttSourceSettings(topics=["plant/+/telemetry"], sensor_pattern="plant/{sensor}/telemetry"),
+                        upstream, Counters(), device_id="tls-gw")
+    assert source.name.startswith("mqtts:") and source.conn.tls
+    readings: list = []
+    stop = threading.Event()
+    t = threading.Thread(target=source.run, args=(readings.append, stop), name="test-mqtt-tls-source")
+    t.start()
+    pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="tls-publisher")
+    pub.username_pw_set("gateway", SECRET)
+    pub.tls_set(ca_certs=str(pki / "ca.crt"), cert_reqs=ssl.CERT_REQUIRED)
+    pub.connect("localhost", tls_broker.port)
+    pub.loop_start()
+    try:
+        wait_for(lambda: source.subscribed.is_set() or source.last_error, timeout=30, what="the TLS subscription")
+        assert source.subscribed.is_set(), source.last_error
+        pub.publish("plant/pump-1/telemetry", '{"Current": 1.5}', qos=1).wait_for_publish(10)
+        wait_for(lambda: readings, what="a reading over TLS")
+        assert readings[0].sensor == "pump-1" and dict(readings[0].values) == {"Current": 1.5}
+    finally:
+        pub.loop_stop()
+        pub.disconnect()
+        source.close()
+        t.join(10)
+    assert not t.is_alive()
+
+
+def test_mqtt_source_explains_a_plain_connection_to_a_tls_listener(tmp_path, tls_broker, pki):
+    """A sensor broker configured plain on a TLS port: the outage says to check TLS (once), no reading, no crash."""
+    import threading
+
+    from agent.counters import Counters
+    from agent.settings import MqttSettings, MqttSourceSettings
+    from agent.sources.mqtt import MqttSource
+
+    source = MqttSource(MqttSourceSettings(topics=["a/#"], broker_host="localhost", broker_port=tls_broker.port),
+                        MqttSettings(host="127.0.0.1", port=1), Counters())
+    stop = threading.Event()
+    t = threading.Thread(target=source.run, args=(lambda r: None, stop), name="test-mqtt-plain-source")
+    t.start()
+    try:
+        wait_for(lambda: source.last_error, timeout=30, what="the outage explained")
+        assert "check EDGE_AGENT_SOURCE__BROKER_TLS" in source.last_error, source.last_error
+    finally:
+        source.close()
+        t.join(10)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from agent.bundled import default_model_path, demo_recording_path
+from agent.bundled import bundled_model, demo_recording_path
 from agent.counters import Counters
 from agent.infer import Model
 from agent.records import Reading
@@ -14,7 +14,7 @@ from agent.sources.replay import read_recording
 @pytest.fixture(scope="module")
 def model() -> Model:
     """The bundled pump-anomaly model (the daemon's default)."""
-    return Model(default_model_path())
+    return Model(bundled_model("pump-anomaly"))
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from agent.advice import AdviceSpec, Advisor, check_advice, parse_adjustable, search
-from agent.bundled import bundled_dir, default_model_path
+from agent.bundled import bundled_dir, bundled_model
 from agent.calibrate import sidecar_normaliser
 from agent.counters import Counters
 from agent.infer import Model, ModelError, Scorer
@@ -45,7 +45,7 @@ def scorer(mf) -> Scorer:
     return Scorer(mf, sidecar_normaliser(mf))
 
 
-@pytest.mark.parametrize("path", [default_model_path(), MF], ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", [bundled_model("pump-anomaly"), MF], ids=lambda p: p.stem)
 @pytest.mark.parametrize("runtime", ["ai_edge_litert", "tflite_runtime"])
 def test_batched_invoke_gives_the_single_invoke_results(path, runtime):
     m = Model(path, runtime=runtime, batch=64)
@@ -160,7 +160,7 @@ def test_advisor_override_replaces_the_sidecar_bounds_and_is_checked(scorer):
 
 
 def test_no_advice_for_models_without_an_advice_section():
-    m = Model(default_model_path())
+    m = Model(bundled_model("pump-anomaly"))
     s = Scorer(m, sidecar_normaliser(m))
     assert Advisor("gw", Counters()).advise(s, window(np.zeros((10, 8)), 0.0), {}, 1.0) is None
 

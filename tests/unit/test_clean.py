@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from agent.clean import Cleaner
@@ -290,13 +292,15 @@ _readings = st.lists(
 
 
 @hsettings(max_examples=300, deadline=None)
-@given(_readings, st.sampled_from([0.0, 2.0, 5.0]), st.sampled_from([0, 3, 7]))
-def test_cleaner_never_raises_and_counters_only_grow(readings, max_hold_s, spike_window):
+@given(_readings, st.sampled_from([0.0, 2.0, 5.0]), st.sampled_from([0, 3, 7]), st.sampled_from([0.0, 3.0, 600.0]),
+       st.sampled_from([0, 2]))
+def test_cleaner_never_raises_and_counters_only_grow(readings, max_hold_s, spike_window, max_jump_s, max_sensors):
     import math
 
     c = Counters()
     cl = Cleaner(["a", "b", "c"], {"b": (0.0, 100.0)}, c, max_hold_s=max_hold_s, spike_window=spike_window,
-                 ranges={"c": (-5.0, 5.0)}, on_reset=lambda s: None)
+                 ranges={"c": (-5.0, 5.0)}, on_reset=lambda s: None, max_time_jump_s=max_jump_s,
+                 max_sensors=max_sensors)
     before: dict[str, int] = {}
     for ts, sensor, values in readings:
         v = cl.clean(Reading(ts=ts, values=values, sensor=sensor))
@@ -306,7 +310,12 @@ def test_cleaner_never_raises_and_counters_only_grow(readings, max_hold_s, spike
         now = c.snapshot()
         assert all(now.get(k, 0) >= n for k, n in before.items())
         before = now
-        assert isinstance(cl.stale, set)
+        assert isinstance(cl.stale, frozenset)
+        # the stale view kept up change by change equals the one computed from scratch
+        assert cl.stale == {
+            f"{sensor}/{cl.channels[i]}" if sensor else cl.channels[i]
+            for sensor, st in cl._sensors.items() for i in (range(3) if st.silent else st.stale)
+        }
 
 
 # -- in the pipeline, on the real model ------------------------------------------------------------------------
@@ -343,7 +352,7 @@ def test_pipeline_stale_channel_resets_windows_and_debounce_then_resumes(tmp_pat
         if p.stale_channels:
             stale_at.append(i)
             assert p.stale_channels == {"replay/Current"}
-            assert list(p.machines["replay"]._hist) == [] or i > stale_at[0]  # debounce restarted
+            assert list(p.machines["replay"]._scores) == [] or i > stale_at[0]  # debounce restarted
         inf = p.last_inference
         if inf is not None and (not scored or scored[-1] != (inf.window.start_ts, inf.window.end_ts)):
             scored.append((inf.window.start_ts, inf.window.end_ts))
@@ -387,3 +396,113 @@ def test_cleaning_settings_become_the_policy():
     assert p.ranges == {"Volume Flow RateRMS": (0.0, 10.0), "Current": (float("-inf"), 50.0)}
     assert (p.align_period_s, p.spike_window, p.max_hold_s, p.align_sensor) == (2.0, 7, 5.0, "aligned")
     assert CleaningPolicy.from_settings(load_settings(None, {}).cleaning) == CleaningPolicy()  # same defaults
+
+
+# -- issue 12 item 8: one bad device timestamp must not blind a sensor; a sustained step is a new time base --------
+
+from agent.clean import TIME_STEP_READINGS  # noqa: E402
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def _timed_cleaner(c: Counters, clock: _Clock, resets: list[str] | None = None) -> Cleaner:
+    return Cleaner(["a"], {}, c, max_hold_s=5.0, max_time_jump_s=600.0, clock=clock,
+                   on_reset=(resets.append if resets is not None else None))
+
+
+def test_one_reading_a_year_ahead_is_refused_alone():
+    c, clock = Counters(), _Clock()
+    cl = _timed_cleaner(c, clock)
+    base = 1_700_000_000.0
+    accepted = 0
+    for i in range(100):
+        ts = base + i + (365 * 86400 if i == 50 else 0)
+        clock.t += 1
+        accepted += cl.clean(Reading(ts=ts, values={"a": 1.0})) is not None
+    assert accepted == 99
+    assert c.snapshot("reject.") == {"future_ts": 1}
+    assert c.get("gap.time_step") == 0
+
+
+def test_a_device_clock_stepped_back_an_hour_is_taken_as_the_new_time_base(caplog):
+    caplog.set_level(logging.WARNING, logger="agent.clean")
+    c, clock, resets = Counters(), _Clock(), []
+    cl = _timed_cleaner(c, clock, resets)
+    base = 1_700_000_000.0
+    out = []
+    for i in range(700):
+        ts = base + i - (3600 if i >= 100 else 0)
+        clock.t += 1
+        out.append(cl.clean(Reading(ts=ts, values={"a": 1.0}, sensor="pump")) is not None)
+    assert out[:100] == [True] * 100
+    step_at = 100 + TIME_STEP_READINGS - 1
+    assert out[100:step_at] == [False] * (TIME_STEP_READINGS - 1)  # refused alone until they agree ...
+    assert all(out[step_at:]), "after the step every reading is accepted again"
+    assert c.snapshot("reject.") == {"past_ts": TIME_STEP_READINGS - 1}
+    assert c.get("gap.time_step") == 1 and resets == ["pump"]
+    assert "taken as its new time base" in caplog.text and "-3600 s" in caplog.text
+
+
+def test_a_small_step_back_stays_out_of_order_and_a_silent_sensor_may_resume_hours_later():
+    c, clock = Counters(), _Clock()
+    cl = _timed_cleaner(c, clock)
+    assert cl.clean(Reading(ts=1000.0, values={"a": 1.0})) is not None
+    for ts in (999.0, 990.0, 1000.0, 995.0, 996.0, 997.0, 998.0):  # near: plain out of order, never a new base
+        assert cl.clean(Reading(ts=ts, values={"a": 1.0})) is None
+    assert c.get("gap.time_step") == 0 and c.snapshot("reject.") == {"out_of_order": 6, "duplicate_ts": 1}
+    clock.t += 7200  # two hours of silence on the clock: a reading two hours later is on time
+    assert cl.clean(Reading(ts=1000.0 + 7200, values={"a": 1.0})) is not None
+    assert c.get("reject.future_ts") == 0
+
+
+def test_far_readings_that_do_not_agree_never_make_a_step():
+    c, clock = Counters(), _Clock()
+    cl = _timed_cleaner(c, clock)
+    assert cl.clean(Reading(ts=1000.0, values={"a": 1.0})) is not None
+    for i in range(20):  # garbage timestamps, each far from the last and from each other
+        clock.t += 1
+        assert cl.clean(Reading(ts=1e9 + (i % 2) * 1e8 - i * 1e6, values={"a": 1.0})) is None
+    assert c.get("gap.time_step") == 0
+    clock.t += 1
+    assert cl.clean(Reading(ts=1021.0, values={"a": 1.0})) is not None
+
+
+def test_the_aligner_is_not_blinded_by_one_reading_a_year_ahead():
+    from agent.align import Aligner
+
+    c = Counters()
+    al = Aligner(["a", "b"], 1.0, 0.0, "aligned", c, max_time_jump_s=600.0, clock=lambda: 0.0)
+    out = []
+    for i in range(50):
+        ts = 1000.0 + i + (365 * 86400 if i == 20 else 0)
+        out += al.add(Reading(ts=ts, values={"a": 1.0, "b": 2.0}, sensor="s"))
+    assert c.get("reject.future_ts") == 1
+    assert len(out) >= 47 and out[-1].ts == 1048.0
+
+
+# -- issue 12 item 7: per-sensor state is bounded --------------------------------------------------------------
+
+
+def test_sensors_beyond_the_maximum_are_refused_and_counted(caplog):
+    caplog.set_level(logging.WARNING, logger="agent.clean")
+    c = Counters()
+    cl = Cleaner(["a"], {}, c, max_sensors=3)
+    for i in range(10):
+        for s in ("s0", "s1", "s2", f"new{i}"):
+            cl.clean(Reading(ts=float(i), values={"a": 1.0}, sensor=s))
+    assert cl.sensor_count == 3
+    assert c.get("reject.too_many_sensors") == 10
+    assert caplog.text.count("of new sensors refused") == 1  # logged once, not per reading
+
+
+def test_a_sensor_id_too_long_to_keep_is_refused():
+    c = Counters()
+    cl = Cleaner(["a"], {}, c)
+    assert cl.clean(Reading(ts=1.0, values={"a": 1.0}, sensor="x" * 100_000)) is None
+    assert c.snapshot("reject.") == {"sensor_id_too_long": 1} and cl.sensor_count == 0

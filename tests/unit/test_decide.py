@@ -91,3 +91,26 @@ def test_policy_cooldown_and_rate_limit(cooldown, limit, events, expected):
         else:
             got.append(p.allow(sensor, ts))
     assert got == expected
+
+
+# -- issue 12 item 1: a new threshold re-judges the debounce, it does not forget it ----------------------------
+
+
+def test_retune_rejudges_the_recent_scores_instead_of_forgetting_them():
+    m = AlertMachine("s", 1.0, 3, 5, 0.8)
+    assert _run(m, [2, 2]) == [None, None]  # 2 of the 3 needed
+    m.retune(1.5, 3, 5, 0.8)  # still under the scores: the two count, the next one raises
+    assert m.update(_inf(2)).state == RAISED
+    # a threshold above the scores, with the alert raised: it stays raised until k windows are under the new level
+    m.retune(10.0, 3, 5, 0.8)
+    assert _run(m, [7, 7]) == [None, None] and m.active
+    assert m.update(_inf(7)).state == CLEARED  # 3 of 5 under 10 x 0.8: cleared, never dropped silently
+
+
+def test_retune_to_a_shorter_debounce_keeps_the_newest_scores():
+    m = AlertMachine("s", 1.0, 3, 5, 0.8)
+    _run(m, [2, 0, 2])
+    m.retune(1.0, 2, 2, 0.8)  # the last two: 0 and 2 -> one over; the next over raises
+    assert m.update(_inf(2)).state == RAISED
+    with pytest.raises(ValueError):
+        m.retune(1.0, 3, 2, 0.8)

@@ -194,7 +194,7 @@ def evaluated(tmp_path_factory):
     _write_recording(data / "pump" / "step.csv")
     (data / "free.csv").write_text("datetime;Current\n2020-01-01 00:00:00;1.0\n")
     out = base / "out"
-    rc = main(["--data", str(data), "--calibration-samples", str(CAL), "--out", str(out)])
+    rc = main(["--model", "pump-anomaly", "--data", str(data), "--calibration-samples", str(CAL), "--out", str(out)])
     return rc, out, json.loads((out / "summary.json").read_text())
 
 
@@ -278,7 +278,7 @@ def test_fresh_state_per_file_and_tables_without_matplotlib(tmp_path, monkeypatc
     _write_recording(data / "b.csv")
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
     out = tmp_path / "out"
-    assert main(["--data", str(data), "--calibration-samples", str(CAL), "--out", str(out)]) == 0
+    assert main(["--model", "pump-anomaly", "--data", str(data), "--calibration-samples", str(CAL), "--out", str(out)]) == 0
     captured = capsys.readouterr()
     assert captured.err.count(MATPLOTLIB_HINT) == 1
     assert "TOTAL" in captured.out
@@ -299,23 +299,23 @@ def test_fresh_state_per_file_and_tables_without_matplotlib(tmp_path, monkeypatc
 
 def test_no_labelled_csv_exits_2(tmp_path, capsys):
     (tmp_path / "free.csv").write_text("datetime;Current\n2020-01-01 00:00:00;1.0\n")
-    assert main(["--data", str(tmp_path), "--out", str(tmp_path / "out")]) == 2
+    assert main(["--model", "pump-anomaly", "--data", str(tmp_path), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert "no labelled CSV (with an 'anomaly' column)" in err
     assert "skipping free.csv" in err
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert main(["--data", str(empty)]) == 2
+    assert main(["--model", "pump-anomaly", "--data", str(empty)]) == 2
     assert "no *.csv found" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 
 def test_bad_arguments_exit_2(tmp_path, capsys):
-    assert main(["--data", str(tmp_path / "nope")]) == 2
+    assert main(["--model", "pump-anomaly", "--data", str(tmp_path / "nope")]) == 2
     assert "no such file or directory" in capsys.readouterr().err
-    assert main(["--data", str(tmp_path), "--calibration-samples", "-1"]) == 2
+    assert main(["--model", "pump-anomaly", "--data", str(tmp_path), "--calibration-samples", "-1"]) == 2
     assert main([]) == 2
-    assert main(["--data", str(tmp_path), "--model", str(tmp_path / "missing.tflite")]) == 2
+    assert main(["--model", "pump-anomaly", "--data", str(tmp_path), "--model", str(tmp_path / "missing.tflite")]) == 2
     assert "model error" in capsys.readouterr().err
 
 
@@ -331,7 +331,7 @@ def test_env_file_overrides_decision(tmp_path, monkeypatch, capsys):
     env = tmp_path / "agent.env"
     env.write_text("EDGE_AGENT_MODEL__THRESHOLD=1e9\nEDGE_AGENT_DECISION__K=2\nEDGE_AGENT_CALIBRATION__SAMPLES=50\n")
     out = tmp_path / "out"
-    args = ["--data", str(tmp_path / "step.csv"), "--out", str(out), "--no-plots", "--env-file", str(env)]
+    args = ["--model", "pump-anomaly", "--data", str(tmp_path / "step.csv"), "--out", str(out), "--no-plots", "--env-file", str(env)]
     assert main(args + ["--calibration-samples", str(CAL)]) == 0  # the option wins over the env file
     s = json.loads((out / "summary.json").read_text())
     assert s["decision"]["threshold"] == 1e9 and s["decision"]["threshold_source"] == "configured"

@@ -12,15 +12,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.bundled import bundled_dir, default_model_path, demo_recording_path
+from agent.bundled import bundled_dir, bundled_model, demo_recording_path
 from agent.calibrate import sidecar_normaliser
 from agent.infer import Model, ModelError, Scorer, interpreter_class
 
 ROOT = Path(__file__).resolve().parents[2]
-BUNDLED = [default_model_path(), bundled_dir() / "machine-failure.tflite"]
+BUNDLED = [bundled_model("pump-anomaly"), bundled_dir() / "machine-failure.tflite"]
 
 
-def _copy(tmp_path: Path, src: Path = default_model_path()) -> Path:
+def _copy(tmp_path: Path, src: Path = bundled_model("pump-anomaly")) -> Path:
     dst = tmp_path / src.name
     shutil.copy(src, dst)
     shutil.copy(src.with_suffix(".json"), dst.with_suffix(".json"))
@@ -83,6 +83,16 @@ def test_auto_prefers_ai_edge_litert():
         ({"features": "fft"}, "features must be one of"),
         ({"schema": 2}, "schema"),
         ({"valid_ranges": {"Nope": [0, 1]}}, "unknown channels"),
+        # issue 12 item 9: every number finite and sane
+        ({"threshold": float("nan")}, "threshold: Input should be a finite number"),
+        ({"threshold": float("inf")}, "threshold: Input should be a finite number"),
+        ({"threshold": 0}, "threshold: Input should be greater than 0"),
+        ({"normalisation": {"method": "zscore", "mean": [0.0] * 8, "std": [float("nan")] * 8}}, "finite number"),
+        ({"normalisation": {"method": "zscore", "mean": [0.0] * 8, "std": [-1.0] * 8}}, "must not be negative"),
+        ({"decision": {"k": 3, "n": 5, "clear_ratio": float("nan")}}, "finite number"),
+        ({"valid_ranges": {"Current": [5, 1]}}, "min 5.0 exceeds max 1.0"),
+        ({"window": {"length": 10, "hop": 11}}, "hop (11) must not exceed length (10)"),
+        ({"window": {"length": 2_000_000_000, "hop": 1}}, "less than or equal to 65536"),
     ],
 )
 def test_sidecar_mismatch_is_refused_with_the_reason(tmp_path, change, reason):
@@ -118,7 +128,7 @@ def test_bad_model_at_start_exits_78_with_the_reason(tmp_path):
 
 
 def test_model_info_prints_sidecar_tensors_and_checks(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "agent", "model", "info", str(default_model_path())],
+    r = subprocess.run([sys.executable, "-m", "agent", "model", "info", str(bundled_model("pump-anomaly"))],
                        cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     info = json.loads(r.stdout)
@@ -134,3 +144,15 @@ def test_model_info_prints_sidecar_tensors_and_checks(tmp_path):
 def test_demo_recording_is_bundled():
     assert demo_recording_path().is_file()
     assert (demo_recording_path().parent / "LICENSE-SKAB").is_file()
+
+
+def test_model_info_refuses_a_window_too_large_to_allocate(tmp_path):
+    """Issue 12 item 9: a sidecar whose window would allocate 119 GiB passed `model info` and died at start."""
+    p = _copy(tmp_path, bundled_dir() / "machine-failure.tflite")
+    sc = json.loads(p.with_suffix(".json").read_text())
+    assert sc["features"] == "last"  # the input size does not depend on the window length: only the cap refuses it
+    _edit(p, window={"length": 60_000, "hop": 1}, calibration={"samples": 0})
+    r = subprocess.run([sys.executable, "-m", "agent", "model", "info", str(p)], cwd=ROOT, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 78, r.stdout
+    assert "window.length x channels" in json.loads(r.stdout)["error"]

@@ -119,3 +119,104 @@ def test_summary_reports_drift_against_the_calibrated_normal(tmp_path, model, re
     s = p.finish()[0].payload
     assert s["drift"]["Current"] == pytest.approx(3.0, abs=0.6)
     assert abs(s["drift"]["Pressure"]) < 1.5
+
+
+# -- issue 12 item 1: commands that change nothing change nothing; a threshold change keeps the debounce -------
+
+
+def _disturbed(model, recording, samples, n=60):
+    """Readings after teach-in with Current 8 sigma high from the 10th on: every window scores far over."""
+    raw = np.array([[r.values[c] for c in model.sidecar.channels] for r in recording[:samples]])
+    sd = raw[:, model.sidecar.channels.index("Current")].std()
+    return [Reading(r.ts, {**r.values, "Current": r.values["Current"] + 8 * sd}) if i >= 10 else r
+            for i, r in enumerate(recording[samples: samples + n])]
+
+
+@pytest.mark.parametrize("command", ["null", "same", "alternate"])
+def test_threshold_commands_every_other_window_do_not_keep_alerts_down(tmp_path, model, recording, command):
+    """The attack of issue 12: a set-threshold every couple of windows reset every sensor's k-of-n state, so that
+    scores at many times the threshold never raised an alert."""
+    samples = model.sidecar.calibration.samples
+    p = Pipeline(model, Counters(), "gw", tmp_path, summary_interval_s=1e9)
+    _run(p, recording[:samples])
+    natural = p.params.threshold
+    raised = []
+    for i, r in enumerate(_disturbed(model, recording, samples)):
+        raised += [m for m in p.process(r) if m.kind == "alert" and m.payload["state"] == "raised"]
+        if i % 2:
+            if command == "null":
+                p.set_threshold(None)  # already the natural threshold: nothing to change
+            elif command == "same":
+                p.set_threshold(natural * 1.01)
+            else:
+                p.set_threshold(natural * (1.01 if i % 4 == 1 else 1.02))
+    assert raised, "the threshold commands kept the alert from being raised"
+    assert raised[0].payload["score"] > 3 * natural
+
+
+def test_setting_the_threshold_in_force_changes_nothing(tmp_path, model, recording):
+    samples = model.sidecar.calibration.samples
+    p = Pipeline(model, Counters(), "gw", tmp_path, summary_interval_s=1e9)
+    _run(p, recording[:samples + 20])
+    snap = p.snapshot
+    assert p.set_threshold(None) == p.params.threshold
+    assert p.snapshot is snap, "a command that changes nothing published a new state"
+    assert p.set_threshold(2.0) == 2.0 and p.snapshot.overrides == {"threshold": 2.0} and p.snapshot.threshold == 2.0
+    snap = p.snapshot
+    assert p.set_threshold(2.0) == 2.0 and p.snapshot is snap
+    p.set_threshold(None)
+    assert p.snapshot.overrides == {} and p.snapshot.threshold == p.natural_threshold()
+
+
+# -- issue 12 item 7: idle sensors are forgotten in every per-sensor structure ---------------------------------
+
+
+def test_idle_sensors_are_forgotten_everywhere_except_with_an_alert_raised(tmp_path, model, recording):
+    from agent.clean import CleaningPolicy
+    from agent.decide import AlertPolicy
+    from agent.evidence import EvidenceStore
+
+    class Clock:
+        t = 1000.0
+
+        def __call__(self) -> float:
+            return self.t
+
+    clock = Clock()
+    store = EvidenceStore(tmp_path / "evidence.db")
+    c = Counters()
+    p = Pipeline(model, c, "gw", tmp_path, calibration_samples=0, summary_interval_s=1e9, evidence=store,
+                 policy=AlertPolicy(cooldown_s=60), cleaning=CleaningPolicy(sensor_idle_s=600, max_sensors=100),
+                 clock=clock)
+    p.set_threshold(1e9)  # no window over: "quiet" has windows and a machine, never an alert
+    for r in recording[:15]:
+        p.process(Reading(r.ts, r.values, "quiet"))
+    p.set_threshold(1e-9)  # every window over: "alarmed" raises
+    for r in recording[:40]:
+        p.process(Reading(r.ts, r.values, "alarmed"))
+    p.policy.cleared("quiet", 0.0)
+    assert p.machines["alarmed"].active and not p.machines["quiet"].active
+    for d in (p.cleaner._sensors, p.windower._buf, p.machines, p._raw):
+        assert {"quiet", "alarmed"} <= set(d)
+    clock.t += 601
+    p.process(Reading(recording[41].ts, recording[41].values, "other"))
+    for d in (p.cleaner._sensors, p.windower._buf, p.windower._ts, p.windower._count, p.machines, p._raw,
+              p.policy._last_clear):
+        assert "quiet" not in d, d
+    assert "alarmed" in p.cleaner._sensors and p.machines["alarmed"].active  # its clear must still be sent
+    assert c.get("sensors.forgotten") == 1 and p.snapshot.sensors == 2
+    store.close()
+
+
+# -- issue 12 item 8: summaries go on when the only sensor's clock steps back ---------------------------------
+
+
+def test_summaries_follow_a_single_sensors_clock_step(tmp_path, model, recording):
+    p = Pipeline(model, Counters(), "gw", tmp_path, calibration_samples=0, summary_interval_s=60)
+    out = []
+    for i, r in enumerate(recording[:400]):
+        ts = r.ts - (3600 if i >= 200 else 0)  # the device clock stepped back an hour at reading 200
+        out += [m for m in p.process(Reading(ts, r.values, r.sensor)) if m.kind == "summary"]
+    assert p.counters.get("gap.time_step") == 1
+    # without following the step, no summary would close for an hour of data after it
+    assert len(out) >= 5, [(m.payload["period_start"], m.payload["period_end"]) for m in out]

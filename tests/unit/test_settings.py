@@ -47,7 +47,7 @@ def test_environment_overrides_env_file(tmp_path):
         ("", {"EDGE_AGENT_MQTT__PORT": "abc"}, ["EDGE_AGENT_MQTT__PORT='abc'", "valid integer"]),
         ("", {"EDGE_AGENT_MQTT__PORT": "70000"}, ["EDGE_AGENT_MQTT__PORT='70000'", "less than or equal to 65535"]),
         ("", {"EDGE_AGENT_SOURCE__SPEED": "-1"}, ["EDGE_AGENT_SOURCE__SPEED='-1'", "greater than or equal to 0"]),
-        ("", {"EDGE_AGENT_SOURCE__KIND": "usb"}, ["EDGE_AGENT_SOURCE__KIND='usb'", "replay, serial or mqtt"]),
+        ("", {"EDGE_AGENT_SOURCE__KIND": "usb"}, ["EDGE_AGENT_SOURCE__KIND='usb'", "replay, serial, mqtt or modbus"]),
         ("", {"EDGE_AGENT_SOURCE__KIND": "serial"}, ["EDGE_AGENT_SOURCE__PORT=(not set)", "Field required"]),
         ("", {"EDGE_AGENT_LOG_LEVEL": "loud"}, ["EDGE_AGENT_LOG_LEVEL='loud'"]),
         ("", {"EDGE_AGENT_MQTT__TOPIC_PREFIX": "a/#"}, ["EDGE_AGENT_MQTT__TOPIC_PREFIX='a/#'", "must not contain"]),
@@ -126,3 +126,90 @@ def test_version_from_module_and_script():
 
     r = _cli("version")
     assert r.stdout.strip() == f"edge-agent {__version__}"
+
+
+# -- issue 12 item 9: every number validated where it enters ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "env, expected",
+    [
+        ({"EDGE_AGENT_MODEL__THRESHOLD": "nan"}, "EDGE_AGENT_MODEL__THRESHOLD='nan': Input should be a finite number"),
+        ({"EDGE_AGENT_MODEL__THRESHOLD": "-1"}, "EDGE_AGENT_MODEL__THRESHOLD='-1': Input should be greater than 0"),
+        ({"EDGE_AGENT_DRAIN_TIMEOUT_S": "inf"}, "EDGE_AGENT_DRAIN_TIMEOUT_S='inf': Input should be a finite number"),
+        ({"EDGE_AGENT_SUMMARY_INTERVAL_S": "Infinity"}, "EDGE_AGENT_SUMMARY_INTERVAL_S='Infinity'"),
+        ({"EDGE_AGENT_CLEANING__MAX_HOLD_S": "NaN"}, "EDGE_AGENT_CLEANING__MAX_HOLD_S='NaN'"),
+        ({"EDGE_AGENT_ALERTS__CRITICAL_MARGIN": "inf"}, "EDGE_AGENT_ALERTS__CRITICAL_MARGIN='inf'"),
+        ({"EDGE_AGENT_COMMANDS__THRESHOLD_MAX": "inf"}, "EDGE_AGENT_COMMANDS__THRESHOLD_MAX='inf'"),
+        ({"EDGE_AGENT_DECISION__K": "6", "EDGE_AGENT_DECISION__N": "5"},
+         "EDGE_AGENT_DECISION__N='5': Value error, must be at least EDGE_AGENT_DECISION__K (6)"),
+        ({"EDGE_AGENT_COMMANDS__ALLOW": "ping,reboot"}, "unknown command(s) reboot"),
+        ({"EDGE_AGENT_COMMANDS__MODEL_DIRS": "models"}, "must be absolute paths: models"),
+    ],
+)
+def test_numbers_and_lists_are_refused_where_they_enter(env, expected):
+    with pytest.raises(ConfigError) as e:
+        load_settings(None, env)
+    assert expected in str(e.value)
+
+
+def test_every_float_setting_refuses_nan():
+    """The rule is one mechanism (allow_inf_nan=False on every section), not a list: every float field refuses NaN."""
+    from agent.settings import Settings, _walk
+
+    floats = [env for env, f in _walk(Settings, "EDGE_AGENT_") if f.annotation in (float, float | None)]
+    assert len(floats) >= 15
+    for env in floats:
+        extra = {"EDGE_AGENT_SOURCE__KIND": "serial", "EDGE_AGENT_SOURCE__PORT": "/dev/null"} if "SOURCE__" in env else {}
+        with pytest.raises(ConfigError) as e:
+            load_settings(None, {**extra, env: "nan"})
+        assert env in str(e.value), env
+
+
+def test_check_config_holds_k_against_the_models_n_and_exits_78_naming_the_variable():
+    r = _cli("check-config", env={"EDGE_AGENT_DECISION__K": "6"})
+    assert r.returncode == 78, r.stdout
+    assert "EDGE_AGENT_DECISION__K=6: must not exceed n (5, the model sidecar decision.n)" in r.stderr
+    r = _cli("check-config", env={"EDGE_AGENT_CALIBRATION__SAMPLES": "12"})
+    assert r.returncode == 78 and "EDGE_AGENT_CALIBRATION__SAMPLES=12" in r.stderr
+    assert _cli("check-config", env={"EDGE_AGENT_DECISION__K": "5"}).returncode == 0
+
+
+def test_run_refuses_k_over_n_before_starting(tmp_path):
+    r = _cli("run", env={"EDGE_AGENT_DECISION__K": "6", "EDGE_AGENT_STATE_DIR": str(tmp_path)})
+    assert r.returncode == 78 and "EDGE_AGENT_DECISION__K=6" in r.stderr
+
+
+# -- issue 12 item 12: password files and unknown variables in the environment -----------------------------------
+
+
+@pytest.mark.parametrize("command", ["check-config", "run"])
+def test_a_missing_mqtt_password_file_is_exit_78_naming_the_variable(tmp_path, command):
+    missing = tmp_path / "nope"
+    r = _cli(command, env={"EDGE_AGENT_MQTT__PASSWORD_FILE": str(missing), "EDGE_AGENT_MQTT__USERNAME": "gw",
+                           "EDGE_AGENT_STATE_DIR": str(tmp_path / "s")})
+    assert r.returncode == 78, r.stderr
+    assert f"EDGE_AGENT_MQTT__PASSWORD_FILE={missing}: no such file" in r.stderr
+    # the sensor broker's agrees
+    r = _cli(command, env={"EDGE_AGENT_SOURCE__KIND": "mqtt", "EDGE_AGENT_SOURCE__TOPICS": "a/#",
+                           "EDGE_AGENT_SOURCE__BROKER_PASSWORD_FILE": str(missing), "EDGE_AGENT_STATE_DIR": str(tmp_path / "s")})
+    assert r.returncode == 78 and f"EDGE_AGENT_SOURCE__BROKER_PASSWORD_FILE={missing}: no such file" in r.stderr
+
+
+def test_a_password_file_readable_by_others_is_warned_about(tmp_path):
+    f = tmp_path / "pw"
+    f.write_text("s3cret\n")
+    f.chmod(0o644)
+    r = _cli("check-config", env={"EDGE_AGENT_MQTT__PASSWORD_FILE": str(f)})
+    assert r.returncode == 0, r.stderr
+    assert f"config warning: EDGE_AGENT_MQTT__PASSWORD_FILE={f} is readable by group and others (mode 0644)" in r.stderr
+    assert "s3cret" not in r.stderr + r.stdout
+    f.chmod(0o600)
+    assert "readable by" not in _cli("check-config", env={"EDGE_AGENT_MQTT__PASSWORD_FILE": str(f)}).stderr
+
+
+def test_unknown_variables_in_the_environment_are_warned_about_with_a_hint():
+    r = _cli("check-config", env={"EDGE_AGENT_MQTT__HOTS": "x", "EDGE_AGENT_MQTT__HOST": "broker"})
+    assert r.returncode == 0, r.stderr
+    assert ("config warning: EDGE_AGENT_MQTT__HOTS in the environment is not a setting (ignored); "
+            "did you mean EDGE_AGENT_MQTT__HOST?") in r.stderr

@@ -1,0 +1,288 @@
+"""The generic detector: learns normal on site for any channels, numpy only (no network, no TensorFlow).
+
+``EDGE_AGENT_MODEL__PATH=generic`` (the bundled ``models/generic.json``) or a copy of that JSON file with other
+settings. Its channels come from the source (CSV header, JSON keys, the configured list) unless the spec names
+them. Method (models/README.md, "generic", has the numbers and the ablation):
+
+* **level** — each channel's mean over the last ``window.length`` readings, against a per-channel baseline, in
+  units of a per-channel scale, so one threshold fits channels of any unit and noise;
+* **scale learned at teach-in** — the larger of the spread of those means during teach-in and ``tolerance`` x
+  their range there: a channel that wanders during teach-in (a vibration level, a temperature) is given room to
+  wander, a steady one (a flow) stays sensitive;
+* **slow drift versus a real change** — the baseline follows the level, but each window it moves at most
+  ``adapt x clip`` scales towards it: a drift slower than that is followed and never alerts, a step is not
+  absorbed for a long time (``clip/adapt`` windows per scale of step) and alerts;
+* the score is the largest channel's deviation (in scales, a z-score an engineer can read), the top channels are
+  the shares of the squared deviations; the decision (k-of-n, hysteresis, "receded" clear) is the alert machine's.
+
+Runs on the pipeline thread; the per-sensor baselines are the only state that changes while scoring.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from agent.infer import CalibrationSpec, Contributions, DecisionSpec, ModelError, WindowSpec
+from agent.window import Normaliser
+
+log = logging.getLogger(__name__)
+
+CONTAMINATION_RATIO = 4.0  # a teach-in half scoring this many thresholds against the other half is not one normal
+
+
+class GenericParams(BaseModel):
+    """The detector's own knobs (``detector`` in the JSON spec)."""
+
+    model_config = ConfigDict(extra="forbid")
+    tolerance: float = Field(0.5, ge=0, le=10, description="Scale floor as a fraction of the teach-in range of the window means.")
+    adapt: float = Field(1 / 600, ge=0, lt=1, description="Baseline step per window, as a fraction of the clipped deviation.")
+    clip: float = Field(3.0, gt=0, le=100, description="Deviation (in scales) at which the baseline step is clipped.")
+    threshold_factor: float = Field(1.0, gt=0, le=100, description="Threshold = max(threshold, factor x the largest teach-in score).")
+    cross_channel: float = Field(0.0, ge=0, le=1000, description="Relations between channels (PCA residual, SPE): it reaches the threshold at this many times its largest teach-in value; 0 = off.")
+
+
+class GenericSpec(BaseModel):
+    """The JSON spec of a generic detector (schema 1, ``kind: generic``)."""
+
+    model_config = ConfigDict(extra="allow")
+    schema_: Literal[1] = Field(alias="schema")
+    name: str = Field(min_length=1)
+    version: str = Field(min_length=1)
+    kind: Literal["generic"]
+    channels: list[str] = Field(default_factory=list)  # empty: from the source
+    window: WindowSpec
+    threshold: float = Field(gt=0, allow_inf_nan=False)
+    decision: DecisionSpec = Field(default_factory=DecisionSpec)
+    calibration: CalibrationSpec = Field(default_factory=CalibrationSpec)
+    detector: GenericParams = Field(default_factory=GenericParams)
+    valid_ranges: dict[str, tuple[float, float]] = Field(default_factory=dict)
+    provenance: dict[str, Any] = Field(default_factory=dict)
+    metrics: dict[str, Any] = Field(default_factory=dict)
+
+
+def rolling_means(rows: np.ndarray, length: int) -> np.ndarray:
+    """Means of every ``length`` consecutive rows (oldest first); empty when there are fewer rows."""
+    if len(rows) < length:
+        return np.empty((0, rows.shape[1]))
+    c = np.cumsum(np.vstack([np.zeros((1, rows.shape[1])), rows]), axis=0)
+    return (c[length:] - c[:-length]) / length
+
+
+class GenericModel:
+    """A generic detector spec, bound to its channels; quacks like :class:`agent.infer.Model` for the pipeline."""
+
+    runtime = "numpy"
+    runtime_version = np.__version__
+
+    def __init__(self, path: Path, spec: GenericSpec, sha256: str):
+        self.path = Path(path)
+        self.sidecar = spec
+        self.sha256 = sha256
+
+    @classmethod
+    def load(cls, path: Path) -> "GenericModel":
+        """Read and validate a spec; ModelError with every reason otherwise."""
+        path = Path(path)
+        try:
+            content = path.read_bytes()
+            raw = json.loads(content)
+        except OSError as e:
+            raise ModelError(f"{path}: cannot read ({e.strerror})") from e
+        except ValueError as e:
+            raise ModelError(f"{path}: not readable JSON ({e})") from e
+        try:
+            spec = GenericSpec.model_validate(raw)
+        except ValidationError as e:
+            reasons = "; ".join(f"{'.'.join(map(str, err['loc'])) or 'spec'}: {err['msg']}" for err in e.errors())
+            raise ModelError(f"{path}: {reasons}") from e
+        if spec.calibration.samples and spec.calibration.samples < 2 * spec.window.length + spec.decision.n:
+            raise ModelError(f"{path}: calibration.samples must cover at least 2 x window.length + decision.n readings")
+        return cls(path, spec, hashlib.sha256(content).hexdigest())
+
+    @property
+    def name(self) -> str:
+        return self.sidecar.name
+
+    @property
+    def version(self) -> str:
+        return self.sidecar.version
+
+    @property
+    def needs_channels(self) -> bool:
+        """True until the channels are known (from the spec, the source, a stored teach-in or the first reading)."""
+        return not self.sidecar.channels
+
+    def with_channels(self, channels: list[str]) -> "GenericModel":
+        """The same detector bound to ``channels`` (same sha256: a calibration names its channels itself)."""
+        spec = self.sidecar.model_copy(update={"channels": list(channels)})
+        return GenericModel(self.path, spec, self.sha256)
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "version": self.version, "sha256": self.sha256}
+
+    def tensor_details(self) -> dict[str, Any]:
+        return {}
+
+    # -- teach-in ---------------------------------------------------------------------------------------------
+
+    def fit(self, normal: np.ndarray, check: bool = True) -> dict[str, Any]:
+        """Fit baseline, scale and threshold on ``normal`` (rows of raw vectors, oldest first): the calibration's
+        ``params`` with ``threshold`` and, when the two halves of the teach-in disagree (``check``), ``warning``."""
+        normal = np.asarray(normal, dtype=np.float64)
+        spec = self.sidecar
+        found = contamination(normal, spec.channels, spec.detector, spec.window.length, spec.threshold) if check else None
+        out: dict[str, Any] = {}
+        if found is not None:
+            out["warning"], keep = found
+            if keep is not None:  # fit on the half that is consistent with itself
+                normal = normal[keep[0]:keep[1]]
+                out["fitted_on"] = list(keep)
+        out.update(_fit(normal, spec.window.length, spec.detector, spec.threshold))
+        return out
+
+    def scorer(self, params: dict[str, Any] | None) -> "GenericScorer":
+        if params is None:
+            raise ModelError(f"{self.name}: the generic detector needs a teach-in (calibration.samples > 0)")
+        return GenericScorer(self, params)
+
+
+def _fit(normal: np.ndarray, length: int, p: GenericParams, floor: float) -> dict[str, Any]:
+    """Baseline, scale and threshold from teach-in readings.
+
+    The window means are followed through the teach-in by the same drifting baseline the scorer uses, so that the
+    scale measures how far the level strays from a baseline that follows it (a long teach-in over a season must not
+    widen the scale by the season's range), and the baseline starts from where the teach-in ended.
+    """
+    m = rolling_means(normal, length)
+    if len(m) < 2:
+        raise ValueError(f"teach-in needs at least {length + 1} readings")
+    noise = normal.std(axis=0) / np.sqrt(length)
+    tiny = 1e-6 * np.maximum(1.0, np.abs(np.median(m, axis=0)))
+    rough = np.maximum(np.maximum(m.std(axis=0), noise), tiny)
+    b = np.median(m[: max(2, min(len(m), 10 * length))], axis=0)
+    resid = np.empty_like(m)
+    limit = p.clip * rough
+    for i, row in enumerate(m):  # the scorer's baseline, run over the teach-in
+        d = row - b
+        resid[i] = d
+        b = b + p.adapt * np.clip(d, -limit, limit)
+    base = b
+    scale = np.maximum(np.sqrt(np.mean(resid * resid, axis=0)), noise)
+    scale = np.maximum(scale, p.tolerance * (resid.max(axis=0) - resid.min(axis=0)))
+    scale = np.maximum(scale, tiny)  # a constant channel: any change counts
+    z = resid / scale
+    peak = float(np.max(np.abs(z)))
+    out: dict[str, Any] = {"baseline": base.tolist(), "scale": scale.tolist(), "teach_in_peak": peak}
+    if p.cross_channel > 0 and m.shape[1] >= 3:
+        centre = z.mean(axis=0)
+        _, sv, vt = np.linalg.svd(z - centre, full_matrices=False)
+        share = np.cumsum(sv ** 2) / max(float(np.sum(sv ** 2)), 1e-300)
+        k = min(int(np.searchsorted(share, 0.9)) + 1, m.shape[1] - 1)  # components holding 90 % of the variance
+        basis = vt[:k].T
+        resid = (z - centre) - ((z - centre) @ basis) @ basis.T
+        spe_max = max(float(np.max(np.sum(resid * resid, axis=1))), 1e-12)
+        out.update(pca_centre=centre.tolist(), pca_basis=basis.tolist(), spe_max=spe_max)
+    out["threshold"] = max(floor, peak * p.threshold_factor)
+    return out
+
+
+def contamination(
+    normal: np.ndarray, channels: list[str] | None = None, p: GenericParams | None = None, length: int = 20,
+    floor: float = 4.0,
+) -> tuple[str, tuple[int, int] | None] | None:
+    """Does one half of a teach-in look anomalous against the other? (why, the rows to fit on, or None) or None.
+
+    Used for every model's teach-in. Each half is scored (window means, as the generic detector does) against a
+    fit on the other half; a half scoring ``CONTAMINATION_RATIO`` thresholds or more means a fault or a change of
+    operating point inside the teach-in. On SKAB's 24 clean teach-ins and 23 stretches of its anomaly-free
+    recording the largest ratio was 3.4; with a fault inside, up to 68 (about half of the faults reach 4).
+    """
+    p = p or GenericParams()
+    n = len(normal)
+    half = n // 2
+    if half < 2 * length:
+        return None
+    ratios = []
+    for ref, test in ((normal[:half], normal[half:]), (normal[half:], normal[:half])):
+        f = _fit(ref, length, p, floor)
+        m = rolling_means(test, length)
+        z = np.abs(m - np.asarray(f["baseline"])) / np.asarray(f["scale"])
+        worst = np.unravel_index(int(np.argmax(z)), z.shape)
+        ratios.append((float(z.max()) / f["threshold"], int(worst[1])))
+    (fwd, ch_f), (back, ch_b) = ratios
+    if max(fwd, back) < CONTAMINATION_RATIO:
+        return None
+    names = list(channels or []) or [f"#{i}" for i in range(normal.shape[1])]
+    if fwd >= CONTAMINATION_RATIO and back < CONTAMINATION_RATIO:
+        why = (f"the second half of the teach-in differs from the first ({names[ch_f]}: {fwd:.1f} x the threshold): "
+               f"a fault or a change of operating point during teach-in; fitted on the first half only")
+        return why, (0, half)
+    if back >= CONTAMINATION_RATIO and fwd < CONTAMINATION_RATIO:
+        why = (f"the first half of the teach-in differs from the second ({names[ch_b]}: {back:.1f} x the threshold): "
+               f"a fault or a change of operating point during teach-in; fitted on the second half only")
+        return why, (half, n)
+    ch = ch_f if fwd >= back else ch_b
+    why = (f"the teach-in is not stationary ({names[ch]}: {max(fwd, back):.1f} x the threshold between its halves): "
+           f"fitted on all of it; repeat the teach-in on normal operation (edge-agent calibrate --reset)")
+    return why, None
+
+
+class GenericScorer:
+    """Scores windows against per-sensor baselines that follow slow drift. Not thread-safe (pipeline thread)."""
+
+    def __init__(self, model: GenericModel, params: dict[str, Any]):
+        self.model = model
+        self._channels = list(model.sidecar.channels)
+        self._base = np.asarray(params["baseline"], dtype=np.float64)
+        self._scale = np.asarray(params["scale"], dtype=np.float64)
+        if self._base.shape != (len(self._channels),) or self._scale.shape != self._base.shape:
+            raise ModelError(f"{model.name}: calibration has {self._base.size} channels, the detector {len(self._channels)}")
+        if not (np.isfinite(self._base).all() and np.isfinite(self._scale).all() and (self._scale > 0).all()):
+            raise ModelError(f"{model.name}: calibration holds non-finite or non-positive values")
+        p = model.sidecar.detector
+        self._adapt, self._limit = p.adapt, p.clip * self._scale
+        self._basis = None
+        if p.cross_channel > 0 and "pca_basis" in params:
+            self._centre = np.asarray(params["pca_centre"], dtype=np.float64)
+            self._basis = np.asarray(params["pca_basis"], dtype=np.float64).reshape(len(self._channels), -1)
+            # SPE reaches the threshold at cross_channel x its teach-in maximum: score = threshold x spe / that
+            self._spe_unit = float(params["threshold"]) / (p.cross_channel * float(params["spe_max"]))
+        self._baselines: dict[str, np.ndarray] = {}
+        self.normaliser = Normaliser(self._base, self._scale)  # for the summaries' drift report
+
+    def score(self, window_raw: np.ndarray, sensor: str = "") -> tuple[float, Contributions, float]:
+        """(largest channel deviation in scales, per-channel shares, latency); moves the sensor's baseline."""
+        t0 = time.perf_counter()
+        b = self._baselines.get(sensor)
+        if b is None:
+            b = self._baselines[sensor] = self._base.copy()
+        m = window_raw.mean(axis=0)
+        d = m - b
+        z = d / self._scale
+        score = float(np.max(np.abs(z)))
+        shares = z * z
+        if self._basis is not None:
+            c = z - self._centre
+            r = c - (c @ self._basis) @ self._basis.T
+            cross = float(r @ r) * self._spe_unit
+            if cross > score:
+                score, shares = cross, r * r
+        np.clip(d, -self._limit, self._limit, out=d)
+        b += self._adapt * d
+        return score, Contributions(self._channels, shares), time.perf_counter() - t0
+
+    def forget(self, sensor: str) -> None:
+        self._baselines.pop(sensor, None)
+
+    def adopt(self, previous: "GenericScorer") -> None:
+        """Keep following the baselines ``previous`` followed (a refit after feedback must not forget the drift)."""
+        if previous._base.shape == self._base.shape:
+            self._baselines = {s: b.copy() for s, b in previous._baselines.items()}

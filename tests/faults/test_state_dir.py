@@ -1,0 +1,79 @@
+"""Start-up faults of the state directory (issue 12 item 10): a state path that is a file, a read-only or full file
+system. Each is exit 78 (systemd does not restart-loop on it) with the path and the reason, and no store claims to
+be corrupt; a full disk with the outbox's ballast file gives that up and starts.
+
+The read-only and full file systems are real tmpfs mounts (root, as the full-disk test: ``tiny_fs``).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+
+from tests.faults.conftest import agent_env
+from tests.conftest import free_port, run_agent
+
+
+def _env(state: Path) -> dict[str, str]:
+    # no broker needed: the agent must refuse to start before it would connect
+    return agent_env(state, free_port(), EDGE_AGENT_DRAIN_TIMEOUT_S="0")
+
+
+def test_a_state_path_that_is_a_file_is_exit_78_with_the_path(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.write_text("oops")
+    r = run_agent(_env(state))
+    assert r.returncode == 78, r.stderr
+    assert f"state directory {state}: exists and is not a directory" in r.stderr
+    assert "corrupt" not in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_read_only_state_directory_is_exit_78_with_the_reason(tmp_path: Path, tiny_fs: Path) -> None:
+    state = tiny_fs / "state"
+    state.mkdir()
+    subprocess.run(["mount", "-o", "remount,ro", str(tiny_fs)], check=True)
+    try:
+        r = run_agent(_env(state))
+    finally:
+        subprocess.run(["mount", "-o", "remount,rw", str(tiny_fs)], check=True)
+    assert r.returncode == 78, r.stderr
+    assert f"state directory {state}: cannot write in it (Read-only file system)" in r.stderr
+    assert "corrupt" not in r.stderr and "Traceback" not in r.stderr
+
+
+def _fill(fs: Path) -> None:
+    """Write until the file system refuses even one more block (unbuffered: nothing left to fail at close)."""
+    fd = os.open(fs / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        for size in (65536, 4096, 512, 1):
+            try:
+                while True:
+                    os.write(fd, b"\0" * size)
+            except OSError:
+                pass
+    finally:
+        os.close(fd)
+
+
+def test_a_full_state_directory_is_exit_78_with_the_reason(tmp_path: Path, tiny_fs: Path) -> None:
+    state = tiny_fs / "state"
+    state.mkdir()
+    _fill(tiny_fs)
+    r = run_agent(_env(state))
+    assert r.returncode == 78, r.stderr
+    assert f"state directory {state}: cannot write in it (No space left on device)" in r.stderr
+    assert "corrupt" not in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_full_disk_with_the_outbox_reserve_gives_it_up_and_starts(tmp_path: Path, tiny_fs: Path) -> None:
+    state = tiny_fs / "state"
+    state.mkdir()
+    (state / "outbox.db.reserve").write_bytes(b"\0" * 256 * 1024)
+    _fill(tiny_fs)
+    r = run_agent(_env(state))
+    assert "giving up the outbox's reserve" in r.stderr, r.stderr
+    assert r.returncode != 78, r.stderr
+    assert "corrupt" not in r.stderr
+    assert os.path.exists(state / "outbox.db")
