@@ -69,7 +69,7 @@ def test_flagged_cycles_get_advice_within_bounds_that_the_rules_confirm(tmp_path
     wait_for(lambda: rec.on("status") and rec.on("status")[-1]["state"] == "offline", what="status offline")
 
     raised = {a["alert_id"]: a for a in rec.on("alerts") if a["state"] == "raised"}
-    advice = rec.on("advice")
+    advice = list({a["id"]: a for a in rec.on("advice")}.values())  # at-least-once: a resend is a duplicate id
     assert len(raised) >= 10, f"expected a hot spell of failures, got {len(raised)} alerts"
     assert sorted(a["alert_id"] for a in advice) == sorted(raised)  # one advice per raised alert, none without
     bounds = {a.channel: a for a in sidecar.advice.adjustable}
