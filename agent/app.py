@@ -20,6 +20,7 @@ import dataclasses
 import hashlib
 
 from agent import __version__, sdnotify
+from agent.advice import Advisor, parse_adjustable
 from agent.bundled import default_model_path
 from agent.clean import CleaningPolicy
 from agent.commands import CommandGate, Commands, load_overrides
@@ -59,6 +60,12 @@ def build_pipeline(
 ) -> Pipeline:
     """The pipeline as the settings describe it (also used by ``evaluate``)."""
     a = settings.alerts
+    adv = settings.advice
+    advisor = Advisor(settings.device_id, counters, enabled=adv.enabled, rate_limit_per_hour=adv.rate_limit_per_hour,
+                      adjustable=parse_adjustable(adv.adjustable))
+    problems = advisor.check(model.sidecar)
+    if problems:
+        raise ValueError("EDGE_AGENT_ADVICE__ADJUSTABLE: " + "; ".join(problems))
     cleaning = CleaningPolicy.from_settings(settings.cleaning)
     if settings.source.kind == "replay":  # a recording carries its own time: a jump in it is a gap, not a bad clock
         cleaning = dataclasses.replace(cleaning, max_time_jump_s=0.0)
@@ -72,7 +79,7 @@ def build_pipeline(
         policy=AlertPolicy(a.cooldown_s, a.rate_limit_per_hour), critical_margin=a.critical_margin,
         evidence=evidence, evidence_windows_before=a.evidence_windows_before,
         evidence_inline_max_bytes=a.evidence_inline_max_bytes,
-        cleaning=cleaning,
+        cleaning=cleaning, advisor=advisor,
     )
 
 
@@ -221,6 +228,7 @@ class Agent:
             "rejected": c.snapshot("reject."),
             "repaired": c.snapshot("repaired."), "gaps": c.snapshot("gap."),
             "alerts": {"raised": c.get("alerts.raised"), "cleared": c.get("alerts.cleared"), "suppressed": c.get("alerts.suppressed")},
+            "advice": {"advised": c.get("advice.advised"), "none": c.get("advice.none"), "suppressed": c.get("advice.suppressed")},
             "source": {"kind": self.settings.source.kind, "state": self.source.state, "reconnects": c.get("source.reconnects"),
                        "errors": c.snapshot("source.error.")},  # Modbus: no_answer, exception_<code>, bad_crc, ...
             "clock_synced": clock_synchronised(),

@@ -27,10 +27,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from agent.derive import Deriver
 from agent.files import atomic_write, set_aside
 from agent.generic import GenericModel, GenericScorer, contamination
-from agent.logsafe import clip
 from agent.infer import Scorer
+from agent.logsafe import clip
 from agent.window import Normaliser, Windower
 
 log = logging.getLogger(__name__)
@@ -137,7 +138,7 @@ def fit(model: Detector, normal: np.ndarray, folded: list[str] | None = None) ->
             normal = normal[keep[0]:keep[1]]
     spec = sc.calibration
     if "normalisation" in spec.fit and sc.normalisation.method == "zscore":
-        norm = Normaliser.fit(normal)
+        norm = Normaliser.fit(Deriver(sc.channels, sc.derived)(normal))  # derived features are normalised too
     else:
         norm = sidecar_normaliser(model)
     threshold = None

@@ -147,6 +147,11 @@ def cmd_model_info(args: argparse.Namespace) -> int:
         result["checks"] = {"sidecar": "ok"}
         model = Model(path, runtime=args.runtime)
         result["checks"] = {"sidecar": "ok", "sha256": "ok", "tensors": "ok", "features": "ok"}
+        if sidecar.derived:
+            result["derived"] = _derived_info(sidecar)
+            result["checks"]["derived"] = "ok"
+        if sidecar.advice is not None:
+            result["checks"]["advice"] = "ok"  # the sidecar validator checked channels, bounds and steps
         result["tensors"] = model.tensor_details()
         result["runtime"] = {"name": model.runtime, "version": model.runtime_version}
     except ModelError as e:
@@ -155,6 +160,28 @@ def cmd_model_info(args: argparse.Namespace) -> int:
         return EX_CONFIG
     print(json.dumps(result, indent=2))
     return 0
+
+
+def _derived_info(sidecar: object) -> list[dict[str, object]]:
+    """Each derived feature's formula, its value at the channels' normalisation means and the sidecar's mean for it:
+    a feature whose units or constant are wrong shows up as two numbers far apart."""
+    import numpy as np
+
+    from agent.derive import Deriver, formula
+
+    sc = sidecar  # a Sidecar (typed loosely: the import stays lazy)
+    c = len(sc.channels)  # type: ignore[attr-defined]
+    n = sc.normalisation  # type: ignore[attr-defined]
+    derive = Deriver(sc.channels, sc.derived)  # type: ignore[attr-defined]
+    at_means = derive(np.asarray(n.mean[:c])) if n.mean else None
+    out = []
+    for k, d in enumerate(sc.derived):  # type: ignore[attr-defined]
+        item: dict[str, object] = {"name": d.name, "formula": formula(d)}
+        if at_means is not None:
+            item["at_channel_means"] = round(float(at_means[c + k]), 6)
+            item["sidecar_mean"] = n.mean[c + k]
+        out.append(item)
+    return out
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:

@@ -10,6 +10,7 @@ import hashlib
 import importlib
 import importlib.metadata
 import json
+import logging
 import os
 import threading
 import time
@@ -19,9 +20,14 @@ from typing import Any, Iterator, Literal, Mapping
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from agent.advice import AdviceSpec, check_advice
+from agent.derive import DerivedSpec, Deriver, check_derived
 from agent.window import FEATURE_RECIPES, Normaliser, feature_size, features
 
+log = logging.getLogger(__name__)
+
 RUNTIMES = ("ai_edge_litert", "tflite_runtime")
+BATCH = 512  # rows per batched invoke (STACK.md: 0.03-0.25 µs per sample at 512)
 MAX_MODEL_BYTES = 64 * 2**20  # an int8 model for a gateway is kilobytes to a few MB; never read a huge file whole
 MAX_SIDECAR_BYTES = 2**20
 MAX_WINDOW_VALUES = 2**18  # window.length x channels: each sensor keeps two windows of float64 (4 MiB at this cap)
@@ -110,15 +116,39 @@ class Sidecar(BaseModel):
     decision: DecisionSpec = Field(default_factory=DecisionSpec)
     calibration: CalibrationSpec = Field(default_factory=CalibrationSpec)
     valid_ranges: dict[str, tuple[float, float]] = Field(default_factory=dict)
+    derived: list[DerivedSpec] = Field(default_factory=list)
+    advice: AdviceSpec | None = None
     target: str | None = None
     provenance: dict[str, Any] = Field(default_factory=dict)
     metrics: dict[str, Any] = Field(default_factory=dict)
 
+    @property
+    def columns(self) -> list[str]:
+        """The channels, then the derived features: what is normalised and fed to the model, in order."""
+        return [*self.channels, *(d.name for d in self.derived)]
+
+    @model_validator(mode="after")
+    def _derived_ok(self) -> "Sidecar":
+        problems = check_derived(self.channels, self.derived, self.valid_ranges)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @model_validator(mode="after")
+    def _advice_ok(self) -> "Sidecar":
+        if self.advice is not None:
+            if self.kind != "classifier":
+                raise ValueError("advice needs kind classifier (it lowers a failure probability)")
+            problems = check_advice(self.channels, self.advice)
+            if problems:
+                raise ValueError("; ".join(problems))
+        return self
+
     @model_validator(mode="after")
     def _consistent(self) -> "Sidecar":
-        c = len(self.channels)
-        if len(set(self.channels)) != c:
+        if len(set(self.channels)) != len(self.channels):
             raise ValueError("channels must be unique")
+        c = len(self.columns)
         if self.features not in FEATURE_RECIPES:
             raise ValueError(f"features must be one of {', '.join(FEATURE_RECIPES)}")
         n = self.normalisation
@@ -127,7 +157,7 @@ class Sidecar(BaseModel):
                 raise ValueError("normalisation zscore needs mean and std (or calibration.fit with normalisation)")
         for vec in (n.mean, n.std):
             if vec is not None and len(vec) != c:
-                raise ValueError(f"normalisation mean/std must have one value per channel ({c})")
+                raise ValueError(f"normalisation mean/std must have one value per channel and derived feature ({c})")
         expected = {"autoencoder": "mse", "classifier": "output", "regressor": "abs_error"}[self.kind]
         if self.score != expected:
             raise ValueError(f"kind {self.kind} needs score {expected!r}")
@@ -191,7 +221,7 @@ def interpreter_class(runtime: str = "auto") -> tuple[type, str, str]:
 class Model:
     """A loaded, checked int8 TFLite model with its sidecar. Not thread-safe: one thread invokes it."""
 
-    def __init__(self, path: Path, runtime: str = "auto", num_threads: int = 1):
+    def __init__(self, path: Path, runtime: str = "auto", num_threads: int = 1, batch: int = BATCH):
         self.path = Path(path)
         self.sidecar = read_sidecar(self.path)
         try:
@@ -205,6 +235,8 @@ class Model:
         if self.sha256 != self.sidecar.sha256:
             raise ModelError(f"{self.path}: sha256 {self.sha256} does not match the sidecar's {self.sidecar.sha256}")
         cls, self.runtime, self.runtime_version = interpreter_class(runtime)
+        self._content, self._cls, self._threads, self._batch_rows = content, cls, num_threads, batch
+        self._batch_interp: Any = None  # a second interpreter resized to ``batch`` rows, made on first use
         try:
             self._interp = cls(model_content=content, num_threads=num_threads)
             self._interp.allocate_tensors()
@@ -238,11 +270,11 @@ class Model:
                 problems.append(f"{label} dtype {dtype} != sidecar {spec.dtype}")
             if np.issubdtype(det["dtype"], np.integer) and det["quantization"][0] == 0:
                 problems.append(f"{label} is {dtype} without quantisation parameters")
-        want = feature_size(sc.features, sc.window.length, len(sc.channels))
+        want = feature_size(sc.features, sc.window.length, len(sc.columns))
         if int(np.prod(sc.input.shape)) != want:
             problems.append(
                 f"input holds {int(np.prod(sc.input.shape))} values but features {sc.features!r} of "
-                f"{sc.window.length}x{len(sc.channels)} give {want}"
+                f"{sc.window.length}x{len(sc.columns)} give {want}"
             )
         if sc.kind == "autoencoder" and int(np.prod(sc.output.shape)) != want:
             problems.append("an autoencoder's output must have the input's size")
@@ -287,9 +319,70 @@ class Model:
             return (out.astype(np.float64).reshape(-1) - self._out_zp) * self._out_scale
         return out.astype(np.float64).reshape(-1)
 
+    def invoke_batch(self, xs: np.ndarray) -> np.ndarray:
+        """Run N feature vectors (N x input size, float, normalised) at once; returns N x output size, dequantised.
+
+        Uses a second interpreter whose input is resized to ``batch`` rows (the last chunk padded), so the
+        single-window interpreter above is never resized. A model that cannot be resized (its first dimension
+        is not a batch of 1, or the runtime refuses) is run row by row through ``invoke``: same results, slower.
+        """
+        out_size = int(np.prod(self._out["shape"]))
+        xs = np.asarray(xs, dtype=np.float64)
+        if len(xs) == 0:
+            return np.empty((0, out_size))
+        xs = xs.reshape(len(xs), -1)
+        n, size = xs.shape
+        it = self._batch_interpreter()
+        if it is None:
+            return np.stack([self.invoke(x) for x in xs])
+        rows = self._batch_rows
+        in_idx, out_idx = it.get_input_details()[0]["index"], it.get_output_details()[0]["index"]
+        result = np.empty((n, out_size))
+        buf = np.zeros((rows, size))
+        for start in range(0, n, rows):
+            chunk = xs[start:start + rows]
+            buf[: len(chunk)] = chunk
+            buf[len(chunk):] = 0.0
+            it.set_tensor(in_idx, self._quantise(buf).reshape((rows,) + self._in_shape[1:]))
+            it.invoke()
+            out = it.get_tensor(out_idx).reshape(rows, -1)[: len(chunk)]
+            result[start:start + len(chunk)] = (
+                (out.astype(np.float64) - self._out_zp) * self._out_scale if self._out_int else out
+            )
+        return result
+
+    @property
+    def batched(self) -> bool:
+        """True when ``invoke_batch`` runs real batches (False: row by row)."""
+        return self._batch_interpreter() is not None
+
+    def _quantise(self, x: np.ndarray) -> np.ndarray:
+        if self._in_lo is None:
+            return x.astype(self._in_dtype)
+        q = np.rint(x / self._in_scale) + self._in_zp
+        return np.minimum(np.maximum(q, self._in_lo), self._in_hi).astype(self._in_dtype)
+
+    def _batch_interpreter(self) -> Any:
+        if self._batch_interp is None:
+            self._batch_interp = False
+            if len(self._in_shape) >= 2 and self._in_shape[0] == 1:
+                try:
+                    it = self._cls(model_content=self._content, num_threads=self._threads)
+                    idx = it.get_input_details()[0]["index"]
+                    # not strict: the converter fixes the batch dimension at 1, and FULLY_CONNECTED takes any batch
+                    it.resize_tensor_input(idx, [self._batch_rows, *self._in_shape[1:]], strict=False)
+                    it.allocate_tensors()
+                    self._batch_interp = it
+                except Exception as e:  # noqa: BLE001 - the runtimes raise ValueError/RuntimeError: run row by row
+                    log.info("model %s cannot be batched (%s): batched scoring runs row by row", self.name, e)
+        return self._batch_interp or None
+
 
 class Scorer:
-    """Turns a raw window into a score and per-channel contributions, the same way for daemon and evaluate."""
+    """Turns a raw window into a score and per-column contributions, the same way for daemon and evaluate.
+
+    The derived features (sidecar ``derived``) are appended to the raw window before normalisation.
+    """
 
     def __init__(self, model: Model, normaliser: Normaliser):
         self.model = model
@@ -297,12 +390,13 @@ class Scorer:
         sc = model.sidecar
         self._recipe = sc.features
         self._kind = sc.kind
-        self._channels = sc.channels
+        self._columns = sc.columns
+        self.derive = Deriver(sc.channels, sc.derived)
         self._target = sc.channels.index(sc.target) if sc.target else None
 
     def score(self, window_raw: np.ndarray, sensor: str = "") -> tuple[float, "Contributions", float]:
-        """(score, per-channel contributions, latency in seconds); stateless, so ``sensor`` is not used."""
-        z = self.normaliser(window_raw)
+        """(score, per-column contributions, latency in seconds); stateless, so ``sensor`` is not used."""
+        z = self.normaliser(self.derive(window_raw))
         x = features(self._recipe, z)
         t0 = time.perf_counter()
         out = self.model.invoke(x)
@@ -311,14 +405,31 @@ class Scorer:
             err = x - out
             err *= err
             score = float(err.sum()) / err.size
-            per_channel = err.reshape(-1, len(self._channels)).sum(axis=0)
+            per_channel = err.reshape(-1, len(self._columns)).sum(axis=0)
         elif self._kind == "classifier":
             score = float(out[0])
             per_channel = np.abs(z[-1])  # how far each input is from normal, in sigma
         else:
             score = float(abs(out[0] - z[-1, self._target]))
             per_channel = np.abs(z[-1])
-        return score, Contributions(self._channels, per_channel), latency
+        return score, Contributions(self._columns, per_channel), latency
+
+    def scores(self, windows_raw: np.ndarray) -> np.ndarray:
+        """The scores of N raw windows (N x length x channels) in batched invokes: the same numbers as ``score``."""
+        z = self.normaliser(self.derive(np.asarray(windows_raw, dtype=np.float64)))
+        n = z.shape[0]
+        if self._recipe == "raw":
+            x = z.reshape(n, -1)
+        elif self._recipe == "last":
+            x = z[:, -1, :]
+        else:
+            x = np.stack([features(self._recipe, zi) for zi in z]) if n else np.empty((0, 0))
+        out = self.model.invoke_batch(x)
+        if self._kind == "autoencoder":
+            return ((x - out) ** 2).mean(axis=1)
+        if self._kind == "classifier":
+            return out[:, 0].copy()
+        return np.abs(out[:, 0] - z[:, -1, self._target])
 
 
 class Contributions(Mapping[str, float]):

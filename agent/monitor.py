@@ -1,8 +1,8 @@
 """``edge-agent monitor``: the fleet view — every gateway under ``{prefix}/+/`` in one live table.
 
 Subscribes to ``{prefix}/+/status`` (QoS 1, retained: every device known to the broker shows up at once),
-``{prefix}/+/stats`` (QoS 0) and ``{prefix}/+/alerts`` (QoS 1) and keeps, per device: the state, when it was last
-seen, the model, the open alerts, the outbox depth and the bandwidth ratio. ``--once`` prints one snapshot and
+``{prefix}/+/stats`` (QoS 0), ``{prefix}/+/alerts`` and ``{prefix}/+/advice`` (QoS 1) and keeps, per device: the state,
+when it was last seen, the model, the open alerts, the last advice, the outbox depth and the bandwidth ratio. ``--once`` prints one snapshot and
 exits; without it the table is redrawn in place every ``--interval`` seconds until Ctrl-C.
 
 Split in three so the parts can be tested alone:
@@ -59,7 +59,7 @@ SEEN_IDS_MAX = 50_000
 CLEARED_IDS_MAX = 1_000
 
 STATE_RANK = {"offline": 0, "degraded": 1, "stale": 2, "unknown": 3, "calibrating": 4, "online": 5}
-KINDS = ("status", "stats", "alerts")
+KINDS = ("status", "stats", "alerts", "advice")
 
 
 # ================================================================================================ time helpers
@@ -105,6 +105,7 @@ class Device:
     cleared_ids: OrderedDict[str, None] = field(default_factory=OrderedDict)
     raised_seen: int = 0
     cleared_seen: int = 0
+    last_advice: dict[str, Any] | None = None
 
     # -- derived ---------------------------------------------------------------------------------------------
 
@@ -204,6 +205,8 @@ class Fleet:
                 dev.stats = payload
                 dev.stats_at = now
                 dev.stats_times.append(now)
+            elif kind == "advice":
+                return self._on_advice(dev, payload)
             else:
                 return self._on_alert(dev, payload, now)
             return True
@@ -228,6 +231,26 @@ class Fleet:
                     if begin is None or created is None or created < begin:
                         del dev.open_alerts[aid]
             dev.started_at = started
+
+    def _on_advice(self, dev: Device, a: dict[str, Any]) -> bool:
+        mid = a.get("id")
+        if not isinstance(mid, str) or not mid or a.get("state") not in ("advised", "no_advice"):
+            self.bad_messages += 1
+            return False
+        if mid in self._seen_ids:
+            self.duplicates += 1
+            return False
+        self._seen_ids[mid] = None
+        actions = [x for x in a.get("actions") or [] if isinstance(x, str)]
+        by_action = {ch for act in a.get("available_actions") or [] if isinstance(act, dict) and act.get("name") in actions
+                     for ch in (act.get("set") or {})}  # a tool change is shown by its name, not as wear 217->0
+        changes = [c for c in a.get("changes") or [] if isinstance(c, dict) and c.get("channel") not in by_action]
+        dev.last_advice = {
+            "state": a["state"], "alert_id": a.get("alert_id"), "created_at": a.get("created_at"),
+            "probability": a.get("probability"), "advised_probability": a.get("advised_probability"),
+            "changes": changes, "actions": actions,
+        }
+        return True
 
     def _on_alert(self, dev: Device, a: dict[str, Any], now: float) -> bool:
         mid = a.get("id")
@@ -307,6 +330,7 @@ def device_row(d: Device, now: float) -> dict[str, Any]:
         "threshold": st.get("threshold"),
         "stats_interval_s": round(d.stats_interval, 3) if d.stats_interval is not None else None,
         "alerts_seen": {"raised": d.raised_seen, "cleared": d.cleared_seen},
+        "last_advice": d.last_advice,
         "have": {"status": d.status is not None, "stats": d.stats is not None},
     }
 
@@ -318,9 +342,9 @@ def snapshot_json(rows: list[dict[str, Any]], now: float, **extra: Any) -> str:
 
 # ================================================================================================ rendering
 
-COLUMNS = ("DEVICE", "STATE", "LAST SEEN", "MODEL", "ALERTS", "OUTBOX", "BW RATIO", "NOTE")
+COLUMNS = ("DEVICE", "STATE", "LAST SEEN", "MODEL", "ALERTS", "OUTBOX", "BW RATIO", "LAST ADVICE", "NOTE")
 # columns given up first when the terminal is narrow, and the width they keep at least
-SHRINK = (("NOTE", 0), ("MODEL", 8), ("DEVICE", 8), ("LAST SEEN", 6))
+SHRINK = (("NOTE", 0), ("LAST ADVICE", 0), ("MODEL", 8), ("DEVICE", 8), ("LAST SEEN", 6))
 COLOURS = {"offline": "31", "degraded": "33", "calibrating": "36", "online": "32", "unknown": "2"}
 
 
@@ -341,6 +365,17 @@ def _note(r: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
+def advice_text(a: dict[str, Any] | None) -> str:
+    """The last advice in a few words: ``Torque [Nm] 62->57.5; tool change``; ``none within bounds``; ``-``."""
+    if not a:
+        return "-"
+    if a.get("state") != "advised":
+        return "none within bounds"
+    parts = [f"{c.get('channel')} {c.get('from'):g}->{c.get('to'):g}" for c in a.get("changes") or []
+             if isinstance(c.get("from"), (int, float)) and isinstance(c.get("to"), (int, float))]
+    return "; ".join(parts + list(a.get("actions") or [])) or "-"
+
+
 def cells(r: dict[str, Any]) -> list[str]:
     """The table cells of one device row."""
     model = r.get("model") or {}
@@ -354,7 +389,8 @@ def cells(r: dict[str, Any]) -> list[str]:
     last = format_age(r.get("age_s"))
     if r.get("stale"):
         last += " (stale)"
-    return [r["device_id"], r["state"], last, model_text, str(r.get("open_alerts", 0)), outbox, ratio_text, _note(r)]
+    return [r["device_id"], r["state"], last, model_text, str(r.get("open_alerts", 0)), outbox, ratio_text,
+            advice_text(r.get("last_advice")), _note(r)]
 
 
 def _fit(text: str, width: int, ellipsis: str) -> str:
@@ -479,7 +515,8 @@ class MonitorClient:
                 return
             self.refused = None
             p = self.fleet.prefix
-            result, mid = client.subscribe([(f"{p}/+/status", 1), (f"{p}/+/stats", 0), (f"{p}/+/alerts", 1)])
+            result, mid = client.subscribe([(f"{p}/+/status", 1), (f"{p}/+/stats", 0), (f"{p}/+/alerts", 1),
+                                            (f"{p}/+/advice", 1)])
             with self._lock:
                 self._pending_mids.add(mid)
             self.connected.set()

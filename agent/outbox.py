@@ -26,7 +26,7 @@ from agent.records import Outgoing, message_bytes
 
 log = logging.getLogger(__name__)
 
-PRIORITY = {"alert": 0, "summary": 2}
+PRIORITY = {"alert": 0, "advice": 1, "summary": 2}
 RESERVE_BYTES = 256 * 1024  # ballast kept beside the outbox, given up when the disk is full  # lower drains first; anything else sits between
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (

@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from agent.advice import Advisor
 from agent.calibrate import Calibration, Calibrator, make_scorer, sidecar_normaliser
 from agent.align import Aligner
 from agent.clean import Cleaner, CleaningPolicy
@@ -55,7 +56,7 @@ class Pipeline:
         recede_ratio: float | None = None,
         policy: AlertPolicy | None = None, critical_margin: float = 1.0, evidence: EvidenceStore | None = None,
         evidence_windows_before: int = 5, evidence_inline_max_bytes: int = 0, cleaning: CleaningPolicy | None = None,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = time.monotonic, advisor: Advisor | None = None,
     ):
         self.counters = counters
         self.cleaning = cleaning or CleaningPolicy()
@@ -71,6 +72,7 @@ class Pipeline:
         self.policy = policy or AlertPolicy()
         self.critical_margin = critical_margin
         self.evidence = evidence
+        self.advisor = advisor
         self._evidence_before = evidence_windows_before
         self._evidence_inline = evidence_inline_max_bytes
         self.machines: dict[str, AlertMachine] = {}
@@ -401,6 +403,10 @@ class Pipeline:
                 self._suppressed.discard(t.alert_id)
                 return out
         out.append(self._alert(t))
+        if t.state == RAISED and self.advisor is not None:  # advice for a person, from the same model (agent/advice.py)
+            advice = self.advisor.advise(self.scorer, win, out[-1].payload, t.threshold)
+            if advice is not None:
+                out.append(advice)
         return out
 
     def tick(self, mono_now: float | None = None) -> list[Outgoing]:

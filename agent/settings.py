@@ -303,6 +303,22 @@ class CommandSettings(_Section):
         return v
 
 
+class AdviceSettings(_Section):
+    """Parameter advice for a person when a classifier raises an alert (models whose sidecar has an advice section)."""
+
+    enabled: bool = Field(True, description="Search for and publish advice (topic advice) when a classifier model with an advice section raises an alert; the agent never writes to a device.")
+    rate_limit_per_hour: int = Field(30, ge=0, description="At most this many advice messages per hour (data time); more are counted (advice.suppressed) and not searched; 0 = no limit.")
+    adjustable: str = Field("", description="Adjustable channels and their bounds as channel:min:max:step, comma-separated (Rotational speed [rpm]:1200:2800:10); they replace the sidecar's list; empty = the sidecar's.")
+
+    @field_validator("adjustable")
+    @classmethod
+    def _adjustable(cls, v: str) -> str:
+        from agent.advice import parse_adjustable
+
+        parse_adjustable(v)  # ValueError names the bad item
+        return v
+
+
 class Settings(BaseSettings):
     """All of edge-agent's settings."""
 
@@ -331,6 +347,7 @@ class Settings(BaseSettings):
     commands: CommandSettings = Field(default_factory=CommandSettings)
     cleaning: CleaningSettings = Field(default_factory=CleaningSettings)
     modbus: ModbusSettings = Field(default_factory=ModbusSettings)
+    advice: AdviceSettings = Field(default_factory=AdviceSettings)
 
     @field_validator("log_level", mode="before")
     @classmethod

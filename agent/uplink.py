@@ -228,13 +228,17 @@ class Uplink:
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason_code: Any, properties: Any) -> None:
         try:
             with self._lock:
-                entry = self._inflight.pop(mid, None)
+                entry = self._inflight.get(mid)
                 if entry is None:  # not ours yet (or status/replies, which are not tracked)
                     self._early_acks[mid] = time.monotonic()
                     if len(self._early_acks) > 1000:
                         self._early_acks.clear()
             if entry is not None:
+                # delete the row first, then forget it is in flight: the other way round, the publisher thread
+                # could pick the row up again in between and publish it a second time
                 self.outbox.ack(entry[0])
+                with self._lock:
+                    self._inflight.pop(mid, None)
                 self.counters.inc("uplink.acked")
                 self._wake.set()
         except Exception:  # noqa: BLE001

@@ -38,6 +38,7 @@ def plan(quick: bool, soak_s: float) -> list[tuple[str, list[str]]]:
         ("modbus_rate", ["--polls", "1000", "--rounds", "3"] if q else ["--polls", "3000", "--rounds", "5"]),
         ("mqtt_ingest", ["--readings", "10000"] if q else ["--readings", "20000", "--repeat", "2"]),
         ("window_cost", ["--windows", "5000"] if q else ["--windows", "20000", "--profile"]),
+        ("advice_search", ["--repeat", "100"] if q else ["--repeat", "300"]),
         ("footprint", ["--seconds", "10", "--starts", "3"] if q else ["--seconds", "20", "--starts", "5"]),
         ("bandwidth", ["--data-minutes", "10"] if q else ["--data-minutes", "60"]),
         ("alert_latency", ["--alerts", "200"] if q else ["--alerts", "500"]),

@@ -54,8 +54,9 @@ def test_both_runtimes_give_the_same_scores(path):
     rng = np.random.default_rng(0)
     sc = a.sidecar
     scorer_a, scorer_b = Scorer(a, sidecar_normaliser(a)), Scorer(b, sidecar_normaliser(b))
-    mean = np.asarray(sc.normalisation.mean or np.zeros(len(sc.channels)))
-    std = np.asarray(sc.normalisation.std or np.ones(len(sc.channels)))
+    c = len(sc.channels)  # the raw channels (derived features, when the sidecar has any, follow them)
+    mean = np.asarray(sc.normalisation.mean or np.zeros(c))[:c]
+    std = np.asarray(sc.normalisation.std or np.ones(c))[:c]
     out_scale = a.tensor_details()["output"]["scale"]
     for _ in range(50):
         win = mean + std * rng.normal(size=(sc.window.length, len(sc.channels)))

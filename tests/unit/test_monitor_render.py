@@ -176,3 +176,32 @@ def test_format_age_and_json_snapshot():
     assert [format_age(x) for x in (None, 0.4, 59, 61, 7200, 3 * 86400)] == ["-", "0s ago", "59s ago", "1m ago", "2h ago", "3d ago"]
     doc = json.loads(snapshot_json(sample_rows(), T0, prefix="edge"))
     assert doc["prefix"] == "edge" and doc["ts"] == iso(T0) and len(doc["devices"]) == 3
+
+
+def advice(mid: str, state: str = "advised", actions=(), changes=None) -> bytes:
+    return json.dumps({
+        "id": mid, "alert_id": "A", "state": state, "probability": 0.996, "advised_probability": 0.004,
+        "changes": changes if changes is not None else [{"channel": "Rotational speed [rpm]", "from": 1350, "to": 1390}],
+        "actions": list(actions), "available_actions": [{"name": "tool change", "set": {"Tool wear [min]": 0}}],
+        "created_at": iso(T0),
+    }).encode()
+
+
+def test_last_advice_is_shown_per_device():
+    f = Fleet("edge")
+    f.handle("edge/gw/status", status("gw"), now=T0)
+    f.handle("edge/gw/stats", stats("gw"), now=T0)
+    assert by_id(f, T0)["gw"]["last_advice"] is None
+    assert f.handle("edge/gw/advice", advice("x1"), now=T0 + 1)
+    assert not f.handle("edge/gw/advice", advice("x1"), now=T0 + 2)  # a resend (at least once) is a duplicate
+    lines = render_table(f.rows(T0 + 2), width=200)
+    at = lines[0].index("LAST ADVICE")
+    assert lines[1][at:].startswith("Rotational speed [rpm] 1350->1390")
+    tool = [{"channel": "Tool wear [min]", "from": 217, "to": 0}, {"channel": "Torque [Nm]", "from": 62, "to": 57.5}]
+    f.handle("edge/gw/advice", advice("x2", actions=["tool change"], changes=tool), now=T0 + 3)
+    row = by_id(f, T0 + 3)["gw"]
+    assert [c["channel"] for c in row["last_advice"]["changes"]] == ["Torque [Nm]"]  # the action names itself
+    assert "Torque [Nm] 62->57.5; tool change" in render_table([row], width=200)[1]
+    f.handle("edge/gw/advice", advice("x3", state="no_advice", changes=[]), now=T0 + 4)
+    assert "none within bounds" in render_table(f.rows(T0 + 4), width=200)[1]
+    assert not f.handle("edge/gw/advice", b'{"id": "x4", "state": "maybe"}', now=T0 + 5)
