@@ -11,8 +11,6 @@ import importlib
 import importlib.metadata
 import json
 import logging
-import os
-import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator, Literal, Mapping
@@ -253,10 +251,6 @@ class Model:
         self._in_dtype = self._in["dtype"]
         info = np.iinfo(self._in_dtype) if np.issubdtype(self._in_dtype, np.integer) else None
         self._in_lo, self._in_hi = (info.min, info.max) if info else (None, None)
-        # Fault injection for the watchdog tests: hang forever in the N-th invoke. Not a setting (an env file
-        # cannot set it: unknown EDGE_AGENT_* keys are refused there).
-        self._hang_after = int(os.environ.get("EDGE_AGENT_TEST_HANG_AFTER_INVOKES", "0") or 0)
-        self._invokes = 0
 
     def _check(self) -> None:
         sc = self.sidecar
@@ -309,10 +303,6 @@ class Model:
         else:
             q = x.astype(self._in_dtype)
         self._interp.set_tensor(self._in_idx, q)
-        if self._hang_after:
-            self._invokes += 1
-            if self._invokes >= self._hang_after:
-                threading.Event().wait()  # a hung inference, as a wedged delegate would
         self._interp.invoke()
         out = self._interp.get_tensor(self._out_idx)
         if self._out_int:

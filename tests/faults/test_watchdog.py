@@ -63,9 +63,9 @@ class Supervisor:
         raise AssertionError("supervised run neither exited nor missed the watchdog")
 
 
-def _start(env: dict[str, str], log: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "agent", "run"], env=env, cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=open(log, "w"))
+def _start(env: dict[str, str], log: Path, hang_after: int = 0) -> subprocess.Popen:
+    cmd = ["-m", "tests.faults.hang_launcher", str(hang_after), "run"] if hang_after else ["-m", "agent", "run"]
+    return subprocess.Popen([sys.executable, *cmd], env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=open(log, "w"))
 
 
 def test_ready_status_watchdog_and_stopping(tmp_path, live_broker):
@@ -92,8 +92,7 @@ def test_hung_inference_stops_the_pings_and_the_supervisor_restarts_it(tmp_path,
     sup = Supervisor(tmp_path)
     base = agent_env(tmp_path / "state", live_broker.port, EDGE_AGENT_SOURCE__LOOP="true",
                      EDGE_AGENT_SOURCE__SPEED="20", EDGE_AGENT_STALL_S="1")
-    hung = sup.env({**base, "EDGE_AGENT_TEST_HANG_AFTER_INVOKES": "5"})
-    p = _start(hung, tmp_path / "hung.log")
+    p = _start(sup.env(base), tmp_path / "hung.log", hang_after=200)  # the pipeline hangs on the 200th reading
     try:
         assert sup.supervise(p, timeout=90) == "watchdog"
     finally:
