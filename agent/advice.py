@@ -14,7 +14,6 @@ import itertools
 import logging
 import math
 import time
-import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
@@ -23,7 +22,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from agent.parse import iso
-from agent.records import Outgoing, Window
+from agent.records import AdviceEvent, Window
 
 log = logging.getLogger(__name__)
 
@@ -208,7 +207,7 @@ def search(scorer: Any, window: np.ndarray, spec: AdviceSpec, threshold: float, 
     lowest: tuple[float, tuple[Lever, ...], np.ndarray] | None = None
     for k in range(1, spec.max_channels + 1):
         # every combination of k levers in one batched scoring: the candidates of one level, at once
-        combos, wins, dists, spans = [], [], [], []
+        combos, wins, dists = [], [], []
         for combo in itertools.combinations(levers, k):
             cols = [c for lv in combo for c in lv.columns]
             if len(set(cols)) != len(cols):
@@ -341,7 +340,8 @@ class Advisor:
         spec = self.spec_for(sidecar)
         return check_advice(sidecar.channels, spec) if spec is not None and self.adjustable is not None else []
 
-    def advise(self, scorer: Any, window: Window, alert: Mapping[str, Any], threshold: float) -> Outgoing | None:
+    def advise(self, scorer: Any, window: Window, alert_id: str, score: float, threshold: float,
+               asset: str = "") -> AdviceEvent | None:
         """The advice for a raised alert on ``window``; None when the model has no advice or the rate limit hit."""
         sc = scorer.model.sidecar
         spec = self.spec_for(sc)
@@ -354,27 +354,21 @@ class Advisor:
             self._sent.popleft()
         if self.rate_limit_per_hour and len(self._sent) >= self.rate_limit_per_hour:
             self.counters.inc("advice.suppressed")
-            log.warning("advice for alert %s suppressed by the rate limit (%d per hour)", alert.get("alert_id"),
+            log.warning("advice for alert %s suppressed by the rate limit (%d per hour)", alert_id,
                         self.rate_limit_per_hour)
             return None
         self._sent.append(now)
-        result = search(scorer, window.data, spec, threshold, float(alert.get("score", math.nan)))
+        result = search(scorer, window.data, spec, threshold, score)
         self.counters.inc("advice.advised" if result.found else "advice.none")
-        payload = advice_payload(result, spec, sc, window, alert, threshold, self.device_id)
-        log.warning("%s", explain(payload))
-        return Outgoing(kind="advice", topic_suffix="advice", payload=payload, qos=1)
+        fields = advice_fields(result, spec, sc, window, threshold)
+        return AdviceEvent(alert_id=alert_id, sensor=window.sensor, fields=fields, asset=asset)
 
 
-def advice_payload(result: Advice, spec: AdviceSpec, sidecar: Any, window: Window, alert: Mapping[str, Any],
-                   threshold: float, device_id: str) -> dict[str, Any]:
-    """The ``advice`` message (README: topics and payloads)."""
+def advice_fields(result: Advice, spec: AdviceSpec, sidecar: Any, window: Window, threshold: float) -> dict[str, Any]:
+    """The body of the ``advice`` message (README: topics and payloads; agent.messages adds id, device and times)."""
     channels = sidecar.channels
     current = {c: float(v) for c, v in zip(channels, window.data[-1])}
     payload: dict[str, Any] = {
-        "id": uuid.uuid4().hex,
-        "alert_id": alert.get("alert_id"),
-        "device_id": device_id,
-        "sensor": window.sensor,
         "state": "advised" if result.found else "no_advice",
         "model": {"name": sidecar.name, "version": sidecar.version},
         "probability": result.p_before,
@@ -392,7 +386,6 @@ def advice_payload(result: Advice, spec: AdviceSpec, sidecar: Any, window: Windo
         "candidates": result.candidates,
         "search_ms": round(result.search_s * 1000, 3),
         "window_end": iso(window.end_ts),
-        "created_at": iso(time.time()),
         "note": NOTE,
     }
     if not result.found:

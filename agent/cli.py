@@ -185,7 +185,7 @@ def _derived_info(sidecar: object) -> list[dict[str, object]]:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from agent.app import load_model
+    from agent.assets import load_model
     from agent.calibrate import Calibrator
     from agent.infer import ModelError
 

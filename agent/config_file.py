@@ -25,7 +25,7 @@ from typing import Any, Iterable, Mapping
 ENV_PREFIX = "EDGE_AGENT_"
 CONFIG_FILE_ENV = "EDGE_AGENT_CONFIG_FILE"
 DEFAULT_CONFIG_FILE = Path("/etc/edge-agent/agent.toml")
-FILE_ONLY = ("modbus",)  # top-level tables with no env variables
+FILE_ONLY = ("modbus", "assets")  # top-level tables with no env variables
 
 
 @dataclass

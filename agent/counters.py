@@ -7,15 +7,19 @@ from collections import Counter
 
 
 class Counters:
-    """Named counters (``reject.non_numeric``, ``queue.dropped`` …) that any thread may bump."""
+    """Named counters (``reject.non_numeric``, ``queue.dropped`` …) that any thread may bump. An asset's counters
+    have the gateway's as ``parent``: each count goes to both (the asset's summaries, the gateway's stats)."""
 
-    def __init__(self) -> None:
+    def __init__(self, parent: "Counters | None" = None) -> None:
         self._lock = threading.Lock()
         self._c: Counter[str] = Counter()
+        self.parent = parent
 
     def inc(self, name: str, n: int = 1) -> None:
         with self._lock:
             self._c[name] += n
+        if self.parent is not None:
+            self.parent.inc(name, n)
 
     def get(self, name: str) -> int:
         with self._lock:

@@ -1,19 +1,24 @@
-"""Decisions: the alert state machine (threshold, k-of-n debounce, hysteresis) and periodic summaries.
+"""Decisions: the alert state machine (threshold, k-of-n debounce, hysteresis, receded clear), the alert policy
+(cooldown, rate limit), and ``Decisions``, which holds both for every sensor of a pipeline with the parameters in
+force (a command's threshold, else the configured, the calibrated or the model's).
 
 Pure and single-threaded (the pipeline thread owns them), so they are tested without broker or hardware.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import uuid
 from collections import deque
-from dataclasses import dataclass, field
-from typing import Any, Mapping
+from dataclasses import dataclass
+from typing import Any
 
-import numpy as np
+from agent.counters import Counters
+from agent.logsafe import clip
+from agent.records import Inference
 
-from agent.records import Inference, Vector
+log = logging.getLogger(__name__)
 
 RAISED = "raised"
 CLEARED = "cleared"
@@ -120,77 +125,6 @@ class AlertMachine:
         self._receded.clear()
 
 
-@dataclass
-class Summariser:
-    """Collects per-period statistics; ``due`` tells when a period of ``interval_s`` of data time is over."""
-
-    channels: list[str]
-    interval_s: float
-    period_start: float | None = None
-    last_ts: float | None = None
-    readings: int = 0
-    windows: int = 0
-    raised: int = 0
-    cleared: int = 0
-    suppressed: int = 0
-    _scores: list[float] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self._reset_stats()
-
-    def _reset_stats(self) -> None:
-        c = len(self.channels)
-        self._total, self._lo, self._hi = np.zeros(c), np.full(c, np.inf), np.full(c, -np.inf)
-
-    def due(self, ts: float) -> bool:
-        """True when ``ts`` lies past the end of the current period (call ``take`` before adding it)."""
-        return self.period_start is not None and ts - self.period_start >= self.interval_s
-
-    def add_vector(self, v: Vector) -> None:
-        if self.period_start is None:
-            self.period_start = v.ts
-        self.last_ts = v.ts
-        self.readings += 1
-        x = v.values
-        self._total += x
-        np.minimum(self._lo, x, out=self._lo)
-        np.maximum(self._hi, x, out=self._hi)
-
-    def add_score(self, score: float) -> None:
-        self.windows += 1
-        if len(self._scores) < 100_000:  # bounded even with a very long interval
-            self._scores.append(score)
-
-    def take(self, end_ts: float | None, rejected: Mapping[str, int]) -> dict[str, Any]:
-        """The summary of the period so far (ending at ``end_ts``), and a fresh period."""
-        scores = np.asarray(self._scores)
-        n = self.readings  # every vector carries every channel: each channel's count is the reading count
-        out: dict[str, Any] = {
-            "period_start": self.period_start,
-            "period_end": end_ts if end_ts is not None else self.last_ts,
-            "readings": self.readings,
-            "rejected": dict(rejected),
-            "windows": self.windows,
-            "alerts_raised": self.raised,
-            "alerts_cleared": self.cleared,
-            "alerts_suppressed": self.suppressed,
-            "score": (
-                {"p50": float(np.quantile(scores, 0.5)), "p95": float(np.quantile(scores, 0.95)),
-                 "max": float(scores.max())} if scores.size else None
-            ),
-            "channels": {
-                name: {"count": n, "min": float(lo), "mean": float(t / n), "max": float(hi)}
-                if n else {"count": 0}
-                for name, t, lo, hi in zip(self.channels, self._total, self._lo, self._hi)
-            },
-        }
-        self.period_start = end_ts
-        self.readings = self.windows = self.raised = self.cleared = self.suppressed = 0
-        self._reset_stats()
-        self._scores = []
-        return out
-
-
 class AlertPolicy:
     """Cooldown and rate limit on raised alerts, in data time. A suppressed alert is counted, never silent."""
 
@@ -219,3 +153,118 @@ class AlertPolicy:
     def forget(self, sensor: str) -> None:
         """Drop what is kept of an idle sensor (its cooldown has long passed)."""
         self._last_clear.pop(sensor, None)
+
+
+@dataclass(frozen=True)
+class DecisionParams:
+    """The decision parameters in force."""
+
+    threshold: float
+    k: int
+    n: int
+    clear_ratio: float
+    recede_ratio: float = 0.0
+    refractory: int = 1800
+
+
+class Decisions:
+    """The alert decision for every sensor of one pipeline: one AlertMachine per sensor, the alert policy, and the
+    parameters in force. The threshold is a command's (``set_threshold``), else the configured one, else the
+    teach-in's, else the model's; k, n, clear_ratio and recede_ratio configured or the model's. A change of the
+    parameters re-judges each machine's recent scores (``AlertMachine.retune``), never forgets them."""
+
+    def __init__(self, counters: Counters, policy: AlertPolicy | None = None, *, threshold: float | None = None,
+                 k: int | None = None, n: int | None = None, clear_ratio: float | None = None,
+                 recede_ratio: float | None = None):
+        self.counters = counters
+        self.policy = policy or AlertPolicy()
+        self._configured = (threshold, k, n, clear_ratio, recede_ratio)
+        self._command_threshold: float | None = None
+        self._spec: Any = None  # the model's decision defaults (a DecisionSpec)
+        self._model_threshold = 1.0
+        self._calibrated: float | None = None
+        self.machines: dict[str, AlertMachine] = {}
+        self._suppressed: set[str] = set()  # alert ids held back by the policy: their clear is not sent either
+        self.params = DecisionParams(1.0, 1, 1, 1.0)
+
+    def refresh(self, spec: Any, model_threshold: float, calibrated: float | None) -> None:
+        """The model's decision defaults and threshold, and the teach-in's threshold (None: none)."""
+        self._spec, self._model_threshold, self._calibrated = spec, model_threshold, calibrated
+        self._apply(self._params(self._command_threshold))
+
+    def _params(self, threshold: float | None) -> DecisionParams:
+        t, k, n, ratio, recede = self._configured
+        d = self._spec
+        if threshold is None:
+            threshold = t
+        if threshold is None:
+            threshold = self._calibrated if self._calibrated is not None else self._model_threshold
+        return DecisionParams(threshold, k or d.k, n or d.n, ratio or d.clear_ratio,
+                              d.recede_ratio if recede is None else recede, d.refractory)
+
+    def _apply(self, params: DecisionParams) -> None:
+        self.params = params
+        for m in self.machines.values():
+            m.retune(params.threshold, params.k, params.n, params.clear_ratio, params.recede_ratio)
+
+    def natural_threshold(self) -> float:
+        """The threshold without a command's override: configured, calibrated or the model's."""
+        return self._params(None).threshold
+
+    @property
+    def command_threshold(self) -> float | None:
+        """The threshold set by command, None when none is in force."""
+        return self._command_threshold
+
+    def set_threshold(self, threshold: float | None) -> bool:
+        """Override the threshold (None: back to the natural one); False when that is already in force."""
+        if threshold == self._command_threshold:
+            return False
+        self._command_threshold = threshold
+        self._apply(self._params(threshold))
+        return True
+
+    def judge(self, inf: Inference) -> tuple[Transition | None, bool]:
+        """Feed one scored window: (the transition to report or None, whether a raise was suppressed)."""
+        sensor = inf.window.sensor
+        machine = self.machines.get(sensor)
+        if machine is None:
+            p = self.params
+            machine = self.machines[sensor] = AlertMachine(sensor, p.threshold, p.k, p.n, p.clear_ratio,
+                                                           p.recede_ratio, p.refractory)
+        t = machine.update(inf)
+        if t is None:
+            return None, False
+        end = inf.window.end_ts
+        if t.state == RAISED and not self.policy.allow(sensor, end):
+            self._suppressed.add(t.alert_id)
+            self.counters.inc("alerts.suppressed")
+            log.warning("alert on %s suppressed by cooldown/rate limit (score %.4g)", clip(sensor), inf.score)
+            return None, True
+        if t.state == CLEARED:
+            self.policy.cleared(sensor, end)
+            if t.alert_id in self._suppressed:
+                self._suppressed.discard(t.alert_id)
+                return None, False
+        self.counters.inc(f"alerts.{t.state}")
+        return t, False
+
+    def reset(self, sensor: str) -> None:
+        """A hole in a sensor's data: its debounce starts again (an active alert stays)."""
+        machine = self.machines.get(sensor)
+        if machine is not None:
+            machine.reset()
+
+    def forget_scores(self) -> None:
+        """Another model: the recent scores mean nothing against its threshold (active alerts stay)."""
+        for m in self.machines.values():
+            m.reset()
+
+    def active(self, sensor: str) -> bool:
+        machine = self.machines.get(sensor)
+        return machine is not None and machine.active
+
+    def forget(self, sensor: str) -> None:
+        """An idle sensor: drop its machine and policy state."""
+        self.machines.pop(sensor, None)
+        self.policy.forget(sensor)

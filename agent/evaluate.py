@@ -374,7 +374,7 @@ def pipeline_factory(settings: Any, model: Any, calibration_samples: int,
     """Builds each file's Pipeline the way the daemon builds its own (``build``, default ``app.build_pipeline``),
     with teach-in over ``calibration_samples`` readings and the state in the given (fresh) directory."""
     if build is None:
-        from agent.app import build_pipeline as build
+        from agent.assets import build_pipeline as build
 
     def make(counters: Counters, state_dir: Path, channels: list[str] | None = None) -> Any:
         s = settings.model_copy(update={
@@ -408,7 +408,8 @@ def run_file(model: Any, path: Path, rel: str, make_pipeline: Callable[[Counters
     """Replay one recording through a fresh Pipeline (``make_pipeline(counters, state_dir)`` with its own new
     temporary state dir, so teach-in starts afresh) reading by reading. ``labelled=False``: every row is normal
     (a long normal recording), its label column, if any, is ignored."""
-    from agent.parse import timestamp as parse_ts
+    from agent.parse import iso
+    from agent.records import AlertEvent
     from agent.sources.replay import read_recording
 
     channels = model_channels(model, path)
@@ -443,22 +444,20 @@ def run_file(model: Any, path: Path, rel: str, make_pipeline: Callable[[Counters
                 last = inf
                 score_rows.append(row)
                 scores.append(inf.score)
-            for m in out:
-                if m.kind != "alert":
+            for e in out:  # typed events (agent.records), the same the daemon turns into messages
+                if not isinstance(e, AlertEvent):
                     continue
-                pl = m.payload
-                end_ts = parse_ts(pl["window_end"])
-                at = row if end_ts is None else alert_row(ts, end_ts, row)
-                if pl["state"] == "raised":
-                    alerts[pl["alert_id"]] = AlertRecord(
-                        pl["alert_id"], at, pl["window_end"], score=float(pl["score"]),
-                        top_channels=list(pl.get("top_channels", [])),
+                at = alert_row(ts, e.window_end_ts, row)
+                if e.state == "raised":
+                    alerts[e.alert_id] = AlertRecord(
+                        e.alert_id, at, iso(e.window_end_ts), score=float(e.score),
+                        top_channels=[{"channel": c, "share": round(sh, 4)} for c, sh in e.top],
                     )
-                    order.append(pl["alert_id"])
-                elif pl["alert_id"] in alerts:
-                    a = alerts[pl["alert_id"]]
-                    a.clear_row, a.clear_window_end = at, pl["window_end"]
-                    a.peak_score = pl.get("peak_score")
+                    order.append(e.alert_id)
+                elif e.alert_id in alerts:
+                    a = alerts[e.alert_id]
+                    a.clear_row, a.clear_window_end = at, iso(e.window_end_ts)
+                    a.peak_score = e.peak_score
             if on_row is not None:
                 on_row(row + 1)
         p.finish()
@@ -542,7 +541,7 @@ class Evaluation:
         s = apply_overrides(settings if settings is not None else default_settings(), overrides)
         if model is None:
             if load_model is None:
-                from agent.app import load_model
+                from agent.assets import load_model
             model = load_model(s)
         samples = s.calibration.samples
         if samples is None:

@@ -12,6 +12,7 @@ import json
 import logging
 import sqlite3
 import time
+from collections import deque
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
@@ -192,3 +193,67 @@ def export_feedback(store: EvidenceStore, out: Path) -> dict[str, int]:
 def evidence_payload(channels: Sequence[str], rows: Sequence[tuple[float, Sequence[float]]], **extra: Any) -> dict[str, Any]:
     """The evidence document for a set of raw readings (timestamps and channel values)."""
     return {"channels": list(channels), "ts": [r[0] for r in rows], "values": [[float(v) for v in r[1]] for r in rows], **extra}
+
+
+ACTIVE_ROWS_MAX = 2000  # raw readings kept while an alert is active, for its evidence (feedback folds them in)
+
+
+class EvidenceRecorder:
+    """The raw readings behind alerts, for the store: a short buffer per sensor (the window that raises an alert
+    and ``before`` hops before it) and every reading while its alert is raised (up to ``ACTIVE_ROWS_MAX``), added
+    to the alert's evidence when it clears. Runs on the pipeline thread; evidence is a bonus, so a store error is
+    logged and the alert goes out regardless."""
+
+    def __init__(self, store: EvidenceStore, channels: Sequence[str], buffer_len: int, inline_max_bytes: int = 0):
+        self.store = store
+        self.channels = list(channels)
+        self._len = buffer_len
+        self._inline = inline_max_bytes
+        self._raw: dict[str, deque[tuple[float, Any]]] = {}
+        self._active: dict[str, list[tuple[float, Any]]] = {}
+
+    def add(self, sensor: str, ts: float, values: Any) -> None:
+        raw = self._raw.get(sensor)
+        if raw is None:
+            raw = self._raw[sensor] = deque(maxlen=self._len)
+        raw.append((ts, values))
+        active = self._active.get(sensor)
+        if active is not None and len(active) < ACTIVE_ROWS_MAX:
+            active.append((ts, values))
+
+    def raised(self, alert_id: str, sensor: str, **about: Any) -> tuple[str | None, int, dict[str, Any] | None]:
+        """Keep the evidence of a raised alert: (evidence id, bytes, inline evidence or None)."""
+        self._active[sensor] = []
+        ev = evidence_payload(self.channels, list(self._raw.get(sensor, ())), alert_id=alert_id, sensor=sensor, **about)
+        try:
+            size = self.store.add(alert_id, sensor, ev)
+        except Exception as e:  # noqa: BLE001 - evidence is a bonus: the alert must go out regardless
+            log.error("could not store evidence of alert %s: %s", alert_id, e)
+            return None, 0, None
+        if not size:
+            return None, 0, None
+        return alert_id, size, ev if self._inline and size <= self._inline else None
+
+    def cleared(self, alert_id: str, sensor: str) -> None:
+        """The readings while the alert was active join its evidence (so feedback can fold the whole event in)."""
+        rows = self._active.pop(sensor, None)
+        if not rows:
+            return
+        try:
+            self.store.extend(alert_id, [(ts, [float(x) for x in v]) for ts, v in rows])
+        except Exception as e:  # noqa: BLE001 - evidence is a bonus
+            log.error("could not extend evidence of alert %s: %s", alert_id, e)
+
+    def rows(self, alert_id: str) -> list[list[float]] | None:
+        """The readings kept for an alert, when they are for these channels."""
+        ev = self.store.get(alert_id)
+        if not ev or ev.get("channels") != self.channels or not ev.get("values"):
+            return None
+        return ev["values"]
+
+    def forget(self, sensor: str) -> None:
+        self._raw.pop(sensor, None)
+        self._active.pop(sensor, None)
+
+    def sensors(self) -> set[str]:
+        return set(self._raw)

@@ -53,6 +53,10 @@ class LatencyRing:
         self._buf[self._n % len(self._buf)] = seconds
         self._n += 1
 
+    def values(self) -> np.ndarray:
+        """The latencies kept (seconds, unordered)."""
+        return self._buf[:min(self._n, len(self._buf))].copy()
+
     def percentiles_ms(self) -> dict[str, float] | None:
         n = min(self._n, len(self._buf))
         if n == 0:
@@ -116,15 +120,9 @@ class HealthMonitor:
         self._status_key = status_key
         self._publish_status = publish_status
         self._stop = stop
-        self._thread: threading.Thread | None = None
         self.watchdog_s = sdnotify.watchdog_interval_s()
         self.pings = 0
         self._stall_logged: set[str] = set()
-
-    def start(self) -> threading.Thread:
-        self._thread = threading.Thread(target=self.run, name="health", daemon=True)
-        self._thread.start()
-        return self._thread
 
     def run(self) -> None:
         ping_every = self.watchdog_s / 2 if self.watchdog_s else None

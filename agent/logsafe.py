@@ -7,6 +7,7 @@ such value where it is logged; ``SafeFormatter`` escapes whatever still reaches 
 from __future__ import annotations
 
 import logging
+import threading
 
 LIMIT = 200  # characters of one value kept in a log line
 
@@ -36,9 +37,21 @@ def clip(value: object, limit: int = LIMIT) -> str:
     return f"{escape(text[:limit])}…[+{len(text) - limit} chars]"
 
 
+_working_on = threading.local()
+
+
+def working_on(asset: str) -> None:
+    """The asset the calling thread works for from now on ("" = none): its log lines start with ``[<asset>]``.
+    The pipeline thread sets it around each asset's step, so a stage's line names its machine without the stage
+    knowing there are several."""
+    _working_on.asset = asset
+
+
 class SafeFormatter(logging.Formatter):
-    """A formatter that escapes control characters in the message (a traceback keeps its lines)."""
+    """A formatter that escapes control characters in the message (a traceback keeps its lines) and names the
+    asset the thread is working for."""
 
     def formatMessage(self, record: logging.LogRecord) -> str:
-        record.message = escape(record.message)
+        asset = getattr(_working_on, "asset", "")
+        record.message = f"[{asset}] {escape(record.message)}" if asset else escape(record.message)
         return super().formatMessage(record)

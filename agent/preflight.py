@@ -1,6 +1,9 @@
 """Checks of a valid configuration against the world, for ``check-config`` and ``run``: the model's sidecar, the
 secret files, the process environment. Problems exit 78 like a bad value does; warnings are printed or logged.
 
+With ``[[assets]]`` an asset's unreadable model is only a warning: that asset is down and the others run (one
+corrupt file must not stop a line of machines); its decision settings against the sidecar are still problems.
+
 The settings model checks each value alone (and k <= n when both are set); only here are the values held against
 the sidecar they complete (``EDGE_AGENT_DECISION__K=6`` with a model whose n is 5 would kill the pipeline at its
 first window).
@@ -13,6 +16,7 @@ import stat
 from pathlib import Path
 from typing import Mapping
 
+from agent.config_checks import as_key
 from agent.settings import ENV_PREFIX, Settings, known_env_names
 
 
@@ -46,7 +50,18 @@ def check(settings: Settings, environ: Mapping[str, str]) -> tuple[list[str], li
     """(problems, warnings): problems make ``run`` and ``check-config`` exit 78, warnings are only said."""
     problems: list[str] = []
     warnings: list[str] = unknown_environment(environ)
-    problems += _against_sidecar(settings)
+    if settings.assets:
+        from agent.asset_settings import effective_settings
+
+        for i, asset in enumerate(settings.assets):
+            eff = effective_settings(settings, asset)  # load_settings has checked that it merges
+            found = [f"assets[{i}] ({asset.id}).{as_key(p)}" for p in _against_sidecar(eff)]
+            if found and ".model.path=" in found[0]:  # its model is unreadable: that asset is down, the others run
+                warnings += [f"{p} (asset {asset.id} will be down; the others run)" for p in found]
+            else:
+                problems += found
+    else:
+        problems += _against_sidecar(settings)
     for path, env in _secret_files(settings):
         try:
             read_secret_file(path, env, warnings)

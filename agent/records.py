@@ -25,6 +25,7 @@ class Reading:
     ts: float
     values: Mapping[str, float | str]
     sensor: str = ""
+    asset: str = ""  # which asset's pipeline it feeds ("": the only one, a configuration without assets)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +66,73 @@ class Outgoing:
     payload: Mapping[str, Any]
     qos: int = 1
     retain: bool = False
+
+
+# -- what the pipeline decides: typed events (agent.messages turns them into MQTT payloads) --------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AlertEvent:
+    """An alert raised or cleared on one sensor's windows."""
+
+    state: str  # "raised" | "cleared"
+    alert_id: str
+    sensor: str
+    score: float  # of the window that caused the transition
+    threshold: float
+    peak_score: float  # highest score while raised (= score for a raise)
+    top: tuple[tuple[str, float], ...]  # up to 3 (channel, share of the score), largest first
+    window_start_ts: float
+    window_end_ts: float
+    model: Mapping[str, str]  # name, version
+    receded: bool = False  # cleared because the event receded (agent.decide.AlertMachine)
+    evidence_id: str | None = None  # raised: the evidence kept under this id
+    evidence_bytes: int = 0
+    evidence: Mapping[str, Any] | None = None  # raised: inline evidence (EDGE_AGENT_ALERTS__EVIDENCE_INLINE_MAX_BYTES)
+    asset: str = ""
+
+    @property
+    def margin(self) -> float | None:
+        """How far over the threshold the (peak) score is, relative."""
+        return (self.peak_score - self.threshold) / self.threshold if self.threshold > 0 else None
+
+
+@dataclass(frozen=True, slots=True)
+class SummaryEvent:
+    """One summary period of an asset's data (``end_ts`` None: the last reading's time)."""
+
+    period_start_ts: float | None
+    period_end_ts: float | None
+    final: bool
+    model: Mapping[str, str]
+    calibrating: bool
+    threshold: float
+    readings: int
+    windows: int
+    alerts_raised: int
+    alerts_cleared: int
+    alerts_suppressed: int
+    rejected: Mapping[str, int]
+    repaired: Mapping[str, int]
+    gaps: Mapping[str, int]
+    score: Mapping[str, float] | None  # p50, p95, max of the window scores
+    channels: Mapping[str, Mapping[str, float]]  # per channel count, min, mean, max
+    stale_channels: tuple[str, ...]
+    drift: Mapping[str, float] | None  # per channel mean against the calibrated normal, in sigma
+    asset: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class AdviceEvent:
+    """Parameter advice for a raised alert (``fields``: the message body agent.advice builds)."""
+
+    alert_id: str
+    sensor: str
+    fields: Mapping[str, Any]
+    asset: str = ""
+
+
+Event = AlertEvent | SummaryEvent | AdviceEvent
 
 
 @dataclass(frozen=True, slots=True)

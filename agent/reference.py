@@ -99,7 +99,7 @@ def _model_lines(model: type[BaseModel], prefix: str) -> list[str]:
     """Lines for the leaf fields of ``model``; nested models become their own sections."""
     out: list[str] = []
     for name, field in model.model_fields.items():
-        if name == "source" or _is_model(field.annotation):
+        if name == "source" or _is_model(field.annotation) or (model is Settings and name in FILE_ONLY):
             continue
         out += _field_lines(f"{prefix}{name.upper()}", field)
     return out
@@ -164,7 +164,7 @@ def render_markdown() -> str:
     head = ["| variable | default | meaning |", "|---|---|---|"]
     out = ["### General", "", *head]
     out += [_md_row(f"{ENV_PREFIX}{n.upper()}", f) for n, f in Settings.model_fields.items()
-            if n != "source" and not _is_model(f.annotation)]
+            if n != "source" and n not in FILE_ONLY and not _is_model(f.annotation)]
     for name, field in Settings.model_fields.items():
         if name in FILE_ONLY:
             continue

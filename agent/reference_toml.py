@@ -48,6 +48,10 @@ def toml_value(value: Any) -> str:
         return json.dumps(str(value))
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        from agent.config_file import key_path
+
+        return "{" + ", ".join(f"{key_path([k])} = {toml_value(v)}" for k, v in value.items()) + "}"
     return json.dumps(str(value), ensure_ascii=False)
 
 
@@ -76,7 +80,7 @@ def _field_lines(name: str, field: FieldInfo, fallback: str = "") -> list[str]:
 def _section(model: type[BaseModel]) -> list[str]:
     out: list[str] = []
     for name, field in model.model_fields.items():
-        if not _is_model(field.annotation) and name != "source" and name not in SKIP:
+        if not _is_model(field.annotation) and name != "source" and name not in SKIP and name not in FILE_ONLY:
             out += _field_lines(name, field)
     return out
 
@@ -102,8 +106,31 @@ def render_toml_example() -> str:
             assert isinstance(model, type)
             lines += ["", f"## {_TITLES.get(name, name.capitalize())}. {_doc(model)}", f"[{name}]"]
             lines += _section(model)
-    lines += ["", *_modbus_example()]
+    lines += ["", *_modbus_example(), "", *_assets_example()]
     return "\n".join(lines) + "\n"
+
+
+def _assets_example() -> list[str]:
+    """Two commented assets: uncommented (with the Modbus example above), a valid configuration of two machines."""
+    from agent.asset_settings import AssetSettings
+
+    return [
+        "## Assets (configuration file only): several machines on this gateway, one pipeline each. Without any",
+        "## [[assets]] the gateway is one machine, configured by the sections above. With assets, each names where",
+        "## its readings come from and what differs from the sections above (its defaults); its messages go to",
+        "## {topic_prefix}/{device_id}/asset/<id>/alerts (summary, advice) and name it.",
+        *(f"## {n}: {_description(f, '')}" for n, f in AssetSettings.model_fields.items()),
+        "#[[assets]]",
+        '#id = "meter-1"',
+        '#source = {kind = "modbus", devices = ["meter-1"]}',
+        '#calibration = {duration = "24h"}',
+        "",
+        "#[[assets]]",
+        '#id = "compressor"',
+        '#source = {kind = "mqtt", topics = ["plant/compressor/#"], sensor_pattern = "plant/compressor/{sensor}"}',
+        '#model = {path = "generic"}',
+        "#decision = {k = 4, n = 6}",
+    ]
 
 
 def _modbus_example() -> list[str]:
@@ -167,14 +194,27 @@ def render_file_only_markdown() -> str:
            f"`[modbus.devices.NAME]`: {_doc(DeviceSettings)}", "", *head, *rows(DeviceSettings), "",
            f"`[modbus.devices.NAME.channels]`, one `name = {{...}}` per channel: {_doc(ChannelMap)}", "", *head,
            *rows(ChannelMap)]
+    from agent.asset_settings import AssetSettings
+
+    out += ["", "### Assets (configuration file only)", "",
+            "Several machines on one gateway ([README: one gateway, many machines](#one-gateway-many-machines)); "
+            "without `[[assets]]` the gateway is one machine.", "",
+            f"`[[assets]]`: {_doc(AssetSettings)}", "", *head, *rows(AssetSettings)]
     return "\n".join(out) + "\n"
 
 
 def render_file_only(settings: Any) -> str:
     """The file-only tables in force (``check-config``), as TOML; "" when there are none."""
     out: list[str] = []
+    dumped = settings.model_dump(mode="json", exclude_unset=False)
     for name in FILE_ONLY:
-        data = settings.model_dump(mode="json").get(name) or {}
+        data = dumped.get(name) or {}
+        if isinstance(data, list):  # [[assets]]: the keys each asset sets
+            for asset in getattr(settings, name):
+                out.append(f"[[{name}]]")
+                given = asset.model_dump(mode="json", exclude_unset=True)
+                out += [f"{k} = {toml_value(v)}" for k, v in given.items()]
+            continue
         _dump(out, (name,), data)
     return "\n".join(out) + "\n" if out else ""
 

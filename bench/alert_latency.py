@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import paho.mqtt.client as mqtt  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
-from agent.app import build_pipeline, load_model  # noqa: E402
+from agent.assets import build_pipeline, load_model  # noqa: E402
 from agent.counters import Counters  # noqa: E402
 from agent.evidence import EvidenceStore  # noqa: E402
 from agent.outbox import Outbox  # noqa: E402

@@ -3,7 +3,7 @@
 Run from the repository root:
     nice -n 5 .venv/bin/python bench/sensor_memory.py [--sensors 10000] [--json out.json]
 
-The daemon's own pipeline (``agent.app.build_pipeline``, default settings: evidence store, alert policy, bundled
+The daemon's own pipeline (``agent.assets.build_pipeline``, default settings: evidence store, alert policy, bundled
 pump-anomaly model, teach-in off so every window is scored) is fed readings from the bundled recording. Each
 sensor gets ``window.length + evidence`` readings (15): its ring buffer is full, it has scored windows, an alert
 machine and a full evidence buffer — what a sensor holds in steady state.
@@ -43,7 +43,7 @@ def scenario(kind: str, sensors: int, state: Path) -> dict[str, Any]:
     """Run one scenario in this process; its numbers."""
     import os
 
-    from agent.app import build_pipeline, load_model
+    from agent.assets import build_pipeline, load_model
     from agent.counters import Counters
     from agent.evidence import EvidenceStore
     from agent.records import Reading
@@ -66,7 +66,7 @@ def scenario(kind: str, sensors: int, state: Path) -> dict[str, Any]:
         from agent.pipeline import Pipeline
 
         policy = CleaningPolicy(max_sensors=cap, sensor_idle_s=60.0)
-        pipe = Pipeline(model, counters, "bench", state, calibration_samples=0, threshold=1e6, evidence=evidence,
+        pipe = Pipeline(model, counters, state, calibration_samples=0, threshold=1e6, evidence=evidence,
                         cleaning=policy, clock=lambda: clock[0])
     names = ["s"] if kind == "baseline" else [f"sensor-{i:06d}" for i in range(sensors)]
     repeat = sensors if kind == "baseline" else 1

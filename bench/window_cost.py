@@ -5,7 +5,7 @@ Run from the repository root:
     nice -n 5 .venv/bin/python bench/window_cost.py [--windows 20000] [--profile] [--json out.json]
 
 The bundled pump-anomaly model (window 10, hop 1: every reading after the first ten makes a window) is driven by
-the daemon's own pipeline (``agent.app.build_pipeline`` with default settings, evidence store included) on a
+the daemon's own pipeline (``agent.assets.build_pipeline`` with default settings, evidence store included) on a
 stationary normal stream from the bundled recording; teach-in (400 readings) runs first and is not timed. Each
 ``process`` call is timed alone (perf_counter_ns), and so is each bare iteration (a fixed int8 input). Mean and
 median are reported; the ratio uses means. Both runtimes are measured when installed: ai_edge_litert and
@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from agent.app import build_pipeline  # noqa: E402
+from agent.assets import build_pipeline  # noqa: E402
 from agent.bundled import bundled_model  # noqa: E402
 from agent.counters import Counters  # noqa: E402
 from agent.detectors import open_model  # noqa: E402

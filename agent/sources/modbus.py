@@ -292,6 +292,12 @@ class ModbusSource:
         out += [d.problem for b in self.buses for d in b.devices if d.problem]
         return out
 
+    def problems_of(self, sensors: set[str]) -> list[str]:
+        """The problems that concern the devices with these sensor ids (an asset's), their buses' included."""
+        out = [b.problem for b in self.buses if b.problem and any(d.sensor in sensors for d in b.devices)]
+        out += [d.problem for b in self.buses for d in b.devices if d.problem and d.sensor in sensors]
+        return out
+
     def run(self, sink: Sink, stop: threading.Event) -> None:
         """Poll until ``stop`` is set or ``close`` is called; a bus thread that dies ends the source (raises)."""
         errors: list[BaseException] = []

@@ -33,6 +33,7 @@ import paho.mqtt.client as mqtt
 from agent.counters import Counters
 from agent.mqtt_client import describe_connect_error, explain_receive_failure, make_client, refused_hint, source_connection
 from agent.parse import PayloadParser
+from agent.records import Reading
 from agent.receipt import receipt_time
 from agent.settings import MqttSettings, MqttSourceSettings
 from agent.sources import CONNECTED, CONNECTING, DISCONNECTED, FINISHED, Sink
@@ -107,14 +108,24 @@ class MqttSource:
 
     def __init__(
         self, settings: MqttSourceSettings, upstream: MqttSettings, counters: Counters, device_id: str | None = None,
+        routes: list[tuple[str, MqttSourceSettings]] | None = None,
     ) -> None:
+        """``routes``: one client for several assets on one broker, as (asset id, its source settings); a message
+        goes to the first asset whose topic filter matches, with that asset's sensor pattern and payload format."""
         self.settings = settings
         self.counters = counters
-        self.topics = list(settings.topics)
-        for t in self.topics:
-            check_filter(t)
-        self._pattern = compile_sensor_pattern(settings.sensor_pattern)
-        self.parser = PayloadParser(channel=settings.channel, timestamp_field=settings.timestamp_field)
+        routes = routes or [("", settings)]
+        self._routes: list[tuple[str, str, re.Pattern[str] | None, PayloadParser]] = []
+        for asset, s in routes:
+            pattern = compile_sensor_pattern(s.sensor_pattern)
+            parser = PayloadParser(channel=s.channel, timestamp_field=s.timestamp_field)
+            for t in s.topics:
+                check_filter(t)
+                self._routes.append((t, asset, pattern, parser))
+        self.topics = list(dict.fromkeys(t for t, *_ in self._routes))
+        self._pattern = self._routes[0][2]
+        self.parser = self._routes[0][3]
+        self._routed = len(routes) > 1 or bool(routes[0][0])
         self.conn = source_connection(settings, upstream)  # ValueError/FileNotFoundError: exit 78 at start
         self.host = self.conn.host
         self.port = self.conn.port
@@ -304,17 +315,20 @@ class MqttSource:
             if msg.retain:
                 counters.inc("source.retained")
                 return
-            sensor = self.sensor_of(msg.topic)
-            if sensor is None:
+            route = self.route_of(msg.topic)
+            if route is None:
                 counters.inc("reject.topic_mismatch")
                 return
+            sensor, asset, parser = route
             if len(payload) > MAX_PAYLOAD_BYTES:
                 counters.inc("reject.payload_too_large")
                 return
-            reading = self.parser.parse(payload, receipt_time(), sensor)  # agent/receipt.py
+            reading = parser.parse(payload, receipt_time(), sensor)  # agent/receipt.py
             if isinstance(reading, str):
                 counters.inc("reject." + reading)
                 return
+            if asset:
+                reading = Reading(reading.ts, reading.values, reading.sensor, asset)
             counters.inc("source.readings")
             sink = self._sink
             if sink is not None:
@@ -330,6 +344,20 @@ class MqttSource:
             pass
 
     # -- helpers ---------------------------------------------------------------------------------------------
+
+    def route_of(self, topic: str) -> tuple[str, str, PayloadParser] | None:
+        """(sensor id, asset, parser) for a message on ``topic``; None when no route's filter and pattern match."""
+        if not self._routed:
+            sensor = self.sensor_of(topic)
+            return None if sensor is None else (sensor, "", self.parser)
+        for flt, asset, pattern, parser in self._routes:
+            if mqtt.topic_matches_sub(flt, topic):
+                if pattern is None:
+                    return topic, asset, parser
+                m = pattern.fullmatch(topic)
+                if m is not None:
+                    return m.group("sensor"), asset, parser
+        return None
 
     def sensor_of(self, topic: str) -> str | None:
         """The sensor id that ``sensor_pattern`` takes from ``topic``; None when the topic does not match."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +15,7 @@ from agent.calibrate import sidecar_normaliser
 from agent.counters import Counters
 from agent.infer import Model, ModelError, Scorer
 from agent.records import Window
+from tests.helpers import outgoing
 
 MF = bundled_dir() / "machine-failure.tflite"
 RPM, TQ, WEAR = "Rotational speed [rpm]", "Torque [Nm]", "Tool wear [min]"
@@ -133,8 +133,8 @@ def window(row: np.ndarray, ts: float) -> Window:
 def test_advisor_message_and_rate_limit(scorer):
     counters = Counters()
     adv = Advisor("gw-1", counters, rate_limit_per_hour=1)
-    alert = {"alert_id": "a1", "score": 0.996}
-    msg = adv.advise(scorer, window(HDF_CYCLE, 1000.0), alert, 0.5)
+    ev = adv.advise(scorer, window(HDF_CYCLE, 1000.0), "a1", 0.996, 0.5)
+    (msg,) = outgoing([ev], "gw-1")
     p = msg.payload
     assert msg.kind == "advice" and msg.topic_suffix == "advice" and msg.qos == 1
     assert p["state"] == "advised" and p["alert_id"] == "a1" and p["device_id"] == "gw-1" and p["sensor"] == "mill-3"
@@ -145,14 +145,14 @@ def test_advisor_message_and_rate_limit(scorer):
     assert p["advised_probability"] <= p["target"] < p["threshold"] < p["probability"]
     assert "writes to no device" in p["note"]
     json.dumps(p)  # JSON-able as it goes to the outbox
-    assert adv.advise(scorer, window(HDF_CYCLE, 2000.0), {"alert_id": "a2"}, 0.5) is None  # 2nd in the hour
+    assert adv.advise(scorer, window(HDF_CYCLE, 2000.0), "a2", 0.996, 0.5) is None  # 2nd in the hour
     assert counters.get("advice.suppressed") == 1
-    assert adv.advise(scorer, window(HDF_CYCLE, 4601.0), {"alert_id": "a3"}, 0.5) is not None  # an hour later
+    assert adv.advise(scorer, window(HDF_CYCLE, 4601.0), "a3", 0.996, 0.5) is not None  # an hour later
 
 
 def test_advisor_override_replaces_the_sidecar_bounds_and_is_checked(scorer):
     adv = Advisor("gw", Counters(), adjustable=parse_adjustable(f"{RPM}:1200:1300:10"))
-    p = adv.advise(scorer, window(HDF_CYCLE, 0.0), {"alert_id": "a"}, 0.5).payload
+    p = outgoing([adv.advise(scorer, window(HDF_CYCLE, 0.0), "a", 0.996, 0.5)])[0].payload
     assert p["state"] == "no_advice" and "reason" in p and p["advised"] == {}
     assert list(p["bounds"]) == [RPM]
     bad = Advisor("gw", Counters(), adjustable=parse_adjustable("Speed:1:2:1"))
@@ -162,7 +162,7 @@ def test_advisor_override_replaces_the_sidecar_bounds_and_is_checked(scorer):
 def test_no_advice_for_models_without_an_advice_section():
     m = Model(bundled_model("pump-anomaly"))
     s = Scorer(m, sidecar_normaliser(m))
-    assert Advisor("gw", Counters()).advise(s, window(np.zeros((10, 8)), 0.0), {}, 1.0) is None
+    assert Advisor("gw", Counters()).advise(s, window(np.zeros((10, 8)), 0.0), "a", 2.0, 1.0) is None
 
 
 @pytest.mark.parametrize("text, reason", [

@@ -9,6 +9,7 @@ from agent.clean import Cleaner, CleaningPolicy
 from agent.counters import Counters
 from agent.pipeline import Pipeline
 from agent.records import Reading
+from tests.helpers import outgoing
 
 
 def _feed(al: Aligner, readings) -> list[Reading]:
@@ -124,7 +125,7 @@ def test_pipeline_aligns_channels_published_on_separate_topics(tmp_path, model, 
     channels = model.sidecar.channels
     offsets = {ch: 0.05 * i for i, ch in enumerate(channels)}
     c = Counters()
-    p = Pipeline(model, c, "gw", tmp_path, calibration_samples=0, summary_interval_s=1e9,
+    p = Pipeline(model, c, tmp_path, calibration_samples=0, summary_interval_s=1e9,
                  cleaning=CleaningPolicy(align_period_s=1.0, align_tolerance_s=1.5, align_sensor="pump-1"))
     rows = recording[:200]
     dead = range(100, 120)  # Pressure silent for 20 rows
@@ -141,7 +142,7 @@ def test_pipeline_aligns_channels_published_on_separate_topics(tmp_path, model, 
         stale_seen |= p.stale_channels
     assert stale_seen == {"pump-1/Pressure"}
     assert p.stale_channels == set()  # recovered
-    s = p.finish()[-1].payload
+    s = outgoing(p.finish())[-1].payload
     assert s["gaps"]["missing_channel"] > 0 and s["gaps"]["stale"] == 1
     assert s["rejected"]["stale_channel"] > 0 and s["repaired"]["held"] > 0
     assert s["stale_channels"] == []

@@ -324,14 +324,14 @@ def test_cleaner_never_raises_and_counters_only_grow(readings, max_hold_s, spike
 def test_pipeline_holds_a_bad_value_and_counts_it_in_the_summary(tmp_path, model, recording):
     from agent.pipeline import Pipeline
 
-    p = Pipeline(model, Counters(), "gw", tmp_path)
+    p = Pipeline(model, Counters(), tmp_path)
     bad = [
         Reading(recording[0].ts, {**recording[0].values, "Current": "n/a"}),  # nothing to hold yet: dropped
         Reading(recording[1].ts, {**recording[1].values, "Pressure": float("nan")}),  # held
     ]
     for r in bad + recording[2:50]:
         p.process(r)
-    s = p.finish()[0].payload
+    s = outgoing(p.finish())[0].payload
     assert s["rejected"] == {"non_numeric": 1, "not_finite": 1}
     assert s["repaired"] == {"held": 1} and s["gaps"] == {} and s["stale_channels"] == []
     assert s["readings"] == 49
@@ -341,7 +341,7 @@ def test_pipeline_stale_channel_resets_windows_and_debounce_then_resumes(tmp_pat
     from agent.pipeline import Pipeline
 
     c = Counters()
-    p = Pipeline(model, c, "gw", tmp_path, calibration_samples=0, summary_interval_s=1e9)
+    p = Pipeline(model, c, tmp_path, calibration_samples=0, summary_interval_s=1e9)
     rows = recording[:120]
     dead = range(40, 60)
     scored: list[tuple[float, float]] = []
@@ -362,7 +362,7 @@ def test_pipeline_stale_channel_resets_windows_and_debounce_then_resumes(tmp_pat
     back = rows[dead.stop].ts
     assert not any(a <= last_good and b >= back for a, b in scored)  # no window spans the hole
     assert [w for w in scored if w[1] >= back][0][0] == back  # the window refilled from the recovery on
-    s = p.finish()[-1].payload
+    s = outgoing(p.finish())[-1].payload
     assert s["gaps"] == {"stale": 1}
     assert s["rejected"]["stale_channel"] == len(stale_at)
     assert s["readings"] == len(rows) - len(stale_at)
@@ -401,6 +401,7 @@ def test_cleaning_settings_become_the_policy():
 # -- issue 12 item 8: one bad device timestamp must not blind a sensor; a sustained step is a new time base --------
 
 from agent.clean import TIME_STEP_READINGS  # noqa: E402
+from tests.helpers import outgoing
 
 
 class _Clock:

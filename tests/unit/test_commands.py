@@ -16,7 +16,7 @@ import pytest
 
 from agent.app import Agent
 from agent.bundled import bundled_model
-from agent.commands import MAX_PAYLOAD_BYTES, CommandGate, TokenBucket
+from agent.command_gate import MAX_PAYLOAD_BYTES, CommandGate, TokenBucket
 from agent.counters import Counters
 from agent.settings import load_settings
 
@@ -72,7 +72,7 @@ def test_threshold_override_is_in_status_and_stats_logged_with_the_old_value(age
 def test_calibrate_while_teach_in_runs_changes_nothing(tmp_path: Path) -> None:
     a = make_agent(tmp_path / "state")
     try:
-        channels = a.model.sidecar.channels
+        channels = a.pipeline.model.sidecar.channels
         from agent.records import Reading
 
         for i in range(20):
@@ -89,7 +89,7 @@ def test_calibrate_while_teach_in_runs_changes_nothing(tmp_path: Path) -> None:
 def test_reloading_the_running_model_changes_nothing(agent: Agent) -> None:
     machines_before = dict(agent.pipeline.machines)
     snap = agent.pipeline.snapshot
-    sha = agent.model.sha256
+    sha = agent.pipeline.model.sha256
     r = cmd(agent, "reload-model", {"request_id": "m", "path": str(bundled_model("pump-anomaly")), "sha256": sha})
     assert r["ok"] and r["changed"] is False, r
     assert agent.pipeline.snapshot is snap and agent.pipeline.machines == machines_before
@@ -159,7 +159,7 @@ def test_token_bucket() -> None:
 
 def test_a_flood_is_counted_to_the_last_message_and_logged_once_per_burst(caplog) -> None:
     """Issue 12: 7,459 of 10,000 pings vanished without a trace."""
-    caplog.set_level(logging.INFO, logger="agent.commands")
+    caplog.set_level(logging.INFO, logger="agent.control")
     counters = Counters()
     clock = FakeClock()
     gate = CommandGate(counters, rate_per_minute=60, burst=10, clock=clock)
@@ -246,7 +246,7 @@ def test_by_default_the_bundled_and_the_configured_models_directory_are_allowed(
     configured, sha = _copy_model(tmp_path / "etc-models", "1.1.0")
     a = make_agent(tmp_path / "state", EDGE_AGENT_CALIBRATION__SAMPLES="0", EDGE_AGENT_MODEL__PATH=str(configured))
     try:
-        from agent.commands import model_dirs
+        from agent.control import model_dirs
 
         assert model_dirs(a.settings) == [bundled_model("pump-anomaly").parent, configured.parent]
         r = cmd(a, "reload-model", {"request_id": "b", "path": str(bundled_model("pump-anomaly")), "sha256": sha})

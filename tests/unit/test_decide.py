@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agent.decide import CLEARED, RAISED, AlertMachine, Summariser
+from agent.decide import CLEARED, RAISED, AlertMachine
+from agent.summary import Summariser
 from agent.records import Inference, Vector, Window
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.app import build_pipeline
+from agent.assets import build_pipeline
 from agent.evaluate import (
     Evaluation,
     apply_overrides,

@@ -18,6 +18,7 @@ from agent.infer import ModelError
 from agent.pipeline import Pipeline
 from agent.records import Inference, Reading, Window
 from agent.settings import parse_duration
+from tests.helpers import outgoing
 
 
 def readings(x: np.ndarray, names: list[str], t0: float = 1.7e9, step_s: float = 1.0, sensor: str = "m1") -> list[Reading]:
@@ -28,12 +29,12 @@ def readings(x: np.ndarray, names: list[str], t0: float = 1.7e9, step_s: float =
 def run(p: Pipeline, rs: list[Reading]) -> list[dict]:
     out = []
     for r in rs:
-        out += [m.payload for m in p.process(r) if m.kind == "alert"]
+        out += [m.payload for m in outgoing(p.process(r)) if m.kind == "alert"]
     return out
 
 
 def pipeline(tmp_path: Path, samples: int = 400, **kw) -> Pipeline:
-    return Pipeline(open_model("generic"), Counters(), "gw", tmp_path, calibration_samples=samples, **kw)
+    return Pipeline(open_model("generic"), Counters(), tmp_path, calibration_samples=samples, **kw)
 
 
 def noise(rng: np.random.Generator, n: int, c: int, level: float = 10.0) -> np.ndarray:
@@ -100,7 +101,7 @@ def test_a_sensor_reporting_every_five_minutes_is_not_stale_and_is_scored(tmp_pa
     x = noise(rng, 3000, 1, level=70.0)
     x[2500:2700, 0] -= 15.0
     c = Counters()
-    p = Pipeline(open_model("generic"), c, "gw", tmp_path, calibration_samples=2000)
+    p = Pipeline(open_model("generic"), c, tmp_path, calibration_samples=2000)
     alerts = run(p, readings(x, ["temperature"], step_s=300.0))
     assert not p.stale_channels
     assert c.get("gap.time_gap") <= 8  # only while the interval was being learnt

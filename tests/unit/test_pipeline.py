@@ -10,19 +10,20 @@ import pytest
 from agent.counters import Counters
 from agent.pipeline import Pipeline
 from agent.records import Reading
+from tests.helpers import outgoing
 
 
 def _run(p: Pipeline, readings):
     out = []
     for r in readings:
-        out.extend(p.process(r))
+        out.extend(outgoing(p.process(r)))
     return out
 
 
 def test_no_alert_while_calibrating_and_state_reported(tmp_path, model, recording):
     samples = model.sidecar.calibration.samples
     assert samples > 0, "the bundled model asks for teach-in"
-    p = Pipeline(model, Counters(), "gw", tmp_path, summary_interval_s=1e9)
+    p = Pipeline(model, Counters(), tmp_path, summary_interval_s=1e9)
     assert p.calibrating
     # even a wild disturbance during teach-in raises nothing
     wild = [Reading(r.ts, {**r.values, "Current": r.values["Current"] * (1 + 3 * (i % 2))}) for i, r in enumerate(recording[:samples - 1])]
@@ -32,7 +33,7 @@ def test_no_alert_while_calibrating_and_state_reported(tmp_path, model, recordin
 
 def test_teach_in_persists_across_a_restart(tmp_path, model, recording):
     samples = model.sidecar.calibration.samples
-    p = Pipeline(model, Counters(), "gw", tmp_path)
+    p = Pipeline(model, Counters(), tmp_path)
     _run(p, recording[:samples])
     assert not p.calibrating
     cal = json.loads((tmp_path / "calibration.json").read_text())
@@ -41,7 +42,7 @@ def test_teach_in_persists_across_a_restart(tmp_path, model, recording):
     raw = np.array([[r.values[c] for c in model.sidecar.channels] for r in recording[:samples]])
     assert np.allclose(cal["mean"], raw.mean(axis=0))
 
-    again = Pipeline(model, Counters(), "gw", tmp_path)
+    again = Pipeline(model, Counters(), tmp_path)
     assert not again.calibrating
     assert again.params.threshold == pytest.approx(p.params.threshold)
     # the same readings score the same after the restart
@@ -51,7 +52,7 @@ def test_teach_in_persists_across_a_restart(tmp_path, model, recording):
 
     again.calibrator.reset()
     assert not (tmp_path / "calibration.json").exists()
-    assert Pipeline(model, Counters(), "gw", tmp_path).calibrating
+    assert Pipeline(model, Counters(), tmp_path).calibrating
 
 
 def test_explanation_points_at_the_disturbed_channel(tmp_path, model, recording):
@@ -59,7 +60,7 @@ def test_explanation_points_at_the_disturbed_channel(tmp_path, model, recording)
     channels = model.sidecar.channels
     # temperatures drift slowly on a real pump; the model tolerates level shifts there by design (models/README.md)
     for victim in ("Current", "Volume Flow RateRMS"):
-        p = Pipeline(model, Counters(), "gw", tmp_path / victim)
+        p = Pipeline(model, Counters(), tmp_path / victim)
         _run(p, recording[:samples])
         normal = recording[samples: samples + 120]
         raw = np.array([[r.values[c] for c in channels] for r in recording[:samples]])
@@ -78,13 +79,13 @@ def test_explanation_points_at_the_disturbed_channel(tmp_path, model, recording)
 
 def test_rejected_readings_are_counted_in_the_summary(tmp_path, model, recording):
     c = Counters()
-    p = Pipeline(model, c, "gw", tmp_path)
+    p = Pipeline(model, c, tmp_path)
     bad = [
         Reading(recording[0].ts, {**recording[0].values, "Current": "n/a"}),
         Reading(recording[1].ts, {**recording[1].values, "Pressure": float("nan")}),
     ]
     _run(p, bad + recording[2:50])
-    s = p.finish()[0].payload
+    s = outgoing(p.finish())[0].payload
     assert s["rejected"] == {"non_numeric": 1, "not_finite": 1}
     # the first reading has no earlier Current to hold: dropped; the NaN Pressure is held from the reading before
     assert s["readings"] == 49 and s["repaired"] == {"held": 1} and s["final"] is True and s["calibrating"] is True
@@ -92,14 +93,14 @@ def test_rejected_readings_are_counted_in_the_summary(tmp_path, model, recording
 
 def test_a_silent_live_sensor_closes_its_summary_period_in_data_time(tmp_path, model, recording):
     """Old device timestamps (2020) must not be compared with today's clock: silence is measured monotonic."""
-    p = Pipeline(model, Counters(), "gw", tmp_path, summary_interval_s=300)
+    p = Pipeline(model, Counters(), tmp_path, summary_interval_s=300)
     from agent.parse import iso
 
     _run(p, recording[:10])
     span = recording[9].ts - recording[0].ts
     arrival = p._last_arrival
     assert p.tick(arrival + 299 - span) == []
-    out = p.tick(arrival + 301 - span)  # the data so far + the silence: the 300 s period is over
+    out = outgoing(p.tick(arrival + 301 - span))  # the data so far + the silence: the 300 s period is over
     assert len(out) == 1
     s = out[0].payload
     assert s["readings"] == 10 and s["final"] is False
@@ -108,15 +109,15 @@ def test_a_silent_live_sensor_closes_its_summary_period_in_data_time(tmp_path, m
 
 def test_summary_reports_drift_against_the_calibrated_normal(tmp_path, model, recording):
     samples = model.sidecar.calibration.samples
-    p = Pipeline(model, Counters(), "gw", tmp_path, summary_interval_s=1e9)
+    p = Pipeline(model, Counters(), tmp_path, summary_interval_s=1e9)
     _run(p, recording[:samples])
-    first = p.finish()[0].payload
+    first = outgoing(p.finish())[0].payload
     # the period holds exactly the teach-in readings: no drift from themselves
     assert first["calibrating"] is False and all(abs(v) < 1e-6 for v in first["drift"].values())
     sd = p.scorer.normaliser.std[model.sidecar.channels.index("Current")]
     shifted = [Reading(r.ts, {**r.values, "Current": r.values["Current"] + 3 * sd}) for r in recording[samples: samples + 50]]
     _run(p, shifted)
-    s = p.finish()[0].payload
+    s = outgoing(p.finish())[0].payload
     assert s["drift"]["Current"] == pytest.approx(3.0, abs=0.6)
     assert abs(s["drift"]["Pressure"]) < 1.5
 
@@ -137,12 +138,12 @@ def test_threshold_commands_every_other_window_do_not_keep_alerts_down(tmp_path,
     """The attack of issue 12: a set-threshold every couple of windows reset every sensor's k-of-n state, so that
     scores at many times the threshold never raised an alert."""
     samples = model.sidecar.calibration.samples
-    p = Pipeline(model, Counters(), "gw", tmp_path, summary_interval_s=1e9)
+    p = Pipeline(model, Counters(), tmp_path, summary_interval_s=1e9)
     _run(p, recording[:samples])
     natural = p.params.threshold
     raised = []
     for i, r in enumerate(_disturbed(model, recording, samples)):
-        raised += [m for m in p.process(r) if m.kind == "alert" and m.payload["state"] == "raised"]
+        raised += [m for m in outgoing(p.process(r)) if m.kind == "alert" and m.payload["state"] == "raised"]
         if i % 2:
             if command == "null":
                 p.set_threshold(None)  # already the natural threshold: nothing to change
@@ -156,7 +157,7 @@ def test_threshold_commands_every_other_window_do_not_keep_alerts_down(tmp_path,
 
 def test_setting_the_threshold_in_force_changes_nothing(tmp_path, model, recording):
     samples = model.sidecar.calibration.samples
-    p = Pipeline(model, Counters(), "gw", tmp_path, summary_interval_s=1e9)
+    p = Pipeline(model, Counters(), tmp_path, summary_interval_s=1e9)
     _run(p, recording[:samples + 20])
     snap = p.snapshot
     assert p.set_threshold(None) == p.params.threshold
@@ -173,7 +174,7 @@ def test_setting_the_threshold_in_force_changes_nothing(tmp_path, model, recordi
 
 def test_idle_sensors_are_forgotten_everywhere_except_with_an_alert_raised(tmp_path, model, recording):
     from agent.clean import CleaningPolicy
-    from agent.decide import AlertPolicy
+    from agent.decide import AlertPolicy, Decisions
     from agent.evidence import EvidenceStore
 
     class Clock:
@@ -185,23 +186,23 @@ def test_idle_sensors_are_forgotten_everywhere_except_with_an_alert_raised(tmp_p
     clock = Clock()
     store = EvidenceStore(tmp_path / "evidence.db")
     c = Counters()
-    p = Pipeline(model, c, "gw", tmp_path, calibration_samples=0, summary_interval_s=1e9, evidence=store,
-                 policy=AlertPolicy(cooldown_s=60), cleaning=CleaningPolicy(sensor_idle_s=600, max_sensors=100),
-                 clock=clock)
+    p = Pipeline(model, c, tmp_path, calibration_samples=0, summary_interval_s=1e9, evidence=store,
+                 decisions=Decisions(c, AlertPolicy(cooldown_s=60)),
+                 cleaning=CleaningPolicy(sensor_idle_s=600, max_sensors=100), clock=clock)
     p.set_threshold(1e9)  # no window over: "quiet" has windows and a machine, never an alert
     for r in recording[:15]:
         p.process(Reading(r.ts, r.values, "quiet"))
     p.set_threshold(1e-9)  # every window over: "alarmed" raises
     for r in recording[:40]:
         p.process(Reading(r.ts, r.values, "alarmed"))
-    p.policy.cleared("quiet", 0.0)
+    p.decisions.policy.cleared("quiet", 0.0)
     assert p.machines["alarmed"].active and not p.machines["quiet"].active
-    for d in (p.cleaner._sensors, p.windower._buf, p.machines, p._raw):
+    for d in (p.cleaner._sensors, p.windower._buf, p.machines, p.recorder._raw):
         assert {"quiet", "alarmed"} <= set(d)
     clock.t += 601
     p.process(Reading(recording[41].ts, recording[41].values, "other"))
-    for d in (p.cleaner._sensors, p.windower._buf, p.windower._ts, p.windower._count, p.machines, p._raw,
-              p.policy._last_clear):
+    for d in (p.cleaner._sensors, p.windower._buf, p.windower._ts, p.windower._count, p.machines, p.recorder._raw,
+              p.decisions.policy._last_clear):
         assert "quiet" not in d, d
     assert "alarmed" in p.cleaner._sensors and p.machines["alarmed"].active  # its clear must still be sent
     assert c.get("sensors.forgotten") == 1 and p.snapshot.sensors == 2
@@ -212,11 +213,11 @@ def test_idle_sensors_are_forgotten_everywhere_except_with_an_alert_raised(tmp_p
 
 
 def test_summaries_follow_a_single_sensors_clock_step(tmp_path, model, recording):
-    p = Pipeline(model, Counters(), "gw", tmp_path, calibration_samples=0, summary_interval_s=60)
+    p = Pipeline(model, Counters(), tmp_path, calibration_samples=0, summary_interval_s=60)
     out = []
     for i, r in enumerate(recording[:400]):
         ts = r.ts - (3600 if i >= 200 else 0)  # the device clock stepped back an hour at reading 200
-        out += [m for m in p.process(Reading(ts, r.values, r.sensor)) if m.kind == "summary"]
+        out += [m for m in outgoing(p.process(Reading(ts, r.values, r.sensor))) if m.kind == "summary"]
     assert p.counters.get("gap.time_step") == 1
     # without following the step, no summary would close for an hour of data after it
     assert len(out) >= 5, [(m.payload["period_start"], m.payload["period_end"]) for m in out]

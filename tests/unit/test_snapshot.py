@@ -38,7 +38,7 @@ def _reading(channels: list[str], sensor: str, ts: float) -> Reading:
 
 def test_status_and_stats_survive_thousands_of_new_sensors(agent: Agent) -> None:
     """2,000 sensors, then 2,000 new ones while another thread builds status and stats without pause."""
-    channels = list(agent.model.sidecar.channels)
+    channels = list(agent.pipeline.model.sidecar.channels)
     for i in range(2000):
         agent.pipeline.process(_reading(channels, f"s{i}", 1000.0))
     errors: list[BaseException] = []
@@ -49,7 +49,7 @@ def test_status_and_stats_survive_thousands_of_new_sensors(agent: Agent) -> None
             try:
                 agent.status()
                 agent.stats()
-                agent.degraded_reasons()
+                agent.board.degraded_reasons()
             except BaseException as e:  # noqa: BLE001 - recorded: the test fails with it
                 errors.append(e)
                 return
@@ -74,7 +74,7 @@ def test_status_and_stats_survive_thousands_of_new_sensors(agent: Agent) -> None
 
 
 def test_the_snapshot_is_immutable_and_replaced_whole(agent: Agent) -> None:
-    channels = list(agent.model.sidecar.channels)
+    channels = list(agent.pipeline.model.sidecar.channels)
     agent.pipeline.process(_reading(channels, "a", 1.0))
     first = agent.pipeline.snapshot
     assert isinstance(first.stale_channels, frozenset)

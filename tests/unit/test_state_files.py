@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings as hsettings, strategies as 
 
 from agent.app import Agent
 from agent.calibrate import Calibrator, parse_calibration
-from agent.commands import load_overrides
+from agent.control import load_overrides
 from agent.counters import Counters
 from agent.evidence import EvidenceStore
 from agent.files import StateDirError

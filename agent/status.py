@@ -1,0 +1,269 @@
+"""The retained status, the stats, the degraded reasons and systemd's STATUS= line — built from the pipelines'
+published snapshots, the counters and the other stages' own thread-safe views only (any thread may ask: the
+health thread, paho's thread for the birth message, the pipeline thread after a command).
+
+Without ``[[assets]]`` the payloads are those of before. With assets the status and the stats gain ``assets``:
+each asset's state, reasons, model, threshold, overrides and teach-in; one degraded asset makes the gateway
+``degraded`` with a reason naming it, and the others keep scoring.
+"""
+
+from __future__ import annotations
+
+import queue
+import time
+from typing import Any, Callable
+
+from agent import __version__
+from agent.assets import Asset, Feed
+from agent.counters import Counters
+from agent.evidence import EvidenceStore
+from agent.health import Heartbeats, clock_synchronised, process_usage
+from agent.outbox import Outbox
+from agent.parse import iso
+from agent.records import PipelineSnapshot
+from agent.settings import Settings
+from agent.sources import DISCONNECTED
+
+
+class Board:
+    """Everything the control room is told about this gateway."""
+
+    def __init__(self, settings: Settings, assets: list[Asset], feeds: list[Feed], counters: Counters,
+                 outbox: Outbox, evidence: EvidenceStore, heartbeats: Heartbeats, readings: "queue.Queue[Any]",
+                 bytes_out: Callable[[], int], broker_connected: Callable[[], bool], digest: str):
+        self.settings, self.assets, self.feeds = settings, assets, feeds
+        self.counters, self.outbox, self.evidence, self.heartbeats = counters, outbox, evidence, heartbeats
+        self.readings = readings
+        self.bytes_out, self.broker_connected = bytes_out, broker_connected
+        self.digest = digest
+        self.started_ts = time.time()
+        self._drops_seen = 0
+        self._last_drop = -float("inf")  # monotonic time the outbox was last seen dropping
+        self.with_assets = bool(settings.assets)
+
+    # -- reasons ---------------------------------------------------------------------------------------------
+
+    def _feeds_of(self, asset: Asset) -> list[Feed]:
+        return [f for f in self.feeds if asset.id in f.assets]
+
+    def asset_reasons(self, asset: Asset) -> list[str]:
+        """Why one asset is not fully well."""
+        if asset.failure is not None:
+            return [asset.failure]
+        reasons = []
+        for f in self._feeds_of(asset):
+            src = f.source
+            if src.state == DISCONNECTED:
+                reasons.append("source disconnected")
+            problems_of = getattr(src, "problems_of", None)
+            if asset.sensors and problems_of is not None:
+                reasons.extend(problems_of(asset.sensors))  # a Modbus device of this asset not answering
+            else:
+                reasons.extend(getattr(src, "problems", ()))  # e.g. a serial device without the line terminator
+        stale = asset.pipeline.snapshot.stale_channels if asset.pipeline is not None else frozenset()
+        if stale:
+            reasons.append("channel stale: " + ", ".join(sorted(stale)))
+        return reasons
+
+    def degraded_reasons(self) -> list[str]:
+        """Why the gateway is not fully well, in words a control room can act on."""
+        if self.with_assets:
+            reasons = [f"asset {a.id}: {r}" for a in self.assets for r in self.asset_reasons(a)]
+        else:
+            reasons = self.asset_reasons(self.assets[0])
+        if self._outbox_dropping():
+            reasons.append("outbox dropping")
+        stalled = self.heartbeats.stalled(self.settings.stall_s)
+        if stalled:
+            reasons.append("stage stalled: " + ", ".join(sorted(stalled)))
+        live = any(f.source.live for f in self.feeds)
+        if self.settings.clock_sync_required and live and clock_synchronised() is False:
+            reasons.append("clock not synchronised")
+        return reasons
+
+    def _outbox_dropping(self) -> bool:
+        """True from the first drop (the health thread looks twice a second) until a whole stats interval passed
+        without one: drops come one per full write (a summary period apart), so the reason does not flap."""
+        total = sum(self.counters.snapshot("outbox.dropped.").values())
+        now = time.monotonic()
+        if total > self._drops_seen:
+            self._drops_seen, self._last_drop = total, now
+        return now - self._last_drop < self.settings.stats_interval_s
+
+    def _calibrating(self) -> bool:
+        return any(a.pipeline is not None and a.pipeline.snapshot.calibrating for a in self.assets)
+
+    def state(self) -> str:
+        if self.degraded_reasons():
+            return "degraded"
+        return "calibrating" if self._calibrating() else "online"
+
+    def key(self) -> tuple[Any, ...]:
+        """What the retained status shows (a source's state too: connected is news); a change of it is published at
+        once."""
+        snaps = tuple((a.id, a.failure, *_snapshot_key(a.pipeline.snapshot if a.pipeline else None)) for a in self.assets)
+        return (self.state(), tuple(self.degraded_reasons()), snaps, tuple(f.source.state for f in self.feeds))
+
+    # -- payloads --------------------------------------------------------------------------------------------
+
+    def _source(self) -> dict[str, Any]:
+        f = self.feeds[0]
+        return {"kind": self.settings.source.kind, "state": f.source.state}
+
+    def status(self) -> dict[str, Any]:
+        """The retained status payload, also the birth message: identity, model, runtime, config digest, and
+        every override a command put in force."""
+        reasons = self.degraded_reasons()
+        st: dict[str, Any] = {
+            "state": "degraded" if reasons else "calibrating" if self._calibrating() else "online",
+            "ts": iso(time.time()),
+            "device_id": self.settings.device_id,
+            "agent_version": __version__,
+            "started_at": iso(self.started_ts),
+        }
+        if self.with_assets:
+            st["sources"] = [{"name": f.source.name, "state": f.source.state, "assets": list(f.assets)} for f in self.feeds]
+            st["config_digest"] = self.digest
+            if reasons:
+                st["reasons"] = reasons
+            st["assets"] = {a.id: self._asset_status(a) for a in self.assets}
+            return st
+        snap = self.assets[0].pipeline.snapshot  # type: ignore[union-attr]
+        st.update(model=dict(snap.model), source=self._source(), threshold=snap.threshold,
+                  overrides=dict(snap.overrides), config_digest=self.digest)
+        if reasons:
+            st["reasons"] = reasons
+        calibration = _calibration(snap)
+        if calibration:
+            st["calibration"] = calibration
+        return st
+
+    def _asset_status(self, a: Asset) -> dict[str, Any]:
+        reasons = self.asset_reasons(a)
+        if a.pipeline is None:
+            return {"state": "degraded", "reasons": reasons}
+        snap = a.pipeline.snapshot
+        out: dict[str, Any] = {
+            "state": "degraded" if reasons else "calibrating" if snap.calibrating else "online",
+            "model": dict(snap.model), "threshold": snap.threshold, "overrides": dict(snap.overrides),
+        }
+        if reasons:
+            out["reasons"] = reasons
+        calibration = _calibration(snap)
+        if calibration:
+            out["calibration"] = calibration
+        return out
+
+    def stats(self) -> dict[str, Any]:
+        """The stats payload (QoS 0, every EDGE_AGENT_STATS_INTERVAL_S)."""
+        c = self.counters
+        bytes_in, bytes_out = c.get("source.bytes"), self.bytes_out()
+        latencies = [a.pipeline.latencies for a in self.assets if a.pipeline is not None]
+        out: dict[str, Any] = {
+            "ts": iso(time.time()),
+            "device_id": self.settings.device_id,
+            "state": self.state(),
+            "uptime_s": round(time.time() - self.started_ts, 1),
+            "readings_in": c.get("source.readings"),
+            "windows": c.get("pipeline.windows"),
+            "inference_ms": latencies[0].percentiles_ms() if len(latencies) == 1 else _merged_ms(latencies),
+            "queue": {"depth": self.readings.qsize(), "dropped": c.get("queue.dropped")},
+            "outbox": {"depth": self.outbox.depth(), "dropped": c.snapshot("outbox.dropped."),
+                       "corrupt_recovered": c.get("outbox.corrupt_recovered")},
+            "rejected": c.snapshot("reject."),
+            "repaired": c.snapshot("repaired."), "gaps": c.snapshot("gap."),
+            "alerts": _alerts(c),
+            "advice": {"advised": c.get("advice.advised"), "none": c.get("advice.none"), "suppressed": c.get("advice.suppressed")},
+            "source": {"kind": self.settings.source.kind, "state": self.feeds[0].source.state,
+                       "reconnects": c.get("source.reconnects"),
+                       "errors": c.snapshot("source.error.")},  # Modbus: no_answer, exception_<code>, bad_crc, ...
+            "clock_synced": clock_synchronised(),
+            **process_usage(),
+            "bytes_in": bytes_in,
+            "bytes_out": bytes_out,
+            "bandwidth_ratio": round(bytes_out / bytes_in, 6) if bytes_in else None,
+            "feedback": self.evidence.counts(),
+            "commands": {"ok": c.get("commands.ok"), "failed": c.get("commands.failed"),
+                         "dropped": c.snapshot("commands.dropped.")},
+        }
+        if self.with_assets:
+            del out["source"]
+            out["sources"] = [{"name": f.source.name, "state": f.source.state} for f in self.feeds]
+            out["sensors"] = {"tracked": sum(a.pipeline.snapshot.sensors for a in self.assets if a.pipeline),
+                              "forgotten": c.get("sensors.forgotten")}
+            out["assets"] = {a.id: self._asset_stats(a) for a in self.assets}
+            return out
+        snap = self.assets[0].pipeline.snapshot  # type: ignore[union-attr]
+        out.update(threshold=snap.threshold, overrides=dict(snap.overrides),
+                   sensors={"tracked": snap.sensors, "forgotten": c.get("sensors.forgotten")})
+        return out
+
+    def _asset_stats(self, a: Asset) -> dict[str, Any]:
+        c = a.counters
+        out: dict[str, Any] = {"state": _asset_state(self.asset_reasons(a), a), "windows": c.get("pipeline.windows"),
+                               "alerts": _alerts(c), "rejected": c.snapshot("reject.")}
+        if a.pipeline is not None:
+            snap = a.pipeline.snapshot
+            out.update(threshold=snap.threshold, overrides=dict(snap.overrides), sensors=snap.sensors,
+                       inference_ms=a.pipeline.latencies.percentiles_ms())
+        return out
+
+    def sd_status(self) -> str:
+        """systemd's one-line STATUS=."""
+        st = self.state()
+        c = self.counters
+        if not self.with_assets:
+            snap = self.assets[0].pipeline.snapshot  # type: ignore[union-attr]
+            if snap.calibrating:
+                done = (f"{snap.calibration_collected}/{snap.calibration_samples} readings"
+                        if not snap.calibration_duration_s else f"{snap.calibration_progress:.0%}")
+                return f"teach-in {done}; outbox {self.outbox.depth()}"
+        extra = f" ({'; '.join(self.degraded_reasons())})" if st == "degraded" else ""
+        assets = f" on {len(self.assets)} assets" if self.with_assets else ""
+        return (f"{st}{extra}: {c.get('source.readings')} readings, {c.get('pipeline.windows')} windows, "
+                f"{c.get('alerts.raised')} alerts{assets}; outbox {self.outbox.depth()}; "
+                f"broker {'connected' if self.broker_connected() else 'unreachable'}")
+
+
+def _asset_state(reasons: list[str], a: Asset) -> str:
+    if reasons:
+        return "degraded"
+    return "calibrating" if a.pipeline is not None and a.pipeline.snapshot.calibrating else "online"
+
+
+def _alerts(c: Counters) -> dict[str, int]:
+    return {"raised": c.get("alerts.raised"), "cleared": c.get("alerts.cleared"), "suppressed": c.get("alerts.suppressed")}
+
+
+def _merged_ms(rings: list[Any]) -> dict[str, float] | None:
+    """p50/p99 over the recent windows of every asset."""
+    import numpy as np
+
+    data = np.concatenate([r.values() for r in rings]) * 1000 if rings else np.empty(0)
+    if not data.size:
+        return None
+    return {"p50": round(float(np.quantile(data, 0.5)), 4), "p99": round(float(np.quantile(data, 0.99)), 4)}
+
+
+def _calibration(snap: PipelineSnapshot) -> dict[str, Any] | None:
+    if snap.calibrating:
+        out: dict[str, Any] = {"collected": snap.calibration_collected, "samples": snap.calibration_samples,
+                               "progress": round(snap.calibration_progress, 3)}
+        if snap.calibration_duration_s:
+            out.update(duration_s=snap.calibration_duration_s, elapsed_s=round(snap.calibration_elapsed_s, 1))
+        return out
+    if snap.calibration_warning or snap.calibration_folded:
+        out = {"fitted_at": iso(snap.calibration_fitted_at or 0.0)}
+        if snap.calibration_warning:
+            out["warning"] = snap.calibration_warning  # the teach-in did not look like one normal operating point
+        if snap.calibration_folded:
+            out["folded_alerts"] = snap.calibration_folded  # feedback taught it these were normal
+        return out
+    return None
+
+
+def _snapshot_key(snap: PipelineSnapshot | None) -> tuple[Any, ...]:
+    if snap is None:
+        return ()
+    return (snap.model.get("sha256"), snap.threshold, tuple(sorted(snap.overrides.items(), key=str)),
+            snap.calibrating, snap.calibration_warning, snap.calibration_folded)

@@ -1,0 +1,130 @@
+"""Summaries: per-period statistics of an asset's readings and scores, and the ``SummaryEvent`` they become.
+
+Runs on the pipeline thread. A period is ``interval_s`` of data time; counters (rejections, repairs, gaps) are
+reported as what moved since the previous summary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+
+from agent.counters import Counters
+from agent.records import SummaryEvent, Vector
+
+COUNTED = ("reject.", "repaired.", "gap.")
+
+
+@dataclass
+class Summariser:
+    """Collects per-period statistics; ``due`` tells when a period of ``interval_s`` of data time is over."""
+
+    channels: list[str]
+    interval_s: float
+    period_start: float | None = None
+    last_ts: float | None = None
+    readings: int = 0
+    windows: int = 0
+    raised: int = 0
+    cleared: int = 0
+    suppressed: int = 0
+    _scores: list[float] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._reset_stats()
+
+    def _reset_stats(self) -> None:
+        c = len(self.channels)
+        self._total, self._lo, self._hi = np.zeros(c), np.full(c, np.inf), np.full(c, -np.inf)
+
+    def due(self, ts: float) -> bool:
+        """True when ``ts`` lies past the end of the current period (call ``take`` before adding it)."""
+        return self.period_start is not None and ts - self.period_start >= self.interval_s
+
+    def add_vector(self, v: Vector) -> None:
+        if self.period_start is None:
+            self.period_start = v.ts
+        self.last_ts = v.ts
+        self.readings += 1
+        x = v.values
+        self._total += x
+        np.minimum(self._lo, x, out=self._lo)
+        np.maximum(self._hi, x, out=self._hi)
+
+    def add_score(self, score: float) -> None:
+        self.windows += 1
+        if len(self._scores) < 100_000:  # bounded even with a very long interval
+            self._scores.append(score)
+
+    def take(self, end_ts: float | None, rejected: Mapping[str, int]) -> dict[str, Any]:
+        """The summary of the period so far (ending at ``end_ts``), and a fresh period."""
+        scores = np.asarray(self._scores)
+        n = self.readings  # every vector carries every channel: each channel's count is the reading count
+        out: dict[str, Any] = {
+            "period_start": self.period_start,
+            "period_end": end_ts if end_ts is not None else self.last_ts,
+            "readings": self.readings,
+            "rejected": dict(rejected),
+            "windows": self.windows,
+            "alerts_raised": self.raised,
+            "alerts_cleared": self.cleared,
+            "alerts_suppressed": self.suppressed,
+            "score": (
+                {"p50": float(np.quantile(scores, 0.5)), "p95": float(np.quantile(scores, 0.95)),
+                 "max": float(scores.max())} if scores.size else None
+            ),
+            "channels": {
+                name: {"count": n, "min": float(lo), "mean": float(t / n), "max": float(hi)}
+                if n else {"count": 0}
+                for name, t, lo, hi in zip(self.channels, self._total, self._lo, self._hi)
+            },
+        }
+        self.period_start = end_ts
+        self.readings = self.windows = self.raised = self.cleared = self.suppressed = 0
+        self._reset_stats()
+        self._scores = []
+        return out
+
+
+class Summaries:
+    """The summariser of one pipeline plus what a summary reports beside its statistics."""
+
+    def __init__(self, channels: list[str], interval_s: float, counters: Counters):
+        self.counters = counters
+        self.summariser = Summariser(list(channels), interval_s)
+        self._bases = {p: counters.snapshot(p) for p in COUNTED}
+
+    def renew(self, channels: list[str]) -> None:
+        """Other channels (a model swap): a new summariser, same interval."""
+        self.summariser = Summariser(list(channels), self.summariser.interval_s)
+
+    def _moved(self, prefix: str) -> dict[str, int]:
+        """The counters under ``prefix`` that moved since the last summary, by how much."""
+        now, base = self.counters.snapshot(prefix), self._bases[prefix]
+        self._bases[prefix] = now
+        return {k: v - base.get(k, 0) for k, v in now.items() if v - base.get(k, 0)}
+
+    def take(self, end_ts: float | None, *, final: bool, model: Mapping[str, str], calibrating: bool,
+             threshold: float, stale: frozenset[str] | set[str], normaliser: Any, asset: str) -> SummaryEvent:
+        s = self.summariser.take(end_ts, self._moved("reject."))
+        return SummaryEvent(
+            period_start_ts=s["period_start"], period_end_ts=s["period_end"], final=final, model=model,
+            calibrating=calibrating, threshold=threshold, readings=s["readings"], windows=s["windows"],
+            alerts_raised=s["alerts_raised"], alerts_cleared=s["alerts_cleared"],
+            alerts_suppressed=s["alerts_suppressed"], rejected=s["rejected"], repaired=self._moved("repaired."),
+            gaps=self._moved("gap."), score=s["score"], channels=s["channels"], stale_channels=tuple(sorted(stale)),
+            drift=None if calibrating else drift(s["channels"], normaliser), asset=asset,
+        )
+
+
+def drift(channels: Mapping[str, Mapping[str, Any]], normaliser: Any) -> dict[str, float] | None:
+    """Each channel's mean in the period against the normal it was calibrated on, in sigma (None without a normal:
+    teach-in running, or a model without normalisation)."""
+    if normaliser is None or normaliser.mean is None or normaliser.std is None:
+        return None
+    return {
+        name: round(float((st["mean"] - mu) / sd), 3)
+        for (name, st), mu, sd in zip(channels.items(), normaliser.mean, normaliser.std) if st.get("count")
+    }

@@ -1,0 +1,259 @@
+"""One gateway, several machines: the real agent process with ``[[assets]]`` on a shared Modbus TCP bus (a real
+pymodbus server, two units), on MQTT topics (the session broker) and on a replay; per-asset topics, status,
+commands and state directories; a failing asset degraded alone.
+
+pump-1 (Modbus unit 1) and bench (a replay) both play the bundled recording through the generic detector: they
+must raise the same alerts, each under its own topic. pump-2 (unit 2) plays the recording's normal part; comp and
+fan are MQTT assets on one client.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from agent.bundled import demo_recording_path
+from agent.counters import Counters
+from agent.sources.replay import read_recording
+from tests.conftest import Recorder, agent_env, start_agent, wait_for
+from tests.integration.test_control import Commander
+from tests.integration.test_mqtt_source import Publisher
+from tests.modbus_support import Device, Server, regs
+
+BASE = "edge/test-gw"
+CHANNELS = ["Accelerometer1RMS", "Accelerometer2RMS", "Current", "Pressure", "Temperature", "Thermocouple",
+            "Voltage", "Volume Flow RateRMS"]
+NORMAL_ROWS = 560  # the recording before its fault
+
+
+def _alerts(payloads: list[Any]) -> list[tuple[str, float]]:
+    unique = {a["id"]: a for a in payloads}.values()
+    return [(a["state"], round(a["score"], 6)) for a in sorted(unique, key=lambda a: a["seq"])]
+
+
+def _device_map(name: str, unit: int) -> str:
+    channels = "\n".join(f'"{c}" = {{table = "input", address = {2 * i}, type = "float32"}}' for i, c in enumerate(CHANNELS))
+    return f"""
+[modbus.devices.{name}]
+bus = "line"
+unit = {unit}
+poll_s = 0.02
+
+[modbus.devices.{name}.channels]
+{channels}
+"""
+
+
+def _playing(rows: list[list[int]], loop: bool) -> tuple[Device, dict[str, int]]:
+    """A unit serving one row per poll: the recording's pace is the poll rate."""
+    served = {"row": 0}
+
+    def next_row(function: int, registers: list[int], start: int) -> None:
+        i = served["row"]
+        registers[0:16] = rows[i % len(rows)] if loop else rows[min(i, len(rows) - 1)]
+        served["row"] = i + 1
+
+    dev = Device(0)
+    dev.on_read = next_row
+    return dev, served
+
+
+def _latest_status(rec: Recorder) -> dict[str, Any]:
+    st = rec.on("status")
+    return st[-1] if st else {}
+
+
+def test_assets_on_a_shared_modbus_bus_mqtt_and_a_replay(tmp_path: Path, live_broker, recorder, agents) -> None:
+    readings = list(read_recording(demo_recording_path(), Counters()))
+    rows = [[v for c in CHANNELS for v in regs("f", float(rd.values[c]))] for rd in readings]
+    pump1, served1 = _playing(rows, loop=False)
+    pump1.unit = 1
+    pump2, served2 = _playing(rows[:NORMAL_ROWS], loop=True)
+    pump2.unit = 2
+    server = Server([pump1, pump2])
+    config = tmp_path / "gateway.toml"
+    config.write_text(f"""
+stats_interval_s = 1
+
+[model]
+path = "generic"
+
+[modbus.buses.line]
+kind = "tcp"
+host = "127.0.0.1"
+tcp_port = {server.port}
+timeout_s = 0.5
+retries = 0
+gap_s = 0
+{_device_map("pump1", 1)}
+{_device_map("pump2", 2)}
+
+[[assets]]
+id = "pump-1"
+source = {{ kind = "modbus", devices = ["pump1"] }}
+
+[[assets]]
+id = "pump-2"
+source = {{ kind = "modbus", devices = ["pump2"] }}
+decision = {{ k = 4, n = 6 }}
+
+[[assets]]
+id = "bench"
+source = {{ kind = "replay" }}
+
+[[assets]]
+id = "comp"
+source = {{ kind = "mqtt", topics = ["plant/comp/telemetry"] }}
+calibration = {{ samples = 50 }}
+
+[[assets]]
+id = "fan"
+source = {{ kind = "mqtt", topics = ["plant/fan/#"] }}
+calibration = {{ samples = 50 }}
+""")
+    state = tmp_path / "state"
+    rec = recorder(f"{BASE}/#")
+    cmd = Commander(live_broker.port)
+    a = start_agent(agent_env(state, live_broker.port, EDGE_AGENT_CONFIG_FILE=str(config),
+                              EDGE_AGENT_COMMANDS__BURST="50"), tmp_path)
+    agents.append(a)
+    try:
+        # the retained status names every asset and each one's teach-in
+        first = wait_for(lambda: _latest_status(rec).get("assets"), timeout=30, what="a status with assets")
+        assert set(first) == {"pump-1", "pump-2", "bench", "comp", "fan"}, first
+        assert all(s["model"]["name"] == "generic" for s in first.values())
+        assert first["pump-2"]["state"] == "calibrating" and first["pump-2"]["calibration"]["samples"] == 400
+        st = _latest_status(rec)
+        modbus = [s for s in st["sources"] if s["name"].startswith("modbus:")]
+        assert len(modbus) == 1 and set(modbus[0]["assets"]) == {"pump-1", "pump-2"}, st["sources"]  # one bus owner
+        mqtt_sources = [s for s in st["sources"] if s["name"].startswith("mqtt:")]
+        assert len(mqtt_sources) == 1 and set(mqtt_sources[0]["assets"]) == {"comp", "fan"}  # one client per broker
+
+        # MQTT assets: each topic feeds its own machine
+        wait_for(lambda: "subscribed to plant/comp/telemetry, plant/fan/#" in a.log, timeout=20, what="the subscription")
+        pub = Publisher(live_broker.port)
+        try:
+            for i in range(120):
+                values = json.dumps({c: readings[i].values[c] for c in CHANNELS})
+                pub.pub("plant/comp/telemetry", values)
+                if i < 30:
+                    pub.pub("plant/fan/telemetry", values)
+                time.sleep(0.005)
+        finally:
+            pub.close()
+
+        # the same recording through Modbus and through a replay: the same alerts, each under its asset's topic
+        wait_for(lambda: any(p["state"] == "cleared" for p in rec.on("asset/bench/alerts")), timeout=60,
+                 what="the replay asset's alerts")
+        wait_for(lambda: served1["row"] >= len(rows), timeout=120, what="every row of pump-1 polled")
+        expected = _alerts(rec.on("asset/bench/alerts"))
+        assert expected and expected[0][0] == "raised"
+        wait_for(lambda: len(_alerts(rec.on("asset/pump-1/alerts"))) >= len(expected), timeout=30, what="pump-1's alerts")
+        got = _alerts(rec.on("asset/pump-1/alerts"))[:len(expected)]
+        assert [g[0] for g in got] == [e[0] for e in expected], (got, expected)
+        # float32 registers carry the CSV's values to ~7 digits: the scores agree to that
+        assert all(abs(g[1] - e[1]) <= 1e-5 * abs(e[1]) for g, e in zip(got, expected)), (got, expected)
+        alerts = rec.on("asset/pump-1/alerts")
+        assert all(p["asset"] == "pump-1" and p["sensor"] == "pump1" for p in alerts)
+        assert rec.on("alerts") == []  # with assets nothing goes to the gateway-level topic
+        assert rec.on("asset/pump-2/alerts") == []  # its normal part only
+
+        # each its own teach-in and state directory
+        wait_for(lambda: _latest_status(rec)["assets"]["comp"]["state"] != "calibrating", timeout=20,
+                 what="comp's teach-in (50 readings) done")
+        st = _latest_status(rec)
+        assert st["assets"]["fan"]["state"] == "calibrating" and st["assets"]["fan"]["calibration"]["collected"] == 30
+        for asset in ("pump-1", "pump-2", "bench", "comp"):
+            assert (state / "assets" / asset / "calibration.json").exists(), asset
+        assert not (state / "assets" / "fan" / "calibration.json").exists()
+
+        # isolation: pump-2 stops answering; it alone is degraded, pump-1 keeps scoring
+        pump2.offline = True
+        degraded = wait_for(lambda: (s := _latest_status(rec)).get("assets", {}).get("pump-2", {}).get("state") == "degraded" and s,
+                            timeout=30, what="pump-2 degraded")
+        assert any("pump2" in r for r in degraded["assets"]["pump-2"]["reasons"]), degraded
+        assert degraded["assets"]["pump-1"]["state"] == "online", degraded
+        assert any(r.startswith("asset pump-2: ") for r in degraded["reasons"]), degraded["reasons"]
+        windows = rec.on("stats")[-1]["assets"]["pump-1"]["windows"]
+        wait_for(lambda: rec.on("stats")[-1]["assets"]["pump-1"]["windows"] > windows + 20, timeout=20,
+                 what="pump-1 still scoring")
+
+        # per-asset commands
+        r = cmd.send("set-threshold", {"request_id": "t0", "threshold": 9.5})
+        assert not r["ok"] and "asset is required" in r["reason"], r
+        before2 = _latest_status(rec)["assets"]["pump-2"]["threshold"]
+        r = cmd.send("set-threshold", {"request_id": "t1", "asset": "pump-1", "threshold": 9.5})
+        assert r["ok"] and r["asset"] == "pump-1" and r["threshold"] == 9.5, r
+        assert json.loads((state / "assets" / "pump-1" / "overrides.json").read_text())["threshold"] == 9.5
+        wait_for(lambda: _latest_status(rec)["assets"]["pump-1"]["threshold"] == 9.5, what="pump-1's new threshold")
+        assert _latest_status(rec)["assets"]["pump-2"]["threshold"] == before2
+        r = cmd.send("set-threshold", {"request_id": "t2", "asset": "nope", "threshold": 9.5})
+        assert not r["ok"] and "no asset 'nope'" in r["reason"], r
+
+        raised = next(p for p in alerts if p["state"] == "raised")
+        r = cmd.send("feedback", {"request_id": "f0", "asset": "bench", "alert_id": raised["alert_id"], "label": "true_positive"})
+        assert not r["ok"] and "raised by asset 'pump-1'" in r["reason"], r
+        r = cmd.send("feedback", {"request_id": "f1", "alert_id": raised["alert_id"], "label": "true_positive"})
+        assert r["ok"] and r["asset"] == "pump-1", r
+
+        # comp's data stopped: it is degraded alone (stale), and a teach-in restarts on it alone
+        stale = wait_for(lambda: (s := _latest_status(rec))["assets"]["comp"].get("reasons") and s, timeout=20,
+                         what="comp's channels stale")
+        assert any(r.startswith("channel stale") for r in stale["assets"]["comp"]["reasons"]), stale["assets"]["comp"]
+        assert stale["assets"]["pump-1"]["state"] == "online"
+        r = cmd.send("calibrate", {"request_id": "c1", "asset": "comp"})
+        assert r["ok"] and r["asset"] == "comp" and r["changed"], r
+        wait_for(lambda: _latest_status(rec)["assets"]["comp"].get("calibration", {}).get("collected") == 0,
+                 what="comp teaching in again")
+        st = _latest_status(rec)
+        assert st["assets"]["pump-1"]["state"] == "online" and "calibration" not in st["assets"]["pump-1"], st
+
+        assert a.stop() == 0, a.log[-3000:]
+    finally:
+        cmd.close()
+        server.stop()
+    # final summaries, one per asset, each on its topic and naming it
+    finals = {p["asset"]: p for t in ("pump-1", "pump-2", "bench", "comp", "fan")
+              for p in rec.on(f"asset/{t}/summary") if p.get("final")}
+    assert set(finals) == {"pump-1", "pump-2", "bench", "comp", "fan"}, finals.keys()
+    counted = {t: sum(p["readings"] for p in rec.on(f"asset/{t}/summary")) for t in finals}
+    assert counted["fan"] == 30 and counted["comp"] == 120 and counted["bench"] == len(readings), counted
+    assert all(p["asset"] == t for t in finals for p in rec.on(f"asset/{t}/summary"))
+    assert "[pump-1] " in a.log  # the pipeline's log lines name their machine
+
+
+def test_an_asset_whose_model_is_refused_is_down_alone(tmp_path: Path, live_broker, recorder, agents) -> None:
+    bad = tmp_path / "broken.tflite"
+    bad.write_bytes(b"not a flatbuffer")
+    (tmp_path / "broken.json").write_text("{}")
+    config = tmp_path / "gateway.toml"
+    config.write_text(f"""
+stats_interval_s = 1
+
+[[assets]]
+id = "good"
+source = {{ kind = "replay", speed = 100, loop = true }}
+
+[[assets]]
+id = "bad"
+source = {{ kind = "replay", speed = 100, loop = true, sensor = "bad-bench" }}
+model = {{ path = "{bad}" }}
+""")
+    rec = recorder(f"{BASE}/#")
+    env = agent_env(tmp_path / "state", live_broker.port, EDGE_AGENT_CONFIG_FILE=str(config))
+    a = start_agent(env, tmp_path)
+    agents.append(a)
+    wait_for(lambda: any(p["state"] == "cleared" for p in rec.on("asset/good/alerts")), timeout=60,
+             what="the good asset's alerts")
+    st = _latest_status(rec)
+    assert st["state"] == "degraded" and st["assets"]["good"]["state"] == "online", st
+    assert st["assets"]["bad"]["state"] == "degraded" and "model refused" in st["assets"]["bad"]["reasons"][0], st
+    assert any(r.startswith("asset bad: model refused") for r in st["reasons"])
+    stats = wait_for(lambda: [s for s in rec.on("stats") if s["assets"]["bad"]["rejected"].get("asset_down", 0) > 100],
+                     what="the down asset's readings counted")[-1]
+    assert stats["assets"]["good"]["windows"] > 100 and stats["assets"]["bad"]["windows"] == 0, stats["assets"]
+    assert rec.on("asset/bad/alerts") == [] and rec.on("asset/bad/summary") == []
+    assert a.stop() == 0, a.log[-3000:]
+    assert "asset bad is down (the others run)" in a.log
