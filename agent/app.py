@@ -138,7 +138,7 @@ class Agent:
         term = SignalCounter(signal.SIGTERM, signal.SIGINT).install()
         hup = SignalCounter(signal.SIGHUP).install()
         self._announce()
-        self.uplink.start()
+        self.uplink.start(self.guard.start)
         self.guard.start("pipeline", self.loop.run)
         sources = [self.guard.start(f"source-{i}" if i else "source", self._source_loop(f))
                    for i, f in enumerate(self.feeds)]

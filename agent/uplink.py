@@ -82,14 +82,19 @@ class Uplink:
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 
-    def start(self) -> None:
-        """Connect in the background and start publishing; never blocks on the broker."""
+    def start(self, spawn: Callable[[str, Callable[[], None]], threading.Thread] | None = None) -> None:
+        """Connect in the background and start publishing; never blocks on the broker. ``spawn(name, target)``
+        starts the publishing thread (the agent's guard: a thread that dies stops the process); default: a plain
+        daemon thread."""
         will = {"state": "offline", "device_id": self.device_id, "ts": iso(time.time()), "reason": "connection lost"}
         self.client.will_set(self.topic("status"), message_bytes(will), qos=1, retain=True)
         self.client.connect_async(self.s.host, self.s.port, keepalive=self.s.keepalive_s)
         self.client.loop_start()
-        self._thread = threading.Thread(target=self._run, name="uplink", daemon=True)
-        self._thread.start()
+        if spawn is None:
+            self._thread = threading.Thread(target=self._run, name="uplink", daemon=True)
+            self._thread.start()
+        else:
+            self._thread = spawn("uplink", self._run)
 
     def wake(self) -> None:
         """Something new is in the outbox."""

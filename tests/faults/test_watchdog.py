@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import ROOT
 from tests.faults.conftest import agent_env
 
@@ -64,7 +66,7 @@ class Supervisor:
 
 
 def _start(env: dict[str, str], log: Path, hang_after: int = 0) -> subprocess.Popen:
-    cmd = ["-m", "tests.faults.hang_launcher", str(hang_after), "run"] if hang_after else ["-m", "agent", "run"]
+    cmd = ["-m", "tests.faults.launcher", "hang-pipeline", str(hang_after), "run"] if hang_after else ["-m", "agent", "run"]
     return subprocess.Popen([sys.executable, *cmd], env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=open(log, "w"))
 
 
@@ -109,3 +111,21 @@ def test_hung_inference_stops_the_pings_and_the_supervisor_restarts_it(tmp_path,
     finally:
         p2.send_signal(signal.SIGTERM)
         assert p2.wait(30) == 0
+
+
+@pytest.mark.parametrize("thread", ["health", "uplink", "pipeline"])
+def test_a_thread_that_dies_stops_the_process_with_exit_1(tmp_path, live_broker, thread):
+    """Every thread runs under one guard: a stage that raises is logged and the process exits 1, so that systemd
+    restarts it (Restart=on-failure) instead of running on without it."""
+    env = agent_env(tmp_path / "state", live_broker.port, EDGE_AGENT_SOURCE__LOOP="true", EDGE_AGENT_SOURCE__SPEED="20")
+    log = tmp_path / "agent.log"
+    p = subprocess.Popen([sys.executable, "-m", "tests.faults.launcher", "crash", thread, "run"], env=env, cwd=ROOT,
+                         stdout=subprocess.DEVNULL, stderr=open(log, "w"))
+    try:
+        assert p.wait(60) == 1, log.read_text()[-3000:]
+    finally:
+        if p.poll() is None:
+            p.kill()
+    text = log.read_text()
+    assert f"thread {thread} died" in text and f"injected fault in the {thread} thread" in text, text[-3000:]
+    assert f"stopped because thread(s) {thread} died" in text, text[-3000:]

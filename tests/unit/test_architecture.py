@@ -1,0 +1,82 @@
+"""Plain measures of the code's shape that must not drift: no import cycle between the agent's modules (counting
+module-level imports: a function-level import is a deliberate, lazy edge), and app.py stays wiring."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+AGENT = Path(__file__).resolve().parents[2] / "agent"
+
+
+def _module_name(path: Path) -> str:
+    rel = path.relative_to(AGENT.parent).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _imports(path: Path, modules: set[str]) -> set[str]:
+    """The agent modules ``path`` imports at module level (not under ``if TYPE_CHECKING``)."""
+    tree = ast.parse(path.read_text())
+    out: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            continue
+        for sub in ast.walk(node) if isinstance(node, (ast.Import, ast.ImportFrom, ast.Try, ast.If)) else ():
+            names: list[str] = []
+            if isinstance(sub, ast.Import):
+                names = [a.name for a in sub.names]
+            elif isinstance(sub, ast.ImportFrom) and sub.module and sub.level == 0:
+                names = [sub.module] + [f"{sub.module}.{a.name}" for a in sub.names]
+            out |= {n for n in names if n in modules}
+    return out
+
+
+def _graph() -> dict[str, set[str]]:
+    files = {_module_name(p): p for p in AGENT.rglob("*.py")}
+    modules = set(files)
+    return {m: _imports(p, modules) - {m} for m, p in files.items()}
+
+
+def find_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    cycles: list[list[str]] = []
+    state: dict[str, int] = {}  # 1 = on the stack, 2 = done
+
+    def visit(m: str, stack: list[str]) -> None:
+        state[m] = 1
+        for n in sorted(graph.get(m, ())):
+            if state.get(n) == 1:
+                cycles.append(stack[stack.index(n):] + [n])
+            elif n not in state:
+                visit(n, stack + [n])
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [m])
+    return cycles
+
+
+def test_no_import_cycles_between_agent_modules() -> None:
+    graph = _graph()
+    assert "agent.assets" in graph["agent.app"] and "agent.pipeline" in graph["agent.assets"], "the graph was not built"
+    cycles = find_cycles(graph)
+    assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
+
+
+def test_the_cycle_check_can_fail(tmp_path: Path) -> None:
+    """Two modules importing each other are seen as imports and found as a cycle; a chain is not one."""
+    (tmp_path / "a.py").write_text("import agent.b\n")
+    (tmp_path / "b.py").write_text("from agent.a import x\n")
+    graph = {m: _imports(tmp_path / f"{m[-1]}.py", {"agent.a", "agent.b"}) for m in ("agent.a", "agent.b")}
+    assert graph == {"agent.a": {"agent.b"}, "agent.b": {"agent.a"}}
+    assert find_cycles(graph) == [["agent.a", "agent.b", "agent.a"]]
+    assert find_cycles({"x": {"y"}, "y": {"z"}, "z": set()}) == []
+
+
+def test_app_is_wiring_only() -> None:
+    lines = len((AGENT / "app.py").read_text().splitlines())
+    assert lines <= 200, f"agent/app.py has {lines} lines: move behaviour into its stage's module"
+    assert "agent.commands" not in _graph()  # replaced by agent.control and agent.command_gate
