@@ -185,3 +185,45 @@ def test_without_assets_status_and_topics_are_those_of_before(tmp_path: Path) ->
     finally:
         agent.outbox.close()
         agent.evidence.close()
+
+
+def test_reload_model_for_one_asset_swaps_only_its_model(tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    from agent.bundled import bundled_model
+
+    models = tmp_path / "models"
+    models.mkdir()
+    src = bundled_model("pump-anomaly")
+    shutil.copy(src, models / src.name)
+    sc = json.loads(src.with_suffix(".json").read_text())
+    sc["version"] = "9.0.0"
+    (models / src.with_suffix(".json").name).write_text(json.dumps(sc))
+    s = _load(tmp_path, """
+[model]
+path = "pump-anomaly"
+[calibration]
+samples = 0
+[[assets]]
+id = "a"
+source = { kind = "replay" }
+[[assets]]
+id = "b"
+source = { kind = "replay" }
+""", EDGE_AGENT_COMMANDS__MODEL_DIRS=str(models))
+    agent = Agent(s)
+    try:
+        a, b = agent.assets
+        assert a.pipeline.model is b.pipeline.model
+        body = {"request_id": "m", "asset": "b", "path": str(models / src.name), "sha256": sc["sha256"]}
+        r = agent.commands.handle("reload-model", json.dumps(body).encode())
+        assert r["ok"] and r["asset"] == "b" and r["model"]["version"] == "9.0.0", r
+        assert b.pipeline.model.version == "9.0.0" and a.pipeline.model.version != "9.0.0"
+        st = agent.status()["assets"]
+        assert st["b"]["overrides"]["model"]["version"] == "9.0.0" and st["a"]["overrides"] == {}
+        r = agent.commands.handle("reload-model", json.dumps({**body, "asset": None}).encode())
+        assert not r["ok"] and "asset is required" in r["reason"], r
+    finally:
+        agent.outbox.close()
+        agent.evidence.close()
