@@ -43,6 +43,7 @@ def plan(quick: bool, soak_s: float) -> list[tuple[str, list[str]]]:
         ("bandwidth", ["--data-minutes", "10"] if q else ["--data-minutes", "60"]),
         ("alert_latency", ["--alerts", "200"] if q else ["--alerts", "500"]),
         ("sensor_memory", ["--sensors", "2000"] if q else ["--sensors", "10000"]),
+        ("assets", ["--warmup", "40", "--measure", "30"] if q else []),
     ]
     if soak_s > 0:
         steps.append(("soak", ["--seconds", str(soak_s), "--interval", str(max(1.0, min(10.0, soak_s / 12)))]))
