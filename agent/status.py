@@ -10,6 +10,7 @@ each asset's state, reasons, model, threshold, overrides and teach-in; one degra
 from __future__ import annotations
 
 import queue
+import threading
 import time
 from typing import Any, Callable
 
@@ -37,6 +38,7 @@ class Board:
         self.bytes_out, self.broker_connected = bytes_out, broker_connected
         self.digest = digest
         self.started_ts = time.time()
+        self._drops_lock = threading.Lock()  # status and stats are built on paho's, the health and the pipeline thread
         self._drops_seen = 0
         self._last_drop = -float("inf")  # monotonic time the outbox was last seen dropping
         self.with_assets = bool(settings.assets)
@@ -86,9 +88,10 @@ class Board:
         without one: drops come one per full write (a summary period apart), so the reason does not flap."""
         total = sum(self.counters.snapshot("outbox.dropped.").values())
         now = time.monotonic()
-        if total > self._drops_seen:
-            self._drops_seen, self._last_drop = total, now
-        return now - self._last_drop < self.settings.stats_interval_s
+        with self._drops_lock:
+            if total > self._drops_seen:
+                self._drops_seen, self._last_drop = total, now
+            return now - self._last_drop < self.settings.stats_interval_s
 
     def _calibrating(self) -> bool:
         return any(a.pipeline is not None and a.pipeline.snapshot.calibrating for a in self.assets)
