@@ -132,30 +132,17 @@ class Board:
             st["assets"] = {a.id: self._asset_status(a) for a in self.assets}
             return st
         snap = self.assets[0].pipeline.snapshot  # type: ignore[union-attr]
-        st.update(model=dict(snap.model), source=self._source(), threshold=snap.threshold,
-                  overrides=dict(snap.overrides), config_digest=self.digest)
-        if reasons:
-            st["reasons"] = reasons
-        calibration = _calibration(snap)
-        if calibration:
-            st["calibration"] = calibration
-        return st
+        st.update(model=dict(snap.model), source=self._source())
+        return _machine(st, snap, reasons, config_digest=self.digest)
 
     def _asset_status(self, a: Asset) -> dict[str, Any]:
         reasons = self.asset_reasons(a)
         if a.pipeline is None:
             return {"state": "degraded", "reasons": reasons}
         snap = a.pipeline.snapshot
-        out: dict[str, Any] = {
-            "state": "degraded" if reasons else "calibrating" if snap.calibrating else "online",
-            "model": dict(snap.model), "threshold": snap.threshold, "overrides": dict(snap.overrides),
-        }
-        if reasons:
-            out["reasons"] = reasons
-        calibration = _calibration(snap)
-        if calibration:
-            out["calibration"] = calibration
-        return out
+        out: dict[str, Any] = {"state": "degraded" if reasons else "calibrating" if snap.calibrating else "online",
+                               "model": dict(snap.model)}
+        return _machine(out, snap, reasons)
 
     def stats(self) -> dict[str, Any]:
         """The stats payload (QoS 0, every EDGE_AGENT_STATS_INTERVAL_S)."""
@@ -226,6 +213,17 @@ class Board:
         return (f"{st}{extra}: {c.get('source.readings')} readings, {c.get('pipeline.windows')} windows, "
                 f"{c.get('alerts.raised')} alerts{assets}; outbox {self.outbox.depth()}; "
                 f"broker {'connected' if self.broker_connected() else 'unreachable'}")
+
+
+def _machine(out: dict[str, Any], snap: PipelineSnapshot, reasons: list[str], **extra: Any) -> dict[str, Any]:
+    """A machine's part of the status (the gateway's without assets, an asset's row with them), in its order."""
+    out.update(threshold=snap.threshold, overrides=dict(snap.overrides), **extra)
+    if reasons:
+        out["reasons"] = reasons
+    calibration = _calibration(snap)
+    if calibration:
+        out["calibration"] = calibration
+    return out
 
 
 def _asset_state(reasons: list[str], a: Asset) -> str:
