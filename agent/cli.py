@@ -11,7 +11,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from agent import __version__
 from agent.settings import EX_CONFIG, ConfigError, Settings, flat_env, load_settings
@@ -191,25 +191,50 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
     try:
         settings = _settings(args)
-        model = load_model(settings)
+        machines = _calibration_targets(settings, args.asset)
+        if args.reset and len(machines) > 1:
+            raise ConfigError([f"--reset: name the asset to teach in again with --asset (one of "
+                               f"{', '.join(m[0] for m in machines)})"])
     except ConfigError as e:
         return _config_fail(e)
-    except ModelError as e:
-        print(f"model error: {e}", file=sys.stderr)
-        return EX_CONFIG
-    if getattr(model, "needs_channels", False):  # a generic detector: its channels are those of its teach-in
-        stored = Calibrator(model, 0, settings.state_dir).stored_channels()
-        if stored:
-            model = model.with_channels(stored)
-    cal = Calibrator(model, 1, settings.state_dir)
-    if args.reset:
-        cal.reset()
-        print(f"calibration in {settings.state_dir} removed: teach-in starts again on the next start")
-        return 0
-    print(json.dumps(cal.result.to_json() if cal.result else {"calibrated": False}, indent=2))
-    if cal.result is not None and cal.result.warning:
-        print(f"warning: teach-in: {cal.result.warning}", file=sys.stderr)
+    results: dict[str, Any] = {}
+    for asset_id, eff, state_dir in machines:
+        try:
+            model = load_model(eff)
+        except ModelError as e:
+            print(f"model error{f' (asset {asset_id})' if asset_id else ''}: {e}", file=sys.stderr)
+            return EX_CONFIG
+        if getattr(model, "needs_channels", False):  # a generic detector: its channels are those of its teach-in
+            stored = Calibrator(model, 0, state_dir).stored_channels()
+            if stored:
+                model = model.with_channels(stored)
+        cal = Calibrator(model, 1, state_dir)
+        if args.reset:
+            cal.reset()
+            print(f"calibration in {state_dir} removed: teach-in starts again on the next start")
+            continue
+        results[asset_id] = {"calibrated": True, **cal.result.to_json()} if cal.result else {"calibrated": False}
+        if cal.result is not None and cal.result.warning:
+            print(f"warning: teach-in{f' of {asset_id}' if asset_id else ''}: {cal.result.warning}", file=sys.stderr)
+    if not args.reset:
+        print(json.dumps(results[""] if list(results) == [""] else results, indent=2))
     return 0
+
+
+def _calibration_targets(settings: Any, asset: str | None) -> list[tuple[str, Any, Path]]:
+    """(asset id, effective settings, state dir) of the machines ``calibrate`` looks at: every asset, or the
+    one named; without [[assets]] the gateway itself."""
+    if not settings.assets:
+        if asset:
+            raise ConfigError([f"--asset {asset}: this configuration has no [[assets]]"])
+        return [("", settings, settings.state_dir)]
+    from agent.asset_settings import effective_settings
+
+    ids = [a.id for a in settings.assets]
+    if asset is not None and asset not in ids:
+        raise ConfigError([f"--asset {asset}: no such asset (one of {', '.join(ids)})"])
+    return [(a.id, effective_settings(settings, a), settings.state_dir / "assets" / a.id)
+            for a in settings.assets if asset is None or a.id == asset]
 
 
 def cmd_export_feedback(args: argparse.Namespace) -> int:
@@ -262,6 +287,7 @@ def _parser() -> argparse.ArgumentParser:
     mi.set_defaults(fn=cmd_model_info)
     cal = add("calibrate", cmd_calibrate, "show the teach-in result, or --reset it so teach-in starts again")
     cal.add_argument("--reset", action="store_true", help="forget the calibration")
+    cal.add_argument("--asset", metavar="ID", help="with [[assets]]: only this asset (default: every asset)")
     ex = add("export-feedback", cmd_export_feedback, "write the alerts labelled by feedback, with their evidence, as a dataset for models/ training scripts")
     ex.add_argument("--out", required=True, metavar="DIR", help="output folder (SKAB-format CSV per alert + labels.csv)")
     from agent import evaluate

@@ -17,7 +17,7 @@ from typing import Any
 from agent.bundled import demo_recording_path
 from agent.counters import Counters
 from agent.sources.replay import read_recording
-from tests.conftest import Recorder, agent_env, start_agent, wait_for
+from tests.conftest import Recorder, agent_env, run_agent, start_agent, wait_for
 from tests.integration.test_control import Commander
 from tests.integration.test_mqtt_source import Publisher
 from tests.modbus_support import Device, Server, regs
@@ -222,6 +222,21 @@ calibration = {{ samples = 50 }}
     assert counted["fan"] == 30 and counted["comp"] == 120 and counted["bench"] == len(readings), counted
     assert all(p["asset"] == t for t in finals for p in rec.on(f"asset/{t}/summary"))
     assert "[pump-1] " in a.log  # the pipeline's log lines name their machine
+
+    # `edge-agent calibrate` shows every asset's teach-in, or one; a reset names its asset
+    env = agent_env(state, live_broker.port, EDGE_AGENT_CONFIG_FILE=str(config))
+    shown = run_agent(env, "calibrate")
+    assert shown.returncode == 0, shown.stderr
+    result = json.loads(shown.stdout)
+    assert set(result) == {"pump-1", "pump-2", "bench", "comp", "fan"}, result
+    assert result["pump-1"]["calibrated"] is True and result["fan"] == {"calibrated": False}
+    one = run_agent(env, "calibrate", "--asset", "pump-2")
+    assert json.loads(one.stdout) == {"pump-2": result["pump-2"]}
+    refused = run_agent(env, "calibrate", "--reset")
+    assert refused.returncode == 78 and "--asset" in refused.stderr, refused.stderr
+    reset = run_agent(env, "calibrate", "--reset", "--asset", "pump-2")
+    assert reset.returncode == 0 and not (state / "assets" / "pump-2" / "calibration.json").exists()
+    assert (state / "assets" / "pump-1" / "calibration.json").exists()
 
 
 def test_an_asset_whose_model_is_refused_is_down_alone(tmp_path: Path, live_broker, recorder, agents) -> None:
