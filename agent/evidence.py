@@ -165,17 +165,18 @@ def export_feedback(store: EvidenceStore, out: Path) -> dict[str, int]:
     """Write labelled evidence as a dataset the ``models/`` training scripts take (SKAB format, one CSV per alert).
 
     Each file has ``datetime``, the model's channels and ``anomaly`` (1 for a confirmed fault, 0 for a false
-    alarm: the operator says those readings were normal). ``labels.csv`` indexes the files.
+    alarm: the operator says those readings were normal). ``labels.csv`` indexes the files, with the asset that
+    raised each alert (empty without ``[[assets]]``): one machine's alerts make its dataset.
     """
     out.mkdir(parents=True, exist_ok=True)
     written = missing = 0
     with open(out / "labels.csv", "w", newline="") as idx:
         w = csv.writer(idx)
-        w.writerow(["alert_id", "label", "note", "file"])
+        w.writerow(["alert_id", "label", "note", "file", "asset"])
         for alert_id, label, note, ev in store.labelled():
             if ev is None:
                 missing += 1
-                w.writerow([alert_id, label, note, ""])
+                w.writerow([alert_id, label, note, "", ""])
                 continue
             name = f"{alert_id}.csv"
             anomaly = "1" if label == "true_positive" else "0"
@@ -186,7 +187,7 @@ def export_feedback(store: EvidenceStore, out: Path) -> dict[str, int]:
                     stamp = datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
                     cw.writerow([stamp, *values, anomaly])
             written += 1
-            w.writerow([alert_id, label, note, name])
+            w.writerow([alert_id, label, note, name, ev.get("asset", "")])
     return {"written": written, "without_evidence": missing}
 
 

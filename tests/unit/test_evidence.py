@@ -66,7 +66,7 @@ def test_a_corrupt_file_is_moved_aside_and_a_new_store_starts(tmp_path):
 
 def test_export_writes_one_skab_csv_per_labelled_alert(tmp_path):
     store = EvidenceStore(tmp_path / "evidence.db")
-    _add(store, "fault")
+    store.add("fault", "pump", {**_ev(), "asset": "pump-1"})  # raised by an asset
     _add(store, "noise")
     _add(store, "unlabelled")
     store.label("fault", "true_positive", "valve stuck")
@@ -76,8 +76,9 @@ def test_export_writes_one_skab_csv_per_labelled_alert(tmp_path):
     assert export_feedback(store, out) == {"written": 2, "without_evidence": 1}
     with open(out / "labels.csv", newline="") as f:
         index = list(csv.DictReader(f))
-    assert [(r["alert_id"], r["label"], r["file"]) for r in index] == [
-        ("fault", "true_positive", "fault.csv"), ("noise", "false_positive", "noise.csv"), ("gone", "false_positive", "")]
+    assert [(r["alert_id"], r["label"], r["file"], r["asset"]) for r in index] == [
+        ("fault", "true_positive", "fault.csv", "pump-1"), ("noise", "false_positive", "noise.csv", ""),
+        ("gone", "false_positive", "", "")]
     with open(out / "fault.csv", newline="") as f:
         rows = list(csv.reader(f, delimiter=";"))
     assert rows[0] == ["datetime", *CHANNELS, "anomaly"]
