@@ -29,6 +29,31 @@ class Reading:
 
 
 @dataclass(frozen=True, slots=True)
+class Block:
+    """Consecutive readings of one sensor handed over at once, as columns: a payload that carries an array of
+    samples (one timestamp and a sample period), a burst of messages, a Modbus read of many registers.
+
+    ``values[i, j]`` is channel ``channels[j]`` at ``ts[i]``; NaN where the source had no number for it. A block
+    counts as ``len(block)`` readings everywhere a reading is counted (queue, drops, stats).
+    """
+
+    ts: np.ndarray  # shape (n,), float64 epoch seconds, data time, oldest first
+    channels: tuple[str, ...]
+    values: np.ndarray  # shape (n, len(channels)), float64
+    sensor: str = ""
+    asset: str = ""
+
+    def __len__(self) -> int:
+        return int(self.ts.shape[0])
+
+    def rows(self) -> list[Reading]:
+        """The same data as readings (the slow path, and for tests)."""
+        names = self.channels
+        return [Reading(float(t), dict(zip(names, map(float, row))), self.sensor, self.asset)
+                for t, row in zip(self.ts, self.values)]
+
+
+@dataclass(frozen=True, slots=True)
 class Vector:
     """A cleaned reading: one float per model channel, in the model's channel order."""
 

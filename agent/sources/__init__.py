@@ -12,10 +12,10 @@ import threading
 from typing import Callable, Protocol
 
 from agent.counters import Counters
-from agent.records import Reading
+from agent.records import Block, Reading
 from agent.settings import Settings
 
-Sink = Callable[[Reading], None]
+Sink = Callable[[Reading | Block], None]  # a Block counts as len(block) readings
 
 # Source states shown in status and stats.
 CONNECTING = "connecting"
