@@ -1,16 +1,19 @@
 """``edge-agent monitor``: the fleet view — every gateway under ``{prefix}/+/`` in one live table.
 
 Subscribes to ``{prefix}/+/status`` (QoS 1, retained: every device known to the broker shows up at once),
-``{prefix}/+/stats`` (QoS 0), ``{prefix}/+/alerts`` and ``{prefix}/+/advice`` (QoS 1) and keeps, per device: the
-state, when it was last seen, the model, the open alerts, the last advice, the outbox depth and the bandwidth
-ratio. ``--once`` prints one snapshot and exits; without it the table is redrawn in place every ``--interval``
-seconds until Ctrl-C.
+``{prefix}/+/stats`` (QoS 0), ``{prefix}/+/alerts`` and ``{prefix}/+/advice`` and, for gateways with assets,
+``{prefix}/+/asset/+/alerts`` and ``{prefix}/+/asset/+/advice`` (QoS 1) and keeps, per device: the state, when it
+was last seen, the model, the open alerts, the last advice, the outbox depth and the bandwidth ratio; per asset of
+a gateway: its state, model, teach-in or degraded reasons, open and last alerts (a row under its gateway).
+``--once`` prints one snapshot and exits; without it the table is redrawn in place every ``--interval`` seconds
+until Ctrl-C.
 
 The parts, each testable alone, are in agent/monitoring/: ``fleet.py`` (:class:`Fleet`, the state fed by
-:meth:`Fleet.handle`; pure, no I/O), ``render.py`` (:func:`render_table`, a snapshot as text fitted to a terminal
-width) and ``client.py`` (:class:`MonitorClient`, the paho-mqtt 2 client built like the uplink's: user name,
-password file, TLS). This module is the command (:func:`run`: the terminal loop) and re-exports the public
-names. The rules (state, last seen, stale, open alerts) are in agent/monitoring/fleet.py and docs/monitor.md.
+:meth:`Fleet.handle`; pure, no I/O; payloads read by agent/payloads.py), ``rows.py`` (the JSON form),
+``render.py`` (:func:`render_table`, a snapshot as text fitted to a terminal width) and ``client.py``
+(:class:`MonitorClient`, the paho-mqtt 2 client built like the uplink's: user name, password file, TLS). This
+module is the command (:func:`run`: the terminal loop) and re-exports the public names. The rules (state, last
+seen, stale, open alerts, assets) are in agent/monitoring/fleet.py and docs/monitor.md.
 """
 
 from __future__ import annotations
@@ -35,18 +38,17 @@ from agent.monitoring.fleet import (
     STATE_RANK,
     Device,
     Fleet,
-    device_row,
     parse_iso,
-    snapshot_json,
 )
+from agent.monitoring.rows import asset_row, device_row, snapshot_json
 from agent.monitoring.render import COLUMNS, advice_text, cells, fit, format_age, render_header, render_table
 from agent.signals import SignalCounter
 
 __all__ = [
     "CLEARED_IDS_MAX", "COLUMNS", "DEFAULT_STATS_INTERVAL_S", "EXIT_NO_DEVICE", "EXIT_OK", "EXIT_UNREACHABLE",
     "EX_CONFIG", "KINDS", "SEEN_IDS_MAX", "STALE_FACTOR", "STATE_RANK", "Device", "Fleet", "MonitorClient",
-    "add_arguments", "advice_text", "cells", "device_row", "format_age", "main", "parse_iso", "render_header",
-    "render_table", "run", "snapshot_json",
+    "add_arguments", "advice_text", "asset_row", "cells", "device_row", "format_age", "main", "parse_iso",
+    "render_header", "render_table", "run", "snapshot_json",
 ]
 
 EXIT_OK = 0
@@ -178,7 +180,8 @@ def _live(args: argparse.Namespace, fleet: Fleet, mc: MonitorClient, where: str)
                     room = max(2, size.lines - 4)
                     if len(lines) > room:
                         hidden = len(lines) - room + 1
-                        lines = lines[: room - 1] + [f"… {hidden} more device{'s' if hidden != 1 else ''}"]
+                        what = "row" if any(r.get("assets") for r in rows) else "device"  # asset rows too
+                        lines = lines[: room - 1] + [f"… {hidden} more {what}{'s' if hidden != 1 else ''}"]
                     text = [fit(h, width, _ellipsis(out)) for h in header] + [""] + lines
                     if not rows:
                         text.append(f"waiting for devices under {fleet.prefix}/+/ …")

@@ -62,7 +62,8 @@ class MonitorClient:
             self.refused = None
             p = self.fleet.prefix
             result, mid = client.subscribe([(f"{p}/+/status", 1), (f"{p}/+/stats", 0), (f"{p}/+/alerts", 1),
-                                            (f"{p}/+/advice", 1)])
+                                            (f"{p}/+/advice", 1), (f"{p}/+/asset/+/alerts", 1),
+                                            (f"{p}/+/asset/+/advice", 1)])
             with self._lock:
                 self._pending_mids.add(mid)
             self.connected.set()

@@ -1,6 +1,7 @@
 """The monitor's fleet state: what is known about every gateway under the prefix, fed one message at a time by
-:meth:`Fleet.handle` (topic, payload, retained, receipt time); pure, no I/O. :func:`device_row` is a device's JSON
-form, which the table (agent.monitoring.render) and ``--json`` show.
+:meth:`Fleet.handle` (topic, payload, retained, receipt time); pure, no I/O. Payloads are read into the typed
+views of agent/payloads.py (alerts and advice as the pipeline's own records); agent/monitoring/rows.py turns a
+device into the JSON form the table and ``--json`` show.
 
 Rules (also in docs/monitor.md):
 
@@ -14,6 +15,11 @@ Rules (also in docs/monitor.md):
   (delivery is at least once). Alerts raised before the monitor started are not known (alerts are not retained).
   A status with a new ``started_at`` (the agent restarted, and an agent does not carry open alerts over a
   restart) closes the open alerts created before it.
+* Assets: a gateway with ``[[assets]]`` has a row per asset: the assets of its latest status that is not
+  ``offline`` (the last will names none: the rows are kept), and any asset an alert or advice came from (a
+  restart forgets those no longer in the status). Alerts and advice on ``{prefix}/{device}/asset/<id>/…`` are
+  the asset's. An asset's state is that of its row in the latest status or stats; ``offline`` while its gateway
+  is.
 """
 
 from __future__ import annotations
@@ -26,7 +32,16 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.parse import iso, timestamp
+from agent.payloads import (
+    AdviceMessage,
+    AlertMessage,
+    AssetStatus,
+    PayloadError,
+    StatsPayload,
+    StatusPayload,
+    message_id,
+)
+from agent.parse import timestamp
 
 DEFAULT_STATS_INTERVAL_S = 300.0  # the agent's default EDGE_AGENT_STATS_INTERVAL_S
 STALE_FACTOR = 3.0
@@ -35,6 +50,7 @@ CLEARED_IDS_MAX = 1_000
 
 STATE_RANK = {"offline": 0, "degraded": 1, "stale": 2, "unknown": 3, "calibrating": 4, "online": 5}
 KINDS = ("status", "stats", "alerts", "advice")
+ASSET_KINDS = ("alerts", "advice")  # under {prefix}/{device}/asset/<id>/
 
 
 # ================================================================================================ time helpers
@@ -45,8 +61,26 @@ def parse_iso(text: Any) -> float | None:
     return timestamp(text) if isinstance(text, str) and text else None
 
 
-
 # ================================================================================================ fleet state
+
+
+@dataclass
+class OpenAlert:
+    """An alert raised while the monitor watched and not cleared yet."""
+
+    message: AlertMessage
+    asset: str  # "" for a gateway without assets
+
+
+@dataclass
+class AssetSeen:
+    """What the alert and advice topics told about one asset (its state comes from the status and stats)."""
+
+    raised_seen: int = 0
+    cleared_seen: int = 0
+    last_alert: AlertMessage | None = None
+    last_alert_at: float | None = None
+    last_advice: dict[str, Any] | None = None
 
 
 @dataclass
@@ -55,19 +89,21 @@ class Device:
 
     device_id: str
     first_seen: float
-    status: dict[str, Any] | None = None
+    status: StatusPayload | None = None
     status_at: float | None = None  # receipt (retained: the status's own ts)
-    stats: dict[str, Any] | None = None
+    stats: StatsPayload | None = None
     stats_at: float | None = None
     last_alert_at: float | None = None
     model: dict[str, Any] | None = None  # kept from the last status that had one (the last will has none)
+    asset_status: dict[str, AssetStatus] = field(default_factory=dict)  # of the last status not offline
     started_at: str | None = None
     stats_times: deque[float] = field(default_factory=lambda: deque(maxlen=8))
-    open_alerts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    open_alerts: dict[str, OpenAlert] = field(default_factory=dict)
     cleared_ids: OrderedDict[str, None] = field(default_factory=OrderedDict)
     raised_seen: int = 0
     cleared_seen: int = 0
     last_advice: dict[str, Any] | None = None
+    seen_assets: dict[str, AssetSeen] = field(default_factory=dict)
 
     # -- derived ---------------------------------------------------------------------------------------------
 
@@ -75,10 +111,10 @@ class Device:
     def state(self) -> str:
         """The state of the latest status or stats received."""
         candidates = []
-        if self.status is not None and isinstance(self.status.get("state"), str):
-            candidates.append((self.status_at or 0.0, 1, self.status["state"]))
-        if self.stats is not None and isinstance(self.stats.get("state"), str):
-            candidates.append((self.stats_at or 0.0, 0, self.stats["state"]))
+        if self.status is not None and self.status.state is not None:
+            candidates.append((self.status_at or 0.0, 1, self.status.state))
+        if self.stats is not None and self.stats.state is not None:
+            candidates.append((self.stats_at or 0.0, 0, self.stats.state))
         if not candidates:
             return "unknown"
         return max(candidates)[2]
@@ -108,13 +144,39 @@ class Device:
         """Enough for a snapshot: a status and a stats message — or an offline status (no stats will come)."""
         if self.status is None:
             return False
-        return self.stats is not None or self.status.get("state") == "offline"
+        return self.stats is not None or self.status.state == "offline"
 
     def rank(self, now: float) -> float:
         st = self.state
         if st != "offline" and self.stale(now):
             return min(STATE_RANK.get(st, 3), STATE_RANK["stale"])
         return STATE_RANK.get(st, 3)
+
+    # -- assets ----------------------------------------------------------------------------------------------
+
+    @property
+    def assets(self) -> list[str]:
+        """The ids of this gateway's assets: its latest status's, then any only alerts or advice named."""
+        return list(dict.fromkeys([*self.asset_status, *self.seen_assets]))
+
+    def asset_state(self, asset: str) -> str:
+        """The state of the asset's row in the latest status or stats; offline while the gateway is."""
+        if self.state == "offline":
+            return "offline"
+        candidates = []
+        row = self.asset_status.get(asset)
+        if row is not None and row.state is not None:
+            candidates.append((self.status_at or 0.0, 1, row.state))
+        srow = self.stats.assets.get(asset) if self.stats is not None else None
+        if srow is not None and srow.state is not None:
+            candidates.append((self.stats_at or 0.0, 0, srow.state))
+        return max(candidates)[2] if candidates else "unknown"
+
+    def seen(self, asset: str) -> AssetSeen:
+        a = self.seen_assets.get(asset)
+        if a is None:
+            a = self.seen_assets[asset] = AssetSeen()
+        return a
 
 
 class Fleet:
@@ -128,23 +190,27 @@ class Fleet:
         self.bad_messages = 0
         self.duplicates = 0
 
-    def split(self, topic: str) -> tuple[str, str] | None:
-        """``{prefix}/{device}/{kind}`` → (device, kind), None for any other topic."""
+    def split(self, topic: str) -> tuple[str, str, str] | None:
+        """``{prefix}/{device}/{kind}`` → (device, kind, ""); ``{prefix}/{device}/asset/{id}/{alerts|advice}`` →
+        (device, kind, id); None for any other topic."""
         head = self.prefix + "/"
         if not topic.startswith(head):
             return None
         parts = topic[len(head):].split("/")
-        if len(parts) != 2 or not parts[0] or parts[1] not in KINDS:
-            return None
-        return parts[0], parts[1]
+        if len(parts) == 2 and parts[0] and parts[1] in KINDS:
+            return parts[0], parts[1], ""
+        if len(parts) == 4 and parts[0] and parts[1] == "asset" and parts[2] and parts[3] in ASSET_KINDS:
+            return parts[0], parts[3], parts[2]
+        return None
 
-    def handle(self, topic: str, raw: bytes | str | dict[str, Any], retained: bool = False, now: float | None = None) -> bool:
+    def handle(self, topic: str, raw: bytes | str | dict[str, Any], retained: bool = False,
+               now: float | None = None) -> bool:
         """Take one message; False when it is not ours, unreadable or a duplicate. Never raises on bad input."""
         now = time.time() if now is None else now
         where = self.split(topic)
         if where is None:
             return False
-        device_id, kind = where
+        device_id, kind, asset = where
         payload: Any = raw
         if isinstance(raw, (bytes, bytearray, str)):
             try:
@@ -162,61 +228,71 @@ class Fleet:
             if dev is None:
                 dev = self.devices[device_id] = Device(device_id, first_seen=now)
             if kind == "status":
-                self._on_status(dev, payload, retained, now)
+                self._on_status(dev, StatusPayload.from_payload(payload), retained, now)
             elif kind == "stats":
-                dev.stats = payload
+                dev.stats = StatsPayload.from_payload(payload)
                 dev.stats_at = now
                 dev.stats_times.append(now)
             elif kind == "advice":
-                return self._on_advice(dev, payload)
+                return self._on_advice(dev, payload, asset)
             else:
-                return self._on_alert(dev, payload, now)
+                return self._on_alert(dev, payload, asset, now)
             return True
 
-    def _on_status(self, dev: Device, st: dict[str, Any], retained: bool, now: float) -> None:
+    def _on_status(self, dev: Device, st: StatusPayload, retained: bool, now: float) -> None:
         at = now
         if retained:  # replayed by the broker on subscription: when it was published, not now
-            ts = parse_iso(st.get("ts"))
-            at = min(ts, now) if ts is not None else now
+            at = min(st.ts, now) if st.ts is not None else now
             if dev.status_at is not None and at < dev.status_at:
                 return  # older than what we have (a retained copy arriving after a live one)
         dev.status, dev.status_at = st, at
-        if isinstance(st.get("model"), dict):
-            dev.model = st["model"]
-        started = st.get("started_at")
-        if isinstance(started, str) and st.get("state") != "offline":
+        if st.model is not None:
+            dev.model = dict(st.model)
+        if st.state != "offline":  # the last will and a clean stop name no assets: keep the rows known
+            dev.asset_status = dict(st.assets)
+        started = st.started_at
+        if started is not None and st.state != "offline":
             if dev.started_at is not None and started != dev.started_at:
+                for gone in set(dev.seen_assets) - set(st.assets):  # an asset no longer configured
+                    del dev.seen_assets[gone]
                 # a new run of the agent: alerts of the old run are never cleared (the agent does not persist them)
                 begin = parse_iso(started)
                 for aid, a in list(dev.open_alerts.items()):
-                    created = parse_iso(a.get("created_at"))
+                    created = a.message.created_at
                     if begin is None or created is None or created < begin:
                         del dev.open_alerts[aid]
             dev.started_at = started
 
-    def _on_advice(self, dev: Device, a: dict[str, Any]) -> bool:
-        mid = a.get("id")
-        if not isinstance(mid, str) or not mid or a.get("state") not in ("advised", "no_advice"):
+    def _on_advice(self, dev: Device, payload: dict[str, Any], asset: str) -> bool:
+        try:
+            msg = AdviceMessage.from_payload(payload, asset)
+        except PayloadError:
             self.bad_messages += 1
             return False
-        if mid in self._seen_ids:
+        if msg.id in self._seen_ids:
             self.duplicates += 1
             return False
-        self._seen_ids[mid] = None
-        actions = [x for x in a.get("actions") or [] if isinstance(x, str)]
-        by_action = {ch for act in a.get("available_actions") or [] if isinstance(act, dict) and act.get("name") in actions
+        self._seen_ids[msg.id] = None
+        f = msg.event.fields
+        actions = [x for x in f.get("actions") or [] if isinstance(x, str)]
+        by_action = {ch for act in f.get("available_actions") or [] if isinstance(act, dict)
+                     and act.get("name") in actions
                      for ch in (act.get("set") or {})}  # a tool change is shown by its name, not as wear 217->0
-        changes = [c for c in a.get("changes") or [] if isinstance(c, dict) and c.get("channel") not in by_action]
-        dev.last_advice = {
-            "state": a["state"], "alert_id": a.get("alert_id"), "created_at": a.get("created_at"),
-            "probability": a.get("probability"), "advised_probability": a.get("advised_probability"),
-            "changes": changes, "actions": actions,
+        changes = [c for c in f.get("changes") or [] if isinstance(c, dict) and c.get("channel") not in by_action]
+        last = {
+            "state": msg.state, "alert_id": msg.event.alert_id or payload.get("alert_id"),
+            "created_at": msg.created_at, "probability": f.get("probability"),
+            "advised_probability": f.get("advised_probability"), "changes": changes, "actions": actions,
         }
+        if asset:
+            dev.seen(asset).last_advice = last
+        else:
+            dev.last_advice = last
         return True
 
-    def _on_alert(self, dev: Device, a: dict[str, Any], now: float) -> bool:
-        mid = a.get("id")
-        if isinstance(mid, str) and mid:
+    def _on_alert(self, dev: Device, payload: dict[str, Any], asset: str, now: float) -> bool:
+        mid = message_id(payload)
+        if mid is not None:
             if mid in self._seen_ids:
                 self.duplicates += 1
                 return False
@@ -224,27 +300,29 @@ class Fleet:
             if len(self._seen_ids) > SEEN_IDS_MAX:
                 self._seen_ids.popitem(last=False)
         dev.last_alert_at = now
-        aid, state = a.get("alert_id"), a.get("state")
-        if not isinstance(aid, str) or not aid:
+        try:
+            msg = AlertMessage.from_payload(payload, asset)
+        except PayloadError:
             self.bad_messages += 1
             return False
-        if state == "raised":
+        aid = msg.event.alert_id
+        seen = dev.seen(asset) if asset else None
+        if seen is not None:
+            seen.last_alert, seen.last_alert_at = msg, now
+        if msg.event.state == "raised":
             dev.raised_seen += 1
+            if seen is not None:
+                seen.raised_seen += 1
             if aid not in dev.cleared_ids:  # a late copy of a raise whose clear already came stays closed
-                dev.open_alerts[aid] = {
-                    "alert_id": aid, "severity": a.get("severity"), "sensor": a.get("sensor"),
-                    "score": a.get("score"), "threshold": a.get("threshold"),
-                    "window_end": a.get("window_end"), "created_at": a.get("created_at"),
-                }
-        elif state == "cleared":
+                dev.open_alerts[aid] = OpenAlert(msg, asset)
+        else:
             dev.cleared_seen += 1
+            if seen is not None:
+                seen.cleared_seen += 1
             dev.open_alerts.pop(aid, None)
             dev.cleared_ids[aid] = None
             if len(dev.cleared_ids) > CLEARED_IDS_MAX:
                 dev.cleared_ids.popitem(last=False)
-        else:
-            self.bad_messages += 1
-            return False
         return True
 
     # -- snapshots -------------------------------------------------------------------------------------------
@@ -255,48 +333,10 @@ class Fleet:
             return bool(self.devices) and all(d.complete for d in self.devices.values())
 
     def rows(self, now: float | None = None) -> list[dict[str, Any]]:
-        """One dict per device (the JSON form), most severe state first."""
+        """One dict per device (the JSON form, agent.monitoring.rows), most severe state first."""
+        from agent.monitoring.rows import device_row
+
         now = time.time() if now is None else now
         with self._lock:
             devices = sorted(self.devices.values(), key=lambda d: (d.rank(now), d.device_id))
             return [device_row(d, now) for d in devices]
-
-
-def device_row(d: Device, now: float) -> dict[str, Any]:
-    """A device as a JSON-able dict: what the table shows, plus the details behind it."""
-    st, stats = d.status or {}, d.stats or {}
-    outbox = stats.get("outbox") if isinstance(stats.get("outbox"), dict) else None
-    dropped = None
-    if outbox is not None and isinstance(outbox.get("dropped"), dict):
-        dropped = sum(v for v in outbox["dropped"].values() if isinstance(v, (int, float)))
-    model = {"name": d.model.get("name"), "version": d.model.get("version")} if d.model else None
-    last = d.last_seen
-    return {
-        "device_id": d.device_id,
-        "state": d.state,
-        "stale": d.stale(now),
-        "last_seen": iso(last),
-        "age_s": round(now - last, 1) if last is not None else None,
-        "model": model,
-        "open_alerts": len(d.open_alerts),
-        "open_alert_ids": sorted(d.open_alerts),
-        "outbox_depth": outbox.get("depth") if outbox else None,
-        "outbox_dropped": dropped,
-        "bandwidth_ratio": stats.get("bandwidth_ratio"),
-        "reasons": st.get("reasons") if isinstance(st.get("reasons"), list) and st.get("state") == "degraded" else [],
-        "reason": st.get("reason") if st.get("state") == "offline" else None,
-        "calibration": st.get("calibration") if st.get("state") == "calibrating" else None,
-        "source": stats.get("source") or st.get("source"),
-        "agent_version": st.get("agent_version"),
-        "started_at": d.started_at,
-        "threshold": st.get("threshold"),
-        "stats_interval_s": round(d.stats_interval, 3) if d.stats_interval is not None else None,
-        "alerts_seen": {"raised": d.raised_seen, "cleared": d.cleared_seen},
-        "last_advice": d.last_advice,
-        "have": {"status": d.status is not None, "stats": d.stats is not None},
-    }
-
-
-def snapshot_json(rows: list[dict[str, Any]], now: float, **extra: Any) -> str:
-    """A snapshot as one line of JSON: ``{"ts", "devices": [...], ...extra}``."""
-    return json.dumps({"ts": iso(now), **extra, "devices": rows}, separators=(",", ":"))

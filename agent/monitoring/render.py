@@ -1,4 +1,4 @@
-"""The monitor's table: device rows (agent.monitoring.fleet's JSON form) as aligned text fitted to a terminal width,
+"""The monitor's table: device rows (agent.monitoring.rows, the JSON form) as aligned text fitted to a terminal width,
 and the two header lines of the live view."""
 
 from __future__ import annotations
@@ -70,11 +70,61 @@ def cells(r: dict[str, Any]) -> list[str]:
         outbox += f" ({r['outbox_dropped']} dropped)"
     ratio = r.get("bandwidth_ratio")
     ratio_text = f"{ratio:.3g}" if isinstance(ratio, (int, float)) and math.isfinite(ratio) else "-"
+    if model_text == "-" and r.get("assets"):
+        model_text = f"{len(r['assets'])} assets"  # each asset's model is on its own row
     last = format_age(r.get("age_s"))
     if r.get("stale"):
         last += " (stale)"
     return [r["device_id"], r["state"], last, model_text, str(r.get("open_alerts", 0)), outbox, ratio_text,
             advice_text(r.get("last_advice")), _note(r)]
+
+
+ASSET_INDENT = "  "
+
+
+def _teach_in_text(cal: dict[str, Any] | None) -> str:
+    """``teach-in running (400 readings)``: its length, not its progress (that is as old as the status)."""
+    if not cal:
+        return "teach-in running"
+    length = [f"{cal['samples']} readings"] if cal.get("samples") else []
+    if cal.get("duration_s"):
+        length.append(f"{cal['duration_s']:g} s")
+    return "teach-in running" + (f" ({' and '.join(length)})" if length else "")
+
+
+def _asset_note(a: dict[str, Any]) -> str:
+    parts = []
+    state = a["state"]
+    if state == "degraded":
+        parts.append("; ".join(str(x) for x in a.get("reasons") or []) or "degraded")
+    elif state == "calibrating":
+        parts.append(_teach_in_text(a.get("calibration")))
+    elif state == "online":
+        parts.append("scoring")
+    last = a.get("last_alert")
+    if last:
+        parts.append(f"last alert {last['state']} {format_age(last.get('age_s'))}")
+    raised = (a.get("alerts") or {}).get("raised")
+    if raised:
+        parts.append(f"{raised} raised since the agent started")
+    return "; ".join(parts)
+
+
+def asset_cells(a: dict[str, Any]) -> list[str]:
+    """The table cells of one asset row (under its gateway, indented; per-gateway columns left empty)."""
+    model = a.get("model") or {}
+    model_text = " ".join(str(x) for x in (model.get("name"), model.get("version")) if x) or "-"
+    return [ASSET_INDENT + a["asset_id"], a["state"], "", model_text, str(a.get("open_alerts", 0)), "", "",
+            advice_text(a.get("last_advice")), _asset_note(a)]
+
+
+def table_cells(rows: list[dict[str, Any]]) -> list[list[str]]:
+    """Each gateway's cells, followed by its assets' cells."""
+    out = []
+    for r in rows:
+        out.append(cells(r))
+        out.extend(asset_cells(a) for a in r.get("assets") or [])
+    return out
 
 
 def fit(text: str, width: int, ellipsis: str) -> str:
@@ -86,10 +136,10 @@ def fit(text: str, width: int, ellipsis: str) -> str:
 
 
 def render_table(rows: list[dict[str, Any]], width: int = 120, colour: bool = False, ellipsis: str = "…") -> list[str]:
-    """The fleet as aligned text lines, no line longer than ``width``: columns shrink (NOTE, MODEL, DEVICE,
-    LAST SEEN in that order, truncated with ``ellipsis``) before a line is cut. ``colour`` adds ANSI colours to the
-    state (after the padding, so the alignment holds)."""
-    table = [list(COLUMNS)] + [cells(r) for r in rows]
+    """The fleet as aligned text lines, a gateway's assets indented under it, no line longer than ``width``:
+    columns shrink (NOTE, MODEL, DEVICE, LAST SEEN in that order, truncated with ``ellipsis``) before a line is
+    cut. ``colour`` adds ANSI colours to the state (after the padding, so the alignment holds)."""
+    table = [list(COLUMNS)] + table_cells(rows)
     widths = [max(len(row[i]) for row in table) for i in range(len(COLUMNS))]
     if not any(row[-1] for row in table[1:]):
         widths[-1] = 0  # no notes: no NOTE column
@@ -129,7 +179,8 @@ def render_table(rows: list[dict[str, Any]], width: int = 120, colour: bool = Fa
 
 
 def render_header(rows: list[dict[str, Any]], now: float, where: str, connected: bool) -> list[str]:
-    """Two lines above the table: broker, time and link; then the count of devices by state and open alerts."""
+    """Two lines above the table: broker, time and link; then the count of devices by state, of assets and of
+    open alerts."""
     counts: dict[str, int] = {}
     for r in rows:
         counts[r["state"]] = counts.get(r["state"], 0) + 1
@@ -138,10 +189,13 @@ def render_header(rows: list[dict[str, Any]], now: float, where: str, connected:
     if stale:
         summary += f", {stale} stale"
     alerts = sum(r.get("open_alerts", 0) for r in rows)
+    assets = sum(len(r.get("assets") or []) for r in rows)
     clock = datetime.fromtimestamp(now).strftime("%H:%M:%S")
     link = "connected" if connected else "DISCONNECTED (reconnecting)"
+    devices = f"{len(rows)} device{'s' if len(rows) != 1 else ''}{': ' + summary if summary else ''}; "
+    if assets:
+        devices += f"{assets} asset{'s' if assets != 1 else ''}; "
     return [
         f"edge-agent monitor  {clock}  {link}  {where}",
-        f"{len(rows)} device{'s' if len(rows) != 1 else ''}{': ' + summary if summary else ''}; "
-        f"{alerts} open alert{'s' if alerts != 1 else ''}",
+        devices + f"{alerts} open alert{'s' if alerts != 1 else ''}",
     ]
