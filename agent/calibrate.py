@@ -12,6 +12,9 @@ instead of starting another teach-in, and so that operator feedback can fold mor
   ``edge-agent calibrate``) and, when one half is consistent, only that half is fitted;
 * ``fold(alert_id, rows)`` — an operator's ``false_positive`` label: the alert's readings are normal too, the model
   is refitted on teach-in + folded readings, persisted in ``calibration-feedback.npz``; ``unfold`` undoes it.
+
+What is fitted (the :class:`Calibration` record, :func:`fit`, the scorer) is in agent/calibration.py; this module
+is the :class:`Calibrator` (collecting, the store of the readings, feedback folds) and re-exports those names.
 """
 
 from __future__ import annotations
@@ -20,19 +23,16 @@ import io
 import json
 import logging
 import math
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
 
 import numpy as np
 
-from agent.derive import Deriver
+from agent.calibration import Calibration, Detector, fit, make_scorer, parse_calibration, sidecar_normaliser
 from agent.files import atomic_write, set_aside
-from agent.generic import GenericModel, GenericScorer, contamination
-from agent.infer import Scorer
 from agent.logsafe import clip
-from agent.window import Normaliser, Windower
+
+__all__ = ["CHUNK", "MAX_FOLDED", "MAX_FOLD_ROWS", "MAX_ROWS", "Calibration", "Calibrator", "Detector", "fit",
+           "make_scorer", "parse_calibration", "sidecar_normaliser"]
 
 log = logging.getLogger(__name__)
 
@@ -40,158 +40,6 @@ MAX_ROWS = 20_000  # readings kept from one teach-in (a 24 h teach-in at 10 Hz w
 CHUNK = 256  # ... thinned by dropping every other run of this many, so the kept ones stay contiguous
 MAX_FOLDED = 100  # alerts whose readings feedback may fold in; the oldest fold goes first
 MAX_FOLD_ROWS = 2_000  # readings folded in per alert
-
-
-class Detector(Protocol):
-    """What teach-in needs of a model (a TFLite :class:`Model` or a :class:`GenericModel`)."""
-
-    sha256: str
-    sidecar: Any
-
-    @property
-    def name(self) -> str: ...
-
-
-@dataclass(frozen=True)
-class Calibration:
-    """What teach-in fitted: normalisation, threshold, detector parameters, and for which model."""
-
-    model_sha256: str
-    channels: list[str]
-    mean: list[float] | None
-    std: list[float] | None
-    threshold: float | None
-    samples: int
-    fitted_at: float
-    params: dict[str, Any] | None = None  # the generic detector's baseline, scale, ...
-    warning: str | None = None  # the teach-in did not look like one normal operating point
-    folded: list[str] = field(default_factory=list)  # alerts whose readings feedback folded in
-
-    def to_json(self) -> dict[str, Any]:
-        return self.__dict__.copy()
-
-    def write(self, path: Path) -> None:
-        """Persist as JSON, atomically (a power cut leaves the old file or the new one)."""
-        atomic_write(path, json.dumps(self.to_json(), indent=1).encode())
-
-
-def parse_calibration(raw: bytes) -> Calibration:
-    """A Calibration from ``calibration.json``; ValueError saying what is wrong (garbage, NaN, wrong shapes)."""
-    def no_constant(name: str) -> Any:
-        raise ValueError(f"{name} is not a number")
-
-    try:
-        data = json.loads(raw, parse_constant=no_constant)
-    except RecursionError:
-        raise ValueError("not JSON (nested too deeply)") from None
-    if not isinstance(data, dict):
-        raise ValueError("not a JSON object")
-    try:
-        cal = Calibration(**data)
-    except TypeError as e:
-        raise ValueError(f"not a calibration ({e})") from None
-    if not isinstance(cal.model_sha256, str) or not isinstance(cal.channels, list) or not all(isinstance(c, str) for c in cal.channels):
-        raise ValueError("model_sha256 and channels must be text")
-    n = len(cal.channels)
-    for name in ("mean", "std"):
-        vec = getattr(cal, name)
-        if vec is not None and (not isinstance(vec, list) or len(vec) != n or not all(_finite(v) for v in vec)):
-            raise ValueError(f"{name} must be {n} finite numbers")
-    if cal.std is not None and any(v < 0 for v in cal.std):
-        raise ValueError("std must not be negative")
-    if cal.threshold is not None and not (_finite(cal.threshold) and cal.threshold > 0):
-        raise ValueError(f"threshold {cal.threshold!r} is not a finite positive number")
-    if isinstance(cal.samples, bool) or not isinstance(cal.samples, int) or cal.samples < 0 or not _finite(cal.fitted_at):
-        raise ValueError("samples and fitted_at must be numbers")
-    if cal.params is not None and not isinstance(cal.params, dict):
-        raise ValueError("params must be an object")
-    if cal.warning is not None and not isinstance(cal.warning, str):
-        raise ValueError("warning must be text")
-    if not isinstance(cal.folded, list) or not all(isinstance(a, str) for a in cal.folded):
-        raise ValueError("folded must be a list of alert ids")
-    return cal
-
-
-def _finite(v: Any) -> bool:
-    try:
-        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-    except OverflowError:  # an integer too large for a float
-        return False
-
-
-def fit(model: Detector, normal: np.ndarray, folded: list[str] | None = None) -> Calibration:
-    """Fit what the model asks for on ``normal`` (rows of raw vectors, oldest first)."""
-    sc = model.sidecar
-    channels = list(sc.channels)
-    warning = None
-    if isinstance(model, GenericModel):
-        r = model.fit(normal, check=not folded)  # checks the halves itself (with its own window)
-        return Calibration(
-            model_sha256=model.sha256, channels=channels, mean=r["baseline"], std=r["scale"],
-            threshold=float(r["threshold"]), samples=int(len(normal)), fitted_at=time.time(), params=r,
-            warning=r.get("warning"), folded=list(folded or []),
-        )
-    found = contamination(normal, channels) if not folded else None
-    if found is not None:
-        warning, keep = found
-        if keep is not None:
-            normal = normal[keep[0]:keep[1]]
-    spec = sc.calibration
-    if "normalisation" in spec.fit and sc.normalisation.method == "zscore":
-        norm = Normaliser.fit(Deriver(sc.channels, sc.derived)(normal))  # derived features are normalised too
-    else:
-        norm = sidecar_normaliser(model)
-    threshold = None
-    if "threshold" in spec.fit:
-        scorer = Scorer(model, norm)
-        w = Windower(sc.window.length, sc.window.hop, len(sc.channels))
-        from agent.records import Vector
-
-        scores = []
-        for i, row in enumerate(normal):
-            win = w.push(Vector(ts=float(i), values=row))
-            if win is not None:
-                scores.append(scorer.score(win.data)[0])
-        if scores:
-            threshold = float(np.quantile(np.asarray(scores), spec.threshold_quantile) * spec.threshold_factor)
-            if not (math.isfinite(threshold) and threshold > 0):  # e.g. perfectly constant data: keep the sidecar's
-                log.warning("teach-in fitted threshold %r is unusable: the sidecar's %.4g holds", threshold, sc.threshold)
-                threshold = None
-    return Calibration(
-        model_sha256=model.sha256,
-        channels=channels,
-        mean=None if norm.mean is None else [float(v) for v in norm.mean],
-        std=None if norm.std is None else [float(v) for v in norm.std],
-        threshold=threshold,
-        samples=int(len(normal)),
-        fitted_at=time.time(),
-        warning=warning,
-        folded=list(folded or []),
-    )
-
-
-def sidecar_normaliser(model: Detector) -> Normaliser:
-    n = getattr(model.sidecar, "normalisation", None)
-    if n is None or n.method == "none" or n.mean is None or n.std is None:
-        return Normaliser(None, None)
-    return Normaliser(np.asarray(n.mean), np.asarray(n.std))
-
-
-def make_scorer(model: Detector, cal: Calibration | None, previous: Any = None) -> Scorer | GenericScorer | None:
-    """The scorer for ``model`` with ``cal`` (None: not calibrated; a generic detector then has none yet).
-
-    ``previous``: the scorer being replaced; a generic one hands over the baselines it has followed since.
-    """
-    if isinstance(model, GenericModel):
-        if cal is None or cal.params is None:
-            return None
-        scorer = model.scorer(cal.params)
-        if isinstance(previous, GenericScorer):
-            scorer.adopt(previous)
-        return scorer
-    if cal is not None and cal.mean is not None and cal.std is not None:
-        return Scorer(model, Normaliser(np.asarray(cal.mean), np.asarray(cal.std)))
-    return Scorer(model, sidecar_normaliser(model))  # type: ignore[arg-type]
 
 
 class Calibrator:

@@ -262,3 +262,141 @@ def test_no_device_exits_1(live_broker):
     assert r.returncode == 1, r.stderr
     assert "no device seen under" in r.stderr and r.stdout == ""
     assert time.monotonic() - t0 < 15
+
+
+def test_a_gateway_with_assets_shows_a_row_per_asset(tmp_path, live_broker, recorder, agents):
+    """A real agent with assets like deploy/gateway.toml.example's (a pump on a Modbus TCP bus, a compressor on MQTT,
+    a bench replaying a recording) plus one whose model is refused: the monitor shows each asset under its gateway
+    with its own state, model and alerts; alerts on ``asset/<id>/alerts`` count for that asset only."""
+    from agent.counters import Counters
+    from agent.sources.replay import read_recording
+    from agent.bundled import demo_recording_path
+    from tests.integration.test_assets import CHANNELS, NORMAL_ROWS, _device_map, _playing
+    from tests.modbus_support import Server, regs
+
+    prefix, device = _prefix(), "gw-line"
+    readings = list(read_recording(demo_recording_path(), Counters()))
+    pump, _ = _playing([[v for c in CHANNELS for v in regs("f", float(r.values[c]))] for r in readings[:NORMAL_ROWS]],
+                       loop=True)
+    pump.unit = 1
+    server = Server([pump])
+    broken = tmp_path / "broken.tflite"
+    broken.write_bytes(b"not a flatbuffer")
+    (tmp_path / "broken.json").write_text("{}")
+    config = tmp_path / "gateway.toml"
+    config.write_text(f"""
+stats_interval_s = 1
+
+[model]
+path = "generic"
+
+[modbus.buses.line1]
+kind = "tcp"
+host = "127.0.0.1"
+tcp_port = {server.port}
+timeout_s = 0.5
+retries = 0
+gap_s = 0
+{_device_map("pump1-meter", 1).replace('bus = "line"', 'bus = "line1"')}
+
+[[assets]]
+id = "pump-1"
+source = {{ kind = "modbus", devices = ["pump1-meter"] }}
+calibration = {{ samples = 100 }}
+
+[[assets]]
+id = "compressor"
+source = {{ kind = "mqtt", topics = ["{prefix}-plant/compressor/telemetry"] }}
+calibration = {{ samples = 50 }}
+
+[[assets]]
+id = "test-bench"
+source = {{ kind = "replay", speed = 50, loop = true }}
+
+[[assets]]
+id = "spare"
+source = {{ kind = "replay", speed = 50, loop = true, sensor = "spare-bench" }}
+model = {{ path = "{broken}" }}
+""")
+    rec = recorder(f"{prefix}/#")
+    mon = subprocess.Popen(_cmd(live_broker.port, prefix, "--json", "--interval", "0.3"), env=_env(), cwd=ROOT,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    snapshots: list[dict[str, Any]] = []
+
+    def read() -> None:
+        assert mon.stdout is not None
+        for line in mon.stdout:
+            snapshots.append(json.loads(line))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        wait_for(lambda: snapshots and snapshots[-1]["subscribed"], timeout=20, what="monitor subscribed")
+        agent = start_agent(agent_env(tmp_path / "state", live_broker.port, EDGE_AGENT_CONFIG_FILE=str(config),
+                                      EDGE_AGENT_DEVICE_ID=device, EDGE_AGENT_MQTT__TOPIC_PREFIX=prefix),
+                            tmp_path / "logs")
+        agents.append(agent)
+
+        def asset_rows() -> dict[str, dict[str, Any]]:
+            devs = [d for d in snapshots[-1]["devices"] if d["device_id"] == device] if snapshots else []
+            return {a["asset_id"]: a for a in devs[0].get("assets") or []} if devs else {}
+
+        def ready() -> bool:
+            a = asset_rows()
+            return (set(a) == {"pump-1", "compressor", "test-bench", "spare"} and a["pump-1"]["state"] == "online"
+                    and a["test-bench"]["last_alert"] is not None)
+
+        wait_for(ready, timeout=120, what="every asset row, pump-1 taught in and an alert of the test bench")
+        rows = asset_rows()
+        assert rows["compressor"]["state"] == "calibrating" and rows["compressor"]["calibration"]["samples"] == 50
+        assert rows["spare"]["state"] == "degraded" and "model refused" in rows["spare"]["reasons"][0]
+        assert rows["spare"]["model"] is None
+        for a in ("pump-1", "compressor", "test-bench"):
+            assert rows[a]["model"] == {"name": "generic", "version": "1.0.0"}, rows[a]
+        assert rows["test-bench"]["last_alert"]["sensor"] == "replay"
+
+        # the table: the gateway, then its assets indented under it
+        r = run_monitor(live_broker.port, prefix, "--once", "--timeout", "20")
+        assert r.returncode == 0, r.stderr
+        lines = r.stdout.splitlines()
+        assert lines[1].startswith(device) and "4 assets" in lines[1], r.stdout
+        under = {line.split()[0]: line for line in lines[2:]}
+        assert set(under) == {"pump-1", "compressor", "test-bench", "spare"}, r.stdout
+        assert all(line.startswith("  ") for line in lines[2:])
+        assert lines[2].split()[:2] == ["spare", "degraded"] and "model refused" in lines[2]  # most severe first
+        assert "calibrating" in under["compressor"] and "teach-in running (50 readings)" in under["compressor"]
+        assert "online" in under["pump-1"] and "generic 1.0.0" in under["pump-1"] and "scoring" in under["pump-1"]
+        # a monitor started after the alerts never saw them (not retained); the stats count them since the start
+        assert re.search(r"scoring; \d+ raised since the agent started$", under["test-bench"]), under["test-bench"]
+
+        # alerts counted per asset: at the end (agent killed, nothing in flight) each asset's open alerts are
+        # exactly what was raised and not cleared on its own topic
+        wait_for(lambda: any(p["state"] == "cleared" for p in rec.on("asset/test-bench/alerts")), timeout=60,
+                 what="a cleared alert of the test bench")
+        agent.stop(signal.SIGKILL)
+        wait_for(lambda: snapshots and [d["state"] for d in snapshots[-1]["devices"]] == ["offline"], timeout=30,
+                 what="the gateway offline in the monitor")
+        time.sleep(1.0)
+        final = snapshots[-1]["devices"][0]
+        per_asset = {a["asset_id"]: a for a in final["assets"]}
+        assert {a["state"] for a in per_asset.values()} == {"offline"}
+        opened: set[str] = set()
+        for asset, row in per_asset.items():
+            alerts = rec.on(f"asset/{asset}/alerts")
+            raised = {p["alert_id"] for p in alerts if p["state"] == "raised"}
+            cleared = {p["alert_id"] for p in alerts if p["state"] == "cleared"}
+            assert set(row["open_alert_ids"]) == raised - cleared, (asset, row, raised, cleared)
+            assert row["alerts_seen"] == {"raised": len(raised), "cleared": len(cleared)}, (asset, row)
+            opened |= raised - cleared
+        assert per_asset["test-bench"]["alerts_seen"]["raised"] >= 1
+        assert set(final["open_alert_ids"]) == opened  # the gateway's count is its assets' together
+        assert rec.on("alerts") == []  # with assets nothing goes to the gateway-level topic
+        mon.send_signal(signal.SIGINT)
+        assert mon.wait(timeout=10) == 0
+        assert mon.stderr is not None and "Traceback" not in mon.stderr.read()
+    finally:
+        if mon.poll() is None:
+            mon.kill()
+            mon.wait()
+        reader.join(timeout=5)
+        server.stop()

@@ -1,11 +1,16 @@
-"""``edge-agent monitor`` without a broker: the fleet state machine and the table rendering as pure functions."""
+"""``edge-agent monitor`` without a broker: the fleet state machine and the table rendering as pure functions; a
+gateway with assets (a row per asset); the typed payloads the monitor reads."""
 
 from __future__ import annotations
 
 import json
 
-from agent.monitor import Fleet, format_age, render_table, snapshot_json
+from agent.messages import Messages, topic_suffix
+from agent.monitor import Fleet, format_age, render_header, render_table, snapshot_json
 from agent.parse import iso
+from agent.payloads import AlertMessage, AssetStatus, PayloadError, StatsPayload, StatusPayload
+from agent.records import AlertEvent, PipelineSnapshot
+from agent.status import _machine  # the status's own builder of a machine's part (an asset's row)
 
 T0 = 1_800_000_000.0
 MODEL = {"name": "pump-anomaly", "version": "1.0.0", "sha256": "ab", "runtime": "ai_edge_litert"}
@@ -205,3 +210,169 @@ def test_last_advice_is_shown_per_device():
     f.handle("edge/gw/advice", advice("x3", state="no_advice", changes=[]), now=T0 + 4)
     assert "none within bounds" in render_table(f.rows(T0 + 4), width=200)[1]
     assert not f.handle("edge/gw/advice", b'{"id": "x4", "state": "maybe"}', now=T0 + 5)
+
+
+# ------------------------------------------------------------------------------------------------ gateways with assets
+
+GENERIC = {"name": "generic", "version": "1.0.0", "sha256": "cd"}
+
+
+def asset_status(dev: str, ts: float = T0, started: float = T0 - 100) -> bytes:
+    """A retained status with assets, built like agent.status.Board.status builds it."""
+    teaching = PipelineSnapshot(calibrating=True, calibration_collected=120, calibration_samples=400, model=GENERIC)
+    scoring = PipelineSnapshot(threshold=6.0, model=GENERIC, calibration_warning=None)
+    assets = {
+        "pump-1": _machine({"state": "online", "model": dict(GENERIC)}, scoring, []),
+        "pump-2": _machine({"state": "degraded", "model": dict(GENERIC)}, scoring,
+                           ["modbus device pump2-meter (unit 2) on line1 not answering"]),
+        "bench": _machine({"state": "calibrating", "model": dict(GENERIC)}, teaching, []),
+        "comp": {"state": "degraded", "reasons": ["model refused: no such file"]},  # its pipeline was never built
+    }
+    return json.dumps({"state": "degraded", "ts": iso(ts), "device_id": dev, "agent_version": "0.1.0",
+                       "started_at": iso(started), "sources": [{"name": "modbus:line1", "state": "connected",
+                                                                "assets": ["pump-1", "pump-2"]}],
+                       "config_digest": "x", "reasons": ["asset pump-2: modbus device … not answering"],
+                       "assets": assets, "some_future_field": {"ignored": True}}).encode()
+
+
+def asset_stats(dev: str) -> bytes:
+    row = {"state": "online", "windows": 500, "alerts": {"raised": 3, "cleared": 2, "suppressed": 0}, "rejected": {},
+           "threshold": 6.0, "sensors": 1, "inference_ms": {"p50": 0.1, "p99": 0.2}}
+    return json.dumps({"ts": iso(T0), "device_id": dev, "state": "degraded", "outbox": {"depth": 0, "dropped": {}},
+                       "bandwidth_ratio": 0.02, "sources": [{"name": "modbus:line1", "state": "connected"}],
+                       "assets": {"pump-1": row, "pump-2": {**row, "state": "degraded"},
+                                  "bench": {**row, "state": "calibrating", "windows": 0,
+                                            "alerts": {"raised": 0, "cleared": 0, "suppressed": 0}},
+                                  "comp": {"state": "degraded", "windows": 0, "alerts": {}, "rejected": {}}}}).encode()
+
+
+def asset_alert(dev: str, asset: str, aid: str, state: str, score: float = 6.5) -> tuple[str, bytes]:
+    """An alert message as the agent makes it (agent.messages), on the asset's topic."""
+    e = AlertEvent(state=state, alert_id=aid, sensor="pump1-meter", score=score, threshold=6.0, peak_score=score,
+                   top=(("Current", 0.75), ("Pressure", 0.25)), window_start_ts=T0 - 10, window_end_ts=T0,
+                   model={"name": "generic", "version": "1.0.0"}, asset=asset)
+    return f"edge/{dev}/{topic_suffix('alerts', asset)}", json.dumps(Messages(dev).alert(e)).encode()
+
+
+def assets_fleet() -> Fleet:
+    f = Fleet("edge")
+    f.handle("edge/gw-line/status", asset_status("gw-line"), now=T0)
+    f.handle("edge/gw-line/stats", asset_stats("gw-line"), now=T0)
+    f.handle("edge/gw-solo/status", status("gw-solo"), now=T0)
+    f.handle("edge/gw-solo/stats", stats("gw-solo"), now=T0)
+    for topic, body in (asset_alert("gw-line", "pump-1", "A1", "raised"), asset_alert("gw-line", "pump-1", "A2", "raised"),
+                        asset_alert("gw-line", "pump-1", "A1", "cleared", 3.0), asset_alert("gw-line", "pump-2", "B1", "raised")):
+        assert f.handle(topic, body, now=T0 + 1)
+    return f
+
+
+def test_asset_rows_under_their_gateway_with_state_model_and_alerts():
+    rows = {r["device_id"]: r for r in assets_fleet().rows(T0 + 3)}
+    line, solo = rows["gw-line"], rows["gw-solo"]
+    assert "assets" not in solo  # a gateway without assets: the row of before
+    assert line["open_alerts"] == 2 and line["open_alert_ids"] == ["A2", "B1"]  # the gateway counts all its assets'
+    assets = {a["asset_id"]: a for a in line["assets"]}
+    assert [a["asset_id"] for a in line["assets"]] == ["comp", "pump-2", "bench", "pump-1"]  # most severe first
+    p1, p2, bench, comp = assets["pump-1"], assets["pump-2"], assets["bench"], assets["comp"]
+    assert p1["state"] == "online" and p1["model"] == {"name": "generic", "version": "1.0.0"} and p1["threshold"] == 6.0
+    assert p1["open_alert_ids"] == ["A2"] and p1["alerts_seen"] == {"raised": 2, "cleared": 1}
+    assert p1["last_alert"]["state"] == "cleared" and p1["last_alert"]["alert_id"] == "A1"
+    assert p1["last_alert"]["score"] == 3.0 and p1["last_alert"]["age_s"] == 2.0
+    assert p1["alerts"] == {"raised": 3, "cleared": 2, "suppressed": 0} and p1["windows"] == 500  # from the stats
+    assert p2["state"] == "degraded" and p2["reasons"] == ["modbus device pump2-meter (unit 2) on line1 not answering"]
+    assert p2["open_alert_ids"] == ["B1"]
+    assert bench["state"] == "calibrating" and bench["calibration"]["samples"] == 400 and bench["last_alert"] is None
+    assert comp["state"] == "degraded" and comp["model"] is None and comp["reasons"] == ["model refused: no such file"]
+
+
+def test_asset_rows_render_indented_under_their_gateway():
+    f = assets_fleet()
+    lines = render_table(f.rows(T0 + 3), width=220)
+    names = [line.split()[0] for line in lines[1:]]
+    assert names == ["gw-line", "comp", "pump-2", "bench", "pump-1", "gw-solo"]
+    by = {line.split()[0]: line for line in lines[1:]}
+    assert by["gw-line"].startswith("gw-line") and "4 assets" in by["gw-line"]  # the models are on the asset rows
+    for a in ("comp", "pump-2", "bench", "pump-1"):
+        assert by[a].startswith("  " + a)  # indented under the gateway
+    at = {c: lines[0].index(c) for c in ("STATE", "MODEL", "ALERTS", "NOTE")}
+    cell = lambda line, col: line[at[col]:].split("  ")[0]  # noqa: E731
+    assert cell(by["pump-1"], "STATE") == "online" and cell(by["pump-1"], "MODEL") == "generic 1.0.0"
+    assert cell(by["pump-1"], "ALERTS") == "1" and cell(by["pump-2"], "ALERTS") == "1" and cell(by["gw-line"], "ALERTS") == "2"
+    assert by["pump-1"][at["NOTE"]:] == "scoring; last alert cleared 2s ago; 3 raised since the agent started"
+    assert by["bench"][at["NOTE"]:] == "teach-in running (400 readings)"
+    assert by["pump-2"][at["NOTE"]:].startswith("modbus device pump2-meter (unit 2) on line1 not answering; last alert raised")
+    assert cell(by["comp"], "MODEL") == "-" and "model refused" in by["comp"]
+    assert render_header(f.rows(T0 + 3), T0, "b:1 edge/+", True)[1] == "2 devices: 1 degraded, 1 online; 4 assets; 2 open alerts"
+    for width in (100, 60, 30):  # narrow terminals: every line still fits
+        assert all(len(line) <= width for line in render_table(f.rows(T0 + 3), width=width, ellipsis="~"))
+
+
+def test_asset_alerts_are_deduplicated_and_a_last_will_keeps_the_asset_rows():
+    f = assets_fleet()
+    topic, body = asset_alert("gw-line", "pump-1", "A3", "raised")
+    assert f.handle(topic, body, now=T0 + 4) and not f.handle(topic, body, now=T0 + 5)  # a resend
+    assert not f.handle("edge/gw-line/asset/pump-1/summary", b"{}", now=T0 + 5)  # not a kind the monitor reads
+    assert not f.handle("edge/gw-line/asset//alerts", body, now=T0 + 5)
+    assert not f.handle("edge/gw-line/asset/pump-1/alerts", b'{"alert_id": "X", "state": "maybe"}', now=T0 + 5)
+    f.handle("edge/gw-line/status", json.dumps({"state": "offline", "device_id": "gw-line", "ts": iso(T0 + 6),
+                                                 "reason": "connection lost"}), now=T0 + 6)
+    row = f.rows(T0 + 7)[0]
+    assert row["device_id"] == "gw-line" and row["state"] == "offline"
+    assert {a["asset_id"]: a["state"] for a in row["assets"]} == dict.fromkeys(("comp", "pump-2", "bench", "pump-1"), "offline")
+    assert {a["asset_id"]: a["model"] for a in row["assets"]}["pump-1"] == {"name": "generic", "version": "1.0.0"}
+
+
+def test_a_restart_without_assets_drops_the_asset_rows_and_closes_their_alerts():
+    f = assets_fleet()
+    f.handle("edge/gw-line/status", status("gw-line", started_at=iso(T0 + 50)), now=T0 + 50)
+    row = by_id(f, T0 + 51)["gw-line"]
+    assert "assets" not in row and row["open_alerts"] == 0 and row["model"]["name"] == "pump-anomaly"
+
+
+def test_asset_advice_goes_to_its_asset_row():
+    f = assets_fleet()
+    assert f.handle("edge/gw-line/asset/pump-1/advice", advice("adv1"), now=T0 + 2)
+    row = by_id(f, T0 + 3)["gw-line"]
+    assert row["last_advice"] is None
+    assert {a["asset_id"]: a for a in row["assets"]}["pump-1"]["last_advice"]["state"] == "advised"
+    by = {line.split()[0]: line for line in render_table(f.rows(T0 + 3), width=250)[1:]}
+    assert "Rotational speed [rpm] 1350->1390" in by["pump-1"] and "Rotational speed" not in by["gw-line"]
+
+
+def test_gateway_without_assets_renders_exactly_as_before_assets():
+    """The table of sample_rows() as the monitor printed it before asset rows existed (commit e8ddfd3)."""
+    assert render_table(sample_rows(), width=200) == [
+        "DEVICE   STATE     LAST SEEN  MODEL               ALERTS  OUTBOX          BW RATIO  LAST ADVICE  NOTE",
+        "gw-dead  offline   3s ago     -                   0       -               -         -            connection lost",
+        "gw-bad   degraded  3s ago     pump-anomaly 1.0.0  0       42 (3 dropped)  0.012     -            "
+        "source disconnected; outbox dropping",
+        "gw-ok    online    2s ago     pump-anomaly 1.0.0  1       0               0.0123    -",
+    ]
+
+
+# ------------------------------------------------------------------------------------------------ typed payloads
+
+
+def test_alert_payload_reads_back_as_the_pipelines_alert_event():
+    _, body = asset_alert("gw", "pump-1", "A1", "raised")
+    msg = AlertMessage.from_payload(json.loads(body), asset="pump-1")
+    e = msg.event
+    assert (e.state, e.alert_id, e.sensor, e.score, e.threshold, e.asset) == ("raised", "A1", "pump1-meter", 6.5, 6.0, "pump-1")
+    assert e.top == (("Current", 0.75), ("Pressure", 0.25)) and e.window_end_ts == T0 and e.window_start_ts == T0 - 10
+    assert msg.severity == "warning" and msg.device_id == "gw" and msg.id
+
+
+def test_payloads_tolerate_missing_and_unknown_fields():
+    e = AlertMessage.from_payload({"alert_id": "A", "state": "cleared", "score": "high", "new": 1}).event
+    assert e.alert_id == "A" and e.score != e.score and e.top == () and e.asset == ""  # NaN: not a number
+    for bad in ({"state": "raised"}, {"alert_id": "A", "state": "open"}, {"alert_id": 7, "state": "raised"}):
+        try:
+            AlertMessage.from_payload(bad)
+        except PayloadError:
+            continue
+        raise AssertionError(f"accepted {bad}")
+    st = StatusPayload.from_payload({"state": "online", "assets": {"a": {"state": "online"}, "b": "junk", "": {}}})
+    assert st.ts is None and st.model is None and set(st.assets) == {"a"} and st.assets["a"].snapshot is None
+    assert StatusPayload.from_payload({}).state is None and StatsPayload.from_payload({"assets": []}).assets == {}
+    row = AssetStatus.from_payload(json.loads(asset_status("gw"))["assets"]["bench"])
+    assert row.snapshot is not None and row.snapshot.calibrating and row.snapshot.calibration_progress == 0.3
