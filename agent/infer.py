@@ -13,7 +13,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any, Iterator, Literal, Mapping
+from typing import Any, Callable, Iterator, Literal, Mapping
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -235,6 +235,7 @@ class Model:
         cls, self.runtime, self.runtime_version = interpreter_class(runtime)
         self._content, self._cls, self._threads, self._batch_rows = content, cls, num_threads, batch
         self._batch_interp: Any = None  # a second interpreter resized to ``batch`` rows, made on first use
+        self._batch_q: np.ndarray | None = None  # its quantised input, reused
         try:
             self._interp = cls(model_content=content, num_threads=num_threads)
             self._interp.allocate_tensors()
@@ -328,12 +329,15 @@ class Model:
         rows = self._batch_rows
         in_idx, out_idx = it.get_input_details()[0]["index"], it.get_output_details()[0]["index"]
         result = np.empty((n, out_size))
-        buf = np.zeros((rows, size))
+        if self._batch_q is None or self._batch_q.shape[1] != size:
+            self._batch_q = np.empty((rows, size), dtype=self._in_dtype)
+        q = self._batch_q
+        pad = self._quantise(np.zeros((1, size)))  # the rows past the last window: zeros, as before
         for start in range(0, n, rows):
             chunk = xs[start:start + rows]
-            buf[: len(chunk)] = chunk
-            buf[len(chunk):] = 0.0
-            it.set_tensor(in_idx, self._quantise(buf).reshape((rows,) + self._in_shape[1:]))
+            q[: len(chunk)] = self._quantise(chunk)  # only the windows' rows are quantised
+            q[len(chunk):] = pad
+            it.set_tensor(in_idx, q.reshape((rows,) + self._in_shape[1:]))
             it.invoke()
             out = it.get_tensor(out_idx).reshape(rows, -1)[: len(chunk)]
             result[start:start + len(chunk)] = (
@@ -349,8 +353,12 @@ class Model:
     def _quantise(self, x: np.ndarray) -> np.ndarray:
         if self._in_lo is None:
             return x.astype(self._in_dtype)
-        q = np.rint(x / self._in_scale) + self._in_zp
-        return np.minimum(np.maximum(q, self._in_lo), self._in_hi).astype(self._in_dtype)
+        q = x / self._in_scale
+        np.rint(q, out=q)
+        q += self._in_zp
+        np.maximum(q, self._in_lo, out=q)
+        np.minimum(q, self._in_hi, out=q)
+        return q.astype(self._in_dtype)
 
     def _batch_interpreter(self) -> Any:
         if self._batch_interp is None:
@@ -404,6 +412,27 @@ class Scorer:
             per_channel = np.abs(z[-1])
         return score, Contributions(self._columns, per_channel), latency
 
+    def score_windows(self, windows_raw: np.ndarray, sensor: str = "") -> tuple[np.ndarray, Callable[[int], "Contributions"]]:
+        """``score`` of each of N raw windows (N x length x channels) with one batched invoke: (the scores, the
+        contributions of window i, computed when asked: alerts only). The same numbers as ``score``."""
+        z = self.normaliser(self.derive(windows_raw))
+        n = z.shape[0]
+        if self._recipe == "raw":
+            x = z.reshape(n, -1)
+        else:
+            x = z[:, -1, :]
+        out = self.model.invoke_batch(x)
+        cols = self._columns
+        if self._kind == "autoencoder":
+            err = x - out
+            err *= err
+            scores = err.sum(axis=1) / err.shape[1]
+            return scores, lambda i: Contributions(cols, lambda: err[i].reshape(-1, len(cols)).sum(axis=0))
+        last = np.abs(z[:, -1, :])
+        if self._kind == "classifier":
+            return out[:, 0].copy(), lambda i: Contributions(cols, last[i])
+        return np.abs(out[:, 0] - z[:, -1, self._target]), lambda i: Contributions(cols, last[i])
+
     def scores(self, windows_raw: np.ndarray) -> np.ndarray:
         """The scores of N raw windows (N x length x channels) in batched invokes: the same numbers as ``score``."""
         z = self.normaliser(self.derive(np.asarray(windows_raw, dtype=np.float64)))
@@ -427,12 +456,14 @@ class Contributions(Mapping[str, float]):
 
     __slots__ = ("_channels", "_raw", "_shares")
 
-    def __init__(self, channels: list[str], raw: np.ndarray):
+    def __init__(self, channels: list[str], raw: np.ndarray | Callable[[], np.ndarray]):
         self._channels, self._raw = channels, raw
         self._shares: dict[str, float] | None = None
 
     def _get(self) -> dict[str, float]:
         if self._shares is None:
+            if callable(self._raw):  # computed when first looked at (a batch's windows: alerts only)
+                self._raw = self._raw()
             total = float(self._raw.sum())
             n = len(self._channels)
             shares = self._raw / total if total > 0 and np.isfinite(total) else np.full(n, 1 / n)

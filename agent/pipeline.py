@@ -12,7 +12,7 @@ import logging
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -26,8 +26,9 @@ from agent.evidence import EvidenceRecorder, EvidenceStore
 from agent.health import LatencyRing
 from agent.infer import Model, ModelError, Scorer
 from agent.logsafe import clip
+from agent.pipeline_block import process_block
 from agent.parse import iso
-from agent.records import AlertEvent, Event, Inference, PipelineSnapshot, Reading
+from agent.records import AlertEvent, Block, Event, Inference, PipelineSnapshot, Reading
 from agent.sources.replay import LABEL_COLUMNS
 from agent.summary import Summaries
 from agent.window import Windower
@@ -328,6 +329,32 @@ class Pipeline:
             out = self._process(r)
         else:
             out = [e for a in self.aligner.add(r) for e in self._process(a)]
+        self._publish_if_changed()
+        return out
+
+    @property
+    def batchable(self) -> bool:
+        """True when ``process_block`` may take rows in bulk: stages built, no aligner, no spike filter, teach-in
+        over, a scorer, summaries by period."""
+        c = self.cleaner
+        return (c is not None and self.aligner is None and not c.spike_window and not self.calibrator.active
+                and self.scorer is not None and self.summaries.summariser.interval_s > 0)
+
+    def process_block(self, items: Sequence[Reading | Block]) -> list[Event]:
+        """Consecutive readings and blocks of this asset in; the events they cause out: the same as ``process`` on
+        each reading in turn (a Block's rows are readings, NaN where the source had no number: ``not_finite``),
+        most rows cleaned, windowed and scored at once (agent.pipeline_block)."""
+        if len(items) == 1 and type(items[0]) is Reading:
+            return self.process(items[0])
+        if self.cleaning.sensor_idle_s > 0:
+            self._forget_idle()
+        if not self.batchable:
+            out: list[Event] = []
+            for item in items:
+                for r in item.rows() if type(item) is Block else (item,):
+                    out.extend(self.process(r))
+            return out
+        out = process_block(self, items)
         self._publish_if_changed()
         return out
 
