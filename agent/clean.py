@@ -37,6 +37,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from agent.clean_block import clean_common, getter
 from agent.clean_policy import CleaningPolicy, parse_ranges  # noqa: F401 - re-exported (agent.clean's names)
 from agent.counters import Counters
 from agent.logsafe import clip
@@ -104,6 +105,7 @@ class Cleaner:
         self.max_sensors = max_sensors
         self.idle_s = idle_s
         self._sensors: dict[str, _SensorState] = {}
+        self._get = getter(self.channels)
         self.version = 0  # moves whenever ``stale`` or ``sensor_count`` changes
         self._stale_names: set[str] = set()
         self._stale_view: frozenset[str] = frozenset()
@@ -115,6 +117,7 @@ class Cleaner:
         """Use these per-channel valid ranges from now on (a new model's sidecar); the configured ones win."""
         merged = {**valid_ranges, **self._override}
         self._ranges = [merged.get(c) for c in self.channels]
+        self._bounds = [(i, r[0], r[1]) for i, r in enumerate(self._ranges) if r is not None]
 
     @property
     def stale(self) -> frozenset[str]:
@@ -217,10 +220,13 @@ class Cleaner:
 
     def clean(self, r: Reading) -> Vector | None:
         """A Vector, or None after counting why the reading is unusable."""
+        now = self._clock()
+        v = clean_common(self, r, now)  # the common case, without the per-channel loop below
+        if v is not None:
+            return v
         if not math.isfinite(r.ts):
             self.counters.inc("reject.bad_timestamp")
             return None
-        now = self._clock()
         st = self._sensors.get(r.sensor)
         if st is None:
             st = self._admit(r, now)

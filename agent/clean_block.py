@@ -12,12 +12,61 @@ its turn, so counters, holds, resets and stale marks are the per-reading code's 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from operator import itemgetter
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
+from agent.records import Reading, Vector
+
 if TYPE_CHECKING:
     from agent.clean import Cleaner
+
+
+_FLOAT = {float}
+
+
+def getter(channels: Sequence[str]) -> Callable[[Any], tuple[Any, ...]]:
+    """The values of ``channels`` from a reading's mapping, as a tuple (KeyError when one is missing)."""
+    if len(channels) == 1:
+        c = channels[0]
+        return lambda d: (d[c],)
+    return itemgetter(*channels)
+
+
+def clean_common(cleaner: "Cleaner", r: Reading, now: float) -> Vector | None:
+    """One reading in the common case, accepted as ``Cleaner.clean`` would accept it; None when it is not the
+    common case (the caller then runs the full per-reading code, which counts and repairs)."""
+    if cleaner.spike_window:
+        return None
+    st = cleaner._sensors.get(r.sensor)  # noqa: SLF001
+    if st is None or st.interval is None or st.silent or st.stale:
+        return None
+    tb = st.time
+    last, ts = tb.last_ts, r.ts
+    if last is None or type(ts) is not float or not ts > last:
+        return None
+    jump = cleaner.max_time_jump_s
+    if jump and ts - last - max(0.0, now - tb._at) > jump:  # noqa: SLF001
+        return None
+    hold = cleaner.max_hold_s > 0
+    if hold and ts - last > cleaner.hold_s(st) and not st.fresh:
+        return None
+    try:
+        values = cleaner._get(r.values)  # noqa: SLF001
+    except KeyError:
+        return None
+    if set(map(type, values)) != _FLOAT or not all(map(math.isfinite, values)):
+        return None
+    for i, lo, hi in cleaner._bounds:  # noqa: SLF001
+        if not lo <= values[i] <= hi:
+            return None
+    st.last_seen = now
+    if hold:
+        st.good = [(ts, v) for v in values]
+    tb.accept(ts, now)
+    st.fresh = False
+    return Vector(ts=ts, values=np.array(values), sensor=r.sensor)
 
 
 def rows_ok(cleaner: "Cleaner", x: np.ndarray) -> np.ndarray:

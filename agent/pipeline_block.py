@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import time
 from itertools import chain
-from operator import itemgetter
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from agent.clean_block import CleanRun, rows_ok
+from agent.clean_block import CleanRun, getter, rows_ok
 from agent.decide import RAISED
 from agent.records import Block, Event, Inference, Reading, Window
 
@@ -28,17 +27,10 @@ if TYPE_CHECKING:
 MIN_BULK = 2  # rows: a single row is cheaper through the per-reading code
 
 
-def _getter(channels: Sequence[str]) -> Callable[[Any], tuple[Any, ...]]:
-    if len(channels) == 1:
-        c = channels[0]
-        return lambda d: (d[c],)
-    return itemgetter(*channels)
-
-
 def runs(items: Sequence[Reading | Block], channels: Sequence[str]) -> Iterator[tuple[str, np.ndarray, np.ndarray, Callable[[int], Reading]]]:
     """(sensor, timestamps, rows x channels float64 with NaN where a channel is not a plain number, the reading of
     row i) for each run of consecutive readings of one sensor and for each block."""
-    get = _getter(channels)
+    get = getter(channels)
     i, n = 0, len(items)
     while i < n:
         item = items[i]
