@@ -134,6 +134,12 @@ class ReadingQueue:
                 self._consumer_waiting = False
                 if not items:
                     return []
+            if self._n <= limit:  # everything waiting fits: take it whole
+                out = list(items)
+                items.clear()
+                self._n = 0
+                self._room.notify_all()
+                return out
             out = [items.popleft()]
             taken = _weight(out[0])
             while items and taken < limit:
