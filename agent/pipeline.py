@@ -25,7 +25,7 @@ from agent.decide import RAISED, Decisions, DecisionParams, Transition
 from agent.evidence import EvidenceRecorder, EvidenceStore
 from agent.health import LatencyRing
 from agent.infer import ModelError
-from agent.pipeline_block import process_block
+from agent.pipeline_block import drop_bad_blocks, process_block
 from agent.pipeline_support import alert_event, bind_channels, canary, forget_idle, learn
 from agent.records import AlertEvent, Block, Event, Inference, PipelineSnapshot, Reading
 from agent.summary import Summaries
@@ -289,6 +289,8 @@ class Pipeline:
         most rows cleaned, windowed and scored at once (agent.pipeline_block)."""
         if len(items) == 1 and type(items[0]) is Reading:
             return self.process(items[0])
+        if any(type(it) is Block for it in items):
+            items = drop_bad_blocks(items, self.counters)
         if self.cleaning.sensor_idle_s > 0:
             self._forget_idle()
         if not self.batchable:

@@ -64,6 +64,26 @@ def _readings_run(group: Sequence[Reading], get: Callable[[Any], tuple[Any, ...]
     return ts, x
 
 
+def well_formed(b: Block) -> bool:
+    """A Block whose arrays agree with each other (timestamps n, values n x channels, numbers): anything else is
+    a source's bug, counted as ``reject.bad_block`` instead of stopping the pipeline thread."""
+    ts, v = b.ts, b.values
+    return (isinstance(ts, np.ndarray) and isinstance(v, np.ndarray) and ts.ndim == 1 and v.ndim == 2
+            and v.shape == (ts.shape[0], len(b.channels)) and ts.dtype.kind in "fiu" and v.dtype.kind in "fiu")
+
+
+def drop_bad_blocks(items: Sequence[Reading | Block], counters: Any) -> list[Reading | Block]:
+    """``items`` without the blocks that are not ``well_formed`` (each counted by its rows, at least one)."""
+    out: list[Reading | Block] = []
+    for it in items:
+        if type(it) is Block and not well_formed(it):
+            rows = getattr(it.ts, "shape", (1,))
+            counters.inc("reject.bad_block", max(1, int(rows[0]) if len(rows) == 1 else 1))
+            continue
+        out.append(it)
+    return out
+
+
 def _block_run(b: Block, channels: Sequence[str]) -> tuple[str, np.ndarray, np.ndarray, Callable[[int], Reading]]:
     names = b.channels
 

@@ -179,3 +179,23 @@ def test_the_generic_detector_with_cross_channel_relations_scores_blocks_the_sam
     assert ref["counters"]["pipeline.windows"] > 500
     got = _run(ev, channels, _blocks(readings, [512, 17], channels, False), None)
     assert got == ref
+
+
+def test_a_malformed_block_is_counted_and_dropped_not_a_crash():
+    ev = _evaluation("pump-anomaly")
+    path = DATA / "valve1-1.csv"
+    channels = model_channels(ev.model, path)
+    readings = _readings(path)[:700]
+    good = _blocks(readings, [350], channels, True)
+    ts = np.arange(5, dtype=np.float64)
+    bad = [Block(ts, tuple(channels), np.zeros((4, len(channels)))),  # 5 timestamps, 4 rows
+           Block(ts, tuple(channels[:3]), np.zeros((5, len(channels)))),  # 3 names, 8 columns
+           Block(ts, tuple(channels), np.full((5, len(channels)), "x", dtype=object))]  # not numbers
+    counters = Counters()
+    with tempfile.TemporaryDirectory() as state:
+        p = ev.make_pipeline(counters, Path(state), channels)
+        p.process_block(good[0])
+        p.process_block(bad + good[1])
+        assert not p.calibrating
+    assert counters.get("reject.bad_block") == 15
+    assert counters.get("pipeline.windows") == 700 - 400
