@@ -3,6 +3,7 @@ len(block) readings), a live source drops the oldest readings, a recording waits
 
 from __future__ import annotations
 
+import json
 import threading
 
 import numpy as np
@@ -118,3 +119,56 @@ def test_a_waiting_recording_gives_up_on_stop():
     stop.set()
     q.put_wait(_r(10), stop)  # returns (the process is stopping), does not queue
     assert q.qsize() == 10
+
+
+def _comparable(payload: dict) -> dict:
+    """A message payload without what differs between two runs (random ids, creation time, the outbox's seq)."""
+    return {k: v for k, v in payload.items() if k not in ("id", "alert_id", "evidence_id", "created_at", "seq")}
+
+
+def test_the_pipeline_loop_takes_blocks_and_sends_what_reading_by_reading_sends(tmp_path):
+    """The daemon's pipeline thread (PipelineLoop.run, real pipeline and outbox) fed the demo recording as a mix of
+    Readings and Blocks, plus a block for an asset that does not exist: the same messages in the outbox as the
+    pipeline gives reading by reading, and the unknown asset's rows counted as readings."""
+    from agent.bundled import demo_recording_path
+    from agent.sources.replay import read_recording
+    from tests.unit.test_commands import make_agent
+
+    readings = list(read_recording(demo_recording_path(), Counters(), sensor="replay"))
+    sizes = [1, 3, 700, 2, 50]  # readings, then blocks, in turns; then a block for no asset; then the rest
+    ref = make_agent(tmp_path / "ref")
+    events: list = []
+    for k, r in enumerate(readings):
+        if k == sum(sizes):
+            ref.counters.inc("reject.unknown_asset", 4)  # what the loop counts there (in that period's summary)
+        events += ref.pipeline.process(r)
+    events += ref.pipeline.finish()
+    want = [(m.kind, m.topic_suffix, _comparable(dict(m.payload))) for m in ref.assets[0].messages.outgoing(events)]
+    ref.outbox.close()
+    ref.evidence.close()
+    assert [w[0] for w in want].count("alert") >= 2
+
+    a = make_agent(tmp_path / "a")
+    channels = list(a.pipeline.model.sidecar.channels)
+    sink = a.readings.sink(live=False)
+    i = 0
+    for size in sizes:
+        part = readings[i:i + size]
+        if size >= 50:
+            sink(Block(np.array([r.ts for r in part]), tuple(channels),
+                       np.array([[r.values[c] for c in channels] for r in part]), "replay"))
+        else:
+            for r in part:
+                sink(r)
+        i += size
+    sink(Block(np.arange(4.0), tuple(channels), np.zeros((4, len(channels))), "replay", asset="nowhere"))
+    for r in readings[i:]:
+        sink(r)
+    a.readings.end()
+    a.loop.run()  # one source: returns after its END, every asset finished
+    got = [(row.kind, row.topic, _comparable(json.loads(row.payload))) for row in a.outbox.pending(10_000)]
+    assert a.counters.get("reject.unknown_asset") == 4
+    assert a.counters.get("pipeline.windows") == ref.counters.get("pipeline.windows")
+    a.outbox.close()
+    a.evidence.close()
+    assert sorted(got, key=repr) == sorted(want, key=repr)  # the outbox drains alerts first: compare as sets
