@@ -29,7 +29,7 @@ from agent.evidence import EvidenceStore
 from agent.infer import ModelError
 from agent.messages import Messages
 from agent.pipeline import Pipeline
-from agent.records import Reading
+from agent.records import Block, Reading
 from agent.settings import Settings
 from agent.sources import Sink, Source, create_source
 
@@ -150,8 +150,13 @@ class Feed:
         return lambda r: sink(tag(r))
 
 
-def _tag(asset: str) -> Callable[[Reading], Reading]:
-    return lambda r: Reading(r.ts, r.values, r.sensor, asset)
+def _tag(asset: str) -> Callable[[Reading | Block], Reading | Block]:
+    def tag(r: Reading | Block) -> Reading | Block:
+        if type(r) is Block:
+            return Block(r.ts, r.channels, r.values, r.sensor, asset)
+        return Reading(r.ts, r.values, r.sensor, asset)
+
+    return tag
 
 
 def build_feeds(settings: Settings, counters: Counters) -> list[Feed]:

@@ -33,14 +33,16 @@ import logging
 import math
 import time
 from collections import deque
-from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from agent.clean_block import clean_common, getter
+from agent.clean_policy import CleaningPolicy, parse_ranges  # noqa: F401 - re-exported (agent.clean's names)
 from agent.counters import Counters
 from agent.logsafe import clip
 from agent.records import Reading, Vector
+from agent.timebase import TIME_STEP, TIME_STEP_READINGS, TimeBase  # noqa: F401 - re-exported
 
 log = logging.getLogger(__name__)
 
@@ -48,108 +50,7 @@ MAD_SCALE = 1.4826  # MAD x 1.4826 estimates the standard deviation of normal da
 LEARN_INTERVALS = 8  # a sensor's reporting interval: the median of its first this many intervals
 HOLD_INTERVALS = 3.0  # ... and a value is held, a gap tolerated, for at least this many intervals
 MAX_SENSOR_ID = 200  # characters: a sensor id is a dict key in every per-sensor structure and is in every alert
-TIME_STEP_READINGS = 5  # readings in a row that must agree on a far time before it is taken as a clock step
-TIME_STEP = "time_step"  # TimeBase.judge: this reading completes a sustained step
 _LOG_EVERY_S = 600.0  # repeated warnings (too many sensors) at most this often
-
-
-def parse_ranges(text: str) -> dict[str, tuple[float, float]]:
-    """``Current:0:50,Pressure:-1:10`` → {channel: (lo, hi)}; an empty bound is open (``Current::50``).
-
-    The channel name is everything before the last two colons, so names may hold spaces (and colons).
-    Raises ValueError naming the bad item.
-    """
-    out: dict[str, tuple[float, float]] = {}
-    for item in (p.strip() for p in text.split(",")):
-        if not item:
-            continue
-        parts = item.rsplit(":", 2)
-        if len(parts) != 3 or not parts[0].strip():
-            raise ValueError(f"{item!r}: expected channel:min:max")
-        name, lo_text, hi_text = parts[0].strip(), parts[1].strip(), parts[2].strip()
-        try:
-            lo = float(lo_text) if lo_text else -math.inf
-            hi = float(hi_text) if hi_text else math.inf
-        except ValueError:
-            raise ValueError(f"{item!r}: min and max must be numbers (or empty for no bound)") from None
-        if math.isnan(lo) or math.isnan(hi) or lo > hi:
-            raise ValueError(f"{item!r}: min must not exceed max")
-        if name in out:
-            raise ValueError(f"{item!r}: channel {name!r} given twice")
-        out[name] = (lo, hi)
-    return out
-
-
-@dataclass(frozen=True)
-class CleaningPolicy:
-    """How readings are cleaned and aligned (``EDGE_AGENT_CLEANING__*``); the defaults are the settings' defaults."""
-
-    ranges: Mapping[str, tuple[float, float]] = field(default_factory=dict)  # over the sidecar's valid_ranges
-    max_hold_s: float = 5.0
-    spike_window: int = 0  # 0 = no spike filter
-    spike_sigmas: float = 5.0
-    align_period_s: float = 0.0  # 0 = no alignment
-    align_tolerance_s: float = 0.0  # 0 = one period
-    align_sensor: str = "aligned"
-    max_time_jump_s: float = 600.0  # 0 = off
-    max_sensors: int = 1000  # 0 = no limit
-    sensor_idle_s: float = 86400.0  # 0 = never forget
-
-    @classmethod
-    def from_settings(cls, s: Any) -> "CleaningPolicy":
-        """From a ``CleaningSettings`` (ranges still as text)."""
-        return cls(
-            ranges=parse_ranges(s.ranges), max_hold_s=s.max_hold_s, spike_window=s.spike_window,
-            spike_sigmas=s.spike_sigmas, align_period_s=s.align_period_s, align_tolerance_s=s.align_tolerance_s,
-            align_sensor=s.align_sensor, max_time_jump_s=s.max_time_jump_s, max_sensors=s.max_sensors,
-            sensor_idle_s=s.sensor_idle_s,
-        )
-
-
-class TimeBase:
-    """A stream's recent data time. A reading far from it (more than ``max_jump_s`` ahead of where the time should
-    be by now, or behind it) is refused alone; ``TIME_STEP_READINGS`` far readings in a row that agree with each
-    other (increasing, each within ``max_jump_s`` of the previous) are a stepped device clock: the caller takes the
-    last one as the new time base. ``max_jump_s = 0``: only the order is checked."""
-
-    __slots__ = ("max_jump_s", "last_ts", "step_s", "_at", "_run", "_run_ts")
-
-    def __init__(self, max_jump_s: float = 0.0):
-        self.max_jump_s = max_jump_s
-        self.last_ts: float | None = None  # of the last accepted reading
-        self._at = 0.0  # clock() when it was accepted: data time runs on with the clock while a sensor is silent
-        self._run = 0  # far readings in a row that agree
-        self._run_ts = 0.0
-        self.step_s = 0.0  # the last step taken: how far the new time base is from where the old one would be now
-
-    def judge(self, ts: float, now: float) -> str | None:
-        """None when ``ts`` may be accepted; else ``duplicate_ts``/``out_of_order`` (just behind), ``future_ts``/
-        ``past_ts`` (far from the stream's time), or ``TIME_STEP`` (this reading completes a sustained step)."""
-        last, jump = self.last_ts, self.max_jump_s
-        if last is None:
-            return None
-        if ts > last:
-            if not jump or ts - last - max(0.0, now - self._at) <= jump:
-                return None
-            reason = "future_ts"
-        elif not jump or last - ts <= jump:
-            return "duplicate_ts" if ts == last else "out_of_order"
-        else:
-            reason = "past_ts"
-        self._run = self._run + 1 if self._run and 0 < ts - self._run_ts <= jump else 1
-        self._run_ts = ts
-        if self._run < TIME_STEP_READINGS:
-            return reason
-        self._run = 0
-        self.step_s = ts - last - max(0.0, now - self._at)
-        return TIME_STEP
-
-    def accept(self, ts: float, now: float) -> None:
-        self.last_ts, self._at, self._run = ts, now, 0
-
-    def reset(self) -> None:
-        """Forget the time base: the next reading starts a new one."""
-        self.last_ts, self._run = None, 0
 
 
 class _SensorState:
@@ -204,6 +105,7 @@ class Cleaner:
         self.max_sensors = max_sensors
         self.idle_s = idle_s
         self._sensors: dict[str, _SensorState] = {}
+        self._get = getter(self.channels)
         self.version = 0  # moves whenever ``stale`` or ``sensor_count`` changes
         self._stale_names: set[str] = set()
         self._stale_view: frozenset[str] = frozenset()
@@ -215,6 +117,7 @@ class Cleaner:
         """Use these per-channel valid ranges from now on (a new model's sidecar); the configured ones win."""
         merged = {**valid_ranges, **self._override}
         self._ranges = [merged.get(c) for c in self.channels]
+        self._bounds = [(i, r[0], r[1]) for i, r in enumerate(self._ranges) if r is not None]
 
     @property
     def stale(self) -> frozenset[str]:
@@ -317,10 +220,13 @@ class Cleaner:
 
     def clean(self, r: Reading) -> Vector | None:
         """A Vector, or None after counting why the reading is unusable."""
+        now = self._clock()
+        v = clean_common(self, r, now)  # the common case, without the per-channel loop below
+        if v is not None:
+            return v
         if not math.isfinite(r.ts):
             self.counters.inc("reject.bad_timestamp")
             return None
-        now = self._clock()
         st = self._sensors.get(r.sensor)
         if st is None:
             st = self._admit(r, now)

@@ -14,6 +14,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from agent.counters import Counters
 from agent.logsafe import clip
 from agent.records import Inference
@@ -105,6 +107,60 @@ class AlertMachine:
             self._receded.clear()
             return tr
         return None
+
+    # -- many windows at once (agent.pipeline_block): find where ``update`` acts, absorb the windows before it ------
+
+    def _levels(self, m: int) -> tuple[np.ndarray, np.ndarray]:
+        """While no alert is raised: the level each of the next ``m`` windows must exceed, and the floor before each
+        (``m + 1`` values), decayed as ``update`` decays it, one multiplication per window."""
+        floors = np.multiply.accumulate(np.concatenate(([self._floor], np.full(m, self._decay))))
+        levels = np.where(floors[:m] > self.threshold, floors[:m], self.threshold)
+        return levels, floors
+
+    def first_change(self, scores: np.ndarray) -> int:
+        """The index of the first of ``scores`` (the next windows' scores) at which ``update`` raises or clears the
+        alert; ``len(scores)`` when none does. The windows before it change only the history (``absorb``)."""
+        m, n = len(scores), self.n
+        old = np.fromiter(self._scores, np.float64, len(self._scores))
+        h = len(old)
+        if self.active_id is None and self._floor <= self.threshold:  # one level for all: count over it
+            flags = np.concatenate((old > self.threshold, scores > self.threshold))
+        elif self.active_id is None:  # each window counts the last n scores over its own level
+            levels, _ = self._levels(m)
+            scores_in = np.concatenate((np.full(n, -np.inf), old, scores))
+            last_n = np.lib.stride_tricks.sliding_window_view(scores_in, n)[h + 1:h + m + 1]
+            over = np.flatnonzero((last_n > levels[:, None]).sum(axis=1) >= self.k)
+            return int(over[0]) if over.size else m
+        else:  # each score's flag is fixed when it comes: under the clear level, or receded
+            under = self.threshold * self.clear_ratio
+            old_flags = (old < under) | np.fromiter(self._receded, bool, len(self._receded))
+            flags = np.concatenate((old_flags, (scores < under) | self._receded_flags(scores)))
+        total = np.concatenate(([0], np.cumsum(flags)))  # windows count the flags of the last n scores
+        ends = np.arange(h + 1, h + m + 1)
+        counts = total[ends] - total[np.maximum(ends - n, 0)]
+        over = np.flatnonzero(counts >= self.k)
+        return int(over[0]) if over.size else m
+
+    def _receded_flags(self, scores: np.ndarray) -> np.ndarray:
+        if self.recede_ratio <= 0 or math.isnan(self._peak):  # max(nan, s) stays nan: nothing is under it
+            return np.zeros(len(scores), dtype=bool)
+        peaks = np.fmax.accumulate(np.concatenate(([self._peak], scores)))[1:]  # max(peak, s) as update takes it
+        return scores < self.recede_ratio * peaks
+
+    def absorb(self, scores: np.ndarray) -> None:
+        """``update`` for each of ``scores``, none of which raises or clears (they precede ``first_change``)."""
+        m = len(scores)
+        if not m:
+            return
+        if self.active_id is None:
+            if self._floor > self.threshold:
+                _, floors = self._levels(m)
+                self._floor = float(floors[int(np.count_nonzero(floors[:m] > self.threshold))])
+            self._receded.extend([False] * min(m, self.n))
+        else:
+            self._receded.extend(self._receded_flags(scores).tolist()[-self.n:])
+            self._peak = max(self._peak, float(np.fmax.reduce(scores)))
+        self._scores.extend(scores[-self.n:].tolist())
 
     def retune(self, threshold: float, k: int, n: int, clear_ratio: float, recede_ratio: float | None = None) -> None:
         """New decision parameters from the next window on; the recent scores are judged again by them (an
@@ -224,15 +280,19 @@ class Decisions:
         self._apply(self._params(threshold))
         return True
 
-    def judge(self, inf: Inference) -> tuple[Transition | None, bool]:
-        """Feed one scored window: (the transition to report or None, whether a raise was suppressed)."""
-        sensor = inf.window.sensor
+    def machine(self, sensor: str) -> AlertMachine:
+        """The sensor's alert machine (a new one with the parameters in force for a new sensor)."""
         machine = self.machines.get(sensor)
         if machine is None:
             p = self.params
             machine = self.machines[sensor] = AlertMachine(sensor, p.threshold, p.k, p.n, p.clear_ratio,
                                                            p.recede_ratio, p.refractory)
-        t = machine.update(inf)
+        return machine
+
+    def judge(self, inf: Inference) -> tuple[Transition | None, bool]:
+        """Feed one scored window: (the transition to report or None, whether a raise was suppressed)."""
+        sensor = inf.window.sensor
+        t = self.machine(sensor).update(inf)
         if t is None:
             return None, False
         end = inf.window.end_ts

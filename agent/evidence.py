@@ -222,6 +222,20 @@ class EvidenceRecorder:
         if active is not None and len(active) < ACTIVE_ROWS_MAX:
             active.append((ts, values))
 
+    def add_rows(self, sensor: str, ts: Any, rows: Any) -> None:
+        """``add`` for each row (timestamps and a rows x channels array, not written to afterwards)."""
+        if not len(ts):
+            return
+        raw = self._raw.get(sensor)
+        if raw is None:
+            raw = self._raw[sensor] = deque(maxlen=self._len)
+        stamps = ts.tolist()
+        raw.extend(zip(stamps[-self._len:], rows[-self._len:]))
+        active = self._active.get(sensor)
+        if active is not None and len(active) < ACTIVE_ROWS_MAX:
+            room = ACTIVE_ROWS_MAX - len(active)
+            active.extend(zip(stamps[:room], rows[:room]))
+
     def raised(self, alert_id: str, sensor: str, **about: Any) -> tuple[str | None, int, dict[str, Any] | None]:
         """Keep the evidence of a raised alert: (evidence id, bytes, inline evidence or None)."""
         self._active[sensor] = []

@@ -1,4 +1,5 @@
-"""Inference: TFLite runtime detection, the sidecar contract, load-time checks, int8 (de)quantisation, scoring.
+"""Inference: TFLite runtime detection, load-time checks, int8 (de)quantisation, scoring (the sidecar contract is
+agent.model_spec, re-exported here).
 
 The runtime is imported inside the loader (``ai_edge_litert`` first, then ``tflite_runtime``) so that the
 agent starts, and can say what is wrong, on a machine that has neither. TensorFlow is never imported.
@@ -9,193 +10,25 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.metadata
-import json
 import logging
 import time
 from pathlib import Path
-from typing import Any, Iterator, Literal, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from agent.advice import AdviceSpec, check_advice
-from agent.derive import DerivedSpec, Deriver, check_derived
-from agent.window import FEATURE_RECIPES, Normaliser, feature_size, features
+from agent.derive import Deriver
+from agent.model_spec import (  # noqa: F401 - re-exported: the sidecar contract's names were always agent.infer's
+    MAX_CALIBRATION_VALUES, MAX_SIDECAR_BYTES, MAX_WINDOW_VALUES, CalibrationSpec, DecisionSpec, ModelError,
+    NormalisationSpec, OutputSpec, Sidecar, TensorSpec, WindowSpec, read_sidecar, sidecar_path,
+)
+from agent.window import Normaliser, feature_size, features
 
 log = logging.getLogger(__name__)
 
 RUNTIMES = ("ai_edge_litert", "tflite_runtime")
 BATCH = 512  # rows per batched invoke (STACK.md: 0.03-0.25 µs per sample at 512)
 MAX_MODEL_BYTES = 64 * 2**20  # an int8 model for a gateway is kilobytes to a few MB; never read a huge file whole
-MAX_SIDECAR_BYTES = 2**20
-MAX_WINDOW_VALUES = 2**18  # window.length x channels: each sensor keeps two windows of float64 (4 MiB at this cap)
-MAX_CALIBRATION_VALUES = 2**22  # calibration.samples x channels kept in memory during teach-in (32 MiB)
-
-
-class ModelError(Exception):
-    """A model file or sidecar that the agent refuses, with the reason."""
-
-
-class _Spec(BaseModel):
-    # every number in a sidecar must be finite: a NaN mean, std or threshold switches alerting off silently
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
-
-class TensorSpec(_Spec):
-    shape: list[int]
-    dtype: Literal["int8", "uint8", "float32", "int16"]
-
-
-class OutputSpec(TensorSpec):
-    meaning: str = ""
-
-
-class WindowSpec(_Spec):
-    length: int = Field(ge=1, le=65536)
-    hop: int = Field(ge=1)
-
-    @model_validator(mode="after")
-    def _hop(self) -> "WindowSpec":
-        if self.hop > self.length:
-            raise ValueError(f"hop ({self.hop}) must not exceed length ({self.length})")
-        return self
-
-
-class NormalisationSpec(_Spec):
-    method: Literal["zscore", "none"]
-    mean: list[float] | None = None
-    std: list[float] | None = None
-
-    @model_validator(mode="after")
-    def _std(self) -> "NormalisationSpec":
-        if self.std is not None and any(v < 0 for v in self.std):
-            raise ValueError("std values must not be negative")
-        return self
-
-
-class DecisionSpec(_Spec):
-    k: int = Field(3, ge=1)
-    n: int = Field(5, ge=1)
-    clear_ratio: float = Field(0.8, gt=0, le=1)
-    recede_ratio: float = Field(0.0, ge=0, lt=1)  # 0: off (agent.decide.AlertMachine)
-    refractory: int = Field(1800, ge=1)  # windows for the floor after a receded clear to decay by e
-
-    @model_validator(mode="after")
-    def _k_le_n(self) -> "DecisionSpec":
-        if self.k > self.n:
-            raise ValueError(f"k ({self.k}) must not exceed n ({self.n})")
-        return self
-
-
-class CalibrationSpec(_Spec):
-    samples: int = Field(0, ge=0)
-    fit: list[Literal["normalisation", "threshold"]] = Field(default_factory=list)
-    threshold_quantile: float = Field(0.99, gt=0, le=1)
-    threshold_factor: float = Field(1.0, gt=0)
-
-
-class Sidecar(BaseModel):
-    """The JSON sidecar of a model (contract in models/README.md)."""
-
-    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
-    schema_: Literal[1] = Field(alias="schema")
-    name: str = Field(min_length=1)
-    version: str = Field(min_length=1)
-    kind: Literal["autoencoder", "classifier", "regressor"]
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-    input: TensorSpec
-    output: OutputSpec
-    channels: list[str] = Field(min_length=1)
-    window: WindowSpec
-    features: str
-    normalisation: NormalisationSpec
-    score: Literal["mse", "output", "abs_error"]
-    threshold: float = Field(gt=0)
-    decision: DecisionSpec = Field(default_factory=DecisionSpec)
-    calibration: CalibrationSpec = Field(default_factory=CalibrationSpec)
-    valid_ranges: dict[str, tuple[float, float]] = Field(default_factory=dict)
-    derived: list[DerivedSpec] = Field(default_factory=list)
-    advice: AdviceSpec | None = None
-    target: str | None = None
-    provenance: dict[str, Any] = Field(default_factory=dict)
-    metrics: dict[str, Any] = Field(default_factory=dict)
-
-    @property
-    def columns(self) -> list[str]:
-        """The channels, then the derived features: what is normalised and fed to the model, in order."""
-        return [*self.channels, *(d.name for d in self.derived)]
-
-    @model_validator(mode="after")
-    def _derived_ok(self) -> "Sidecar":
-        problems = check_derived(self.channels, self.derived, self.valid_ranges)
-        if problems:
-            raise ValueError("; ".join(problems))
-        return self
-
-    @model_validator(mode="after")
-    def _advice_ok(self) -> "Sidecar":
-        if self.advice is not None:
-            if self.kind != "classifier":
-                raise ValueError("advice needs kind classifier (it lowers a failure probability)")
-            problems = check_advice(self.channels, self.advice)
-            if problems:
-                raise ValueError("; ".join(problems))
-        return self
-
-    @model_validator(mode="after")
-    def _consistent(self) -> "Sidecar":
-        if len(set(self.channels)) != len(self.channels):
-            raise ValueError("channels must be unique")
-        c = len(self.columns)
-        if self.features not in FEATURE_RECIPES:
-            raise ValueError(f"features must be one of {', '.join(FEATURE_RECIPES)}")
-        n = self.normalisation
-        if n.method == "zscore" and "normalisation" not in self.calibration.fit:
-            if n.mean is None or n.std is None:
-                raise ValueError("normalisation zscore needs mean and std (or calibration.fit with normalisation)")
-        for vec in (n.mean, n.std):
-            if vec is not None and len(vec) != c:
-                raise ValueError(f"normalisation mean/std must have one value per channel and derived feature ({c})")
-        expected = {"autoencoder": "mse", "classifier": "output", "regressor": "abs_error"}[self.kind]
-        if self.score != expected:
-            raise ValueError(f"kind {self.kind} needs score {expected!r}")
-        if self.kind == "regressor" and self.target not in self.channels:
-            raise ValueError("a regressor needs target: one of its channels")
-        unknown = set(self.valid_ranges) - set(self.channels)
-        if unknown:
-            raise ValueError(f"valid_ranges names unknown channels: {sorted(unknown)}")
-        if self.calibration.samples and self.calibration.samples < self.window.length + self.decision.n:
-            raise ValueError("calibration.samples must cover at least window.length + decision.n readings")
-        if self.window.length * c > MAX_WINDOW_VALUES:
-            raise ValueError(f"window.length x channels = {self.window.length * c} values, more than {MAX_WINDOW_VALUES}")
-        if self.calibration.samples * c > MAX_CALIBRATION_VALUES:
-            raise ValueError(f"calibration.samples x channels = {self.calibration.samples * c} values, more than {MAX_CALIBRATION_VALUES}")
-        for name, (lo, hi) in self.valid_ranges.items():
-            if lo > hi:
-                raise ValueError(f"valid_ranges of {name}: min {lo} exceeds max {hi}")
-        return self
-
-
-def sidecar_path(model_path: Path) -> Path:
-    return model_path.with_suffix(".json")
-
-
-def read_sidecar(model_path: Path) -> Sidecar:
-    """Parse and validate the sidecar beside ``model_path``; ModelError with every reason otherwise."""
-    path = sidecar_path(model_path)
-    try:
-        if path.stat().st_size > MAX_SIDECAR_BYTES:
-            raise ModelError(f"{path}: larger than {MAX_SIDECAR_BYTES} bytes: not a sidecar")
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as e:
-        raise ModelError(f"{model_path}: sidecar {path.name} not found beside the model") from e
-    except (OSError, ValueError, RecursionError) as e:
-        raise ModelError(f"{path}: not readable JSON ({e})") from e
-    try:
-        return Sidecar.model_validate(raw)
-    except ValidationError as e:
-        reasons = "; ".join(f"{'.'.join(map(str, err['loc'])) or 'sidecar'}: {err['msg']}" for err in e.errors())
-        raise ModelError(f"{path}: {reasons}") from e
 
 
 def interpreter_class(runtime: str = "auto") -> tuple[type, str, str]:
@@ -235,6 +68,7 @@ class Model:
         cls, self.runtime, self.runtime_version = interpreter_class(runtime)
         self._content, self._cls, self._threads, self._batch_rows = content, cls, num_threads, batch
         self._batch_interp: Any = None  # a second interpreter resized to ``batch`` rows, made on first use
+        self._batch_q: np.ndarray | None = None  # its quantised input, reused
         try:
             self._interp = cls(model_content=content, num_threads=num_threads)
             self._interp.allocate_tensors()
@@ -248,9 +82,14 @@ class Model:
         self._out_int = bool(np.issubdtype(self._out["dtype"], np.integer))
         self._in_scale, self._in_zp = self._in["quantization"]
         self._out_scale, self._out_zp = self._out["quantization"]
+        self._dequant: np.ndarray | None = None  # an 8-bit output's 256 dequantised values, by the byte's value
+        if np.dtype(self._out["dtype"]).itemsize == 1 and self._out_int:
+            codes = np.arange(256, dtype=np.uint8).view(self._out["dtype"])  # each byte as the output reads it
+            self._dequant = (codes.astype(np.float64) - self._out_zp) * self._out_scale  # the formula, per value
         self._in_dtype = self._in["dtype"]
         info = np.iinfo(self._in_dtype) if np.issubdtype(self._in_dtype, np.integer) else None
         self._in_lo, self._in_hi = (info.min, info.max) if info else (None, None)
+        self._q = tuple(np.float64(v) for v in (self._in_lo or 0, self._in_hi or 0, self._in_zp, self._in_scale))
 
     def _check(self) -> None:
         sc = self.sidecar
@@ -297,17 +136,19 @@ class Model:
     def invoke(self, x: np.ndarray) -> np.ndarray:
         """Run one feature vector (float, normalised) through the model; returns the dequantised output, flat."""
         x = np.asarray(x, dtype=np.float64).reshape(self._in_shape)
-        if self._in_lo is not None:
-            q = np.rint(x / self._in_scale) + self._in_zp
-            q = np.minimum(np.maximum(q, self._in_lo), self._in_hi).astype(self._in_dtype)  # np.clip is slower
-        else:
-            q = x.astype(self._in_dtype)
-        self._interp.set_tensor(self._in_idx, q)
+        self._interp.set_tensor(self._in_idx, self._quantise(x))
         self._interp.invoke()
-        out = self._interp.get_tensor(self._out_idx)
+        out = self._interp.get_tensor(self._out_idx).reshape(-1)
+        return self._dequantise(out)
+
+    def _dequantise(self, out: np.ndarray) -> np.ndarray:
+        """The model's output as float64: ``(q - zero_point) * scale`` (looked up for an 8-bit output: the same
+        numbers, one indexing instead of three passes)."""
+        if self._dequant is not None:
+            return self._dequant[out.view(np.uint8)]
         if self._out_int:
-            return (out.astype(np.float64).reshape(-1) - self._out_zp) * self._out_scale
-        return out.astype(np.float64).reshape(-1)
+            return (out.astype(np.float64) - self._out_zp) * self._out_scale
+        return out.astype(np.float64)
 
     def invoke_batch(self, xs: np.ndarray) -> np.ndarray:
         """Run N feature vectors (N x input size, float, normalised) at once; returns N x output size, dequantised.
@@ -328,17 +169,18 @@ class Model:
         rows = self._batch_rows
         in_idx, out_idx = it.get_input_details()[0]["index"], it.get_output_details()[0]["index"]
         result = np.empty((n, out_size))
-        buf = np.zeros((rows, size))
+        if self._batch_q is None or self._batch_q.shape[1] != size:
+            self._batch_q = np.empty((rows, size), dtype=self._in_dtype)
+        q = self._batch_q
+        pad = self._quantise(np.zeros((1, size)))  # the rows past the last window: zeros, as before
         for start in range(0, n, rows):
             chunk = xs[start:start + rows]
-            buf[: len(chunk)] = chunk
-            buf[len(chunk):] = 0.0
-            it.set_tensor(in_idx, self._quantise(buf).reshape((rows,) + self._in_shape[1:]))
+            q[: len(chunk)] = self._quantise(chunk)  # only the windows' rows are quantised
+            q[len(chunk):] = pad
+            it.set_tensor(in_idx, q.reshape((rows,) + self._in_shape[1:]))
             it.invoke()
             out = it.get_tensor(out_idx).reshape(rows, -1)[: len(chunk)]
-            result[start:start + len(chunk)] = (
-                (out.astype(np.float64) - self._out_zp) * self._out_scale if self._out_int else out
-            )
+            result[start:start + len(chunk)] = self._dequantise(out)
         return result
 
     @property
@@ -349,8 +191,13 @@ class Model:
     def _quantise(self, x: np.ndarray) -> np.ndarray:
         if self._in_lo is None:
             return x.astype(self._in_dtype)
-        q = np.rint(x / self._in_scale) + self._in_zp
-        return np.minimum(np.maximum(q, self._in_lo), self._in_hi).astype(self._in_dtype)
+        lo, hi, zp, scale = self._q  # float64 scalars: numpy converts a Python int at every call
+        q = x / scale
+        np.rint(q, out=q)
+        q += zp
+        np.maximum(q, lo, out=q)
+        np.minimum(q, hi, out=q)
+        return q.astype(self._in_dtype)
 
     def _batch_interpreter(self) -> Any:
         if self._batch_interp is None:
@@ -391,18 +238,38 @@ class Scorer:
         t0 = time.perf_counter()
         out = self.model.invoke(x)
         latency = time.perf_counter() - t0
+        cols = self._columns
         if self._kind == "autoencoder":
             err = x - out
             err *= err
             score = float(err.sum()) / err.size
-            per_channel = err.reshape(-1, len(self._columns)).sum(axis=0)
-        elif self._kind == "classifier":
+            return score, Contributions(cols, lambda: err.reshape(-1, len(cols)).sum(axis=0)), latency
+        if self._kind == "classifier":
             score = float(out[0])
-            per_channel = np.abs(z[-1])  # how far each input is from normal, in sigma
         else:
             score = float(abs(out[0] - z[-1, self._target]))
-            per_channel = np.abs(z[-1])
-        return score, Contributions(self._columns, per_channel), latency
+        return score, Contributions(cols, lambda: np.abs(z[-1])), latency  # how far each input is from normal
+
+    def score_windows(self, windows_raw: np.ndarray, sensor: str = "") -> tuple[np.ndarray, Callable[[int], "Contributions"]]:
+        """``score`` of each of N raw windows (N x length x channels) with one batched invoke: (the scores, the
+        contributions of window i, computed when asked: alerts only). The same numbers as ``score``."""
+        z = self.normaliser(self.derive(windows_raw))
+        n = z.shape[0]
+        if self._recipe == "raw":
+            x = z.reshape(n, -1)
+        else:
+            x = z[:, -1, :]
+        out = self.model.invoke_batch(x)
+        cols = self._columns
+        if self._kind == "autoencoder":
+            err = x - out
+            err *= err
+            scores = err.sum(axis=1) / err.shape[1]
+            return scores, lambda i: Contributions(cols, lambda: err[i].reshape(-1, len(cols)).sum(axis=0))
+        last = np.abs(z[:, -1, :])
+        if self._kind == "classifier":
+            return out[:, 0].copy(), lambda i: Contributions(cols, last[i])
+        return np.abs(out[:, 0] - z[:, -1, self._target]), lambda i: Contributions(cols, last[i])
 
     def scores(self, windows_raw: np.ndarray) -> np.ndarray:
         """The scores of N raw windows (N x length x channels) in batched invokes: the same numbers as ``score``."""
@@ -427,12 +294,14 @@ class Contributions(Mapping[str, float]):
 
     __slots__ = ("_channels", "_raw", "_shares")
 
-    def __init__(self, channels: list[str], raw: np.ndarray):
+    def __init__(self, channels: list[str], raw: np.ndarray | Callable[[], np.ndarray]):
         self._channels, self._raw = channels, raw
         self._shares: dict[str, float] | None = None
 
     def _get(self) -> dict[str, float]:
         if self._shares is None:
+            if callable(self._raw):  # computed when first looked at (a batch's windows: alerts only)
+                self._raw = self._raw()
             total = float(self._raw.sum())
             n = len(self._channels)
             shares = self._raw / total if total > 0 and np.isfinite(total) else np.full(n, 1 / n)

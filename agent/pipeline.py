@@ -12,23 +12,22 @@ import logging
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from agent.advice import Advisor
 from agent.align import Aligner
-from agent.calibrate import Calibration, Calibrator, make_scorer, sidecar_normaliser
+from agent.calibrate import Calibration, Calibrator, make_scorer
 from agent.clean import Cleaner, CleaningPolicy
 from agent.counters import Counters
-from agent.decide import CLEARED, RAISED, Decisions, DecisionParams, Transition
+from agent.decide import RAISED, Decisions, DecisionParams, Transition
 from agent.evidence import EvidenceRecorder, EvidenceStore
 from agent.health import LatencyRing
-from agent.infer import Model, ModelError, Scorer
-from agent.logsafe import clip
-from agent.parse import iso
-from agent.records import AlertEvent, Event, Inference, PipelineSnapshot, Reading
-from agent.sources.replay import LABEL_COLUMNS
+from agent.infer import ModelError
+from agent.pipeline_block import drop_bad_blocks, process_block
+from agent.pipeline_support import alert_event, bind_channels, canary, forget_idle, learn
+from agent.records import AlertEvent, Block, Event, Inference, PipelineSnapshot, Reading
 from agent.summary import Summaries
 from agent.window import Windower
 
@@ -95,11 +94,7 @@ class Pipeline:
         return Calibrator(model, samples, self.state_dir, duration)
 
     def _bind(self, r: Reading) -> None:
-        """A generic detector's channels from the first reading: its numeric values, in their order."""
-        channels = [k for k, v in r.values.items() if k not in LABEL_COLUMNS and (isinstance(v, float) or _numeric(v))]
-        if channels:
-            log.info("channels from the first reading: %s", ", ".join(channels))
-            self._install(self.model.with_channels(channels))
+        bind_channels(self, r)
 
     def _install(self, model: Any) -> None:
         """Set up every model-dependent stage (at start and on a model swap)."""
@@ -191,50 +186,13 @@ class Pipeline:
         self._publish()
 
     def canary(self, model: Any) -> str | None:
-        """Score the recent windows with ``model``; None when sane, else why not."""
-        if model.sidecar.channels != self.model.sidecar.channels or model.sidecar.window != self.model.sidecar.window:
-            return None  # another input shape: nothing recent to try it on; the sidecar checks passed
-        if not isinstance(model, Model) or not isinstance(self.scorer, Scorer):
-            return None  # a generic detector is fitted on site: nothing to compare before its teach-in
-        fits_on_site = "normalisation" in model.sidecar.calibration.fit
-        scorer = Scorer(model, self.scorer.normaliser if fits_on_site else sidecar_normaliser(model))
-        for raw in list(self.recent):
-            try:
-                score = scorer.score(raw)[0]
-            except (ValueError, ModelError) as e:
-                return f"canary failed: {e}"
-            if not np.isfinite(score) or score < 0:
-                return f"canary failed: score {score} on a recent window"
-            if model.sidecar.kind == "classifier" and not 0 <= score <= 1:
-                return f"canary failed: probability {score} out of 0..1"
-        return None
+        """Score the recent windows with ``model``; None when sane, else why not (agent.pipeline_feedback)."""
+        return canary(self, model)
 
     def learn(self, alert_id: str, label: str) -> dict[str, Any]:
-        """An operator's label: ``false_positive`` folds the alert's readings into the normal model (refit, kept
-        across restarts); ``true_positive`` undoes an earlier fold. Returns what changed."""
-        cal = self.calibrator
-        if not cal.enabled or cal.result is None:
-            return {"learned": False, "why": "no teach-in to fold the readings into"}
-        if label == "true_positive":
-            new = cal.unfold(alert_id)
-            if new is None:
-                return {"learned": False}
-            self._apply(new)
-            self._publish()
-            log.info("feedback: alert %s is a fault after all: its readings are no longer normal (threshold %.4g)",
-                     clip(alert_id), self.params.threshold)
-            return {"learned": True, "unfolded": True, "threshold": self.params.threshold}
-        rows = self.recorder.rows(alert_id) if self.recorder is not None else None
-        if rows is None:
-            return {"learned": False, "why": "no evidence of this alert for the current channels"}
-        new = cal.fold(alert_id, np.asarray(rows, dtype=np.float64))
-        if new is None:
-            return {"learned": False, "why": "the teach-in readings are not stored"}
-        self._apply(new)
-        self._publish()
-        log.info("feedback: alert %s was normal: %d of its readings folded into the normal model (threshold %.4g)",
-                 clip(alert_id), len(rows), self.params.threshold)
-        return {"learned": True, "folded_readings": len(rows), "threshold": self.params.threshold}
+        """An operator's label folded into (or out of) the normal model; returns what changed
+        (agent.pipeline_feedback)."""
+        return learn(self, alert_id, label)
 
     # -- the snapshot other threads read ---------------------------------------------------------------------
 
@@ -296,22 +254,8 @@ class Pipeline:
             s.last_ts += delta_s
 
     def _forget_idle(self) -> None:
-        """Forget sensors silent for ``sensor_idle_s`` in every per-sensor structure (at most every tenth of it);
-        a sensor whose alert is raised is kept until it clears: its clear must still be sent."""
-        now = self._clock()
-        if now < self._next_idle_check or self.cleaner is None:
-            return
-        self._next_idle_check = now + min(60.0, self.cleaning.sensor_idle_s / 10)
-        for sensor in self.cleaner.idle_sensors():
-            if self.decisions.active(sensor):
-                continue
-            self.cleaner.forget(sensor)
-            self.windower.reset(sensor)
-            self.decisions.forget(sensor)
-            if self.recorder is not None:
-                self.recorder.forget(sensor)
-            self.counters.inc("sensors.forgotten")
-            log.info("sensor %s forgotten after %.0f s without a reading", clip(sensor) or "-", self.cleaning.sensor_idle_s)
+        if self._clock() >= self._next_idle_check:  # agent.pipeline_support
+            forget_idle(self)
 
     # -- the stream ------------------------------------------------------------------------------------------
 
@@ -328,6 +272,34 @@ class Pipeline:
             out = self._process(r)
         else:
             out = [e for a in self.aligner.add(r) for e in self._process(a)]
+        self._publish_if_changed()
+        return out
+
+    @property
+    def batchable(self) -> bool:
+        """True when ``process_block`` may take rows in bulk: stages built, no aligner, no spike filter, teach-in
+        over, a scorer, summaries by period."""
+        c = self.cleaner
+        return (c is not None and self.aligner is None and not c.spike_window and not self.calibrator.active
+                and self.scorer is not None and self.summaries.summariser.interval_s > 0)
+
+    def process_block(self, items: Sequence[Reading | Block]) -> list[Event]:
+        """Consecutive readings and blocks of this asset in; the events they cause out: the same as ``process`` on
+        each reading in turn (a Block's rows are readings, NaN where the source had no number: ``not_finite``),
+        most rows cleaned, windowed and scored at once (agent.pipeline_block)."""
+        if len(items) == 1 and type(items[0]) is Reading:
+            return self.process(items[0])
+        if any(type(it) is Block for it in items):
+            items = drop_bad_blocks(items, self.counters)
+        if self.cleaning.sensor_idle_s > 0:
+            self._forget_idle()
+        if not self.batchable:
+            out: list[Event] = []
+            for item in items:
+                for r in item.rows() if type(item) is Block else (item,):
+                    out.extend(self.process(r))
+            return out
+        out = process_block(self, items)
         self._publish_if_changed()
         return out
 
@@ -403,29 +375,7 @@ class Pipeline:
     # -- events ----------------------------------------------------------------------------------------------
 
     def _alert(self, t: Transition) -> AlertEvent:
-        inf = t.inference
-        s = self.summaries.summariser
-        if t.state == RAISED:
-            s.raised += 1
-        else:
-            s.cleared += 1
-        top = tuple(sorted(inf.contributions.items(), key=lambda kv: -kv[1])[:3])
-        model = {"name": self.model.name, "version": self.model.version}
-        evidence_id, size, inline = None, 0, None
-        if self.recorder is not None:
-            if t.state == RAISED:
-                evidence_id, size, inline = self.recorder.raised(
-                    t.alert_id, t.sensor, score=inf.score, threshold=t.threshold,
-                    window_start=iso(inf.window.start_ts), window_end=iso(inf.window.end_ts),
-                    model=self.model.describe(), **({"asset": self.asset} if self.asset else {}))
-            else:
-                self.recorder.cleared(t.alert_id, t.sensor)
-        return AlertEvent(
-            state=t.state, alert_id=t.alert_id, sensor=t.sensor, score=inf.score, threshold=t.threshold,
-            peak_score=t.peak_score, top=top, window_start_ts=inf.window.start_ts, window_end_ts=inf.window.end_ts,
-            model=model, receded=t.state == CLEARED and t.receded, evidence_id=evidence_id, evidence_bytes=size,
-            evidence=inline, asset=self.asset,
-        )
+        return alert_event(self, t)
 
     def _summary(self, end_ts: float | None, final: bool = False) -> Any:
         return self.summaries.take(
@@ -435,10 +385,3 @@ class Pipeline:
             normaliser=getattr(self.scorer, "normaliser", None), asset=self.asset,
         )
 
-
-def _numeric(v: Any) -> bool:
-    try:
-        float(str(v).strip())
-    except ValueError:
-        return False
-    return True

@@ -1,7 +1,7 @@
 """The threads of the daemon: every one started by one ``Guard``, the readings queue, and the pipeline loop.
 
-Threads: one per source (reads, parses, queues), ``pipeline`` (each reading to its asset's pipeline, events to the
-outbox, commands between readings), ``uplink`` (outbox → MQTT, in agent.uplink), ``health`` (watchdog, stats,
+Threads: one per source (reads, parses, queues), ``pipeline`` (blocks of readings to their asset's pipeline, events
+to the outbox, commands between blocks), ``uplink`` (outbox → MQTT, in agent.uplink), ``health`` (watchdog, stats,
 status) and paho's own network threads. A thread the guard started that dies stops the process with exit 1, so
 that systemd restarts it.
 """
@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
+from collections import deque
 from typing import Any, Callable
 
 from agent.assets import Asset
@@ -20,7 +22,7 @@ from agent.counters import Counters
 from agent.health import Heartbeats
 from agent.logsafe import working_on
 from agent.outbox import Outbox
-from agent.records import Reading
+from agent.records import Block, Reading
 from agent.sources import Sink
 
 log = logging.getLogger(__name__)
@@ -49,46 +51,139 @@ class Guard:
         return t
 
 
+BLOCK = 512  # readings the pipeline thread takes from the queue at once (fewer when fewer are waiting)
+GATHER_BELOW = 64  # a take of fewer readings than this, moments after the last one ...
+GATHER_S = 0.002  # ... waits this long for more (a busy stream); a slow one is taken at once
+
+
+def _weight(item: Any) -> int:
+    """Readings an item counts for: a Block its rows, a Reading one, END none."""
+    return len(item) if type(item) is Block else (0 if item is END else 1)
+
+
+class ReadingQueue:
+    """A bounded queue of readings between the sources and the pipeline thread, bounded and counted in *readings*
+    (a Block is one item of ``len(block)`` readings). ``qsize`` is the readings waiting (``stats.queue.depth``).
+
+    One lock and a deque: a put is an append under the lock (a ``queue.Queue`` put is several times dearer per
+    reading), the pipeline thread takes everything waiting, up to ``BLOCK`` readings, in one ``get_many``.
+    """
+
+    def __init__(self, size: int):
+        self.size = size
+        self._items: deque[Any] = deque()
+        self._n = 0  # readings queued
+        self._lock = threading.Lock()
+        self._ready = threading.Condition(self._lock)  # the consumer waits on it
+        self._room = threading.Condition(self._lock)  # a waiting producer waits on it
+        self._consumer_waiting = False
+
+    def qsize(self) -> int:
+        return self._n
+
+    def put_wait(self, item: Any, stop: threading.Event) -> None:
+        """Queue ``item``, waiting for room (a recording: back-pressure, not loss); gives up when ``stop`` is set.
+        An item larger than the whole queue goes in when the queue is empty."""
+        n = _weight(item)
+        with self._lock:
+            while self._n and self._n + n > self.size:
+                if stop.is_set():
+                    return
+                self._room.wait(0.2)
+            self._items.append(item)
+            self._n += n
+            if self._consumer_waiting:
+                self._ready.notify()
+
+    def put_drop(self, item: Any) -> int:
+        """Queue ``item`` at once, dropping the oldest readings past the size (a live source); returns how many
+        readings were dropped (the oldest rows of a Block are cut off, the rest of it stays)."""
+        n = _weight(item)
+        dropped = 0
+        with self._lock:
+            items = self._items
+            items.append(item)
+            self._n += n
+            ends = 0
+            while self._n > self.size:
+                old = items.popleft()
+                if old is END:
+                    ends += 1
+                    continue
+                w = _weight(old)
+                over = self._n - self.size
+                if type(old) is Block and over < w:
+                    items.appendleft(Block(old.ts[over:], old.channels, old.values[over:], old.sensor, old.asset))
+                    w = over
+                self._n -= w
+                dropped += w
+            for _ in range(ends):
+                items.appendleft(END)
+            if self._consumer_waiting:
+                self._ready.notify()
+        return dropped
+
+    def get_many(self, limit: int, timeout: float) -> list[Any]:
+        """Everything waiting, up to ``limit`` readings (at least one item), waiting up to ``timeout`` for the
+        first; [] when nothing came."""
+        with self._lock:
+            items = self._items
+            if not items:
+                self._consumer_waiting = True
+                self._ready.wait(timeout)
+                self._consumer_waiting = False
+                if not items:
+                    return []
+            if self._n <= limit:  # everything waiting fits: take it whole
+                out = list(items)
+                items.clear()
+                self._n = 0
+                self._room.notify_all()
+                return out
+            out = [items.popleft()]
+            taken = _weight(out[0])
+            while items and taken < limit:
+                w = _weight(items[0])
+                if taken + w > limit:
+                    break
+                out.append(items.popleft())
+                taken += w
+            self._n -= taken
+            self._room.notify_all()
+        return out
+
+
 class Readings:
-    """The bounded queue between the sources and the pipeline thread."""
+    """The readings queue and the sinks the sources hand their readings (and blocks) to."""
 
     def __init__(self, size: int, counters: Counters, stop: threading.Event):
-        self.queue: queue.Queue[Any] = queue.Queue(maxsize=size)
+        self.queue = ReadingQueue(size)
         self.counters = counters
         self.stop = stop
 
     def sink(self, live: bool) -> Sink:
-        """A live source never blocks (the oldest reading is dropped and counted); a recording waits (back-pressure,
-        not loss)."""
+        """A live source never blocks (the oldest readings are dropped and counted in ``queue.dropped``); a
+        recording waits (back-pressure, not loss)."""
         q, stop, counters = self.queue, self.stop, self.counters
 
-        def waiting(r: Reading) -> None:
-            while not stop.is_set():
-                try:
-                    q.put(r, timeout=0.2)
-                    return
-                except queue.Full:
-                    continue
+        def waiting(r: Reading | Block) -> None:
+            q.put_wait(r, stop)
 
-        def dropping(r: Reading) -> None:
-            try:
-                q.put_nowait(r)
-            except queue.Full:
-                try:
-                    q.get_nowait()
-                    counters.inc("queue.dropped")
-                except queue.Empty:
-                    pass
-                q.put_nowait(r)
+        def dropping(r: Reading | Block) -> None:
+            dropped = q.put_drop(r)
+            if dropped:
+                counters.inc("queue.dropped", dropped)
 
         return dropping if live else waiting
 
     def end(self) -> None:
-        self.queue.put(END)
+        self.queue.put_drop(END)  # weighs nothing: never waits, never drops
 
 
 class PipelineLoop:
-    """The pipeline thread's work. Between two readings it carries out queued commands and a requested reload."""
+    """The pipeline thread's work: takes what the queue holds (up to ``BLOCK`` readings) and hands each asset's run
+    of it to its pipeline's ``process_block``; between two blocks it carries out queued commands and a requested
+    reload, and beats its heartbeat. At one reading a second a block is one reading: no added latency."""
 
     def __init__(self, assets: list[Asset], readings: Readings, sources: int, live: bool, outbox: Outbox,
                  wake_uplink: Callable[[], None], publish_status: Callable[[], None], control: Control,
@@ -115,7 +210,8 @@ class PipelineLoop:
 
     def run(self) -> None:
         ended = 0
-        get = self.readings.queue.get
+        get_many = self.readings.queue.get_many
+        last_items = -1.0  # monotonic time of the last non-empty take
         while ended < self.sources:
             self.heartbeats.beat("pipeline")
             if not self.gate.queue.empty():
@@ -123,9 +219,16 @@ class PipelineLoop:
             if self.reload.is_set():
                 self.reload.clear()
                 self.control.reload_configured()
-            try:
-                item = get(timeout=0.2)
-            except queue.Empty:
+            items = get_many(BLOCK, 0.2)
+            if items:
+                now = time.monotonic()
+                if now - last_items < GATHER_S and sum(map(_weight, items)) < GATHER_BELOW:
+                    # readings keep coming (the last block was taken moments ago): let a block gather instead of
+                    # waking for every reading; at most GATHER_S more latency, none for a sensor at a slow rate
+                    time.sleep(GATHER_S)
+                    items += get_many(BLOCK - sum(map(_weight, items)), 0.0)
+                last_items = now
+            if not items:
                 if self.live:
                     for a in self.assets.values():
                         if a.pipeline is not None:
@@ -134,20 +237,17 @@ class PipelineLoop:
                             working_on("")
                             self._emit(a, events)
                 continue
-            if item is END:
-                ended += 1
-                continue
-            asset = self.assets.get(item.asset)
-            if asset is None:
-                self.counters.inc("reject.unknown_asset")
-                continue
-            if asset.pipeline is None:
-                asset.counters.inc("reject.asset_down")
-                continue
-            working_on(asset.id)
-            events = asset.pipeline.process(item)
-            working_on("")
-            self._emit(asset, events)
+            run: list[Any] = []  # consecutive items of one asset: one process_block
+            for item in items:
+                if item is END:
+                    ended += 1
+                    continue
+                if run and item.asset != run[0].asset:
+                    self._block(run)
+                    run = []
+                run.append(item)
+            if run:
+                self._block(run)
         for a in self.assets.values():
             if a.pipeline is not None:
                 working_on(a.id)
@@ -155,6 +255,20 @@ class PipelineLoop:
                 working_on("")
                 self._emit(a, events)
         self.done.set()
+
+    def _block(self, items: list[Any]) -> None:
+        """Readings and blocks of one asset, in arrival order, through its pipeline."""
+        asset = self.assets.get(items[0].asset)
+        if asset is None:
+            self.counters.inc("reject.unknown_asset", sum(map(_weight, items)))
+            return
+        if asset.pipeline is None:
+            asset.counters.inc("reject.asset_down", sum(map(_weight, items)))
+            return
+        working_on(asset.id)
+        events = asset.pipeline.process_block(items)
+        working_on("")
+        self._emit(asset, events)
 
     def _commands(self) -> None:
         while True:

@@ -53,6 +53,22 @@ class Summariser:
         np.minimum(self._lo, x, out=self._lo)
         np.maximum(self._hi, x, out=self._hi)
 
+    def add_rows(self, ts: np.ndarray, rows: np.ndarray) -> None:
+        """``add_vector`` for each row in turn (the sums added in the same order: the same bits)."""
+        if self.period_start is None:
+            self.period_start = float(ts[0])
+        self.last_ts = float(ts[-1])
+        self.readings += len(ts)
+        self._total = np.add.accumulate(np.vstack((self._total, rows)), axis=0)[-1]
+        np.minimum(self._lo, rows.min(axis=0), out=self._lo)
+        np.maximum(self._hi, rows.max(axis=0), out=self._hi)
+
+    def add_scores(self, scores: list[float]) -> None:
+        """``add_score`` for each."""
+        self.windows += len(scores)
+        room = 100_000 - len(self._scores)
+        self._scores.extend(scores if len(scores) <= room else scores[:max(0, room)])
+
     def add_score(self, score: float) -> None:
         self.windows += 1
         if len(self._scores) < 100_000:  # bounded even with a very long interval

@@ -43,6 +43,45 @@ class Windower:
         return Window(sensor=v.sensor, start_ts=float(ts[s]), end_ts=float(ts[s + self.length - 1]),
                       data=buf[s:s + self.length].copy())
 
+    def push_rows(self, sensor: str, ts: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Add ``m`` vectors of one sensor at once (what ``push`` does ``m`` times): the windows due, as (index in
+        ``rows`` of the row that completes each, windows (w x length x C, a strided view: do not write to it),
+        their start and end timestamps)."""
+        length, m = self.length, len(ts)
+        buf = self._buf.get(sensor)
+        if buf is None:
+            buf = self._buf[sensor] = np.zeros((2 * length, self.channels))
+            self._ts[sensor] = np.zeros(2 * length)
+            self._count[sensor] = 0
+        tbuf = self._ts[sensor]
+        n0 = self._count[sensor]
+        k = min(n0, length - 1)  # earlier rows the first new windows still need
+        if k:
+            i0 = (n0 - k) % length
+            data = np.concatenate((buf[i0:i0 + k], rows))
+            stamps = np.concatenate((tbuf[i0:i0 + k], ts))
+        else:
+            data, stamps = rows, ts
+        counts = np.arange(n0 + 1, n0 + m + 1)
+        due = counts >= length
+        if self.hop > 1:
+            due &= (counts - length) % self.hop == 0
+        idx = np.flatnonzero(due)
+        if idx.size:
+            views = np.lib.stride_tricks.sliding_window_view(data, (length, self.channels))[:, 0]
+            first = k + int(idx[0]) - length + 1
+            windows = views[first:first + idx.size] if self.hop == 1 else views[k + idx - length + 1]
+            starts, ends = stamps[k + idx - length + 1], stamps[k + idx]
+        else:
+            windows = np.empty((0, length, self.channels))
+            starts = ends = np.empty(0)
+        tail = min(m, length)
+        pos = (n0 + np.arange(m - tail, m)) % length
+        buf[pos] = buf[pos + length] = rows[m - tail:]
+        tbuf[pos] = tbuf[pos + length] = ts[m - tail:]
+        self._count[sensor] = n0 + m
+        return idx, windows, starts, ends
+
     def reset(self, sensor: str) -> None:
         """Forget one sensor's buffer: its next window starts from the next vector."""
         for d in (self._buf, self._ts, self._count):

@@ -1,15 +1,21 @@
-"""Per-window cost: ``Pipeline.process`` (clean → window → features → int8 inference → decide) per reading that
-produces a window, vs a bare ``set_tensor`` / ``invoke`` / ``get_tensor`` loop on the same interpreter.
+"""Per-window cost of the pipeline (clean → window → features → score → decide) against the bare scoring of the
+same model in the same run, for the bundled models and the generic detector, on both runtimes, by both paths:
+
+* ``reading``: ``Pipeline.process`` reading by reading (a sensor at 1 reading/s, one reading per block);
+* ``block``: ``Pipeline.process_block`` on blocks of 512 readings (what the pipeline thread takes from a busy
+  queue: cleaned, windowed and scored at once, one batched invoke per block).
 
 Run from the repository root:
     nice -n 5 .venv/bin/python bench/window_cost.py [--windows 20000] [--profile] [--json out.json]
 
-The bundled pump-anomaly model (window 10, hop 1: every reading after the first ten makes a window) is driven by
-the daemon's own pipeline (``agent.assets.build_pipeline`` with default settings, evidence store included) on a
-stationary normal stream from the bundled recording; teach-in (400 readings) runs first and is not timed. Each
-``process`` call is timed alone (perf_counter_ns), and so is each bare iteration (a fixed int8 input). Mean and
-median are reported; the ratio uses means. Both runtimes are measured when installed: ai_edge_litert and
-tflite_runtime. ``--profile`` adds a cProfile of the pipeline loop (top functions by own time).
+Each model is driven by the daemon's own pipeline (``agent.assets.build_pipeline`` with default settings, evidence
+store included) on a stream of normal readings: pump-anomaly and the generic detector on the bundled recording's
+normal part played in a loop (teach-in first, not timed), machine-failure (no teach-in, window 1, advice on) on
+readings drawn around its sidecar's normal. The cost per window is the loop's wall time over the windows it made.
+The baseline ("bare") is the model's own scoring of one window, in a loop on a fixed input: ``set_tensor`` +
+``invoke`` + ``get_tensor`` on the same interpreter for a TFLite model, ``GenericScorer.score`` (window mean,
+deviation, baseline step) for the generic detector (it has no interpreter; its "bare" is its numpy scoring).
+Ratio = pipeline / bare, goal <= 10x. ``--profile`` adds a cProfile of each block-path loop.
 """
 
 from __future__ import annotations
@@ -19,7 +25,6 @@ import cProfile
 import io
 import os
 import pstats
-import statistics
 import sys
 import tempfile
 import time
@@ -42,76 +47,105 @@ from bench._common import print_rows, result, write_json  # noqa: E402
 from bench._data import normal_stream  # noqa: E402
 
 GOAL = 10.0
+BLOCK = 512
 
 
-def bare_loop(model: Model, n: int) -> list[int]:
-    """ns per set_tensor + invoke + get_tensor on the model's own interpreter, a fixed realistic int8 input."""
+def machine_failure_stream(n: int, seed: int = 0) -> list[dict[str, float]]:
+    """Readings of a healthy milling machine around the sidecar's normal (type L, low tool wear)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        out.append({"Type_L": 1.0, "Type_M": 0.0, "Type_H": 0.0,
+                    "Air temperature [K]": float(300 + rng.normal(0, 1)),
+                    "Process temperature [K]": float(310 + rng.normal(0, 0.8)),
+                    "Rotational speed [rpm]": float(1540 + rng.normal(0, 60)),
+                    "Torque [Nm]": float(40 + rng.normal(0, 4)),
+                    "Tool wear [min]": float((i // 10) % 120)})
+    return out
+
+
+def bare_tflite(model: Model, n: int) -> float:
+    """µs per set_tensor + invoke + get_tensor on the model's own interpreter, a fixed realistic int8 input."""
     interp = model._interp  # noqa: SLF001 - the same interpreter the pipeline uses
     inp, out = model._in_idx, model._out_idx  # noqa: SLF001
     det = interp.get_input_details()[0]
     q = np.random.default_rng(0).integers(-20, 20, size=det["shape"], dtype=np.int8)
-    set_tensor, invoke, get_tensor, clock = interp.set_tensor, interp.invoke, interp.get_tensor, time.perf_counter_ns
+    set_tensor, invoke, get_tensor = interp.set_tensor, interp.invoke, interp.get_tensor
     for _ in range(1000):
         set_tensor(inp, q); invoke(); get_tensor(out)  # noqa: E702
-    times = []
+    t0 = time.perf_counter()
     for _ in range(n):
-        t0 = clock()
         set_tensor(inp, q)
         invoke()
         get_tensor(out)
-        times.append(clock() - t0)
-    return times
+    return (time.perf_counter() - t0) / n * 1e6
 
 
-def pipeline_loop(model: Any, rows: list[dict[str, float]], windows: int, state: Path,
-                  profile: bool = False) -> tuple[list[int], dict[str, Any], str | None]:
-    counters = Counters()
+def bare_generic(scorer: Any, window: np.ndarray, n: int) -> float:
+    """µs per ``GenericScorer.score`` of one window (its baseline keeps following, as in the pipeline)."""
+    score = scorer.score
+    for _ in range(1000):
+        score(window, "bare")
+    t0 = time.perf_counter()
+    for _ in range(n):
+        score(window, "bare")
+    return (time.perf_counter() - t0) / n * 1e6
+
+
+def _settings(state: Path) -> Settings:
     env_backup = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("EDGE_AGENT_")}
     try:
-        settings = Settings(state_dir=state)
+        return Settings(state_dir=state)
     finally:
         os.environ.update(env_backup)
-    evidence = EvidenceStore(state / "evidence.db", settings.alerts.evidence_max_bytes)
-    p = build_pipeline(settings, model, counters, evidence, state)
-    readings = [Reading(ts=1.7e9 + i, values=r, sensor="pump1") for i, r in enumerate(rows)]
-    i = 0
-    while p.calibrating:  # teach-in: not timed
-        p.process(readings[i])
-        i += 1
-    for r in readings[i:i + 500]:  # warm caches
-        p.process(r)
-    i += 500
-    timed = readings[i:i + windows]
-    process, clock = p.process, time.perf_counter_ns
-    times: list[int] = []
-    messages = 0
-    w0 = counters.get("pipeline.windows")
-    prof_text = None
-    if profile:
-        pr = cProfile.Profile()
-        pr.enable()
-        for r in timed:
-            process(r)
-        pr.disable()
+
+
+def pipeline_cost(model: Any, rows: list[dict[str, float]], windows: int, path: str,
+                  profile: bool = False) -> tuple[float, dict[str, Any], Any, str | None]:
+    """µs per window of ``path`` (reading | block) over ``windows`` readings after teach-in and a warm-up; the
+    run's counts, the pipeline, and the profile text if asked."""
+    with tempfile.TemporaryDirectory(prefix="bench-window-") as tmp:
+        state = Path(tmp)
+        counters = Counters()
+        settings = _settings(state)
+        evidence = EvidenceStore(state / "evidence.db", settings.alerts.evidence_max_bytes)
+        p = build_pipeline(settings, model, counters, evidence, state)
+        readings = [Reading(ts=1.7e9 + i, values=r, sensor="pump1") for i, r in enumerate(rows)]
+        i = 0
+        while p.calibrating:  # teach-in: not timed
+            p.process(readings[i])
+            i += 1
+        for r in readings[i:i + 500]:  # warm caches
+            p.process(r)
+        i += 500
+        timed = readings[i:i + windows]
+        w0 = counters.get("pipeline.windows")
+        prof = cProfile.Profile() if profile else None
+        t0 = time.perf_counter()
+        if prof is not None:
+            prof.enable()
+        if path == "reading":
+            process = p.process
+            for r in timed:
+                process(r)
+        else:
+            process_block = p.process_block
+            for k in range(0, len(timed), BLOCK):
+                process_block(timed[k:k + BLOCK])
+        if prof is not None:
+            prof.disable()
+        dt = time.perf_counter() - t0
+        made = counters.get("pipeline.windows") - w0
+        evidence.close()
+    text = None
+    if prof is not None:
         s = io.StringIO()
-        pstats.Stats(pr, stream=s).sort_stats("tottime").print_stats(25)
-        prof_text = s.getvalue()
-    else:
-        for r in timed:
-            t0 = clock()
-            messages += len(process(r))
-            times.append(clock() - t0)
-    made = counters.get("pipeline.windows") - w0
-    if not profile and made != len(timed):
+        pstats.Stats(prof, stream=s).sort_stats("tottime").print_stats(20)
+        text = s.getvalue()
+    if made != len(timed):
         raise RuntimeError(f"{len(timed)} readings made {made} windows (expected one each: hop 1)")
-    evidence.close()
-    return times, {"windows": made, "messages": messages, "alerts": counters.get("alerts.raised")}, prof_text
-
-
-def summarise(ns: list[int]) -> dict[str, float]:
-    s = sorted(ns)
-    return {"mean_us": statistics.fmean(s) / 1000, "median_us": s[len(s) // 2] / 1000,
-            "p99_us": s[int(len(s) * 0.99)] / 1000}
+    info = {"windows": made, "alerts": counters.get("alerts.raised"), "readings_per_s": round(len(timed) / dt)}
+    return dt / made * 1e6, info, p, text
 
 
 def runtimes() -> list[str]:
@@ -126,52 +160,41 @@ def runtimes() -> list[str]:
 
 
 def run(windows: int = 20_000, profile: bool = False) -> list[dict[str, Any]]:
-    rows = normal_stream(windows + 1500, seed=0)
+    skab = normal_stream(windows + 1500, seed=0)
+    mf = machine_failure_stream(windows + 1500)
     out = []
-    pump_mean = None
+    cases: list[tuple[str, str, Any]] = []
     for rt in runtimes():
-        with tempfile.TemporaryDirectory(prefix="bench-window-") as tmp:
-            model = Model(bundled_model("pump-anomaly"), runtime=rt)
-            pipe_ns, info, _ = pipeline_loop(model, rows, windows, Path(tmp))
-            bare = summarise(bare_loop(model, windows))
-            pipe = summarise(pipe_ns)
-            prof = None
-            if profile:
-                model2 = Model(bundled_model("pump-anomaly"), runtime=rt)
-                with tempfile.TemporaryDirectory(prefix="bench-window-") as tmp2:
-                    _, _, prof = pipeline_loop(model2, rows, windows, Path(tmp2), profile=True)
-            ratio = pipe["mean_us"] / bare["mean_us"]
-            pump_mean = pump_mean or pipe["mean_us"]
-            out.append(result(f"per-window cost ({rt} {model.runtime_version})", round(pipe["mean_us"], 1), "µs/window",
-                              round(bare["mean_us"], 2), "µs bare invoke", round(ratio, 1), "<= 10x", ratio <= GOAL,
-                              pipeline=pipe, bare=bare, info=info, profile=prof))
-    # The generic detector (numpy only), through the same pipeline on the same stream, against pump-anomaly's
-    # pipeline measured just above (the first runtime): the issue's goal is at most twice its cost.
-    with tempfile.TemporaryDirectory(prefix="bench-window-") as tmp:
-        generic = open_model("generic").with_channels(list(rows[0]))  # type: ignore[union-attr]
-        gen_ns, info, prof = pipeline_loop(generic, rows, windows, Path(tmp), profile=False)
-        gen = summarise(gen_ns)
-        if profile:
-            with tempfile.TemporaryDirectory(prefix="bench-window-") as tmp2:
-                _, _, prof = pipeline_loop(open_model("generic").with_channels(list(rows[0])), rows, windows,  # type: ignore[union-attr]
-                                           Path(tmp2), profile=True)
-    if pump_mean:
-        ratio = gen["mean_us"] / pump_mean
-        out.append(result("per-window cost, generic detector", round(gen["mean_us"], 1), "µs/window",
-                          round(pump_mean, 1), "µs pump-anomaly pipeline", round(ratio, 2), "<= 2x", ratio <= 2.0,
-                          pipeline=gen, bare=None, info=info, profile=prof))
+        cases.append(("pump-anomaly", rt, lambda rt=rt: Model(bundled_model("pump-anomaly"), runtime=rt)))
+        cases.append(("machine-failure", rt, lambda rt=rt: Model(bundled_model("machine-failure"), runtime=rt)))
+    cases.append(("generic", "numpy", lambda: open_model("generic").with_channels(list(skab[0]))))  # type: ignore[union-attr]
+    for name, rt, load in cases:
+        rows = mf if name == "machine-failure" else skab
+        for path in ("reading", "block"):
+            model = load()
+            cost, info, p, prof = pipeline_cost(model, rows, windows, path, profile and path == "block")
+            if name == "generic":
+                bare = bare_generic(p.scorer, np.asarray([list(r.values()) for r in rows[:10]]), windows)
+                version = f"numpy {np.__version__}"
+            else:
+                bare = bare_tflite(model, windows)
+                version = f"{rt} {model.runtime_version}"
+            ratio = cost / bare
+            out.append(result(f"per-window cost, {name}, {path} ({version})", round(cost, 2), "µs/window",
+                              round(bare, 2), "µs bare", round(ratio, 1), "<= 10x", ratio <= GOAL,
+                              info=info, profile=prof))
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--windows", type=int, default=20_000)
-    ap.add_argument("--profile", action="store_true", help="also print a cProfile of the pipeline loop")
+    ap.add_argument("--profile", action="store_true", help="also print a cProfile of each block-path loop")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     rows = run(args.windows, args.profile)
     for r in rows:
-        print(f"{r['name']}: pipeline {r['pipeline']} bare {r['bare']} {r['info']}")
+        print(f"{r['name']}: {r['info']}")
         if r.get("profile"):
             print(r["profile"])
     print_rows(rows)

@@ -115,3 +115,46 @@ def test_retune_to_a_shorter_debounce_keeps_the_newest_scores():
     assert m.update(_inf(2)).state == RAISED
     with pytest.raises(ValueError):
         m.retune(1.0, 3, 2, 0.8)
+
+
+def _state(m: AlertMachine) -> tuple:
+    return (m.active, list(m._scores), list(m._receded), m._peak, m._floor)  # noqa: SLF001
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_first_change_and_absorb_do_what_update_does_window_by_window(seed):
+    """The batched decision (agent.pipeline_block): absorb the windows before first_change, update that one; the
+    same transitions at the same windows and the same state as update on each window, with floors, receded
+    clears, NaN scores and a threshold changed in between."""
+    rng = np.random.default_rng(seed)
+    k, n = int(rng.integers(1, 4)), int(rng.integers(3, 7))
+    n = max(n, k)
+    args = dict(threshold=1.0, k=k, n=n, clear_ratio=float(rng.uniform(0.5, 1.0)),
+                recede_ratio=float(rng.choice([0.0, 0.3, 0.6])), refractory=int(rng.choice([1, 5, 50])))
+    one, many = AlertMachine("s", **args), AlertMachine("s", **args)
+    seen = 0
+    for part, scale in enumerate([1.0, 3.0, 0.3, rng.choice([0.5, 3.0]), 3.0, 0.5]):
+        scores = rng.gamma(2.0, 0.4, size=int(rng.integers(1, 300))) * scale
+        scores[rng.random(len(scores)) < 0.02] = np.nan
+        want = [(i, t.state, repr(t.peak_score), t.receded) for i, s in enumerate(scores)
+                if (t := one.update(_inf(float(s)))) is not None]
+        got = []
+        i = 0
+        while i < len(scores):
+            quiet = many.first_change(scores[i:])
+            many.absorb(scores[i:i + quiet])
+            i += quiet
+            if i < len(scores):
+                t = many.update(_inf(float(scores[i])))
+                assert t is not None  # first_change names only windows that act
+                got.append((i, t.state, repr(t.peak_score), t.receded))
+                i += 1
+        assert got == want
+        seen += len(want)
+        (a1, s1, r1, p1, f1), (a2, s2, r2, p2, f2) = _state(one), _state(many)
+        assert (a1, r1, repr(p1), f1) == (a2, r2, repr(p2), f2)
+        assert np.array_equal(np.array(s1), np.array(s2), equal_nan=True)
+        if part == 3:
+            for m in (one, many):
+                m.retune(0.8, k, n, args["clear_ratio"])
+    assert seen >= 2  # raised and cleared at least once
