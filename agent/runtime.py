@@ -54,6 +54,7 @@ class Guard:
 BLOCK = 512  # readings the pipeline thread takes from the queue at once (fewer when fewer are waiting)
 GATHER_BELOW = 64  # a take of fewer readings than this, moments after the last one ...
 GATHER_S = 0.002  # ... waits this long for more (a busy stream); a slow one is taken at once
+TICK_S = 0.5  # periodic work runs when the queue is quiet, and at least this often while it is busy
 
 
 def _weight(item: Any) -> int:
@@ -212,6 +213,7 @@ class PipelineLoop:
         ended = 0
         get_many = self.readings.queue.get_many
         last_items = -1.0  # monotonic time of the last non-empty take
+        last_tick = time.monotonic()  # of the last periodic work (silence, summary periods) of every asset
         while ended < self.sources:
             self.heartbeats.beat("pipeline")
             if not self.gate.queue.empty():
@@ -228,15 +230,6 @@ class PipelineLoop:
                     time.sleep(GATHER_S)
                     items += get_many(BLOCK - sum(map(_weight, items)), 0.0)
                 last_items = now
-            if not items:
-                if self.live:
-                    for a in self.assets.values():
-                        if a.pipeline is not None:
-                            working_on(a.id)
-                            events = a.pipeline.tick()
-                            working_on("")
-                            self._emit(a, events)
-                continue
             run: list[Any] = []  # consecutive items of one asset: one process_block
             for item in items:
                 if item is END:
@@ -248,6 +241,16 @@ class PipelineLoop:
                 run.append(item)
             if run:
                 self._block(run)
+            if self.live and (not items or time.monotonic() - last_tick >= TICK_S):
+                # periodic work (silence, summary periods) when the queue is quiet, and also while others keep it
+                # busy: a silent sensor or asset is noticed in any case
+                last_tick = time.monotonic()
+                for a in self.assets.values():
+                    if a.pipeline is not None:
+                        working_on(a.id)
+                        events = a.pipeline.tick()
+                        working_on("")
+                        self._emit(a, events)
         for a in self.assets.values():
             if a.pipeline is not None:
                 working_on(a.id)

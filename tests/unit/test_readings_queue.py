@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 
 import numpy as np
 
@@ -172,3 +173,48 @@ def test_the_pipeline_loop_takes_blocks_and_sends_what_reading_by_reading_sends(
     a.outbox.close()
     a.evidence.close()
     assert sorted(got, key=repr) == sorted(want, key=repr)  # the outbox drains alerts first: compare as sets
+
+
+def test_a_silent_sensor_goes_stale_while_another_keeps_the_queue_busy(tmp_path):
+    """The live loop's periodic work (silence, summary periods) also runs while readings keep coming: a sensor that
+    stops is marked stale although the queue is never empty for long (it used to run only when the queue was
+    quiet for 0.2 s)."""
+    from agent.bundled import demo_recording_path
+    from agent.sources.replay import read_recording
+    from tests.unit.test_commands import make_agent
+
+    rows = list(read_recording(demo_recording_path(), Counters(), sensor="replay"))
+    a = make_agent(tmp_path / "a", EDGE_AGENT_CLEANING__MAX_HOLD_S="0.5", EDGE_AGENT_CALIBRATION__SAMPLES="0")
+    a.loop.live = True  # a live source: drops instead of waiting, periodic work on
+    sink = a.readings.sink(live=True)
+    stop = threading.Event()
+
+    def stream() -> None:  # pump1 every 20 ms for ever (data time follows the clock); pump2 only at the start
+        t0 = time.time()
+        for i, r in enumerate(rows * 10):
+            if stop.is_set():
+                return
+            ts = t0 + 0.02 * i
+            sink(Reading(ts, r.values, "pump1"))
+            if i < 20:
+                sink(Reading(ts, r.values, "pump2"))
+            time.sleep(0.02)
+
+    producer = threading.Thread(target=stream, daemon=True)
+    loop = threading.Thread(target=a.loop.run, daemon=True)
+    producer.start()
+    loop.start()
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not any(c.startswith("pump2/") for c in a.pipeline.snapshot.stale_channels):
+            time.sleep(0.05)
+        stale = a.pipeline.snapshot.stale_channels
+        assert any(c.startswith("pump2/") for c in stale), stale
+        assert not any(c.startswith("pump1/") for c in stale), stale
+    finally:
+        stop.set()
+        producer.join(5)
+        a.readings.end()
+        loop.join(10)
+        a.outbox.close()
+        a.evidence.close()
