@@ -66,7 +66,10 @@ def test_sigterm_under_full_load_stops_in_time_and_loses_nothing(tmp_path, durab
                     EDGE_AGENT_SOURCE__TOPICS="plant/+/telemetry", EDGE_AGENT_SOURCE__SENSOR_PATTERN="plant/{sensor}/telemetry",
                     EDGE_AGENT_SOURCE__QOS="1", EDGE_AGENT_SOURCE__TIMESTAMP_FIELD="ts",
                     EDGE_AGENT_SUMMARY_INTERVAL_S="300", EDGE_AGENT_STATS_INTERVAL_S="1",
-                    EDGE_AGENT_QUEUE_SIZE="100000", EDGE_AGENT_MQTT__KEEPALIVE_S="5")
+                    EDGE_AGENT_QUEUE_SIZE="100000", EDGE_AGENT_MQTT__KEEPALIVE_S="5",
+                    # the spike filter (a median per channel per reading) keeps the pipeline on its per-reading path:
+                    # slower than this flood, so readings wait in the queue (the batched path outruns one publisher)
+                    EDGE_AGENT_CLEANING__SPIKE_WINDOW="15")
     a = start_agent(env, tmp_path)
     agents.append(a)
     wait_for(lambda: any(s["source"]["state"] == "connected" for s in durable_recorder.on("stats")) or not a.alive(),
