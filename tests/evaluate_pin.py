@@ -17,9 +17,28 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT / "tests" / "data" / "skab"
+SKAB = ROOT.parent / "shared" / "data" / "skab"  # ../shared/data beside the checkout (as CI has it)
 FIXTURE = ROOT / "tests" / "data" / "evaluate_pin.json"
+# other/1, other/3 (leak/addition), other/9 (rotor imbalance), other/14 (hot water), valve1/1 and valve1/12 (valve),
+# pinned under these names
 FILES = ("other-1.csv", "other-3.csv", "other-9.csv", "other-14.csv", "valve1-1.csv", "valve1-12.csv")
+
+
+def source(name: str) -> Path:
+    """The SKAB recording a pinned name stands for (``other-14.csv`` -> ``../shared/data/skab/other/14.csv``)."""
+    folder, n = name.rsplit("-", 1)
+    path = SKAB / folder / n
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: the SKAB recordings are expected in ../shared/data/skab beside the checkout")
+    return path
+
+
+def data_dir(where: Path) -> Path:
+    """A folder holding exactly the pinned recordings under their pinned names (symlinks), for the command."""
+    where.mkdir(parents=True, exist_ok=True)
+    for name in FILES:
+        (where / name).symlink_to(source(name))
+    return where
 CONFIGS = (("pump-anomaly", "ai_edge_litert"), ("pump-anomaly", "tflite_runtime"),
            ("generic", "ai_edge_litert"), ("generic", "tflite_runtime"))
 
@@ -55,7 +74,7 @@ def evaluate_config(model: str, runtime: str) -> dict[str, Any]:
 
     ev = Evaluation.create({"model.path": model, "model.runtime": runtime})
     assert ev.model.name == model and ev.model.runtime in (runtime, "numpy"), (ev.model.name, ev.model.runtime)
-    return {name: file_pin(ev.run(DATA / name, name)) for name in FILES}
+    return {name: file_pin(ev.run(source(name), name)) for name in FILES}
 
 
 def compute() -> dict[str, Any]:

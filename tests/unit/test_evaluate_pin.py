@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from tests.evaluate_pin import CONFIGS, DATA, FILES, FIXTURE, evaluate_config
+from tests.evaluate_pin import CONFIGS, FILES, FIXTURE, data_dir, evaluate_config
 
 PINNED = json.loads(FIXTURE.read_text())
 
@@ -36,7 +36,7 @@ def test_the_command_writes_the_pinned_alerts(tmp_path):
     """The command itself (not only its API): summary.json's alert details are the pinned ones."""
     out = tmp_path / "out"
     proc = subprocess.run(
-        [sys.executable, "-m", "agent", "evaluate", "--data", str(DATA), "--model", "pump-anomaly",
+        [sys.executable, "-m", "agent", "evaluate", "--data", str(data_dir(tmp_path / "skab")), "--model", "pump-anomaly",
          "--runtime", "tflite_runtime", "--no-plots", "--out", str(out)],
         capture_output=True, text=True, timeout=300,
     )
