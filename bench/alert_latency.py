@@ -32,6 +32,7 @@ from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 from agent.assets import build_pipeline, load_model  # noqa: E402
 from agent.counters import Counters  # noqa: E402
 from agent.evidence import EvidenceStore  # noqa: E402
+from agent.messages import Messages  # noqa: E402
 from agent.outbox import Outbox  # noqa: E402
 from agent.records import Reading  # noqa: E402
 from agent.settings import Settings  # noqa: E402
@@ -97,6 +98,7 @@ def run(alerts: int = 300, rate_hz: float = 100.0) -> list[dict[str, Any]]:
         model = load_model(settings)
         evidence = EvidenceStore(state / "evidence.db", settings.alerts.evidence_max_bytes)
         pipeline = build_pipeline(settings, model, counters, evidence, state)
+        messages = Messages(DEVICE_ID, settings.alerts.critical_margin)  # events -> outbox messages, as the daemon
         outbox = TimedOutbox(state / "outbox.db", counters)
         outbox.acked = {}
         uplink = Uplink(settings.mqtt, DEVICE_ID, outbox, counters, lambda: {"state": "online", "device_id": DEVICE_ID})
@@ -122,7 +124,7 @@ def run(alerts: int = 300, rate_hz: float = 100.0) -> list[dict[str, Any]]:
             if delay > 0:
                 time.sleep(delay)
             t0 = time.perf_counter()
-            msgs = pipeline.process(Reading(ts=t_data + i, values=rows[i % 560], sensor="pump1"))
+            msgs = messages.outgoing(pipeline.process(Reading(ts=t_data + i, values=rows[i % 560], sensor="pump1")))
             t1 = time.perf_counter()
             ids = [(m.kind, outbox.put(m)) for m in msgs]
             if msgs:
