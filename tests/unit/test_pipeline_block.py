@@ -20,7 +20,7 @@ from agent.counters import Counters
 from agent.evaluate import Evaluation, model_channels
 from agent.records import AlertEvent, Block, Reading
 from agent.sources.replay import read_recording
-from tests.evaluate_pin import CONFIGS, DATA, FILES, FIXTURE, digest
+from tests.evaluate_pin import CONFIGS, FILES, FIXTURE, digest, source
 
 import json
 
@@ -91,7 +91,7 @@ def _evaluation(model: str, runtime: str = "tflite_runtime", **overrides: Any) -
 def test_blocks_give_the_pinned_scores_and_the_per_reading_events(model, runtime):
     ev = _evaluation(model, runtime, summary_interval_s=1e9)  # one summary period: every score kept, in order
     for name in FILES:
-        path = DATA / name
+        path = source(name)
         channels = model_channels(ev.model, path)
         readings = _readings(path)
         ref = _run(ev, channels, None, readings)
@@ -140,7 +140,7 @@ def test_blocks_of_dirty_data_give_the_per_reading_events_and_counters(model, se
     ranges = "Current:0:1000,Pressure::1000"
     ev = _evaluation(model, summary_interval_s=60.0, **{"cleaning.ranges": ranges})
     for name in ("valve1-1.csv", "other-3.csv"):
-        path = DATA / name
+        path = source(name)
         channels = model_channels(ev.model, path)
         readings = _dirty(_readings(path), channels, seed)
         ref = _run(ev, channels, None, readings)
@@ -156,7 +156,7 @@ def test_blocks_of_dirty_data_give_the_per_reading_events_and_counters(model, se
 @pytest.mark.parametrize("model", ["pump-anomaly", "generic"])
 def test_a_block_is_its_rows_as_readings_with_nan_for_a_missing_number(model):
     ev = _evaluation(model, summary_interval_s=60.0)
-    path = DATA / "other-9.csv"
+    path = source("other-9.csv")
     channels = model_channels(ev.model, path)
     readings = _dirty(_readings(path), channels, 3)
     blocks = _blocks(readings, [64, 3, 300], channels, True)
@@ -172,7 +172,7 @@ def test_the_generic_detector_with_cross_channel_relations_scores_blocks_the_sam
     path = tmp_path / "generic-cross.json"
     path.write_text(json.dumps(spec))
     ev = Evaluation.create({"model.path": str(path), "summary_interval_s": 120.0})
-    data = DATA / "valve1-12.csv"
+    data = source("valve1-12.csv")
     channels = model_channels(ev.model, data)
     readings = _readings(data)
     ref = _run(ev, channels, None, readings)
@@ -183,7 +183,7 @@ def test_the_generic_detector_with_cross_channel_relations_scores_blocks_the_sam
 
 def test_a_malformed_block_is_counted_and_dropped_not_a_crash():
     ev = _evaluation("pump-anomaly")
-    path = DATA / "valve1-1.csv"
+    path = source("valve1-1.csv")
     channels = model_channels(ev.model, path)
     readings = _readings(path)[:700]
     good = _blocks(readings, [350], channels, True)
