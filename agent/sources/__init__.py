@@ -17,6 +17,10 @@ from agent.settings import Settings
 
 Sink = Callable[[Reading | Block], None]  # a Block counts as len(block) readings
 
+# Until the pipeline takes a Block whole (issue #15, the batched pipeline), a source that made a Block hands over
+# its rows (Block.rows()) one by one; the merge of the block-aware pipeline sets this True.
+PIPELINE_TAKES_BLOCKS = False
+
 # Source states shown in status and stats.
 CONNECTING = "connecting"
 CONNECTED = "connected"
