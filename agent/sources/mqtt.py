@@ -162,7 +162,7 @@ class MqttSource:
             self.client.connect_async(self.host, self.port, keepalive=self.keepalive_s)
             self.client.loop_start()
             while not stop.is_set() and not self._closed.is_set():
-                self._closed.wait(0.2)
+                self._closed.wait(0.5)  # close() wakes it at once; a stop is followed by close() too
         finally:
             self._shutdown()
 

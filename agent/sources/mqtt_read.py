@@ -6,7 +6,8 @@ small message. ``BufferedReadClient`` serves those reads from one ``recv(RECV_BY
 already buffered before paho selects again (``select`` cannot know about bytes in our buffer). What paho sees is
 the same byte stream, cut into the same reads; the buffer belongs to one socket and is dropped with it (reconnect).
 
-``after_loop`` runs after each pass of paho's network loop: the messages of one read are delivered by then, so the
+Every message goes to ``on_message``: the sensor client registers no per-topic callbacks, so paho's topic matching
+for them (a trie walk per message) is skipped. ``after_loop`` runs after each pass of paho's network loop: the messages of one read are delivered by then, so the
 source can hand them over together (agent.sources.mqtt: a burst becomes a Block).
 
 Relies on paho-mqtt 2.x internals (``_sock_recv``, ``loop_read``, ``_loop``; pinned <3 in pyproject, as
@@ -62,3 +63,18 @@ class BufferedReadClient(ExplainingClient):
         finally:
             if self.after_loop is not None:
                 self.after_loop()
+
+    def message_callback_add(self, sub: str, callback: Any) -> None:
+        raise NotImplementedError("BufferedReadClient hands every message to on_message")
+
+    def _handle_on_message(self, message: mqtt.MQTTMessage) -> None:
+        on_message = self.on_message  # paho's, without the match against per-topic callbacks (there are none)
+        if on_message is None:
+            return
+        with self._in_callback_mutex:
+            try:
+                on_message(self, self._userdata, message)
+            except Exception as err:
+                self._easy_log(mqtt.MQTT_LOG_ERR, "Caught exception in on_message: %s", err)
+                if not self.suppress_exceptions:
+                    raise
