@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import logging
 import re
-import secrets
 import threading
 import time
 from typing import Any
@@ -43,7 +42,9 @@ from agent.receipt import receipt_time
 from agent.settings import MqttSettings, MqttSourceSettings
 from agent.sources import CONNECTED, CONNECTING, DISCONNECTED, FINISHED, PIPELINE_TAKES_BLOCKS, Sink
 from agent.sources.mqtt_read import BufferedReadClient
-from agent.sources.mqtt_topics import SENSOR, check_filter, compile_sensor_pattern  # noqa: F401 - SENSOR re-exported
+from agent.sources.mqtt_topics import (  # noqa: F401 - SENSOR, client_id_for: re-exported
+    SENSOR, check_filter, client_id_for, compile_sensor_pattern,
+)
 
 log = logging.getLogger(__name__)
 
@@ -54,18 +55,6 @@ MAX_PENDING = 512  # blocks: records held before a hand-over even in the middle 
 ROUTE_CACHE_MAX = 4096  # topics whose route is remembered (a flood of distinct topics only empties the cache)
 UNSUBSCRIBE_WAIT_S = 1.0  # at close: wait this long for UNSUBACK (messages before it still reach the sink)
 LOOP_STOP_WAIT_S = 2.0  # at close: give paho's thread this long to end (a connect to a dead host can block it)
-
-
-def client_id_for(upstream: MqttSettings, device_id: str | None = None) -> str:
-    """The sensor client's id: ``{upstream client id}-src``, else ``edge-agent-{device_id}-src``, else random.
-
-    It must differ from the upstream client's id (the broker disconnects the older of two clients with one id).
-    """
-    if upstream.client_id:
-        return f"{upstream.client_id}-src"
-    if device_id:
-        return f"edge-agent-{device_id}-src"
-    return f"edge-agent-src-{secrets.token_hex(4)}"
 
 
 class MqttSource:
@@ -136,6 +125,7 @@ class MqttSource:
         c.on_subscribe = self._on_subscribe
         c.on_unsubscribe = self._on_unsubscribe
         c.on_message = self._on_message
+        c.fast_publish = self._on_publish  # type: ignore[attr-defined]
         if self.blocks:
             c.after_loop = self._hand_over  # type: ignore[attr-defined]
         self.client = c
@@ -284,21 +274,32 @@ class MqttSource:
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         try:
+            topic = msg.topic
+        except UnicodeDecodeError:  # paho gives no str for it: no filter of ours can match it
+            topic = b""
+        self._on_publish(topic, msg.payload, msg.retain)
+
+    def _on_publish(self, topic: str | bytes, payload: bytes, retain: bool) -> None:
+        """One message (paho's thread): a record for the sink or a counted rejection. ``topic`` is the str paho
+        decoded, or the raw bytes from BufferedReadClient's fast path for QoS 0 PUBLISH packets."""
+        try:
             if not self._delivering:
                 return
-            payload = msg.payload
             inc = self._tally.inc
             inc("source.messages")
             inc("source.bytes", len(payload))
-            if msg.retain:
+            if retain:
                 inc("source.retained")
                 return
-            topic = msg.topic
             cache = self._route_cache
             if topic in cache:
                 route = cache[topic]
             else:
-                route = self.route_of(topic)
+                try:
+                    name = topic.decode() if type(topic) is bytes else topic
+                except UnicodeDecodeError:
+                    name = None
+                route = None if not name else self.route_of(name)  # type: ignore[arg-type]
                 if len(cache) >= ROUTE_CACHE_MAX:
                     cache.clear()
                 cache[topic] = route
@@ -331,7 +332,7 @@ class MqttSource:
                 else:
                     sink(record)
         except Exception:  # noqa: BLE001
-            self._callback_error("on_message")
+            self._callback_error("on_publish")
 
     def _hand_over(self) -> None:
         """The records received since the last hand-over, a run of one sensor's readings as one Block (paho's thread,

@@ -6,7 +6,10 @@ small message. ``BufferedReadClient`` serves those reads from one ``recv(RECV_BY
 already buffered before paho selects again (``select`` cannot know about bytes in our buffer). What paho sees is
 the same byte stream, cut into the same reads; the buffer belongs to one socket and is dropped with it (reconnect).
 
-Every message goes to ``on_message``: the sensor client registers no per-topic callbacks, so paho's topic matching
+QoS 0 PUBLISH packets whole in the buffer (the bulk of sensor traffic) are decoded here, straight from the buffer,
+and handed to ``fast_publish(topic bytes, payload, retain)``: no MQTTMessage, no paho dispatch. Any other packet,
+one that is not whole yet, and anything malformed go through paho as before (from the same buffer, in order).
+Every other message goes to ``on_message``: the sensor client registers no per-topic callbacks, so paho's topic matching
 for them (a trie walk per message) is skipped. ``after_loop`` runs after each pass of paho's network loop: the messages of one read are delivered by then, so the
 source can hand them over together (agent.sources.mqtt: a burst becomes a Block).
 
@@ -16,6 +19,7 @@ agent.mqtt_client.ExplainingClient already does).
 
 from __future__ import annotations
 
+import time
 from typing import Any, Callable
 
 import paho.mqtt.client as mqtt
@@ -32,6 +36,7 @@ class BufferedReadClient(ExplainingClient):
     _rpos: int = 0
     _rsock: Any = None  # the socket the buffer was read from
     after_loop: Callable[[], None] | None = None  # called after each pass of the network loop (never raises)
+    fast_publish: Callable[[bytes, bytes, bool], None] | None = None  # (topic, payload, retain); never raises
 
     def _sock_recv(self, bufsize: int) -> bytes:
         buf, pos = self._rbuf, self._rpos
@@ -78,3 +83,35 @@ class BufferedReadClient(ExplainingClient):
                 self._easy_log(mqtt.MQTT_LOG_ERR, "Caught exception in on_message: %s", err)
                 if not self.suppress_exceptions:
                     raise
+
+    def _packet_read(self) -> mqtt.MQTTErrorCode:
+        fast = self.fast_publish
+        if fast is not None and self._in_packet["command"] == 0 and self._rsock is self._sock:
+            buf, pos = self._rbuf, self._rpos
+            end, start = len(buf), pos
+            while pos + 4 <= end and buf[pos] & 0xF6 == 0x30:  # PUBLISH, QoS 0, no dup; bit 0: retain
+                length, mult, i = 0, 1, pos + 1
+                while i < end and i - pos <= 4:  # the remaining length: 1 to 4 bytes of 7 bits
+                    b = buf[i]
+                    length += (b & 127) * mult
+                    mult <<= 7
+                    i += 1
+                    if not b & 128:
+                        break
+                else:
+                    break  # not all here yet, or malformed: paho's turn
+                stop = i + length
+                if stop > end or length < 2:
+                    break
+                topic_end = i + 2 + ((buf[i] << 8) | buf[i + 1])
+                if topic_end > stop:
+                    break  # malformed: paho says so
+                fast(buf[i + 2:topic_end], buf[topic_end:stop], bool(buf[pos] & 1))
+                pos = stop
+            if pos != start:
+                self._rpos = pos
+                with self._msgtime_mutex:
+                    self._last_bytes_received = time.monotonic()  # paho's clock (keepalive)
+                if pos >= end:
+                    return mqtt.MQTT_ERR_SUCCESS
+        return super()._packet_read()

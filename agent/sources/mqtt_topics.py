@@ -1,8 +1,12 @@
-"""MQTT topic filters and the sensor pattern that names a topic's sensor (``plant/{sensor}/telemetry``)."""
+"""MQTT topic filters, the sensor pattern that names a topic's sensor (``plant/{sensor}/telemetry``), the sensor
+client's id."""
 
 from __future__ import annotations
 
 import re
+import secrets
+
+from agent.settings import MqttSettings
 
 SENSOR = "{sensor}"
 
@@ -46,3 +50,15 @@ def compile_sensor_pattern(pattern: str) -> re.Pattern[str] | None:
         else:
             rx += sep + "(?P<sensor>[^/]+)".join(re.escape(p) for p in level.split(SENSOR))
     return re.compile(rx)
+
+
+def client_id_for(upstream: MqttSettings, device_id: str | None = None) -> str:
+    """The sensor client's id: ``{upstream client id}-src``, else ``edge-agent-{device_id}-src``, else random.
+
+    It must differ from the upstream client's id (the broker disconnects the older of two clients with one id).
+    """
+    if upstream.client_id:
+        return f"{upstream.client_id}-src"
+    if device_id:
+        return f"edge-agent-{device_id}-src"
+    return f"edge-agent-src-{secrets.token_hex(4)}"

@@ -316,6 +316,48 @@ def test_a_burst_handed_over_in_blocks_is_the_same_readings_in_order(live_broker
     r.finish()
 
 
+def test_packets_decoded_from_the_read_buffer_are_those_paho_decodes(live_broker: Broker, publisher: Publisher,
+                                                                      runners: list[Runner]) -> None:
+    """QoS 0 PUBLISH packets are decoded straight from the read buffer (agent/sources/mqtt_read.py), everything else
+    by paho: at every remaining-length size (1 to 4 bytes), QoS 0 and 1 interleaved, and in a burst that the socket
+    delivers in pieces, every message arrives once, in order, with its payload (retained ones: the next test)."""
+    got: list[tuple[str, bytes, bool]] = []
+    fast: list[bool] = []  # decoded from the buffer (topic as bytes) or by paho (str)
+    r = start(runners, live_broker.port, qos=1)
+    src = r.source
+    on_publish = src._on_publish
+
+    def spy(topic: str | bytes, payload: bytes, retain: bool) -> None:  # what the source is handed, then the source
+        got.append((topic.decode() if isinstance(topic, bytes) else topic, bytes(payload), retain))
+        fast.append(isinstance(topic, bytes))
+        on_publish(topic, payload, retain)
+
+    src._on_publish = spy  # type: ignore[method-assign]
+    src.client.fast_publish = spy  # type: ignore[attr-defined]
+    r.subscribed()
+    # remaining length = 2 + 18 (topic) + payload: 1 byte up to 127, 2 up to 16,383, 3 up to 2,097,151, then 4
+    sizes = [0, 1, 107, 108, 3, 16_363, 16_364, 70_000, 5, 2_097_131, 2_097_132]
+    sent = []
+    for i, n in enumerate(sizes * 3):
+        body = (b"%d" % i).ljust(n, b" ")[:max(n, 0)] if n else b""
+        t = f"plant/s{i % 2}/telemetry"
+        publisher.client.publish(t, body, qos=i % 2 if i < len(sizes) * 2 else 0)
+        sent.append((t, body))
+    burst = [(f"plant/s{i % 3}/telemetry", b"%d" % i) for i in range(5000)]
+    infos = [publisher.client.publish(t, b, qos=0) for t, b in burst]
+    infos[-1].wait_for_publish(30)
+    wait_for(lambda: len(got) >= len(sent) + len(burst), timeout=30, what="every message")
+    assert [(t, b) for t, b, _ in got] == sent + burst
+    assert not any(retain for _, _, retain in got)
+    qos1 = [i for i in range(len(sizes) * 2) if i % 2]
+    assert not any(fast[i] for i in qos1) and any(fast[len(sent):])  # QoS 1 by paho; a burst mostly from the buffer
+    c = src.counters
+    assert c.get("source.messages") == len(got) and c.get("source.bytes") == sum(len(b) for _, b, _ in got)
+    assert c.get("reject.payload_too_large") == sum(1 for _, b in sent if len(b) > MAX_PAYLOAD_BYTES)
+    assert c.get("source.callback_errors") == 0 and src.state == CONNECTED
+    r.finish()
+
+
 def test_retained_messages_are_old_readings_and_skipped(live_broker: Broker, publisher: Publisher,
                                                         runners: list[Runner]) -> None:
     publisher.pub("plant/old/telemetry", "1", retain=True)
