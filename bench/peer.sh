@@ -4,6 +4,7 @@
 #
 #   bench/peer.sh setup [REF]            # PEER_ROOT (default /work/peer): harness, venvs, Node-RED, agent at REF
 #   bench/peer.sh run SUBJECT... [--tag T] # a session per subject (agent | pycount | pyz | nr), ladder below
+#   bench/peer.sh startup SUBJECT... [--tag T]  # start -> SUBSCRIBE, 3 starts each
 #
 # Run from the repository root. `setup` clones THIS repository at REF (default HEAD) into $PEER_ROOT/agent-src and
 # installs it into $PEER_ROOT/agent-venv (the commit measured). `run` waits (wait_quiet.sh, <= 10 min) for the
@@ -31,7 +32,7 @@ setup)
   python3 -m venv $PEER_ROOT/agent-venv && $PEER_ROOT/agent-venv/bin/pip install -q $PEER_ROOT/agent-src
   echo "agent-src at $(git -C $PEER_ROOT/agent-src log --oneline -1)"
   ;;
-run)
+run|startup)
   tag=$(date -u +%Y%m%dT%H%M%S); subjects=()
   while [ $# -gt 0 ]; do
     case $1 in --tag) tag=$2; shift 2 ;; *) subjects+=("$1"); shift ;; esac
@@ -40,6 +41,12 @@ run)
   R=results/$tag; mkdir -p $R
   echo "agent-src: $(git -C $PEER_ROOT/agent-src log --oneline -1)" > $R/agent-commit.txt
   for s in "${subjects[@]}"; do
+    if [ $cmd = startup ]; then
+      la=$(./wait_quiet.sh startup-$s $R/load.log)
+      echo "== startup $s  $(date -u +%FT%TZ)  loadavg before: $la"
+      $PEER_ROOT/venv/bin/python bench.py startup --subject $s --n 3 --out $R/startup-$s.json
+      continue
+    fi
     la=$(./wait_quiet.sh session-$s $R/load.log)
     echo "== $s  $(date -u +%FT%TZ)  loadavg before: $la"
     $PEER_ROOT/venv/bin/python bench.py session --subject $s --rep 1 --rates $RATES --loadavg-start "$la" \
