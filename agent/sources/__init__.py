@@ -17,9 +17,9 @@ from agent.settings import Settings
 
 Sink = Callable[[Reading | Block], None]  # a Block counts as len(block) readings
 
-# Until the pipeline takes a Block whole (issue #15, the batched pipeline), a source that made a Block hands over
-# its rows (Block.rows()) one by one; the merge of the block-aware pipeline sets this True.
-PIPELINE_TAKES_BLOCKS = False
+# The pipeline takes a Block whole (issue #15, Pipeline.process_block): a source that made one hands it over as one
+# item (False: its rows one by one, Block.rows(), as before the batched pipeline).
+PIPELINE_TAKES_BLOCKS = True
 
 # Source states shown in status and stats.
 CONNECTING = "connecting"
