@@ -10,6 +10,7 @@
 # installs it into $PEER_ROOT/agent-venv (the commit measured). `run` waits (wait_quiet.sh, <= 10 min) for the
 # 1-minute load to fall under 0.6, records /proc/loadavg before and after each session beside its result
 # ($PEER_ROOT/bench/results/<tag>/), and prints one line per rate. Sessions are sequential: never two at once.
+# NO_WAIT=1: start each session at once (the load average is still recorded). RATES: the ladder.
 set -eu
 REPO=$(git rev-parse --show-toplevel)
 export PEER_ROOT=${PEER_ROOT:-/work/peer}
@@ -47,7 +48,8 @@ run|startup)
       $PEER_ROOT/venv/bin/python bench.py startup --subject $s --n 3 --out $R/startup-$s.json
       continue
     fi
-    la=$(./wait_quiet.sh session-$s $R/load.log)
+    if [ "${NO_WAIT:-0}" = 1 ]; then la=$(cat /proc/loadavg); echo "session-$s no wait: [$la]" >> $R/load.log
+    else la=$(./wait_quiet.sh session-$s $R/load.log); fi
     echo "== $s  $(date -u +%FT%TZ)  loadavg before: $la"
     $PEER_ROOT/venv/bin/python bench.py session --subject $s --rep 1 --rates $RATES --loadavg-start "$la" \
       --out $R/session-$s.json
