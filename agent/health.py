@@ -48,6 +48,7 @@ class LatencyRing:
     def __init__(self, size: int = 1024):
         self._buf = np.zeros(size)
         self._n = 0
+        self._cached: tuple[int, dict[str, float] | None] = (0, None)  # (_n, percentiles) of the last ask
 
     def add(self, seconds: float) -> None:
         self._buf[self._n % len(self._buf)] = seconds
@@ -58,11 +59,17 @@ class LatencyRing:
         return self._buf[:min(self._n, len(self._buf))].copy()
 
     def percentiles_ms(self) -> dict[str, float] | None:
-        n = min(self._n, len(self._buf))
-        if n == 0:
-            return None
+        """p50 and p99 of the latencies kept, in ms; computed again only after a new latency came in."""
+        total = self._n
+        cached_at, cached = self._cached
+        if total == cached_at:
+            return None if cached is None else dict(cached)
+        n = min(total, len(self._buf))
         data = self._buf[:n].copy() * 1000
-        return {"p50": round(float(np.quantile(data, 0.5)), 4), "p99": round(float(np.quantile(data, 0.99)), 4)}
+        p50, p99 = np.quantile(data, [0.5, 0.99])
+        out = {"p50": round(float(p50), 4), "p99": round(float(p99), 4)}
+        self._cached = (total, out)
+        return dict(out)
 
 
 _TIME_ERROR = 5  # adjtimex(2): clock not synchronised

@@ -244,9 +244,10 @@ def configure_tls(c: mqtt.Client, conn: Any) -> None:
 def make_client(
     conn: BrokerConnection, client_id: str, *, log_name: str, reconnect_min_s: int = 1, reconnect_max_s: int = 30,
     max_inflight: int | None = None, on_receive_failure: Callable[[str], None] | None = None,
+    client_class: type[ExplainingClient] = ExplainingClient,
 ) -> ExplainingClient:
     """A paho client for ``conn``, not yet connected; callbacks are the caller's (``on_socket_open`` is set)."""
-    c = ExplainingClient(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311, clean_session=True)
+    c = client_class(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311, clean_session=True)
     paho_log = logging.getLogger(log_name)
     for f in [f for f in paho_log.filters if isinstance(f, PahoLog)]:
         paho_log.removeFilter(f)  # one client per logger name at a time: do not pile up filters of old clients

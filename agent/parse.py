@@ -1,4 +1,5 @@
-"""Line and payload formats -> ``Reading``: csv, json and key=value, with an optional NMEA-style checksum.
+"""Line formats -> ``Reading``: csv, json and key=value, with an optional NMEA-style checksum (MQTT payloads:
+agent.payload, on the same value and timestamp rules).
 
 Pure functions of their input (no I/O, no logging) so the serial and MQTT sources share them and they can be
 tested exhaustively. A parser never raises: it returns a ``Reading`` or a short reason string that the source
@@ -33,6 +34,7 @@ _MS_FROM = 1e11
 _MS_TO = 1e14
 _EPOCH = datetime(1970, 1, 1)
 _EPOCH_UTC = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_FLOATS = frozenset({float})
 
 
 def xor_checksum(data: bytes | bytearray) -> int:
@@ -145,21 +147,33 @@ def _json_value(v: Any) -> float | str:
     return json.dumps(v, separators=(",", ":"))
 
 
-def _from_object(obj: dict[str, Any], ts_field: str, received_ts: float, sensor: str) -> Reading | str:
-    """A Reading from a decoded JSON object: channel -> value, plus the optional timestamp field."""
+def _from_object(obj: dict[str, Any], ts_field: str, received_ts: float, sensor: str, asset: str = "") -> Reading | str:
+    """A Reading from a decoded JSON object: channel -> value, plus the optional timestamp field. Takes ``obj`` over
+    (a freshly decoded object): in the common case, every value a JSON number with a fraction, it becomes the
+    reading's values as it is."""
     ts = received_ts
+    if ts_field in obj:
+        t = timestamp(obj.pop(ts_field))
+        if t is None:
+            return "bad_timestamp"
+        ts = t
+    if obj and _FLOATS.issuperset(map(type, obj.values())):
+        return Reading(ts, obj, sensor, asset)
     values: dict[str, float | str] = {}
     for k, v in obj.items():
-        if k == ts_field:
-            t = timestamp(v)
-            if t is None:
-                return "bad_timestamp"
-            ts = t
+        tv = type(v)
+        if tv is float:  # the common case: one type check, no call
+            values[k] = v
+        elif tv is int:
+            try:
+                values[k] = float(v)
+            except OverflowError:
+                values[k] = str(v)
         else:
             values[k] = _json_value(v)
     if not values:
         return "empty"
-    return Reading(ts=ts, values=values, sensor=sensor)
+    return Reading(ts, values, sensor, asset)
 
 
 def _decode(raw: bytes | bytearray) -> str | None:
@@ -330,37 +344,3 @@ class LineParser:
         if not out:
             return "empty"
         return Reading(ts=ts, values=out, sensor=self.sensor)
-
-
-class PayloadParser:
-    """Parses one MQTT payload: a JSON object (channel -> value, optional timestamp) or a bare number."""
-
-    def __init__(self, channel: str = "value", timestamp_field: str = "ts", sensor: str = "") -> None:
-        self.channel = channel
-        self.timestamp_field = timestamp_field
-        self.sensor = sensor
-
-    def parse(self, payload: bytes | bytearray, received_ts: float, sensor: str | None = None) -> Reading | str:
-        """A Reading (sensor from the argument, else the parser's) or a rejection reason; never raises."""
-        sensor = self.sensor if sensor is None else sensor
-        try:
-            raw = payload.strip()
-            if not raw:
-                return "empty"
-            text = _decode(raw)
-            if text is None:
-                return "not_utf8"
-            try:
-                obj = json.loads(text)
-            except (ValueError, RecursionError):
-                v = number(text)  # plain text such as "nan" or "12.5 " that JSON does not take
-                if isinstance(v, str):
-                    return "malformed"
-                return Reading(ts=received_ts, values={self.channel: v}, sensor=sensor)
-            if isinstance(obj, dict):
-                return _from_object(obj, self.timestamp_field, received_ts, sensor)
-            if isinstance(obj, bool) or not isinstance(obj, (int, float, str)):
-                return "malformed"
-            return Reading(ts=received_ts, values={self.channel: _json_value(obj)}, sensor=sensor)
-        except Exception:  # a bug here must cost one message, not the MQTT network thread
-            return "malformed"

@@ -109,6 +109,8 @@ class MqttSourceSettings(_Section):
     channel: str = Field("value", description="Channel name for payloads that are a bare number.")
     timestamp_field: str = Field("ts", description="Timestamp field in JSON payloads (epoch seconds or ISO 8601); absent = time of receipt.")
     qos: int = Field(0, ge=0, le=1, description="Subscription QoS: 0 or 1.")
+    max_payload_bytes: int = Field(65536, ge=64, le=16 * 1024 * 1024, description="A bigger payload is counted reject.payload_too_large and not parsed; raise it for block payloads.")
+    max_block_samples: int = Field(10000, ge=1, le=1_000_000, description="Samples per channel a block payload (period_s and values arrays) may carry; more: reject.block_too_large.")
     broker_host: str = Field("", description="Sensor broker host; empty = the upstream broker (EDGE_AGENT_MQTT__HOST).")
     broker_port: int = Field(0, ge=0, le=65535, description="Sensor broker port; 0 = the upstream port.")
     broker_username: str = Field("", description="Sensor broker user name; empty = the upstream one.")

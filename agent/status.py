@@ -25,6 +25,38 @@ from agent.records import PipelineSnapshot
 from agent.settings import Settings
 from agent.sources import DISCONNECTED
 
+FALLING_BEHIND_QUIET_S = 10.0  # "falling behind" clears once the live queue dropped nothing for this long
+FALLING_BEHIND_REFRESH_S = 5.0  # the number of readings dropped in the reason is updated at most this often
+
+
+class DropWatch:
+    """Drops seen as episodes, for a degraded reason that neither flaps nor churns: ``update(total)`` (the counter's
+    running total) returns how many were dropped since the episode began — from the first new drop until ``quiet_s``
+    passed without one — else None. The number shown is refreshed at most every ``refresh_s``, so a status naming it
+    is not re-published on every drop. Any thread may call it (status and stats are built on several)."""
+
+    def __init__(self, quiet_s: float, refresh_s: float = 0.0, clock: Callable[[], float] = time.monotonic):
+        self.quiet_s, self.refresh_s, self._clock = quiet_s, refresh_s, clock
+        self._lock = threading.Lock()
+        self._seen = 0  # the total at the last drop seen
+        self._start = 0  # the total when the episode began
+        self._last_drop = -float("inf")
+        self._shown = 0
+        self._shown_at = -float("inf")
+
+    def update(self, total: int) -> int | None:
+        now = self._clock()
+        with self._lock:
+            if total > self._seen:
+                if now - self._last_drop >= self.quiet_s:  # a new episode
+                    self._start, self._shown_at = self._seen, -float("inf")
+                self._seen, self._last_drop = total, now
+            if now - self._last_drop >= self.quiet_s:
+                return None
+            if now - self._shown_at >= self.refresh_s:
+                self._shown, self._shown_at = self._seen - self._start, now
+            return self._shown
+
 
 class Board:
     """Everything the control room is told about this gateway."""
@@ -38,9 +70,9 @@ class Board:
         self.bytes_out, self.broker_connected = bytes_out, broker_connected
         self.digest = digest
         self.started_ts = time.time()
-        self._drops_lock = threading.Lock()  # status and stats are built on paho's, the health and the pipeline thread
-        self._drops_seen = 0
-        self._last_drop = -float("inf")  # monotonic time the outbox was last seen dropping
+        # drops come one per full write (a summary period apart): a whole stats interval without one clears it
+        self._outbox_drops = DropWatch(settings.stats_interval_s)
+        self._queue_drops = DropWatch(FALLING_BEHIND_QUIET_S, FALLING_BEHIND_REFRESH_S)
         self.with_assets = bool(settings.assets)
 
     # -- reasons ---------------------------------------------------------------------------------------------
@@ -73,7 +105,10 @@ class Board:
             reasons = [f"asset {a.id}: {r}" for a in self.assets for r in self.asset_reasons(a)]
         else:
             reasons = self.asset_reasons(self.assets[0])
-        if self._outbox_dropping():
+        behind = self._queue_drops.update(self.counters.get("queue.dropped"))
+        if behind is not None:
+            reasons.append(f"falling behind, {behind} readings dropped")
+        if self._outbox_drops.update(sum(self.counters.snapshot("outbox.dropped.").values())) is not None:
             reasons.append("outbox dropping")
         stalled = self.heartbeats.stalled(self.settings.stall_s)
         if stalled:
@@ -82,16 +117,6 @@ class Board:
         if self.settings.clock_sync_required and live and clock_synchronised() is False:
             reasons.append("clock not synchronised")
         return reasons
-
-    def _outbox_dropping(self) -> bool:
-        """True from the first drop (the health thread looks twice a second) until a whole stats interval passed
-        without one: drops come one per full write (a summary period apart), so the reason does not flap."""
-        total = sum(self.counters.snapshot("outbox.dropped.").values())
-        now = time.monotonic()
-        with self._drops_lock:
-            if total > self._drops_seen:
-                self._drops_seen, self._last_drop = total, now
-            return now - self._last_drop < self.settings.stats_interval_s
 
     def _calibrating(self) -> bool:
         return any(a.pipeline is not None and a.pipeline.snapshot.calibrating for a in self.assets)

@@ -36,6 +36,7 @@ from agent.settings import MqttSettings
 log = logging.getLogger(__name__)
 
 INFLIGHT_STALE_S = 30.0
+IDLE_POLL_S = 5.0  # without a wake-up, the publisher thread looks into the outbox this often
 
 
 class Uplink:
@@ -150,11 +151,16 @@ class Uplink:
     # -- the publisher thread --------------------------------------------------------------------------------
 
     def _run(self) -> None:
+        # Woken for every new row, PUBACK and (re)connection; between wake-ups it only beats (stall detection) and
+        # looks into the outbox every IDLE_POLL_S (a publish that failed is retried then), not twice a second.
+        next_poll = 0.0
         while not self._stop.is_set():
             self.heartbeat()
-            self._wake.wait(timeout=0.5)
+            woken = self._wake.wait(timeout=0.5)
             self._wake.clear()
-            if self.connected.is_set():
+            now = time.monotonic()
+            if self.connected.is_set() and (woken or now >= next_poll):
+                next_poll = now + IDLE_POLL_S
                 self._publish_pending()
 
     def _publish_pending(self) -> None:

@@ -12,7 +12,12 @@ agent restarting. An outage is logged once, not once per retry.
 
 Topic → sensor id: ``sensor_pattern`` (``plant/{sensor}/telemetry``; ``+`` and a final ``#`` are allowed as in
 filters) must match the whole topic, else the message is counted ``reject.topic_mismatch``; an empty pattern
-makes the whole topic the sensor id. Payloads are parsed by ``agent.parse.PayloadParser``.
+makes the whole topic the sensor id. Payloads are parsed by ``agent.payload.PayloadParser``: a payload that carries
+a block of samples becomes one ``Block`` (counted as ``len(block)`` readings).
+
+The message path is the hot path (every reading passes it on paho's thread): counts go to a lock-free ``Tally``
+(only this thread writes it), a topic's route is looked up once and cached, the parser builds the record with its
+sensor and asset, and nothing is logged per message.
 
 Retained messages are skipped (``source.retained``): the broker re-sends them on every subscribe, that is on every
 reconnect, and they are old readings, not new ones. Messages published while the broker holds no subscription
@@ -23,7 +28,6 @@ from __future__ import annotations
 
 import logging
 import re
-import secrets
 import threading
 import time
 from typing import Any
@@ -32,73 +36,25 @@ import paho.mqtt.client as mqtt
 
 from agent.counters import Counters
 from agent.mqtt_client import describe_connect_error, explain_receive_failure, make_client, refused_hint, source_connection
-from agent.parse import PayloadParser
-from agent.records import Reading
+from agent.payload import PayloadParser, coalesce
+from agent.records import Block, Reading
 from agent.receipt import receipt_time
 from agent.settings import MqttSettings, MqttSourceSettings
-from agent.sources import CONNECTED, CONNECTING, DISCONNECTED, FINISHED, Sink
+from agent.sources import CONNECTED, CONNECTING, DISCONNECTED, FINISHED, PIPELINE_TAKES_BLOCKS, Sink
+from agent.sources.mqtt_read import BufferedReadClient
+from agent.sources.mqtt_topics import (  # noqa: F401 - SENSOR, client_id_for: re-exported
+    SENSOR, check_filter, client_id_for, compile_sensor_pattern,
+)
 
 log = logging.getLogger(__name__)
 
 RECONNECT_MIN_S = 1  # first retry after the sensor broker goes away; doubles per failure ...
 RECONNECT_MAX_S = 8  # ... up to this: a sensor broker is usually on the LAN, data should flow again quickly
-MAX_PAYLOAD_BYTES = 65536  # a bigger payload is no sensor reading: counted reject.payload_too_large, not parsed
+MAX_PAYLOAD_BYTES = 65536  # default EDGE_AGENT_SOURCE__MAX_PAYLOAD_BYTES: bigger is reject.payload_too_large, not parsed
+MAX_PENDING = 512  # blocks: records held before a hand-over even in the middle of a burst
+ROUTE_CACHE_MAX = 4096  # topics whose route is remembered (a flood of distinct topics only empties the cache)
 UNSUBSCRIBE_WAIT_S = 1.0  # at close: wait this long for UNSUBACK (messages before it still reach the sink)
 LOOP_STOP_WAIT_S = 2.0  # at close: give paho's thread this long to end (a connect to a dead host can block it)
-SENSOR = "{sensor}"
-
-
-def check_filter(topic_filter: str) -> None:
-    """Raise ValueError unless ``topic_filter`` is a valid MQTT topic filter."""
-    if not topic_filter or "\0" in topic_filter or len(topic_filter.encode()) > 65535:
-        raise ValueError(f"invalid topic filter {topic_filter!r}")
-    levels = topic_filter.split("/")
-    for i, level in enumerate(levels):
-        if "#" in level and (level != "#" or i != len(levels) - 1):
-            raise ValueError(f"invalid topic filter {topic_filter!r}: '#' must be a whole level and the last one")
-        if "+" in level and level != "+":
-            raise ValueError(f"invalid topic filter {topic_filter!r}: '+' must be a whole level")
-
-
-def compile_sensor_pattern(pattern: str) -> re.Pattern[str] | None:
-    """A regex for ``pattern`` whose group ``sensor`` is the sensor id; None for an empty pattern (whole topic).
-
-    ``{sensor}`` names one level or part of one (``line-{sensor}``), exactly once; ``+`` matches any one level
-    and a final ``#`` any number of levels, as in topic filters; everything else must match literally.
-    """
-    if not pattern:
-        return None
-    if pattern.count(SENSOR) != 1:
-        raise ValueError(
-            f"sensor pattern {pattern!r} must contain {SENSOR} exactly once (e.g. plant/{SENSOR}/telemetry)"
-        )
-    levels = pattern.split("/")
-    rx = ""
-    for i, level in enumerate(levels):
-        sep = "/" if i else ""
-        if level == "#":
-            if i != len(levels) - 1:
-                raise ValueError(f"sensor pattern {pattern!r}: '#' must be the last level")
-            rx += "(?:/.*)?" if i else ".*"  # a/# matches a itself too, as a filter does
-        elif level == "+":
-            rx += sep + "[^/]*"
-        elif "+" in level or "#" in level:
-            raise ValueError(f"sensor pattern {pattern!r}: '+' and '#' must be whole levels")
-        else:
-            rx += sep + "(?P<sensor>[^/]+)".join(re.escape(p) for p in level.split(SENSOR))
-    return re.compile(rx)
-
-
-def client_id_for(upstream: MqttSettings, device_id: str | None = None) -> str:
-    """The sensor client's id: ``{upstream client id}-src``, else ``edge-agent-{device_id}-src``, else random.
-
-    It must differ from the upstream client's id (the broker disconnects the older of two clients with one id).
-    """
-    if upstream.client_id:
-        return f"{upstream.client_id}-src"
-    if device_id:
-        return f"edge-agent-{device_id}-src"
-    return f"edge-agent-src-{secrets.token_hex(4)}"
 
 
 class MqttSource:
@@ -108,17 +64,21 @@ class MqttSource:
 
     def __init__(
         self, settings: MqttSourceSettings, upstream: MqttSettings, counters: Counters, device_id: str | None = None,
-        routes: list[tuple[str, MqttSourceSettings]] | None = None,
+        routes: list[tuple[str, MqttSourceSettings]] | None = None, blocks: bool | None = None,
     ) -> None:
         """``routes``: one client for several assets on one broker, as (asset id, its source settings); a message
-        goes to the first asset whose topic filter matches, with that asset's sensor pattern and payload format."""
+        goes to the first asset whose topic filter matches, with that asset's sensor pattern and payload format.
+        ``blocks`` (default: PIPELINE_TAKES_BLOCKS): hand over Blocks — a block payload whole, and the messages
+        received in one pass of the network loop with consecutive readings of one sensor coalesced into a Block
+        (agent.payload.coalesce) — instead of one Reading at a time."""
         self.settings = settings
         self.counters = counters
         routes = routes or [("", settings)]
         self._routes: list[tuple[str, str, re.Pattern[str] | None, PayloadParser]] = []
         for asset, s in routes:
             pattern = compile_sensor_pattern(s.sensor_pattern)
-            parser = PayloadParser(channel=s.channel, timestamp_field=s.timestamp_field)
+            parser = PayloadParser(channel=s.channel, timestamp_field=s.timestamp_field,
+                                   max_block_samples=s.max_block_samples)
             for t in s.topics:
                 check_filter(t)
                 self._routes.append((t, asset, pattern, parser))
@@ -126,6 +86,11 @@ class MqttSource:
         self._pattern = self._routes[0][2]
         self.parser = self._routes[0][3]
         self._routed = len(routes) > 1 or bool(routes[0][0])
+        self.max_payload_bytes = settings.max_payload_bytes
+        self._route_cache: dict[str, tuple[str, str, PayloadParser] | None] = {}
+        self._tally = counters.tally()  # written by paho's thread only
+        self.blocks = PIPELINE_TAKES_BLOCKS if blocks is None else blocks
+        self._pending: list[Reading | Block] = []  # blocks: received in this pass of the network loop
         self.conn = source_connection(settings, upstream)  # ValueError/FileNotFoundError: exit 78 at start
         self.host = self.conn.host
         self.port = self.conn.port
@@ -152,7 +117,7 @@ class MqttSource:
 
         c = make_client(
             self.conn, self.client_id, log_name="paho.source", reconnect_min_s=RECONNECT_MIN_S,
-            reconnect_max_s=RECONNECT_MAX_S, on_receive_failure=self._receive_failed,
+            reconnect_max_s=RECONNECT_MAX_S, on_receive_failure=self._receive_failed, client_class=BufferedReadClient,
         )
         c.on_connect = self._on_connect
         c.on_connect_fail = self._on_connect_fail
@@ -160,6 +125,9 @@ class MqttSource:
         c.on_subscribe = self._on_subscribe
         c.on_unsubscribe = self._on_unsubscribe
         c.on_message = self._on_message
+        c.fast_publish = self._on_publish  # type: ignore[attr-defined]
+        if self.blocks:
+            c.after_loop = self._hand_over  # type: ignore[attr-defined]
         self.client = c
 
     channels = None  # known only from the payloads
@@ -184,7 +152,7 @@ class MqttSource:
             self.client.connect_async(self.host, self.port, keepalive=self.keepalive_s)
             self.client.loop_start()
             while not stop.is_set() and not self._closed.is_set():
-                self._closed.wait(0.2)
+                self._closed.wait(0.5)  # close() wakes it at once; a stop is followed by close() too
         finally:
             self._shutdown()
 
@@ -306,35 +274,80 @@ class MqttSource:
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         try:
+            topic = msg.topic
+        except UnicodeDecodeError:  # paho gives no str for it: no filter of ours can match it
+            topic = b""
+        self._on_publish(topic, msg.payload, msg.retain)
+
+    def _on_publish(self, topic: str | bytes, payload: bytes, retain: bool) -> None:
+        """One message (paho's thread): a record for the sink or a counted rejection. ``topic`` is the str paho
+        decoded, or the raw bytes from BufferedReadClient's fast path for QoS 0 PUBLISH packets."""
+        try:
             if not self._delivering:
                 return
-            payload = msg.payload
-            counters = self.counters
-            counters.inc("source.messages")
-            counters.inc("source.bytes", len(payload))
-            if msg.retain:
-                counters.inc("source.retained")
+            inc = self._tally.inc
+            inc("source.messages")
+            inc("source.bytes", len(payload))
+            if retain:
+                inc("source.retained")
                 return
-            route = self.route_of(msg.topic)
+            cache = self._route_cache
+            if topic in cache:
+                route = cache[topic]
+            else:
+                try:
+                    name = topic.decode() if type(topic) is bytes else topic
+                except UnicodeDecodeError:
+                    name = None
+                route = None if not name else self.route_of(name)  # type: ignore[arg-type]
+                if len(cache) >= ROUTE_CACHE_MAX:
+                    cache.clear()
+                cache[topic] = route
             if route is None:
-                counters.inc("reject.topic_mismatch")
+                inc("reject.topic_mismatch")
+                return
+            if len(payload) > self.max_payload_bytes:
+                inc("reject.payload_too_large")
                 return
             sensor, asset, parser = route
-            if len(payload) > MAX_PAYLOAD_BYTES:
-                counters.inc("reject.payload_too_large")
+            record = parser.parse(payload, receipt_time(), sensor, asset)  # agent/receipt.py
+            if type(record) is str:
+                inc("reject." + record)
                 return
-            reading = parser.parse(payload, receipt_time(), sensor)  # agent/receipt.py
-            if isinstance(reading, str):
-                counters.inc("reject." + reading)
+            if type(record) is Block:
+                inc("source.readings", len(record))
+                inc("source.blocks")
+            else:
+                inc("source.readings")
+            if self.blocks:  # handed over after this pass of the network loop, a burst together
+                self._pending.append(record)
+                if len(self._pending) >= MAX_PENDING:
+                    self._hand_over()
                 return
-            if asset:
-                reading = Reading(reading.ts, reading.values, reading.sensor, asset)
-            counters.inc("source.readings")
             sink = self._sink
             if sink is not None:
-                sink(reading)
+                if type(record) is Block:
+                    for r in record.rows():
+                        sink(r)
+                else:
+                    sink(record)
         except Exception:  # noqa: BLE001
-            self._callback_error("on_message")
+            self._callback_error("on_publish")
+
+    def _hand_over(self) -> None:
+        """The records received since the last hand-over, a run of one sensor's readings as one Block (paho's thread,
+        after each pass of its loop; never raises)."""
+        try:
+            pending = self._pending
+            if not pending:
+                return
+            self._pending = []
+            sink = self._sink
+            if sink is not None and self._delivering:
+                for record in coalesce(pending) if len(pending) > 1 else pending:
+                    sink(record)
+        except Exception:  # noqa: BLE001
+            self._callback_error("hand-over")
 
     def _receive_failed(self, text: str) -> None:
         """The connection broke before CONNACK (called from paho's log line, on its thread: never raises)."""

@@ -8,6 +8,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import signal
 import socket
@@ -25,9 +26,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.bundled import demo_recording_path
 from agent.counters import Counters
-from agent.records import Reading
+from agent.records import Block, Reading
 from agent.settings import MqttSettings, MqttSourceSettings
-from agent.sources import CONNECTED, CONNECTING, DISCONNECTED, FINISHED
+from agent.sources import CONNECTED, CONNECTING, DISCONNECTED, FINISHED, PIPELINE_TAKES_BLOCKS
 from agent.sources.mqtt import (
     MAX_PAYLOAD_BYTES,
     MqttSource,
@@ -119,11 +120,13 @@ def runners() -> Iterator[list[Runner]]:
         r.thread.join(5)
 
 
-def start(runners: list[Runner], port: int, upstream_port: int | None = None, sink: Any = None, **kw: Any) -> Runner:
+def start(runners: list[Runner], port: int, upstream_port: int | None = None, sink: Any = None,
+          blocks: bool | None = None, **kw: Any) -> Runner:
     kw.setdefault("topics", ["plant/+/telemetry"])
     kw.setdefault("sensor_pattern", PATTERN)
     source = MqttSource(
         MqttSourceSettings(**kw), MqttSettings(host="127.0.0.1", port=upstream_port or port), Counters(),
+        blocks=blocks,
     )
     r = Runner(source, sink)
     runners.append(r)
@@ -248,6 +251,110 @@ def test_payload_variants_and_rejections(live_broker: Broker, publisher: Publish
     assert list(got[7].values) == ["temp"] and math.isnan(float(got[7].values["temp"]))
     assert got[8].values == {"Current": "broken"}
     assert c.get("source.callback_errors") == 0
+    r.finish()
+
+
+@pytest.mark.parametrize("blocks", [False, True], ids=["rows", "blocks"])
+def test_block_payloads_are_one_block_each_or_a_counted_reject(live_broker: Broker, publisher: Publisher,
+                                                                runners: list[Runner], blocks: bool) -> None:
+    handed: list[Reading | Block] = []
+    r = start(runners, live_broker.port, sink=handed.append, qos=1, max_block_samples=2000, max_payload_bytes=200_000,
+              blocks=blocks)
+    r.subscribed()
+    t = "plant/shaft-1/telemetry"
+    n = 2000  # 2 x 2000 samples: ~50 KB, over the default payload limit's half, under the one set here
+    big = {"ts": 1732960000.0, "period_s": 0.001, "values": {"x": [i / 7 for i in range(n)], "y": [-i for i in range(n)]}}
+    good = [json.dumps(big).encode(),
+            b'{"ts": 1732960002.0, "period_s": 0.5, "values": {"x": [1, null, 3]}}',
+            b'{"ts": 1732960003.0, "x": 4}']  # the single-reading shapes keep working beside blocks
+    bad = [(b'{"ts": 1, "period_s": 0.1, "values": {"x": [1, 2], "y": [1]}}', "block_length_mismatch"),
+           (b'{"ts": 1, "period_s": 0.1, "values": {"x": [1, "two"]}}', "block_not_number"),
+           (b'{"ts": 1, "values": {"x": [1, 2]}}', "block_no_period"),
+           (json.dumps({"ts": 1, "period_s": 1, "values": {"x": [0] * 2001}}).encode(), "block_too_large")]
+    for p in good + [b for b, _ in bad]:
+        publisher.pub(t, p)
+    c = r.source.counters
+    wait_for(lambda: c.get("source.messages") == len(good) + len(bad), what="every message")
+    assert c.snapshot("reject.") == {reason: 1 for _, reason in bad}
+    assert c.get("source.readings") == n + 3 + 1 and c.get("source.blocks") == 2
+    # until the pipeline takes a Block whole (PIPELINE_TAKES_BLOCKS), the source hands over its rows
+    rows = [x for h in handed for x in (h.rows() if isinstance(h, Block) else [h])]
+    if blocks:  # the big block whole (the messages were published one by one, QoS 1: no burst to coalesce)
+        assert len(handed) == 3 and isinstance(handed[0], Block) and len(handed[0]) == n
+    else:
+        assert len(handed) == n + 4 and not any(isinstance(h, Block) for h in handed)
+    assert len(rows) == n + 4 and all(x.sensor == "shaft-1" for x in rows)
+    assert rows[0].ts == 1732960000.0 and rows[n - 1].ts == pytest.approx(1732960000.0 + (n - 1) * 0.001)
+    assert rows[1].values == {"x": 1 / 7, "y": -1.0} and rows[n - 1].values == {"x": (n - 1) / 7, "y": float(1 - n)}
+    assert [x.ts for x in rows[n:]] == [1732960002.0, 1732960002.5, 1732960003.0, 1732960003.0]
+    assert math.isnan(rows[n + 1].values["x"]) and rows[n + 3].values == {"x": 4.0}
+    assert c.get("source.callback_errors") == 0
+    r.finish()
+
+
+def test_a_burst_handed_over_in_blocks_is_the_same_readings_in_order(live_broker: Broker, publisher: Publisher,
+                                                                      runners: list[Runner]) -> None:
+    """With blocks on, what one pass of paho's loop received goes to the sink together, each sensor's run as a
+    Block: the same readings, in the order they came, as one at a time."""
+    handed: list[Reading | Block] = []
+    r = start(runners, live_broker.port, sink=handed.append, blocks=True)
+    r.subscribed()
+    bodies = [(f"plant/s{i % 3 // 2}/telemetry", json.dumps({"ts": 1_700_000_000 + i, "x": i * 0.5, "y": -1.5}))
+              for i in range(3000)]  # runs of two readings of s0, one of s1
+    bodies.insert(100, ("plant/s0/telemetry", json.dumps({"ts": 1_700_000_099.5, "x": "ERR", "y": 1.5})))
+    infos = [publisher.client.publish(t, b, qos=0) for t, b in bodies]
+    infos[-1].wait_for_publish(10)
+    c = r.source.counters
+    wait_for(lambda: c.get("source.readings") == len(bodies), what="every message")
+    wait_for(lambda: sum(len(h) if isinstance(h, Block) else 1 for h in handed) == len(bodies), what="handed over")
+    rows = [x for h in handed for x in (h.rows() if isinstance(h, Block) else [h])]
+    assert [(x.sensor, x.ts, dict(x.values)) for x in rows] == [
+        (t.split("/")[1], float(json.loads(b)["ts"]), {k: v for k, v in json.loads(b).items() if k != "ts"})
+        for t, b in bodies]
+    assert all(isinstance(h, Reading) or len({x.sensor for x in h.rows()}) == 1 for h in handed)
+    assert c.get("source.callback_errors") == 0
+    r.finish()
+
+
+def test_packets_decoded_from_the_read_buffer_are_those_paho_decodes(live_broker: Broker, publisher: Publisher,
+                                                                      runners: list[Runner]) -> None:
+    """QoS 0 PUBLISH packets are decoded straight from the read buffer (agent/sources/mqtt_read.py), everything else
+    by paho: at every remaining-length size (1 to 4 bytes), QoS 0 and 1 interleaved, and in a burst that the socket
+    delivers in pieces, every message arrives once, in order, with its payload (retained ones: the next test)."""
+    got: list[tuple[str, bytes, bool]] = []
+    fast: list[bool] = []  # decoded from the buffer (topic as bytes) or by paho (str)
+    r = start(runners, live_broker.port, qos=1)
+    src = r.source
+    on_publish = src._on_publish
+
+    def spy(topic: str | bytes, payload: bytes, retain: bool) -> None:  # what the source is handed, then the source
+        got.append((topic.decode() if isinstance(topic, bytes) else topic, bytes(payload), retain))
+        fast.append(isinstance(topic, bytes))
+        on_publish(topic, payload, retain)
+
+    src._on_publish = spy  # type: ignore[method-assign]
+    src.client.fast_publish = spy  # type: ignore[attr-defined]
+    r.subscribed()
+    # remaining length = 2 + 18 (topic) + payload: 1 byte up to 127, 2 up to 16,383, 3 up to 2,097,151, then 4
+    sizes = [0, 1, 107, 108, 3, 16_363, 16_364, 70_000, 5, 2_097_131, 2_097_132]
+    sent = []
+    for i, n in enumerate(sizes * 3):
+        body = (b"%d" % i).ljust(n, b" ")[:max(n, 0)] if n else b""
+        t = f"plant/s{i % 2}/telemetry"
+        publisher.client.publish(t, body, qos=i % 2 if i < len(sizes) * 2 else 0)
+        sent.append((t, body))
+    burst = [(f"plant/s{i % 3}/telemetry", b"%d" % i) for i in range(5000)]
+    infos = [publisher.client.publish(t, b, qos=0) for t, b in burst]
+    infos[-1].wait_for_publish(30)
+    wait_for(lambda: len(got) >= len(sent) + len(burst), timeout=30, what="every message")
+    assert [(t, b) for t, b, _ in got] == sent + burst
+    assert not any(retain for _, _, retain in got)
+    qos1 = [i for i in range(len(sizes) * 2) if i % 2]
+    assert not any(fast[i] for i in qos1) and any(fast[len(sent):])  # QoS 1 by paho; a burst mostly from the buffer
+    c = src.counters
+    assert c.get("source.messages") == len(got) and c.get("source.bytes") == sum(len(b) for _, b, _ in got)
+    assert c.get("reject.payload_too_large") == sum(1 for _, b in sent if len(b) > MAX_PAYLOAD_BYTES)
+    assert c.get("source.callback_errors") == 0 and src.state == CONNECTED
     r.finish()
 
 
@@ -534,3 +641,104 @@ def test_payloads_without_timestamps_published_in_bursts_are_all_accepted(
     summaries = rec.on("summary")
     assert _rejected(summaries) == {}
     assert sum(s["readings"] for s in summaries) == len(readings) == 1145  # every row of the recording
+
+
+def _run_published(tmp_path: Path, port: int, recorder: Any, publisher: Publisher, bodies: list[str],
+                   expected: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """An agent fed ``bodies`` on one topic; its alerts, summaries and last stats once ``expected`` readings are in."""
+    rec = recorder("edge/test-gw/#")
+    agent = AgentProcess(agent_env(
+        tmp_path, port, EDGE_AGENT_SOURCE__KIND="mqtt", EDGE_AGENT_SOURCE__TOPICS="plant/+/telemetry",
+        EDGE_AGENT_SOURCE__SENSOR_PATTERN=PATTERN, EDGE_AGENT_SOURCE__QOS="1", EDGE_AGENT_CALIBRATION__SAMPLES="400",
+        EDGE_AGENT_STATS_INTERVAL_S="1",
+    ))
+    try:
+        wait_for(lambda: "subscribed to plant/+/telemetry" in agent.stderr() or agent.proc.poll() is not None,
+                 timeout=30, what="the agent's subscription")
+        assert agent.proc.poll() is None, agent.stderr()
+        for i, body in enumerate(bodies):
+            info = publisher.client.publish("plant/pump-1/telemetry", body, qos=1)
+            if i % 50 == 49:  # bounded bursts: never far ahead of the agent
+                info.wait_for_publish(10)
+        info.wait_for_publish(10)
+        wait_for(lambda: any(s["readings_in"] >= expected and s["queue"]["depth"] == 0 for s in rec.on("stats")),
+                 timeout=60, what=f"{expected} readings in")
+    finally:
+        rc = agent.stop()
+    assert rc == 0, agent.stderr()
+    wait_for(lambda: rec.on("summary") and rec.on("summary")[-1]["final"], what="the final summary")
+    return sorted(rec.on("alerts"), key=lambda a: a["seq"]), rec.on("summary"), rec.on("stats")
+
+
+def test_block_payloads_reach_the_pipeline_as_their_readings_and_alert_like_single_ones(
+    tmp_path: Path, live_broker: Broker, recorder: Any, publisher: Publisher,
+) -> None:
+    """The bundled recording's 8 channels, one sample a second, published once as one JSON object per reading and
+    once as blocks of 50 samples (one timestamp, period_s, an array per channel): the same readings reach the
+    pipeline, with the same alerts."""
+    channels = ["Accelerometer1RMS", "Accelerometer2RMS", "Current", "Pressure", "Temperature", "Thermocouple",
+                "Voltage", "Volume Flow RateRMS"]
+    rows = [[float(r.values[c]) for c in channels] for r in read_recording(demo_recording_path(), Counters())]
+    t0 = 1_732_960_000.0
+    singles = [json.dumps({"ts": t0 + i, **dict(zip(channels, row))}) for i, row in enumerate(rows)]
+    blocks = [json.dumps({"ts": t0 + i, "period_s": 1.0,
+                          "values": {c: [row[j] for row in rows[i:i + 50]] for j, c in enumerate(channels)}})
+              for i in range(0, len(rows), 50)]
+    assert len(blocks) == 23
+    one_alerts, one_sums, _ = _run_published(tmp_path / "singles", live_broker.port, recorder, publisher, singles,
+                                             len(rows))
+    blk_alerts, blk_sums, blk_stats = _run_published(tmp_path / "blocks", live_broker.port, recorder, publisher,
+                                                     blocks, len(rows))
+    assert blk_stats[-1]["readings_in"] == len(rows) and blk_stats[-1]["rejected"] == {}
+    assert sum(s["readings"] for s in blk_sums) == sum(s["readings"] for s in one_sums) == len(rows)
+    assert _rejected(blk_sums) == _rejected(one_sums) == {}
+    assert {a["state"] for a in one_alerts} == {"raised", "cleared"}
+    assert [_alert_key(a) for a in blk_alerts] == [_alert_key(a) for a in one_alerts]
+    assert [a["score"] for a in blk_alerts] == pytest.approx([a["score"] for a in one_alerts])
+
+
+def test_queue_drops_make_the_status_degraded_falling_behind_until_they_stop(
+    tmp_path: Path, live_broker: Broker, recorder: Any, publisher: Publisher,
+) -> None:
+    """A flood into a 10-reading queue: the live source drops the oldest, the retained status says `falling behind,
+    N readings dropped` while it drops, and clears FALLING_BEHIND_QUIET_S after the drops stop."""
+    from agent.status import FALLING_BEHIND_QUIET_S
+
+    rec = recorder("edge/test-gw/#")
+    agent = AgentProcess(agent_env(
+        tmp_path, live_broker.port, EDGE_AGENT_SOURCE__KIND="mqtt", EDGE_AGENT_SOURCE__TOPICS="plant/+/telemetry",
+        EDGE_AGENT_SOURCE__SENSOR_PATTERN=PATTERN, EDGE_AGENT_QUEUE_SIZE="10", EDGE_AGENT_STATS_INTERVAL_S="1",
+    ))
+    try:
+        wait_for(lambda: "subscribed to plant/+/telemetry" in agent.stderr() or agent.proc.poll() is not None,
+                 timeout=30, what="the agent's subscription")
+        wait_for(lambda: rec.on("status") and rec.on("status")[-1]["state"] == "calibrating", what="status")
+        assert "reasons" not in rec.on("status")[-1]
+        body = json.dumps({c: 1.0 for c in ["Accelerometer1RMS", "Accelerometer2RMS", "Current", "Pressure",
+                                             "Temperature", "Thermocouple", "Voltage", "Volume Flow RateRMS"]})
+        for _ in range(5):  # bursts at QoS 0, far faster than any pipeline takes them into a 10-reading queue
+            infos = [publisher.client.publish("plant/pump-1/telemetry", body, qos=0) for _ in range(4000)]
+            infos[-1].wait_for_publish(10)
+        behind = wait_for(lambda: next((s for s in rec.on("status") if s["state"] == "degraded"), None), timeout=30,
+                          what="a degraded status")
+        reason = [r for r in behind["reasons"] if r.startswith("falling behind")]
+        assert len(reason) == 1 and re.fullmatch(r"falling behind, \d+ readings dropped", reason[0]), behind
+        assert int(reason[0].split()[2]) > 0
+        stats = wait_for(lambda: next((s for s in reversed(rec.on("stats")) if s["queue"]["dropped"]), None),
+                         what="stats with the drops")
+        assert stats["state"] == "degraded"
+        t_drops = time.monotonic()
+        # the drops stop with the flood: the status clears once they stopped for the quiet period
+        def cleared() -> Any:
+            return next((s for s in rec.since(t_drops, "status")
+                         if not any(r.startswith("falling behind") for r in s.get("reasons", []))), None)
+
+        st = wait_for(cleared, timeout=FALLING_BEHIND_QUIET_S + 30, what="the status without 'falling behind'")
+        assert st["state"] != "offline", st
+        last_behind = [s for s in rec.on("status") if "falling behind" in str(s.get("reasons"))][-1]
+        dropped = wait_for(lambda: rec.on("stats")[-1]["queue"]["dropped"], what="stats")
+        n = next(int(r.split()[2]) for r in last_behind["reasons"] if r.startswith("falling behind"))
+        assert 0 < n <= dropped
+    finally:
+        rc = agent.stop()
+    assert rc == 0, agent.stderr()

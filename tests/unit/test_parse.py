@@ -1,20 +1,22 @@
-"""Table-driven tests of the line and payload parsers, plus property tests: any bytes in, never an exception."""
+"""Table-driven tests of the line and payload parsers (block payloads too), plus property tests: any bytes in, never an
+exception."""
 
 from __future__ import annotations
 
 import functools
+import json
 import math
 import operator
 from typing import Any
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.parse import (
-    HEADER, REASONS, LineParser, PayloadParser, number, timestamp, with_checksum, xor_checksum,
-)
-from agent.records import Reading
+from agent.parse import HEADER, REASONS, LineParser, number, timestamp, with_checksum, xor_checksum
+from agent.payload import BLOCK_REASONS, PayloadParser, coalesce
+from agent.records import Block, Reading
 from agent.settings import SerialSourceSettings
 
 RX = 1_700_000_000.0  # time of receipt handed to the parser
@@ -201,13 +203,122 @@ def test_helpers() -> None:
     assert timestamp(float("nan")) is None and timestamp(1e20) is None
 
 
+# --- block payloads: one timestamp, a sample period, an array per channel -> one Block ---------------------------
+
+def block(obj: dict[str, Any], **kw: Any) -> Block | Reading | str:
+    return PayloadParser(**kw).parse(json.dumps(obj).encode(), RX, sensor="shaft", asset="press-2")
+
+
+def test_block_payload_is_one_block_in_columns() -> None:
+    b = block({"ts": 1732960000.0, "period_s": 0.001, "values": {"accel_x": [0.5, 1, -2.25], "accel_y": [3, 4, 5]},
+               "unit": "g"})  # other keys: ignored
+    assert isinstance(b, Block) and len(b) == 3
+    assert b.channels == ("accel_x", "accel_y") and b.sensor == "shaft" and b.asset == "press-2"
+    assert b.values.tolist() == [[0.5, 3.0], [1.0, 4.0], [-2.25, 5.0]] and b.values.flags.c_contiguous
+    assert b.ts.tolist() == pytest.approx([1732960000.0, 1732960000.001, 1732960000.002], abs=1e-7)
+    rows = b.rows()  # the readings it stands for
+    assert [dict(r.values) for r in rows][1] == {"accel_x": 1.0, "accel_y": 4.0}
+    assert all(r.sensor == "shaft" and r.asset == "press-2" for r in rows)
+
+
+def test_block_timestamps_and_nulls() -> None:
+    b = block({"ts": "2024-01-01T00:00:00Z", "period_s": 2, "values": {"i": [1, None]}})
+    assert isinstance(b, Block) and b.ts.tolist() == [ISO_TS, ISO_TS + 2]
+    assert b.values[0, 0] == 1.0 and math.isnan(b.values[1, 0])  # null: a sample without a number
+    b = block({"ts": 1732960000123, "period_s": 0.5, "values": {"i": [1, 2]}})  # milliseconds, as for readings
+    assert isinstance(b, Block) and b.ts.tolist() == [1732960000.123, 1732960000.623]
+    b = block({"period_s": 0.25, "values": {"i": [1, 2, 3]}})  # no timestamp: the LAST sample is the receipt
+    assert isinstance(b, Block) and b.ts.tolist() == [RX - 0.5, RX - 0.25, RX]
+    b = block({"time": 100.0, "period_s": 1, "values": {"i": [1]}}, timestamp_field="time")
+    assert isinstance(b, Block) and b.ts.tolist() == [100.0]
+
+
+BAD_BLOCKS = [
+    ({"ts": 1, "period_s": 0.1, "values": {"a": [1, 2], "b": [1]}}, "block_length_mismatch"),
+    ({"ts": 1, "period_s": 0.1, "values": {"a": [1, 2], "b": 3}}, "block_not_array"),
+    ({"ts": 1, "period_s": 0.1, "values": {"a": [1, "2"]}}, "block_not_number"),
+    ({"ts": 1, "period_s": 0.1, "values": {"a": [1, True]}}, "block_not_number"),
+    ({"ts": 1, "period_s": 0.1, "values": {"a": [1, [2]]}}, "block_not_number"),
+    ({"ts": 1, "period_s": 0.1, "values": {"a": [1, {"x": 2}]}}, "block_not_number"),
+    ({"ts": 1, "period_s": 0.1, "values": {"a": [10 ** 400]}}, "block_not_number"),
+    ({"ts": 1, "period_s": 0.1, "values": {"a": [], "b": []}}, "block_empty"),
+    ({"ts": 1, "values": {"a": [1, 2]}}, "block_no_period"),
+    ({"ts": 1, "period_s": None, "values": {"a": [1, 2]}}, "block_no_period"),
+    ({"ts": 1, "period_s": 0, "values": {"a": [1, 2]}}, "block_bad_period"),
+    ({"ts": 1, "period_s": -0.1, "values": {"a": [1, 2]}}, "block_bad_period"),
+    ({"ts": 1, "period_s": "0.1", "values": {"a": [1, 2]}}, "block_bad_period"),
+    ({"ts": 1, "period_s": True, "values": {"a": [1, 2]}}, "block_bad_period"),
+    ({"ts": 1e9, "period_s": 1e-300, "values": {"a": [1, 2]}}, "block_bad_period"),  # below the ts resolution
+    ({"ts": 1, "period_s": 1e308, "values": {"a": [1, 2, 3]}}, "block_bad_period"),
+    ({"period_s": 1e10, "values": {"a": [1, 2]}}, "block_bad_period"),  # no ts: the first sample before 1970
+    ({"ts": "yesterday", "period_s": 0.1, "values": {"a": [1, 2]}}, "bad_timestamp"),
+    ({"ts": 1, "period_s": 0.1, "values": {"a": list(range(11))}}, "block_too_large"),
+]
+
+
+@pytest.mark.parametrize("obj,reason", BAD_BLOCKS, ids=[r for _, r in BAD_BLOCKS])
+def test_block_refused_whole_with_its_reason(obj: dict[str, Any], reason: str) -> None:
+    assert block(obj, max_block_samples=10) == reason
+    assert reason in BLOCK_REASONS | REASONS
+
+
+def test_block_limit_is_inclusive_and_period_inf_refused() -> None:
+    assert isinstance(block({"ts": 1, "period_s": 0.1, "values": {"a": list(range(10))}}, max_block_samples=10), Block)
+    p = PayloadParser()
+    assert p.parse(b'{"ts": 1, "period_s": 1e999, "values": {"a": [1, 2]}}', RX) == "block_bad_period"
+    nan = p.parse(b'{"ts": 1, "period_s": 1, "values": {"a": [NaN, Infinity]}}', RX)  # numbers the cleaner refuses
+    assert isinstance(nan, Block) and not np.isfinite(nan.values).any()
+
+
+def test_object_shapes_of_before_are_not_blocks() -> None:
+    p = PayloadParser()
+    # "values" that is no object of arrays is a channel as before (a non-number: the cleaner counts it)
+    for payload, values in [(b'{"values": 3, "b": 1}', {"values": 3.0, "b": 1.0}),
+                            (b'{"values": [1, 2]}', {"values": "[1,2]"}),
+                            (b'{"values": {"a": 1}}', {"values": '{"a":1}'}),
+                            (b'{"values": {}}', {"values": "{}"})]:
+        r = p.parse(payload, RX, asset="x")
+        assert isinstance(r, Reading) and dict(r.values) == values and r.asset == "x", payload
+
+
+def test_a_burst_of_readings_coalesces_into_blocks_per_run_of_one_sensor() -> None:
+    def r(ts: float, sensor: str = "a", asset: str = "", **values: Any) -> Reading:
+        return Reading(float(ts), values or {"x": float(ts), "y": -float(ts)}, sensor, asset)
+
+    blk = Block(np.array([20.0, 21.0]), ("x",), np.array([[1.0], [2.0]]), "a")
+    burst = [r(1), r(2), r(3),  # a run of three
+             r(4, "b"),  # another sensor: a run of one stays a Reading
+             r(5), r(5),  # a timestamp that does not advance ends a run (the cleaner's duplicate_ts)
+             r(6, x=1.0, y="ERR"),  # text: the cleaner counts it non_numeric
+             r(7, y=1.0, x=2.0),  # the same channels in another order
+             r(8, x=1.0, y=2.0), blk, r(9, x=3.0, y=4.0),  # a Block between ends a run
+             r(10, asset="other"), r(11, asset="other")]
+    out = coalesce(burst)
+    kinds = [(type(o).__name__, len(o) if isinstance(o, Block) else 1) for o in out]
+    assert kinds == [("Block", 3), ("Reading", 1), ("Reading", 1), ("Reading", 1), ("Reading", 1), ("Reading", 1),
+                     ("Reading", 1), ("Block", 2), ("Reading", 1), ("Block", 2)]
+    first = out[0]
+    assert isinstance(first, Block) and first.channels == ("x", "y") and first.sensor == "a"
+    assert first.ts.tolist() == [1.0, 2.0, 3.0] and first.values.tolist() == [[1, -1], [2, -2], [3, -3]]
+    assert out[-1].asset == "other" and out[7] is blk  # type: ignore[union-attr]
+    # the same readings, in the same order
+    rows = [(x.ts, x.sensor, x.asset, dict(x.values)) for o in out for x in (o.rows() if isinstance(o, Block) else [o])]
+    want = [(x.ts, x.sensor, x.asset, dict(x.values)) for o in burst for x in (o.rows() if isinstance(o, Block) else [o])]
+    assert rows == want
+    assert coalesce([]) == [] and coalesce([burst[3]]) == [burst[3]]
+
+
 # --- properties: any bytes in -> a Reading or a known reason out, never an exception --------------------------
 
-OUTCOMES = REASONS | {HEADER}
+OUTCOMES = REASONS | BLOCK_REASONS | {HEADER}
 
 
 def check(result: object) -> None:
-    if isinstance(result, Reading):
+    if isinstance(result, Block):
+        n = len(result)
+        assert n >= 1 and result.ts.shape == (n,) and np.isfinite(result.ts).all() and (np.diff(result.ts) > 0).all()
+        assert result.values.shape == (n, len(result.channels)) and result.values.dtype == np.float64
+    elif isinstance(result, Reading):
         assert isinstance(result.ts, float) and math.isfinite(result.ts)
         assert result.values and all(isinstance(k, str) for k in result.values)
         assert all(isinstance(v, (float, str)) for v in result.values.values())
@@ -240,8 +351,6 @@ def test_line_parser_never_raises(fmt: str, checksum: bool, channels: tuple[str,
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3),
     max_leaves=5), max_size=5))
 def test_json_objects_never_raise(obj: dict[str, Any]) -> None:
-    import json
-
     line = json.dumps(obj).encode()
     check(LineParser("json").parse(line, RX))
     check(PayloadParser().parse(line, RX))
@@ -251,6 +360,18 @@ def test_json_objects_never_raise(obj: dict[str, Any]) -> None:
 @given(payload=any_line)
 def test_payload_parser_never_raises(payload: bytes) -> None:
     check(PayloadParser(channel="v").parse(payload, RX, sensor="x"))
+
+
+@settings(max_examples=300, deadline=None)
+@given(ts=st.none() | st.floats() | st.text(max_size=5),
+       period=st.none() | st.floats() | st.integers() | st.text(max_size=3),
+       values=st.dictionaries(st.text(max_size=3), st.lists(
+           st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=3), max_size=6), max_size=4))
+def test_block_payloads_never_raise(ts: Any, period: Any, values: dict[str, Any]) -> None:
+    obj: dict[str, Any] = {"period_s": period, "values": values}
+    if ts is not None:
+        obj["ts"] = ts
+    check(PayloadParser(max_block_samples=4).parse(json.dumps(obj).encode(), RX))
 
 
 @given(data=st.binary(max_size=200))
