@@ -148,6 +148,8 @@ def outbox_snapshot(state: Path) -> tuple[str, list[tuple[str, dict[str, Any]]],
     db = sqlite3.connect(f"file:{state / 'outbox.db'}?mode=ro", uri=True, timeout=10)
     try:
         check = db.execute("PRAGMA integrity_check").fetchone()[0]
+        if db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='outbox'").fetchone() is None:
+            return check, [], 0  # killed after the file was created, before its schema was committed: nothing in it
         rows = [(k, json.loads(p)) for k, p in db.execute("SELECT kind, payload FROM outbox ORDER BY id")]
         seq = db.execute("SELECT value FROM meta WHERE key='alert_seq'").fetchone()
     finally:

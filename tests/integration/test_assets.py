@@ -164,7 +164,11 @@ calibration = {{ samples = 50 }}
         wait_for(lambda: _latest_status(rec)["assets"]["comp"]["state"] != "calibrating", timeout=20,
                  what="comp's teach-in (50 readings) done")
         st = _latest_status(rec)
-        assert st["assets"]["fan"]["state"] == "calibrating" and st["assets"]["fan"]["calibration"]["collected"] == 30
+        fan = st["assets"]["fan"]
+        assert fan["calibration"]["collected"] == 30, fan  # its teach-in waits for its own readings
+        # and it fell silent after them: still teaching in, or already degraded by its stale channels (the silence
+        # is noticed while the other assets keep the pipeline busy)
+        assert fan["state"] == "calibrating" or any(r.startswith("channel stale") for r in fan.get("reasons", [])), fan
         for asset in ("pump-1", "pump-2", "bench", "comp"):
             assert (state / "assets" / asset / "calibration.json").exists(), asset
         assert not (state / "assets" / "fan" / "calibration.json").exists()
