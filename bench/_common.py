@@ -21,6 +21,21 @@ import paho.mqtt.client as mqtt  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
 DEVICE_ID = "bench-gw"
+
+
+def runtimes() -> list[str]:
+    """The TFLite runtimes installed here, of the two the agent supports."""
+    from agent.infer import interpreter_class
+
+    out = []
+    for name in ("ai_edge_litert", "tflite_runtime"):
+        try:
+            interpreter_class(name)
+            out.append(name)
+        except Exception:  # noqa: BLE001 - not installed, or does not load here
+            pass
+    return out
+
 CHANNELS = ["Accelerometer1RMS", "Accelerometer2RMS", "Current", "Pressure", "Temperature", "Thermocouple",
             "Voltage", "Volume Flow RateRMS"]
 

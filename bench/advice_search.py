@@ -28,8 +28,8 @@ import numpy as np  # noqa: E402
 from agent.advice import search  # noqa: E402
 from agent.bundled import bundled_dir  # noqa: E402
 from agent.calibrate import sidecar_normaliser  # noqa: E402
-from agent.infer import Model, Scorer, interpreter_class  # noqa: E402
-from bench._common import print_rows, result, write_json  # noqa: E402
+from agent.infer import Model, Scorer  # noqa: E402
+from bench._common import print_rows, result, runtimes, write_json  # noqa: E402
 
 MODEL = bundled_dir() / "machine-failure.tflite"
 N = 512
@@ -48,17 +48,6 @@ def median_s(fn: Any, repeat: int) -> float:
         fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
-
-
-def runtimes() -> list[str]:
-    out = []
-    for name in ("ai_edge_litert", "tflite_runtime"):
-        try:
-            interpreter_class(name)
-            out.append(name)
-        except Exception:  # noqa: BLE001
-            pass
-    return out
 
 
 def run(repeat: int = 300) -> list[dict[str, Any]]:

@@ -40,10 +40,10 @@ from agent.bundled import bundled_model  # noqa: E402
 from agent.counters import Counters  # noqa: E402
 from agent.detectors import open_model  # noqa: E402
 from agent.evidence import EvidenceStore  # noqa: E402
-from agent.infer import Model, interpreter_class  # noqa: E402
+from agent.infer import Model  # noqa: E402
 from agent.records import Reading  # noqa: E402
 from agent.settings import Settings  # noqa: E402
-from bench._common import print_rows, result, write_json  # noqa: E402
+from bench._common import print_rows, result, runtimes, write_json  # noqa: E402
 from bench._data import normal_stream  # noqa: E402
 
 GOAL = 10.0
@@ -146,17 +146,6 @@ def pipeline_cost(model: Any, rows: list[dict[str, float]], windows: int, path: 
         raise RuntimeError(f"{len(timed)} readings made {made} windows (expected one each: hop 1)")
     info = {"windows": made, "alerts": counters.get("alerts.raised"), "readings_per_s": round(len(timed) / dt)}
     return dt / made * 1e6, info, p, text
-
-
-def runtimes() -> list[str]:
-    out = []
-    for name in ("ai_edge_litert", "tflite_runtime"):
-        try:
-            interpreter_class(name)
-            out.append(name)
-        except Exception:  # noqa: BLE001
-            pass
-    return out
 
 
 def run(windows: int = 20_000, profile: bool = False) -> list[dict[str, Any]]:
