@@ -17,10 +17,6 @@ from agent.settings import Settings
 
 Sink = Callable[[Reading | Block], None]  # a Block counts as len(block) readings
 
-# The pipeline takes a Block whole (issue #15, Pipeline.process_block): a source that made one hands it over as one
-# item (False: its rows one by one, Block.rows(), as before the batched pipeline).
-PIPELINE_TAKES_BLOCKS = True
-
 # Source states shown in status and stats.
 CONNECTING = "connecting"
 CONNECTED = "connected"

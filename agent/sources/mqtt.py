@@ -40,7 +40,7 @@ from agent.payload import PayloadParser, coalesce
 from agent.records import Block, Reading
 from agent.receipt import receipt_time
 from agent.settings import MqttSettings, MqttSourceSettings
-from agent.sources import CONNECTED, CONNECTING, DISCONNECTED, FINISHED, PIPELINE_TAKES_BLOCKS, Sink
+from agent.sources import CONNECTED, CONNECTING, DISCONNECTED, FINISHED, Sink
 from agent.sources.mqtt_read import BufferedReadClient
 from agent.sources.mqtt_topics import (  # noqa: F401 - SENSOR, client_id_for: re-exported
     SENSOR, check_filter, client_id_for, compile_sensor_pattern,
@@ -64,11 +64,11 @@ class MqttSource:
 
     def __init__(
         self, settings: MqttSourceSettings, upstream: MqttSettings, counters: Counters, device_id: str | None = None,
-        routes: list[tuple[str, MqttSourceSettings]] | None = None, blocks: bool | None = None,
+        routes: list[tuple[str, MqttSourceSettings]] | None = None, blocks: bool = True,
     ) -> None:
         """``routes``: one client for several assets on one broker, as (asset id, its source settings); a message
         goes to the first asset whose topic filter matches, with that asset's sensor pattern and payload format.
-        ``blocks`` (default: PIPELINE_TAKES_BLOCKS): hand over Blocks — a block payload whole, and the messages
+        ``blocks`` (default on; the pipeline takes a Block whole): hand over Blocks — a block payload whole, and the messages
         received in one pass of the network loop with consecutive readings of one sensor coalesced into a Block
         (agent.payload.coalesce) — instead of one Reading at a time."""
         self.settings = settings
@@ -89,7 +89,7 @@ class MqttSource:
         self.max_payload_bytes = settings.max_payload_bytes
         self._route_cache: dict[str, tuple[str, str, PayloadParser] | None] = {}
         self._tally = counters.tally()  # written by paho's thread only
-        self.blocks = PIPELINE_TAKES_BLOCKS if blocks is None else blocks
+        self.blocks = blocks
         self._pending: list[Reading | Block] = []  # blocks: received in this pass of the network loop
         self.conn = source_connection(settings, upstream)  # ValueError/FileNotFoundError: exit 78 at start
         self.host = self.conn.host

@@ -28,7 +28,7 @@ from agent.bundled import demo_recording_path
 from agent.counters import Counters
 from agent.records import Block, Reading
 from agent.settings import MqttSettings, MqttSourceSettings
-from agent.sources import CONNECTED, CONNECTING, DISCONNECTED, FINISHED, PIPELINE_TAKES_BLOCKS
+from agent.sources import CONNECTED, CONNECTING, DISCONNECTED, FINISHED
 from agent.sources.mqtt import (
     MAX_PAYLOAD_BYTES,
     MqttSource,
@@ -121,7 +121,7 @@ def runners() -> Iterator[list[Runner]]:
 
 
 def start(runners: list[Runner], port: int, upstream_port: int | None = None, sink: Any = None,
-          blocks: bool | None = None, **kw: Any) -> Runner:
+          blocks: bool = True, **kw: Any) -> Runner:
     kw.setdefault("topics", ["plant/+/telemetry"])
     kw.setdefault("sensor_pattern", PATTERN)
     source = MqttSource(
@@ -277,7 +277,7 @@ def test_block_payloads_are_one_block_each_or_a_counted_reject(live_broker: Brok
     wait_for(lambda: c.get("source.messages") == len(good) + len(bad), what="every message")
     assert c.snapshot("reject.") == {reason: 1 for _, reason in bad}
     assert c.get("source.readings") == n + 3 + 1 and c.get("source.blocks") == 2
-    # until the pipeline takes a Block whole (PIPELINE_TAKES_BLOCKS), the source hands over its rows
+    # with blocks off the source hands over one reading at a time
     rows = [x for h in handed for x in (h.rows() if isinstance(h, Block) else [h])]
     if blocks:  # the big block whole (the messages were published one by one, QoS 1: no burst to coalesce)
         assert len(handed) == 3 and isinstance(handed[0], Block) and len(handed[0]) == n
