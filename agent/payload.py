@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from agent.parse import _decode, _from_object, _json_value, number, timestamp
-from agent.records import Block, Reading
+from agent.records import BLOCK_MIN, Block, Reading
 
 # Why a block payload ({"ts": ..., "period_s": ..., "values": {"ch": [...], ...}}) is refused as a whole.
 BLOCK_REASONS = frozenset({"block_not_array", "block_length_mismatch", "block_not_number", "block_too_large",
@@ -116,12 +116,12 @@ def _is_block(values: Any) -> bool:
 _FLOATS = frozenset({float})
 
 
-def coalesce(records: list[Reading | Block]) -> list[Reading | Block]:
-    """Records received together (a burst of messages), with every run of consecutive Readings of one sensor and
-    asset, with the same channels in the same order, only numbers and increasing timestamps, made into one Block.
-    Order is kept; a Reading holding text (the cleaner counts it ``non_numeric``), one whose timestamp does not
-    advance (the cleaner's ``duplicate_ts``/``out_of_order``) and a Block stay as they are; a run of one stays a
-    Reading."""
+def coalesce(records: list[Reading | Block], min_run: int = BLOCK_MIN) -> list[Reading | Block]:
+    """Records received together (a burst of messages), with every run of at least ``min_run`` consecutive Readings
+    of one sensor and asset, with the same channels in the same order, only numbers and increasing timestamps, made
+    into one Block. Order is kept; a Reading holding text (the cleaner counts it ``non_numeric``), one whose
+    timestamp does not advance (the cleaner's ``duplicate_ts``/``out_of_order``) and a Block stay as they are; a
+    shorter run stays Readings (cheaper so: agent.records.BLOCK_MIN)."""
     out: list[Reading | Block] = []
     i, n = 0, len(records)
     while i < n:
@@ -136,8 +136,8 @@ def coalesce(records: list[Reading | Block]) -> list[Reading | Block]:
                     break
                 last = x.ts
                 j += 1
-        if j - i == 1:
-            out.append(r)
+        if j - i < max(2, min_run):
+            out.extend(records[i:j])
         else:
             run = records[i:j]
             out.append(Block(np.array([x.ts for x in run], dtype=np.float64), names,

@@ -27,7 +27,7 @@ from agent.health import LatencyRing
 from agent.infer import ModelError
 from agent.pipeline_block import drop_bad_blocks, process_block
 from agent.pipeline_support import alert_event, bind_channels, canary, forget_idle, learn
-from agent.records import AlertEvent, Block, Event, Inference, PipelineSnapshot, Reading
+from agent.records import BLOCK_MIN, AlertEvent, Block, Event, Inference, PipelineSnapshot, Reading
 from agent.summary import Summaries
 from agent.window import Windower
 
@@ -286,14 +286,15 @@ class Pipeline:
     def process_block(self, items: Sequence[Reading | Block]) -> list[Event]:
         """Consecutive readings and blocks of this asset in; the events they cause out: the same as ``process`` on
         each reading in turn (a Block's rows are readings, NaN where the source had no number: ``not_finite``),
-        most rows cleaned, windowed and scored at once (agent.pipeline_block)."""
+        most rows cleaned, windowed and scored at once (agent.pipeline_block); fewer than ``BLOCK_MIN`` readings go
+        reading by reading, which is cheaper for them."""
         if len(items) == 1 and type(items[0]) is Reading:
             return self.process(items[0])
         if any(type(it) is Block for it in items):
             items = drop_bad_blocks(items, self.counters)
         if self.cleaning.sensor_idle_s > 0:
             self._forget_idle()
-        if not self.batchable:
+        if not self.batchable or sum(len(it) if type(it) is Block else 1 for it in items) < BLOCK_MIN:
             out: list[Event] = []
             for item in items:
                 for r in item.rows() if type(item) is Block else (item,):

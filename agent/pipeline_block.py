@@ -19,12 +19,12 @@ import numpy as np
 
 from agent.clean_block import CleanRun, getter, rows_ok
 from agent.decide import RAISED
-from agent.records import Block, Event, Inference, Reading, Window
+from agent.records import BLOCK_MIN, Block, Event, Inference, Reading, Window
 
 if TYPE_CHECKING:
     from agent.pipeline import Pipeline
 
-MIN_BULK = 2  # rows: a single row is cheaper through the per-reading code
+MIN_BULK = BLOCK_MIN  # rows: a shorter run of clean rows goes through the per-reading code (agent.records.BLOCK_MIN)
 
 
 def runs(items: Sequence[Reading | Block], channels: Sequence[str]) -> Iterator[tuple[str, np.ndarray, np.ndarray, Callable[[int], Reading]]]:

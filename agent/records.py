@@ -28,6 +28,11 @@ class Reading:
     asset: str = ""  # which asset's pipeline it feeds ("": the only one, a configuration without assets)
 
 
+BLOCK_MIN = 8  # readings: fewer are cheaper one by one (the bulk path's fixed cost is ~150 us; bench/window_cost.py):
+# sources hand a shorter run over as Readings (agent.payload.coalesce), the pipeline takes a smaller block reading by
+# reading (Pipeline.process_block), and the bulk path takes no shorter run of clean rows (agent.pipeline_block)
+
+
 @dataclass(frozen=True, slots=True)
 class Block:
     """Consecutive readings of one sensor handed over at once, as columns: a payload that carries an array of

@@ -40,7 +40,7 @@ from agent.payload import PayloadParser, coalesce
 from agent.records import Block, Reading
 from agent.receipt import receipt_time
 from agent.settings import MqttSettings, MqttSourceSettings
-from agent.sources import CONNECTED, CONNECTING, DISCONNECTED, FINISHED, Sink
+from agent.sources import CONNECTED, CONNECTING, DISCONNECTED, FINISHED, Pacer, Sink
 from agent.sources.mqtt_read import BufferedReadClient
 from agent.sources.mqtt_topics import (  # noqa: F401 - SENSOR, client_id_for: re-exported
     SENSOR, check_filter, client_id_for, compile_sensor_pattern,
@@ -87,6 +87,7 @@ class MqttSource:
         self.parser = self._routes[0][3]
         self._routed = len(routes) > 1 or bool(routes[0][0])
         self.max_payload_bytes = settings.max_payload_bytes
+        self._pacer = Pacer(settings.gather_ms / 1000)
         self._route_cache: dict[str, tuple[str, str, PayloadParser] | None] = {}
         self._tally = counters.tally()  # written by paho's thread only
         self.blocks = blocks
@@ -346,6 +347,9 @@ class MqttSource:
             if sink is not None and self._delivering:
                 for record in coalesce(pending) if len(pending) > 1 else pending:
                     sink(record)
+            wait = self._pacer.after(len(pending))
+            if wait and not self._closing:
+                time.sleep(wait)  # a busy stream: let the next messages gather in the socket (agent.sources.Pacer)
         except Exception:  # noqa: BLE001
             self._callback_error("hand-over")
 

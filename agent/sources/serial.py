@@ -31,9 +31,10 @@ import serial
 from agent.counters import Counters
 from agent.parse import HEADER, LineParser
 from agent.receipt import receipt_time
-from agent.records import Reading
+from agent.payload import coalesce
+from agent.records import Block, Reading
 from agent.settings import SerialSourceSettings
-from agent.sources import CONNECTED, CONNECTING, DISCONNECTED, FINISHED, Sink
+from agent.sources import CONNECTED, CONNECTING, DISCONNECTED, FINISHED, Pacer, Sink
 
 log = logging.getLogger(__name__)
 
@@ -268,6 +269,7 @@ class SerialSource:
         parse = self.parser.parse
         counters = self.counters
         closed = self._closed
+        pacer = Pacer(self.settings.gather_ms / 1000)
         while not (stop.is_set() or closed.is_set()):
             n = ser.in_waiting
             data = ser.read(min(max(1, n), MAX_READ))
@@ -291,18 +293,23 @@ class SerialSource:
                 log.info("%s: lines arrive again", self.settings.port)
                 self.problems = []
             counters.inc("source.lines", len(lines))
-            good = 0
+            readings: list[Reading | Block] = []
             for line in lines:
                 # one receipt time per line, never per read: lines of one read must not share a time (agent/receipt.py)
                 r = parse(line, receipt_time())
                 if isinstance(r, Reading):
-                    good += 1
-                    sink(r)
+                    readings.append(r)
                 elif r == HEADER:
                     counters.inc("source.headers")
                 else:
                     self._reject(r)
-            if good:
-                counters.inc("source.readings", good)
+            if readings:
+                counters.inc("source.readings", len(readings))
+                # the lines of one read are one Block (the batched pipeline takes it whole), order kept
+                for rec in coalesce(readings) if len(readings) > 1 else readings:
+                    sink(rec)
             if self._pending:
                 self._flush()
+            wait = pacer.after(len(readings))
+            if wait:
+                closed.wait(wait)  # a busy stream: let the next lines gather in the port's buffer (Pacer)

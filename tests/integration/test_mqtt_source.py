@@ -316,6 +316,46 @@ def test_a_burst_handed_over_in_blocks_is_the_same_readings_in_order(live_broker
     r.finish()
 
 
+def test_a_busy_stream_is_handed_over_a_few_messages_at_a_time_a_slow_one_at_once(
+        live_broker: Broker, publisher: Publisher, runners: list[Runner]) -> None:
+    """Pacing (agent.sources.Pacer): messages 10 ms apart reach the sink several per pass of paho's loop (one wake-up
+    of the source and pipeline threads for several readings), none held much past GATHER_MS; messages 200 ms apart
+    each at once; GATHER_MS=0 turns it off."""
+    for gather_ms, rate, n in ((40, 100.0, 150), (0, 100.0, 150), (40, 5.0, 8)):
+        handed: list[tuple[float, int]] = []
+
+        def sink(rec: Reading | Block, handed: list[tuple[float, int]] = handed) -> None:
+            handed.append((time.monotonic(), len(rec) if isinstance(rec, Block) else 1))
+
+        r = start(runners, live_broker.port, sink=sink, gather_ms=gather_ms)
+        r.subscribed()
+        sent, t0 = [], time.monotonic()
+        for i in range(n):
+            delay = t0 + i / rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            publisher.client.publish("plant/s1/telemetry", json.dumps({"ts": 1_700_000_000 + i, "x": i}), qos=0)
+            sent.append(time.monotonic())
+        wait_for(lambda: sum(k for _, k in handed) == n, what=f"{n} readings")
+        r.finish()
+        visits: list[int] = []
+        last = -1.0
+        for t, k in handed:  # hand-overs less than 3 ms apart are one pass's
+            if visits and t - last < 0.003:
+                visits[-1] += k
+            else:
+                visits.append(k)
+            last = t
+        arrived = [t for t, k in handed for _ in range(k)]
+        waited = sorted(a - s for a, s in zip(arrived, sent))
+        if gather_ms and rate > 20:
+            assert n / len(visits) >= 2.5, visits  # ~4 at 40 ms
+            assert waited[-1] < gather_ms / 1000 + 0.25, waited[-5:]
+        else:
+            assert n / len(visits) < 1.6, visits
+            assert waited[len(waited) // 2] < 0.02, waited  # not held back
+
+
 def test_packets_decoded_from_the_read_buffer_are_those_paho_decodes(live_broker: Broker, publisher: Publisher,
                                                                       runners: list[Runner]) -> None:
     """QoS 0 PUBLISH packets are decoded straight from the read buffer (agent/sources/mqtt_read.py), everything else

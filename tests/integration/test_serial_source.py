@@ -16,7 +16,7 @@ import pytest
 
 from agent.counters import Counters
 from agent.parse import with_checksum
-from agent.records import Reading
+from agent.records import BLOCK_MIN, Block, Reading
 from agent.settings import SerialSourceSettings
 from agent.sources import CONNECTED, CONNECTING, DISCONNECTED, FINISHED
 from agent.sources.serial import LineSplitter, SerialSource, permission_message
@@ -54,14 +54,20 @@ class Runner:
     def __init__(self, source: SerialSource) -> None:
         self.source = source
         self.readings: list[Reading] = []
+        self.handed: list[tuple[float, int]] = []  # (monotonic time, readings) of each hand-over to the sink
         self.error: BaseException | None = None
         self.stop = threading.Event()
         self.states: list[str] = []
         self.thread = threading.Thread(target=self._run, name="serial-source", daemon=True)
 
+    def _sink(self, rec: Reading | Block) -> None:
+        rows = rec.rows() if isinstance(rec, Block) else [rec]
+        self.handed.append((time.monotonic(), len(rows)))
+        self.readings.extend(rows)
+
     def _run(self) -> None:
         try:
-            self.source.run(self.readings.append, self.stop)
+            self.source.run(self._sink, self.stop)
         except BaseException as e:  # recorded so the test fails instead of hanging
             self.error = e
 
@@ -130,6 +136,62 @@ def test_formats_flow(pty_factory: Callable[[], Pty], fmt: str) -> None:
     assert {x.sensor for x in r.readings} == {"pump-1"}
     assert counters.get("source.lines") == 2
     assert counters.snapshot("reject.") == {}
+
+
+def _write_paced(pty: Pty, lines: list[bytes], rate: float) -> list[float]:
+    """Write one line every 1/rate s; the monotonic time each was written."""
+    times, t0 = [], time.monotonic()
+    for i, line in enumerate(lines):
+        delay = t0 + i / rate - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        pty.write(line)
+        times.append(time.monotonic())
+    return times
+
+
+def _visits(handed: list[tuple[float, int]], gap: float = 0.003) -> list[int]:
+    """Readings per visit of the source to its sink (hand-overs less than ``gap`` apart are one read's)."""
+    out: list[int] = []
+    last = -1.0
+    for t, n in handed:
+        if out and t - last < gap:
+            out[-1] += n
+        else:
+            out.append(n)
+        last = t
+    return out
+
+
+def test_a_busy_stream_is_read_a_few_lines_at_a_time_a_slow_one_at_once(pty_factory: Callable[[], Pty]) -> None:
+    """Pacing (agent.sources.Pacer): lines 10 ms apart reach the sink several at a time (one wake-up for several
+    readings), none later than about GATHER_MS; lines 200 ms apart each at once; GATHER_MS=0 turns it off. A read
+    of BLOCK_MIN lines or more is one Block."""
+    pty = pty_factory()
+    lines = [f"{1_700_000_000 + i},{i}.5\n".encode() for i in range(150)]
+    for gather_ms, rate, n in ((40, 100.0, 150), (0, 100.0, 150), (40, 5.0, 8)):
+        with running(serial_settings(pty.path, channels=["ts", "a"], gather_ms=gather_ms)) as r:
+            connected(r)
+            pty.write(b"\n")
+            written = _write_paced(pty, lines[:n], rate)
+            wait_for(lambda: len(r.readings) == n, f"{n} readings", runner=r)
+        visits = _visits(r.handed)
+        assert [x.values["a"] for x in r.readings] == [i + 0.5 for i in range(n)]
+        per_visit = n / len(visits)
+        arrived = [t for t, k in r.handed for _ in range(k)]
+        waited = sorted(a - w for a, w in zip(arrived, written))
+        median_wait = waited[len(waited) // 2]
+        if gather_ms and rate > 20:
+            assert per_visit >= 2.5, (gather_ms, rate, visits)  # ~4 at 40 ms
+            assert waited[-1] < gather_ms / 1000 + 0.25, waited[-5:]  # a reading waits about GATHER_MS at most
+        else:
+            assert per_visit < 1.6, (gather_ms, rate, visits)  # (a line split over two reads is one visit)
+            assert median_wait < 0.02, waited  # not held back
+    with running(serial_settings(pty.path, channels=["ts", "a"])) as r:
+        connected(r)
+        pty.write(b"\n" + b"".join(lines[:3 * BLOCK_MIN]))
+        wait_for(lambda: len(r.readings) == 3 * BLOCK_MIN, "the burst", runner=r)
+    assert max(n for _, n in r.handed) >= BLOCK_MIN  # handed over as a Block
 
 
 def test_csv_header_required_when_no_channels(pty_factory: Callable[[], Pty]) -> None:

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from agent.parse import HEADER, REASONS, LineParser, number, timestamp, with_checksum, xor_checksum
 from agent.payload import BLOCK_REASONS, PayloadParser, coalesce
+from agent.records import BLOCK_MIN
 from agent.records import Block, Reading
 from agent.settings import SerialSourceSettings
 
@@ -293,7 +294,7 @@ def test_a_burst_of_readings_coalesces_into_blocks_per_run_of_one_sensor() -> No
              r(7, y=1.0, x=2.0),  # the same channels in another order
              r(8, x=1.0, y=2.0), blk, r(9, x=3.0, y=4.0),  # a Block between ends a run
              r(10, asset="other"), r(11, asset="other")]
-    out = coalesce(burst)
+    out = coalesce(burst, min_run=2)
     kinds = [(type(o).__name__, len(o) if isinstance(o, Block) else 1) for o in out]
     assert kinds == [("Block", 3), ("Reading", 1), ("Reading", 1), ("Reading", 1), ("Reading", 1), ("Reading", 1),
                      ("Reading", 1), ("Block", 2), ("Reading", 1), ("Block", 2)]
@@ -306,6 +307,11 @@ def test_a_burst_of_readings_coalesces_into_blocks_per_run_of_one_sensor() -> No
     want = [(x.ts, x.sensor, x.asset, dict(x.values)) for o in burst for x in (o.rows() if isinstance(o, Block) else [o])]
     assert rows == want
     assert coalesce([]) == [] and coalesce([burst[3]]) == [burst[3]]
+    # by default a run shorter than BLOCK_MIN stays readings (cheaper one by one), a longer one is a Block
+    assert [type(o) for o in coalesce(burst[:3])] == [Reading] * 3
+    run = [r(t) for t in range(1, BLOCK_MIN + 1)]
+    one = coalesce(run)
+    assert len(one) == 1 and isinstance(one[0], Block) and len(one[0]) == BLOCK_MIN
 
 
 # --- properties: any bytes in -> a Reading or a known reason out, never an exception --------------------------
