@@ -27,7 +27,7 @@ from agent.health import Heartbeats, HealthMonitor
 from agent.outbox import Outbox
 from agent.runtime import Guard, PipelineLoop, Readings
 from agent.settings import Settings, flat_env
-from agent.signals import SignalCounter
+from agent.signals import SignalCounter, wake_main
 from agent.sources import CONNECTING
 from agent.status import Board
 from agent.uplink import Uplink
@@ -154,7 +154,7 @@ class Agent:
         sdnotify.ready(self.board.sd_status())
         next_status = time.monotonic() + 10
         while not self.stop.is_set() and not self.loop.done.is_set():
-            term.sleep(0.2)
+            term.sleep(1.0)  # a signal, the pipeline's end or a dead thread wakes it at once (wake_main)
             if term.arrived:
                 self.stop.set()
             if hup.seen():

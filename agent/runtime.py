@@ -23,6 +23,7 @@ from agent.health import Heartbeats
 from agent.logsafe import working_on
 from agent.outbox import Outbox
 from agent.records import Block, Reading
+from agent.signals import wake_main
 from agent.sources import Sink
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,8 @@ class Guard:
                 log.exception("thread %s died", name)
                 self.failed.append(name)
                 self.stop.set()
+            finally:
+                wake_main()  # the main thread looks at once (the pipeline done, a thread dead)
 
         t = threading.Thread(target=run, name=name, daemon=True)
         t.start()

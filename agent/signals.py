@@ -7,14 +7,50 @@ and the process hangs for good: SIGTERM never stops it (the same family as cpyth
 test suite: an agent that logged nothing more after SIGTERM and had to be killed.
 
 So the handlers here only count (an attribute store, no lock), and the main thread polls the counts and sets its
-events itself.
+events itself. It does not poll on a short timer (every wake-up of an idle daemon costs CPU): it waits on the read end
+of a pipe that ``signal.set_wakeup_fd`` has every signal write a byte to, and that another thread may write to with
+``wake_main()``, so a signal ends the wait at once.
 """
 
 from __future__ import annotations
 
+import os
+import select
 import signal
+import threading
 import time
 from types import FrameType
+
+_pipe: tuple[int, int] | None = None  # (read end, write end) of the wake-up pipe, once made on the main thread
+
+
+def _wakeup_fd() -> int | None:
+    """The read end of the pipe every signal writes a byte to; None off the main thread or when another wake-up fd
+    is already set (then ``sleep`` polls as before)."""
+    global _pipe
+    if _pipe is None:
+        if threading.current_thread() is not threading.main_thread():
+            return None
+        r, w = os.pipe()
+        os.set_blocking(r, False)
+        os.set_blocking(w, False)
+        old = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+        if old != -1:  # somebody else's (an event loop): leave it to them
+            signal.set_wakeup_fd(old)
+            os.close(r)
+            os.close(w)
+            return None
+        _pipe = (r, w)
+    return _pipe[0]
+
+
+def wake_main() -> None:
+    """End the main thread's ``SignalCounter.sleep`` early (any thread; never raises)."""
+    if _pipe is not None:
+        try:
+            os.write(_pipe[1], b"\0")
+        except OSError:  # the pipe is full: it is awake already
+            pass
 
 
 class SignalCounter:
@@ -53,12 +89,24 @@ class SignalCounter:
         return self.count > 0
 
     def sleep(self, seconds: float, step: float = 0.05) -> bool:
-        """Sleep up to ``seconds``, returning early (True) when a signal arrives meanwhile."""
+        """Sleep up to ``seconds``, returning early when a signal arrives meanwhile (True when one of this
+        counter's) or ``wake_main()`` is called. On the main thread it waits on the wake-up pipe: no wake-up until
+        then; elsewhere it polls every ``step`` seconds."""
         start = self.count
         deadline = time.monotonic() + seconds
+        fd = _wakeup_fd()
         while self.count == start:
             left = deadline - time.monotonic()
             if left <= 0:
                 return False
-            time.sleep(min(step, left))
-        return True
+            if fd is None:
+                time.sleep(min(step, left))
+                continue
+            if select.select([fd], [], [], left)[0]:
+                try:
+                    while os.read(fd, 512):  # every byte written so far
+                        pass
+                except BlockingIOError:
+                    pass
+                break  # a signal (this counter's or another's: the caller looks at both) or wake_main()
+        return self.count != start

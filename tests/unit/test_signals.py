@@ -66,3 +66,27 @@ def test_handler_runs_while_the_main_thread_holds_the_lock_of_an_event():
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=20)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "stopped"
+
+
+def test_sleep_on_the_main_thread_waits_on_the_wakeup_pipe_and_wake_main_ends_it():
+    """On the main thread ``sleep`` does not poll: it waits on the pipe that signals write to; ``wake_main`` from
+    another thread ends it early (False: no signal of this counter's), a signal too (True). In a child process, as the
+    wake-up fd is process-wide."""
+    code = textwrap.dedent("""
+        import os, signal, threading, time
+        from agent.signals import SignalCounter, wake_main
+        import agent.signals as sig
+        c = SignalCounter(signal.SIGUSR1).install()
+        t0 = time.monotonic(); assert c.sleep(0.3) is False; slept = time.monotonic() - t0
+        assert sig._pipe is not None, "no wake-up pipe on the main thread"
+        threading.Timer(0.2, wake_main).start()
+        t0 = time.monotonic(); woke = c.sleep(30); waited = time.monotonic() - t0
+        assert woke is False and waited < 10, (woke, waited)
+        threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGUSR1)).start()
+        t0 = time.monotonic(); woke = c.sleep(30); waited2 = time.monotonic() - t0
+        assert woke is True and waited2 < 10, (woke, waited2)
+        print("ok", round(slept, 2))
+    """)
+    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.startswith("ok 0.3")  # the whole time when nothing arrives
