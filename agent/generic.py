@@ -250,6 +250,7 @@ class GenericScorer:
             raise ModelError(f"{model.name}: calibration holds non-finite or non-positive values")
         p = model.sidecar.detector
         self._adapt, self._limit = p.adapt, p.clip * self._scale
+        self._neg_limit = -self._limit
         self._basis = None
         if p.cross_channel > 0 and "pca_basis" in params:
             self._centre = np.asarray(params["pca_centre"], dtype=np.float64)
@@ -265,10 +266,11 @@ class GenericScorer:
         b = self._baselines.get(sensor)
         if b is None:
             b = self._baselines[sensor] = self._base.copy()
-        m = window_raw.mean(axis=0)
-        d = m - b
+        d = np.add.reduce(window_raw, axis=0)  # the window mean, as ``mean(axis=0)`` computes it (same bits) ...
+        d /= len(window_raw)
+        d -= b  # ... minus the baseline
         z = d / self._scale
-        score = float(np.max(np.abs(z)))
+        score = float(np.abs(z).max())
         shares = z * z
         if self._basis is not None:
             c = z - self._centre
@@ -276,8 +278,10 @@ class GenericScorer:
             cross = float(r @ r) * self._spe_unit
             if cross > score:
                 score, shares = cross, r * r
-        np.clip(d, -self._limit, self._limit, out=d)
-        b += self._adapt * d
+        np.maximum(d, self._neg_limit, out=d)  # np.clip(d, -limit, limit), without its wrapper's cost
+        np.minimum(d, self._limit, out=d)
+        d *= self._adapt
+        b += d
         return score, Contributions(self._channels, shares), time.perf_counter() - t0
 
     def score_windows(self, windows_raw: np.ndarray, sensor: str = "") -> tuple[np.ndarray, Callable[[int], Contributions]]:
