@@ -10,7 +10,9 @@ with a real ``$NOTIFY_SOCKET`` (an AF_UNIX datagram socket, as systemd gives it)
 Floor: ``python -c`` importing numpy, the TFLite runtime, paho-mqtt, pyserial and pydantic-settings and loading
 the model (``Interpreter(model_content=...).allocate_tensors()``); time = Popen → its "loaded" line; RSS after.
 Starts are repeated ``--starts`` times (the fastest of each is compared: on a shared machine the
-slower ones measure the neighbours' load; all are in the JSON); both runtimes are measured when installed.
+slower ones measure the neighbours' load; all are in the JSON); both runtimes are measured when installed. The
+generic detector (the default: no TFLite runtime imported) is compared with the pump-anomaly agent and with its own
+floor, the same libraries without a runtime.
 """
 
 from __future__ import annotations
@@ -40,12 +42,13 @@ FLOOR = r"""
 import sys
 import numpy, paho.mqtt.client, serial, pydantic_settings
 runtime = sys.argv[2]
-if runtime == "ai_edge_litert":
-    from ai_edge_litert.interpreter import Interpreter
-else:
-    from tflite_runtime.interpreter import Interpreter
-i = Interpreter(model_content=open(sys.argv[1], "rb").read(), num_threads=1)
-i.allocate_tensors()
+if runtime != "none":  # none: the generic detector's floor (numpy only, no TFLite runtime)
+    if runtime == "ai_edge_litert":
+        from ai_edge_litert.interpreter import Interpreter
+    else:
+        from tflite_runtime.interpreter import Interpreter
+    i = Interpreter(model_content=open(sys.argv[1], "rb").read(), num_threads=1)
+    i.allocate_tensors()
 print("loaded", flush=True)
 sys.stdin.read()
 """
@@ -139,6 +142,13 @@ def run(seconds: float = 20, starts: int = 3) -> list[dict[str, Any]]:
         rows.append(result("steady RSS, generic detector", round(gen["rss_kb"] / 1024, 1), "MB",
                            round(pump["rss_kb"] / 1024, 1), "MB pump-anomaly agent", round(delta / 1024, 1),
                            "<= +5 MB (ratio=+MB)", delta <= GENERIC_RSS_GOAL_KB, agent=gen))
+        # ... and against its own floor: the same libraries without a TFLite runtime (what it imports)
+        floors = [floor_once("none") for _ in range(starts)]
+        f_rss = statistics.median(f["rss_kb"] for f in floors)
+        delta = gen["rss_kb"] - f_rss
+        rows.append(result("steady RSS, generic (no runtime)", round(gen["rss_kb"] / 1024, 1), "MB",
+                           round(f_rss / 1024, 1), "MB floor, no runtime", round(delta / 1024, 1),
+                           "<= +10 MB (ratio=+MB)", delta <= RSS_GOAL_KB, floor=floors))
     return rows
 
 
