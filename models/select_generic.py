@@ -216,8 +216,9 @@ def main() -> int:
     args = ap.parse_args()
     files = [(str(p), str(p.relative_to(args.data))) for p in find_csvs(args.data) if "anomaly" in read_header(p)]
     normal_files: list[tuple[str, str]] = []
+    stretches = tempfile.TemporaryDirectory(prefix="select-normal-")  # removed when main returns
     if args.normal is not None:
-        normal_files = normal_stretches(args.normal, Path(tempfile.mkdtemp(prefix="select-normal-")))
+        normal_files = normal_stretches(args.normal, Path(stretches.name))
     base_grid_spec, ablations = (GRID, ABLATIONS) if args.model == "generic" else (GRID_AE, ABLATIONS_AE)
     configs: list[dict[str, Any]] = []  # every setting some selection may choose (the grid, each ablation's grid)
     for restrict in ablations.values():
@@ -257,6 +258,7 @@ def main() -> int:
     print("chosen on all families:", report["selection"]["full"]["chosen_on_all"])
     for f in report["selection"]["full"]["folds"]:
         print(f"  fold {f['held_out']:16s} chose {f['chosen']} -> held-out F1 {f['held_out_result']['f1']:.3f}")
+    stretches.cleanup()
     return 0
 
 
