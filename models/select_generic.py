@@ -15,7 +15,12 @@ fault not alerted.
     python models/select_generic.py --data ../shared/data/skab --out models/selection/generic.json [--jobs 2]
     python models/select_generic.py --model pump-anomaly --data ../shared/data/skab --out models/selection/pump-anomaly.json
 
-Takes about 25 minutes on 2 cores (the grid is written down below: every value it holds was tried).
+Takes about 15-25 minutes on 2 cores (the grid is written down below: every value it holds was tried); only the
+settings some selection can choose are run (the grid, and each ablation's grid). ``--runs FILE --reuse`` keeps every
+setting's per-file results and runs only the settings not in FILE yet.
+
+``--normal anomaly-free.csv`` adds stretches of a normal recording to every fold's training data (never held out):
+their rows count in the false-alarm rate of the objective. Tried for 1.1, not used (models/README.md).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import json
 import logging
 import multiprocessing
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -42,6 +48,8 @@ from agent.generic import GenericModel  # noqa: E402
 from agent.detectors import open_model  # noqa: E402
 
 TEACH_IN = 400
+NORMAL = "normal"  # the family of the stretches of a normal recording (--normal): training data of every fold, never held out
+STRETCH = 1150  # rows per stretch of the normal recording: a teach-in and 750 scored rows, like a SKAB file
 FAMILIES = {  # SKAB's fault families among the files in ../shared/data/skab (its README)
     "valve1": "valve1",
     "other/1.csv": "leak-addition", "other/3.csv": "leak-addition",
@@ -65,6 +73,9 @@ ABLATIONS = {  # each part off: its own selection over the rest of the grid
     "no drift following (adapt 0)": {"adapt": [0.0]},
     "no receded clear (recede_ratio 0)": {"recede_ratio": [0.0]},
     "with the cross-channel view (PCA SPE)": {"cross_channel": [3.0]},
+    # tried for 1.1 (issue 11), not shipped: the cross-channel view at 5 or 8 x and a stricter receded clear as
+    # choices of the selection (models/README.md, "Tried for 1.1")
+    "grid + cross-channel {5, 8} x, recede 0.35": {"cross_channel": [0.0, 5.0, 8.0], "recede_ratio": [0.2, 0.35]},
 }
 
 
@@ -79,7 +90,23 @@ ABLATIONS_AE = {"full": {}, "no receded clear (recede_ratio 0)": {"recede_ratio"
 
 
 def family(rel: str) -> str:
+    if rel.startswith(NORMAL + "/"):
+        return NORMAL
     return FAMILIES.get(rel, FAMILIES.get(rel.split("/")[0], rel.split("/")[0]))
+
+
+def normal_stretches(path: Path, out: Path) -> list[tuple[str, str]]:
+    """The normal recording cut into stretches of ``STRETCH`` rows, each written with an all-0 ``anomaly`` column (every
+    alert in them is false): (path, "normal/<i>.csv") for each."""
+    lines = path.read_text().splitlines()
+    sep = ";" if lines[0].count(";") > lines[0].count(",") else ","
+    out.mkdir(parents=True, exist_ok=True)
+    files = []
+    for i, start in enumerate(range(1, len(lines) - STRETCH + 1, STRETCH)):
+        f = out / f"{i}.csv"
+        f.write_text("\n".join([lines[0] + sep + "anomaly"] + [r + sep + "0" for r in lines[start:start + STRETCH]]) + "\n")
+        files.append((str(f), f"{NORMAL}/{i}.csv"))
+    return files
 
 
 def variant(base: GenericModel, cfg: dict[str, Any]) -> GenericModel:
@@ -137,15 +164,15 @@ def objective(rows: list[dict[str, Any]]) -> float:
     fams: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
         fams.setdefault(r["family"], []).append(r)
-    macro = float(np.mean([pooled(v)["f1"] or 0.0 for v in fams.values()]))
-    t = pooled(rows)
+    macro = float(np.mean([pooled(v)["f1"] or 0.0 for f, v in fams.items() if f != NORMAL]))
+    t = pooled(rows)  # the normal stretches' rows count in the false-alarm rate, their alerts as false alerts
     missed = t["segments"] - t["alerted"]
     return macro - 5 * max(0.0, t["far"] - 0.10) - 2 * max(0.0, t["mar"] - 0.25) - 0.02 * missed
 
 
 def select(results: dict[str, list[dict[str, Any]]], allowed: list[str]) -> dict[str, Any]:
     """Leave-one-family-out over the configs in ``allowed``: per-fold choice and held-out scores, pooled."""
-    fams = sorted({r["family"] for r in next(iter(results.values()))})
+    fams = sorted({r["family"] for r in next(iter(results.values()))} - {NORMAL})
     folds, held = [], []
     for fam in fams:
         best = max(allowed, key=lambda k: objective([r for r in results[k] if r["family"] != fam]))
@@ -154,9 +181,14 @@ def select(results: dict[str, list[dict[str, Any]]], allowed: list[str]) -> dict
         folds.append({"held_out": fam, "chosen": json.loads(best), "train": pooled(train), "held_out_result": pooled(test)})
         held += test
     best_all = max(allowed, key=lambda k: objective(results[k]))
-    return {"folds": folds, "pooled_held_out": pooled(held),
-            "per_family_held_out": {f["held_out"]: f["held_out_result"] for f in folds},
-            "chosen_on_all": json.loads(best_all), "all_files_with_that_choice": pooled(results[best_all])}
+    out = {"folds": folds, "pooled_held_out": pooled(held),
+           "per_family_held_out": {f["held_out"]: f["held_out_result"] for f in folds},
+           "chosen_on_all": json.loads(best_all),
+           "all_files_with_that_choice": pooled([r for r in results[best_all] if r["family"] != NORMAL])}
+    normal = [r for r in results[best_all] if r["family"] == NORMAL]
+    if normal:
+        out["normal_stretches_with_that_choice"] = pooled(normal)
+    return out
 
 
 def allowed_keys(keys: list[str], restrict: dict[str, list[Any]]) -> list[str]:
@@ -177,29 +209,44 @@ def main() -> int:
     ap.add_argument("--runs", type=Path, default=None,
                     help="also keep every setting's per-file results here (large); with --reuse, read them back")
     ap.add_argument("--reuse", action="store_true", help="reuse the runs stored in --runs by an earlier call")
+    ap.add_argument("--normal", type=Path, default=None,
+                    help="a recording of normal operation (SKAB's anomaly-free.csv): cut into stretches of "
+                         f"{STRETCH} rows, each a teach-in and a run in which every alert is false; training data of "
+                         "every fold (never held out)")
     args = ap.parse_args()
     files = [(str(p), str(p.relative_to(args.data))) for p in find_csvs(args.data) if "anomaly" in read_header(p)]
+    normal_files: list[tuple[str, str]] = []
+    stretches = tempfile.TemporaryDirectory(prefix="select-normal-")  # removed when main returns
+    if args.normal is not None:
+        normal_files = normal_stretches(args.normal, Path(stretches.name))
     base_grid_spec, ablations = (GRID, ABLATIONS) if args.model == "generic" else (GRID_AE, ABLATIONS_AE)
-    grid = dict(base_grid_spec)
-    for restrict in ablations.values():  # the ablations' values must be in the grid too
-        for name, values in restrict.items():
-            grid[name] = sorted(set(grid[name]) | set(values))
-    configs = [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
+    configs: list[dict[str, Any]] = []  # every setting some selection may choose (the grid, each ablation's grid)
+    for restrict in ablations.values():
+        grid = {**base_grid_spec, **restrict}
+        configs += [c for c in (dict(zip(grid, v)) for v in itertools.product(*grid.values())) if c not in configs]
     print(f"{len(files)} files, {len(configs)} settings, {args.jobs} processes", file=sys.stderr)
     t0 = time.monotonic()
     results: dict[str, list[dict[str, Any]]] = {}
     if args.reuse and args.runs is not None and args.runs.exists():  # re-select from an earlier call's runs
         results = json.loads(args.runs.read_text())
-    todo = [c for c in configs if json.dumps(c, sort_keys=True) not in results]
+    todo = []
+    for c in configs:
+        have = results.get(json.dumps(c, sort_keys=True))
+        need = (files if have is None else []) + (normal_files if not any(r["family"] == NORMAL for r in have or []) else [])
+        if need:
+            todo.append((c, need))
     with multiprocessing.Pool(args.jobs) as pool:
-        for i, rows in enumerate(pool.imap(run_config, [(args.model, c, files) for c in todo])):
-            results[json.dumps(todo[i], sort_keys=True)] = rows
+        for i, rows in enumerate(pool.imap(run_config, [(args.model, c, need) for c, need in todo])):
+            results.setdefault(json.dumps(todo[i][0], sort_keys=True), []).extend(rows)
             if (i + 1) % 10 == 0:
                 print(f"  {i + 1}/{len(todo)} ({time.monotonic() - t0:.0f} s)", file=sys.stderr)
     keys = [json.dumps(c, sort_keys=True) for c in configs]
     if args.runs is not None:
         args.runs.write_text(json.dumps(results))
+    if not normal_files:  # runs stored with a normal recording are re-selected without it when it is not given
+        results = {k: [r for r in v if r["family"] != NORMAL] for k, v in results.items()}
     report = {"model": args.model, "teach_in": TEACH_IN, "grid": base_grid_spec, "files": [rel for _, rel in files],
+              "normal": {"recording": str(args.normal), "stretches": len(normal_files), "rows": STRETCH} if normal_files else None,
               "selection": {name: select(results, allowed_keys(keys, {**base_grid_spec, **r}))
                             for name, r in ablations.items()}}
     args.out.write_text(json.dumps(report, indent=1))
@@ -211,6 +258,7 @@ def main() -> int:
     print("chosen on all families:", report["selection"]["full"]["chosen_on_all"])
     for f in report["selection"]["full"]["folds"]:
         print(f"  fold {f['held_out']:16s} chose {f['chosen']} -> held-out F1 {f['held_out_result']['f1']:.3f}")
+    stretches.cleanup()
     return 0
 
 
