@@ -159,7 +159,7 @@ def _segment(p: "Pipeline", sensor: str, ts: np.ndarray, x: np.ndarray) -> list[
         p.latencies.add(latency)
     p.counters.inc("pipeline.windows", nw)
     values = scores.tolist()
-    s.add_scores(values)
+    s.add_scores(scores)
     p.recent.extend(windows[-p.recent.maxlen:])  # type: ignore[misc]
 
     def inference(k: int) -> Inference:  # the windows' rows are never written to again: a view will do

@@ -15,6 +15,7 @@ from agent.counters import Counters
 from agent.records import SummaryEvent, Vector
 
 COUNTED = ("reject.", "repaired.", "gap.")
+SCORES_KEPT = 100_000  # window scores kept per period for the summary's percentiles (8 bytes each): the first ones
 
 
 @dataclass
@@ -30,7 +31,9 @@ class Summariser:
     raised: int = 0
     cleared: int = 0
     suppressed: int = 0
-    _scores: list[float] = field(default_factory=list)
+    _buf: np.ndarray = field(default_factory=lambda: np.empty(0))  # the period's window scores (the first SCORES_KEPT)
+    _n: int = 0
+    _max: float = float("-inf")  # over every window of the period
 
     def __post_init__(self) -> None:
         self._reset_stats()
@@ -63,20 +66,44 @@ class Summariser:
         np.minimum(self._lo, rows.min(axis=0), out=self._lo)
         np.maximum(self._hi, rows.max(axis=0), out=self._hi)
 
-    def add_scores(self, scores: list[float]) -> None:
+    @property
+    def scores(self) -> np.ndarray:
+        """The period's window scores kept so far, in order (a view)."""
+        return self._buf[:self._n]
+
+    def _room(self, m: int) -> int:
+        """Make room for up to ``m`` more scores (the buffer doubles up to SCORES_KEPT); how many fit."""
+        need = min(self._n + m, SCORES_KEPT)
+        if need > len(self._buf):
+            buf = np.empty(min(SCORES_KEPT, max(need, 2 * len(self._buf), 1024)))
+            buf[:self._n] = self._buf[:self._n]
+            self._buf = buf
+        return need - self._n
+
+    def add_scores(self, scores: np.ndarray) -> None:
         """``add_score`` for each."""
-        self.windows += len(scores)
-        room = 100_000 - len(self._scores)
-        self._scores.extend(scores if len(scores) <= room else scores[:max(0, room)])
+        m = len(scores)
+        if not m:
+            return
+        self.windows += m
+        top = float(scores.max())
+        if top > self._max:
+            self._max = top
+        k = self._room(m)
+        self._buf[self._n:self._n + k] = scores[:k]
+        self._n += k
 
     def add_score(self, score: float) -> None:
         self.windows += 1
-        if len(self._scores) < 100_000:  # bounded even with a very long interval
-            self._scores.append(score)
+        if score > self._max:
+            self._max = score
+        if self._n < len(self._buf) or self._room(1):  # bounded even with a very long interval
+            self._buf[self._n] = score
+            self._n += 1
 
     def take(self, end_ts: float | None, rejected: Mapping[str, int]) -> dict[str, Any]:
         """The summary of the period so far (ending at ``end_ts``), and a fresh period."""
-        scores = np.asarray(self._scores)
+        scores = self.scores
         n = self.readings  # every vector carries every channel: each channel's count is the reading count
         out: dict[str, Any] = {
             "period_start": self.period_start,
@@ -89,7 +116,7 @@ class Summariser:
             "alerts_suppressed": self.suppressed,
             "score": (
                 {"p50": float(np.quantile(scores, 0.5)), "p95": float(np.quantile(scores, 0.95)),
-                 "max": float(scores.max())} if scores.size else None
+                 "max": self._max} if scores.size else None
             ),
             "channels": {
                 name: {"count": n, "min": float(lo), "mean": float(t / n), "max": float(hi)}
@@ -100,7 +127,9 @@ class Summariser:
         self.period_start = end_ts
         self.readings = self.windows = self.raised = self.cleared = self.suppressed = 0
         self._reset_stats()
-        self._scores = []
+        self._n, self._max = 0, float("-inf")
+        if len(self._buf) > 4096:
+            self._buf = np.empty(0)  # a busy period's buffer is not kept through a quiet one
         return out
 
 

@@ -72,6 +72,26 @@ def test_summary_period_and_statistics():
     assert empty["readings"] == 0 and empty["score"] is None and empty["channels"]["a"] == {"count": 0}
 
 
+def test_summary_keeps_a_bounded_numpy_buffer_of_scores_and_the_max_of_all():
+    """A busy period (more windows than SCORES_KEPT): the percentiles come from the first SCORES_KEPT scores, held
+    as float64 (8 bytes each, not a Python float apiece), the max from every window; block and single adds agree."""
+    from agent.summary import SCORES_KEPT
+
+    s = Summariser(["a"], interval_s=1e9)
+    s.add_vector(Vector(0.0, np.array([1.0])))
+    s.add_score(3.0)
+    s.add_scores(np.arange(SCORES_KEPT + 5000, dtype=float) / SCORES_KEPT)
+    s.add_score(0.5)
+    assert s.windows == SCORES_KEPT + 5002 and len(s.scores) == SCORES_KEPT
+    assert s.scores.dtype == np.float64 and s.scores[0] == 3.0
+    assert s._buf.nbytes <= 8 * SCORES_KEPT  # noqa: SLF001
+    big = s.take(1.0, {})
+    assert big["windows"] == SCORES_KEPT + 5002 and big["score"]["max"] == 3.0
+    s.add_scores(np.array([7.0, 2.0]))  # after the take: a fresh period, a small buffer again
+    assert s.scores.tolist() == [7.0, 2.0] and s._buf.nbytes < 8 * SCORES_KEPT  # noqa: SLF001
+    assert s.take(2.0, {})["score"]["max"] == 7.0
+
+
 @pytest.mark.parametrize(
     "cooldown, limit, events, expected",
     [

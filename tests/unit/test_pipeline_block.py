@@ -78,7 +78,7 @@ def _run(ev: Evaluation, channels: list[str] | None, blocks: list[list[Any]] | N
         else:
             for r in readings or []:
                 events.extend(p.process(r))
-        scores = list(p.summaries.summariser._scores)  # noqa: SLF001 - the period's window scores, in order
+        scores = p.summaries.summariser.scores.tolist()  # the period's window scores, in order
         events.extend(p.finish())
     return {"events": [_norm(e) for e in events], "counters": counters.snapshot(), "scores": scores}
 
