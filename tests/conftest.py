@@ -33,6 +33,20 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def visits(handed: list[tuple[float, int]], gap: float = 0.003) -> list[int]:
+    """Readings per visit of a source to its sink, from (monotonic time, readings) of each hand-over: hand-overs
+    less than ``gap`` apart are one read's (a source's pacing: agent.sources.Pacer)."""
+    out: list[int] = []
+    last = -1.0
+    for t, n in handed:
+        if out and t - last < gap:
+            out[-1] += n
+        else:
+            out.append(n)
+        last = t
+    return out
+
+
 def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05, what: str = "condition") -> Any:
     """Poll until ``predicate()`` is truthy; fail the test with ``what`` after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout

@@ -42,6 +42,7 @@ from tests.conftest import (
     agent_env,
     free_port,
     run_agent,
+    visits,
     wait_for,
 )
 
@@ -338,21 +339,14 @@ def test_a_busy_stream_is_handed_over_a_few_messages_at_a_time_a_slow_one_at_onc
             sent.append(time.monotonic())
         wait_for(lambda: sum(k for _, k in handed) == n, what=f"{n} readings")
         r.finish()
-        visits: list[int] = []
-        last = -1.0
-        for t, k in handed:  # hand-overs less than 3 ms apart are one pass's
-            if visits and t - last < 0.003:
-                visits[-1] += k
-            else:
-                visits.append(k)
-            last = t
+        per_pass = visits(handed)
         arrived = [t for t, k in handed for _ in range(k)]
         waited = sorted(a - s for a, s in zip(arrived, sent))
         if gather_ms and rate > 20:
-            assert n / len(visits) >= 2.5, visits  # ~4 at 40 ms
+            assert n / len(per_pass) >= 2.5, per_pass  # ~4 at 40 ms
             assert waited[-1] < gather_ms / 1000 + 0.25, waited[-5:]
         else:
-            assert n / len(visits) < 1.6, visits
+            assert n / len(per_pass) < 1.6, per_pass
             assert waited[len(waited) // 2] < 0.02, waited  # not held back
 
 

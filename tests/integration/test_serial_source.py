@@ -20,7 +20,7 @@ from agent.records import BLOCK_MIN, Block, Reading
 from agent.settings import SerialSourceSettings
 from agent.sources import CONNECTED, CONNECTING, DISCONNECTED, FINISHED
 from agent.sources.serial import LineSplitter, SerialSource, permission_message
-from tests.conftest import Pty
+from tests.conftest import Pty, visits
 
 
 @pytest.fixture
@@ -150,19 +150,6 @@ def _write_paced(pty: Pty, lines: list[bytes], rate: float) -> list[float]:
     return times
 
 
-def _visits(handed: list[tuple[float, int]], gap: float = 0.003) -> list[int]:
-    """Readings per visit of the source to its sink (hand-overs less than ``gap`` apart are one read's)."""
-    out: list[int] = []
-    last = -1.0
-    for t, n in handed:
-        if out and t - last < gap:
-            out[-1] += n
-        else:
-            out.append(n)
-        last = t
-    return out
-
-
 def test_a_busy_stream_is_read_a_few_lines_at_a_time_a_slow_one_at_once(pty_factory: Callable[[], Pty]) -> None:
     """Pacing (agent.sources.Pacer): lines 10 ms apart reach the sink several at a time (one wake-up for several
     readings), none later than about GATHER_MS; lines 200 ms apart each at once; GATHER_MS=0 turns it off. A read
@@ -175,17 +162,16 @@ def test_a_busy_stream_is_read_a_few_lines_at_a_time_a_slow_one_at_once(pty_fact
             pty.write(b"\n")
             written = _write_paced(pty, lines[:n], rate)
             wait_for(lambda: len(r.readings) == n, f"{n} readings", runner=r)
-        visits = _visits(r.handed)
+        per_visit = n / len(visits(r.handed))
         assert [x.values["a"] for x in r.readings] == [i + 0.5 for i in range(n)]
-        per_visit = n / len(visits)
         arrived = [t for t, k in r.handed for _ in range(k)]
         waited = sorted(a - w for a, w in zip(arrived, written))
         median_wait = waited[len(waited) // 2]
         if gather_ms and rate > 20:
-            assert per_visit >= 2.5, (gather_ms, rate, visits)  # ~4 at 40 ms
+            assert per_visit >= 2.5, (gather_ms, rate, visits(r.handed))  # ~4 at 40 ms
             assert waited[-1] < gather_ms / 1000 + 0.25, waited[-5:]  # a reading waits about GATHER_MS at most
         else:
-            assert per_visit < 1.6, (gather_ms, rate, visits)  # (a line split over two reads is one visit)
+            assert per_visit < 1.6, (gather_ms, rate, visits(r.handed))  # (a line split over two reads is one visit)
             assert median_wait < 0.02, waited  # not held back
     with running(serial_settings(pty.path, channels=["ts", "a"])) as r:
         connected(r)
