@@ -23,6 +23,8 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from tests.ptys import fresh_openpty
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
@@ -220,7 +222,7 @@ class Pty:
     ``unplug()`` closes both ends, as pulling a USB adapter does."""
 
     def __init__(self) -> None:
-        self.master, self.slave = os.openpty()
+        self.master, self.slave = fresh_openpty()  # never a node an earlier test had (tests/ptys.py)
         tty.setraw(self.slave)
         self.path = os.ttyname(self.slave)
 

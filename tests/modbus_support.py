@@ -22,6 +22,7 @@ from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from tests.conftest import free_port, wait_for
+from tests.ptys import fresh_openpty
 
 SIZE = 256  # registers (and bits) per table of a simulated device
 
@@ -134,7 +135,7 @@ class NullModem:
         self.echo = echo
         self.corrupt = False
         self.link = workdir / "ttyUSB-rs485"
-        self._server = os.openpty()
+        self._server = fresh_openpty()
         tty.setraw(self._server[1])
         self.server_path = os.ttyname(self._server[1])
         self._client: tuple[int, int] | None = None
@@ -146,7 +147,7 @@ class NullModem:
 
     def replug(self) -> None:
         with self._lock:
-            master, slave = os.openpty()
+            master, slave = fresh_openpty()
             tty.setraw(slave)
             self._client = (master, slave)
             tmp = self.link.with_suffix(".new")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import pty
 import re
 import select
 import signal
@@ -21,6 +20,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.bundled import default_model_path
 from tests.conftest import ROOT, agent_env, free_port, start_agent, wait_for
+from tests.ptys import fresh_openpty
 
 SIDECAR = json.loads(default_model_path().read_text())  # the default model's spec: what the agents run
 
@@ -200,7 +200,7 @@ def test_live_table_in_a_terminal_redraws_in_place_and_ctrl_c_exits_0(live_broke
         (f"{prefix}/gw-sick/status", {"state": "degraded", "ts": now, "device_id": "gw-sick", "started_at": now,
                                       "reasons": ["source disconnected"], "model": {"name": "pump-anomaly", "version": "1.0.0"}}, True),
     ])
-    master, slave = pty.openpty()
+    master, slave = fresh_openpty()
     env = {**_env(), "COLUMNS": "70", "LINES": "20"}
     mon = subprocess.Popen(_cmd(live_broker.port, prefix, "--interval", "0.2"), env=env, cwd=ROOT,
                            stdin=slave, stdout=slave, stderr=subprocess.PIPE)
