@@ -86,9 +86,13 @@ class Server:
         self._ready = threading.Event()
         self.server: ModbusTcpServer | ModbusSerialServer | None = None
         self._thread = threading.Thread(target=self._run, name="test-modbus-server", daemon=True)
+        opened_before = _opened(serial_port) if serial_port is not None else 0
         self._thread.start()
         if not self._ready.wait(10):
             raise RuntimeError("the Modbus server did not start")
+        if serial_port is not None:
+            # serve_forever opens the port after _ready: a poll before that goes unanswered (a no_answer)
+            wait_for(lambda: _opened(serial_port) > opened_before, what="the Modbus RTU server's port")
         if serial_port is None:
             import socket
 
@@ -123,6 +127,17 @@ class Server:
             except Exception:  # noqa: BLE001 - shutting down anyway
                 pass
             self._thread.join(5)
+
+
+def _opened(path: str) -> int:
+    """How many of this process's file descriptors are open on ``path`` (its target, for a link)."""
+    real, n = os.path.realpath(path), 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            n += os.readlink(f"/proc/self/fd/{fd}") == real
+        except OSError:
+            continue
+    return n
 
 
 class NullModem:
