@@ -346,7 +346,10 @@ class MqttSource:
             sink = self._sink
             if sink is not None and self._delivering:
                 for record in coalesce(pending) if len(pending) > 1 else pending:
-                    sink(record)
+                    try:
+                        sink(record)
+                    except Exception:  # noqa: BLE001 - counted; the other records of the pass still go
+                        self._callback_error("hand-over")
             wait = self._pacer.after(len(pending))
             if wait and not self._closing:
                 time.sleep(wait)  # a busy stream: let the next messages gather in the socket (agent.sources.Pacer)
