@@ -68,7 +68,8 @@ class Agent:
         self.readings = Readings(s.queue_size, self.counters, self.stop)
         self.gate = CommandGate(self.counters, s.commands.rate_per_minute, s.commands.burst)
         self.uplink = Uplink(s.mqtt, s.device_id, self.outbox, self.counters, lambda: self.board.status(),
-                             on_command=self.gate.offer if s.commands.enabled else None)
+                             on_command=self.gate.offer if s.commands.enabled else None,
+                             status_key=lambda: self.board.key())
         self.heartbeats = Heartbeats()
         self.uplink.heartbeat = lambda: self.heartbeats.beat("uplink")
         self.board = Board(s, self.assets, self.feeds, self.counters, self.outbox, self.evidence, self.heartbeats,
@@ -145,7 +146,7 @@ class Agent:
         s = self.settings
         monitor = HealthMonitor(self.heartbeats, s.stall_s, s.stats_interval_s, self.board.stats,
                                 lambda payload: self.uplink.publish_now("stats", payload), self.board.key,
-                                self.uplink.publish_status, self.stop)
+                                self.uplink.publish_status, self.stop, lambda: self.uplink.published_key)
         self.guard.start("health", monitor.run)
         ready_by = time.monotonic() + 5
         while (any(f.source.state == CONNECTING for f in self.feeds) and time.monotonic() < ready_by

@@ -118,6 +118,7 @@ class HealthMonitor:
         self, heartbeats: Heartbeats, stall_s: float, stats_interval_s: float,
         stats: Callable[[], dict[str, Any]], publish_stats: Callable[[dict[str, Any]], None],
         status_key: Callable[[], Any], publish_status: Callable[[], None], stop: threading.Event,
+        published_key: Callable[[], Any],
     ):
         self.heartbeats = heartbeats
         self.stall_s = stall_s
@@ -126,6 +127,7 @@ class HealthMonitor:
         self._publish_stats = publish_stats
         self._status_key = status_key
         self._publish_status = publish_status
+        self._published_key = published_key
         self._stop = stop
         self.watchdog_s = sdnotify.watchdog_interval_s()
         self.pings = 0
@@ -135,7 +137,6 @@ class HealthMonitor:
         ping_every = self.watchdog_s / 2 if self.watchdog_s else None
         next_ping = next_stats = time.monotonic()
         next_stats += self.stats_interval_s
-        last_key = self._status_key()
         while not self._stop.wait(0.5):
             now = time.monotonic()
             stalled = self.heartbeats.stalled(self.stall_s)
@@ -148,10 +149,10 @@ class HealthMonitor:
                 if sdnotify.watchdog():
                     self.pings += 1
                 next_ping = now + ping_every
-            key = self._status_key()
-            if key != last_key:
-                last_key = key
-                self._publish_status()
+            # against what was last published, not what this thread saw last: a source that connected between
+            # the birth message and this thread's start would otherwise stay "connecting" in the retained status
+            if self._status_key() != self._published_key():
+                self._publish_status()  # a no-op while the uplink is down; its reconnect publishes the status
             if now >= next_stats:
                 next_stats = now + self.stats_interval_s
                 self._publish_stats(self._stats())

@@ -34,6 +34,7 @@ from agent.records import message_bytes
 from agent.settings import MqttSettings
 
 log = logging.getLogger(__name__)
+_NOT_YET = object()  # no status published yet
 
 INFLIGHT_STALE_S = 30.0
 IDLE_POLL_S = 5.0  # without a wake-up, the publisher thread looks into the outbox this often
@@ -45,12 +46,16 @@ class Uplink:
     def __init__(
         self, settings: MqttSettings, device_id: str, outbox: Outbox, counters: Counters,
         status: Callable[[], dict[str, Any]], on_command: Callable[[str, bytes], None] | None = None,
+        status_key: Callable[[], Any] = lambda: None,
     ):
         self.s = settings
         self.device_id = device_id
         self.outbox = outbox
         self.counters = counters
         self._status = status
+        self._status_key = status_key
+        self._status_lock = threading.Lock()  # build and publish one status at a time: the newest is the retained one
+        self.published_key: Any = _NOT_YET  # status_key() of the last status handed to paho
         self._on_command = on_command
         self.base = f"{settings.topic_prefix}/{device_id}"
         self.connected = threading.Event()
@@ -135,9 +140,13 @@ class Uplink:
         """Publish the retained status now (on connect and whenever the state changes)."""
         if not self.connected.is_set():
             return
-        body = message_bytes(self._status())
-        self.client.publish(self.topic("status"), body, qos=1, retain=True)
-        self.bytes_out += len(body) + len(self.base) + 7
+        with self._status_lock:
+            key = self._status_key()  # before the payload is built: a change while building is published again
+            body = message_bytes(self._status())
+            info = self.client.publish(self.topic("status"), body, qos=1, retain=True)
+            if info.rc == mqtt.MQTT_ERR_SUCCESS:
+                self.published_key = key
+            self.bytes_out += len(body) + len(self.base) + 7
 
     def publish_now(self, suffix: str, payload: dict[str, Any], qos: int = 0, retain: bool = False) -> bool:
         """Publish straight away, not through the outbox (stats, command replies: worthless once stale)."""

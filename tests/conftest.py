@@ -278,6 +278,8 @@ def agents() -> Iterator[list[AgentProcess]]:
         if a.alive():
             a.proc.kill()
             a.proc.wait(timeout=10)
+        # pytest shows this only for a test that failed: the agent's own account of what it was doing
+        print(f"--- agent log {a.log_path} (exit {a.proc.returncode}), last 6000 characters ---\n{a.log[-6000:]}")
 
 
 @pytest.fixture(autouse=True)

@@ -1,10 +1,12 @@
 """Pty pairs for the tests, never on a node this test session had before.
 
 Linux hands out the lowest free pty number. A test that unplugs a pty (closes both ends) frees its number, and the
-next test's pty gets it; anything an earlier test left behind that still retries its old path (an agent or a
-pymodbus serial endpoint in a reconnect loop) then opens the new pty too, and the two readers share its bytes
-("device reports readiness to read but returned no data (... multiple access on port?)"). Seen as a rare failure
-of tests/integration/test_serial_e2e.py in CI.
+next test's pty gets it; anything an earlier test left behind that still retried its old path (an agent or a
+pymodbus serial endpoint in a reconnect loop) would then open the new pty too, and the two readers would share its
+bytes. A precaution only: the failures of tests/integration/test_serial_e2e.py first blamed on this ("device
+reports readiness to read but returned no data ... multiple access on port?") were reproduced later and are the
+test's own unplug after it had waited 30 s in vain for a status saying "connected" — a race in the health thread
+(fixed in agent/health.py, pinned in tests/unit/test_health.py); the agent had been connected all along.
 """
 
 from __future__ import annotations
