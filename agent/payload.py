@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -116,7 +117,7 @@ def _is_block(values: Any) -> bool:
 _FLOATS = frozenset({float})
 
 
-def coalesce(records: list[Reading | Block], min_run: int = BLOCK_MIN) -> list[Reading | Block]:
+def coalesce(records: Sequence[Reading | Block], min_run: int = BLOCK_MIN) -> list[Reading | Block]:
     """Records received together (a burst of messages), with every run of at least ``min_run`` consecutive Readings
     of one sensor and asset, with the same channels in the same order, only numbers and increasing timestamps, made
     into one Block. Order is kept; a Reading holding text (the cleaner counts it ``non_numeric``), one whose

@@ -35,9 +35,11 @@ class Pacer:
 
     def after(self, n: int) -> float:
         """``n`` readings were just handed over: how long to wait before reading again (0: at once)."""
+        if n <= 0:
+            return 0.0  # nothing was handed over: not a visit of the stream, the clock stays
         now = time.monotonic()
         last, self._last = self._last, now
-        if self.gather_s <= 0 or not 0 < n < BUSY_BELOW or now - last >= BUSY_S:
+        if self.gather_s <= 0 or n >= BUSY_BELOW or now - last >= BUSY_S:
             return 0.0
         return self.gather_s
 

@@ -327,13 +327,17 @@ class MqttSource:
                 return
             sink = self._sink
             if sink is not None:
-                if type(record) is Block:
-                    for r in record.rows():
-                        sink(r)
-                else:
-                    sink(record)
+                for r in record.rows() if type(record) is Block else (record,):
+                    self._deliver(sink, r, "on_publish")
         except Exception:  # noqa: BLE001
             self._callback_error("on_publish")
+
+    def _deliver(self, sink: Sink, record: Reading | Block, where: str) -> None:
+        """One record to the sink; a sink that raises loses that record only (counted), not the rest."""
+        try:
+            sink(record)
+        except Exception:  # noqa: BLE001
+            self._callback_error(where)
 
     def _hand_over(self) -> None:
         """The records received since the last hand-over, a run of one sensor's readings as one Block (paho's thread,
@@ -346,10 +350,7 @@ class MqttSource:
             sink = self._sink
             if sink is not None and self._delivering:
                 for record in coalesce(pending) if len(pending) > 1 else pending:
-                    try:
-                        sink(record)
-                    except Exception:  # noqa: BLE001 - counted; the other records of the pass still go
-                        self._callback_error("hand-over")
+                    self._deliver(sink, record, "hand-over")  # counted; the other records of the pass still go
             wait = self._pacer.after(len(pending))
             if wait and not self._closing:
                 time.sleep(wait)  # a busy stream: let the next messages gather in the socket (agent.sources.Pacer)

@@ -32,7 +32,7 @@ from agent.counters import Counters
 from agent.parse import HEADER, LineParser
 from agent.receipt import receipt_time
 from agent.payload import coalesce
-from agent.records import Block, Reading
+from agent.records import Reading
 from agent.settings import SerialSourceSettings
 from agent.sources import CONNECTED, CONNECTING, DISCONNECTED, FINISHED, Pacer, Sink
 
@@ -293,7 +293,7 @@ class SerialSource:
                 log.info("%s: lines arrive again", self.settings.port)
                 self.problems = []
             counters.inc("source.lines", len(lines))
-            readings: list[Reading | Block] = []
+            readings: list[Reading] = []
             for line in lines:
                 # one receipt time per line, never per read: lines of one read must not share a time (agent/receipt.py)
                 r = parse(line, receipt_time())

@@ -429,6 +429,29 @@ def test_a_raising_sink_is_counted_and_data_keeps_flowing(live_broker: Broker, p
     r.finish()
 
 
+def test_a_raising_sink_loses_one_row_of_a_block_payload_not_the_rest(live_broker: Broker, publisher: Publisher,
+                                                                       runners: list[Runner]) -> None:
+    """Without block hand-over (``blocks=False``: one Reading per call) a block payload is fed row by row; a sink
+    that raises on one row loses that row only (counted), the rows after it still arrive."""
+    readings: list[Reading] = []
+    calls = {"n": 0}
+
+    def flaky(x: Reading) -> None:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("sink bug")
+        readings.append(x)
+
+    r = start(runners, live_broker.port, sink=flaky, blocks=False)
+    r.subscribed()
+    publisher.pub("plant/a/telemetry", '{"ts": 1732960000.0, "period_s": 0.5, "values": {"x": [1, 2, 3, 4]}}')
+    wait_for(lambda: len(readings) == 3, what="the three rows the sink took")
+    assert [x.values["x"] for x in readings] == [1.0, 3.0, 4.0]
+    assert [x.ts for x in readings] == [1732960000.0, 1732960001.0, 1732960001.5]
+    assert r.source.counters.get("source.callback_errors") == 1
+    r.finish()
+
+
 # -- broker, lifecycle ------------------------------------------------------------------------------------------
 
 
