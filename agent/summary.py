@@ -15,7 +15,8 @@ from agent.counters import Counters
 from agent.records import SummaryEvent, Vector
 
 COUNTED = ("reject.", "repaired.", "gap.")
-SCORES_KEPT = 100_000  # window scores kept per period for the summary's percentiles (8 bytes each): the first ones
+SCORES_KEPT = 16_384  # at most this many window scores per period for the percentiles (8 bytes each): every one
+# while they fit, then every 2nd, 4th, … window of the whole period (a busy period is sampled evenly, not cut short)
 
 
 @dataclass
@@ -31,8 +32,10 @@ class Summariser:
     raised: int = 0
     cleared: int = 0
     suppressed: int = 0
-    _buf: np.ndarray = field(default_factory=lambda: np.empty(0))  # the period's window scores (the first SCORES_KEPT)
+    _buf: np.ndarray = field(default_factory=lambda: np.empty(0))  # the period's scores kept: windows 0, s, 2s, …
     _n: int = 0
+    _stride: int = 1  # s: every s-th window of the period is kept
+    _seen: int = 0  # scores of the period so far (the index of the next one)
     _max: float = float("-inf")  # over every window of the period
 
     def __post_init__(self) -> None:
@@ -71,17 +74,21 @@ class Summariser:
         """The period's window scores kept so far, in order (a view)."""
         return self._buf[:self._n]
 
-    def _room(self, m: int) -> int:
-        """Make room for up to ``m`` more scores (the buffer doubles up to SCORES_KEPT); how many fit."""
-        need = min(self._n + m, SCORES_KEPT)
-        if need > len(self._buf):
-            buf = np.empty(min(SCORES_KEPT, max(need, 2 * len(self._buf), 1024)))
-            buf[:self._n] = self._buf[:self._n]
-            self._buf = buf
-        return need - self._n
+    def _grow(self) -> None:
+        """Double the buffer (from 1,024, up to SCORES_KEPT)."""
+        buf = np.empty(min(SCORES_KEPT, max(2 * len(self._buf), 1024)))
+        buf[:self._n] = self._buf[:self._n]
+        self._buf = buf
+
+    def _halve(self) -> None:
+        """The buffer is full: keep every other score kept so far (windows 0, 2s, 4s, …) and every 2s-th from now."""
+        kept = self._buf[:self._n:2]
+        self._n = len(kept)
+        self._buf[:self._n] = kept
+        self._stride *= 2
 
     def add_scores(self, scores: np.ndarray) -> None:
-        """``add_score`` for each."""
+        """``add_score`` for each (the same scores kept)."""
         m = len(scores)
         if not m:
             return
@@ -89,17 +96,41 @@ class Summariser:
         top = float(scores.max())
         if top > self._max:
             self._max = top
-        k = self._room(m)
-        self._buf[self._n:self._n + k] = scores[:k]
-        self._n += k
+        first, i = self._seen, 0
+        self._seen += m
+        while i < m:
+            s = self._stride
+            picks = scores[i + (-(first + i)) % s::s]  # the scores of windows whose index is a multiple of s
+            if self._n + len(picks) > len(self._buf) and len(self._buf) < SCORES_KEPT:
+                self._grow()
+                continue
+            room = len(self._buf) - self._n
+            if len(picks) <= room:
+                self._buf[self._n:self._n + len(picks)] = picks
+                self._n += len(picks)
+                return
+            self._buf[self._n:] = picks[:room]
+            self._n += room
+            i += (-(first + i)) % s + room * s  # past the last score written
+            self._halve()
 
     def add_score(self, score: float) -> None:
         self.windows += 1
         if score > self._max:
             self._max = score
-        if self._n < len(self._buf) or self._room(1):  # bounded even with a very long interval
-            self._buf[self._n] = score
-            self._n += 1
+        k = self._seen
+        self._seen += 1
+        if k % self._stride:
+            return
+        if self._n == len(self._buf):
+            if len(self._buf) < SCORES_KEPT:
+                self._grow()
+            else:
+                self._halve()
+                if k % self._stride:
+                    return
+        self._buf[self._n] = score
+        self._n += 1
 
     def take(self, end_ts: float | None, rejected: Mapping[str, int]) -> dict[str, Any]:
         """The summary of the period so far (ending at ``end_ts``), and a fresh period."""
@@ -127,7 +158,7 @@ class Summariser:
         self.period_start = end_ts
         self.readings = self.windows = self.raised = self.cleared = self.suppressed = 0
         self._reset_stats()
-        self._n, self._max = 0, float("-inf")
+        self._n, self._max, self._stride, self._seen = 0, float("-inf"), 1, 0
         if len(self._buf) > 4096:
             self._buf = np.empty(0)  # a busy period's buffer is not kept through a quiet one
         return out

@@ -73,23 +73,44 @@ def test_summary_period_and_statistics():
 
 
 def test_summary_keeps_a_bounded_numpy_buffer_of_scores_and_the_max_of_all():
-    """A busy period (more windows than SCORES_KEPT): the percentiles come from the first SCORES_KEPT scores, held
-    as float64 (8 bytes each, not a Python float apiece), the max from every window; block and single adds agree."""
+    """A busy period (more windows than SCORES_KEPT): the percentiles come from every 2nd, 4th, … window of the
+    whole period, held as float64 (8 bytes each, not a Python float apiece) — not from its first minutes only; the
+    max from every window; block and single adds keep the same scores."""
     from agent.summary import SCORES_KEPT
 
+    n = 5 * SCORES_KEPT + 123
+    scores = np.random.default_rng(7).permutation(n).astype(float)  # every value once: the median is known
+    singles, blocks = Summariser(["a"], interval_s=1e9), Summariser(["a"], interval_s=1e9)
+    for s in (singles, blocks):
+        s.add_vector(Vector(0.0, np.array([1.0])))
+    for x in scores:
+        singles.add_score(float(x))
+    i, sizes = 0, [1, 7, 500, 3, SCORES_KEPT + 11, 2, 64]
+    while i < n:  # blocks of every size, across the halvings
+        k = sizes[i % len(sizes)]
+        blocks.add_scores(scores[i:i + k])
+        i += k
+    for s in (singles, blocks):
+        kept = s.scores
+        assert s.windows == n and SCORES_KEPT // 2 <= len(kept) <= SCORES_KEPT
+        assert kept.dtype == np.float64 and s._buf.nbytes <= 8 * SCORES_KEPT  # noqa: SLF001
+        stride = s._stride  # noqa: SLF001
+        assert kept.tolist() == scores[::stride].tolist()  # windows 0, s, 2s, … to the end of the period
+    big = singles.take(1.0, {})
+    assert big["windows"] == n and big["score"]["max"] == n - 1
+    assert abs(big["score"]["p50"] - (n - 1) / 2) < 0.02 * n and abs(big["score"]["p95"] - 0.95 * (n - 1)) < 0.02 * n
+    singles.add_scores(np.array([7.0, 2.0]))  # after the take: a fresh period, a small buffer again
+    assert singles.scores.tolist() == [7.0, 2.0] and singles._buf.nbytes < 8 * SCORES_KEPT  # noqa: SLF001
+    assert singles.take(2.0, {})["score"]["max"] == 7.0
+
+
+def test_a_quiet_period_keeps_every_score():
     s = Summariser(["a"], interval_s=1e9)
     s.add_vector(Vector(0.0, np.array([1.0])))
     s.add_score(3.0)
-    s.add_scores(np.arange(SCORES_KEPT + 5000, dtype=float) / SCORES_KEPT)
+    s.add_scores(np.arange(2000, dtype=float))
     s.add_score(0.5)
-    assert s.windows == SCORES_KEPT + 5002 and len(s.scores) == SCORES_KEPT
-    assert s.scores.dtype == np.float64 and s.scores[0] == 3.0
-    assert s._buf.nbytes <= 8 * SCORES_KEPT  # noqa: SLF001
-    big = s.take(1.0, {})
-    assert big["windows"] == SCORES_KEPT + 5002 and big["score"]["max"] == 3.0
-    s.add_scores(np.array([7.0, 2.0]))  # after the take: a fresh period, a small buffer again
-    assert s.scores.tolist() == [7.0, 2.0] and s._buf.nbytes < 8 * SCORES_KEPT  # noqa: SLF001
-    assert s.take(2.0, {})["score"]["max"] == 7.0
+    assert s.scores.tolist() == [3.0, *range(2000), 0.5]
 
 
 @pytest.mark.parametrize(
