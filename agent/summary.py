@@ -34,8 +34,7 @@ class Summariser:
     suppressed: int = 0
     _buf: np.ndarray = field(default_factory=lambda: np.empty(0))  # the period's scores kept: windows 0, s, 2s, …
     _n: int = 0
-    _stride: int = 1  # s: every s-th window of the period is kept
-    _seen: int = 0  # scores of the period so far (the index of the next one)
+    _stride: int = 1  # s: every s-th window of the period is kept (``windows``: the index of the next one)
     _max: float = float("-inf")  # over every window of the period
 
     def __post_init__(self) -> None:
@@ -92,12 +91,11 @@ class Summariser:
         m = len(scores)
         if not m:
             return
+        first, i = self.windows, 0
         self.windows += m
         top = float(scores.max())
         if top > self._max:
             self._max = top
-        first, i = self._seen, 0
-        self._seen += m
         while i < m:
             s = self._stride
             picks = scores[i + (-(first + i)) % s::s]  # the scores of windows whose index is a multiple of s
@@ -115,11 +113,10 @@ class Summariser:
             self._halve()
 
     def add_score(self, score: float) -> None:
+        k = self.windows
         self.windows += 1
         if score > self._max:
             self._max = score
-        k = self._seen
-        self._seen += 1
         if k % self._stride:
             return
         if self._n == len(self._buf):
@@ -158,7 +155,7 @@ class Summariser:
         self.period_start = end_ts
         self.readings = self.windows = self.raised = self.cleared = self.suppressed = 0
         self._reset_stats()
-        self._n, self._max, self._stride, self._seen = 0, float("-inf"), 1, 0
+        self._n, self._max, self._stride = 0, float("-inf"), 1
         if len(self._buf) > 4096:
             self._buf = np.empty(0)  # a busy period's buffer is not kept through a quiet one
         return out
