@@ -40,8 +40,10 @@ from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 from bench._broker import Broker  # noqa: E402
 from bench._common import AgentProcess, Counter, agent_env, print_rows, result, write_json  # noqa: E402
 from bench._data import normal_stream  # noqa: E402
+from bench.footprint import floor_once  # noqa: E402
 
 GOAL = 0.7
+RSS_GOAL_MB = 10.0  # steady RSS at every rate <= the import floor + 10 MB (issue 15)
 TOPIC = "bench/pump1/telemetry"
 
 _COUNTER_PROC = r"""
@@ -330,7 +332,7 @@ def paced_step(port: int, topic: str, rate: float, seconds: float, payloads: lis
     ok = pub["rate"] >= 0.99 * rate and in_step >= KEEP and keep >= KEEP
     return {"rate": rate, "published_rate": round(pub["rate"]), "sent": pub["sent"], "processed": final,
             "keep_in_step": round(in_step, 4), "keep_final": round(keep, 4), "pass": ok,
-            "cpu_pct": round(100 * (cpu1 - cpu0) / (w1 - w0), 2)}
+            "cpu_pct": round(100 * (cpu1 - cpu0) / (w1 - w0), 2), "rss_kb": _rss_kb(pid)}
 
 
 def ladder(port: int, topic: str, rates: list[int], seconds: float, payloads: list[str], counts: Counts,
@@ -341,7 +343,8 @@ def ladder(port: int, topic: str, rates: list[int], seconds: float, payloads: li
         r = paced_step(port, topic, rate, seconds, payloads, counts, pid)
         steps.append(r)
         print(f"    {rate:>6}/s: {'pass' if r['pass'] else 'FAIL'}  in step {r['keep_in_step']:.3f}, "
-              f"final {r['keep_final']:.3f}, published {r['published_rate']}/s, cpu {r['cpu_pct']} %", flush=True)
+              f"final {r['keep_final']:.3f}, published {r['published_rate']}/s, cpu {r['cpu_pct']} %, "
+              f"RSS {r['rss_kb'] / 1024:.1f} MB", flush=True)
         if not r["pass"] or not alive():
             break
     passed = [r["rate"] for r in steps if r["pass"]]
@@ -430,12 +433,20 @@ def sustained(rates: list[int], seconds: float, queue_size: int | None = None) -
         ours = agent_ladder(broker.port, rates, seconds, payloads, Path(tmp), queue_size)
     ratio = ours["sustained"] / base["sustained"] if base["sustained"] else None
     cpu = ours["cpu_100"]["cpu_pct"] / base["cpu_100"]["cpu_pct"] if base["cpu_100"]["cpu_pct"] else None
+    # the default model is the generic detector: its floor is the same libraries without a TFLite runtime
+    floor_kb = floor_once("none")["rss_kb"]
+    steps = [ours["cpu_100"], *(r for r in ours["steps"] if r["pass"])]
+    over = {r["rate"]: round((r["rss_kb"] - floor_kb) / 1024, 1) for r in steps}
+    worst = max(over.values()) if over else None
+    print(f"  RSS over the floor ({floor_kb / 1024:.1f} MB), MB by rate: {over}", flush=True)
     return [
         result(f"MQTT sustained rate ({seconds:g} s steps)", ours["sustained"], "readings/s", base["sustained"],
                "msg/s bare sub", round(ratio, 3) if ratio is not None else None, ">= 0.7x",
                ratio is not None and ratio >= GOAL, agent=ours, bare=base, step_s=seconds),
         result("CPU at 100 readings/s", ours["cpu_100"]["cpu_pct"], "% of a core", base["cpu_100"]["cpu_pct"],
                "% bare sub", round(cpu, 2) if cpu is not None else None, "-", None),
+        result("RSS over the import floor, worst sustained rate", worst, "MB", round(floor_kb / 1024, 1),
+               "MB floor (no runtime)", worst, "<= +10 MB", worst is not None and worst <= RSS_GOAL_MB, by_rate=over),
     ]
 
 
