@@ -408,18 +408,23 @@ def test_retained_messages_are_old_readings_and_skipped(live_broker: Broker, pub
         publisher.pub("plant/old/telemetry", b"", retain=True)  # clear it for later tests
 
 
+def _sink_raising_on(call: int, into: list[Reading]) -> Any:
+    """A sink with a bug: its ``call``-th call raises, every other call keeps the reading in ``into``."""
+    calls = {"n": 0}
+
+    def sink(x: Reading) -> None:
+        calls["n"] += 1
+        if calls["n"] == call:
+            raise RuntimeError("sink bug")
+        into.append(x)
+
+    return sink
+
+
 def test_a_raising_sink_is_counted_and_data_keeps_flowing(live_broker: Broker, publisher: Publisher,
                                                           runners: list[Runner]) -> None:
     readings: list[Reading] = []
-    calls = {"n": 0}
-
-    def flaky(x: Reading) -> None:
-        calls["n"] += 1
-        if calls["n"] == 1:
-            raise RuntimeError("sink bug")
-        readings.append(x)
-
-    r = start(runners, live_broker.port, sink=flaky)
+    r = start(runners, live_broker.port, sink=_sink_raising_on(1, readings))
     r.subscribed()
     publisher.pub("plant/a/telemetry", "1")
     publisher.pub("plant/a/telemetry", "2")
@@ -434,15 +439,7 @@ def test_a_raising_sink_loses_one_row_of_a_block_payload_not_the_rest(live_broke
     """Without block hand-over (``blocks=False``: one Reading per call) a block payload is fed row by row; a sink
     that raises on one row loses that row only (counted), the rows after it still arrive."""
     readings: list[Reading] = []
-    calls = {"n": 0}
-
-    def flaky(x: Reading) -> None:
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise RuntimeError("sink bug")
-        readings.append(x)
-
-    r = start(runners, live_broker.port, sink=flaky, blocks=False)
+    r = start(runners, live_broker.port, sink=_sink_raising_on(2, readings), blocks=False)
     r.subscribed()
     publisher.pub("plant/a/telemetry", '{"ts": 1732960000.0, "period_s": 0.5, "values": {"x": [1, 2, 3, 4]}}')
     wait_for(lambda: len(readings) == 3, what="the three rows the sink took")
