@@ -14,7 +14,7 @@ import threading
 import time
 from typing import Any
 
-from agent import __version__, sdnotify
+from agent import __version__, heap, sdnotify
 from agent.assets import (  # noqa: F401 - build_pipeline and load_model: also what evaluate and cli use
     ModelCache, build_assets, build_feeds, build_pipeline, load_model, source_channels,
 )
@@ -139,6 +139,8 @@ class Agent:
         term = SignalCounter(signal.SIGTERM, signal.SIGINT).install()
         hup = SignalCounter(signal.SIGHUP).install()
         self._announce()
+        heap.limit_arenas()  # before the threads start (agent/heap.py)
+        heap.trim()  # what building the stages freed
         self.uplink.start(self.guard.start)
         self.guard.start("pipeline", self.loop.run)
         sources = [self.guard.start(f"source-{i}" if i else "source", self._source_loop(f))

@@ -19,9 +19,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from agent import sdnotify
+from agent import heap, sdnotify
 
 log = logging.getLogger(__name__)
+
+TRIM_EVERY_S = 1.0  # the health thread hands the C heap's free pages back this often (agent/heap.py: ~3 us)
 
 
 class Heartbeats:
@@ -137,6 +139,7 @@ class HealthMonitor:
         ping_every = self.watchdog_s / 2 if self.watchdog_s else None
         next_ping = next_stats = time.monotonic()
         next_stats += self.stats_interval_s
+        next_trim = next_ping
         while not self._stop.wait(0.5):
             now = time.monotonic()
             stalled = self.heartbeats.stalled(self.stall_s)
@@ -153,6 +156,9 @@ class HealthMonitor:
             # the birth message and this thread's start would otherwise stay "connecting" in the retained status
             if self._status_key() != self._published_key():
                 self._publish_status()  # a no-op while the uplink is down; its reconnect publishes the status
+            if now >= next_trim:
+                next_trim = now + TRIM_EVERY_S
+                heap.trim()  # the C heap's free pages back to the system (agent/heap.py)
             if now >= next_stats:
                 next_stats = now + self.stats_interval_s
                 self._publish_stats(self._stats())
