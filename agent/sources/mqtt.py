@@ -36,7 +36,7 @@ import paho.mqtt.client as mqtt
 
 from agent.counters import Counters
 from agent.mqtt_client import describe_connect_error, explain_receive_failure, make_client, refused_hint, source_connection
-from agent.payload import PayloadParser, coalesce
+from agent.payload import Coalescer, PayloadParser
 from agent.records import Block, Reading
 from agent.receipt import receipt_time
 from agent.settings import MqttSettings, MqttSourceSettings
@@ -70,7 +70,7 @@ class MqttSource:
         goes to the first asset whose topic filter matches, with that asset's sensor pattern and payload format.
         ``blocks`` (default on; the pipeline takes a Block whole): hand over Blocks — a block payload whole, and the messages
         received in one pass of the network loop with consecutive readings of one sensor coalesced into a Block
-        (agent.payload.coalesce) — instead of one Reading at a time."""
+        (agent.payload.Coalescer, as they arrive) — instead of one Reading at a time."""
         self.settings = settings
         self.counters = counters
         routes = routes or [("", settings)]
@@ -91,7 +91,7 @@ class MqttSource:
         self._route_cache: dict[str, tuple[str, str, PayloadParser] | None] = {}
         self._tally = counters.tally()  # written by paho's thread only
         self.blocks = blocks
-        self._pending: list[Reading | Block] = []  # blocks: received in this pass of the network loop
+        self._pending = Coalescer()  # blocks: received in this pass of the network loop
         self.conn = source_connection(settings, upstream)  # ValueError/FileNotFoundError: exit 78 at start
         self.host = self.conn.host
         self.port = self.conn.port
@@ -321,8 +321,8 @@ class MqttSource:
             else:
                 inc("source.readings")
             if self.blocks:  # handed over after this pass of the network loop, a burst together
-                self._pending.append(record)
-                if len(self._pending) >= MAX_PENDING:
+                self._pending.add(record)
+                if self._pending.held >= MAX_PENDING:
                     self._hand_over()
                 return
             sink = self._sink
@@ -343,15 +343,15 @@ class MqttSource:
         """The records received since the last hand-over, a run of one sensor's readings as one Block (paho's thread,
         after each pass of its loop; never raises)."""
         try:
-            pending = self._pending
-            if not pending:
+            n = self._pending.held
+            if not n:
                 return
-            self._pending = []
+            records = self._pending.take()
             sink = self._sink
             if sink is not None and self._delivering:
-                for record in coalesce(pending) if len(pending) > 1 else pending:
+                for record in records:
                     self._deliver(sink, record, "hand-over")  # counted; the other records of the pass still go
-            wait = self._pacer.after(len(pending))
+            wait = self._pacer.after(n)
             if wait and not self._closing:
                 time.sleep(wait)  # a busy stream: let the next messages gather in the socket (agent.sources.Pacer)
         except Exception:  # noqa: BLE001
