@@ -139,8 +139,7 @@ class Agent:
         term = SignalCounter(signal.SIGTERM, signal.SIGINT).install()
         hup = SignalCounter(signal.SIGHUP).install()
         self._announce()
-        heap.limit_arenas()  # before the threads start (agent/heap.py)
-        heap.trim()  # what building the stages freed
+        heap.limit_arenas()  # before the threads start (agent/heap.py); the health thread trims the heap
         self.uplink.start(self.guard.start)
         self.guard.start("pipeline", self.loop.run)
         sources = [self.guard.start(f"source-{i}" if i else "source", self._source_loop(f))

@@ -139,7 +139,7 @@ class HealthMonitor:
         ping_every = self.watchdog_s / 2 if self.watchdog_s else None
         next_ping = next_stats = time.monotonic()
         next_stats += self.stats_interval_s
-        next_trim = next_ping
+        next_trim = next_ping  # the first trim at the first tick: what building the stages freed
         while not self._stop.wait(0.5):
             now = time.monotonic()
             stalled = self.heartbeats.stalled(self.stall_s)

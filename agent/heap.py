@@ -13,7 +13,6 @@ beyond a threshold that grows with the largest block seen: after a burst the pro
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 
 M_ARENA_MAX = -8  # malloc.h
 _libc: ctypes.CDLL | None | bool = None
@@ -24,7 +23,7 @@ def _glibc() -> ctypes.CDLL | None:
     if _libc is None:
         _libc = False
         try:
-            lib = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            lib = ctypes.CDLL(None)  # the process's own symbols: libc's (find_library would run ldconfig)
             if hasattr(lib, "malloc_trim") and hasattr(lib, "mallopt") and hasattr(lib, "gnu_get_libc_version"):
                 _libc = lib
         except OSError:
