@@ -3,7 +3,8 @@
 The ``health`` thread pings the systemd watchdog (``WATCHDOG=1``) only while every watched stage has beaten
 within ``stall_s``: a hung inference or a wedged uplink stops the pings and systemd restarts the service
 (``WatchdogSec=`` in the unit). It also publishes ``stats`` every ``stats_interval_s`` and re-publishes the
-retained status when the state or its reasons change.
+retained status when the state or its reasons change, and hands the C heap's free pages back every second
+(agent/heap.py).
 """
 
 from __future__ import annotations
