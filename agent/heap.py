@@ -13,6 +13,7 @@ beyond a threshold that grows with the largest block seen: after a burst the pro
 from __future__ import annotations
 
 import ctypes
+import os
 
 M_ARENA_MAX = -8  # malloc.h
 _libc: ctypes.CDLL | None | bool = None
@@ -32,7 +33,10 @@ def _glibc() -> ctypes.CDLL | None:
 
 
 def limit_arenas(n: int = 2) -> bool:
-    """At most ``n`` malloc arenas for the threads started after this; False where it cannot be set."""
+    """At most ``n`` malloc arenas for the threads started after this; False where it cannot be set, or where the
+    operator chose already (``MALLOC_ARENA_MAX``, ``GLIBC_TUNABLES=glibc.malloc.arena_max=...``: theirs stands)."""
+    if "MALLOC_ARENA_MAX" in os.environ or "arena_max" in os.environ.get("GLIBC_TUNABLES", ""):
+        return False
     lib = _glibc()
     return bool(lib is not None and lib.mallopt(M_ARENA_MAX, n) == 1)
 
