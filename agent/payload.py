@@ -139,6 +139,7 @@ class Coalescer:
     def __init__(self, min_run: int = BLOCK_MIN) -> None:
         self.min_run = max(2, min_run)
         self.held = 0  # records added since the last take (a Block counts one)
+        self.rows = 0  # readings added since the last take (a Block counts its rows)
         self._out: list[Reading | Block] = []
         self._run: list[Reading] = []  # the current run while it is shorter than min_run
         self._first: Reading | None = None  # the current run's first reading (sensor, asset)
@@ -149,6 +150,7 @@ class Coalescer:
 
     def add(self, r: Reading | Block) -> None:
         self.held += 1
+        self.rows += len(r) if type(r) is Block else 1
         first = self._first
         if type(r) is not Reading or not _FLOATS.issuperset(map(type, r.values.values())):
             if first is not None:
@@ -183,7 +185,7 @@ class Coalescer:
                 self._close()
             return self._out
         finally:  # a fresh start even if closing failed (a bug costs this pass, not every later one)
-            self._out, self._run, self.held = [], [], 0
+            self._out, self._run, self.held, self.rows = [], [], 0, 0
             self._first = self._ts = self._values = None
 
     def _close(self) -> None:

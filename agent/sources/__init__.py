@@ -20,6 +20,8 @@ Sink = Callable[[Reading | Block], None]  # a Block counts as len(block) reading
 
 BUSY_S = 0.05  # hand-overs closer than this ...
 BUSY_BELOW = 64  # ... of fewer readings than this each: a busy stream of single readings, read at most every gather_s
+FLOOD_BYTES = 2048  # a read this big is a flood whatever its line count: half of a serial port's 4 KiB kernel buffer,
+# which a wait could let overflow (long lines at 1 Mbaud fill it in 40 ms)
 
 
 class Pacer:
@@ -27,19 +29,21 @@ class Pacer:
     at a time: one wake-up of the source thread and of the pipeline thread for several readings instead of one per
     reading, which is most of the CPU of a stream of 100 readings/s. A reading waits at most ``gather_s`` (in the
     operating system's buffer); a sensor at a slow rate (hand-overs at least ``BUSY_S`` apart) is never delayed,
-    nor is a flood (a read of ``BUSY_BELOW`` readings or more: nothing to gain)."""
+    nor is a flood (a read of ``BUSY_BELOW`` readings or ``FLOOD_BYTES`` bytes or more: nothing to gain, and a port
+    buffer to keep from overflowing)."""
 
     def __init__(self, gather_s: float):
         self.gather_s = gather_s
         self._last = -1e9
 
-    def after(self, n: int) -> float:
-        """``n`` readings were just handed over: how long to wait before reading again (0: at once)."""
+    def after(self, n: int, nbytes: int = 0) -> float:
+        """``n`` readings (read as ``nbytes`` bytes, where the source knows) were just handed over: how long to wait
+        before reading again (0: at once)."""
         if n <= 0:
             return 0.0  # nothing was handed over: not a visit of the stream, the clock stays
         now = time.monotonic()
         last, self._last = self._last, now
-        if self.gather_s <= 0 or n >= BUSY_BELOW or now - last >= BUSY_S:
+        if self.gather_s <= 0 or n >= BUSY_BELOW or nbytes >= FLOOD_BYTES or now - last >= BUSY_S:
             return 0.0
         return self.gather_s
 

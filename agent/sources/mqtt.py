@@ -343,8 +343,8 @@ class MqttSource:
         """The records received since the last hand-over, a run of one sensor's readings as one Block (paho's thread,
         after each pass of its loop; never raises)."""
         try:
-            n = self._pending.held
-            if not n:
+            n = self._pending.rows  # readings: a block payload of 1,000 samples is a flood, not one reading
+            if not self._pending.held:
                 return
             records = self._pending.take()
             sink = self._sink

@@ -310,6 +310,6 @@ class SerialSource:
                     sink(rec)
             if self._pending:
                 self._flush()
-            wait = pacer.after(len(readings))
+            wait = pacer.after(len(readings), len(data))
             if wait:
                 closed.wait(wait)  # a busy stream: let the next lines gather in the port's buffer (Pacer)

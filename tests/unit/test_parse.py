@@ -373,6 +373,7 @@ def test_coalescer_gives_what_the_batch_algorithm_gave(steps: list[Any], min_run
         for r in records[start:end]:
             c.add(r)
         assert c.held == end - start
+        assert c.rows == sum(len(r) if isinstance(r, Block) else 1 for r in records[start:end])
         got, want = c.take(), _reference_coalesce(records[start:end], min_run)
         assert c.held == 0
         assert [type(o) for o in got] == [type(o) for o in want]
