@@ -36,7 +36,8 @@ def plan(quick: bool, soak_s: float) -> list[tuple[str, list[str]]]:
     steps = [
         ("serial_rate", ["--lines", "50000", "--baseline-lines", "5000"] if q else []),
         ("modbus_rate", ["--polls", "1000", "--rounds", "3"] if q else ["--polls", "3000", "--rounds", "5"]),
-        ("mqtt_ingest", ["--readings", "10000"] if q else ["--readings", "20000", "--repeat", "2"]),
+        # the sustained ladder (its own default: the peer rule's rates and 20 s steps); quick: three short steps
+        ("mqtt_ingest", ["--rates", "1000,10000,30000", "--step-s", "5"] if q else []),
         ("window_cost", ["--windows", "5000"] if q else ["--windows", "20000", "--profile"]),
         ("advice_search", ["--repeat", "100"] if q else ["--repeat", "300"]),
         ("footprint", ["--seconds", "10", "--starts", "3"] if q else ["--seconds", "20", "--starts", "5"]),

@@ -51,7 +51,8 @@ def scenario(kind: str, sensors: int, state: Path) -> dict[str, Any]:
     from bench._data import demo_rows
 
     cap = sensors // 10 if kind in ("bounded", "evicted") else 0
-    env = {"EDGE_AGENT_STATE_DIR": str(state), "EDGE_AGENT_CALIBRATION__SAMPLES": "0",
+    env = {"EDGE_AGENT_STATE_DIR": str(state), "EDGE_AGENT_MODEL__PATH": "pump-anomaly",  # not the default any more
+           "EDGE_AGENT_CALIBRATION__SAMPLES": "0",
            "EDGE_AGENT_CLEANING__MAX_SENSORS": str(cap), "EDGE_AGENT_CLEANING__SENSOR_IDLE_S": "0",
            "EDGE_AGENT_MODEL__THRESHOLD": "1e6"}  # no alert: alerts would keep sensors from being forgotten
     settings = load_settings(None, env)
@@ -63,11 +64,12 @@ def scenario(kind: str, sensors: int, state: Path) -> dict[str, Any]:
     pipe = build_pipeline(settings, model, counters, evidence)
     if kind == "evicted":
         from agent.clean import CleaningPolicy
+        from agent.decide import Decisions
         from agent.pipeline import Pipeline
 
         policy = CleaningPolicy(max_sensors=cap, sensor_idle_s=60.0)
-        pipe = Pipeline(model, counters, state, calibration_samples=0, threshold=1e6, evidence=evidence,
-                        cleaning=policy, clock=lambda: clock[0])
+        pipe = Pipeline(model, counters, state, calibration_samples=0, decisions=Decisions(counters, threshold=1e6),
+                        evidence=evidence, cleaning=policy, clock=lambda: clock[0])
     names = ["s"] if kind == "baseline" else [f"sensor-{i:06d}" for i in range(sensors)]
     repeat = sensors if kind == "baseline" else 1
     tracemalloc.start()

@@ -25,6 +25,7 @@ import serial  # noqa: E402
 
 from agent.counters import Counters  # noqa: E402
 from agent.parse import LineParser  # noqa: E402
+from agent.records import Block  # noqa: E402
 from agent.settings import SerialSourceSettings  # noqa: E402
 from agent.sources import CONNECTED  # noqa: E402
 from agent.sources.serial import MAX_READ, LineSplitter, SerialSource  # noqa: E402
@@ -133,8 +134,8 @@ def read_source(n: int) -> Callable[[Pty, Callable[[], int]], None]:
         stop = threading.Event()
         count = [0]
 
-        def sink(_: Any) -> None:
-            count[0] += 1
+        def sink(record: Any) -> None:
+            count[0] += len(record) if isinstance(record, Block) else 1  # a run of lines comes as one Block
             if count[0] >= n:
                 stop.set()
 
