@@ -61,7 +61,7 @@ class _Section(BaseModel):
 
 
 GATHER_MS = 40  # serial and MQTT sources: a busy stream is read at most this often (agent.sources.Pacer)
-GATHER_DESCRIPTION = ('Busy stream (readings less than 50 ms apart, fewer than 64 per read): read it at most every GATHER_MS, so that its readings are handed over together (one wake-up of the source and pipeline threads for several readings, about half the CPU at 100 readings/s); a reading waits at most this long. 0 = hand every read over at once. A sensor at a slow rate is never delayed.')
+GATHER_DESCRIPTION = ('Busy stream (readings less than 50 ms apart, fewer than 64 and under 2 KiB per read): read it at most every GATHER_MS, so that its readings are handed over together (one wake-up of the source and pipeline threads for several readings, about half the CPU at 100 readings/s); a reading waits at most this long. 0 = hand every read over at once. A sensor at a slow rate is never delayed.')
 
 
 class ReplaySourceSettings(_Section):
