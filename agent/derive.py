@@ -79,8 +79,11 @@ class Deriver:
         if not self._ops:
             return raw
         raw = np.asarray(raw, dtype=np.float64)
-        out = np.empty(raw.shape[:-1] + (raw.shape[-1] + len(self._ops),))
-        out[..., : raw.shape[-1]] = raw
+        c = raw.shape[-1]
+        if raw.size == c:  # one row (a window of one reading): Python floats, the same IEEE operations, no ufuncs
+            return self._one_row(raw, c)
+        out = np.empty(raw.shape[:-1] + (c + len(self._ops),))
+        out[..., :c] = raw
         for k, (op, ia, ib, scale, offset) in enumerate(self._ops):
             a, b = raw[..., ia], raw[..., ib]
             if op == "product":
@@ -89,8 +92,22 @@ class Deriver:
                 v = a - b
             else:
                 v = a / np.where(np.abs(b) < MIN_DENOMINATOR, np.copysign(MIN_DENOMINATOR, b), b)
-            out[..., raw.shape[-1] + k] = v * scale + offset
+            out[..., c + k] = v * scale + offset
         return out
+
+    def _one_row(self, raw: np.ndarray, c: int) -> np.ndarray:
+        row = raw.reshape(-1).tolist()
+        extra = []
+        for op, ia, ib, scale, offset in self._ops:
+            a, b = row[ia], row[ib]
+            if op == "product":
+                v = a * b
+            elif op == "difference":
+                v = a - b
+            else:
+                v = a / (b if abs(b) >= MIN_DENOMINATOR else math.copysign(MIN_DENOMINATOR, b))
+            extra.append(v * scale + offset)
+        return np.array(row + extra).reshape(raw.shape[:-1] + (c + len(extra),))
 
     def describe(self) -> list[str]:
         """One readable line per feature, e.g. ``power_W = 0.10472 × (Torque [Nm] × Rotational speed [rpm])``."""

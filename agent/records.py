@@ -58,7 +58,7 @@ class Block:
                 for t, row in zip(self.ts, self.values)]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # made per reading: not frozen (frozen costs 3x per __init__); never changed
 class Vector:
     """A cleaned reading: one float per model channel, in the model's channel order."""
 
@@ -67,7 +67,7 @@ class Vector:
     sensor: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # made per reading: not frozen (frozen costs 3x per __init__); never changed
 class Window:
     """``length`` consecutive vectors of one sensor, ready for feature extraction."""
 
@@ -77,7 +77,7 @@ class Window:
     data: np.ndarray  # shape (length, C), float64, oldest first
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # made per reading: not frozen (frozen costs 3x per __init__); never changed
 class Inference:
     """A model's verdict on one window."""
 

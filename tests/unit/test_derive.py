@@ -125,3 +125,20 @@ def test_model_info_shows_and_checks_the_derived_features():
     assert power["formula"] == "power [W] = 0.10472 × (Torque [Nm] × Rotational speed [rpm])"
     # the feature at the channels' means is close to the training mean of the feature: units and constant right
     assert abs(power["at_channel_means"] - power["sidecar_mean"]) / power["sidecar_mean"] < 0.05
+
+
+def test_one_row_gives_the_numbers_of_the_array_path():
+    """A window of one reading is derived with Python floats: bit-for-bit what the numpy path gives a block."""
+    d = Deriver(CH, [spec(op="product", scale=0.1047, offset=-3.0), spec(name="e", op="difference", a="c", b="a"),
+                     spec(name="f", op="ratio"), spec(name="g", op="ratio", a="c", b="b", scale=-2.0)])
+    rng = np.random.default_rng(3)
+    rows = rng.normal(size=(400, 3)) * rng.choice([1e-15, 1e-3, 1.0, 1e9], size=(400, 1))
+    rows[::7, 1] = 0.0
+    rows[3::7, 1] = -0.0
+    block = d(rows)
+    for k, row in enumerate(rows):
+        for one in (row, row[None, :]):
+            got = d(one)
+            assert got.shape == one.shape[:-1] + (7,)
+            assert np.array_equal(got.reshape(-1), block[k]), k
+            assert np.array_equal(np.signbit(got.reshape(-1)), np.signbit(block[k])), k

@@ -61,3 +61,15 @@ def test_features():
     assert feature_size("raw", 3, 2) == 6 and feature_size("last", 3, 2) == 2
     with pytest.raises(ValueError):
         features("fft", win)
+
+
+def test_normaliser_gives_the_numbers_of_broadcasting_for_every_shape():
+    """Small windows are normalised against tiles kept per shape; every shape gives (x - mean) / std exactly."""
+    rng = np.random.default_rng(5)
+    n = Normaliser(rng.normal(size=4) * 100, np.abs(rng.normal(size=4)) + 1e-9)
+    for shape in [(4,), (1, 4), (10, 4), (3, 4), (7, 4), (2, 10, 4), (2000, 4)]:  # more shapes than tiles kept
+        for _ in range(2):
+            x = rng.normal(size=shape) * 1e3
+            assert np.array_equal(n(x), (x - n.mean) / n.std)
+    x = [[1.0, 2.0, 3.0, 4.0]]  # a list, not an array
+    assert np.array_equal(n(x), (np.asarray(x) - n.mean) / n.std)
