@@ -91,12 +91,17 @@ def add_arguments(parser: argparse.ArgumentParser, env_file: bool = True) -> arg
                         help="first N rows of each file are teach-in, the rest is scored "
                              "(default: the model sidecar's calibration.samples; SKAB protocol: 400)")
     parser.add_argument("--model", metavar="PATH", default=None,
-                        help="model .tflite with its .json sidecar beside it (default: the bundled pump-anomaly model)")
+                        help="a bundled model's name (generic, pump-anomaly, machine-failure) or a .tflite with its .json "
+                             "sidecar beside it (default: the bundled generic detector)")
     parser.add_argument("--runtime", choices=["auto", "ai_edge_litert", "tflite_runtime"], default=None,
                         help="TFLite runtime (default: auto)")
     parser.add_argument("--out", metavar="DIR", default="eval-out",
                         help="where summary.txt, summary.json and the plots go (default: ./eval-out)")
     parser.add_argument("--no-plots", action="store_true", help="write the tables only")
+    parser.add_argument("--label-false", type=_non_negative, default=0, metavar="N",
+                        help="play an operator: label each of the first N false alerts of every file false_positive "
+                             "when it clears, through the daemon's feedback path (its readings become normal); "
+                             "reports the alerts raised after the last label (default 0: no labels)")
     if env_file:
         parser.add_argument("--env-file", metavar="PATH", default=None,
                             help="take model, runtime, calibration samples, threshold and decision (k, n, clear_ratio) "
@@ -231,6 +236,7 @@ def run(args: argparse.Namespace) -> int:
         return _fail(f"--out {out}: cannot create ({e.strerror})")
 
     ev.verbose = args.verbose
+    ev.label_false = args.label_false
     plots = not args.no_plots
     progress = Progress(sys.stderr, len(jobs), sum(j.rows for j in jobs))
     entries: list[dict[str, Any]] = []
@@ -266,10 +272,15 @@ def run(args: argparse.Namespace) -> int:
                 note = f"{m.alerts} alert(s), segments alerted {m.segments_alerted}/{len(m.segments)}"
             else:
                 nm = res.normal()
+                after = res.after_labels()
                 normal_rows.append({"file": job.rel, **nm.as_dict(), "teach_in_rows": fr.teach_in_rows,
                                     "rejected": fr.rejected, "suppressed_alerts": fr.suppressed,
-                                    "alert_details": [asdict(a) for a in fr.alerts], "plot": png})
+                                    "after_labels": after, "alert_details": [asdict(a) for a in fr.alerts],
+                                    "plot": png})
                 note = f"{nm.alerts} alert(s) in {nm.hours:.2f} h of normal operation"
+                if after is not None:
+                    note += (f"; {after['labelled']} labelled false, then {after['alerts']} alert(s) in "
+                             f"{after['hours']:.2f} h")
             progress.done(len(fr.ts), note)
     finally:
         progress.close()
@@ -309,6 +320,11 @@ def run(args: argparse.Namespace) -> int:
         body += ("\nnormal operation (every alert is false): hours = data time after teach-in; per_hour = false "
                  "alerts per hour; active% = rows with an alert active; p99/thr, max/thr = score over threshold\n")
         body += normal_table(normal_rows)
+        for r in normal_rows:
+            if r["after_labels"] is not None:
+                a = r["after_labels"]
+                body += (f"{r['file']}: the first {a['labelled']} false alert(s) labelled false_positive; after the "
+                         f"last label (row {a['after_row']}): {a['alerts']} alert(s) in {a['hours']:.2f} h\n")
     skipped_txt = "".join(f"skipped {s['file']}: {s['reason']}\n" for s in skipped)
     summary = {
         "model": {**describe, "path": str(getattr(model, "path", "")), "runtime": getattr(model, "runtime", None),

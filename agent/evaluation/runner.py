@@ -43,6 +43,7 @@ class AlertRecord:
     peak_score: float | None = None
     top_channels: list[dict[str, Any]] = field(default_factory=list)
     false_alert: bool = False
+    labelled_false: bool = False  # ``--label-false``: labelled false_positive when it cleared (folded into normal)
 
 
 @dataclass
@@ -123,12 +124,17 @@ def pipeline_factory(settings: Any, model: Any, calibration_samples: int,
     if build is None:
         from agent.assets import build_pipeline as build
 
-    def make(counters: Counters, state_dir: Path, channels: list[str] | None = None) -> Any:
+    def make(counters: Counters, state_dir: Path, channels: list[str] | None = None, evidence: bool = False) -> Any:
         s = settings.model_copy(update={
             "state_dir": state_dir,
             "calibration": settings.calibration.model_copy(update={"samples": calibration_samples}),
         })
-        return build(s, model, counters, **({"channels": channels} if channels else {}))
+        kw: dict[str, Any] = {"channels": channels} if channels else {}
+        if evidence:  # an alert's readings kept, as the daemon keeps them, for operator feedback (--label-false)
+            from agent.evidence import EvidenceStore
+
+            kw["evidence"] = EvidenceStore(state_dir / "evidence.db", s.alerts.evidence_max_bytes)
+        return build(s, model, counters, **kw)
 
     return make
 
@@ -150,11 +156,14 @@ def model_channels(model: Any, path: Path) -> list[str]:
     return [h for h in read_header(path) if h.lower() not in TIME_COLUMNS and h not in LABEL_COLUMNS]
 
 
-def run_file(model: Any, path: Path, rel: str, make_pipeline: Callable[[Counters, Path], Any],
-             on_row: Callable[[int], None] | None = None, labelled: bool = True) -> FileRun:
+def run_file(model: Any, path: Path, rel: str, make_pipeline: Callable[..., Any],
+             on_row: Callable[[int], None] | None = None, labelled: bool = True, label_false: int = 0) -> FileRun:
     """Replay one recording through a fresh Pipeline (``make_pipeline(counters, state_dir)`` with its own new
     temporary state dir, so teach-in starts afresh) reading by reading. ``labelled=False``: every row is normal
-    (a long normal recording), its label column, if any, is ignored."""
+    (a long normal recording), its label column, if any, is ignored. ``label_false=N``: play an operator who
+    labels each of the first N false alerts ``false_positive`` when it clears (an alert none of whose rows so far
+    is labelled anomalous), through the daemon's feedback path (``Pipeline.learn``: its readings are folded into
+    the normal model)."""
     from agent.parse import iso
     from agent.records import AlertEvent
     from agent.sources.replay import read_recording
@@ -171,7 +180,9 @@ def run_file(model: Any, path: Path, rel: str, make_pipeline: Callable[[Counters
     bad_labels = 0
     teach_in_rows = None
     with tempfile.TemporaryDirectory(prefix="edge-agent-eval-") as state:
-        p = make_pipeline(counters, Path(state), channels if getattr(model, "needs_channels", False) else None)
+        p = make_pipeline(counters, Path(state), channels if getattr(model, "needs_channels", False) else None,
+                          **({"evidence": True} if label_false else {}))
+        learned = 0
         if not p.calibrating:
             teach_in_rows = 0
         last = p.last_inference
@@ -205,10 +216,15 @@ def run_file(model: Any, path: Path, rel: str, make_pipeline: Callable[[Counters
                     a = alerts[e.alert_id]
                     a.clear_row, a.clear_window_end = at, iso(e.window_end_ts)
                     a.peak_score = e.peak_score
+                    if learned < label_false and not any(labels[a.raise_row:]):
+                        a.labelled_false = bool(p.learn(e.alert_id, "false_positive").get("learned"))
+                        learned += a.labelled_false
             if on_row is not None:
                 on_row(row + 1)
         p.finish()
         params = p.params
+        if getattr(p, "evidence", None) is not None and label_false:
+            p.evidence.close()
     recs = [alerts[i] for i in order]
     y = np.asarray(labels, dtype=np.int8)
     for a, flag in zip(recs, false_alert_flags([(a.raise_row, a.clear_row) for a in recs], y)):
@@ -248,6 +264,19 @@ class FileResult:
         r = self.run
         return normal_metrics(r.ts, r.spans, r.score_rows, r.scores, r.threshold, self.first_row)
 
+    def after_labels(self) -> dict[str, Any] | None:
+        """With ``label_false``: how many alerts were labelled false, and the alerts raised after the last labelled
+        one cleared, over the data time left (None when nothing was labelled)."""
+        r = self.run
+        labelled = [a for a in r.alerts if a.labelled_false]
+        if not labelled:
+            return None
+        cut = int(labelled[-1].clear_row)  # type: ignore[arg-type]
+        later = sum(1 for a in r.alerts if a.raise_row > cut)
+        hours = float(r.ts[-1] - r.ts[cut]) / 3600 if len(r.ts) else 0.0
+        return {"labelled": len(labelled), "after_row": cut, "hours": hours, "alerts": later,
+                "alerts_per_hour": later / hours if hours > 0 else None}
+
     def notes(self) -> list[str]:
         """What the reader of the table must know about this file (teach-in, labels, suppressed alerts)."""
         r, notes = self.run, []
@@ -275,6 +304,7 @@ class Evaluation:
     samples: int
     make_pipeline: Callable[[Counters, Path], Any]
     verbose: bool = False  # False: the pipeline's per-alert and teach-in log lines are held back
+    label_false: int = 0  # play an operator labelling the first N false alerts of each file (run_file)
 
     @classmethod
     def create(cls, overrides: Mapping[str, Any] | None = None, settings: Any = None, model: Any = None,
@@ -301,7 +331,7 @@ class Evaluation:
         """Replay one file through a fresh pipeline and score it (``labelled=False``: all rows normal)."""
         path = Path(path)
         with _quiet_pipeline(not self.verbose):
-            fr = run_file(self.model, path, rel or path.name, self.make_pipeline, on_row, labelled)
+            fr = run_file(self.model, path, rel or path.name, self.make_pipeline, on_row, labelled, self.label_false)
         return FileResult(fr, score_file(fr.labels, fr.ts, fr.spans, self.samples), self.samples, labelled)
 
     def run_many(self, files: Iterable[str | Path], base: str | Path | None = None) -> list[FileResult]:

@@ -153,6 +153,37 @@ def test_long_normal_mode_counts_the_false_alerts(tmp_path, recording, capsys):
     assert n["headroom_p99"] == pytest.approx(np.percentile(r.scores[r.score_rows >= CAL], 99) / r.threshold)
 
 
+def test_label_false_plays_an_operator_whose_label_stops_the_repeat(tmp_path, recording):
+    """--label-false 1: the first bump's alert is labelled false_positive when it clears (the daemon's feedback
+    path folds its readings into the normal model); the same bump again raises nothing."""
+    f = tmp_path / "normal.csv"
+    _write_normal(f, recording)
+    out = tmp_path / "out"
+    args = ["--model", "pump-anomaly", "--normal", str(f), "--calibration-samples", str(CAL), "--no-plots"]
+    assert main([*args, "--out", str(out / "none")]) == 0
+    (plain,) = json.loads((out / "none" / "summary.json").read_text())["normal"]
+    assert plain["alerts"] == 2 and plain["after_labels"] is None  # both bumps alert without a label
+    assert main([*args, "--out", str(out / "one"), "--label-false", "1"]) == 0
+    (n,) = json.loads((out / "one" / "summary.json").read_text())["normal"]
+    (first,) = n["alert_details"]
+    assert first["labelled_false"] is True and BUMPS[0][0] <= first["raise_row"] < BUMPS[0][1]
+    assert n["after_labels"]["labelled"] == 1 and n["after_labels"]["alerts"] == 0
+    assert n["after_labels"]["after_row"] == first["clear_row"]
+    assert "the first 1 false alert(s) labelled false_positive" in (out / "one" / "summary.txt").read_text()
+
+
+def test_label_false_never_labels_an_alert_on_a_labelled_fault(tmp_path):
+    """On a labelled recording the simulated operator labels only alerts that touched no anomalous row."""
+    _write_recording(tmp_path / "a.csv")
+    ev = Evaluation.create({"calibration.samples": CAL, "model.path": "pump-anomaly"})
+    ev.label_false = 5
+    res = ev.run(tmp_path / "a.csv")
+    assert res.run.alerts and any(a.raise_row >= SEG[0] for a in res.run.alerts)  # the fault is alerted
+    for a in res.run.alerts:
+        assert a.labelled_false == (a.clear_row is not None and not res.run.labels[a.raise_row:a.clear_row + 1].any())
+    assert res.metrics.segments_alerted == 1
+
+
 def test_unlabelled_file_under_data_is_skipped_or_taken_as_normal(tmp_path, recording, capsys):
     data = tmp_path / "data"
     data.mkdir()
