@@ -105,7 +105,7 @@ class Deriver:
             elif op == "difference":
                 v = a - b
             else:
-                v = a / (b if abs(b) >= MIN_DENOMINATOR else math.copysign(MIN_DENOMINATOR, b))
+                v = a / (math.copysign(MIN_DENOMINATOR, b) if abs(b) < MIN_DENOMINATOR else b)  # np.where's test
             extra.append(v * scale + offset)
         return np.array(row + extra).reshape(raw.shape[:-1] + (c + len(extra),))
 

@@ -99,9 +99,9 @@ def add_arguments(parser: argparse.ArgumentParser, env_file: bool = True) -> arg
                         help="where summary.txt, summary.json and the plots go (default: ./eval-out)")
     parser.add_argument("--no-plots", action="store_true", help="write the tables only")
     parser.add_argument("--label-false", type=_non_negative, default=0, metavar="N",
-                        help="play an operator: label each of the first N false alerts of every file false_positive "
-                             "when it clears, through the daemon's feedback path (its readings become normal); "
-                             "reports the alerts raised after the last label (default 0: no labels)")
+                        help="play an operator: label false alerts false_positive when they clear, through the "
+                             "daemon's feedback path (their readings become normal), until N labels per file are "
+                             "learnt; reports the alerts raised after the last label (default 0: no labels)")
     if env_file:
         parser.add_argument("--env-file", metavar="PATH", default=None,
                             help="take model, runtime, calibration samples, threshold and decision (k, n, clear_ratio) "

@@ -259,6 +259,11 @@ class EvidenceRecorder:
         except Exception as e:  # noqa: BLE001 - evidence is a bonus
             log.error("could not extend evidence of alert %s: %s", alert_id, e)
 
+    @property
+    def buffer_len(self) -> int:
+        """How many readings before (and up to) the raising window are kept for an alert's evidence."""
+        return self._len
+
     def rows(self, alert_id: str) -> list[list[float]] | None:
         """The readings kept for an alert, when they are for these channels."""
         ev = self.store.get(alert_id)

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 RUNTIMES = ("ai_edge_litert", "tflite_runtime")
 BATCH = 512  # rows per batched invoke (STACK.md: 0.03-0.25 µs per sample at 512)
+ONE_MAX = 4096  # an int8 input of at most this many values is quantised into buffers kept for it (invoke)
 MAX_MODEL_BYTES = 64 * 2**20  # an int8 model for a gateway is kilobytes to a few MB; never read a huge file whole
 
 
@@ -90,10 +91,12 @@ class Model:
         info = np.iinfo(self._in_dtype) if np.issubdtype(self._in_dtype, np.integer) else None
         self._in_lo, self._in_hi = (info.min, info.max) if info else (None, None)
         self._q = tuple(np.float64(v) for v in (self._in_lo or 0, self._in_hi or 0, self._in_zp, self._in_scale))
-        # one window's quantisation buffers (float, then the input's integer type) for ``invoke``
-        self._one_f = np.empty(self._in_shape) if self._in_lo is not None else None
-        self._one_q = np.empty(self._in_shape, dtype=self._in_dtype) if self._in_lo is not None else None
-        self._one_consts = tuple(np.full(self._in_shape, v) for v in self._q)
+        # one window's quantisation buffers (float, then the input's integer type) and constants for ``invoke``:
+        # integer inputs of at most ONE_MAX values (a large input is quantised by ``_quantise``: no buffers kept)
+        small = self._in_lo is not None and int(np.prod(self._in_shape)) <= ONE_MAX
+        self._one_f = np.empty(self._in_shape) if small else None
+        self._one_q = np.empty(self._in_shape, dtype=self._in_dtype) if small else None
+        self._one_consts = tuple(np.full(self._in_shape, v) for v in self._q) if small else ()
 
     def _check(self) -> None:
         sc = self.sidecar

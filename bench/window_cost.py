@@ -191,10 +191,17 @@ def run(windows: int = 20_000, profile: bool = False, repeat: int = 3) -> list[d
     return out
 
 
+def _positive(text: str) -> int:
+    v = int(text)
+    if v < 1:
+        raise argparse.ArgumentTypeError("must be >= 1")
+    return v
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--windows", type=int, default=20_000)
-    ap.add_argument("--repeat", type=int, default=3, help="timed runs of each loop; the best counts (default 3)")
+    ap.add_argument("--repeat", type=_positive, default=3, help="timed runs of each loop; the best counts (default 3)")
     ap.add_argument("--profile", action="store_true", help="also print a cProfile of each block-path loop")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)

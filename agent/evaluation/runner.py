@@ -134,7 +134,12 @@ def pipeline_factory(settings: Any, model: Any, calibration_samples: int,
             from agent.evidence import EvidenceStore
 
             kw["evidence"] = EvidenceStore(state_dir / "evidence.db", s.alerts.evidence_max_bytes)
-        return build(s, model, counters, **kw)
+        try:
+            return build(s, model, counters, **kw)
+        except BaseException:
+            if "evidence" in kw:
+                kw["evidence"].close()
+            raise
 
     return make
 
@@ -161,9 +166,9 @@ def run_file(model: Any, path: Path, rel: str, make_pipeline: Callable[..., Any]
     """Replay one recording through a fresh Pipeline (``make_pipeline(counters, state_dir)`` with its own new
     temporary state dir, so teach-in starts afresh) reading by reading. ``labelled=False``: every row is normal
     (a long normal recording), its label column, if any, is ignored. ``label_false=N``: play an operator who
-    labels each of the first N false alerts ``false_positive`` when it clears (an alert none of whose rows so far
-    is labelled anomalous), through the daemon's feedback path (``Pipeline.learn``: its readings are folded into
-    the normal model)."""
+    labels false alerts ``false_positive`` when they clear (an alert none of whose readings — the buffer before its
+    raise included — is labelled anomalous) through the daemon's feedback path (``Pipeline.learn``: its readings
+    are folded into the normal model), until N labels have been learnt."""
     from agent.parse import iso
     from agent.records import AlertEvent
     from agent.sources.replay import read_recording
@@ -179,9 +184,12 @@ def run_file(model: Any, path: Path, rel: str, make_pipeline: Callable[..., Any]
     order: list[str] = []
     bad_labels = 0
     teach_in_rows = None
-    with tempfile.TemporaryDirectory(prefix="edge-agent-eval-") as state:
+    with tempfile.TemporaryDirectory(prefix="edge-agent-eval-") as state, contextlib.ExitStack() as closing:
         p = make_pipeline(counters, Path(state), channels if getattr(model, "needs_channels", False) else None,
                           **({"evidence": True} if label_false else {}))
+        if label_false and getattr(p, "evidence", None) is not None:
+            closing.callback(p.evidence.close)  # before the state dir goes, also when the replay raises
+        lookback = getattr(p.recorder, "buffer_len", 0) if label_false else 0  # readings before the raise it keeps
         learned = 0
         if not p.calibrating:
             teach_in_rows = 0
@@ -216,15 +224,14 @@ def run_file(model: Any, path: Path, rel: str, make_pipeline: Callable[..., Any]
                     a = alerts[e.alert_id]
                     a.clear_row, a.clear_window_end = at, iso(e.window_end_ts)
                     a.peak_score = e.peak_score
-                    if learned < label_false and not any(labels[a.raise_row:]):
+                    # false: no row labelled anomalous among those the fold takes (the buffer before the raise too)
+                    if learned < label_false and not any(labels[max(0, a.raise_row - lookback):]):
                         a.labelled_false = bool(p.learn(e.alert_id, "false_positive").get("learned"))
                         learned += a.labelled_false
             if on_row is not None:
                 on_row(row + 1)
         p.finish()
         params = p.params
-        if getattr(p, "evidence", None) is not None and label_false:
-            p.evidence.close()
     recs = [alerts[i] for i in order]
     y = np.asarray(labels, dtype=np.int8)
     for a, flag in zip(recs, false_alert_flags([(a.raise_row, a.clear_row) for a in recs], y)):

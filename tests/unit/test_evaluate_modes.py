@@ -172,15 +172,22 @@ def test_label_false_plays_an_operator_whose_label_stops_the_repeat(tmp_path, re
     assert "the first 1 false alert(s) labelled false_positive" in (out / "one" / "summary.txt").read_text()
 
 
-def test_label_false_never_labels_an_alert_on_a_labelled_fault(tmp_path):
-    """On a labelled recording the simulated operator labels only alerts that touched no anomalous row."""
-    _write_recording(tmp_path / "a.csv")
+def test_label_false_labels_a_false_alert_and_never_one_on_a_labelled_fault(tmp_path, recording):
+    """On a labelled recording the simulated operator labels only alerts none of whose readings is labelled: here
+    the first bump is labelled a fault (its alert stays unlabelled), the second is normal (its alert is labelled)."""
+    f = tmp_path / "labelled.csv"
+    _write_normal(f, recording, label_column=True)
+    lines = f.read_text().splitlines()
+    for i in range(*BUMPS[0]):  # row i of the recording is line i + 1
+        lines[i + 1] = lines[i + 1][: -len(";0")] + ";1"
+    f.write_text("\n".join(lines) + "\n")
     ev = Evaluation.create({"calibration.samples": CAL, "model.path": "pump-anomaly"})
     ev.label_false = 5
-    res = ev.run(tmp_path / "a.csv")
-    assert res.run.alerts and any(a.raise_row >= SEG[0] for a in res.run.alerts)  # the fault is alerted
-    for a in res.run.alerts:
-        assert a.labelled_false == (a.clear_row is not None and not res.run.labels[a.raise_row:a.clear_row + 1].any())
+    res = ev.run(f)
+    alerts = res.run.alerts
+    assert [a.labelled_false for a in alerts] == [False, True], [(a.raise_row, a.clear_row) for a in alerts]
+    assert BUMPS[0][0] <= alerts[0].raise_row < BUMPS[0][1] and BUMPS[1][0] <= alerts[1].raise_row < BUMPS[1][1]
+    assert res.after_labels()["labelled"] == 1 and res.after_labels()["after_row"] == alerts[1].clear_row
     assert res.metrics.segments_alerted == 1
 
 
