@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from agent.records import Vector, Window
@@ -109,12 +111,18 @@ class Normaliser:
         shape = getattr(x, "shape", None)
         tiles = self._tiles.get(shape)  # type: ignore[arg-type]
         if tiles is None:
-            if shape is None or len(shape) > 2 or np.prod(shape) > TILE_MAX or len(self._tiles) >= 4:
+            if not self._tileable(shape):
                 return (x - self.mean) / self.std
             tiles = self._tiles[shape] = (np.broadcast_to(self.mean, shape).copy(),
                                           np.broadcast_to(self.std, shape).copy())
         z = np.subtract(x, tiles[0])  # the same numbers as broadcasting; a ufunc on equal shapes is cheaper
         return np.divide(z, tiles[1], out=z)
+
+    def _tileable(self, shape: tuple[int, ...] | None) -> bool:
+        """A row, or a small window of rows, of this normaliser's channels, while fewer than 4 shapes are kept."""
+        assert self.mean is not None
+        return (shape is not None and len(shape) in (1, 2) and shape[-1:] == self.mean.shape[-1:]
+                and math.prod(shape) <= TILE_MAX and len(self._tiles) < 4)
 
     @classmethod
     def fit(cls, data: np.ndarray) -> "Normaliser":

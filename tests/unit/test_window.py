@@ -73,3 +73,14 @@ def test_normaliser_gives_the_numbers_of_broadcasting_for_every_shape():
             assert np.array_equal(n(x), (x - n.mean) / n.std)
     x = [[1.0, 2.0, 3.0, 4.0]]  # a list, not an array
     assert np.array_equal(n(x), (np.asarray(x) - n.mean) / n.std)
+
+
+def test_normaliser_of_other_shapes_is_still_plain_broadcasting():
+    """A scalar, a row of another width and a block of windows are not tiled: the broadcast result (or its error)."""
+    n = Normaliser(np.array([1.0, 2.0]), np.array([2.0, 4.0]))
+    assert np.array_equal(n(np.float64(3.0)), (3.0 - n.mean) / n.std)
+    block = np.arange(24.0).reshape(3, 4, 2)
+    assert np.array_equal(n(block), (block - n.mean) / n.std)
+    with pytest.raises(ValueError):
+        n(np.zeros((4, 3)))  # three channels against two: refused as before
+    assert not n._tiles  # noqa: SLF001 - none of these was kept
