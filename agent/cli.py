@@ -261,7 +261,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return int(evaluate.run(args))
 
 
-def _parser() -> argparse.ArgumentParser:
+def cmd_monitor(args: argparse.Namespace) -> int:
+    from agent import monitor
+
+    return int(monitor.run(args))
+
+
+def _parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The command line. Given ``argv``, the options of ``evaluate`` and ``monitor`` are added only when one of
+    them is asked for: importing them costs ``run`` ~50 ms of its start (and their help still lists both)."""
+    full = argv is None or bool({"evaluate", "monitor"} & set(argv))
     p = argparse.ArgumentParser(prog="edge-agent", description="On-device machine-health inference for gateways.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -290,22 +299,23 @@ def _parser() -> argparse.ArgumentParser:
     cal.add_argument("--asset", metavar="ID", help="with [[assets]]: only this asset (default: every asset)")
     ex = add("export-feedback", cmd_export_feedback, "write the alerts labelled by feedback, with their evidence, as a dataset for models/ training scripts")
     ex.add_argument("--out", required=True, metavar="DIR", help="output folder (SKAB-format CSV per alert + labels.csv)")
-    from agent import evaluate
-
     ev = sub.add_parser("evaluate", help="score labelled recordings through the daemon's pipeline (F1/FAR/MAR, events, plots)",
                         description="score labelled recordings through the daemon's pipeline (F1/FAR/MAR, events, plots)")
-    evaluate.add_arguments(ev)
     ev.set_defaults(fn=cmd_evaluate)
-    from agent import monitor
     mo = sub.add_parser("monitor", help="live table of the gateways under the topic prefix (--once: one snapshot)", description="live table of the gateways under the topic prefix: state, last seen, model, open alerts, outbox, bandwidth ratio")
-    monitor.add_arguments(mo)
-    mo.set_defaults(fn=monitor.run)
+    mo.set_defaults(fn=cmd_monitor)
+    if full:
+        from agent import evaluate, monitor
+
+        evaluate.add_arguments(ev)
+        monitor.add_arguments(mo)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``edge-agent`` console script and ``python -m agent``."""
-    args = _parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = _parser(argv).parse_args(argv)
     return int(args.fn(args))
 
 

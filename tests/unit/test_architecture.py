@@ -5,9 +5,12 @@ in agent/ is over 400 lines."""
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 AGENT = Path(__file__).resolve().parents[2] / "agent"
+ROOT = AGENT.parent
 
 
 def _module_name(path: Path) -> str:
@@ -119,3 +122,17 @@ def test_the_length_check_can_fail(tmp_path: Path) -> None:
     assert lengths == {"agent/long.py": 401, "agent/sub/ok.py": 400, "agent/was_long.py": 1}
     assert over_limit(lengths, set()) == (["agent/long.py (401 lines)"], [])
     assert over_limit(lengths, {"agent/long.py", "agent/was_long.py"}) == ([], ["agent/was_long.py"])
+
+
+def test_run_does_not_import_the_evaluation_or_the_monitor() -> None:
+    """``edge-agent run`` builds its command line without the options of ``evaluate`` and ``monitor``: importing
+    them cost the daemon's start ~50 ms and ~0.7 MB. Their own help still has their options."""
+    code = ("import sys, agent.cli; agent.cli._parser(['run']).parse_args(['run']); import agent.app; "
+            "print(sorted(m for m in sys.modules if m.startswith(('agent.evaluat', 'agent.monitor'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+    for command, option in (("evaluate", "--label-false"), ("monitor", "--once")):
+        helptext = subprocess.run([sys.executable, "-m", "agent", command, "--help"], capture_output=True, text=True,
+                                  cwd=ROOT, timeout=60)
+        assert helptext.returncode == 0 and option in helptext.stdout, helptext.stderr
