@@ -143,18 +143,7 @@ class Model:
     def invoke(self, x: np.ndarray) -> np.ndarray:
         """Run one feature vector (float, normalised) through the model; returns the dequantised output, flat."""
         x = np.asarray(x, dtype=np.float64).reshape(self._in_shape)
-        if self._one_q is None:
-            self._interp.set_tensor(self._in_idx, self._quantise(x))
-        else:  # the formula of ``_quantise``, into buffers kept for one window (no allocation per reading)
-            lo, hi, zp, scale = self._one_consts  # full-shape arrays: a ufunc takes them faster than a scalar
-            f, q = self._one_f, self._one_q
-            np.divide(x, scale, out=f)
-            np.rint(f, out=f)
-            np.add(f, zp, out=f)
-            np.maximum(f, lo, out=f)
-            np.minimum(f, hi, out=f)
-            q[...] = f
-            self._interp.set_tensor(self._in_idx, q)
+        self._interp.set_tensor(self._in_idx, self._quantise(x, kept=self._one_q is not None))
         self._interp.invoke()
         out = self._interp.get_tensor(self._out_idx).reshape(-1)
         return self._dequantise(out)
@@ -206,16 +195,27 @@ class Model:
         """True when ``invoke_batch`` runs real batches (False: row by row)."""
         return self._batch_interpreter() is not None
 
-    def _quantise(self, x: np.ndarray) -> np.ndarray:
+    def _quantise(self, x: np.ndarray, kept: bool = False) -> np.ndarray:
+        """``clip(rint(x / scale) + zero_point)`` in the input's integer type. ``kept``: ``x`` is one window and the
+        result goes into the buffers kept for it (no allocation per reading; the constants are full-shape arrays,
+        which a ufunc takes faster than a scalar: the same numbers). The result is valid until the next call."""
         if self._in_lo is None:
             return x.astype(self._in_dtype)
-        lo, hi, zp, scale = self._q  # float64 scalars: numpy converts a Python int at every call
-        q = x / scale
-        np.rint(q, out=q)
-        q += zp
-        np.maximum(q, lo, out=q)
-        np.minimum(q, hi, out=q)
-        return q.astype(self._in_dtype)
+        if kept:
+            lo, hi, zp, scale = self._one_consts
+            f = np.divide(x, scale, out=self._one_f)
+        else:
+            lo, hi, zp, scale = self._q  # float64 scalars: numpy converts a Python int at every call
+            f = x / scale
+        np.rint(f, out=f)
+        np.add(f, zp, out=f)
+        np.maximum(f, lo, out=f)
+        np.minimum(f, hi, out=f)
+        if not kept:
+            return f.astype(self._in_dtype)
+        q = self._one_q
+        q[...] = f
+        return q
 
     def _batch_interpreter(self) -> Any:
         if self._batch_interp is None:
