@@ -31,13 +31,14 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 import time
 from collections import deque
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from agent.clean_block import clean_common, getter
+from agent.clean_block import HOLD_INTERVALS, clean_common, getter
 from agent.clean_policy import CleaningPolicy, parse_ranges  # noqa: F401 - re-exported (agent.clean's names)
 from agent.counters import Counters
 from agent.logsafe import clip
@@ -48,8 +49,8 @@ log = logging.getLogger(__name__)
 
 MAD_SCALE = 1.4826  # MAD x 1.4826 estimates the standard deviation of normal data
 LEARN_INTERVALS = 8  # a sensor's reporting interval: the median of its first this many intervals
-HOLD_INTERVALS = 3.0  # ... and a value is held, a gap tolerated, for at least this many intervals
 MAX_SENSOR_ID = 200  # characters: a sensor id is a dict key in every per-sensor structure and is in every alert
+_FLOAT_MAX = sys.float_info.max
 _LOG_EVERY_S = 600.0  # repeated warnings (too many sensors) at most this often
 
 
@@ -61,13 +62,32 @@ class _SensorState:
         self.time = TimeBase(max_jump_s)  # its last accepted timestamp, and clock steps
         self.last_seen = 0.0  # clock() when a reading of it last arrived
         self.fresh = True  # windows empty since the last reset (no time_gap reset needed)
-        self.good: list[tuple[float, float] | None] = [None] * channels  # last good (ts, value) per channel
+        self._good: list[tuple[float, float] | None] = [None] * channels  # last good (ts, value) per channel
+        self._all_good: tuple[float, Sequence[float]] | None = None  # or: every channel good at ts, these values
         # spike filter history: none without the filter (an empty deque still costs ~600 bytes, x channels x sensors)
         self.history: list[deque[float]] = [deque(maxlen=spike_window) for _ in range(channels)] if spike_window else []
         self.stale: set[int] = set()
         self.silent = False
         self.intervals: list[float] = []  # the first LEARN_INTERVALS intervals between accepted readings
         self.interval: float | None = None  # their median: the sensor's reporting interval
+
+    @property
+    def good(self) -> list[tuple[float, float] | None]:
+        """The last good (ts, value) of each channel (a list the caller may change in place)."""
+        if self._all_good is not None:
+            ts, values = self._all_good
+            self._good = [(ts, v) for v in values]
+            self._all_good = None
+        return self._good
+
+    @good.setter
+    def good(self, good: list[tuple[float, float] | None]) -> None:
+        self._good, self._all_good = good, None
+
+    def all_good(self, ts: float, values: Sequence[float]) -> None:
+        """Every channel was good at ``ts`` with ``values`` (Python floats): what the common case remembers, the
+        per-channel list made only when a reading needs it."""
+        self._all_good = (ts, values)
 
 
 class Cleaner:
@@ -117,7 +137,10 @@ class Cleaner:
         """Use these per-channel valid ranges from now on (a new model's sidecar); the configured ones win."""
         merged = {**valid_ranges, **self._override}
         self._ranges = [merged.get(c) for c in self.channels]
-        self._bounds = [(i, r[0], r[1]) for i, r in enumerate(self._ranges) if r is not None]
+        # the common case's range test: lo <= v <= hi against the range clamped to the finite floats, which also
+        # refuses NaN and +-inf (a channel without a range: the finite floats)
+        self._lows = tuple(max(r[0], -_FLOAT_MAX) if r is not None else -_FLOAT_MAX for r in self._ranges)
+        self._highs = tuple(min(r[1], _FLOAT_MAX) if r is not None else _FLOAT_MAX for r in self._ranges)
 
     @property
     def stale(self) -> frozenset[str]:

@@ -12,7 +12,7 @@ its turn, so counters, holds, resets and stale marks are the per-reading code's 
 from __future__ import annotations
 
 import math
-from operator import itemgetter
+from operator import itemgetter, le
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 
 _FLOAT = {float}
+HOLD_INTERVALS = 3.0  # a value is held, a gap tolerated, for at least this many reporting intervals (agent.clean)
 
 
 def getter(channels: Sequence[str]) -> Callable[[Any], tuple[Any, ...]]:
@@ -49,21 +50,20 @@ def clean_common(cleaner: "Cleaner", r: Reading, now: float) -> Vector | None:
     jump = cleaner.max_time_jump_s
     if jump and ts - last - max(0.0, now - tb._at) > jump:  # noqa: SLF001
         return None
-    hold = cleaner.max_hold_s > 0
-    if hold and ts - last > cleaner.hold_s(st) and not st.fresh:
+    max_hold = cleaner.max_hold_s
+    if max_hold > 0 and ts - last > max(max_hold, HOLD_INTERVALS * st.interval) and not st.fresh:  # hold_s(st)
         return None
     try:
         values = cleaner._get(r.values)  # noqa: SLF001
     except KeyError:
         return None
-    if set(map(type, values)) != _FLOAT or not all(map(math.isfinite, values)):
+    # Python floats, each finite and inside its channel's range (the ranges clamped to the finite floats)
+    if set(map(type, values)) != _FLOAT or not all(map(le, cleaner._lows, values)) \
+            or not all(map(le, values, cleaner._highs)):  # noqa: SLF001
         return None
-    for i, lo, hi in cleaner._bounds:  # noqa: SLF001
-        if not lo <= values[i] <= hi:
-            return None
     st.last_seen = now
-    if hold:
-        st.good = [(ts, v) for v in values]
+    if max_hold > 0:
+        st.all_good(ts, values)
     tb.accept(ts, now)
     st.fresh = False
     return Vector(ts=ts, values=np.array(values), sensor=r.sensor)
@@ -133,6 +133,6 @@ class CleanRun:
         st.last_seen = now
         last_ts = float(self.ts[end - 1])
         if cleaner.max_hold_s > 0:
-            st.good = [(last_ts, v) for v in self.x[end - 1].tolist()]
+            st.all_good(last_ts, self.x[end - 1].tolist())
         st.time.accept(last_ts, now)
         st.fresh = False

@@ -12,6 +12,8 @@ import math
 import uuid
 from collections import deque
 from dataclasses import dataclass
+from itertools import repeat
+from operator import gt
 from typing import Any
 
 import numpy as np
@@ -86,7 +88,7 @@ class AlertMachine:
                 level = self._floor
                 self._floor *= self._decay
             self._receded.append(False)
-            if sum(1 for x in self._scores if x > level) >= self.k:
+            if sum(map(gt, self._scores, repeat(level))) >= self.k:  # windows over the level
                 self.active_id = uuid.uuid4().hex
                 self._peak = s
                 self._floor = 0.0
@@ -292,7 +294,7 @@ class Decisions:
     def judge(self, inf: Inference) -> tuple[Transition | None, bool]:
         """Feed one scored window: (the transition to report or None, whether a raise was suppressed)."""
         sensor = inf.window.sensor
-        t = self.machine(sensor).update(inf)
+        t = (self.machines.get(sensor) or self.machine(sensor)).update(inf)
         if t is None:
             return None, False
         end = inf.window.end_ts

@@ -49,17 +49,19 @@ class LatencyRing:
     """The last ``size`` inference latencies, written by the pipeline thread, read by the health thread."""
 
     def __init__(self, size: int = 1024):
-        self._buf = np.zeros(size)
+        self._buf = [0.0] * size  # a list: one item set per window is cheaper than into an array
+        self._size = size
         self._n = 0
         self._cached: tuple[int, dict[str, float] | None] = (0, None)  # (_n, percentiles) of the last ask
 
     def add(self, seconds: float) -> None:
-        self._buf[self._n % len(self._buf)] = seconds
-        self._n += 1
+        n = self._n
+        self._buf[n % self._size] = seconds
+        self._n = n + 1
 
     def values(self) -> np.ndarray:
         """The latencies kept (seconds, unordered)."""
-        return self._buf[:min(self._n, len(self._buf))].copy()
+        return np.array(self._buf[:min(self._n, self._size)], dtype=np.float64)
 
     def percentiles_ms(self) -> dict[str, float] | None:
         """p50 and p99 of the latencies kept, in ms; computed again only after a new latency came in."""
@@ -67,8 +69,8 @@ class LatencyRing:
         cached_at, cached = self._cached
         if total == cached_at:
             return None if cached is None else dict(cached)
-        n = min(total, len(self._buf))
-        data = self._buf[:n].copy() * 1000
+        n = min(total, self._size)
+        data = np.array(self._buf[:n], dtype=np.float64) * 1000
         p50, p99 = np.quantile(data, [0.5, 0.99])
         out = {"p50": round(float(p50), 4), "p99": round(float(p99), 4)}
         self._cached = (total, out)

@@ -57,6 +57,7 @@ class Pipeline:
         self._evidence = (evidence_windows_before, evidence_inline_max_bytes)
         self.advisor = advisor
         self.latencies = LatencyRing()
+        self._tally = counters.tally()  # counts made per window, by this pipeline's thread alone: no lock each
         self.recent: deque[np.ndarray] = deque(maxlen=32)  # raw windows, the canary for a model reload
         self.last_inference: Inference | None = None
         self._last_arrival = time.monotonic()
@@ -334,7 +335,7 @@ class Pipeline:
         self.last_inference = inf
         self.latencies.add(latency)
         self.recent.append(win.data)
-        self.counters.inc("pipeline.windows")
+        self._tally.inc("pipeline.windows")
         summariser.add_score(score)
         t, suppressed = self.decisions.judge(inf)
         if suppressed:

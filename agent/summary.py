@@ -15,6 +15,7 @@ from agent.counters import Counters
 from agent.records import SummaryEvent, Vector
 
 COUNTED = ("reject.", "repaired.", "gap.")
+ROWS_HELD = 64  # vectors held before they are added to a period's per-channel sums, min and max
 SCORES_KEPT = 16_384  # at most this many window scores per period for the percentiles (8 bytes each): every one
 # while they fit, then every 2nd, 4th, … window of the whole period (a busy period is sampled evenly, not cut short)
 
@@ -43,6 +44,7 @@ class Summariser:
     def _reset_stats(self) -> None:
         c = len(self.channels)
         self._total, self._lo, self._hi = np.zeros(c), np.full(c, np.inf), np.full(c, -np.inf)
+        self._rows, self._k = np.empty((ROWS_HELD, c)), 0  # vectors not yet in the three above
 
     def due(self, ts: float) -> bool:
         """True when ``ts`` lies past the end of the current period (call ``take`` before adding it)."""
@@ -53,10 +55,20 @@ class Summariser:
             self.period_start = v.ts
         self.last_ts = v.ts
         self.readings += 1
-        x = v.values
-        self._total += x
-        np.minimum(self._lo, x, out=self._lo)
-        np.maximum(self._hi, x, out=self._hi)
+        k = self._k  # held, and added ROWS_HELD at a time: three ufunc calls per vector cost more than the sums
+        self._rows[k] = v.values
+        if k + 1 == ROWS_HELD:
+            self._k = ROWS_HELD
+            self._fold()
+        else:
+            self._k = k + 1
+
+    def _fold(self) -> None:
+        """The vectors held, into the period's sums (in their order: the same bits as one at a time), min and max."""
+        k = self._k
+        if k:
+            self._k = 0
+            self._stats(self._rows[:k])
 
     def add_rows(self, ts: np.ndarray, rows: np.ndarray) -> None:
         """``add_vector`` for each row in turn (the sums added in the same order: the same bits)."""
@@ -64,6 +76,10 @@ class Summariser:
             self.period_start = float(ts[0])
         self.last_ts = float(ts[-1])
         self.readings += len(ts)
+        self._fold()
+        self._stats(rows)
+
+    def _stats(self, rows: np.ndarray) -> None:
         self._total = np.add.accumulate(np.vstack((self._total, rows)), axis=0)[-1]
         np.minimum(self._lo, rows.min(axis=0), out=self._lo)
         np.maximum(self._hi, rows.max(axis=0), out=self._hi)
@@ -132,6 +148,7 @@ class Summariser:
     def take(self, end_ts: float | None, rejected: Mapping[str, int]) -> dict[str, Any]:
         """The summary of the period so far (ending at ``end_ts``), and a fresh period."""
         scores = self.scores
+        self._fold()
         n = self.readings  # every vector carries every channel: each channel's count is the reading count
         out: dict[str, Any] = {
             "period_start": self.period_start,

@@ -21,29 +21,41 @@ class Windower:
             raise ValueError("window length and hop must be >= 1")
         self.length, self.hop, self.channels = length, hop, channels
         self._buf: dict[str, np.ndarray] = {}
-        self._ts: dict[str, np.ndarray] = {}
+        self._ts: dict[str, list[float]] = {}
         self._count: dict[str, int] = {}  # vectors seen since the last reset
+        self._single = length == 1 and hop == 1
 
     def push(self, v: Vector) -> Window | None:
         """Add one vector; return a window when one is due."""
-        buf = self._buf.get(v.sensor)
+        sensor, t = v.sensor, float(v.ts)
+        if self._single:  # a window of one reading, every reading: the vector itself (a fresh array per reading)
+            if sensor not in self._buf:  # the buffers ``push_rows`` keeps (it reads none of them for length 1)
+                self._new(sensor)
+            self._count[sensor] += 1
+            return Window(sensor, t, t, v.values.reshape(1, -1))
+        buf = self._buf.get(sensor)
         if buf is None:
-            # every row is written twice, at i and i + length, so that a window is one contiguous slice
-            buf = self._buf[v.sensor] = np.zeros((2 * self.length, self.channels))
-            self._ts[v.sensor] = np.zeros(2 * self.length)
-            self._count[v.sensor] = 0
-        ts = self._ts[v.sensor]
-        n = self._count[v.sensor]
-        i = n % self.length
-        buf[i] = buf[i + self.length] = v.values
-        ts[i] = ts[i + self.length] = v.ts
+            buf = self._new(sensor)
+        ts = self._ts[sensor]
+        n = self._count[sensor]
+        length = self.length
+        i = n % length
+        buf[i] = buf[i + length] = v.values
+        ts[i] = ts[i + length] = t
         n += 1
-        self._count[v.sensor] = n
-        if n < self.length or (n - self.length) % self.hop:
+        self._count[sensor] = n
+        if n < length or (n - length) % self.hop:
             return None
-        s = n % self.length  # the oldest row of the window
-        return Window(sensor=v.sensor, start_ts=float(ts[s]), end_ts=float(ts[s + self.length - 1]),
-                      data=buf[s:s + self.length].copy())
+        s = n % length  # the oldest row of the window
+        return Window(sensor, ts[s], ts[s + length - 1], buf[s:s + length].copy())
+
+    def _new(self, sensor: str) -> np.ndarray:
+        """A sensor's empty buffers: every row (and timestamp, in a list of floats) is written twice, at i and
+        i + length, so that a window is one contiguous slice."""
+        buf = self._buf[sensor] = np.zeros((2 * self.length, self.channels))
+        self._ts[sensor] = [0.0] * (2 * self.length)
+        self._count[sensor] = 0
+        return buf
 
     def push_rows(self, sensor: str, ts: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Add ``m`` vectors of one sensor at once (what ``push`` does ``m`` times): the windows due, as (index in
@@ -52,16 +64,14 @@ class Windower:
         length, m = self.length, len(ts)
         buf = self._buf.get(sensor)
         if buf is None:
-            buf = self._buf[sensor] = np.zeros((2 * length, self.channels))
-            self._ts[sensor] = np.zeros(2 * length)
-            self._count[sensor] = 0
+            buf = self._new(sensor)
         tbuf = self._ts[sensor]
         n0 = self._count[sensor]
         k = min(n0, length - 1)  # earlier rows the first new windows still need
         if k:
             i0 = (n0 - k) % length
             data = np.concatenate((buf[i0:i0 + k], rows))
-            stamps = np.concatenate((tbuf[i0:i0 + k], ts))
+            stamps = np.concatenate((np.array(tbuf[i0:i0 + k], dtype=np.float64), ts))
         else:
             data, stamps = rows, ts
         counts = np.arange(n0 + 1, n0 + m + 1)
@@ -80,7 +90,8 @@ class Windower:
         tail = min(m, length)
         pos = (n0 + np.arange(m - tail, m)) % length
         buf[pos] = buf[pos + length] = rows[m - tail:]
-        tbuf[pos] = tbuf[pos + length] = ts[m - tail:]
+        for p, t in zip(pos.tolist(), ts[m - tail:].tolist()):
+            tbuf[p] = tbuf[p + length] = t
         self._count[sensor] = n0 + m
         return idx, windows, starts, ends
 

@@ -507,3 +507,35 @@ def test_a_sensor_id_too_long_to_keep_is_refused():
     cl = Cleaner(["a"], {}, c)
     assert cl.clean(Reading(ts=1.0, values={"a": 1.0}, sensor="x" * 100_000)) is None
     assert c.snapshot("reject.") == {"sensor_id_too_long": 1} and cl.sensor_count == 0
+
+
+def test_a_settled_sensor_accepts_and_refuses_exactly_as_the_first_readings_are_judged():
+    """After its interval is learnt a sensor's readings take the common path (agent.clean_block.clean_common):
+    the range ends are inside, +-inf and NaN are not finite even where the range is open-ended, any finite float
+    passes a channel without a range, and a non-float goes the per-channel way (an int is a number)."""
+    cases = [
+        ({"a": 1e308, "b": 0.0, "c": 5.0}, [1e308, 0.0, 5.0]),
+        ({"a": -1e308, "b": 100.0, "c": 1e300}, [-1e308, 100.0, 1e300]),
+        ({"a": 1.0, "b": 100.00000000001, "c": 5.0}, "out_of_range"),
+        ({"a": 1.0, "b": -1e-300, "c": 5.0}, "out_of_range"),
+        ({"a": float("inf"), "b": 1.0, "c": 5.0}, "not_finite"),
+        ({"a": 1.0, "b": 1.0, "c": float("inf")}, "not_finite"),
+        ({"a": 1.0, "b": 1.0, "c": float("nan")}, "not_finite"),
+        ({"a": 1.0, "b": 1.0, "c": -1.0}, "out_of_range"),
+        ({"a": 3, "b": 1.0, "c": 5.0}, [3.0, 1.0, 5.0]),
+        ({"a": True, "b": 1.0, "c": 5.0}, "non_numeric"),
+    ]
+    for settled in (False, True):
+        for values, expected in cases:
+            c = Counters()
+            cl = Cleaner(["a", "b", "c"], {"b": (0.0, 100.0), "c": (0.0, float("inf"))}, c)
+            ts = 0.0
+            if settled:
+                for ts in range(20):
+                    assert cl.clean(Reading(ts=float(ts), values={"a": 1.0, "b": 1.0, "c": 1.0})) is not None
+                assert cl.interval_of("") == 1.0
+            v = cl.clean(Reading(ts=float(ts) + 1.0, values=values))
+            if isinstance(expected, str):
+                assert v is None and c.snapshot("reject.") == {expected: 1}, (settled, values)
+            else:
+                assert v is not None and v.values.tolist() == expected and c.snapshot("reject.") == {}, (settled, values)

@@ -199,3 +199,26 @@ def test_first_change_and_absorb_do_what_update_does_window_by_window(seed):
             for m in (one, many):
                 m.retune(0.8, k, n, args["clear_ratio"])
     assert seen >= 2  # raised and cleared at least once
+
+
+def test_summary_statistics_of_many_vectors_and_blocks_are_the_sequential_sums_bit_for_bit():
+    rng = np.random.default_rng(3)
+    rows = rng.normal(size=(501, 2)) * np.array([1e6, 1e-3]) + np.array([1e9, 0.1])  # sums that round
+    s = Summariser(["a", "b"], interval_s=1e9)
+    total = np.zeros(2)
+    i = 0
+    for step in (1, 70, 1, 1, 130, 1, 200, 97):  # vectors one at a time (held, added 64 at a time) and blocks
+        if step == 1 or step == 97:
+            for k in range(i, i + step):
+                s.add_vector(Vector(float(k), rows[k].copy()))
+        else:
+            s.add_rows(np.arange(i, i + step, dtype=float), rows[i:i + step])
+        i += step
+    for k in range(i):
+        total = total + rows[k]  # one vector after the other
+    out = s.take(None, {})
+    assert out["readings"] == i == 501
+    for j, c in enumerate("ab"):
+        assert out["channels"][c]["mean"] == float(total[j] / i)
+        assert out["channels"][c]["min"] == float(rows[:i, j].min()) and out["channels"][c]["max"] == float(rows[:i, j].max())
+    assert s.take(None, {})["channels"]["a"] == {"count": 0}  # nothing held over into the next period

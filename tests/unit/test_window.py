@@ -84,3 +84,32 @@ def test_normaliser_of_other_shapes_is_still_plain_broadcasting():
     with pytest.raises(ValueError):
         n(np.zeros((4, 3)))  # three channels against two: refused as before
     assert not n._tiles  # noqa: SLF001 - none of these was kept
+
+
+@pytest.mark.parametrize("length, hop", [(1, 1), (3, 1), (4, 2)])
+def test_push_and_push_rows_in_turns_give_the_windows_of_push_alone(length, hop):
+    rng = np.random.default_rng(length)
+    rows, stamps = rng.normal(size=(40, 3)), np.arange(40) * 1.5 + 7  # float stamps, some given as ints below
+    ref = []
+    w = Windower(length, hop, 3)
+    for i in range(40):
+        win = w.push(Vector(ts=int(stamps[i]) if i % 2 == 0 and stamps[i] == int(stamps[i]) else float(stamps[i]),
+                            values=rows[i].copy()))
+        if win is not None:
+            ref.append((win.start_ts, win.end_ts, win.data.copy()))
+    got = []
+    w = Windower(length, hop, 3)
+    i = 0
+    for step in (1, 5, 1, 1, 9, 2, 1, 20):  # one reading, a block, one reading, ...
+        if step == 1:
+            win = w.push(Vector(ts=float(stamps[i]), values=rows[i].copy()))
+            if win is not None:
+                got.append((win.start_ts, win.end_ts, win.data.copy()))
+        else:
+            idx, wins, starts, ends = w.push_rows("", stamps[i:i + step], rows[i:i + step])
+            got.extend((float(s), float(e), d.copy()) for s, e, d in zip(starts, ends, wins))
+        i += step
+    assert len(got) == len(ref)
+    for (s0, e0, d0), (s1, e1, d1) in zip(ref, got):
+        assert type(s0) is float and type(e0) is float  # a timestamp given as an int is a float in the window
+        assert (s0, e0) == (s1, e1) and np.array_equal(d0, d1)
