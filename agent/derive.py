@@ -96,7 +96,14 @@ class Deriver:
         return out
 
     def _one_row(self, raw: np.ndarray, c: int) -> np.ndarray:
+        if raw.ndim == 2:  # a window of one reading (1 x C): the common case, without reshapes
+            row = raw.tolist()[0]
+            return np.array([row + self._extra(row)])
         row = raw.reshape(-1).tolist()
+        return np.array(row + self._extra(row)).reshape(raw.shape[:-1] + (c + len(self._ops),))
+
+    def _extra(self, row: list[float]) -> list[float]:
+        """The derived features of one row of Python floats."""
         extra = []
         for op, ia, ib, scale, offset in self._ops:
             a, b = row[ia], row[ib]
@@ -107,7 +114,7 @@ class Deriver:
             else:
                 v = a / (math.copysign(MIN_DENOMINATOR, b) if abs(b) < MIN_DENOMINATOR else b)  # np.where's test
             extra.append(v * scale + offset)
-        return np.array(row + extra).reshape(raw.shape[:-1] + (c + len(extra),))
+        return extra
 
     def describe(self) -> list[str]:
         """One readable line per feature, e.g. ``power_W = 0.10472 × (Torque [Nm] × Rotational speed [rpm])``."""

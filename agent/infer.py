@@ -32,7 +32,8 @@ try:  # the clip ufunc (np.clip is a Python wrapper around it)
     from numpy._core.umath import clip as _clip  # numpy >= 1.26
 except ImportError:  # pragma: no cover - numpy 1.24/1.25
     from numpy.core.umath import clip as _clip
-_divide, _rint, _add, _add_reduce = np.divide, np.rint, np.add, np.add.reduce
+_divide, _rint, _add, _add_reduce, _subtract = np.divide, np.rint, np.add, np.add.reduce, np.subtract
+_perf_counter = time.perf_counter
 ONE_MAX = 4096  # an int8 input of at most this many values is quantised into buffers kept for it (invoke)
 MAX_MODEL_BYTES = 64 * 2**20  # an int8 model for a gateway is kilobytes to a few MB; never read a huge file whole
 
@@ -97,11 +98,14 @@ class Model:
         self._in_lo, self._in_hi = (info.min, info.max) if info else (None, None)
         self._q = tuple(np.float64(v) for v in (self._in_lo or 0, self._in_hi or 0, self._in_zp, self._in_scale))
         # one window's quantisation buffers (float, then the input's integer type) and constants for ``invoke``:
-        # integer inputs of at most ONE_MAX values (a large input is quantised by ``_quantise``: no buffers kept)
-        small = self._in_lo is not None and int(np.prod(self._in_shape)) <= ONE_MAX
-        self._one_f = np.empty(self._in_shape) if small else None
-        self._one_q = np.empty(self._in_shape, dtype=self._in_dtype) if small else None
-        self._one_consts = tuple(np.full(self._in_shape, v) for v in self._q) if small else ()
+        # integer inputs of at most ONE_MAX values (a large input is quantised by ``_quantise``: no buffers kept).
+        # Flat, as the scorer's feature vector is: a ufunc on equal shapes is cheaper than on broadcast ones.
+        size = int(np.prod(self._in_shape))
+        small = self._in_lo is not None and size <= ONE_MAX
+        self._one_f = np.empty(size) if small else None
+        self._one_qflat = np.empty(size, dtype=self._in_dtype) if small else None
+        self._one_q = self._one_qflat.reshape(self._in_shape) if small else None  # the tensor's shape, same memory
+        self._one_consts = tuple(np.full(size, v) for v in self._q) if small else ()
         self._calls = (self._interp.set_tensor, self._interp.invoke, self._interp.get_tensor)
 
     def _check(self) -> None:
@@ -148,9 +152,14 @@ class Model:
 
     def invoke(self, x: np.ndarray) -> np.ndarray:
         """Run one feature vector (float, normalised) through the model; returns the dequantised output, flat."""
-        x = np.asarray(x, dtype=np.float64).reshape(self._in_shape)
+        if self._one_f is None:
+            q = self._quantise(np.asarray(x, dtype=np.float64).reshape(self._in_shape))
+        else:
+            if type(x) is not np.ndarray or x.shape != self._one_f.shape:  # the scorer's is a flat float64 vector
+                x = np.asarray(x, dtype=np.float64).reshape(self._one_f.shape)
+            q = self._quantise(x, kept=True)
         set_tensor, run, get_tensor = self._calls  # bound once: attribute lookups are a share of a 2 µs invoke
-        set_tensor(self._in_idx, self._quantise(x, kept=self._one_q is not None))
+        set_tensor(self._in_idx, q)
         run()
         return self._dequantise(get_tensor(self._out_idx).reshape(-1))
 
@@ -218,9 +227,8 @@ class Model:
         _clip(f, lo, hi, f)  # maximum(lo) then minimum(hi) in one ufunc: the same numbers
         if not kept:
             return f.astype(self._in_dtype)
-        q = self._one_q
-        q[...] = f
-        return q
+        self._one_qflat[...] = f
+        return self._one_q
 
     def _batch_interpreter(self) -> Any:
         if self._batch_interp is None:
@@ -249,6 +257,7 @@ class Scorer:
         self.normaliser = normaliser
         sc = model.sidecar
         self._recipe = sc.features
+        self._raw = sc.features == "raw"  # features("raw", z)
         self._kind = sc.kind
         self._columns = sc.columns
         self.derive = Deriver(sc.channels, sc.derived)
@@ -257,13 +266,13 @@ class Scorer:
     def score(self, window_raw: np.ndarray, sensor: str = "") -> tuple[float, "Contributions", float]:
         """(score, per-column contributions, latency in seconds); stateless, so ``sensor`` is not used."""
         z = self.normaliser(self.derive(window_raw))
-        x = features(self._recipe, z)
-        t0 = time.perf_counter()
+        x = z.reshape(-1) if self._raw else features(self._recipe, z)
+        t0 = _perf_counter()
         out = self.model.invoke(x)
-        latency = time.perf_counter() - t0
+        latency = _perf_counter() - t0
         cols = self._columns
         if self._kind == "autoencoder":
-            err = x - out
+            err = _subtract(x, out, out)  # the output is a fresh array, used only here
             err *= err
             score = float(_add_reduce(err)) / err.size  # err.sum() without its Python wrapper (x, out: flat)
             return score, Contributions(cols, lambda: err.reshape(-1, len(cols)).sum(axis=0)), latency

@@ -331,7 +331,7 @@ class Pipeline:
         if win is None or self.scorer is None:
             return out
         score, contributions, latency = self.scorer.score(win.data, win.sensor)
-        inf = Inference(window=win, score=score, contributions=contributions, latency_s=latency)
+        inf = Inference(win, score, contributions, latency)
         self.last_inference = inf
         self.latencies.add(latency)
         self.recent.append(win.data)

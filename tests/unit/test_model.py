@@ -171,3 +171,18 @@ def test_one_window_invoke_equals_the_batched_invoke(path, runtime):
     one = np.stack([m.invoke(x) for x in xs])
     assert np.array_equal(one, batch)
     assert len(np.unique(one, axis=0)) > 1  # the outputs really differ (a classifier has few levels)
+
+
+@pytest.mark.parametrize("path", BUNDLED, ids=lambda p: p.stem)
+def test_invoke_takes_a_window_of_any_shape_and_number_type_and_refuses_a_wrong_size(path):
+    m = Model(path, runtime="ai_edge_litert")
+    shape = tuple(m.tensor_details()["input"]["shape"])
+    size = int(np.prod(shape))
+    x = np.random.default_rng(5).normal(size=size) * 3
+    want = m.invoke_batch(x[None])[0]
+    for form in (x, x.reshape(shape), x.reshape(-1, 1), list(x), x[::-1].copy()[::-1]):  # any shape of its size
+        assert np.array_equal(m.invoke(form), want)
+    assert np.array_equal(m.invoke(x.astype(np.float32)), m.invoke_batch(x.astype(np.float32)[None])[0])
+    for bad in (np.ones(1), np.ones(size + 1)):
+        with pytest.raises(ValueError):
+            m.invoke(bad)
