@@ -66,7 +66,7 @@ def clean_common(cleaner: "Cleaner", r: Reading, now: float) -> Vector | None:
         st.all_good(ts, values)
     tb.accept(ts, now)
     st.fresh = False
-    return Vector(ts=ts, values=np.array(values), sensor=r.sensor)
+    return Vector(ts, np.array(values), r.sensor)
 
 
 def rows_ok(cleaner: "Cleaner", x: np.ndarray) -> np.ndarray:
