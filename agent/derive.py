@@ -98,7 +98,7 @@ class Deriver:
     def _one_row(self, raw: np.ndarray, c: int) -> np.ndarray:
         if raw.ndim == 2:  # a window of one reading (1 x C): the common case, without reshapes
             row = raw.tolist()[0]
-            return np.array([row + self._extra(row)])
+            return np.array(row + self._extra(row))[None]
         row = raw.reshape(-1).tolist()
         return np.array(row + self._extra(row)).reshape(raw.shape[:-1] + (c + len(self._ops),))
 
