@@ -80,9 +80,11 @@ class Summariser:
         self._stats(rows)
 
     def _stats(self, rows: np.ndarray) -> None:
+        """Sums, min and max taken row after row, as one ``add``/``minimum``/``maximum`` per vector would (the same
+        bits, the sign of a zero included: a reduction over a contiguous column may settle -0.0 vs 0.0 otherwise)."""
         self._total = np.add.accumulate(np.vstack((self._total, rows)), axis=0)[-1]
-        np.minimum(self._lo, rows.min(axis=0), out=self._lo)
-        np.maximum(self._hi, rows.max(axis=0), out=self._hi)
+        self._lo = np.minimum.accumulate(np.vstack((self._lo, rows)), axis=0)[-1]
+        self._hi = np.maximum.accumulate(np.vstack((self._hi, rows)), axis=0)[-1]
 
     @property
     def scores(self) -> np.ndarray:

@@ -222,3 +222,21 @@ def test_summary_statistics_of_many_vectors_and_blocks_are_the_sequential_sums_b
         assert out["channels"][c]["mean"] == float(total[j] / i)
         assert out["channels"][c]["min"] == float(rows[:i, j].min()) and out["channels"][c]["max"] == float(rows[:i, j].max())
     assert s.take(None, {})["channels"]["a"] == {"count": 0}  # nothing held over into the next period
+
+
+@pytest.mark.parametrize("zeros", [[-0.0, -0.0, 0.0, 0.0, -0.0, 0.0, 0.0, -0.0, -0.0], [0.0] * 8 + [-0.0],
+                                   [-0.0] * 300 + [0.0] * 5, [0.0, -0.0] * 200])
+def test_summary_min_and_max_of_zeros_keep_the_sign_one_vector_at_a_time_gives(zeros):
+    """An idle sensor printing "%.1f" sends -0.0 and 0.0: the published min/max are what minimum/maximum give
+    vector after vector, whether the vectors came one at a time (held, added 256 at a time) or as a block."""
+    lo, hi = np.array([np.inf]), np.array([-np.inf])
+    for z in zeros:
+        np.minimum(lo, np.array([z]), out=lo)
+        np.maximum(hi, np.array([z]), out=hi)
+    one, block = Summariser(["a"], interval_s=1e9), Summariser(["a"], interval_s=1e9)
+    for k, z in enumerate(zeros):
+        one.add_vector(Vector(float(k), np.array([z])))
+    block.add_rows(np.arange(len(zeros), dtype=float), np.array(zeros).reshape(-1, 1))
+    for s in (one, block):
+        ch = s.take(None, {})["channels"]["a"]
+        assert np.signbit(ch["min"]) == np.signbit(lo[0]) and np.signbit(ch["max"]) == np.signbit(hi[0]), zeros
