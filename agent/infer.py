@@ -213,9 +213,10 @@ class Model:
         return self._batch_interpreter() is not None
 
     def _quantise(self, x: np.ndarray, kept: bool = False) -> np.ndarray:
-        """``clip(rint(x / scale) + zero_point)`` in the input's integer type. ``kept``: ``x`` is one window and the
-        result goes into the buffers kept for it (no allocation per reading; the constants are full-shape arrays,
-        which a ufunc takes faster than a scalar: the same numbers). The result is valid until the next call."""
+        """``clip(rint(x / scale) + zero_point)`` in the input's integer type. ``kept``: ``x`` is one window, flat,
+        and the result goes into the buffers kept for it (no allocation per reading; the constants are flat arrays
+        of its size, which a ufunc takes faster than a scalar or a broadcast: the same numbers); the result has the
+        input tensor's shape and is valid until the next call."""
         if self._in_lo is None:
             return x.astype(self._in_dtype)
         if kept:  # ufuncs with ``out`` given by position: a keyword costs as much again as a small array's work
