@@ -38,7 +38,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from agent.clean_block import HOLD_INTERVALS, clean_common, getter
+from agent.clean_block import clean_common, getter
 from agent.clean_policy import CleaningPolicy, parse_ranges  # noqa: F401 - re-exported (agent.clean's names)
 from agent.counters import Counters
 from agent.logsafe import clip
@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 
 MAD_SCALE = 1.4826  # MAD x 1.4826 estimates the standard deviation of normal data
 LEARN_INTERVALS = 8  # a sensor's reporting interval: the median of its first this many intervals
+HOLD_INTERVALS = 3.0  # ... and a value is held, a gap tolerated, for at least this many intervals
 MAX_SENSOR_ID = 200  # characters: a sensor id is a dict key in every per-sensor structure and is in every alert
 _FLOAT_MAX = sys.float_info.max
 _LOG_EVERY_S = 600.0  # repeated warnings (too many sensors) at most this often

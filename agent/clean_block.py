@@ -24,7 +24,6 @@ if TYPE_CHECKING:
 
 
 _FLOAT = {float}
-HOLD_INTERVALS = 3.0  # a value is held, a gap tolerated, for at least this many reporting intervals (agent.clean)
 
 
 def getter(channels: Sequence[str]) -> Callable[[Any], tuple[Any, ...]]:
@@ -51,7 +50,7 @@ def clean_common(cleaner: "Cleaner", r: Reading, now: float) -> Vector | None:
     if jump and ts - last - max(0.0, now - tb._at) > jump:  # noqa: SLF001
         return None
     max_hold = cleaner.max_hold_s
-    if max_hold > 0 and ts - last > max(max_hold, HOLD_INTERVALS * st.interval) and not st.fresh:  # hold_s(st)
+    if max_hold > 0 and ts - last > cleaner.hold_s(st) and not st.fresh:
         return None
     try:
         values = cleaner._get(r.values)  # noqa: SLF001

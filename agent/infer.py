@@ -22,7 +22,7 @@ from agent.model_spec import (  # noqa: F401 - re-exported: the sidecar contract
     MAX_CALIBRATION_VALUES, MAX_SIDECAR_BYTES, MAX_WINDOW_VALUES, CalibrationSpec, DecisionSpec, ModelError,
     NormalisationSpec, OutputSpec, Sidecar, TensorSpec, WindowSpec, read_sidecar, sidecar_path,
 )
-from agent.window import Normaliser, feature_size, features
+from agent.window import FEATURES, Normaliser, feature_size, features
 
 log = logging.getLogger(__name__)
 
@@ -161,9 +161,7 @@ class Model:
         set_tensor, run, get_tensor = self._calls  # bound once: attribute lookups are a share of a 2 µs invoke
         set_tensor(self._in_idx, q)
         run()
-        out = get_tensor(self._out_idx).reshape(-1)
-        table = self._dequant
-        return table.take(out) if table is not None else self._dequantise(out)  # _dequantise, one call less
+        return self._dequantise(get_tensor(self._out_idx).reshape(-1))
 
     def _dequantise(self, out: np.ndarray) -> np.ndarray:
         """The model's output as float64: ``(q - zero_point) * scale`` (looked up for an 8-bit output: the same
@@ -260,7 +258,7 @@ class Scorer:
         self.normaliser = normaliser
         sc = model.sidecar
         self._recipe = sc.features
-        self._raw = sc.features == "raw"  # features("raw", z)
+        self._features = FEATURES[sc.features]  # features(recipe, z) without looking the recipe up per window
         self._kind = sc.kind
         self._columns = sc.columns
         self.derive = Deriver(sc.channels, sc.derived)
@@ -269,7 +267,7 @@ class Scorer:
     def score(self, window_raw: np.ndarray, sensor: str = "") -> tuple[float, "Contributions", float]:
         """(score, per-column contributions, latency in seconds); stateless, so ``sensor`` is not used."""
         z = self.normaliser(self.derive(window_raw))
-        x = z.reshape(-1) if self._raw else z[-1]  # features(recipe, z): "raw" or "last" (the sidecar's check)
+        x = self._features(z)
         t0 = _perf_counter()
         out = self.model.invoke(x)
         latency = _perf_counter() - t0

@@ -146,16 +146,19 @@ def std_floor(std: np.ndarray, mean: np.ndarray) -> np.ndarray:
     return np.maximum(std, 1e-6 * np.maximum(1.0, np.abs(mean)))
 
 
-FEATURE_RECIPES = ("raw", "last")
+FEATURES = {  # the recipes: ``raw`` flattens a window time-major, ``last`` keeps the newest row
+    "raw": lambda window_norm: window_norm.reshape(-1),
+    "last": lambda window_norm: window_norm[-1],
+}
+FEATURE_RECIPES = tuple(FEATURES)
 
 
 def features(recipe: str, window_norm: np.ndarray) -> np.ndarray:
     """The model input for a normalised window (length x C): ``raw`` flattens it time-major, ``last`` keeps the newest row."""
-    if recipe == "raw":
-        return window_norm.reshape(-1)
-    if recipe == "last":
-        return window_norm[-1]
-    raise ValueError(f"unknown feature recipe {recipe!r}")
+    f = FEATURES.get(recipe)
+    if f is None:
+        raise ValueError(f"unknown feature recipe {recipe!r}")
+    return f(window_norm)
 
 
 def feature_size(recipe: str, length: int, channels: int) -> int:
