@@ -49,19 +49,19 @@ def clean_common(cleaner: "Cleaner", r: Reading, now: float) -> Vector | None:
     jump = cleaner.max_time_jump_s
     if jump and ts - last - max(0.0, now - tb._at) > jump:  # noqa: SLF001
         return None
-    max_hold = cleaner.max_hold_s
-    if max_hold > 0 and ts - last > cleaner.hold_s(st) and not st.fresh:
+    hold = cleaner.max_hold_s > 0
+    if hold and ts - last > cleaner.hold_s(st) and not st.fresh:
         return None
     try:
         values = cleaner._get(r.values)  # noqa: SLF001
     except KeyError:
         return None
-    # Python floats, each finite and inside its channel's range (the ranges clamped to the finite floats)
-    if set(map(type, values)) != _FLOAT or not all(map(le, cleaner._lows, values)) \
-            or not all(map(le, values, cleaner._highs)):  # noqa: SLF001
+    lows, highs = cleaner._lows, cleaner._highs  # noqa: SLF001 - its ranges, clamped to the finite floats
+    # Python floats, each finite and inside its channel's range
+    if set(map(type, values)) != _FLOAT or not all(map(le, lows, values)) or not all(map(le, values, highs)):
         return None
     st.last_seen = now
-    if max_hold > 0:
+    if hold:
         st.all_good(ts, values)
     tb.accept(ts, now)
     st.fresh = False

@@ -55,13 +55,10 @@ class Summariser:
             self.period_start = v.ts
         self.last_ts = v.ts
         self.readings += 1
-        k = self._k  # held, and added ROWS_HELD at a time: three ufunc calls per vector cost more than the sums
-        self._rows[k] = v.values
-        if k + 1 == ROWS_HELD:
-            self._k = ROWS_HELD
+        self._rows[self._k] = v.values  # held, added ROWS_HELD at a time: 3 ufuncs per vector cost more than the sums
+        self._k += 1
+        if self._k == ROWS_HELD:
             self._fold()
-        else:
-            self._k = k + 1
 
     def _fold(self) -> None:
         """The vectors held, into the period's sums (in their order: the same bits as one at a time), min and max."""
