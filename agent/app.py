@@ -27,7 +27,7 @@ from agent.health import Heartbeats, HealthMonitor
 from agent.outbox import Outbox
 from agent.runtime import Guard, PipelineLoop, Readings
 from agent.settings import Settings, flat_env
-from agent.signals import SignalCounter, wake_main
+from agent.signals import SignalCounter
 from agent.sources import CONNECTING
 from agent.status import Board
 from agent.uplink import Uplink

@@ -401,7 +401,7 @@ def test_cleaning_settings_become_the_policy():
 # -- issue 12 item 8: one bad device timestamp must not blind a sensor; a sustained step is a new time base --------
 
 from agent.clean import TIME_STEP_READINGS  # noqa: E402
-from tests.helpers import outgoing
+from tests.helpers import outgoing  # noqa: E402
 
 
 class _Clock:

@@ -6,7 +6,6 @@ of range, interleaved sensors, Blocks), whatever the block sizes."""
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import math
 import random
 import tempfile
