@@ -12,13 +12,13 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from agent import __version__
 from agent.assets import Asset, Feed
 from agent.counters import Counters
 from agent.evidence import EvidenceStore
-from agent.health import Heartbeats, clock_synchronised, process_usage
+from agent.health import Heartbeats, clock_synchronised, percentiles_ms, process_usage
 from agent.outbox import Outbox
 from agent.parse import iso
 from agent.records import PipelineSnapshot
@@ -122,15 +122,17 @@ class Board:
         return any(a.pipeline is not None and a.pipeline.snapshot.calibrating for a in self.assets)
 
     def state(self) -> str:
-        if self.degraded_reasons():
-            return "degraded"
-        return "calibrating" if self._calibrating() else "online"
+        return self._state(self.degraded_reasons())
+
+    def _state(self, reasons: Sequence[str]) -> str:
+        return "degraded" if reasons else "calibrating" if self._calibrating() else "online"
 
     def key(self) -> tuple[Any, ...]:
         """What the retained status shows (a source's state too: connected is news); a change of it is published at
-        once."""
+        once. Asked every half second: the reasons are worked out once."""
+        reasons = tuple(self.degraded_reasons())
         snaps = tuple((a.id, a.failure, *_snapshot_key(a.pipeline.snapshot if a.pipeline else None)) for a in self.assets)
-        return (self.state(), tuple(self.degraded_reasons()), snaps, tuple(f.source.state for f in self.feeds))
+        return (self._state(reasons), reasons, snaps, tuple(f.source.state for f in self.feeds))
 
     # -- payloads --------------------------------------------------------------------------------------------
 
@@ -143,7 +145,7 @@ class Board:
         every override a command put in force."""
         reasons = self.degraded_reasons()
         st: dict[str, Any] = {
-            "state": "degraded" if reasons else "calibrating" if self._calibrating() else "online",
+            "state": self._state(reasons),
             "ts": iso(time.time()),
             "device_id": self.settings.device_id,
             "agent_version": __version__,
@@ -263,12 +265,8 @@ def _alerts(c: Counters) -> dict[str, int]:
 
 def _merged_ms(rings: list[Any]) -> dict[str, float] | None:
     """p50/p99 over the recent windows of every asset."""
-    import numpy as np
-
-    data = np.concatenate([r.values() for r in rings]) * 1000 if rings else np.empty(0)
-    if not data.size:
-        return None
-    return {"p50": round(float(np.quantile(data, 0.5)), 4), "p99": round(float(np.quantile(data, 0.99)), 4)}
+    ordered = sorted(x for r in rings for x in r.kept())
+    return percentiles_ms(ordered) if ordered else None
 
 
 def _calibration(snap: PipelineSnapshot) -> dict[str, Any] | None:

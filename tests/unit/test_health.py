@@ -81,3 +81,33 @@ def test_a_status_change_before_the_monitor_started_is_still_published():
     finally:
         stop.set()
         t.join(5)
+
+
+def test_latency_percentiles_are_numpys_bit_for_bit():
+    """The percentiles are a sort and two picks, not ``np.quantile``: the same numbers (its linear method), for any
+    count up to the ring's size, with ties, and for a merge of several rings."""
+    import numpy as np
+
+    from agent import status
+
+    rng = np.random.default_rng(7)
+    for n in list(range(1, 40)) + [99, 100, 101, 512, 1000, 1023, 1024]:
+        for draw in (rng.lognormal(-7, 1, n), np.round(rng.uniform(0, 0.003, n), 5)):  # the second with ties
+            ring = health.LatencyRing(size=1024)
+            for x in draw.tolist():
+                ring.add(x)
+            data = np.array(draw) * 1000
+            want = {"p50": round(float(np.quantile(data, 0.5)), 4), "p99": round(float(np.quantile(data, 0.99)), 4)}
+            assert ring.percentiles_ms() == want, n
+            exact = sorted(draw.tolist())
+            for q in (0.5, 0.99):
+                assert health.quantile_ms(exact, q) == float(np.quantile(data, q)), (n, q)
+    a, b = health.LatencyRing(), health.LatencyRing()
+    for x in rng.lognormal(-7, 1, 300).tolist():
+        a.add(x)
+    for x in rng.lognormal(-6, 1, 50).tolist():
+        b.add(x)
+    both = np.concatenate([np.array(a.kept()), np.array(b.kept())]) * 1000
+    assert status._merged_ms([a, b]) == {"p50": round(float(np.quantile(both, 0.5)), 4),
+                                         "p99": round(float(np.quantile(both, 0.99)), 4)}
+    assert status._merged_ms([health.LatencyRing()]) is None
