@@ -14,7 +14,6 @@ one that is not a positive number, empty arrays; an unreadable timestamp is ``ba
 
 from __future__ import annotations
 
-import json
 import math
 from array import array
 from collections.abc import Sequence
@@ -22,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from agent.parse import _decode, _from_object, _json_value, number, timestamp
+from agent.parse import _decode, _from_object, _json_value, loads_json, number, timestamp
 from agent.records import BLOCK_MIN, Block, Reading
 
 # Why a block payload ({"ts": ..., "period_s": ..., "values": {"ch": [...], ...}}) is refused as a whole.
@@ -57,7 +56,7 @@ class PayloadParser:
             if text is None:
                 return "not_utf8"
             try:
-                obj = json.loads(text)
+                obj = loads_json(text)
             except (ValueError, RecursionError):
                 v = number(text)  # plain text such as "nan" or "12.5 " that JSON does not take
                 if isinstance(v, str):

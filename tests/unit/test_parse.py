@@ -477,3 +477,66 @@ def test_block_payloads_never_raise(ts: Any, period: Any, values: dict[str, Any]
 @given(data=st.binary(max_size=200))
 def test_xor_checksum_matches_naive(data: bytes) -> None:
     assert xor_checksum(data) == functools.reduce(operator.xor, data, 0)
+
+
+# -- JSON by orjson, with json's meaning (agent.parse.loads_json) ---------------------------------------------------
+
+@pytest.mark.parametrize("text", [
+    '{"a": NaN, "b": 1.5}', '{"a": Infinity}', '-Infinity', '1e400', '-1e400', '1.7976931348623159e308',
+    '"\\ud800"', '{"k\\udc00": 1.0}', "[" * 1100 + "]" * 1100,  # what orjson refuses: json's answer stands
+    '{"a": 1, "a": 2.5}', '{"x": 5e-324, "y": -0.0, "z": 2.2250738585072014e-308}', '1.0e-400', ' {"a": 1} ',
+    '{"a": true, "b": null, "c": "7.5", "d": [1, 2]}', '9223372036854775807', '-9223372036854775808', '"\\u00e9"',
+])
+def test_loads_json_means_what_json_loads_means(text: str) -> None:
+    from agent.parse import loads_json
+
+    try:
+        want: Any = json.loads(text)
+    except RecursionError:
+        with pytest.raises(RecursionError):
+            loads_json(text)
+        return
+    got = loads_json(text)
+    assert repr(got) == repr(want)  # repr: NaN, -0.0 and types compare as they print
+
+
+@pytest.mark.parametrize("text", ['{"a": 1,}', "NaN]", "01", "1.", '"\\x"', "{", "", "é"])
+def test_loads_json_refuses_what_json_refuses(text: str) -> None:
+    from agent.parse import loads_json
+
+    with pytest.raises(ValueError):
+        json.loads(text)
+    with pytest.raises(ValueError):
+        loads_json(text)
+
+
+def test_loads_json_integers_past_64_bits_are_the_float_a_reading_holds() -> None:
+    """orjson gives a float for an integer past 64 bits where json gives an int: the value every stage reads is
+    ``float(int)`` either way (a channel value, a timestamp, a block sample)."""
+    from agent.parse import loads_json
+
+    for text in (str(2**64), str(2**64 + 1), str(-2**70 - 12345), "1" + "0" * 30, "123456789012345678901234567890"):
+        assert float(loads_json(text)) == float(json.loads(text))
+    p = PayloadParser()
+    big = p.parse(b'{"a": 18446744073709551617, "b": 1.5}', 100.0)
+    assert isinstance(big, Reading) and big.values == {"a": float(2**64 + 1), "b": 1.5}
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.floats(allow_nan=False, allow_infinity=False), min_size=1, max_size=12),
+       st.sampled_from(["{!r}", "{:.17g}", "{:.6g}", "{:.3f}", "{:.12e}"]))
+def test_loads_json_floats_are_jsons_bit_for_bit(xs: list[float], fmt: str) -> None:
+    from agent.parse import loads_json
+
+    text = "{" + ", ".join(f'"c{i}": {fmt.format(x)}' for i, x in enumerate(xs)) + "}"
+    got, want = loads_json(text), json.loads(text)
+    assert [np.float64(v).tobytes() for v in got.values()] == [np.float64(v).tobytes() for v in want.values()]
+    assert [type(v) for v in got.values()] == [type(v) for v in want.values()]
+
+
+def test_json_payloads_and_lines_read_nan_and_big_numbers_as_before() -> None:
+    """NaN in an object is a reading whose channel the cleaner counts (not a malformed message), as with json."""
+    r = PayloadParser().parse(b'{"a": NaN, "b": 1e400}', 100.0)
+    assert isinstance(r, Reading) and math.isnan(r.values["a"]) and r.values["b"] == math.inf
+    line = LineParser(format="json").parse(b'{"a": NaN, "b": 2.5}', 100.0)
+    assert isinstance(line, Reading) and math.isnan(line.values["a"]) and line.values["b"] == 2.5
