@@ -40,7 +40,7 @@ START_GOAL = 1.5
 
 FLOOR = r"""
 import sys
-import numpy, paho.mqtt.client, serial, pydantic_settings
+import numpy, paho.mqtt.client, serial, pydantic_settings, orjson  # the libraries every agent imports
 runtime = sys.argv[2]
 if runtime != "none":  # none: the generic detector's floor (numpy only, no TFLite runtime)
     if runtime == "ai_edge_litert":
