@@ -37,6 +37,13 @@ def _cmd(port: int, prefix: str, *args: str) -> list[str]:
     return [sys.executable, "-m", "agent", "monitor", "--host", "127.0.0.1", "--port", str(port), "--prefix", prefix, *args]
 
 
+def _ctrl_c_default() -> None:
+    """In the monitor's child before exec: SIGINT back to its default, so that Python makes it KeyboardInterrupt as
+    in a terminal. A suite started in the background inherits SIGINT ignored, and Python keeps an ignored SIGINT:
+    the monitor would then never see the Ctrl-C these tests send."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def run_monitor(port: int, prefix: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(_cmd(port, prefix, *args), env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 
@@ -132,7 +139,7 @@ def test_live_open_alerts_match_what_was_raised_and_cleared(tmp_path, live_broke
     prefix = _prefix()
     rec = recorder(f"{prefix}/#")
     mon = subprocess.Popen(_cmd(live_broker.port, prefix, "--json", "--interval", "0.3"), env=_env(), cwd=ROOT,
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_ctrl_c_default)
     snapshots: list[dict[str, Any]] = []
 
     def read() -> None:
@@ -203,7 +210,7 @@ def test_live_table_in_a_terminal_redraws_in_place_and_ctrl_c_exits_0(live_broke
     master, slave = fresh_openpty()
     env = {**_env(), "COLUMNS": "70", "LINES": "20"}
     mon = subprocess.Popen(_cmd(live_broker.port, prefix, "--interval", "0.2"), env=env, cwd=ROOT,
-                           stdin=slave, stdout=slave, stderr=subprocess.PIPE)
+                           stdin=slave, stdout=slave, stderr=subprocess.PIPE, preexec_fn=_ctrl_c_default)
     os.close(slave)
     out = b""
     try:
@@ -320,7 +327,7 @@ model = {{ path = "{broken}" }}
 """)
     rec = recorder(f"{prefix}/#")
     mon = subprocess.Popen(_cmd(live_broker.port, prefix, "--json", "--interval", "0.3"), env=_env(), cwd=ROOT,
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_ctrl_c_default)
     snapshots: list[dict[str, Any]] = []
 
     def read() -> None:
