@@ -82,11 +82,13 @@ def percentiles_ms(ordered: list[float]) -> dict[str, float]:
 
 def quantile_ms(ordered: list[float], q: float) -> float:
     """``np.quantile(np.array(ordered) * 1000, q)`` (its default, linear method: the same float operations in the
-    same order, so the same bits) of latencies in seconds, sorted ascending, not empty."""
+    same order, so the same bits) of latencies in seconds (perf_counter differences: not NaN, not negative), sorted
+    ascending, not empty."""
     n = len(ordered)
     v = (n - 1) * q  # numpy's virtual index for the linear method
     if v >= n - 1:
-        return ordered[-1] * 1000
+        b = ordered[-1] * 1000
+        return b - (b - b) * 0.0  # numpy's _lerp of b and b: b itself, NaN for an infinite b (as numpy gives)
     if v < 0:
         return ordered[0] * 1000
     lo = math.floor(v)

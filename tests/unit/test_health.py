@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 
 from agent import health
@@ -111,3 +112,8 @@ def test_latency_percentiles_are_numpys_bit_for_bit():
     assert status._merged_ms([a, b]) == {"p50": round(float(np.quantile(both, 0.5)), 4),
                                          "p99": round(float(np.quantile(both, 0.99)), 4)}
     assert status._merged_ms([health.LatencyRing()]) is None
+    for edge in ([math.inf], [0.001, math.inf], [5e-324], [0.0, 0.0], [1e306]):  # one sample, overflow after x1000
+        for q in (0.5, 0.99):
+            with np.errstate(all="ignore"):  # inf - inf inside numpy's interpolation: NaN, as ours gives
+                want = float(np.quantile(np.array(edge) * 1000, q))
+            assert repr(health.quantile_ms(edge, q)) == repr(want), (edge, q)

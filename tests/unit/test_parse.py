@@ -534,6 +534,18 @@ def test_loads_json_floats_are_jsons_bit_for_bit(xs: list[float], fmt: str) -> N
     assert [type(v) for v in got.values()] == [type(v) for v in want.values()]
 
 
+def test_loads_json_reads_nesting_up_to_1024_levels_whatever_the_stack() -> None:
+    """json refused ~990+ levels with RecursionError, how many depending on the thread's stack; orjson reads up to
+    1,024 on any thread; deeper is json's RecursionError (the callers' "malformed") as before."""
+    from agent.parse import loads_json
+
+    assert loads_json("[" * 1000 + "]" * 1000) is not None
+    with pytest.raises(RecursionError):
+        loads_json("[" * 5000 + "]" * 5000)
+    deep = "[" * 5000 + "]" * 5000
+    assert PayloadParser().parse(('{"a": 1.5, "n": ' + deep + '}').encode(), 100.0) == "malformed"
+
+
 def test_json_payloads_and_lines_read_nan_and_big_numbers_as_before() -> None:
     """NaN in an object is a reading whose channel the cleaner counts (not a malformed message), as with json."""
     r = PayloadParser().parse(b'{"a": NaN, "b": 1e400}', 100.0)
