@@ -19,7 +19,6 @@ import threading
 import time
 from typing import Any, Callable
 
-
 from agent import heap, sdnotify
 
 log = logging.getLogger(__name__)
