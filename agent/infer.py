@@ -22,7 +22,7 @@ from agent.model_spec import (  # noqa: F401 - re-exported: the sidecar contract
     MAX_CALIBRATION_VALUES, MAX_SIDECAR_BYTES, MAX_WINDOW_VALUES, CalibrationSpec, DecisionSpec, ModelError,
     NormalisationSpec, OutputSpec, Sidecar, TensorSpec, WindowSpec, read_sidecar, sidecar_path,
 )
-from agent.window import FEATURES, Normaliser, feature_size, features
+from agent.window import FEATURES, Normaliser, feature_size
 
 log = logging.getLogger(__name__)
 
@@ -313,7 +313,7 @@ class Scorer:
         elif self._recipe == "last":
             x = z[:, -1, :]
         else:
-            x = np.stack([features(self._recipe, zi) for zi in z]) if n else np.empty((0, 0))
+            x = np.stack([self._features(zi) for zi in z]) if n else np.empty((0, 0))
         out = self.model.invoke_batch(x)
         if self._kind == "autoencoder":
             return ((x - out) ** 2).mean(axis=1)

@@ -143,12 +143,9 @@ def loads_json(text: str) -> Any:
     the thread's stack), is now read; and a payload holding NaN or Infinity is parsed twice (~1.7x json's cost for
     it). Raises ValueError (or RecursionError) as ``json.loads`` does."""
     try:
-        return _orjson_loads(text)
-    except _OrjsonError:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
         return json.loads(text)
-
-
-_orjson_loads, _OrjsonError = orjson.loads, orjson.JSONDecodeError
 
 
 def _json_value(v: Any) -> float | str:
