@@ -242,9 +242,10 @@ class Cleaner:
         if self._on_time_step is not None:
             self._on_time_step(sensor, delta)
 
-    def clean(self, r: Reading) -> Vector | None:
-        """A Vector, or None after counting why the reading is unusable."""
-        now = self._clock()
+    def clean(self, r: Reading, now: float | None = None) -> Vector | None:
+        """A Vector, or None after counting why the reading is unusable. ``now``: the clock's time, if just read."""
+        if now is None:
+            now = self._clock()
         v = clean_common(self, r, now)  # the common case, without the per-channel loop below
         if v is not None:
             return v

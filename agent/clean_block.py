@@ -50,7 +50,8 @@ def clean_common(cleaner: "Cleaner", r: Reading, now: float) -> Vector | None:
     if jump and ts - last - max(0.0, now - tb._at) > jump:  # noqa: SLF001
         return None
     hold = cleaner.max_hold_s > 0
-    if hold and ts - last > cleaner.hold_s(st) and not st.fresh:
+    gap = ts - last  # hold_s(st) is max_hold_s or more: asked only for a gap over max_hold_s
+    if hold and gap > cleaner.max_hold_s and gap > cleaner.hold_s(st) and not st.fresh:
         return None
     try:
         values = cleaner._get(r.values)  # noqa: SLF001
@@ -62,8 +63,8 @@ def clean_common(cleaner: "Cleaner", r: Reading, now: float) -> Vector | None:
         return None
     st.last_seen = now
     if hold:
-        st.all_good(ts, values)
-    tb.accept(ts, now)
+        st._all_good = (ts, values)  # noqa: SLF001 - st.all_good(ts, values) and tb.accept(ts, now), inline: this
+    tb.last_ts, tb._at, tb._run = ts, now, 0  # noqa: SLF001 - runs per reading, and a call costs more than its body
     st.fresh = False
     return Vector(ts, np.array(values), r.sensor)
 

@@ -30,8 +30,8 @@ from typing import Any, Callable, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from agent.infer import Contributions
 from agent.model_spec import CalibrationSpec, DecisionSpec, ModelError, WindowSpec
+from agent.records import Contributions
 from agent.window import Normaliser
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ import importlib.metadata
 import logging
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable
 
 import numpy as np
 
@@ -22,6 +22,7 @@ from agent.model_spec import (  # noqa: F401 - re-exported: the sidecar contract
     MAX_CALIBRATION_VALUES, MAX_SIDECAR_BYTES, MAX_WINDOW_VALUES, CalibrationSpec, DecisionSpec, ModelError,
     NormalisationSpec, OutputSpec, Sidecar, TensorSpec, WindowSpec, read_sidecar, sidecar_path,
 )
+from agent.records import Contributions  # noqa: F401 - re-exported: scorers made them here first
 from agent.window import FEATURES, Normaliser, feature_size
 
 log = logging.getLogger(__name__)
@@ -107,6 +108,32 @@ class Model:
         self._one_q = self._one_qflat.reshape(self._in_shape) if small else None  # the tensor's shape, same memory
         self._one_consts = tuple(np.full(size, v) for v in self._q) if small else ()
         self._calls = (self._interp.set_tensor, self._interp.invoke, self._interp.get_tensor)
+        self.run_one: Callable[[np.ndarray], np.ndarray] | None = self._one_kernel() if small else None
+
+    def _one_kernel(self) -> Callable[[np.ndarray], np.ndarray]:
+        """``invoke`` of one flat float64 vector of the input's size, everything it needs bound once (the scorer's
+        path per window: ``_quantise``, set/invoke/get, ``_dequantise``; the same numbers)."""
+        lo, hi, zp, scale = self._one_consts
+        f_buf, q_flat, q = self._one_f, self._one_qflat, self._one_q
+        set_tensor, run, get_tensor = self._calls
+        in_idx, out_idx = self._in_idx, self._out_idx
+        table, dequantise = self._dequant, self._dequantise
+
+        def one(x: np.ndarray) -> np.ndarray:
+            # ``_quantise`` into buffers kept for one window (no allocation per reading); the constants are flat
+            # arrays of its size, which a ufunc takes faster than a scalar or a broadcast (the same numbers), and
+            # ``out`` is given by position: a keyword costs as much again as a small array's work
+            f = _divide(x, scale, f_buf)
+            _rint(f, f)
+            _add(f, zp, f)
+            _clip(f, lo, hi, f)
+            q_flat[...] = f
+            set_tensor(in_idx, q)
+            run()
+            out = get_tensor(out_idx).reshape(-1)
+            return table.take(out) if table is not None else dequantise(out)
+
+        return one
 
     def _check(self) -> None:
         sc = self.sidecar
@@ -152,12 +179,11 @@ class Model:
 
     def invoke(self, x: np.ndarray) -> np.ndarray:
         """Run one feature vector (float, normalised) through the model; returns the dequantised output, flat."""
-        if self._one_f is None:
-            q = self._quantise(np.asarray(x, dtype=np.float64).reshape(self._in_shape))
-        else:
-            if type(x) is not np.ndarray or x.shape != self._one_f.shape:  # the scorer's is a flat float64 vector
-                x = np.asarray(x, dtype=np.float64).reshape(self._one_f.shape)
-            q = self._quantise(x, kept=True)
+        if self.run_one is not None:
+            if type(x) is not np.ndarray or x.shape != self._one_f.shape:  # type: ignore[union-attr] - the scorer's is flat
+                x = np.asarray(x, dtype=np.float64).reshape(self._one_f.shape)  # type: ignore[union-attr]
+            return self.run_one(x)
+        q = self._quantise(np.asarray(x, dtype=np.float64).reshape(self._in_shape))
         set_tensor, run, get_tensor = self._calls  # bound once: attribute lookups are a share of a 2 µs invoke
         set_tensor(self._in_idx, q)
         run()
@@ -210,26 +236,17 @@ class Model:
         """True when ``invoke_batch`` runs real batches (False: row by row)."""
         return self._batch_interpreter() is not None
 
-    def _quantise(self, x: np.ndarray, kept: bool = False) -> np.ndarray:
-        """``clip(rint(x / scale) + zero_point)`` in the input's integer type. ``kept``: ``x`` is one window, flat,
-        and the result goes into the buffers kept for it (no allocation per reading; the constants are flat arrays
-        of its size, which a ufunc takes faster than a scalar or a broadcast: the same numbers); the result has the
-        input tensor's shape and is valid until the next call."""
+    def _quantise(self, x: np.ndarray) -> np.ndarray:
+        """``clip(rint(x / scale) + zero_point)`` in the input's integer type (a new array; one window's goes through
+        the buffers of ``run_one`` instead)."""
         if self._in_lo is None:
             return x.astype(self._in_dtype)
-        if kept:  # ufuncs with ``out`` given by position: a keyword costs as much again as a small array's work
-            lo, hi, zp, scale = self._one_consts
-            f = _divide(x, scale, self._one_f)
-        else:
-            lo, hi, zp, scale = self._q  # float64 scalars: numpy converts a Python int at every call
-            f = x / scale
+        lo, hi, zp, scale = self._q  # float64 scalars: numpy converts a Python int at every call
+        f = x / scale
         _rint(f, f)
         _add(f, zp, f)
         _clip(f, lo, hi, f)  # maximum(lo) then minimum(hi) in one ufunc: the same numbers
-        if not kept:
-            return f.astype(self._in_dtype)
-        self._one_qflat[...] = f
-        return self._one_q
+        return f.astype(self._in_dtype)
 
     def _batch_interpreter(self) -> Any:
         if self._batch_interp is None:
@@ -263,8 +280,44 @@ class Scorer:
         self._columns = sc.columns
         self.derive = Deriver(sc.channels, sc.derived)
         self._target = sc.channels.index(sc.target) if sc.target else None
+        kernel = self._one_window_kernel(sc.window.length)
+        if kernel is not None:
+            self.score = kernel  # type: ignore[method-assign] - the same numbers as the method, per window
 
-    def score(self, window_raw: np.ndarray, sensor: str = "") -> tuple[float, "Contributions", float]:
+    def _one_window_kernel(self, length: int) -> Callable[..., tuple[float, Contributions, float]] | None:
+        """``score`` of one window of the sidecar's shape with every lookup and check done once (what the pipeline
+        calls per reading; a Python call or attribute costs a share of a 1-2 µs invoke): the same numbers, in the
+        same order. None when ``score`` is as cheap: no normalisation, or an input too large to be quantised into
+        kept buffers. Any other shape goes to ``score``."""
+        shape, cols = (length, len(self.model.sidecar.channels)), self._columns
+        run_one, tiles = self.model.run_one, self.normaliser.tiles((length, len(cols)))
+        if run_one is None or tiles is None:
+            return None
+        mean, std = tiles
+        general, kind, raw, derive = Scorer.score.__get__(self), self._kind, self._recipe == "raw", self.derive
+        target, ncols, size, derived = self._target, len(cols), length * len(cols), len(self.derive) > 0
+
+        def score(window_raw: np.ndarray, sensor: str = "") -> tuple[float, Contributions, float]:
+            if type(window_raw) is not np.ndarray or window_raw.shape != shape:
+                return general(window_raw, sensor)
+            z = _subtract(derive(window_raw) if derived else window_raw, mean)  # Normaliser.__call__, tiled
+            _divide(z, std, z)
+            x = z.reshape(-1) if raw else z[-1]
+            t0 = _perf_counter()
+            out = run_one(x)
+            latency = _perf_counter() - t0
+            if kind == "autoencoder":
+                err = _subtract(x, out, out)
+                err *= err
+                return (float(_add_reduce(err)) / size,
+                        Contributions(cols, lambda: err.reshape(-1, ncols).sum(axis=0)), latency)
+            if kind == "classifier":
+                return float(out[0]), Contributions(cols, lambda: np.abs(z[-1])), latency
+            return float(abs(out[0] - z[-1, target])), Contributions(cols, lambda: np.abs(z[-1])), latency
+
+        return score
+
+    def score(self, window_raw: np.ndarray, sensor: str = "") -> tuple[float, Contributions, float]:
         """(score, per-column contributions, latency in seconds); stateless, so ``sensor`` is not used."""
         z = self.normaliser(self.derive(window_raw))
         x = self._features(z)
@@ -283,7 +336,7 @@ class Scorer:
             score = float(abs(out[0] - z[-1, self._target]))
         return score, Contributions(cols, lambda: np.abs(z[-1])), latency  # how far each input is from normal
 
-    def score_windows(self, windows_raw: np.ndarray, sensor: str = "") -> tuple[np.ndarray, Callable[[int], "Contributions"]]:
+    def score_windows(self, windows_raw: np.ndarray, sensor: str = "") -> tuple[np.ndarray, Callable[[int], Contributions]]:
         """``score`` of each of N raw windows (N x length x channels) with one batched invoke: (the scores, the
         contributions of window i, computed when asked: alerts only). The same numbers as ``score``."""
         z = self.normaliser(self.derive(windows_raw))
@@ -320,32 +373,3 @@ class Scorer:
         if self._kind == "classifier":
             return out[:, 0].copy()
         return np.abs(out[:, 0] - z[:, -1, self._target])
-
-
-class Contributions(Mapping[str, float]):
-    """Each channel's share of a score (summing to 1), computed only when somebody looks (alerts, not windows)."""
-
-    __slots__ = ("_channels", "_raw", "_shares")
-
-    def __init__(self, channels: list[str], raw: np.ndarray | Callable[[], np.ndarray]):
-        self._channels, self._raw = channels, raw
-        self._shares: dict[str, float] | None = None
-
-    def _get(self) -> dict[str, float]:
-        if self._shares is None:
-            if callable(self._raw):  # computed when first looked at (a batch's windows: alerts only)
-                self._raw = self._raw()
-            total = float(self._raw.sum())
-            n = len(self._channels)
-            shares = self._raw / total if total > 0 and np.isfinite(total) else np.full(n, 1 / n)
-            self._shares = {c: float(v) for c, v in zip(self._channels, shares)}
-        return self._shares
-
-    def __getitem__(self, key: str) -> float:
-        return self._get()[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._get())
-
-    def __len__(self) -> int:
-        return len(self._channels)

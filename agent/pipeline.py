@@ -267,13 +267,15 @@ class Pipeline:
             if self.cleaner is None:
                 self.counters.inc("reject.no_channels")
                 return []
-        if self.cleaning.sensor_idle_s > 0:  # first: a new sensor may take the place of an idle one
-            self._forget_idle()
+        now = self._clock()  # the cleaner's clock too (one read per reading)
+        if self.cleaning.sensor_idle_s > 0 and now >= self._next_idle_check:  # _forget_idle, first: a new sensor
+            forget_idle(self)  # may take the place of an idle one
         if self.aligner is None:
-            out = self._process(r)
+            out = self._process(r, now)
         else:
             out = [e for a in self.aligner.add(r) for e in self._process(a)]
-        self._publish_if_changed()
+        if self._dirty or self.cleaner.version != self._cleaner_version:  # _publish_if_changed (a call per reading)
+            self._publish()
         return out
 
     @property
@@ -305,9 +307,9 @@ class Pipeline:
         self._publish_if_changed()
         return out
 
-    def _process(self, r: Reading) -> list[Event]:
+    def _process(self, r: Reading, now: float | None = None) -> list[Event]:
         out: list[Event] = []
-        v = self.cleaner.clean(r)  # type: ignore[union-attr]
+        v = self.cleaner.clean(r, now)  # type: ignore[union-attr]
         if v is None:
             return out
         summariser = self.summaries.summariser
@@ -318,7 +320,7 @@ class Pipeline:
         if self.recorder is not None:  # the raw readings behind an alert, kept only where evidence is stored
             self.recorder.add(v.sensor, v.ts, v.values)
         win = self.windower.push(v)
-        if self.calibrator.active:
+        if self.calibrator.result is None and self.calibrator.active:  # a result: not active (two properties less)
             self._dirty = True  # teach-in progress
             cal = self.calibrator.add(v.values, v.ts)
             if cal is not None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 
@@ -85,6 +85,35 @@ class Inference:
     score: float
     contributions: Mapping[str, float] = field(default_factory=dict)  # channel -> share of the score (sums to 1)
     latency_s: float = 0.0
+
+
+class Contributions(Mapping[str, float]):
+    """Each channel's share of a score (summing to 1), computed only when somebody looks (alerts, not windows)."""
+
+    __slots__ = ("_channels", "_raw", "_shares")
+
+    def __init__(self, channels: list[str], raw: np.ndarray | Callable[[], np.ndarray]):
+        self._channels, self._raw = channels, raw
+        self._shares: dict[str, float] | None = None
+
+    def _get(self) -> dict[str, float]:
+        if self._shares is None:
+            if callable(self._raw):  # computed when first looked at (a batch's windows: alerts only)
+                self._raw = self._raw()
+            total = float(self._raw.sum())
+            n = len(self._channels)
+            shares = self._raw / total if total > 0 and np.isfinite(total) else np.full(n, 1 / n)
+            self._shares = {c: float(v) for c, v in zip(self._channels, shares)}
+        return self._shares
+
+    def __getitem__(self, key: str) -> float:
+        return self._get()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._get())
+
+    def __len__(self) -> int:
+        return len(self._channels)
 
 
 @dataclass(frozen=True, slots=True)

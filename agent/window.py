@@ -120,14 +120,22 @@ class Normaliser:
         if self.mean is None:
             return np.asarray(x, dtype=np.float64)
         shape = getattr(x, "shape", None)
-        tiles = self._tiles.get(shape)  # type: ignore[arg-type]
+        tiles = self._tiles.get(shape) or self.tiles(shape)  # type: ignore[arg-type]
         if tiles is None:
-            if not self._tileable(shape):
-                return (x - self.mean) / self.std
-            tiles = self._tiles[shape] = (np.broadcast_to(self.mean, shape).copy(),
-                                          np.broadcast_to(self.std, shape).copy())
+            return (x - self.mean) / self.std
         z = np.subtract(x, tiles[0])  # the same numbers as broadcasting; a ufunc on equal shapes is cheaper
         return np.divide(z, tiles[1], z)  # out by position: a keyword costs more than 80 divisions
+
+    def tiles(self, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray] | None:
+        """Mean and std tiled to ``shape`` (what ``__call__`` subtracts and divides by for it), None when a window
+        of this shape is not normalised against tiles (identity, or a shape too large)."""
+        if self.mean is None:
+            return None
+        tiles = self._tiles.get(shape)
+        if tiles is None and self._tileable(shape):
+            tiles = self._tiles[shape] = (np.broadcast_to(self.mean, shape).copy(),
+                                          np.broadcast_to(self.std, shape).copy())
+        return tiles
 
     def _tileable(self, shape: tuple[int, ...] | None) -> bool:
         """A row, or a small window of rows, of this normaliser's channels, while fewer than 4 shapes are kept."""

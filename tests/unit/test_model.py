@@ -186,3 +186,33 @@ def test_invoke_takes_a_window_of_any_shape_and_number_type_and_refuses_a_wrong_
     for bad in (np.ones(1), np.ones(size + 1)):
         with pytest.raises(ValueError):
             m.invoke(bad)
+
+
+@pytest.mark.parametrize("runtime", ["ai_edge_litert", "tflite_runtime"])
+@pytest.mark.parametrize("path", BUNDLED, ids=lambda p: p.stem)
+def test_the_per_window_kernel_scores_bit_for_bit_as_the_general_path(path, runtime):
+    """``Scorer`` binds a kernel for windows of the sidecar's shape (what the pipeline calls per reading): score
+    and contributions equal the general method's bit for bit, derived features included (machine-failure), far
+    outside the normal range too; another shape goes to the general method."""
+    m = Model(path, runtime=runtime)
+    scorer = Scorer(m, sidecar_normaliser(m))
+    assert "score" in vars(scorer)  # the kernel is bound on the instance
+    sc = m.sidecar
+    shape = (sc.window.length, len(sc.channels))
+    rng = np.random.default_rng(3)
+    norm = sidecar_normaliser(m)
+    mean, std = norm.mean[: shape[1]], norm.std[: shape[1]]
+    scores = set()
+    for k in range(200):
+        w = mean + std * rng.normal(size=shape) * [0.5, 1.0, 3.0, 50.0][k % 4]
+        got, want = scorer.score(w, "s"), Scorer.score(scorer, w, "s")
+        assert got[0] == want[0]
+        assert dict(got[1]) == dict(want[1])
+        scores.add(got[0])
+    assert len(scores) > 2  # the windows really score differently (a classifier has few levels)
+    longer = mean + std * rng.normal(size=(shape[0] + 1, shape[1]))
+    if sc.features == "raw":  # not the model's input size: refused by the general path, as before
+        with pytest.raises(ValueError):
+            scorer.score(longer)
+    else:  # ``last``: the general path scores the newest row
+        assert scorer.score(longer)[0] == Scorer.score(scorer, longer)[0] == scorer.score(longer[-1:])[0]
