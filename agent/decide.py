@@ -73,6 +73,7 @@ class AlertMachine:
         self.active_id: str | None = None
         self._peak = 0.0
         self._floor = 0.0  # a raise needs a score over this too (after a receded clear); decays each window
+        self._quiet: float | None = None  # a level the kept scores are known to count fewer than k over
 
     @property
     def active(self) -> bool:
@@ -88,13 +89,17 @@ class AlertMachine:
                 level = self._floor
                 self._floor *= self._decay
             self._receded.append(False)
-            if sum(map(gt, self._scores, repeat(level))) >= self.k:  # windows over the level
+            # windows over the level; at the level of the last window, which counted fewer than k, only a new
+            # score over it can make k (an older score may only have left): no count needed
+            if (s > level or level != self._quiet) and sum(map(gt, self._scores, repeat(level))) >= self.k:
                 self.active_id = uuid.uuid4().hex
                 self._peak = s
                 self._floor = 0.0
+                self._quiet = None
                 self._scores.clear()
                 self._receded.clear()
                 return Transition(RAISED, self.active_id, self.sensor, inf, self.threshold, s)
+            self._quiet = level
             return None
         self._peak = max(self._peak, s)
         under = self.threshold * self.clear_ratio
@@ -154,6 +159,7 @@ class AlertMachine:
         m = len(scores)
         if not m:
             return
+        self._quiet = None
         if self.active_id is None:
             if self._floor > self.threshold:
                 _, floors = self._levels(m)
@@ -170,6 +176,7 @@ class AlertMachine:
         if not 1 <= k <= n:
             raise ValueError("need 1 <= k <= n")
         self.threshold, self.k, self.clear_ratio = threshold, k, clear_ratio
+        self._quiet = None  # the kept scores are judged again
         if recede_ratio is not None:
             self.recede_ratio = recede_ratio
         if n != self.n:
@@ -181,6 +188,7 @@ class AlertMachine:
         """Forget the debounce history (after a gap, or scores of another model); an active alert stays active."""
         self._scores.clear()
         self._receded.clear()
+        self._quiet = None
 
 
 class AlertPolicy:

@@ -201,6 +201,55 @@ def test_first_change_and_absorb_do_what_update_does_window_by_window(seed):
     assert seen >= 2  # raised and cleared at least once
 
 
+@pytest.mark.parametrize("seed", range(40))
+def test_update_without_a_count_at_a_known_quiet_level_acts_as_counting_every_window(seed):
+    """``update`` skips counting the kept scores when the window's level is the last window's and the new score is
+    not over it: the same transitions at the same windows as a machine made to count at every window, with floors
+    (a decaying level), receded clears, NaN scores, retune, reset and absorb in between."""
+    rng = np.random.default_rng(seed)
+    k, n = int(rng.integers(1, 4)), int(rng.integers(3, 7))
+    n = max(n, k)
+    args = dict(threshold=1.0, k=k, n=n, clear_ratio=float(rng.uniform(0.5, 1.0)),
+                recede_ratio=float(rng.choice([0.0, 0.3, 0.6])), refractory=int(rng.choice([1, 5, 50])))
+    fast, counting = AlertMachine("s", **args), AlertMachine("s", **args)
+    seen = skipped = 0
+    for part, scale in enumerate([1.0, 3.0, 0.3, rng.choice([0.5, 3.0]), 3.0, 0.5, 2.0]):
+        scores = rng.gamma(2.0, 0.4, size=int(rng.integers(1, 300))) * scale
+        scores[rng.random(len(scores)) < 0.02] = np.nan
+        for i, s in enumerate(scores.tolist()):
+            counting._quiet = None  # noqa: SLF001 - this one counts the kept scores at every window
+            level = fast._floor if fast._floor > fast.threshold else fast.threshold  # noqa: SLF001
+            would_skip = not fast.active and fast._quiet == level and not s > level  # noqa: SLF001
+            skipped += would_skip
+            a, b = fast.update(_inf(s)), counting.update(_inf(s))
+            assert (a is None) == (b is None), (part, i)
+            if a is not None:
+                assert (a.state, repr(a.peak_score), a.receded) == (b.state, repr(b.peak_score), b.receded)
+                seen += 1
+        if part == 2:
+            for m in (fast, counting):
+                m.retune(0.6, k, n, args["clear_ratio"])  # the kept scores judged again: a raise with no new one
+        if part == 4:
+            for m in (fast, counting):
+                m.reset()
+        if part == 5:
+            more = rng.gamma(2.0, 0.4, size=5) * 0.2
+            for m in (fast, counting):
+                m.absorb(more[: m.first_change(more)])
+    assert seen >= 2 and skipped > 20  # raised and cleared, and the shortcut was taken
+
+
+def test_retune_to_a_smaller_k_raises_on_the_kept_scores_at_the_same_threshold():
+    """The kept scores are judged again after ``retune`` even when the level did not move (the shortcut of a
+    known quiet level is forgotten): one score over it, k lowered to 1, the next window under it raises."""
+    m = AlertMachine("s", threshold=1.0, k=2, n=4, clear_ratio=0.5)
+    for s in (1.5, 0.1, 0.1):
+        assert m.update(_inf(s)) is None
+    m.retune(1.0, 1, 4, 0.5)
+    t = m.update(_inf(0.1))
+    assert t is not None and t.state == RAISED and t.peak_score == 0.1
+
+
 def test_summary_statistics_of_many_vectors_and_blocks_are_the_sequential_sums_bit_for_bit():
     rng = np.random.default_rng(3)
     rows = rng.normal(size=(501, 2)) * np.array([1e6, 1e-3]) + np.array([1e9, 0.1])  # sums that round
