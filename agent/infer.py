@@ -291,11 +291,12 @@ class Scorer:
         kept buffers. Any other shape goes to ``score``."""
         shape, cols = (length, len(self.model.sidecar.channels)), self._columns
         run_one, tiles = self.model.run_one, self.normaliser.tiles((length, len(cols)))
-        if run_one is None or tiles is None:
+        if run_one is None or tiles is None or self._recipe not in ("raw", "last"):
             return None
         mean, std = tiles
         general, kind, raw, derive = Scorer.score.__get__(self), self._kind, self._recipe == "raw", self.derive
-        target, ncols, size, derived = self._target, len(cols), length * len(cols), len(self.derive) > 0
+        ncols, derived, target = len(cols), len(self.derive) > 0, self._target
+        size = length * ncols if raw else ncols  # the model input's values (the error's mean is over them)
 
         def score(window_raw: np.ndarray, sensor: str = "") -> tuple[float, Contributions, float]:
             if type(window_raw) is not np.ndarray or window_raw.shape != shape:

@@ -216,3 +216,33 @@ def test_the_per_window_kernel_scores_bit_for_bit_as_the_general_path(path, runt
             scorer.score(longer)
     else:  # ``last``: the general path scores the newest row
         assert scorer.score(longer)[0] == Scorer.score(scorer, longer)[0] == scorer.score(longer[-1:])[0]
+
+
+class _Arithmetic:
+    """A stand-in for a model with a recipe and kind no bundled model has (``last`` windows of 5 readings into an
+    autoencoder or a regressor): its output is arithmetic on its input, the same for both of the scorer's paths, so
+    that the test checks the scorer's own arithmetic (the runtimes are covered above with the bundled models)."""
+
+    def __init__(self, sidecar):
+        self.sidecar = sidecar
+        self.run_one = lambda x: np.tanh(x * 0.7)  # a fresh array per call, as get_tensor's
+
+    def invoke(self, x):
+        return self.run_one(np.asarray(x, dtype=np.float64).reshape(-1))
+
+
+@pytest.mark.parametrize("kind", ["autoencoder", "regressor"])
+def test_the_per_window_kernel_takes_the_recipe_and_kind_of_the_sidecar(kind):
+    from agent.model_spec import WindowSpec
+    from agent.window import Normaliser
+
+    sc = Model(bundled_model("pump-anomaly"), runtime="ai_edge_litert").sidecar
+    sc = sc.model_copy(update={"features": "last", "window": WindowSpec(length=5, hop=1), "kind": kind,
+                               "target": sc.channels[2] if kind == "regressor" else None})
+    rng = np.random.default_rng(8)
+    scorer = Scorer(_Arithmetic(sc), Normaliser(rng.normal(size=8), rng.uniform(0.5, 2.0, size=8)))
+    assert "score" in vars(scorer)
+    for _ in range(50):
+        w = rng.normal(size=(5, 8)) * 3
+        got, want = scorer.score(w), Scorer.score(scorer, w)
+        assert got[0] == want[0] and dict(got[1]) == dict(want[1])
