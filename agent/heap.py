@@ -4,9 +4,11 @@ CPython takes large buffers (JSON payloads in flight, numpy arrays of a block) f
 what is freed for reuse, per thread arena, and gives it back to the system only when the top of a heap is free
 beyond a threshold that grows with the largest block seen: after a burst the process keeps the peak. Two knobs:
 
-* ``limit_arenas``: at most two malloc arenas (``mallopt(M_ARENA_MAX)``) instead of up to 8 per core: the agent's
-  threads (sources, pipeline, uplink, health) share them, so free memory is not held once per thread. Called
-  before the threads start.
+* ``limit_arenas``: one malloc arena (``mallopt(M_ARENA_MAX)``) instead of up to 8 per core: the agent's threads
+  (sources, pipeline, uplink, health) share it, so free memory is not held once per thread; they run Python one at a
+  time under the GIL, so they hardly ever wait for each other's malloc. Measured: 0.25-0.5 MB less steady RSS at
+  30,000-60,000 readings/s than with two arenas, the same sustained rate (docs/benchmarks.md). Called before the
+  threads start.
 * ``trim``: ``malloc_trim(0)`` hands the free pages of every arena back to the system.
 """
 
@@ -32,7 +34,7 @@ def _glibc() -> ctypes.CDLL | None:
     return _libc or None
 
 
-def limit_arenas(n: int = 2) -> bool:
+def limit_arenas(n: int = 1) -> bool:
     """At most ``n`` malloc arenas for the threads started after this; False where it cannot be set, or where the
     operator chose already (``MALLOC_ARENA_MAX``, ``GLIBC_TUNABLES=glibc.malloc.arena_max=...``: theirs stands)."""
     if "MALLOC_ARENA_MAX" in os.environ or "arena_max" in os.environ.get("GLIBC_TUNABLES", ""):

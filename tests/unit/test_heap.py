@@ -44,7 +44,7 @@ def test_trim_gives_freed_heap_memory_back():
 
 
 def test_an_operators_arena_setting_stands():
-    """MALLOC_ARENA_MAX or a glibc tunable set for the service wins over the agent's two arenas."""
+    """MALLOC_ARENA_MAX or a glibc tunable set for the service wins over the agent's one arena."""
     code = "from agent import heap; print(heap.limit_arenas())"
     base = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "GLIBC_TUNABLES"))}
     for extra, want in (({}, "True"), ({"MALLOC_ARENA_MAX": "4"}, "False"),
@@ -52,3 +52,29 @@ def test_an_operators_arena_setting_stands():
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                              env={**base, **extra}).stdout.strip()
         assert out == want, (extra, out)
+
+
+# A thread's malloc after limit_arenas(): from the main arena (the [heap] that brk grows), not an arena of its own
+# (glibc gives each new thread one while there are fewer than M_ARENA_MAX, by default 8 per core).
+THREAD_SCRIPT = r"""
+import ctypes, sys, threading
+from agent import heap
+if sys.argv[1] == "limit":
+    assert heap.limit_arenas(), "mallopt(M_ARENA_MAX) refused"
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+got = []
+threading.Thread(target=lambda: got.append(libc.malloc(1024))).start()
+while not got:
+    pass
+with open("/proc/self/maps") as f:
+    lo, hi = next([int(x, 16) for x in line.split()[0].split("-")] for line in f if line.rstrip().endswith("[heap]"))
+print("main" if lo <= got[0] < hi else "own")
+"""
+
+
+def test_threads_share_the_main_arena():
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "GLIBC_TUNABLES"))}
+    seen = {mode: subprocess.run([sys.executable, "-c", THREAD_SCRIPT, mode], capture_output=True, text=True,
+                                 check=True, env=base).stdout.strip() for mode in ("limit", "default")}
+    assert seen == {"limit": "main", "default": "own"}, seen
