@@ -64,9 +64,9 @@ if sys.argv[1] == "limit":
 libc = ctypes.CDLL(None)
 libc.malloc.restype = ctypes.c_void_p
 got = []
-threading.Thread(target=lambda: got.append(libc.malloc(1024))).start()
-while not got:
-    pass
+t = threading.Thread(target=lambda: got.append(libc.malloc(1024)))
+t.start()
+t.join()
 with open("/proc/self/maps") as f:
     lo, hi = next([int(x, 16) for x in line.split()[0].split("-")] for line in f if line.rstrip().endswith("[heap]"))
 print("main" if lo <= got[0] < hi else "own")
