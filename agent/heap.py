@@ -6,8 +6,8 @@ beyond a threshold that grows with the largest block seen: after a burst the pro
 
 * ``limit_arenas``: one malloc arena (``mallopt(M_ARENA_MAX)``) instead of up to 8 per core: the agent's threads
   (sources, pipeline, uplink, health) share it, so free memory is not held once per thread; they run Python one at a
-  time under the GIL, so they hardly ever wait for each other's malloc. Measured: 0.25-0.5 MB less steady RSS at
-  30,000-60,000 readings/s than with two arenas, the same sustained rate (docs/benchmarks.md). Called before the
+  time under the GIL, so they hardly ever wait for each other's malloc. Measured: 0.2-0.4 MB less steady RSS at
+  60,000 readings/s than with two arenas, the same sustained rate (docs/benchmarks.md). Called before the
   threads start.
 * ``trim``: ``malloc_trim(0)`` hands the free pages of every arena back to the system.
 """
