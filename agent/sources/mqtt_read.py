@@ -6,7 +6,8 @@ small message. ``BufferedReadClient`` serves those reads from one ``recv(RECV_BY
 already buffered before paho selects again (``select`` cannot know about bytes in our buffer). What paho sees is
 the same byte stream, cut into the same reads; the buffer belongs to one socket and is dropped with it (reconnect).
 
-QoS 0 PUBLISH packets whole in the buffer (the bulk of sensor traffic) are decoded here, straight from the buffer,
+QoS 0 PUBLISH packets whole in the buffer (the bulk of sensor traffic) are decoded here, straight from the buffer
+(an empty buffer is filled first, so the first packet of a read too),
 and handed to ``fast_publish(topic bytes, payload, retain)``: no MQTTMessage, no paho dispatch. Any other packet,
 one that is not whole yet, and anything malformed go through paho as before (from the same buffer, in order).
 Every other message goes to ``on_message``: the sensor client registers no per-topic callbacks, so paho's topic matching
@@ -35,10 +36,14 @@ class BufferedReadClient(ExplainingClient):
     _rbuf: bytes = b""
     _rpos: int = 0
     _rsock: Any = None  # the socket the buffer was read from
+    _rerr: OSError | None = None  # an error ``_fill`` met, raised by the next read
     after_loop: Callable[[], None] | None = None  # called after each pass of the network loop (never raises)
     fast_publish: Callable[[bytes, bytes, bool], None] | None = None  # (topic, payload, retain); never raises
 
     def _sock_recv(self, bufsize: int) -> bytes:
+        if self._rerr is not None:  # met by ``_fill``: paho's read meets it now
+            err, self._rerr = self._rerr, None
+            raise err
         buf, pos = self._rbuf, self._rpos
         if pos >= len(buf) or self._rsock is not self._sock:
             data = super()._sock_recv(RECV_BYTES)  # BlockingIOError / OSError / b"" (closed) as paho expects
@@ -84,8 +89,27 @@ class BufferedReadClient(ExplainingClient):
                 if not self.suppress_exceptions:
                     raise
 
+    def _fill(self) -> None:
+        """Read the socket into the empty buffer, so that the first packet of a read is decoded from it too (a
+        sensor at a few messages per read would otherwise have each read's first message go through paho's path).
+        Nothing to read yet: the buffer stays empty and paho's own read finds nothing either. An error (a reset, a
+        TLS failure) is kept and raised by paho's own read below, as it would have met it: a second recv would not
+        see it again (after a reset it returns b"", which paho logs as a plain close)."""
+        try:
+            data = super()._sock_recv(RECV_BYTES)
+        except BlockingIOError:
+            return
+        except OSError as err:
+            self._rerr = err
+            return
+        if data:  # b"" (closed): paho's read sees it again
+            self._rbuf, self._rpos, self._rsock = data, 0, self._sock
+
     def _packet_read(self) -> mqtt.MQTTErrorCode:
         fast = self.fast_publish
+        if fast is not None and self._in_packet["command"] == 0 and (
+                self._rsock is not self._sock or self._rpos >= len(self._rbuf)):
+            self._fill()
         if fast is not None and self._in_packet["command"] == 0 and self._rsock is self._sock:
             buf, pos = self._rbuf, self._rpos
             end, start = len(buf), pos

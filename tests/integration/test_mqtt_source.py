@@ -354,7 +354,8 @@ def test_packets_decoded_from_the_read_buffer_are_those_paho_decodes(live_broker
                                                                       runners: list[Runner]) -> None:
     """QoS 0 PUBLISH packets are decoded straight from the read buffer (agent/sources/mqtt_read.py), everything else
     by paho: at every remaining-length size (1 to 4 bytes), QoS 0 and 1 interleaved, and in a burst that the socket
-    delivers in pieces, every message arrives once, in order, with its payload (retained ones: the next test)."""
+    delivers in pieces, every message arrives once, in order, with its payload (retained ones: the next test); a
+    message alone in its read is decoded from the buffer as well."""
     got: list[tuple[str, bytes, bool]] = []
     fast: list[bool] = []  # decoded from the buffer (topic as bytes) or by paho (str)
     r = start(runners, live_broker.port, qos=1)
@@ -385,6 +386,12 @@ def test_packets_decoded_from_the_read_buffer_are_those_paho_decodes(live_broker
     assert not any(retain for _, _, retain in got)
     qos1 = [i for i in range(len(sizes) * 2) if i % 2]
     assert not any(fast[i] for i in qos1) and any(fast[len(sent):])  # QoS 1 by paho; a burst mostly from the buffer
+    before = len(got)
+    for i in range(5):  # a slow sensor: one message per read, each the first (and only) packet of its read
+        publisher.client.publish("plant/slow/telemetry", b"%d" % i, qos=0).wait_for_publish(5)
+        wait_for(lambda: len(got) == before + i + 1, timeout=10, what=f"slow message {i}")
+    assert [b for _, b, _ in got[before:]] == [b"%d" % i for i in range(5)]
+    assert all(fast[before:]), fast[before:]  # decoded from the buffer too, not by paho
     c = src.counters
     assert c.get("source.messages") == len(got) and c.get("source.bytes") == sum(len(b) for _, b, _ in got)
     assert c.get("reject.payload_too_large") == sum(1 for _, b in sent if len(b) > MAX_PAYLOAD_BYTES)
