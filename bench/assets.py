@@ -38,7 +38,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._broker import Broker  # noqa: E402
-from bench._common import CHANNELS, DEVICE_ID, ROOT, Counter, agent_env, print_rows, proc_sample, result, write_json  # noqa: E402
+from bench._common import CHANNELS, DEVICE_ID, ROOT, Counter, agent_env, compile_agent, print_rows, proc_sample, result, write_json  # noqa: E402
 from bench._data import normal_stream  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
@@ -105,6 +105,7 @@ def scenario(n: int, warmup: float, measure: float, workdir: Path) -> dict[str, 
         stats = Counter(broker.port, f"edge/{DEVICE_ID}/stats", qos=0)
         stats.keep = True
         log = open(workdir / f"agent-{n}.log", "w")
+        compile_agent()  # as an installed agent has it (bench._common.compile_agent)
         proc = subprocess.Popen([sys.executable, "-m", "agent", "run"], env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
                                 stderr=log, preexec_fn=lambda: os.sched_setaffinity(0, {agent_core}))
         pub = None
