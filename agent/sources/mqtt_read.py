@@ -107,35 +107,37 @@ class BufferedReadClient(ExplainingClient):
 
     def _packet_read(self) -> mqtt.MQTTErrorCode:
         fast = self.fast_publish
-        if fast is not None and self._in_packet["command"] == 0 and (
-                self._rsock is not self._sock or self._rpos >= len(self._rbuf)):
-            self._fill()
-        if fast is not None and self._in_packet["command"] == 0 and self._rsock is self._sock:
-            buf, pos = self._rbuf, self._rpos
-            end, start = len(buf), pos
-            while pos + 4 <= end and buf[pos] & 0xF6 == 0x30:  # PUBLISH, QoS 0, no dup; bit 0: retain
-                length, mult, i = 0, 1, pos + 1
-                while i < end and i - pos <= 4:  # the remaining length: 1 to 4 bytes of 7 bits
-                    b = buf[i]
-                    length += (b & 127) * mult
-                    mult <<= 7
-                    i += 1
-                    if not b & 128:
-                        break
-                else:
-                    break  # not all here yet, or malformed: paho's turn
-                stop = i + length
-                if stop > end or length < 2:
+        if fast is None or self._in_packet["command"] != 0:
+            return super()._packet_read()  # no fast path, or paho is in the middle of a packet
+        if self._rsock is not self._sock or self._rpos >= len(self._rbuf):
+            self._fill()  # the first packet of a read is decoded from the buffer too
+            if self._rsock is not self._sock:
+                return super()._packet_read()  # nothing read on this socket (or an error: paho's read raises it)
+        buf, pos = self._rbuf, self._rpos
+        end, start = len(buf), pos
+        while pos + 4 <= end and buf[pos] & 0xF6 == 0x30:  # PUBLISH, QoS 0, no dup; bit 0: retain
+            length, mult, i = 0, 1, pos + 1
+            while i < end and i - pos <= 4:  # the remaining length: 1 to 4 bytes of 7 bits
+                b = buf[i]
+                length += (b & 127) * mult
+                mult <<= 7
+                i += 1
+                if not b & 128:
                     break
-                topic_end = i + 2 + ((buf[i] << 8) | buf[i + 1])
-                if topic_end > stop:
-                    break  # malformed: paho says so
-                fast(buf[i + 2:topic_end], buf[topic_end:stop], bool(buf[pos] & 1))
-                pos = stop
-            if pos != start:
-                self._rpos = pos
-                with self._msgtime_mutex:
-                    self._last_bytes_received = time.monotonic()  # paho's clock (keepalive)
-                if pos >= end:
-                    return mqtt.MQTT_ERR_SUCCESS
+            else:
+                break  # not all here yet, or malformed: paho's turn
+            stop = i + length
+            if stop > end or length < 2:
+                break
+            topic_end = i + 2 + ((buf[i] << 8) | buf[i + 1])
+            if topic_end > stop:
+                break  # malformed: paho says so
+            fast(buf[i + 2:topic_end], buf[topic_end:stop], bool(buf[pos] & 1))
+            pos = stop
+        if pos != start:
+            self._rpos = pos
+            with self._msgtime_mutex:
+                self._last_bytes_received = time.monotonic()  # paho's clock (keepalive)
+            if pos >= end:
+                return mqtt.MQTT_ERR_SUCCESS
         return super()._packet_read()
