@@ -7,9 +7,9 @@ already buffered before paho selects again (``select`` cannot know about bytes i
 the same byte stream, cut into the same reads; the buffer belongs to one socket and is dropped with it (reconnect).
 
 QoS 0 PUBLISH packets whole in the buffer (the bulk of sensor traffic) are decoded here, straight from the buffer
-(an empty buffer is filled first, so the first packet of a read too),
-and handed to ``fast_publish(topic bytes, payload, retain)``: no MQTTMessage, no paho dispatch. Any other packet,
-one that is not whole yet, and anything malformed go through paho as before (from the same buffer, in order).
+(an empty buffer is filled first, so the first packet of a read is too), and handed to ``fast_publish(topic bytes,
+payload, retain)``: no MQTTMessage, no paho dispatch. Any other packet, one that is not whole yet, and anything
+malformed go through paho as before (from the same buffer, in order).
 Every other message goes to ``on_message``: the sensor client registers no per-topic callbacks, so paho's topic matching
 for them (a trie walk per message) is skipped. ``after_loop`` runs after each pass of paho's network loop: the messages of one read are delivered by then, so the
 source can hand them over together (agent.sources.mqtt: a burst becomes a Block).
