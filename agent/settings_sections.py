@@ -189,7 +189,7 @@ class CalibrationSettings(_Section):
     """Teach-in: the first readings after install are taken as normal."""
 
     samples: int | None = Field(None, ge=0, le=1_000_000, description="Readings taken as normal to fit normalisation and threshold on site; 0 = off, empty = the sidecar's default.")
-    duration: float | None = Field(None, gt=0, description="Teach-in as a span of data time instead: seconds, or with a unit (90s, 15m, 24h, 7d); with SAMPLES both must be reached.")
+    duration: float | None = Field(None, gt=0, description="Teach-in as a span of data time instead: seconds, or with a unit (90s, 15m, 24h, 7d); with SAMPLES both must be reached. Make it cover the machine's normal cycle: a teach-in that has not seen a normal event alerts on it.")
 
     @field_validator("duration", mode="before")
     @classmethod
