@@ -32,7 +32,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from train_machine_failure import AIR, LABEL, PROC, RPM, SENSORS, TORQUE, TYPES, WEAR, rule_modes, stratified_split  # noqa: E402
+from train_machine_failure import LABEL, SENSORS, TYPES, rule_modes, stratified_split  # noqa: E402
 
 from agent.advice import Advisor  # noqa: E402
 from agent.calibrate import sidecar_normaliser  # noqa: E402

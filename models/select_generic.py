@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from agent.evaluate import (  # noqa: E402
-    FileMetrics, default_settings, find_csvs, pipeline_factory, read_header, run_file, score_file, totals,
+    default_settings, find_csvs, pipeline_factory, read_header, run_file, score_file,
 )
 from agent.generic import GenericModel  # noqa: E402
 from agent.detectors import open_model  # noqa: E402
@@ -82,6 +82,7 @@ ABLATIONS = {  # each part off: its own selection over the rest of the grid
 # The bundled autoencoder through the same protocol: its network is fixed (trained on anomaly-free.csv only); what
 # can be chosen on site is how its calibrated threshold is set and how alerts are decided.
 GRID_AE = {
+    "recipe": ["bundled"],  # --recipes DIR: the networks trained by the recipe variants in DIR/<name>/ instead
     "threshold_factor": [1.0, 1.25, 1.5, 2.0],
     "recede_ratio": [0.0, 0.2],
     "clear_ratio": [0.6, 0.8],
@@ -132,11 +133,19 @@ def variant_ae(base: Any, cfg: dict[str, Any]) -> Any:
     return model
 
 
-def run_config(args: tuple[str, dict[str, Any], list[tuple[str, str]]]) -> list[dict[str, Any]]:
+def model_path(which: str, cfg: dict[str, Any], recipes: Path | None) -> str | Path:
+    """The model a setting runs: the bundled one, or the network its recipe variant trained (``--recipes``)."""
+    if which == "generic" or cfg.get("recipe", "bundled") == "bundled":
+        return which
+    assert recipes is not None
+    return recipes / cfg["recipe"] / "pump-anomaly.tflite"
+
+
+def run_config(args: tuple[str, dict[str, Any], list[tuple[str, str]], Path | None]) -> list[dict[str, Any]]:
     """Every file through the pipeline with one setting; per-file metrics as plain data."""
-    which, cfg, files = args
+    which, cfg, files, recipes = args
     logging.disable(logging.WARNING)  # one line per alert of every setting would drown the progress
-    base = open_model(which)
+    base = open_model(model_path(which, cfg, recipes))
     model = variant(base, cfg) if which == "generic" else variant_ae(base, cfg)  # type: ignore[arg-type]
     make = pipeline_factory(default_settings(), model, TEACH_IN)
     out = []
@@ -213,13 +222,23 @@ def main() -> int:
                     help="a recording of normal operation (SKAB's anomaly-free.csv): cut into stretches of "
                          f"{STRETCH} rows, each a teach-in and a run in which every alert is false; training data of "
                          "every fold (never held out)")
+    ap.add_argument("--recipes", type=Path, default=None,
+                    help="pump-anomaly only: a folder of recipe variants, each DIR/<name>/pump-anomaly.tflite + .json "
+                         "(models/train_pump_anomaly.py --code/--drift): the recipe becomes a choice of the selection")
     args = ap.parse_args()
+    if args.recipes is not None and args.model != "pump-anomaly":
+        ap.error("--recipes is for --model pump-anomaly")
     files = [(str(p), str(p.relative_to(args.data))) for p in find_csvs(args.data) if "anomaly" in read_header(p)]
     normal_files: list[tuple[str, str]] = []
     stretches = tempfile.TemporaryDirectory(prefix="select-normal-")  # removed when main returns
     if args.normal is not None:
         normal_files = normal_stretches(args.normal, Path(stretches.name))
     base_grid_spec, ablations = (GRID, ABLATIONS) if args.model == "generic" else (GRID_AE, ABLATIONS_AE)
+    if args.recipes is not None:
+        names = sorted(d.name for d in args.recipes.iterdir() if (d / "pump-anomaly.tflite").is_file())
+        if not names:
+            ap.error(f"--recipes {args.recipes}: no <name>/pump-anomaly.tflite in it")
+        base_grid_spec = {**base_grid_spec, "recipe": names}
     configs: list[dict[str, Any]] = []  # every setting some selection may choose (the grid, each ablation's grid)
     for restrict in ablations.values():
         grid = {**base_grid_spec, **restrict}
@@ -236,7 +255,7 @@ def main() -> int:
         if need:
             todo.append((c, need))
     with multiprocessing.Pool(args.jobs) as pool:
-        for i, rows in enumerate(pool.imap(run_config, [(args.model, c, need) for c, need in todo])):
+        for i, rows in enumerate(pool.imap(run_config, [(args.model, c, need, args.recipes) for c, need in todo])):
             results.setdefault(json.dumps(todo[i][0], sort_keys=True), []).extend(rows)
             if (i + 1) % 10 == 0:
                 print(f"  {i + 1}/{len(todo)} ({time.monotonic() - t0:.0f} s)", file=sys.stderr)
@@ -245,7 +264,11 @@ def main() -> int:
         args.runs.write_text(json.dumps(results))
     if not normal_files:  # runs stored with a normal recording are re-selected without it when it is not given
         results = {k: [r for r in v if r["family"] != NORMAL] for k, v in results.items()}
-    report = {"model": args.model, "teach_in": TEACH_IN, "grid": base_grid_spec, "files": [rel for _, rel in files],
+    recipes = None if args.recipes is None else {  # each variant's training config, from its sidecar
+        n: json.loads((args.recipes / n / "pump-anomaly.json").read_text())["provenance"]["config"]
+        for n in base_grid_spec["recipe"]}
+    report = {"model": args.model, "teach_in": TEACH_IN, "grid": base_grid_spec, "recipes": recipes,
+              "files": [rel for _, rel in files],
               "normal": {"recording": str(args.normal), "stretches": len(normal_files), "rows": STRETCH} if normal_files else None,
               "selection": {name: select(results, allowed_keys(keys, {**base_grid_spec, **r}))
                             for name, r in ablations.items()}}
