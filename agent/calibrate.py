@@ -1,8 +1,9 @@
 """Teach-in: the first readings after install are normal; fit the model's normal on site, persist it.
 
-Runs on the pipeline thread. The raw normal readings are kept in ``STATE_DIR/calibration.npz`` beside the fitted
-result (``calibration.json``), so that a new model with the same channels is calibrated from them at once
-instead of starting another teach-in, and so that operator feedback can fold more normal data in:
+Runs on the pipeline thread. The raw normal readings and their data times are kept in
+``STATE_DIR/calibration.npz`` beside the fitted result (``calibration.json``), so that a new model with the same
+channels is calibrated from them at once instead of starting another teach-in, and so that operator feedback can
+fold more normal data in:
 
 * a teach-in is a number of readings (``samples``), a span of data time (``duration_s``), or both (both must be
   reached). A long one keeps at most ``MAX_ROWS`` readings, in evenly spread runs of ``CHUNK`` (memory is bounded
@@ -55,6 +56,7 @@ class Calibrator:
         self._npz = self.state_dir / "calibration.npz"
         self._fold_npz = self.state_dir / "calibration-feedback.npz"
         self._rows: list[np.ndarray] = []
+        self._ts: list[float] = []  # the rows' data times (NaN where a reading had none)
         self._seen = 0  # readings taken (more than kept when a long teach-in is thinned)
         self._first_ts: float | None = None
         self._last_ts: float | None = None
@@ -97,6 +99,7 @@ class Calibrator:
         if not self.active:
             return None
         self._rows.append(np.asarray(values, dtype=np.float64))
+        self._ts.append(ts)
         self._seen += 1
         if math.isfinite(ts):
             if self._first_ts is None:
@@ -104,28 +107,39 @@ class Calibrator:
             self._last_ts = ts
         if len(self._rows) > MAX_ROWS:
             self._rows = [r for i, r in enumerate(self._rows) if (i // CHUNK) % 2 == 0]
+            self._ts = [t for i, t in enumerate(self._ts) if (i // CHUNK) % 2 == 0]
         if self.progress < 1.0:
             return None
         normal = np.vstack(self._rows)
-        self._rows = []
-        self.result = fit(self.model, normal)
-        self._save(normal)
+        times = np.asarray(self._ts, dtype=np.float64)
+        self._rows, self._ts = [], []
+        self.result = fit(self.model, normal, ts=times)
+        self._save(normal, times)
+        sea = (self.result.params or {}).get("season")
+        if sea:
+            shaped = [c for c, col in zip(self.model.sidecar.channels, zip(*sea["profile"])) if any(col)]
+            log.info("teach-in: a daily profile for %s (taken out before scoring)", ", ".join(shaped))
         return self.result
 
     def reset(self) -> None:
         """Start teach-in again (``edge-agent calibrate --reset``, the calibrate command)."""
-        self._rows, self._seen, self._first_ts, self._last_ts = [], 0, None, None
+        self._rows, self._ts, self._seen, self._first_ts, self._last_ts = [], [], 0, None, None
         self.result = None
         for p in (self._json, self._npz, self._fold_npz):
             p.unlink(missing_ok=True)
 
     # -- feedback --------------------------------------------------------------------------------------------
 
-    def fold(self, alert_id: str, rows: np.ndarray) -> Calibration | None:
-        """Take an alert's readings as normal: refit on teach-in + every folded alert; None without a teach-in."""
+    def fold(self, alert_id: str, rows: np.ndarray, ts: np.ndarray | None = None) -> Calibration | None:
+        """Take an alert's readings (at data times ``ts``, when known) as normal: refit on teach-in + every folded
+        alert; None without a teach-in."""
         folds = self._read_folds()
         folds.pop(alert_id, None)
-        folds[alert_id] = np.asarray(rows, dtype=np.float64)[-MAX_FOLD_ROWS:]
+        rows = np.asarray(rows, dtype=np.float64)
+        times = np.full(len(rows), np.nan) if ts is None else np.asarray(ts, dtype=np.float64).reshape(-1)
+        if len(times) != len(rows):
+            times = np.full(len(rows), np.nan)
+        folds[alert_id] = (rows[-MAX_FOLD_ROWS:], times[-MAX_FOLD_ROWS:])
         while len(folds) > MAX_FOLDED:
             folds.pop(next(iter(folds)))
         return self._refit(folds)
@@ -137,34 +151,39 @@ class Calibrator:
             return None
         return self._refit(folds)
 
-    def _refit(self, folds: dict[str, np.ndarray]) -> Calibration | None:
-        normal = self._read_normal()
-        if normal is None or self.result is None:
+    def _refit(self, folds: dict[str, tuple[np.ndarray, np.ndarray]]) -> Calibration | None:
+        stored = self._read_normal()
+        if stored is None or self.result is None:
             return None
-        parts = [normal, *folds.values()]
-        self.result = fit(self.model, np.vstack(parts), folded=list(folds))
+        normal, times = stored
+        self.result = fit(self.model, np.vstack([normal, *(r for r, _ in folds.values())]), folded=list(folds),
+                          ts=np.concatenate([times, *(t for _, t in folds.values())]))
         self._write_folds(folds)
         self.result.write(self._json)
         return self.result
 
-    def _read_normal(self) -> np.ndarray | None:
+    def _read_normal(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """The stored teach-in readings and their data times (NaN when stored without them)."""
         try:
             with np.load(self._npz, allow_pickle=False) as z:
                 normal = np.asarray(z["normal"], dtype=np.float64)
+                times = _times(z, len(normal))
         except Exception as e:  # noqa: BLE001 - numpy raises many kinds for a damaged file
             log.warning("teach-in readings in %s unreadable (%s): feedback cannot refit", self._npz, clip(e))
             return None
         if normal.ndim != 2 or normal.shape[1] != len(self.model.sidecar.channels) or not np.isfinite(normal).all():
             log.warning("teach-in readings in %s have the wrong shape: feedback cannot refit", self._npz)
             return None
-        return normal
+        return normal, times
 
-    def _read_folds(self) -> dict[str, np.ndarray]:
+    def _read_folds(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Folded alerts: id -> (readings, their data times, NaN where unknown)."""
         try:
             with np.load(self._fold_npz, allow_pickle=False) as z:
                 ids = [str(i) for i in z["ids"]]
                 lengths = [int(n) for n in z["lengths"]]
                 rows = np.asarray(z["rows"], dtype=np.float64)
+                times = _times(z, len(rows))
         except FileNotFoundError:
             return {}
         except Exception as e:  # noqa: BLE001 - numpy raises many kinds for a damaged file
@@ -177,27 +196,28 @@ class Calibrator:
             return {}
         out, start = {}, 0
         for i, n in zip(ids, lengths):
-            out[i] = rows[start:start + n]
+            out[i] = (rows[start:start + n], times[start:start + n])
             start += n
         return out
 
-    def _write_folds(self, folds: dict[str, np.ndarray]) -> None:
+    def _write_folds(self, folds: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
         if not folds:
             self._fold_npz.unlink(missing_ok=True)
             return
         buf = io.BytesIO()
         width = len(self.model.sidecar.channels)
-        np.savez(buf, ids=np.asarray(list(folds)), lengths=np.asarray([len(r) for r in folds.values()]),
-                 rows=np.vstack([r.reshape(-1, width) for r in folds.values()]))
+        np.savez(buf, ids=np.asarray(list(folds)), lengths=np.asarray([len(r) for r, _ in folds.values()]),
+                 rows=np.vstack([r.reshape(-1, width) for r, _ in folds.values()]),
+                 ts=np.concatenate([t for _, t in folds.values()]))
         atomic_write(self._fold_npz, buf.getvalue())
 
     # -- persistence -----------------------------------------------------------------------------------------
 
-    def _save(self, normal: np.ndarray) -> None:
+    def _save(self, normal: np.ndarray, times: np.ndarray) -> None:
         try:
             self.state_dir.mkdir(parents=True, exist_ok=True)
             buf = io.BytesIO()
-            np.savez(buf, normal=normal, channels=np.asarray(self.model.sidecar.channels))
+            np.savez(buf, normal=normal, ts=times, channels=np.asarray(self.model.sidecar.channels))
             atomic_write(self._npz, buf.getvalue())
             self._fold_npz.unlink(missing_ok=True)
             assert self.result is not None
@@ -233,6 +253,7 @@ class Calibrator:
             with np.load(self._npz, allow_pickle=False) as z:
                 stored = [str(c) for c in z["channels"]]
                 normal = np.asarray(z["normal"], dtype=np.float64)
+                times = _times(z, len(normal))
         except Exception as e:  # noqa: BLE001 - numpy raises many kinds for a damaged file (zipfile, pickle, EOF)
             log.info("calibration was for another model and its readings are unreadable (%s): teach-in again", clip(e))
             return None
@@ -242,9 +263,19 @@ class Calibrator:
         if normal.ndim != 2 or normal.shape[1] != len(channels) or not np.isfinite(normal).all():
             set_aside(self._npz, "stored normal readings of the wrong shape or not finite")
             return None
-        folds = self._read_folds()
-        parts = [normal, *(f for f in folds.values() if f.ndim == 2 and f.shape[1] == len(channels))]
-        cal = fit(self.model, np.vstack(parts), folded=list(folds))
+        stored_folds = self._read_folds()
+        folds = [f for f in stored_folds.values() if f[0].ndim == 2 and f[0].shape[1] == len(channels)]
+        cal = fit(self.model, np.vstack([normal, *(r for r, _ in folds)]), folded=list(stored_folds),
+                  ts=np.concatenate([times, *(t for _, t in folds)]))
         cal.write(self._json)
         log.info("calibrated model %s from %d stored normal readings", self.model.name, len(normal))
         return cal
+
+
+def _times(z: "np.lib.npyio.NpzFile", n: int) -> np.ndarray:
+    """The ``ts`` array of a stored file, or NaN for each of its ``n`` rows (stored before times were kept)."""
+    if "ts" in z.files:
+        t = np.asarray(z["ts"], dtype=np.float64).reshape(-1)
+        if len(t) == n:
+            return t
+    return np.full(n, np.nan)

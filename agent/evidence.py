@@ -271,6 +271,17 @@ class EvidenceRecorder:
             return None
         return ev["values"]
 
+    def times(self, alert_id: str) -> list[float] | None:
+        """The data times of :meth:`rows`' readings (None when not kept)."""
+        ev = self.store.get(alert_id)
+        t = ev.get("ts") if ev else None
+        if not isinstance(t, list) or not ev or len(t) != len(ev.get("values") or []):
+            return None
+        try:
+            return [float(x) for x in t]
+        except (TypeError, ValueError):
+            return None
+
     def forget(self, sensor: str) -> None:
         self._raw.pop(sensor, None)
         self._active.pop(sensor, None)

@@ -12,6 +12,8 @@ them. Method (models/README.md, "generic", has the numbers and the ablation):
 * **slow drift versus a real change** — the baseline follows the level, but each window it moves at most
   ``adapt x clip`` scales towards it: a drift slower than that is followed and never alerts, a step is not
   absorbed for a long time (``clip/adapt`` windows per scale of step) and alerts;
+* **a daily profile** — with a teach-in of three days or more, each channel's shape over the clock day is taken
+  out first where it holds from day to day (agent/season.py);
 * the score is the largest channel's deviation (in scales, a z-score an engineer can read), the top channels are
   the shares of the squared deviations; the decision (k-of-n, hysteresis, "receded" clear) is the alert machine's.
 
@@ -30,6 +32,7 @@ from typing import Any, Callable, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from agent import season
 from agent.model_spec import CalibrationSpec, DecisionSpec, ModelError, WindowSpec
 from agent.records import Contributions
 from agent.window import Normaliser
@@ -48,6 +51,7 @@ class GenericParams(BaseModel):
     clip: float = Field(3.0, gt=0, le=100, description="Deviation (in scales) at which the baseline step is clipped.")
     threshold_factor: float = Field(1.0, gt=0, le=100, description="Threshold = max(threshold, factor x the largest teach-in score).")
     cross_channel: float = Field(0.0, ge=0, le=1000, description="Relations between channels (PCA residual, SPE): it reaches the threshold at this many times its largest teach-in value; 0 = off.")
+    season: float = Field(86_400.0, ge=0, le=31_622_400, description="Period (s) of the daily profile taken out before scoring when the teach-in spans three of them and it holds from one to the next (agent/season.py); 0 = off.")
 
 
 class GenericSpec(BaseModel):
@@ -134,11 +138,21 @@ class GenericModel:
 
     # -- teach-in ---------------------------------------------------------------------------------------------
 
-    def fit(self, normal: np.ndarray, check: bool = True) -> dict[str, Any]:
+    def fit(self, normal: np.ndarray, check: bool = True, ts: np.ndarray | None = None) -> dict[str, Any]:
         """Fit baseline, scale and threshold on ``normal`` (rows of raw vectors, oldest first): the calibration's
-        ``params`` with ``threshold`` and, when the two halves of the teach-in disagree (``check``), ``warning``."""
+        ``params`` with ``threshold`` and, when the two halves of the teach-in disagree (``check``), ``warning``.
+        With the readings' times ``ts`` and a teach-in of several days, also the daily profile (``season``), which
+        is taken out of the readings before everything else is fitted."""
         normal = np.asarray(normal, dtype=np.float64)
         spec = self.sidecar
+        profile = None
+        if ts is not None and spec.detector.season > 0:
+            ts = np.asarray(ts, dtype=np.float64).reshape(-1)
+            known = np.isfinite(ts) if len(ts) == len(normal) else np.zeros(len(normal), bool)
+            if known.any():
+                profile = season.fit_profile(normal[known], ts[known], spec.detector.season)
+            if profile is not None:  # rows without a time (folded before times were kept) cannot be placed in the day
+                normal = normal[known] - season.fine(profile)[season.index(ts[known], spec.detector.season)]
         found = contamination(normal, spec.channels, spec.detector, spec.window.length, spec.threshold) if check else None
         out: dict[str, Any] = {}
         if found is not None:
@@ -147,6 +161,8 @@ class GenericModel:
                 normal = normal[keep[0]:keep[1]]
                 out["fitted_on"] = list(keep)
         out.update(_fit(normal, spec.window.length, spec.detector, spec.threshold))
+        if profile is not None:
+            out["season"] = {"period_s": spec.detector.season, "profile": np.round(profile, 12).tolist()}
         return out
 
     def scorer(self, params: dict[str, Any] | None) -> "GenericScorer":
@@ -257,17 +273,29 @@ class GenericScorer:
             self._basis = np.asarray(params["pca_basis"], dtype=np.float64).reshape(len(self._channels), -1)
             # SPE reaches the threshold at cross_channel x its teach-in maximum: score = threshold x spe / that
             self._spe_unit = float(params["threshold"]) / (p.cross_channel * float(params["spe_max"]))
+        self._season: np.ndarray | None = None  # the daily profile, one row per minute (agent/season.py)
+        self._period = 0.0
+        sea = params.get("season")
+        if isinstance(sea, dict):
+            table = np.asarray(sea.get("profile", []), dtype=np.float64)
+            if table.shape != (season.BINS, len(self._channels)) or not np.isfinite(table).all():
+                raise ModelError(f"{model.name}: calibration's daily profile does not fit the detector's channels")
+            self._season, self._period = season.fine(table), float(sea["period_s"])
+        self.timed = self._season is not None  # the pipeline passes each window's time
         self._baselines: dict[str, np.ndarray] = {}
         self.normaliser = Normaliser(self._base, self._scale)  # for the summaries' drift report
 
-    def score(self, window_raw: np.ndarray, sensor: str = "") -> tuple[float, Contributions, float]:
-        """(largest channel deviation in scales, per-channel shares, latency); moves the sensor's baseline."""
+    def score(self, window_raw: np.ndarray, sensor: str = "", ts: float | None = None) -> tuple[float, Contributions, float]:
+        """(largest channel deviation in scales, per-channel shares, latency); moves the sensor's baseline. ``ts``:
+        the window's middle in data time, for the daily profile (when the teach-in found one)."""
         t0 = time.perf_counter()
         b = self._baselines.get(sensor)
         if b is None:
             b = self._baselines[sensor] = self._base.copy()
         d = np.add.reduce(window_raw, axis=0)  # the window mean, as ``mean(axis=0)`` computes it (same bits) ...
         d /= len(window_raw)
+        if self._season is not None and ts is not None:
+            d -= self._season[season.index(ts, self._period)]  # ... less the time of day's share ...
         d -= b  # ... minus the baseline
         z = d / self._scale
         score = float(np.abs(z).max())
@@ -284,9 +312,11 @@ class GenericScorer:
         b += d
         return score, Contributions(self._channels, shares), time.perf_counter() - t0
 
-    def score_windows(self, windows_raw: np.ndarray, sensor: str = "") -> tuple[np.ndarray, Callable[[int], Contributions]]:
+    def score_windows(self, windows_raw: np.ndarray, sensor: str = "",
+                      ts: np.ndarray | None = None) -> tuple[np.ndarray, Callable[[int], Contributions]]:
         """``score`` of each of N raw windows in turn (the baseline moves after each): (the scores, the
-        contributions of window i when asked). The same numbers as ``score``, the window means in one call."""
+        contributions of window i when asked). The same numbers as ``score``, the window means in one call;
+        ``ts``: the windows' middles."""
         b = self._baselines.get(sensor)
         if b is None:
             b = self._baselines[sensor] = self._base.copy()
@@ -294,6 +324,8 @@ class GenericScorer:
         for k in range(1, windows_raw.shape[1]):
             means += windows_raw[:, k, :]
         means /= windows_raw.shape[1]
+        if self._season is not None and ts is not None:
+            means -= self._season[season.index(ts, self._period)]
         n = len(means)
         dev = np.empty_like(means)  # each window's mean minus the baseline before it
         step = np.empty_like(b)

@@ -270,6 +270,8 @@ class Scorer:
     The derived features (sidecar ``derived``) are appended to the raw window before normalisation.
     """
 
+    timed = False  # scores do not depend on the time of day (the generic detector's may: agent/season.py)
+
     def __init__(self, model: Model, normaliser: Normaliser):
         self.model = model
         self.normaliser = normaliser

@@ -62,7 +62,7 @@ def learn(p: "Pipeline", alert_id: str, label: str) -> dict[str, Any]:
     rows = p.recorder.rows(alert_id) if p.recorder is not None else None
     if rows is None:
         return {"learned": False, "why": "no evidence of this alert for the current channels"}
-    new = cal.fold(alert_id, np.asarray(rows, dtype=np.float64))
+    new = cal.fold(alert_id, np.asarray(rows, dtype=np.float64), p.recorder.times(alert_id))
     if new is None:
         return {"learned": False, "why": "the teach-in readings are not stored"}
     p._apply(new)

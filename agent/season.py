@@ -1,0 +1,94 @@
+"""A daily profile for the generic detector: the shape of a day, learnt at teach-in, taken out before scoring.
+
+A sensor read every few minutes for weeks (a temperature, a load) often follows the clock: warmer by day, busier
+on a shift. Its daily swing is normal, but a level detector sees it as wander and gets a scale as wide as the
+swing, so that a day that goes wrong inside the usual range (a peak twice as high, a peak missing, a flat day) is
+invisible. When the teach-in spans at least ``MIN_DAYS`` days, each channel's profile over the day
+(``BINS`` bins of clock time, each day taken relative to its own mean) is fitted; it is kept only for a channel
+where it holds from day to day: a profile fitted on the even days must remove at least ``GAIN`` of the variance
+of the odd days, and the other way round. The detector then works on ``reading - profile(time of day)``.
+
+Nothing here was tuned on labelled data: one day, 48 bins (half an hour), three days, a quarter of the variance
+were written down before any recording was scored (models/README.md, generic, "Another domain").
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+DAY = 86_400.0  # the period: clock days (UTC)
+BINS = 48  # half-hour bins
+MIN_DAYS = 3.0  # a teach-in shorter than this has no profile
+GAIN = 0.25  # share of the held-out days' variance a channel's profile must remove to be kept
+FINE = 1440  # the profile as the scorer reads it: one value per minute, linear between the bins' centres
+MIN_COVER = 0.8  # a day is used for the fit when its readings span this share of it
+
+
+def fit_profile(x: np.ndarray, ts: np.ndarray, period: float = DAY) -> np.ndarray | None:
+    """The (BINS, channels) profile of ``x`` (rows of readings at times ``ts``), zero for the channels where it does
+    not hold; None when the teach-in is too short, has no time stamps, or no channel keeps a profile."""
+    x = np.asarray(x, dtype=np.float64)
+    ts = np.asarray(ts, dtype=np.float64)
+    if period <= 0 or ts.shape != (len(x),) or len(x) < 2 * BINS or not np.isfinite(ts).all():
+        return None
+    if ts[-1] - ts[0] < MIN_DAYS * period:
+        return None
+    day = np.floor(ts / period).astype(np.int64)
+    b = (np.floor((ts % period) / period * BINS).astype(np.int64)) % BINS
+    resid = np.full_like(x, np.nan)
+    for d in np.unique(day):
+        rows = day == d
+        t = ts[rows]
+        if t[-1] - t[0] >= MIN_COVER * period:  # whole days only: a partial day's mean is not its level
+            resid[rows] = x[rows] - x[rows].mean(axis=0)
+    use = np.isfinite(resid[:, 0])
+    if len(np.unique(day[use])) < 2:
+        return None
+    even = use & (day % 2 == 0)
+    odd = use & (day % 2 == 1)
+    if not even.any() or not odd.any():
+        return None
+    gain = 1.0 - (_left(resid, b, even, odd) + _left(resid, b, odd, even)) / np.maximum(
+        (resid[odd] ** 2).sum(axis=0) + (resid[even] ** 2).sum(axis=0), 1e-300)
+    keep = gain >= GAIN
+    if not keep.any():
+        return None
+    profile = _bin_means(resid, b, use)
+    profile[:, ~keep] = 0.0
+    return profile
+
+
+def _bin_means(resid: np.ndarray, b: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Mean residual per bin over ``rows``; an empty bin takes the mean of its neighbours (0 when all are empty)."""
+    c = resid.shape[1]
+    sums = np.zeros((BINS, c))
+    counts = np.zeros(BINS)
+    np.add.at(sums, b[rows], resid[rows])
+    np.add.at(counts, b[rows], 1.0)
+    out = np.zeros((BINS, c))
+    have = counts > 0
+    out[have] = sums[have] / counts[have, None]
+    if not have.all() and have.any():
+        centres = np.flatnonzero(have)
+        for ch in range(c):
+            out[~have, ch] = np.interp(np.flatnonzero(~have), centres, out[have, ch], period=BINS)
+    return out
+
+
+def _left(resid: np.ndarray, b: np.ndarray, fit_rows: np.ndarray, test_rows: np.ndarray) -> np.ndarray:
+    """Sum of squares per channel left in ``test_rows`` after taking out the profile fitted on ``fit_rows``."""
+    p = _bin_means(resid, b, fit_rows)
+    return ((resid[test_rows] - p[b[test_rows]]) ** 2).sum(axis=0)
+
+
+def fine(profile: np.ndarray) -> np.ndarray:
+    """The profile at every minute of the day (FINE, channels): linear between the bins' centres, around the clock."""
+    profile = np.asarray(profile, dtype=np.float64)
+    centres = (np.arange(BINS) + 0.5) / BINS
+    at = (np.arange(FINE) + 0.5) / FINE
+    return np.stack([np.interp(at, centres, profile[:, ch], period=1.0) for ch in range(profile.shape[1])], axis=1)
+
+
+def index(ts: float | np.ndarray, period: float = DAY) -> np.ndarray | int:
+    """Row of :func:`fine`'s table for time(s) ``ts``."""
+    return (np.floor((np.asarray(ts) % period) / period * FINE).astype(np.int64)) % FINE

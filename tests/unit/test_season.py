@@ -1,0 +1,120 @@
+"""The generic detector's daily profile (agent/season.py) through the real pipeline: a day that goes wrong inside the
+usual range is caught only with it; no profile where there is none; per reading and in blocks alike; it survives a
+restart and a false_positive label."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+
+from agent import season
+from agent.counters import Counters
+from agent.detectors import open_model, resolve
+from agent.evidence import EvidenceStore
+from agent.generic import GenericModel
+from agent.parse import timestamp
+from agent.pipeline import Pipeline
+from agent.records import Reading
+from tests.helpers import outgoing
+
+STEP = 300.0  # a reading every five minutes
+PER_DAY = int(season.DAY / STEP)
+T0 = 1_700_006_400.0  # a midnight (UTC)
+
+
+def daily(days: float, rng: np.random.Generator, amplitude: float = 20.0, noise: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """(times, one channel): 50 + a daily swing of +-amplitude peaking at 15:00, plus noise."""
+    t = T0 + STEP * np.arange(int(days * PER_DAY))
+    x = 50.0 + amplitude * np.cos(2 * math.pi * ((t % season.DAY) / season.DAY - 15 / 24)) + rng.normal(0, noise, len(t))
+    return t, x[:, None]
+
+
+def run(p: Pipeline, t: np.ndarray, x: np.ndarray, names: list[str]) -> list[dict]:
+    out = []
+    for ts, row in zip(t, x):
+        r = Reading(ts=float(ts), values={n: float(v) for n, v in zip(names, row)}, sensor="m1")
+        out += [m.payload for m in outgoing(p.process(r)) if m.kind == "alert"]
+    return out
+
+
+def model_without_profile(tmp_path: Path) -> GenericModel:
+    spec = json.loads(resolve("generic").read_text())
+    spec["detector"]["season"] = 0
+    path = tmp_path / "no-season.json"
+    path.write_text(json.dumps(spec))
+    return open_model(path)
+
+
+def test_a_day_without_its_afternoon_peak_is_alerted_only_with_the_daily_profile(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="agent.calibrate")
+    t, x = daily(14, np.random.default_rng(1))
+    bad_day = 10 * PER_DAY
+    afternoon = slice(bad_day + 12 * 12, bad_day + 18 * 12)  # 12:00-18:00 of day 10: the peak stays away
+    x[afternoon, 0] = 50.0 + np.random.default_rng(2).normal(0, 1.0, afternoon.stop - afternoon.start)
+    teach_in = 7 * PER_DAY
+    with_profile = Pipeline(open_model("generic"), Counters(), tmp_path / "a", calibration_samples=teach_in)
+    alerts = run(with_profile, t, x, ["temperature"])
+    assert "season" in with_profile.calibrator.result.params and with_profile.scorer.timed
+    assert "a daily profile for temperature" in caplog.text
+    raised = [a for a in alerts if a["state"] == "raised"]
+    assert len(raised) == 1, raised  # the bad afternoon, and nothing on the four normal days after the teach-in
+    at = (timestamp(raised[0]["window_end"]) - T0) / STEP
+    assert afternoon.start <= at < afternoon.start + 12 * 2  # within two hours of the peak going missing
+    without = Pipeline(model_without_profile(tmp_path), Counters(), tmp_path / "b", calibration_samples=teach_in)
+    assert [a for a in run(without, t, x, ["temperature"]) if a["state"] == "raised"] == []  # the level alone: blind
+
+
+def test_no_profile_where_the_data_has_none_or_the_teach_in_is_shorter_than_three_days():
+    rng = np.random.default_rng(3)
+    t, x = daily(7, rng)
+    flat = 10.0 + rng.normal(0, 1.0, (len(t), 1))
+    profile = season.fit_profile(np.hstack([x, flat]), t)
+    assert profile is not None
+    assert np.ptp(profile[:, 0]) > 30  # the daily swing of +-20 is learnt ...
+    assert np.all(profile[:, 1] == 0)  # ... and none for the channel without one
+    assert season.fit_profile(flat, t) is None
+    assert season.fit_profile(x[: int(2.5 * PER_DAY)], t[: int(2.5 * PER_DAY)]) is None  # too short
+    one_hz = 1_700_000_000.0 + np.arange(400.0)  # SKAB's 400-reading teach-in at 1 Hz: never a profile
+    assert season.fit_profile(np.ones((400, 1)), one_hz) is None
+    model = open_model("generic").with_channels(["a"])
+    assert "season" not in model.fit(np.ones((400, 1)) + rng.normal(0, 1, (400, 1)), ts=one_hz)
+
+
+def test_scores_per_reading_and_in_blocks_agree_with_a_profile():
+    rng = np.random.default_rng(4)
+    t, x = daily(9, rng)
+    x = np.hstack([x, 10.0 + rng.normal(0, 1.0, (len(x), 1))])  # two channels: one with a profile, one without
+    model = open_model("generic").with_channels(["temperature", "pressure"])
+    params = model.fit(x[: 7 * PER_DAY], ts=t[: 7 * PER_DAY])
+    assert "season" in params
+    one, block = model.scorer(params), model.scorer(params)
+    length = model.sidecar.window.length
+    ends = np.arange(7 * PER_DAY, len(x))
+    windows = np.stack([x[e - length + 1:e + 1] for e in ends])
+    middles = 0.5 * (t[ends - length + 1] + t[ends])
+    singles = np.array([one.score(w, "s", float(m))[0] for w, m in zip(windows, middles)])
+    batch, _ = block.score_windows(windows, "s", middles)
+    assert np.array_equal(singles, batch)
+    assert singles.max() < model.sidecar.threshold  # normal days after the teach-in stay under the threshold
+
+
+def test_the_profile_survives_a_restart_and_a_false_positive_label(tmp_path):
+    rng = np.random.default_rng(5)
+    t, x = daily(9, rng)
+    x[8 * PER_DAY + 36:8 * PER_DAY + 60, 0] += 25.0  # a two-hour bump at 03:00 on day 8
+    store = EvidenceStore(tmp_path / "evidence.db")
+    p = Pipeline(open_model("generic"), Counters(), tmp_path, calibration_samples=7 * PER_DAY, evidence=store)
+    raised = [a for a in run(p, t, x, ["temperature"]) if a["state"] == "raised"]
+    assert len(raised) == 1
+    assert len(store.get(raised[0]["alert_id"])["ts"]) == len(store.get(raised[0]["alert_id"])["values"])
+    learned = p.learn(raised[0]["alert_id"], "false_positive")
+    assert learned["learned"] and "season" in p.calibrator.result.params and p.scorer.timed
+    again = Pipeline(open_model("generic"), Counters(), tmp_path, calibration_samples=7 * PER_DAY, evidence=store)
+    assert not again.calibrating and again.scorer.timed
+    assert again.calibrator.result.folded == [raised[0]["alert_id"]]
+    assert again.calibrator.result.params["season"] == p.calibrator.result.params["season"]
+    store.close()
