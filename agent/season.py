@@ -31,7 +31,7 @@ def fit_profile(x: np.ndarray, ts: np.ndarray, period: float = DAY) -> np.ndarra
     ts = np.asarray(ts, dtype=np.float64)
     if period <= 0 or ts.shape != (len(x),) or len(x) < 2 * BINS or not np.isfinite(ts).all():
         return None
-    if ts[-1] - ts[0] < MIN_DAYS * period:
+    if ts.max() - ts.min() < MIN_DAYS * period:  # readings of several sensors may interleave out of order
         return None
     day = np.floor(ts / period).astype(np.int64)
     b = (np.floor((ts % period) / period * BINS).astype(np.int64)) % BINS
@@ -39,7 +39,7 @@ def fit_profile(x: np.ndarray, ts: np.ndarray, period: float = DAY) -> np.ndarra
     for d in np.unique(day):
         rows = day == d
         t = ts[rows]
-        if t[-1] - t[0] >= MIN_COVER * period:  # whole days only: a partial day's mean is not its level
+        if t.max() - t.min() >= MIN_COVER * period:  # whole days only: a partial day's mean is not its level
             resid[rows] = x[rows] - x[rows].mean(axis=0)
     use = np.isfinite(resid[:, 0])
     if len(np.unique(day[use])) < 2:
