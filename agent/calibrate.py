@@ -38,7 +38,7 @@ __all__ = ["CHUNK", "MAX_FOLDED", "MAX_FOLD_ROWS", "MAX_ROWS", "Calibration", "C
 log = logging.getLogger(__name__)
 
 MAX_ROWS = 20_000  # readings kept from one teach-in (a 24 h teach-in at 10 Hz would be 864,000)
-CHUNK = 256  # ... thinned by dropping every other run of this many, so the kept ones stay contiguous
+CHUNK = 256  # ... in runs of this many readings: every run, then every 2nd, 4th, ... (spread over the whole span)
 MAX_FOLDED = 100  # alerts whose readings feedback may fold in; the oldest fold goes first
 MAX_FOLD_ROWS = 2_000  # readings folded in per alert
 
@@ -57,6 +57,8 @@ class Calibrator:
         self._fold_npz = self.state_dir / "calibration-feedback.npz"
         self._rows: list[np.ndarray] = []
         self._ts: list[float] = []  # the rows' data times (NaN where a reading had none)
+        self._runs: list[int] = []  # the run (of CHUNK readings taken) each kept row belongs to
+        self._stride = 1  # rows are kept from every stride-th run; doubled whenever more than MAX_ROWS are kept
         self._seen = 0  # readings taken (more than kept when a long teach-in is thinned)
         self._first_ts: float | None = None
         self._last_ts: float | None = None
@@ -98,21 +100,27 @@ class Calibrator:
         """Take one normal vector; returns the Calibration when this one completed teach-in."""
         if not self.active:
             return None
-        self._rows.append(np.asarray(values, dtype=np.float64))
-        self._ts.append(ts)
+        run = self._seen // CHUNK
+        if run % self._stride == 0:
+            self._rows.append(np.asarray(values, dtype=np.float64))
+            self._ts.append(ts)
+            self._runs.append(run)
         self._seen += 1
         if math.isfinite(ts):
             if self._first_ts is None:
                 self._first_ts = ts
             self._last_ts = ts
-        if len(self._rows) > MAX_ROWS:
-            self._rows = [r for i, r in enumerate(self._rows) if (i // CHUNK) % 2 == 0]
-            self._ts = [t for i, t in enumerate(self._ts) if (i // CHUNK) % 2 == 0]
+        if len(self._rows) > MAX_ROWS:  # every other kept run goes: what stays is spread evenly over the teach-in
+            self._stride *= 2
+            keep = [k for k, r in enumerate(self._runs) if r % self._stride == 0]
+            self._rows = [self._rows[k] for k in keep]
+            self._ts = [self._ts[k] for k in keep]
+            self._runs = [self._runs[k] for k in keep]
         if self.progress < 1.0:
             return None
         normal = np.vstack(self._rows)
         times = np.asarray(self._ts, dtype=np.float64)
-        self._rows, self._ts = [], []
+        self._rows, self._ts, self._runs, self._stride = [], [], [], 1
         self.result = fit(self.model, normal, ts=times)
         self._save(normal, times)
         sea = (self.result.params or {}).get("season")
@@ -123,7 +131,8 @@ class Calibrator:
 
     def reset(self) -> None:
         """Start teach-in again (``edge-agent calibrate --reset``, the calibrate command)."""
-        self._rows, self._ts, self._seen, self._first_ts, self._last_ts = [], [], 0, None, None
+        self._rows, self._ts, self._runs, self._stride = [], [], [], 1
+        self._seen, self._first_ts, self._last_ts = 0, None, None
         self.result = None
         for p in (self._json, self._npz, self._fold_npz):
             p.unlink(missing_ok=True)

@@ -148,11 +148,10 @@ class GenericModel:
         profile = None
         if ts is not None and spec.detector.season > 0:
             ts = np.asarray(ts, dtype=np.float64).reshape(-1)
-            known = np.isfinite(ts) if len(ts) == len(normal) else np.zeros(len(normal), bool)
-            if known.any():
-                profile = season.fit_profile(normal[known], ts[known], spec.detector.season)
-            if profile is not None:  # rows without a time (folded before times were kept) cannot be placed in the day
-                normal = normal[known] - season.fine(profile)[season.index(ts[known], spec.detector.season)]
+            if len(ts) == len(normal) and np.isfinite(ts).all():  # every reading placed in the day, or no profile
+                profile = season.fit_profile(normal, ts, spec.detector.season)
+            if profile is not None:
+                normal = normal - season.fine(profile)[season.index(ts, spec.detector.season)]
         found = contamination(normal, spec.channels, spec.detector, spec.window.length, spec.threshold) if check else None
         out: dict[str, Any] = {}
         if found is not None:
@@ -278,24 +277,29 @@ class GenericScorer:
         sea = params.get("season")
         if isinstance(sea, dict):
             table = np.asarray(sea.get("profile", []), dtype=np.float64)
-            if table.shape != (season.BINS, len(self._channels)) or not np.isfinite(table).all():
+            period = sea.get("period_s")
+            if (table.shape != (season.BINS, len(self._channels)) or not np.isfinite(table).all()
+                    or not isinstance(period, (int, float)) or not 0 < period < float("inf")):
                 raise ModelError(f"{model.name}: calibration's daily profile does not fit the detector's channels")
-            self._season, self._period = season.fine(table), float(sea["period_s"])
+            self._season, self._period = season.fine(table), float(period)
+            self._cum = season.cumulative(self._season)
         self.timed = self._season is not None  # the pipeline passes each window's time
         self._baselines: dict[str, np.ndarray] = {}
         self.normaliser = Normaliser(self._base, self._scale)  # for the summaries' drift report
 
-    def score(self, window_raw: np.ndarray, sensor: str = "", ts: float | None = None) -> tuple[float, Contributions, float]:
-        """(largest channel deviation in scales, per-channel shares, latency); moves the sensor's baseline. ``ts``:
-        the window's middle in data time, for the daily profile (when the teach-in found one)."""
+    def score(self, window_raw: np.ndarray, sensor: str = "", start: float | None = None,
+              end: float | None = None) -> tuple[float, Contributions, float]:
+        """(largest channel deviation in scales, per-channel shares, latency); moves the sensor's baseline.
+        ``start``, ``end``: the window's first and last reading's data time, for the daily profile (when the
+        teach-in found one)."""
         t0 = time.perf_counter()
         b = self._baselines.get(sensor)
         if b is None:
             b = self._baselines[sensor] = self._base.copy()
         d = np.add.reduce(window_raw, axis=0)  # the window mean, as ``mean(axis=0)`` computes it (same bits) ...
         d /= len(window_raw)
-        if self._season is not None and ts is not None:
-            d -= self._season[season.index(ts, self._period)]  # ... less the time of day's share ...
+        if self._season is not None and start is not None and end is not None:  # ... less the time of day's share ...
+            d -= season.window_share(self._season, self._cum, np.array([start]), np.array([end]), self._period)[0]
         d -= b  # ... minus the baseline
         z = d / self._scale
         score = float(np.abs(z).max())
@@ -312,11 +316,11 @@ class GenericScorer:
         b += d
         return score, Contributions(self._channels, shares), time.perf_counter() - t0
 
-    def score_windows(self, windows_raw: np.ndarray, sensor: str = "",
-                      ts: np.ndarray | None = None) -> tuple[np.ndarray, Callable[[int], Contributions]]:
+    def score_windows(self, windows_raw: np.ndarray, sensor: str = "", starts: np.ndarray | None = None,
+                      ends: np.ndarray | None = None) -> tuple[np.ndarray, Callable[[int], Contributions]]:
         """``score`` of each of N raw windows in turn (the baseline moves after each): (the scores, the
         contributions of window i when asked). The same numbers as ``score``, the window means in one call;
-        ``ts``: the windows' middles."""
+        ``starts``, ``ends``: the windows' first and last data times."""
         b = self._baselines.get(sensor)
         if b is None:
             b = self._baselines[sensor] = self._base.copy()
@@ -324,8 +328,8 @@ class GenericScorer:
         for k in range(1, windows_raw.shape[1]):
             means += windows_raw[:, k, :]
         means /= windows_raw.shape[1]
-        if self._season is not None and ts is not None:
-            means -= self._season[season.index(ts, self._period)]
+        if self._season is not None and starts is not None and ends is not None:
+            means -= season.window_share(self._season, self._cum, starts, ends, self._period)
         n = len(means)
         dev = np.empty_like(means)  # each window's mean minus the baseline before it
         step = np.empty_like(b)

@@ -333,7 +333,7 @@ class Pipeline:
         if win is None or self.scorer is None:
             return out
         if self.scorer.timed:  # a daily profile: the scorer needs the time of day (agent/season.py)
-            score, contributions, latency = self.scorer.score(win.data, win.sensor, 0.5 * (win.start_ts + win.end_ts))
+            score, contributions, latency = self.scorer.score(win.data, win.sensor, win.start_ts, win.end_ts)
         else:
             score, contributions, latency = self.scorer.score(win.data, win.sensor)
         inf = Inference(win, score, contributions, latency)

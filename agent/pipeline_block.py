@@ -153,8 +153,8 @@ def _segment(p: "Pipeline", sensor: str, ts: np.ndarray, x: np.ndarray) -> list[
             rec.add_rows(sensor, ts, x)
         return []
     t0 = time.perf_counter()
-    if p.scorer.timed:  # a daily profile: the windows' middles in data time (agent/season.py)
-        scores, contributions = p.scorer.score_windows(windows, sensor, 0.5 * (np.asarray(starts) + np.asarray(ends)))
+    if p.scorer.timed:  # a daily profile: the windows' spans in data time (agent/season.py)
+        scores, contributions = p.scorer.score_windows(windows, sensor, np.asarray(starts), np.asarray(ends))
     else:
         scores, contributions = p.scorer.score_windows(windows, sensor)
     latency = (time.perf_counter() - t0) / nw

@@ -9,7 +9,9 @@ where it holds from day to day: a profile fitted on the even days must remove at
 of the odd days, and the other way round. The detector then works on ``reading - profile(time of day)``.
 
 Nothing here was tuned on labelled data: one day, 48 bins (half an hour), three days, a quarter of the variance
-were written down before any recording was scored (models/README.md, generic, "Another domain").
+were written down before any recording was scored (models/README.md, generic: "Method" and "The daily profile on
+NAB"). The scorer takes out the profile's mean over each window's span of data time, as the teach-in took it out
+of every reading at the reading's own time.
 """
 
 from __future__ import annotations
@@ -48,9 +50,7 @@ def fit_profile(x: np.ndarray, ts: np.ndarray, period: float = DAY) -> np.ndarra
     odd = use & (day % 2 == 1)
     if not even.any() or not odd.any():
         return None
-    gain = 1.0 - (_left(resid, b, even, odd) + _left(resid, b, odd, even)) / np.maximum(
-        (resid[odd] ** 2).sum(axis=0) + (resid[even] ** 2).sum(axis=0), 1e-300)
-    keep = gain >= GAIN
+    keep = (_gain(resid, b, even, odd) >= GAIN) & (_gain(resid, b, odd, even) >= GAIN)  # each way round
     if not keep.any():
         return None
     profile = _bin_means(resid, b, use)
@@ -75,10 +75,13 @@ def _bin_means(resid: np.ndarray, b: np.ndarray, rows: np.ndarray) -> np.ndarray
     return out
 
 
-def _left(resid: np.ndarray, b: np.ndarray, fit_rows: np.ndarray, test_rows: np.ndarray) -> np.ndarray:
-    """Sum of squares per channel left in ``test_rows`` after taking out the profile fitted on ``fit_rows``."""
+def _gain(resid: np.ndarray, b: np.ndarray, fit_rows: np.ndarray, test_rows: np.ndarray) -> np.ndarray:
+    """Per channel, the share of ``test_rows``' variance (about each day's mean) that the profile fitted on
+    ``fit_rows`` takes out; 0 for a channel with none (flat within its days)."""
     p = _bin_means(resid, b, fit_rows)
-    return ((resid[test_rows] - p[b[test_rows]]) ** 2).sum(axis=0)
+    total = (resid[test_rows] ** 2).sum(axis=0)
+    left = ((resid[test_rows] - p[b[test_rows]]) ** 2).sum(axis=0)
+    return np.where(total > 0, 1.0 - left / np.where(total > 0, total, 1.0), 0.0)
 
 
 def fine(profile: np.ndarray) -> np.ndarray:
@@ -92,3 +95,30 @@ def fine(profile: np.ndarray) -> np.ndarray:
 def index(ts: float | np.ndarray, period: float = DAY) -> np.ndarray | int:
     """Row of :func:`fine`'s table for time(s) ``ts``."""
     return (np.floor((np.asarray(ts) % period) / period * FINE).astype(np.int64)) % FINE
+
+
+def cumulative(table: np.ndarray) -> np.ndarray:
+    """(FINE + 1, channels): the running sums of :func:`fine`'s table, 0 first (for :func:`window_share`)."""
+    return np.vstack([np.zeros((1, table.shape[1])), np.cumsum(table, axis=0)])
+
+
+def window_share(table: np.ndarray, cum: np.ndarray, starts: np.ndarray, ends: np.ndarray,
+                 period: float = DAY) -> np.ndarray:
+    """(N, channels): the profile's mean over each window's span of data time, ``starts[i]`` to ``ends[i]``: what it
+    adds to the window's mean, since the teach-in took it out of every reading at the reading's own time. The
+    same function for one window and for a block, so that both give the same numbers."""
+    starts = np.asarray(starts, dtype=np.float64)
+    width = (np.asarray(ends, dtype=np.float64) - starts) / period * FINE  # in rows of the table
+    u0 = (starts % period) / period * FINE
+    area = _area(table, cum, u0 + width) - _area(table, cum, u0)
+    point = table[np.minimum(np.floor(u0).astype(np.int64), FINE - 1)]
+    wide = width > 0
+    return np.where(wide[:, None], area / np.where(wide, width, 1.0)[:, None], point)
+
+
+def _area(table: np.ndarray, cum: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """The table's integral from row 0 to position ``u`` (rows, may run past a day: whole days added)."""
+    days = np.floor(u / FINE)
+    r = u - days * FINE
+    i = np.minimum(np.floor(r).astype(np.int64), FINE - 1)
+    return days[:, None] * cum[FINE] + cum[i] + (r - i)[:, None] * table[i]

@@ -359,7 +359,7 @@ model = {{ path = "{broken}" }}
         assert rows["spare"]["state"] == "degraded" and "model refused" in rows["spare"]["reasons"][0]
         assert rows["spare"]["model"] is None
         for a in ("pump-1", "compressor", "test-bench"):
-            assert rows[a]["model"] == {"name": "generic", "version": "1.0.0"}, rows[a]
+            assert rows[a]["model"] == {"name": "generic", "version": "1.1.0"}, rows[a]
         assert rows["test-bench"]["last_alert"]["sensor"] == "replay"
 
         # the table: the gateway, then its assets indented under it
@@ -372,7 +372,7 @@ model = {{ path = "{broken}" }}
         assert all(line.startswith("  ") for line in lines[2:])
         assert lines[2].split()[:2] == ["spare", "degraded"] and "model refused" in lines[2]  # most severe first
         assert "calibrating" in under["compressor"] and "teach-in running (50 readings)" in under["compressor"]
-        assert "online" in under["pump-1"] and "generic 1.0.0" in under["pump-1"] and "scoring" in under["pump-1"]
+        assert "online" in under["pump-1"] and "generic 1.1.0" in under["pump-1"] and "scoring" in under["pump-1"]
         # a monitor started after the alerts never saw them (not retained); the stats count them since the start
         assert re.search(r"scoring; \d+ raised since the agent started$", under["test-bench"]), under["test-bench"]
 

@@ -4,6 +4,7 @@ restart and a false_positive label."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -12,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from agent import season
+from agent.clean_policy import CleaningPolicy
 from agent.counters import Counters
 from agent.detectors import open_model, resolve
 from agent.evidence import EvidenceStore
@@ -68,6 +70,35 @@ def test_a_day_without_its_afternoon_peak_is_alerted_only_with_the_daily_profile
     assert [a for a in run(without, t, x, ["temperature"]) if a["state"] == "raised"] == []  # the level alone: blind
 
 
+def test_hourly_readings_whose_windows_span_hours_raise_nothing_on_normal_days(tmp_path):
+    """A window of 10 hourly readings averages part of the daily swing away: the scorer takes out the profile's
+    mean over the window's span, as the teach-in took it out of every reading, not its value at one instant."""
+    rng = np.random.default_rng(6)
+    t = T0 + 3600.0 * np.arange(28 * 24)
+    x = 50.0 + 20.0 * np.cos(2 * math.pi * ((t % season.DAY) / season.DAY - 15 / 24)) + rng.normal(0, 1.0, len(t))
+    replay = dataclasses.replace(CleaningPolicy(), max_time_jump_s=0.0)  # an hour of data time per call, as a replay
+    c = Counters()
+    p = Pipeline(open_model("generic"), c, tmp_path, calibration_samples=7 * 24, cleaning=replay)
+    assert run(p, t, x[:, None], ["temperature"]) == []
+    assert p.scorer.timed and c.get("pipeline.windows") > 20 * 24
+
+
+def test_a_profile_must_hold_both_ways_and_needs_every_readings_time():
+    rng = np.random.default_rng(7)
+    t = T0 + STEP * np.arange(8 * PER_DAY)
+    phase = 2 * math.pi * ((t % season.DAY) / season.DAY)
+    amplitude = np.where((np.floor(t / season.DAY) % 2) == 0, 10.0, 4.0)  # even days swing 10, odd days 4 ...
+    uneven = (amplitude * np.cos(phase) + rng.normal(0, 1.0, len(t)))[:, None]
+    uneven[np.floor(t / season.DAY) % 2 == 1] *= -1  # ... and the other way round: no shape holds from day to day
+    assert season.fit_profile(uneven, t) is None
+    steady = (10.0 * np.cos(phase) + rng.normal(0, 1.0, len(t)))[:, None]
+    assert season.fit_profile(steady, t) is not None
+    holes = t.copy()
+    holes[5] = np.nan  # one reading without a time (stored before times were kept): no profile rather than a guess
+    model = open_model("generic").with_channels(["a"])
+    assert "season" not in model.fit(steady, ts=holes) and "season" in model.fit(steady, ts=t)
+
+
 def test_no_profile_where_the_data_has_none_or_the_teach_in_is_shorter_than_three_days():
     rng = np.random.default_rng(3)
     t, x = daily(7, rng)
@@ -77,6 +108,8 @@ def test_no_profile_where_the_data_has_none_or_the_teach_in_is_shorter_than_thre
     assert np.ptp(profile[:, 0]) > 30  # the daily swing of +-20 is learnt ...
     assert np.all(profile[:, 1] == 0)  # ... and none for the channel without one
     assert season.fit_profile(flat, t) is None
+    assert season.fit_profile(np.full((len(t), 1), 7.0), t) is None  # a constant channel: nothing to take out
+    assert season.fit_profile(np.hstack([x, np.full((len(t), 1), 7.0)]), t)[:, 1].tolist() == [0.0] * season.BINS
     assert season.fit_profile(x[: int(2.5 * PER_DAY)], t[: int(2.5 * PER_DAY)]) is None  # too short
     one_hz = 1_700_000_000.0 + np.arange(400.0)  # SKAB's 400-reading teach-in at 1 Hz: never a profile
     assert season.fit_profile(np.ones((400, 1)), one_hz) is None
@@ -95,9 +128,9 @@ def test_scores_per_reading_and_in_blocks_agree_with_a_profile():
     length = model.sidecar.window.length
     ends = np.arange(7 * PER_DAY, len(x))
     windows = np.stack([x[e - length + 1:e + 1] for e in ends])
-    middles = 0.5 * (t[ends - length + 1] + t[ends])
-    singles = np.array([one.score(w, "s", float(m))[0] for w, m in zip(windows, middles)])
-    batch, _ = block.score_windows(windows, "s", middles)
+    first, last = t[ends - length + 1], t[ends]
+    singles = np.array([one.score(w, "s", float(a), float(b))[0] for w, a, b in zip(windows, first, last)])
+    batch, _ = block.score_windows(windows, "s", first, last)
     assert np.array_equal(singles, batch)
     assert singles.max() < model.sidecar.threshold  # normal days after the teach-in stay under the threshold
 
@@ -118,3 +151,24 @@ def test_the_profile_survives_a_restart_and_a_false_positive_label(tmp_path):
     assert again.calibrator.result.folded == [raised[0]["alert_id"]]
     assert again.calibrator.result.params["season"] == p.calibrator.result.params["season"]
     store.close()
+
+
+def test_a_long_fast_teach_in_keeps_readings_from_every_day_and_learns_the_profile(tmp_path):
+    """Four days at one reading every 2 s (172,800 readings) are thinned to at most MAX_ROWS, spread evenly over the
+    whole teach-in (not the last hours dense and the first days almost empty), so the daily profile is found."""
+    from agent.calibrate import MAX_ROWS, Calibrator
+
+    rng = np.random.default_rng(8)
+    model = open_model("generic").with_channels(["temperature"])
+    cal = Calibrator(model, 0, tmp_path, duration_s=4 * season.DAY)
+    t = T0 + 2.0 * np.arange(int(4 * season.DAY / 2.0) + 1)
+    x = 50.0 + 20.0 * np.cos(2 * math.pi * (t % season.DAY) / season.DAY) + rng.normal(0, 1.0, len(t))
+    done = None
+    for ts, v in zip(t, x):
+        done = cal.add(np.array([v]), float(ts)) or done
+    assert done is not None and "season" in done.params
+    with np.load(tmp_path / "calibration.npz") as z:
+        kept = np.asarray(z["ts"])
+    assert len(kept) <= MAX_ROWS + 1
+    per_day = np.bincount(((kept - T0) // season.DAY).astype(int), minlength=4)[:4]
+    assert per_day.min() > 0.8 * per_day.max(), per_day
