@@ -28,12 +28,13 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.calibration import Calibration, Detector, fit, make_scorer, parse_calibration, sidecar_normaliser
+from agent.calibration import (Calibration, Detector, daily_channels, fit, make_scorer, parse_calibration,
+                               sidecar_normaliser)
 from agent.files import atomic_write, set_aside
 from agent.logsafe import clip
 
-__all__ = ["CHUNK", "MAX_FOLDED", "MAX_FOLD_ROWS", "MAX_ROWS", "Calibration", "Calibrator", "Detector", "fit",
-           "make_scorer", "parse_calibration", "sidecar_normaliser"]
+__all__ = ["CHUNK", "MAX_FOLDED", "MAX_FOLD_ROWS", "MAX_ROWS", "Calibration", "Calibrator", "Detector",
+           "daily_channels", "fit", "make_scorer", "parse_calibration", "sidecar_normaliser"]
 
 log = logging.getLogger(__name__)
 
@@ -123,9 +124,8 @@ class Calibrator:
         self._rows, self._ts, self._runs, self._stride = [], [], [], 1
         self.result = fit(self.model, normal, ts=times)
         self._save(normal, times)
-        sea = (self.result.params or {}).get("season")
-        if sea:
-            shaped = [c for c, col in zip(self.model.sidecar.channels, zip(*sea["profile"])) if any(col)]
+        shaped = daily_channels(self.result, list(self.model.sidecar.channels))
+        if shaped:
             log.info("teach-in: a daily profile for %s (taken out before scoring)", ", ".join(shaped))
         return self.result
 

@@ -161,6 +161,14 @@ def sidecar_normaliser(model: Detector) -> Normaliser:
     return Normaliser(np.asarray(n.mean), np.asarray(n.std))
 
 
+def daily_channels(cal: Calibration | None, channels: list[str]) -> tuple[str, ...]:
+    """The channels ``cal`` holds a daily profile for (the generic detector's, agent/season.py); () for none."""
+    sea = (cal.params or {}).get("season") if cal is not None else None
+    if not isinstance(sea, dict) or not isinstance(sea.get("profile"), list):
+        return ()
+    return tuple(c for c, col in zip(channels, zip(*sea["profile"])) if any(col))
+
+
 def make_scorer(model: Detector, cal: Calibration | None, previous: Any = None) -> Scorer | GenericScorer | None:
     """The scorer for ``model`` with ``cal`` (None: not calibrated; a generic detector then has none yet).
 

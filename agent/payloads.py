@@ -148,6 +148,7 @@ def _snapshot(d: Mapping[str, Any]) -> PipelineSnapshot | None:
         calibration_warning=_text(cal.get("warning")),
         calibration_folded=_int(cal.get("folded_alerts")) or 0,
         calibration_fitted_at=_time(cal.get("fitted_at")),
+        calibration_daily=_texts(cal.get("daily_profile")),
         threshold=_number(d.get("threshold")) or 0.0,
         overrides=dict(_mapping(d.get("overrides")) or {}),
         model={str(k): str(v) for k, v in model.items() if isinstance(v, (str, int, float))},

@@ -18,7 +18,7 @@ import numpy as np
 
 from agent.advice import Advisor
 from agent.align import Aligner
-from agent.calibrate import Calibration, Calibrator, make_scorer
+from agent.calibrate import Calibration, Calibrator, daily_channels, make_scorer
 from agent.clean import Cleaner, CleaningPolicy
 from agent.counters import Counters
 from agent.decide import RAISED, Decisions, DecisionParams, Transition
@@ -227,6 +227,7 @@ class Pipeline:
             calibration_warning=result.warning if result is not None else None,
             calibration_folded=len(result.folded) if result is not None else 0,
             calibration_fitted_at=result.fitted_at if result is not None else None,
+            calibration_daily=daily_channels(result, list(m.sidecar.channels)),
             threshold=self.params.threshold, overrides=self.overrides(),
             stale_channels=cleaner.stale if cleaner is not None else frozenset(),
             sensors=cleaner.sensor_count if cleaner is not None else 0,

@@ -210,6 +210,7 @@ class PipelineSnapshot:
     calibration_warning: str | None = None  # the teach-in did not look like one normal operating point
     calibration_folded: int = 0  # alerts whose readings feedback folded into the normal model
     calibration_fitted_at: float | None = None
+    calibration_daily: tuple[str, ...] = ()  # channels the teach-in learnt a daily profile for (agent/season.py)
     threshold: float = 0.0
     overrides: Mapping[str, Any] = field(default_factory=dict)  # in force: threshold / model set by command
     stale_channels: frozenset[str] = frozenset()  # "sensor/channel" (the channel alone for a nameless sensor)

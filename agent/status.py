@@ -276,12 +276,14 @@ def _calibration(snap: PipelineSnapshot) -> dict[str, Any] | None:
         if snap.calibration_duration_s:
             out.update(duration_s=snap.calibration_duration_s, elapsed_s=round(snap.calibration_elapsed_s, 1))
         return out
-    if snap.calibration_warning or snap.calibration_folded:
+    if snap.calibration_warning or snap.calibration_folded or snap.calibration_daily:
         out = {"fitted_at": iso(snap.calibration_fitted_at or 0.0)}
         if snap.calibration_warning:
             out["warning"] = snap.calibration_warning  # the teach-in did not look like one normal operating point
         if snap.calibration_folded:
             out["folded_alerts"] = snap.calibration_folded  # feedback taught it these were normal
+        if snap.calibration_daily:
+            out["daily_profile"] = list(snap.calibration_daily)  # the time of day's share is taken out of these
         return out
     return None
 
@@ -290,4 +292,4 @@ def _snapshot_key(snap: PipelineSnapshot | None) -> tuple[Any, ...]:
     if snap is None:
         return ()
     return (snap.model.get("sha256"), snap.threshold, tuple(sorted(snap.overrides.items(), key=str)),
-            snap.calibrating, snap.calibration_warning, snap.calibration_folded)
+            snap.calibrating, snap.calibration_warning, snap.calibration_folded, snap.calibration_daily)

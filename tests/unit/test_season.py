@@ -62,6 +62,13 @@ def test_a_day_without_its_afternoon_peak_is_alerted_only_with_the_daily_profile
     alerts = run(with_profile, t, x, ["temperature"])
     assert "season" in with_profile.calibrator.result.params and with_profile.scorer.timed
     assert "a daily profile for temperature" in caplog.text
+    assert with_profile.snapshot.calibration_daily == ("temperature",)
+    from agent.payloads import _snapshot
+    from agent.status import _machine
+
+    shown = _machine({}, with_profile.snapshot, [])  # the retained status: what the control room sees ...
+    assert shown["calibration"]["daily_profile"] == ["temperature"]
+    assert _snapshot({**shown, "model": {"name": "generic"}}).calibration_daily == ("temperature",)  # ... read back
     raised = [a for a in alerts if a["state"] == "raised"]
     assert len(raised) == 1, raised  # the bad afternoon, and nothing on the four normal days after the teach-in
     at = (timestamp(raised[0]["window_end"]) - T0) / STEP
