@@ -324,9 +324,9 @@ class GenericScorer:
         b = self._baselines.get(sensor)
         if b is None:
             b = self._baselines[sensor] = self._base.copy()
-        means = windows_raw[:, 0, :].copy()  # summed row after row, as ``mean(axis=0)`` of one window does
-        for k in range(1, windows_raw.shape[1]):
-            means += windows_raw[:, k, :]
+        # summed as ``score`` sums one window (np.add.reduce keeps numpy's order of a window's rows, pairwise where
+        # they are contiguous: one channel), so that blocks give the same bits
+        means = np.add.reduce(windows_raw, axis=1)
         means /= windows_raw.shape[1]
         if self._season is not None and starts is not None and ends is not None:
             means -= season.window_share(self._season, self._cum, starts, ends, self._period)

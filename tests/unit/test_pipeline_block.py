@@ -198,3 +198,21 @@ def test_a_malformed_block_is_counted_and_dropped_not_a_crash():
         assert not p.calibrating
     assert counters.get("reject.bad_block") == 15
     assert counters.get("pipeline.windows") == 700 - 400
+
+
+@pytest.mark.parametrize("profile", [False, True])
+def test_a_single_channel_stream_scores_blocks_the_same_bit_for_bit(profile):
+    """One channel: a window's mean must be summed in the same order in blocks as one window at a time (numpy sums
+    a contiguous axis pairwise). With ``profile``: five days of a daily rhythm, so the daily profile is in play."""
+    rng = np.random.default_rng(11)
+    step = 300.0 if profile else 1.0
+    n = 5 * 288 if profile else 3000
+    t = 1_700_006_400.0 + step * np.arange(n)
+    x = 50.0 + (20.0 * np.cos(2 * math.pi * (t % 86_400) / 86_400) if profile else 0.0) + rng.normal(0, 1.0, n)
+    x[n - 200:n - 120] += 9.0  # an event, so that decisions are compared too
+    readings = [Reading(float(a), {"temperature": float(b)}, "s1") for a, b in zip(t, x)]
+    ev = Evaluation.create({"model.path": "generic", "summary_interval_s": 1e9, "calibration.samples": n // 2 + 100})
+    ref = _run(ev, ["temperature"], None, readings)
+    assert ref["counters"]["pipeline.windows"] > n // 3
+    for sizes in ([512, 17], [3]):
+        assert _run(ev, ["temperature"], _blocks(readings, sizes, ["temperature"], False), None) == ref, sizes
