@@ -145,8 +145,8 @@ class Calibrator:
         folds = self._read_folds()
         folds.pop(alert_id, None)
         rows = np.asarray(rows, dtype=np.float64)
-        times = np.full(len(rows), np.nan) if ts is None else np.asarray(ts, dtype=np.float64).reshape(-1)
-        if len(times) != len(rows):
+        times = np.asarray(ts if ts is not None else [], dtype=np.float64).reshape(-1)
+        if len(times) != len(rows):  # not given (or not one per reading): unknown, no daily profile from these
             times = np.full(len(rows), np.nan)
         folds[alert_id] = (rows[-MAX_FOLD_ROWS:], times[-MAX_FOLD_ROWS:])
         while len(folds) > MAX_FOLDED:

@@ -273,9 +273,9 @@ class EvidenceRecorder:
 
     def times(self, alert_id: str) -> list[float] | None:
         """The data times of :meth:`rows`' readings (None when not kept)."""
-        ev = self.store.get(alert_id)
-        t = ev.get("ts") if ev else None
-        if not isinstance(t, list) or not ev or len(t) != len(ev.get("values") or []):
+        ev = self.store.get(alert_id) or {}
+        t = ev.get("ts")
+        if not isinstance(t, list) or len(t) != len(ev.get("values") or []):
             return None
         try:
             return [float(x) for x in t]

@@ -79,8 +79,9 @@ ABLATIONS = {  # each part off: its own selection over the rest of the grid
 }
 
 
-# The bundled autoencoder through the same protocol: its network is fixed (trained on anomaly-free.csv only); what
-# can be chosen on site is how its calibrated threshold is set and how alerts are decided.
+# The autoencoder through the same protocol: its networks are trained on anomaly-free.csv only, the bundled one or,
+# with --recipes, each recipe variant's (the recipe is then one more choice of each fold); what can be chosen on
+# site is how its calibrated threshold is set and how alerts are decided.
 GRID_AE = {
     "recipe": ["bundled"],  # --recipes DIR: the networks trained by the recipe variants in DIR/<name>/ instead
     "threshold_factor": [1.0, 1.25, 1.5, 2.0],
