@@ -40,6 +40,10 @@ from agent.window import Normaliser
 log = logging.getLogger(__name__)
 
 CONTAMINATION_RATIO = 4.0  # a teach-in half scoring this many thresholds against the other half is not one normal
+# ... nor is one scoring LOPSIDED_RATIO thresholds when the other, scored against it, is LOPSIDED_ASYMMETRY times
+# quieter: a brief event (a shutdown) in that half widened its scale so much that nothing else looks abnormal
+LOPSIDED_RATIO = 2.0
+LOPSIDED_ASYMMETRY = 20.0
 
 
 class GenericParams(BaseModel):
@@ -219,7 +223,9 @@ def contamination(
     Used for every model's teach-in. Each half is scored (window means, as the generic detector does) against a
     fit on the other half; a half scoring ``CONTAMINATION_RATIO`` thresholds or more means a fault or a change of
     operating point inside the teach-in. On SKAB's 24 clean teach-ins and 23 stretches of its anomaly-free
-    recording the largest ratio was 3.4; with a fault inside, up to 68 (about half of the faults reach 4).
+    recording the largest ratio was 3.4; with a fault inside, up to 68 (about half of the faults reach 4). A half
+    at ``LOPSIDED_RATIO`` thresholds while the other, scored against it, is ``LOPSIDED_ASYMMETRY`` times quieter
+    counts too: a brief big event (a stop) in that half widened its scale (SKAB's clean ones: at most 6.6 times).
     """
     p = p or GenericParams()
     n = len(normal)
@@ -234,16 +240,20 @@ def contamination(
         worst = np.unravel_index(int(np.argmax(z)), z.shape)
         ratios.append((float(z.max()) / f["threshold"], int(worst[1])))
     (fwd, ch_f), (back, ch_b) = ratios
-    if max(fwd, back) < CONTAMINATION_RATIO:
+    bad_f = fwd >= CONTAMINATION_RATIO or (fwd >= LOPSIDED_RATIO and fwd >= LOPSIDED_ASYMMETRY * back)
+    bad_b = back >= CONTAMINATION_RATIO or (back >= LOPSIDED_RATIO and back >= LOPSIDED_ASYMMETRY * fwd)
+    if not (bad_f or bad_b):
         return None
     names = list(channels or []) or [f"#{i}" for i in range(normal.shape[1])]
-    if fwd >= CONTAMINATION_RATIO and back < CONTAMINATION_RATIO:
-        why = (f"the second half of the teach-in differs from the first ({names[ch_f]}: {fwd:.1f} x the threshold): "
-               f"a fault or a change of operating point during teach-in; fitted on the first half only")
+    if bad_f and not bad_b:
+        why = (f"the second half of the teach-in differs from the first ({names[ch_f]}: {fwd:.1f} x the threshold, "
+               f"the first against the second {back:.2f} x): a fault or a change of operating point during teach-in; "
+               f"fitted on the first half only")
         return why, (0, half)
-    if back >= CONTAMINATION_RATIO and fwd < CONTAMINATION_RATIO:
-        why = (f"the first half of the teach-in differs from the second ({names[ch_b]}: {back:.1f} x the threshold): "
-               f"a fault or a change of operating point during teach-in; fitted on the second half only")
+    if bad_b and not bad_f:
+        why = (f"the first half of the teach-in differs from the second ({names[ch_b]}: {back:.1f} x the threshold, "
+               f"the second against the first {fwd:.2f} x): a fault or a change of operating point during teach-in; "
+               f"fitted on the second half only")
         return why, (half, n)
     ch = ch_f if fwd >= back else ch_b
     why = (f"the teach-in is not stationary ({names[ch]}: {max(fwd, back):.1f} x the threshold between its halves): "

@@ -142,6 +142,36 @@ def test_teach_in_with_a_fault_in_its_second_half_is_reported_and_fitted_on_the_
     assert p.calibrator.result.params["fitted_on"] == [0, 200]
 
 
+def test_a_shutdown_inside_the_teach_in_is_reported_and_does_not_blind_the_detector(tmp_path):
+    """A machine temperature every five minutes, wandering a few degrees; the teach-in (3,000 readings) holds a
+    ten-hour stop (25 degrees down) in its first half. Scored against the second half that half is only 3.2
+    thresholds off (under the 4 that marks a fault), but the second half scored against the first is ten times
+    quieter still, because the stop widened the first half's scale fivefold: that lopsidedness is the sign.
+    Fitted on the whole teach-in, the detector would need a 46-degree fall to alert; fitted on the clean half, a
+    30-degree failure is alerted at once."""
+    rng = np.random.default_rng(11)
+    n = 4000
+    wander = np.zeros(n)
+    for i in range(1, n):  # slow wander of a running machine (AR(1))
+        wander[i] = 0.95 * wander[i - 1] + rng.normal(0, 0.3)
+    x = (85 + wander + rng.normal(0, 0.5, n)).reshape(-1, 1)
+    shutdown = np.concatenate([np.linspace(0, 25, 12), np.full(120, 25.0), np.linspace(25, 0, 12)])
+    x[1000:1000 + len(shutdown), 0] -= shutdown
+    x[3500:, 0] -= np.minimum(np.arange(500) * 2.0, 30.0)  # the failure, after the teach-in
+    spec = open_model("generic").sidecar
+    found = contamination(x[:3000], ["temp"], spec.detector, spec.window.length, spec.threshold)
+    assert found is not None, "the shutdown in the teach-in went unreported"
+    why, keep = found
+    assert why.startswith("the first half of the teach-in differs from the second (temp: 3.2 x the threshold, "
+                          "the second against the first 0.11 x)") and keep == (1500, 3000)
+    p = pipeline(tmp_path, samples=3000)
+    alerts = run(p, readings(x, ["temp"], step_s=300.0))
+    assert p.calibrator.result.params["fitted_on"] == [1500, 3000]
+    assert p.calibrator.result.warning == why
+    raised = [a for a in alerts if a["state"] == "raised"]
+    assert len(raised) == 1 and 3500 <= _row_slow(raised[0]) < 3530
+
+
 def test_a_clean_teach_in_raises_no_warning(tmp_path):
     rng = np.random.default_rng(6)
     x = noise(rng, 400, 4)
