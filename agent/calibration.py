@@ -52,6 +52,18 @@ class Calibration:
     def to_json(self) -> dict[str, Any]:
         return self.__dict__.copy()
 
+    def alert_levels(self, threshold: float | None = None) -> dict[str, dict[str, float]] | None:
+        """The generic detector's learnt normal in each channel's own units: the level taught (``level``), the scale,
+        and the window means that alert at ``threshold`` (default: the calibrated one) — before the level follows
+        any slow drift, and around the daily profile where the teach-in found one. None for other models."""
+        p = self.params or {}
+        thr = threshold if threshold is not None else self.threshold
+        if "baseline" not in p or "scale" not in p or thr is None:
+            return None
+        return {ch: {"level": float(b), "scale": float(sc), "alerts_below": float(b - thr * sc),
+                     "alerts_above": float(b + thr * sc)}
+                for ch, b, sc in zip(self.channels, p["baseline"], p["scale"])}
+
     def write(self, path: Path) -> None:
         """Persist as JSON, atomically (a power cut leaves the old file or the new one)."""
         atomic_write(path, json.dumps(self.to_json(), indent=1).encode())

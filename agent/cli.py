@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -214,11 +215,33 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             print(f"calibration in {state_dir} removed: teach-in starts again on the next start")
             continue
         results[asset_id] = {"calibrated": True, **cal.result.to_json()} if cal.result else {"calibrated": False}
+        if cal.result is not None:
+            _add_alert_levels(results[asset_id], cal.result, eff, state_dir)
         if cal.result is not None and cal.result.warning:
             print(f"warning: teach-in{f' of {asset_id}' if asset_id else ''}: {cal.result.warning}", file=sys.stderr)
     if not args.reset:
         print(json.dumps(results[""] if list(results) == [""] else results, indent=2))
     return 0
+
+
+def _add_alert_levels(shown: dict[str, Any], result: Any, eff: Any, state_dir: Path) -> None:
+    """What a generic detector's teach-in learnt, in each channel's units, at the threshold the agent runs with: one
+    set by command (``overrides.json``, read only), else the configured one, else the calibrated one."""
+    threshold, source = None, "calibrated"
+    try:
+        t = json.loads((state_dir / "overrides.json").read_bytes()).get("threshold")
+        if isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) and t > 0:
+            threshold, source = float(t), "command"
+    except (OSError, ValueError, AttributeError):
+        pass  # none, or one the agent will set aside at start
+    if threshold is None and eff.model.threshold is not None:
+        threshold, source = float(eff.model.threshold), "settings"
+    levels = result.alert_levels(threshold)
+    if levels is not None:
+        shown["alert_levels"] = {
+            "threshold": float(f"{threshold if threshold is not None else result.threshold:.6g}"), "source": source,
+            "daily_profile": bool((result.params or {}).get("season")),
+            "channels": {ch: {k: float(f"{v:.6g}") for k, v in lv.items()} for ch, lv in levels.items()}}
 
 
 def _calibration_targets(settings: Any, asset: str | None) -> list[tuple[str, Any, Path]]:

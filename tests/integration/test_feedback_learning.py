@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from tests.conftest import agent_env, start_agent, wait_for
 from tests.integration.test_control import BASE, Commander
@@ -88,3 +89,12 @@ def test_a_teach_in_with_a_fault_inside_is_reported_in_the_log_status_and_calibr
     assert shown.returncode == 0
     assert json.loads(shown.stdout)["warning"] == st["calibration"]["warning"]
     assert "warning: teach-in: the second half" in shown.stderr
+    levels = json.loads(shown.stdout)["alert_levels"]  # what was learnt (on the first half), in the channels' units
+    assert levels["threshold"] == 6 and levels["source"] == "calibrated" and levels["daily_profile"] is False
+    assert list(levels["channels"]) == ["flow", "vibration", "current"]
+    current = levels["channels"]["current"]
+    assert current["level"] == pytest.approx(10.0, abs=0.5)  # before the change: the first half was fitted
+    assert current["alerts_above"] == pytest.approx(current["level"] + 6 * current["scale"], rel=1e-5)
+    shown = run_agent({**env, "EDGE_AGENT_MODEL__THRESHOLD": "8"}, "calibrate")
+    assert json.loads(shown.stdout)["alert_levels"]["threshold"] == 8
+    assert json.loads(shown.stdout)["alert_levels"]["source"] == "settings"

@@ -172,6 +172,37 @@ def test_a_shutdown_inside_the_teach_in_is_reported_and_does_not_blind_the_detec
     assert len(raised) == 1 and 3500 <= _row_slow(raised[0]) < 3530
 
 
+def test_alert_levels_say_in_the_channels_units_where_the_detector_alerts(tmp_path):
+    """``edge-agent calibrate`` shows them: a steady value just inside a channel's band raises nothing, one just
+    beyond it raises, on that channel."""
+    rng = np.random.default_rng(8)
+    names = ["flow", "temp"]
+    x = noise(rng, 400, 2) * [1.0, 3.0]
+    p = pipeline(tmp_path)
+    assert run(p, readings(x, names)) == []
+    levels = p.calibrator.result.alert_levels()
+    assert set(levels) == set(names)
+    temp = levels["temp"]
+    assert temp["alerts_above"] == pytest.approx(temp["level"] + 6.0 * temp["scale"])
+    assert temp["alerts_below"] == pytest.approx(temp["level"] - 6.0 * temp["scale"])
+    assert p.calibrator.result.alert_levels(8.0)["temp"]["alerts_above"] == pytest.approx(temp["level"] + 8 * temp["scale"])
+    steady = lambda v, n: np.tile([levels["flow"]["level"], v], (n, 1))  # noqa: E731
+    t0 = 1.7e9 + 400
+    inside = temp["level"] + 0.9 * (temp["alerts_above"] - temp["level"])
+    assert run(p, readings(steady(inside, 60), names, t0=t0)) == []
+    beyond = temp["level"] + 1.1 * (temp["alerts_above"] - temp["level"])
+    alerts = run(p, readings(steady(beyond, 20), names, t0=t0 + 60))
+    assert [a["state"] for a in alerts] == ["raised"] and alerts[0]["top_channels"][0]["channel"] == "temp"
+
+
+def test_a_network_s_calibration_has_no_alert_levels():
+    from agent.calibration import fit
+
+    pump = open_model("pump-anomaly")
+    cal = fit(pump, noise(np.random.default_rng(9), 200, len(pump.sidecar.channels)))
+    assert cal.threshold is not None and cal.alert_levels() is None
+
+
 def test_a_clean_teach_in_raises_no_warning(tmp_path):
     rng = np.random.default_rng(6)
     x = noise(rng, 400, 4)
