@@ -78,6 +78,7 @@ def build_pipeline(
     return Pipeline(
         model, counters, state_dir or settings.state_dir, asset=asset, summary_interval_s=settings.summary_interval_s,
         calibration_samples=settings.calibration.samples, calibration_duration_s=settings.calibration.duration,
+        calibration_clock=settings.calibration.timezone,
         channels=channels, decisions=decisions, evidence=evidence, evidence_windows_before=a.evidence_windows_before,
         evidence_inline_max_bytes=a.evidence_inline_max_bytes, cleaning=cleaning, advisor=advisor,
     )

@@ -48,10 +48,12 @@ class Calibrator:
     """Collects normal readings (a count, a duration or both), then fits and persists a Calibration; reloads it
     after a restart; folds in and out the readings of alerts that operators called false."""
 
-    def __init__(self, model: Detector, samples: int, state_dir: Path, duration_s: float | None = None):
+    def __init__(self, model: Detector, samples: int, state_dir: Path, duration_s: float | None = None,
+                 clock: str = "UTC"):
         self.model = model
         self.samples = samples
         self.duration_s = duration_s or None
+        self.clock = clock  # the time zone whose days a daily profile follows (agent/season.py)
         self.state_dir = Path(state_dir)
         self._json = self.state_dir / "calibration.json"
         self._npz = self.state_dir / "calibration.npz"
@@ -122,11 +124,11 @@ class Calibrator:
         normal = np.vstack(self._rows)
         times = np.asarray(self._ts, dtype=np.float64)
         self._rows, self._ts, self._runs, self._stride = [], [], [], 1
-        self.result = fit(self.model, normal, ts=times)
+        self.result = fit(self.model, normal, ts=times, clock=self.clock)
         self._save(normal, times)
         shaped = daily_channels(self.result, list(self.model.sidecar.channels))
         if shaped:
-            log.info("teach-in: a daily profile for %s (taken out before scoring)", ", ".join(shaped))
+            log.info("teach-in: a daily profile for %s (%s days; taken out before scoring)", ", ".join(shaped), self.clock)
         return self.result
 
     def reset(self) -> None:
@@ -166,7 +168,7 @@ class Calibrator:
             return None
         normal, times = stored
         self.result = fit(self.model, np.vstack([normal, *(r for r, _ in folds.values())]), folded=list(folds),
-                          ts=np.concatenate([times, *(t for _, t in folds.values())]))
+                          ts=np.concatenate([times, *(t for _, t in folds.values())]), clock=self.clock)
         self._write_folds(folds)
         self.result.write(self._json)
         return self.result
@@ -275,7 +277,7 @@ class Calibrator:
         stored_folds = self._read_folds()
         folds = [f for f in stored_folds.values() if f[0].ndim == 2 and f[0].shape[1] == len(channels)]
         cal = fit(self.model, np.vstack([normal, *(r for r, _ in folds)]), folded=list(stored_folds),
-                  ts=np.concatenate([times, *(t for _, t in folds)]))
+                  ts=np.concatenate([times, *(t for _, t in folds)]), clock=self.clock)
         cal.write(self._json)
         log.info("calibrated model %s from %d stored normal readings", self.model.name, len(normal))
         return cal

@@ -114,14 +114,14 @@ def _finite(v: Any) -> bool:
 
 
 def fit(model: Detector, normal: np.ndarray, folded: list[str] | None = None,
-        ts: np.ndarray | None = None) -> Calibration:
+        ts: np.ndarray | None = None, clock: str = "UTC") -> Calibration:
     """Fit what the model asks for on ``normal`` (rows of raw vectors, oldest first; ``ts``: their data times, when
-    known, for the generic detector's daily profile)."""
+    known, for the generic detector's daily profile, whose days are those of the time zone ``clock``)."""
     sc = model.sidecar
     channels = list(sc.channels)
     warning = None
     if isinstance(model, GenericModel):
-        r = model.fit(normal, check=not folded, ts=ts)  # checks the halves itself (with its own window)
+        r = model.fit(normal, check=not folded, ts=ts, clock=clock)  # checks the halves itself (with its own window)
         return Calibration(
             model_sha256=model.sha256, channels=channels, mean=r["baseline"], std=r["scale"],
             threshold=float(r["threshold"]), samples=int(len(normal)), fitted_at=time.time(), params=r,

@@ -142,17 +142,20 @@ class GenericModel:
 
     # -- teach-in ---------------------------------------------------------------------------------------------
 
-    def fit(self, normal: np.ndarray, check: bool = True, ts: np.ndarray | None = None) -> dict[str, Any]:
+    def fit(self, normal: np.ndarray, check: bool = True, ts: np.ndarray | None = None,
+            clock: str = season.UTC) -> dict[str, Any]:
         """Fit baseline, scale and threshold on ``normal`` (rows of raw vectors, oldest first): the calibration's
         ``params`` with ``threshold`` and, when the two halves of the teach-in disagree (``check``), ``warning``.
         With the readings' times ``ts`` and a teach-in of several days, also the daily profile (``season``), which
-        is taken out of the readings before everything else is fitted."""
+        is taken out of the readings before everything else is fitted; its days are those of ``clock`` (a time
+        zone's name: the machine's local time, across daylight-saving changes)."""
         normal = np.asarray(normal, dtype=np.float64)
         spec = self.sidecar
         profile = None
         if ts is not None and spec.detector.season > 0:
             ts = np.asarray(ts, dtype=np.float64).reshape(-1)
             if len(ts) == len(normal) and np.isfinite(ts).all():  # every reading placed in the day, or no profile
+                ts = season.local(ts, season.zone(clock))
                 profile = season.fit_profile(normal, ts, spec.detector.season)
             if profile is not None:
                 normal = normal - season.fine(profile)[season.index(ts, spec.detector.season)]
@@ -166,6 +169,8 @@ class GenericModel:
         out.update(_fit(normal, spec.window.length, spec.detector, spec.threshold))
         if profile is not None:
             out["season"] = {"period_s": spec.detector.season, "profile": np.round(profile, 12).tolist()}
+            if clock != season.UTC:
+                out["season"]["timezone"] = clock
         return out
 
     def scorer(self, params: dict[str, Any] | None) -> "GenericScorer":
@@ -283,6 +288,7 @@ class GenericScorer:
             # SPE reaches the threshold at cross_channel x its teach-in maximum: score = threshold x spe / that
             self._spe_unit = float(params["threshold"]) / (p.cross_channel * float(params["spe_max"]))
         self._season: np.ndarray | None = None  # the daily profile, one row per minute (agent/season.py)
+        self._tz: Any = None  # the clock of its days: None = UTC, else a ZoneInfo (season.local)
         self._period = 0.0
         sea = params.get("season")
         if isinstance(sea, dict):
@@ -291,6 +297,10 @@ class GenericScorer:
             if (table.shape != (season.BINS, len(self._channels)) or not np.isfinite(table).all()
                     or not isinstance(period, (int, float)) or not 0 < period < float("inf")):
                 raise ModelError(f"{model.name}: calibration's daily profile does not fit the detector's channels")
+            try:
+                self._tz = season.zone(str(sea.get("timezone", season.UTC)))
+            except ValueError as e:
+                raise ModelError(f"{model.name}: calibration's daily profile: {e}") from None
             self._season, self._period = season.fine(table), float(period)
             self._cum = season.cumulative(self._season)
         self.timed = self._season is not None  # the pipeline passes each window's time
@@ -309,7 +319,8 @@ class GenericScorer:
         d = np.add.reduce(window_raw, axis=0)  # the window mean, as ``mean(axis=0)`` computes it (same bits) ...
         d /= len(window_raw)
         if self._season is not None and start is not None and end is not None:  # ... less the time of day's share ...
-            d -= season.window_share(self._season, self._cum, np.array([start]), np.array([end]), self._period)[0]
+            se = season.local(np.array([start, end]), self._tz)
+            d -= season.window_share(self._season, self._cum, se[:1], se[1:], self._period)[0]
         d -= b  # ... minus the baseline
         z = d / self._scale
         score = float(np.abs(z).max())
@@ -339,7 +350,8 @@ class GenericScorer:
         means = np.add.reduce(windows_raw, axis=1)
         means /= windows_raw.shape[1]
         if self._season is not None and starts is not None and ends is not None:
-            means -= season.window_share(self._season, self._cum, starts, ends, self._period)
+            means -= season.window_share(self._season, self._cum, season.local(starts, self._tz),
+                                         season.local(ends, self._tz), self._period)
         n = len(means)
         dev = np.empty_like(means)  # each window's mean minus the baseline before it
         step = np.empty_like(b)

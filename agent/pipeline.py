@@ -40,7 +40,7 @@ class Pipeline:
     def __init__(
         self, model: Any, counters: Counters, state_dir: Path, *, asset: str = "",
         summary_interval_s: float = 300.0, calibration_samples: int | None = None,
-        calibration_duration_s: float | None = None, channels: list[str] | None = None,
+        calibration_duration_s: float | None = None, calibration_clock: str = "UTC", channels: list[str] | None = None,
         decisions: Decisions | None = None, evidence: EvidenceStore | None = None, evidence_windows_before: int = 5,
         evidence_inline_max_bytes: int = 0, cleaning: CleaningPolicy | None = None,
         clock: Callable[[], float] = time.monotonic, advisor: Advisor | None = None,
@@ -50,7 +50,7 @@ class Pipeline:
         self.cleaning = cleaning or CleaningPolicy()
         self._clock = clock  # monotonic seconds: silence and idle sensors (a seam for tests)
         self.state_dir = Path(state_dir)
-        self._calibration = (calibration_samples, calibration_duration_s)
+        self._calibration = (calibration_samples, calibration_duration_s, calibration_clock)
         self.decisions = decisions or Decisions(counters)
         self.model_override: dict[str, Any] | None = None  # set by reload-model: the model is not the configured one
         self.evidence = evidence
@@ -86,13 +86,13 @@ class Pipeline:
 
     def _new_calibrator(self, model: Any) -> Calibrator:
         sc = model.sidecar
-        samples, duration = self._calibration
+        samples, duration, clock = self._calibration
         samples = sc.calibration.samples if samples is None else samples
         if duration and self._calibration[0] is None:
             samples = 0  # a duration replaces the sidecar's count; the window still needs its readings
         if duration:
             samples = max(samples, sc.window.length * 2 + sc.decision.n)
-        return Calibrator(model, samples, self.state_dir, duration)
+        return Calibrator(model, samples, self.state_dir, duration, clock)
 
     def _bind(self, r: Reading) -> None:
         bind_channels(self, r)

@@ -16,14 +16,54 @@ of every reading at the reading's own time.
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
+from functools import lru_cache
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
 import numpy as np
 
-DAY = 86_400.0  # the period: clock days (UTC)
+DAY = 86_400.0  # the period: clock days (UTC, or the zone's clock: ``local``)
 BINS = 48  # half-hour bins
 MIN_DAYS = 3.0  # a teach-in shorter than this has no profile
 GAIN = 0.25  # share of the held-out days' variance a channel's profile must remove to be kept
 FINE = 1440  # the profile as the scorer reads it: one value per minute, linear between the bins' centres
 MIN_COVER = 0.8  # a day is used for the fit when its readings span this share of it
+
+
+UTC = "UTC"
+_STEP = 900.0  # local offsets are looked up per quarter hour of data time (every zone changes on a quarter hour)
+
+
+@lru_cache(maxsize=16)
+def zone(name: str) -> ZoneInfo | None:
+    """The time zone the profile's clock follows (None for UTC); ValueError naming an unknown one."""
+    if name == UTC:
+        return None
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as e:
+        raise ValueError(f"unknown time zone {name!r}: an IANA name such as Europe/Berlin, or UTC") from e
+
+
+def local(ts: np.ndarray, tz: ZoneInfo | None) -> np.ndarray:
+    """Data times (epoch s) as seconds of the zone's clock time (epoch s plus the UTC offset in force then), so that
+    a day follows the machine's clock across a daylight-saving change; ``ts`` itself for UTC."""
+    ts = np.asarray(ts, dtype=np.float64)
+    if tz is None or ts.size == 0:
+        return ts
+    quarters = np.floor(ts / _STEP)
+    if ts.size <= 4:  # one window's start and end: no sorting
+        return ts + np.array([_offset(int(q), tz) for q in quarters.flat]).reshape(ts.shape)
+    keys, where = np.unique(quarters, return_inverse=True)
+    offsets = np.array([_offset(int(k), tz) for k in keys])
+    return ts + offsets[where.reshape(ts.shape)]
+
+
+@lru_cache(maxsize=1024)
+def _offset(quarter: int, tz: ZoneInfo) -> float:
+    """The zone's UTC offset (s) in the given quarter hour of data time."""
+    off = datetime.fromtimestamp(quarter * _STEP, timezone.utc).astimezone(tz).utcoffset()
+    return off.total_seconds() if off is not None else 0.0
 
 
 def fit_profile(x: np.ndarray, ts: np.ndarray, period: float = DAY) -> np.ndarray | None:

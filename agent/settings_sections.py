@@ -191,10 +191,20 @@ class CalibrationSettings(_Section):
     samples: int | None = Field(None, ge=0, le=1_000_000, description="Readings taken as normal to fit normalisation and threshold on site; 0 = off, empty = the sidecar's default.")
     duration: float | None = Field(None, gt=0, description="Teach-in as a span of data time instead: seconds, or with a unit (90s, 15m, 24h, 7d); with SAMPLES both must be reached. Make it cover the machine's normal cycle: a teach-in that has not seen a normal event alerts on it.")
 
+    timezone: str = Field("UTC", min_length=1, description="The clock the generic detector's daily profile follows (a teach-in of three days or more): the machine's local time zone as an IANA name (Europe/Berlin), so that a daylight-saving change does not shift its day by an hour; UTC = none.")
+
     @field_validator("duration", mode="before")
     @classmethod
     def _duration(cls, v: Any) -> Any:
         return parse_duration(v) if isinstance(v, str) and v.strip() else v
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, v: str) -> str:
+        from agent.season import zone
+
+        zone(v)  # ValueError naming the rule
+        return v
 
 
 class MqttSettings(_Section):

@@ -11,6 +11,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from agent import season
 from agent.clean_policy import CleaningPolicy
@@ -18,6 +19,7 @@ from agent.counters import Counters
 from agent.detectors import open_model, resolve
 from agent.evidence import EvidenceStore
 from agent.generic import GenericModel
+from agent.infer import ModelError
 from agent.parse import timestamp
 from agent.pipeline import Pipeline
 from agent.records import Reading
@@ -179,3 +181,66 @@ def test_a_long_fast_teach_in_keeps_readings_from_every_day_and_learns_the_profi
     assert len(kept) <= MAX_ROWS + 1
     per_day = np.bincount(((kept - T0) // season.DAY).astype(int), minlength=4)[:4]
     assert per_day.min() > 0.8 * per_day.max(), per_day
+
+
+def test_a_machine_on_local_time_is_followed_across_a_daylight_saving_change(tmp_path):
+    """A machine whose day follows Berlin's clock (its peak at 15:00 local), taught a week before the clocks go
+    forward (29 March 2026), watched three weeks on. On UTC days its peak comes an hour early after the change, and
+    the profile, taken out an hour off, raises an alert twice a day; on the zone's days nothing is raised, and an
+    afternoon whose peak stays away after the change is still alerted."""
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    berlin = ZoneInfo("Europe/Berlin")
+    t0 = datetime(2026, 3, 15, tzinfo=berlin).timestamp()
+    t = t0 + STEP * np.arange(24 * PER_DAY)
+    local_hour = np.array([datetime.fromtimestamp(v, berlin).hour + datetime.fromtimestamp(v, berlin).minute / 60
+                           for v in t])
+    rng = np.random.default_rng(4)
+    x = (50.0 + 20.0 * np.cos(2 * math.pi * (local_hour - 15) / 24) + rng.normal(0, 1.0, len(t)))[:, None]
+    bad_day = 20 * PER_DAY  # 4 April: the peak stays away, 12:00-18:00 local
+    afternoon = slice(bad_day + 11 * 12, bad_day + 17 * 12)  # local 12:00 is 10:00 UTC, 11 h after local midnight
+    faulty = x.copy()
+    faulty[afternoon, 0] = 50.0 + rng.normal(0, 1.0, afternoon.stop - afternoon.start)
+    teach_in = 7 * PER_DAY
+
+    def alerts(clock: str, data: np.ndarray, d: str) -> list[dict]:
+        p = Pipeline(open_model("generic"), Counters(), tmp_path / d, calibration_samples=teach_in,
+                     calibration_clock=clock)
+        out = [a for a in run(p, t, data, ["temperature"]) if a["state"] == "raised"]
+        assert "season" in p.calibrator.result.params
+        assert p.calibrator.result.params["season"].get("timezone", "UTC") == clock
+        return out
+
+    assert len(alerts("UTC", x, "utc")) >= 10  # twice a day after the change
+    assert alerts("Europe/Berlin", x, "berlin") == []
+    raised = alerts("Europe/Berlin", faulty, "berlin-fault")
+    assert len(raised) == 1
+    at = (timestamp(raised[0]["window_end"]) - t0) / STEP
+    assert afternoon.start <= at < afternoon.start + 12 * 2
+
+
+def test_the_profile_s_clock_survives_a_restart_and_blocks_score_as_single_readings(tmp_path):
+    t, x = daily(5, np.random.default_rng(6))
+    model = open_model("generic").with_channels(["temperature"])
+    from agent.calibration import fit, make_scorer, parse_calibration
+
+    cal = fit(model, x[: 4 * PER_DAY], ts=t[: 4 * PER_DAY], clock="America/New_York")
+    assert cal.params["season"]["timezone"] == "America/New_York"
+    a, b = make_scorer(model, cal), make_scorer(model, cal)
+    rest, times = x[4 * PER_DAY:], t[4 * PER_DAY:]
+    windows = np.stack([rest[i:i + 10] for i in range(len(rest) - 9)])
+    starts, ends = times[: len(windows)], times[9: 9 + len(windows)]
+    single = np.array([a.score(w, "s", s, e)[0] for w, s, e in zip(windows, starts, ends)])
+    block, _ = b.score_windows(windows, "s", starts, ends)
+    assert np.array_equal(single, block)
+    cal.write(tmp_path / "calibration.json")  # a restart reads the clock back with the profile
+    again = make_scorer(model, parse_calibration((tmp_path / "calibration.json").read_bytes()))
+    assert np.array_equal(single, np.array([again.score(w, "s", s, e)[0] for w, s, e in zip(windows, starts, ends)]))
+    utc = make_scorer(model, fit(model, x[: 4 * PER_DAY], ts=t[: 4 * PER_DAY]))
+    assert not np.array_equal(single, np.array([utc.score(w, "s", s, e)[0] for w, s, e in zip(windows, starts, ends)]))
+    bad = dict(cal.params, season=dict(cal.params["season"], timezone="Mars/Base"))
+    import dataclasses
+
+    with pytest.raises(ModelError, match="unknown time zone 'Mars/Base'"):
+        make_scorer(model, dataclasses.replace(cal, params=bad))

@@ -51,6 +51,8 @@ def test_environment_overrides_env_file(tmp_path):
         ("", {"EDGE_AGENT_SOURCE__KIND": "serial"}, ["EDGE_AGENT_SOURCE__PORT=(not set)", "Field required"]),
         ("", {"EDGE_AGENT_LOG_LEVEL": "loud"}, ["EDGE_AGENT_LOG_LEVEL='loud'"]),
         ("", {"EDGE_AGENT_MQTT__TOPIC_PREFIX": "a/#"}, ["EDGE_AGENT_MQTT__TOPIC_PREFIX='a/#'", "must not contain"]),
+        ("", {"EDGE_AGENT_CALIBRATION__TIMEZONE": "Europe/Berlinn"},
+         ["EDGE_AGENT_CALIBRATION__TIMEZONE='Europe/Berlinn'", "unknown time zone", "an IANA name such as Europe/Berlin"]),
     ],
 )
 def test_problems_name_variable_value_and_rule(tmp_path, content, env, expected):
