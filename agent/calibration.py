@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from agent import season
 from agent.derive import Deriver
 from agent.files import atomic_write
 from agent.generic import GenericModel, GenericScorer, contamination
@@ -99,6 +100,11 @@ def parse_calibration(raw: bytes) -> Calibration:
         raise ValueError("samples and fitted_at must be numbers")
     if cal.params is not None and not isinstance(cal.params, dict):
         raise ValueError("params must be an object")
+    sea = (cal.params or {}).get("season")
+    if isinstance(sea, dict) and "timezone" in sea:  # a zone this gateway's time zone database lacks
+        if not isinstance(sea["timezone"], str):
+            raise ValueError("the daily profile's timezone must be text")
+        season.zone(sea["timezone"])  # ValueError naming it
     if cal.warning is not None and not isinstance(cal.warning, str):
         raise ValueError("warning must be text")
     if not isinstance(cal.folded, list) or not all(isinstance(a, str) for a in cal.folded):

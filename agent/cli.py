@@ -209,7 +209,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             stored = Calibrator(model, 0, state_dir).stored_channels()
             if stored:
                 model = model.with_channels(stored)
-        cal = Calibrator(model, 1, state_dir)
+        cal = Calibrator(model, 1, state_dir, clock=eff.calibration.timezone)  # a refit here: on the zone's days
         if args.reset:
             cal.reset()
             print(f"calibration in {state_dir} removed: teach-in starts again on the next start")

@@ -44,6 +44,7 @@ CONTAMINATION_RATIO = 4.0  # a teach-in half scoring this many thresholds agains
 # quieter: a brief event (a shutdown) in that half widened its scale so much that nothing else looks abnormal
 LOPSIDED_RATIO = 2.0
 LOPSIDED_ASYMMETRY = 20.0
+LOPSIDED_BULK = 2.0  # ... and only when the bulk of that half is like the other's (a half that is simply noisier is not)
 
 
 class GenericParams(BaseModel):
@@ -230,7 +231,9 @@ def contamination(
     operating point inside the teach-in. On SKAB's 24 clean teach-ins and 23 stretches of its anomaly-free
     recording the largest ratio was 3.4; with a fault inside, up to 68 (about half of the faults reach 4). A half
     at ``LOPSIDED_RATIO`` thresholds while the other, scored against it, is ``LOPSIDED_ASYMMETRY`` times quieter
-    counts too: a brief big event (a stop) in that half widened its scale (SKAB's clean ones: at most 6.6 times).
+    counts too: a brief big event (a stop) in that half widened its scale (SKAB's clean ones: at most 6.6 times),
+    provided the bulk of its window means spreads no wider than ``LOPSIDED_BULK`` times the other half's (a half
+    that is noisier throughout, a busy shift after a quiet one, is normal operation, not an event).
     """
     p = p or GenericParams()
     n = len(normal)
@@ -245,8 +248,17 @@ def contamination(
         worst = np.unravel_index(int(np.argmax(z)), z.shape)
         ratios.append((float(z.max()) / f["threshold"], int(worst[1])))
     (fwd, ch_f), (back, ch_b) = ratios
-    bad_f = fwd >= CONTAMINATION_RATIO or (fwd >= LOPSIDED_RATIO and fwd >= LOPSIDED_ASYMMETRY * back)
-    bad_b = back >= CONTAMINATION_RATIO or (back >= LOPSIDED_RATIO and back >= LOPSIDED_ASYMMETRY * fwd)
+
+    def bulk(part: np.ndarray, ch: int) -> float:  # the spread of most of a half's window means (robust to an event)
+        m = rolling_means(part[:, ch:ch + 1], length)[:, 0]
+        return float(np.median(np.abs(m - np.median(m))))
+
+    def lopsided(r: float, other: float, event: np.ndarray, clean: np.ndarray, ch: int) -> bool:
+        return (r >= LOPSIDED_RATIO and r >= LOPSIDED_ASYMMETRY * other
+                and bulk(event, ch) <= LOPSIDED_BULK * max(bulk(clean, ch), 1e-12))
+
+    bad_f = fwd >= CONTAMINATION_RATIO or lopsided(fwd, back, normal[half:], normal[:half], ch_f)
+    bad_b = back >= CONTAMINATION_RATIO or lopsided(back, fwd, normal[:half], normal[half:], ch_b)
     if not (bad_f or bad_b):
         return None
     names = list(channels or []) or [f"#{i}" for i in range(normal.shape[1])]
@@ -319,8 +331,7 @@ class GenericScorer:
         d = np.add.reduce(window_raw, axis=0)  # the window mean, as ``mean(axis=0)`` computes it (same bits) ...
         d /= len(window_raw)
         if self._season is not None and start is not None and end is not None:  # ... less the time of day's share ...
-            se = season.local(np.array([start, end]), self._tz)
-            d -= season.window_share(self._season, self._cum, se[:1], se[1:], self._period)[0]
+            d -= season.share(self._season, self._cum, np.array([start]), np.array([end]), self._period, self._tz)[0]
         d -= b  # ... minus the baseline
         z = d / self._scale
         score = float(np.abs(z).max())
@@ -350,8 +361,7 @@ class GenericScorer:
         means = np.add.reduce(windows_raw, axis=1)
         means /= windows_raw.shape[1]
         if self._season is not None and starts is not None and ends is not None:
-            means -= season.window_share(self._season, self._cum, season.local(starts, self._tz),
-                                         season.local(ends, self._tz), self._period)
+            means -= season.share(self._season, self._cum, starts, ends, self._period, self._tz)
         n = len(means)
         dev = np.empty_like(means)  # each window's mean minus the baseline before it
         step = np.empty_like(b)

@@ -41,7 +41,7 @@ def zone(name: str) -> ZoneInfo | None:
         return None
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError) as e:
+    except (ZoneInfoNotFoundError, ValueError, OSError) as e:  # OSError: a folder of the database ("Europe")
         raise ValueError(f"unknown time zone {name!r}: an IANA name such as Europe/Berlin, or UTC") from e
 
 
@@ -64,6 +64,25 @@ def _offset(quarter: int, tz: ZoneInfo) -> float:
     """The zone's UTC offset (s) in the given quarter hour of data time."""
     off = datetime.fromtimestamp(quarter * _STEP, timezone.utc).astimezone(tz).utcoffset()
     return off.total_seconds() if off is not None else 0.0
+
+
+def share(table: np.ndarray, cum: np.ndarray, starts: np.ndarray, ends: np.ndarray, period: float,
+          tz: ZoneInfo | None) -> np.ndarray:
+    """:func:`window_share` on the zone's clock: each window's span in clock time, and a window across a change of
+    the zone's offset split there (its clock time jumps: an hour repeated, or an hour skipped)."""
+    starts = np.asarray(starts, dtype=np.float64)
+    ends = np.asarray(ends, dtype=np.float64)
+    ls, le = local(starts, tz), local(ends, tz)
+    out = window_share(table, cum, ls, le, period)
+    if tz is None:
+        return out
+    for i in np.flatnonzero((ls - starts) != (le - ends)):  # the few windows across a change
+        s, e, after = float(starts[i]), float(ends[i]), float(le[i] - ends[i])
+        c = next((q * _STEP for q in range(int(s // _STEP) + 1, int(e // _STEP) + 1) if _offset(q, tz) == after), e)
+        before = window_share(table, cum, ls[i:i + 1], ls[i:i + 1] + (c - s), period)[0] * (c - s)
+        rest = window_share(table, cum, np.array([c + after]), le[i:i + 1], period)[0] * (e - c)
+        out[i] = (before + rest) / (e - s)
+    return out
 
 
 def fit_profile(x: np.ndarray, ts: np.ndarray, period: float = DAY) -> np.ndarray | None:

@@ -172,6 +172,24 @@ def test_a_shutdown_inside_the_teach_in_is_reported_and_does_not_blind_the_detec
     assert len(raised) == 1 and 3500 <= _row_slow(raised[0]) < 3530
 
 
+def test_a_teach_in_whose_second_half_is_noisier_throughout_is_not_taken_for_a_stop():
+    """A quiet half and then a half wandering six times as much (a busy shift after a quiet one): scored against
+    the quiet half the busy one is 2.5 thresholds off and the other way round far less, as with a stop, but the
+    bulk of the busy half is spread wide, not one event: normal operation, fitted on all of it."""
+    rng = np.random.default_rng(1)
+
+    def wander(n: int, step: float) -> np.ndarray:
+        w = np.zeros(n)
+        for i in range(1, n):
+            w[i] = 0.95 * w[i - 1] + rng.normal(0, step)
+        return w
+
+    x = np.r_[50 + wander(1500, 0.3) + rng.normal(0, 0.5, 1500),
+              50 + wander(1500, 1.8) + rng.normal(0, 3.0, 1500)].reshape(-1, 1)
+    spec = open_model("generic").sidecar
+    assert contamination(x, ["load"], spec.detector, spec.window.length, spec.threshold) is None
+
+
 def test_alert_levels_say_in_the_channels_units_where_the_detector_alerts(tmp_path):
     """``edge-agent calibrate`` shows them: a steady value just inside a channel's band raises nothing, one just
     beyond it raises, on that channel."""

@@ -244,3 +244,86 @@ def test_the_profile_s_clock_survives_a_restart_and_blocks_score_as_single_readi
 
     with pytest.raises(ModelError, match="unknown time zone 'Mars/Base'"):
         make_scorer(model, dataclasses.replace(cal, params=bad))
+
+
+def test_a_window_across_a_daylight_saving_change_takes_out_the_profile_of_the_clock_times_it_spans(tmp_path):
+    """The clock goes back an hour (an hour repeated) or forward (an hour skipped) inside a window: the profile's
+    share is its mean over the clock times the window's readings had, as if taken out reading by reading; and a
+    block of windows gives the same bits as one window at a time."""
+    from datetime import datetime, timezone
+
+    tz = season.zone("Europe/Berlin")
+    profile = 20 * np.cos(2 * math.pi * ((np.arange(season.BINS) + 0.5) / season.BINS - 21 / 24))[:, None]  # steep at 03:00
+    table = season.fine(profile)
+    cum = season.cumulative(table)
+    for when in (datetime(2026, 10, 25, 0, 40), datetime(2026, 3, 29, 0, 40), datetime(2026, 3, 29, 0, 55),
+                 datetime(2026, 6, 1, 3, 0)):
+        s = when.replace(tzinfo=timezone.utc).timestamp()
+        e = s + 45 * 60
+        got = season.share(table, cum, np.array([s]), np.array([e]), season.DAY, tz)[0, 0]
+        t = np.linspace(s, e, 20_001)
+        reading_by_reading = table[season.index(season.local(t, tz))][:, 0].mean()
+        assert got == pytest.approx(reading_by_reading, abs=2e-3), when
+    model = open_model("generic").with_channels(["temperature"])
+    from agent.calibration import fit, make_scorer
+
+    start = datetime(2026, 10, 20, tzinfo=timezone.utc).timestamp()
+    t = start + STEP * np.arange(8 * PER_DAY)
+    hour = np.array([datetime.fromtimestamp(v, tz).hour + datetime.fromtimestamp(v, tz).minute / 60 for v in t])
+    x = (50 + 20 * np.cos(2 * math.pi * (hour - 21) / 24) + np.random.default_rng(3).normal(0, 1, len(t)))[:, None]
+    cal = fit(model, x[: 4 * PER_DAY], ts=t[: 4 * PER_DAY], clock="Europe/Berlin")
+    a, b = make_scorer(model, cal), make_scorer(model, cal)
+    rest, times = x[4 * PER_DAY:], t[4 * PER_DAY:]  # 24 October on: the change on the 25th
+    windows = np.stack([rest[i:i + 10] for i in range(len(rest) - 9)])
+    starts, ends = times[: len(windows)], times[9: 9 + len(windows)]
+    single = np.array([a.score(w, "s", s, e)[0] for w, s, e in zip(windows, starts, ends)])
+    block, _ = b.score_windows(windows, "s", starts, ends)
+    assert np.array_equal(single, block)
+    assert single.max() < 6  # nothing near the threshold at the change
+
+
+def _taught_on_berlin_days(state: Path) -> GenericModel:
+    t, x = daily(4, np.random.default_rng(7))
+    p = Pipeline(open_model("generic"), Counters(), state, calibration_samples=3 * PER_DAY + 10,
+                 calibration_clock="Europe/Berlin")
+    run(p, t, x, ["temperature"])
+    assert p.calibrator.result.params["season"]["timezone"] == "Europe/Berlin"
+    return p.model
+
+
+def test_a_stored_profile_on_an_unknown_zone_is_set_aside_and_teach_in_starts_again(tmp_path, caplog):
+    """A state directory restored on a gateway whose time zone database lacks the zone: not a crash."""
+    from agent.calibrate import Calibrator
+
+    model = _taught_on_berlin_days(tmp_path)
+    stored = json.loads((tmp_path / "calibration.json").read_text())
+    stored["params"]["season"]["timezone"] = "Mars/Base"
+    (tmp_path / "calibration.json").write_text(json.dumps(stored))
+    again = Calibrator(model, 100, tmp_path, clock="Europe/Berlin")
+    assert again.result is None and again.active
+    assert not (tmp_path / "calibration.json").exists() and list(tmp_path.glob("calibration.json.corrupt-*"))
+    assert "unknown time zone 'Mars/Base'" in caplog.text
+
+
+def test_edge_agent_calibrate_refits_a_new_model_on_the_configured_zone_s_days(tmp_path):
+    """``edge-agent calibrate`` with another version of the spec refits from the stored readings (and saves it):
+    on the configured zone's days, as the daemon would."""
+    import os
+    import subprocess
+    import sys
+
+    _taught_on_berlin_days(tmp_path / "state")
+    spec = json.loads(resolve("generic").read_text())
+    spec["version"] = "9.9.9"
+    (tmp_path / "generic2.json").write_text(json.dumps(spec))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_AGENT_")}
+    env.update(EDGE_AGENT_STATE_DIR=str(tmp_path / "state"), EDGE_AGENT_MODEL__PATH=str(tmp_path / "generic2.json"),
+               EDGE_AGENT_CALIBRATION__TIMEZONE="Europe/Berlin")
+    r = subprocess.run([sys.executable, "-m", "agent", "calibrate"], capture_output=True, text=True, env=env,
+                       timeout=60, cwd=Path(__file__).resolve().parents[2])
+    assert r.returncode == 0, r.stderr
+    shown = json.loads(r.stdout)
+    assert shown["params"]["season"]["timezone"] == "Europe/Berlin"
+    assert shown["alert_levels"]["daily_profile"] is True
+    saved = json.loads((tmp_path / "state" / "calibration.json").read_text())
+    assert saved["params"]["season"]["timezone"] == "Europe/Berlin" and saved["model_sha256"] != spec.get("sha256")

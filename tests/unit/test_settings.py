@@ -53,6 +53,8 @@ def test_environment_overrides_env_file(tmp_path):
         ("", {"EDGE_AGENT_MQTT__TOPIC_PREFIX": "a/#"}, ["EDGE_AGENT_MQTT__TOPIC_PREFIX='a/#'", "must not contain"]),
         ("", {"EDGE_AGENT_CALIBRATION__TIMEZONE": "Europe/Berlinn"},
          ["EDGE_AGENT_CALIBRATION__TIMEZONE='Europe/Berlinn'", "unknown time zone", "an IANA name such as Europe/Berlin"]),
+        ("", {"EDGE_AGENT_CALIBRATION__TIMEZONE": "Europe"},  # a folder of the time zone database
+         ["EDGE_AGENT_CALIBRATION__TIMEZONE='Europe'", "unknown time zone"]),
     ],
 )
 def test_problems_name_variable_value_and_rule(tmp_path, content, env, expected):
