@@ -8,7 +8,7 @@ fold more normal data in:
 * a teach-in is a number of readings (``samples``), a span of data time (``duration_s``), or both (both must be
   reached). A long one keeps at most ``MAX_ROWS`` readings, in evenly spread runs of ``CHUNK`` (memory is bounded
   whatever the sampling rate);
-* before fitting, the two halves of the teach-in are checked against each other (:func:`agent.generic.contamination`,
+* before fitting, the two halves of the teach-in are checked against each other (:func:`agent.contamination.contamination`,
   for every model): a fault or a change of operating point inside the teach-in is reported (log, status,
   ``edge-agent calibrate``) and, when one half is consistent, only that half is fitted;
 * ``fold(alert_id, rows)`` — an operator's ``false_positive`` label: the alert's readings are normal too, the model

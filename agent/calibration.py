@@ -18,7 +18,8 @@ import numpy as np
 from agent import season
 from agent.derive import Deriver
 from agent.files import atomic_write
-from agent.generic import GenericModel, GenericScorer, contamination
+from agent.contamination import contamination
+from agent.generic import GenericModel, GenericScorer
 from agent.infer import Scorer
 from agent.window import Normaliser, Windower
 

@@ -13,7 +13,8 @@ from agent.calibrate import Calibrator
 from agent.counters import Counters
 from agent.decide import AlertMachine
 from agent.detectors import open_model, resolve
-from agent.generic import GenericModel, contamination
+from agent.contamination import contamination
+from agent.generic import GenericModel
 from agent.infer import ModelError
 from agent.pipeline import Pipeline
 from agent.records import Inference, Reading, Window
