@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -227,13 +226,10 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 def _add_alert_levels(shown: dict[str, Any], result: Any, eff: Any, state_dir: Path) -> None:
     """What a generic detector's teach-in learnt, in each channel's units, at the threshold the agent runs with: one
     set by command (``overrides.json``, read only), else the configured one, else the calibrated one."""
-    threshold, source = None, "calibrated"
-    try:
-        t = json.loads((state_dir / "overrides.json").read_bytes()).get("threshold")
-        if isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) and t > 0:
-            threshold, source = float(t), "command"
-    except (OSError, ValueError, AttributeError):
-        pass  # none, or one the agent will set aside at start
+    from agent.control import load_overrides
+
+    threshold = load_overrides(state_dir / "overrides.json", read_only=True).get("threshold")
+    source = "command" if threshold is not None else "calibrated"
     if threshold is None and eff.model.threshold is not None:
         threshold, source = float(eff.model.threshold), "settings"
     levels = result.alert_levels(threshold)

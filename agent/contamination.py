@@ -1,9 +1,10 @@
 """The teach-in check, for every model: does the teach-in hold a fault, a change of operating point or a brief big
 event, instead of one normal? (agent/calibrate.py reports it: log, status, ``edge-agent calibrate``.)
 
-Each half of the teach-in is scored (window means, as the generic detector does) against a fit on the other half.
-When neither half is off, the teach-in is also split at a quarter and three quarters, so that a brief event
-across its middle (in both halves) is seen: the model card has the numbers behind every constant here.
+Each half of the teach-in is scored (window means, as the generic detector does) against a fit on the other half
+(:func:`contamination`); the model card has the numbers behind every constant here. A brief event across the
+middle of the teach-in sits in both halves and is not seen (measured, and why other splits were not built: the
+model card, "Teach-in checks").
 """
 
 from __future__ import annotations
@@ -18,6 +19,27 @@ CONTAMINATION_RATIO = 4.0  # a teach-in half scoring this many thresholds agains
 LOPSIDED_RATIO = 2.0
 LOPSIDED_ASYMMETRY = 20.0
 LOPSIDED_BULK = 2.0  # ... and only when the bulk of that half is like the other's (a half that is simply noisier is not)
+
+
+def _off(ref: np.ndarray, test: np.ndarray, length: int, p: GenericParams, floor: float) -> tuple[float, int]:
+    """How far ``test`` strays from a fit on ``ref``, in thresholds, and on which channel."""
+    f = _fit(ref, length, p, floor)
+    z = np.abs(rolling_means(test, length) - np.asarray(f["baseline"])) / np.asarray(f["scale"])
+    worst = np.unravel_index(int(np.argmax(z)), z.shape)
+    return float(z.max()) / f["threshold"], int(worst[1])
+
+
+def _bulk(part: np.ndarray, ch: int, length: int) -> float:
+    """The spread of most of a part's window means on channel ``ch`` (robust to a brief event)."""
+    m = rolling_means(part[:, ch:ch + 1], length)[:, 0]
+    return float(np.median(np.abs(m - np.median(m))))
+
+
+def _lopsided(r: float, other: float, event: np.ndarray, clean: np.ndarray, ch: int, length: int) -> bool:
+    """``event`` is ``r`` thresholds off ``clean``, which is ``LOPSIDED_ASYMMETRY`` x quieter the other way round,
+    and the bulk of ``event`` is like ``clean``'s: a brief big event in it."""
+    return (r >= LOPSIDED_RATIO and r >= LOPSIDED_ASYMMETRY * other
+            and _bulk(event, ch, length) <= LOPSIDED_BULK * max(_bulk(clean, ch, length), 1e-12))
 
 
 def contamination(
@@ -40,25 +62,11 @@ def contamination(
     half = n // 2
     if half < 2 * length:
         return None
-    ratios = []
-    for ref, test in ((normal[:half], normal[half:]), (normal[half:], normal[:half])):
-        f = _fit(ref, length, p, floor)
-        m = rolling_means(test, length)
-        z = np.abs(m - np.asarray(f["baseline"])) / np.asarray(f["scale"])
-        worst = np.unravel_index(int(np.argmax(z)), z.shape)
-        ratios.append((float(z.max()) / f["threshold"], int(worst[1])))
-    (fwd, ch_f), (back, ch_b) = ratios
-
-    def bulk(part: np.ndarray, ch: int) -> float:  # the spread of most of a half's window means (robust to an event)
-        m = rolling_means(part[:, ch:ch + 1], length)[:, 0]
-        return float(np.median(np.abs(m - np.median(m))))
-
-    def lopsided(r: float, other: float, event: np.ndarray, clean: np.ndarray, ch: int) -> bool:
-        return (r >= LOPSIDED_RATIO and r >= LOPSIDED_ASYMMETRY * other
-                and bulk(event, ch) <= LOPSIDED_BULK * max(bulk(clean, ch), 1e-12))
-
-    bad_f = fwd >= CONTAMINATION_RATIO or lopsided(fwd, back, normal[half:], normal[:half], ch_f)
-    bad_b = back >= CONTAMINATION_RATIO or lopsided(back, fwd, normal[:half], normal[half:], ch_b)
+    first, second = normal[:half], normal[half:]
+    fwd, ch_f = _off(first, second, length, p, floor)
+    back, ch_b = _off(second, first, length, p, floor)
+    bad_f = fwd >= CONTAMINATION_RATIO or _lopsided(fwd, back, second, first, ch_f, length)
+    bad_b = back >= CONTAMINATION_RATIO or _lopsided(back, fwd, first, second, ch_b, length)
     if not (bad_f or bad_b):
         return None
     names = list(channels or []) or [f"#{i}" for i in range(normal.shape[1])]

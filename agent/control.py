@@ -298,22 +298,24 @@ def check_new_model(path: Path, sha256: str, runtime: str, num_threads: int) -> 
 
 # -- overrides.json: what set-threshold changed, across restarts ---------------------------------------------
 
-def load_overrides(path: Path) -> dict[str, Any]:
+def load_overrides(path: Path, read_only: bool = False) -> dict[str, Any]:
     """The persisted overrides (``{"threshold": x}``), or {} — a file that is not that (garbage, NaN, a list, a
-    threshold that is not a finite positive number) is set aside with a warning, as a corrupt file is."""
+    threshold that is not a finite positive number) is set aside with a warning, as a corrupt file is (left where
+    it is with ``read_only``: a command that only shows)."""
+    bad = (lambda why: None) if read_only else (lambda why: set_aside(path, why))
     try:
         data = json.loads(path.read_bytes(), parse_constant=_no_constant)
     except FileNotFoundError:
         return {}
     except (ValueError, RecursionError) as e:  # also UnicodeDecodeError
-        set_aside(path, f"not JSON ({clip(e, 120)})")
+        bad(f"not JSON ({clip(e, 120)})")
         return {}
     if not isinstance(data, dict) or set(data) - {"threshold"}:
-        set_aside(path, "not an object with an optional threshold")
+        bad("not an object with an optional threshold")
         return {}
     t = data.get("threshold")
     if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not _finite(t) or t <= 0):
-        set_aside(path, f"threshold {clip(t, 40)} is not a finite positive number")
+        bad(f"threshold {clip(t, 40)} is not a finite positive number")
         return {}
     return {"threshold": float(t)} if t is not None else {}
 
