@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from agent.evaluation.plot import MATPLOTLIB_HINT, plot_file, plot_name
-from agent.evaluation.report import TABLE_COLUMNS, Progress, file_entry, normal_table, table
+from agent.evaluation.report import TABLE_COLUMNS, Progress, file_entry, normal_table, table, teach_in_text
 from agent.evaluation.runner import (
     AlertRecord,
     Evaluation,
@@ -90,6 +90,10 @@ def add_arguments(parser: argparse.ArgumentParser, env_file: bool = True) -> arg
     parser.add_argument("--calibration-samples", type=_non_negative, default=None, metavar="N",
                         help="first N rows of each file are teach-in, the rest is scored "
                              "(default: the model sidecar's calibration.samples; SKAB protocol: 400)")
+    parser.add_argument("--calibration-duration", type=_duration, default=None, metavar="D",
+                        help="teach-in as a span of data time instead (90s, 15m, 24h, 7d), as the daemon's "
+                             "EDGE_AGENT_CALIBRATION__DURATION: each file is scored from where its teach-in ended "
+                             "(with --calibration-samples both must be reached)")
     parser.add_argument("--model", metavar="PATH", default=None,
                         help="a bundled model's name (generic, pump-anomaly, machine-failure) or a .tflite with its .json "
                              "sidecar beside it (default: the bundled generic detector)")
@@ -104,11 +108,20 @@ def add_arguments(parser: argparse.ArgumentParser, env_file: bool = True) -> arg
                              "learnt; reports the alerts raised after the last label (default 0: no labels)")
     if env_file:
         parser.add_argument("--env-file", metavar="PATH", default=None,
-                            help="take model, runtime, calibration samples, threshold and decision (k, n, clear_ratio) "
+                            help="take model, runtime, teach-in (samples, duration), threshold and decision (k, n, clear_ratio) "
                                  "from this agent env file and the environment, as the daemon would; options given "
                                  "here win (default: none of them, the sidecar's values)")
     parser.add_argument("-v", "--verbose", action="store_true", help="show the pipeline's log lines (alerts, teach-in)")
     return parser
+
+
+def _duration(text: str) -> float:
+    from agent.settings_sections import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{text!r}: {e}") from None
 
 
 def _non_negative(text: str) -> int:
@@ -209,6 +222,8 @@ def run(args: argparse.Namespace) -> int:
         overrides["model.runtime"] = args.runtime
     if args.calibration_samples is not None:
         overrides["calibration.samples"] = args.calibration_samples
+    if args.calibration_duration is not None:
+        overrides["calibration.duration"] = args.calibration_duration
     try:
         ev = Evaluation.create(overrides, settings=settings)
     except ModelError as e:
@@ -244,6 +259,7 @@ def run(args: argparse.Namespace) -> int:
     groups: list[str] = []
     normal_rows: list[dict[str, Any]] = []
     params: dict[str, Any] = {}
+    first_rows: list[int] = []  # where each file's scoring starts (its teach-in length)
     try:
         for i, job in enumerate(jobs, 1):
             progress.start(i, job.rel)
@@ -254,19 +270,20 @@ def run(args: argparse.Namespace) -> int:
                 skipped.append({"file": job.rel, "reason": str(e)})
                 continue
             fr, m = res.run, res.metrics
+            first_rows.append(res.first_row)
             for note in res.notes():
                 progress.message(f"warning: {job.rel}: {note}")
             png = None
             if plots and len(fr.ts):
                 try:
-                    plot_file(fr, model_channels(model, job.path), samples, out / plot_name(job.rel))
+                    plot_file(fr, model_channels(model, job.path), res.first_row, out / plot_name(job.rel))
                     png = plot_name(job.rel)
                 except ImportError:
                     progress.message(MATPLOTLIB_HINT)
                     plots = False
             params = {"k": fr.k, "n": fr.n, "clear_ratio": fr.clear_ratio}
             if job.labelled:
-                entries.append(file_entry(fr, m, samples, png))
+                entries.append(file_entry(fr, m, res.first_row, png))
                 results.append(m)
                 groups.append(grouping.group(job.rel, job.path, lambda msg: progress.message(f"warning: {msg}")))
                 note = f"{m.alerts} alert(s), segments alerted {m.segments_alerted}/{len(m.segments)}"
@@ -289,7 +306,7 @@ def run(args: argparse.Namespace) -> int:
     sidecar = getattr(model, "sidecar", None)
     if configured is not None:
         source, shown = "configured", f"{configured:g}"
-    elif samples and sidecar is not None and "threshold" in sidecar.calibration.fit:
+    elif (samples or ev.duration_s) and sidecar is not None and "threshold" in sidecar.calibration.fit:
         source, shown = "calibrated", "calibrated per file"
     elif sidecar is not None:
         source, shown = "sidecar", f"{sidecar.threshold:g} (sidecar)"
@@ -300,7 +317,7 @@ def run(args: argparse.Namespace) -> int:
         f"model {describe.get('name')} {describe.get('version', '')} sha256 {getattr(model, 'sha256', '-')} "
         f"({getattr(model, 'runtime', '-')} {getattr(model, 'runtime_version', '')})\n"
         f"data {data if data is not None else '-'}: {len(results)} labelled file(s), {len(normal_rows)} normal, "
-        f"{len(skipped)} skipped; teach-in {samples} rows per file; "
+        f"{len(skipped)} skipped; teach-in {teach_in_text(samples, ev.duration_s, first_rows)} per file; "
         f"threshold {shown}, k={params.get('k')} n={params.get('n')} clear_ratio={params.get('clear_ratio')}\n"
     )
     body = ""
@@ -331,9 +348,11 @@ def run(args: argparse.Namespace) -> int:
                   "runtime_version": getattr(model, "runtime_version", None)},
         "data": None if data is None else str(data),
         "calibration_samples": samples,
+        "calibration_duration_s": ev.duration_s,
         "decision": {"threshold": configured, "threshold_source": source, **params},
         "alert_policy": _policy(settings),
-        "protocol": "per file: first N rows teach-in (fresh state), rows >= N scored point-wise by alert state "
+        "protocol": "per file: first N rows teach-in (fresh state; with calibration_duration_s, the rows until "
+                    "that span of data time and N), rows >= N scored point-wise by alert state "
                     "(raise row inclusive .. clear row exclusive); F1 = TP/(TP+(FP+FN)/2), FAR = FP/(FP+TN), "
                     "MAR = FN/(FN+TP); delay clamped at 0",
         "group_by": grouping.by,

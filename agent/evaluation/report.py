@@ -143,3 +143,15 @@ def normal_table(rows: Sequence[dict[str, Any]]) -> str:
         return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths))).rstrip()
 
     return "\n".join([render(head), "  ".join("-" * w for w in widths), *map(render, lines[1:])]) + "\n"
+
+
+def teach_in_text(samples: int, duration_s: float | None, first_rows: list[int]) -> str:
+    """The teach-in in the report's header: ``400 rows``, or ``7d of data (2017 rows)`` with a duration."""
+    if not duration_s:
+        return f"{samples} rows"
+    unit, sec = next(((u, s) for u, s in (("d", 86400), ("h", 3600), ("m", 60)) if duration_s % s == 0), ("s", 1))
+    text = f"{duration_s / sec:g}{unit} of data" + (f" and {samples} rows" if samples else "")
+    if first_rows:
+        lo, hi = min(first_rows), max(first_rows)
+        text += f" ({lo} rows)" if lo == hi else f" ({lo}-{hi} rows)"
+    return text

@@ -117,10 +117,10 @@ def apply_overrides(settings: Any, overrides: Mapping[str, Any] | None) -> Any:
         raise ValueError(f"bad setting override: {problems}") from None
 
 
-def pipeline_factory(settings: Any, model: Any, calibration_samples: int,
+def pipeline_factory(settings: Any, model: Any, calibration_samples: int | None,
                      build: Callable[[Any, Any, Counters], Any] | None = None) -> Callable[[Counters, Path], Any]:
-    """Builds each file's Pipeline the way the daemon builds its own (``build``, default ``app.build_pipeline``),
-    with teach-in over ``calibration_samples`` readings and the state in the given (fresh) directory."""
+    """Each file's Pipeline, built as the daemon builds its own (``build``, default ``app.build_pipeline``), with
+    teach-in over ``calibration_samples`` readings (None: the duration alone) and its state in a fresh directory."""
     if build is None:
         from agent.assets import build_pipeline as build
 
@@ -255,7 +255,7 @@ class FileResult:
 
     run: FileRun
     metrics: FileMetrics
-    first_row: int  # first scored row (= the teach-in length asked for)
+    first_row: int  # first scored row: the teach-in length asked for, or with a duration the rows it took
     labelled: bool = True
 
     @property
@@ -288,7 +288,7 @@ class FileResult:
         """What the reader of the table must know about this file (teach-in, labels, suppressed alerts)."""
         r, notes = self.run, []
         if r.teach_in_rows is None:
-            notes.append(f"teach-in never completed ({len(r.ts)} rows < {self.first_row})")
+            notes.append(f"teach-in never completed in its {len(r.ts)} rows")
         elif r.teach_in_rows > self.first_row:
             notes.append(f"teach-in took {r.teach_in_rows} rows (rejected readings)")
         if r.bad_labels:
@@ -312,6 +312,7 @@ class Evaluation:
     make_pipeline: Callable[[Counters, Path], Any]
     verbose: bool = False  # False: the pipeline's per-alert and teach-in log lines are held back
     label_false: int = 0  # play an operator labelling the first N false alerts of each file (run_file)
+    duration_s: float | None = None  # teach-in as a span of data time (with ``samples``: both must be reached)
 
     @classmethod
     def create(cls, overrides: Mapping[str, Any] | None = None, settings: Any = None, model: Any = None,
@@ -327,11 +328,12 @@ class Evaluation:
             if load_model is None:
                 from agent.assets import load_model
             model = load_model(s)
-        samples = s.calibration.samples
-        if samples is None:
+        samples, duration = s.calibration.samples, s.calibration.duration
+        if samples is None and not duration:  # a duration replaces the sidecar's count, as in the daemon
             sidecar = getattr(model, "sidecar", None)
             samples = sidecar.calibration.samples if sidecar is not None else 0
-        return cls(s, model, int(samples), pipeline_factory(s, model, int(samples), build_pipeline))
+        return cls(s, model, int(samples or 0), pipeline_factory(s, model, samples, build_pipeline),
+                   duration_s=duration)
 
     def run(self, path: str | Path, rel: str | None = None, labelled: bool = True,
             on_row: Callable[[int], None] | None = None) -> FileResult:
@@ -339,7 +341,10 @@ class Evaluation:
         path = Path(path)
         with _quiet_pipeline(not self.verbose):
             fr = run_file(self.model, path, rel or path.name, self.make_pipeline, on_row, labelled, self.label_false)
-        return FileResult(fr, score_file(fr.labels, fr.ts, fr.spans, self.samples), self.samples, labelled)
+        first = self.samples  # a count: the protocol's rows, whatever the pipeline needed (the notes say)
+        if self.duration_s:  # a span of data time: scored from where this file's teach-in ended
+            first = len(fr.ts) if fr.teach_in_rows is None else fr.teach_in_rows
+        return FileResult(fr, score_file(fr.labels, fr.ts, fr.spans, first), first, labelled)
 
     def run_many(self, files: Iterable[str | Path], base: str | Path | None = None) -> list[FileResult]:
         """:meth:`run` on each file; ``rel`` names are relative to ``base`` (default: the file name)."""

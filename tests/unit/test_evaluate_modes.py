@@ -259,3 +259,49 @@ def test_overrides_are_validated_and_name_the_key():
         apply_overrides(default_settings(), {"nope.k": 1})
     with pytest.raises(ValueError, match=r"decision\.k: .*greater than or equal to 1 \(got 0\)"):
         apply_overrides(default_settings(), {"decision.k": 0})
+
+
+# ------------------------------------------------------------------------------------------- teach-in as a duration
+
+
+def _write_slow(path: Path, days: int = 3) -> tuple[int, tuple[int, int]]:
+    """One temperature every 5 min for ``days`` days; a labelled fall of 10 degrees (20 x its noise) for 6 hours
+    on the last day. (rows, the labelled rows)."""
+    rng = np.random.default_rng(3)
+    n, seg = days * 288, ((days - 1) * 288 + 60, (days - 1) * 288 + 132)
+    lines = ["timestamp,temperature,anomaly"]
+    for i in range(n):
+        fault = seg[0] <= i < seg[1]
+        lines.append(f"{1_700_000_000 + 300 * i},{80 + rng.normal(0, 0.5) - 10 * fault:.3f},{int(fault)}")
+    path.write_text("\n".join(lines) + "\n")
+    return n, seg
+
+
+def test_teach_in_as_a_duration_is_scored_from_where_it_ended(tmp_path, capsys):
+    """--calibration-duration 1d (and EDGE_AGENT_CALIBRATION__DURATION from --env-file, as the daemon reads it):
+    the teach-in is the first day of data, 289 readings 5 min apart (the first at t0, the last at t0 + 24 h), and
+    the rows after it are scored; not the sidecar's 400 rows, which the daemon would not use either."""
+    f = tmp_path / "slow.csv"
+    n, seg = _write_slow(f)
+    out = tmp_path / "out"
+    assert main(["--data", str(f), "--calibration-duration", "1d", "--out", str(out), "--no-plots"]) == 0
+    s = json.loads((out / "summary.json").read_text())
+    (e,) = s["files"]
+    assert s["calibration_duration_s"] == 86400.0 and s["calibration_samples"] == 0
+    assert e["teach_in_rows"] == e["first_scored_row"] == 289 and e["scored_rows"] == n - 289
+    assert e["segments_alerted"] == 1 and e["false_alerts"] == 0 and e["tn"] + e["fp"] == n - 289 - (seg[1] - seg[0])
+    assert "teach-in 1d of data (289 rows) per file" in capsys.readouterr().out
+    env = tmp_path / "agent.env"
+    env.write_text("EDGE_AGENT_CALIBRATION__DURATION=24h\n")
+    assert main(["--data", str(f), "--env-file", str(env), "--out", str(tmp_path / "env"), "--no-plots"]) == 0
+    (e2,) = json.loads((tmp_path / "env" / "summary.json").read_text())["files"]
+    ids = lambda entry: [a.pop("alert_id") for a in entry["alert_details"]]  # noqa: E731 (a new id per run)
+    assert len(ids(e2)) == len(ids(e)) == 1 and e2 == e
+    # a count as well: both must be reached, as in the daemon
+    assert main(["--data", str(f), "--calibration-duration", "1h", "--calibration-samples", "300", "--out",
+                 str(tmp_path / "both"), "--no-plots"]) == 0
+    (e3,) = json.loads((tmp_path / "both" / "summary.json").read_text())["files"]
+    assert e3["first_scored_row"] == 300
+    capsys.readouterr()
+    assert main(["--data", str(f), "--calibration-duration", "soon", "--out", str(tmp_path / "bad")]) == 2
+    assert "--calibration-duration: 'soon': must be seconds or a number with a unit" in capsys.readouterr().err
