@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from agent.evaluation.overrides import apply_overrides, default_settings
 from agent.evaluation.plot import MATPLOTLIB_HINT, plot_file, plot_name
 from agent.evaluation.report import TABLE_COLUMNS, Progress, file_entry, normal_table, table, teach_in_text
 from agent.evaluation.runner import (
@@ -29,8 +30,6 @@ from agent.evaluation.runner import (
     Evaluation,
     FileResult,
     FileRun,
-    apply_overrides,
-    default_settings,
     evaluate_files,
     find_csvs,
     model_channels,
