@@ -9,11 +9,12 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, final
 
 import numpy as np
 
 
+@final  # never subclassed: ``type(r) is Reading`` / ``is Block`` (the hot paths' test) narrows both ways
 @dataclass(frozen=True, slots=True)
 class Reading:
     """One timestamped set of channel values from one sensor, as parsed (not yet cleaned).
@@ -33,6 +34,7 @@ BLOCK_MIN = 8  # readings: fewer are cheaper one by one (the bulk path's fixed c
 # reading (Pipeline.process_block), and the bulk path takes no shorter run of clean rows (agent.pipeline_block)
 
 
+@final
 @dataclass(frozen=True, slots=True)
 class Block:
     """Consecutive readings of one sensor handed over at once, as columns: a payload that carries an array of
