@@ -88,7 +88,7 @@ class MqttSource:
         self._routed = len(routes) > 1 or bool(routes[0][0])
         self.max_payload_bytes = settings.max_payload_bytes
         self._pacer = Pacer(settings.gather_ms / 1000)
-        self._route_cache: dict[str, tuple[str, str, PayloadParser] | None] = {}
+        self._route_cache: dict[str | bytes, tuple[str, str, PayloadParser] | None] = {}  # by str or fast-path bytes
         self._tally = counters.tally()  # written by paho's thread only
         self.blocks = blocks
         self._pending = Coalescer()  # blocks: received in this pass of the network loop
@@ -275,12 +275,12 @@ class MqttSource:
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         try:
-            topic = msg.topic
+            topic: str | bytes = msg.topic
         except UnicodeDecodeError:  # paho gives no str for it: no filter of ours can match it
             topic = b""
         self._on_publish(topic, msg.payload, msg.retain)
 
-    def _on_publish(self, topic: str | bytes, payload: bytes, retain: bool) -> None:
+    def _on_publish(self, topic: str | bytes, payload: bytes | bytearray, retain: bool) -> None:
         """One message (paho's thread): a record for the sink or a counted rejection. ``topic`` is the str paho
         decoded, or the raw bytes from BufferedReadClient's fast path for QoS 0 PUBLISH packets."""
         try:
@@ -297,10 +297,10 @@ class MqttSource:
                 route = cache[topic]
             else:
                 try:
-                    name = topic.decode() if type(topic) is bytes else topic
+                    name = topic.decode() if isinstance(topic, bytes) else topic
                 except UnicodeDecodeError:
                     name = None
-                route = None if not name else self.route_of(name)  # type: ignore[arg-type]
+                route = None if not name else self.route_of(name)
                 if len(cache) >= ROUTE_CACHE_MAX:
                     cache.clear()
                 cache[topic] = route
@@ -312,7 +312,7 @@ class MqttSource:
                 return
             sensor, asset, parser = route
             record = parser.parse(payload, receipt_time(), sensor, asset)  # agent/receipt.py
-            if type(record) is str:
+            if isinstance(record, str):
                 inc("reject." + record)
                 return
             if type(record) is Block:
