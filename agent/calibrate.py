@@ -25,6 +25,7 @@ import json
 import logging
 import math
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -141,7 +142,8 @@ class Calibrator:
 
     # -- feedback --------------------------------------------------------------------------------------------
 
-    def fold(self, alert_id: str, rows: np.ndarray, ts: np.ndarray | None = None) -> Calibration | None:
+    def fold(self, alert_id: str, rows: np.ndarray,
+             ts: np.ndarray | Sequence[float] | None = None) -> Calibration | None:
         """Take an alert's readings (at data times ``ts``, when known) as normal: refit on teach-in + every folded
         alert; None without a teach-in."""
         folds = self._read_folds()

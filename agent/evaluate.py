@@ -179,7 +179,7 @@ def _collect(data: Path | None, normal: Sequence[str], unlabelled_as_normal: boo
         jobs.append(_Job(f, rel, _count_rows(f), LABEL_COLUMN in header))
     for name in normal:
         f = Path(name)
-        jobs.append(_Job(f, f.name if data is None or not f.is_relative_to(base) else f.relative_to(base).as_posix(),
+        jobs.append(_Job(f, f.name if base is None or not f.is_relative_to(base) else f.relative_to(base).as_posix(),
                          _count_rows(f), False))
     return jobs, skipped, len(files)
 

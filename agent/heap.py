@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import ctypes
 import os
+from typing import Literal
 
 M_ARENA_MAX = -8  # malloc.h
-_libc: ctypes.CDLL | None | bool = None
+_libc: ctypes.CDLL | None | Literal[False] = None  # None: not looked for yet; False: no glibc
 
 
 def _glibc() -> ctypes.CDLL | None:

@@ -13,7 +13,7 @@ import json
 import math
 import re
 from datetime import datetime, timezone
-from typing import Any, Iterable, Literal
+from typing import Any, Iterable, Literal, overload
 
 import orjson
 
@@ -84,6 +84,12 @@ def number(text: str) -> float | str:
     return t
 
 
+@overload
+def iso(ts: float) -> str: ...
+@overload
+def iso(ts: None) -> None: ...
+@overload
+def iso(ts: float | None) -> str | None: ...
 def iso(ts: float | None) -> str | None:
     """Epoch seconds as ISO 8601 UTC with milliseconds (``2020-03-09T10:34:33.000Z``): the agent's format, read back by
     ``timestamp``."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from itertools import chain
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence, cast
 
 import numpy as np
 
@@ -42,8 +42,8 @@ def runs(items: Sequence[Reading | Block], channels: Sequence[str]) -> Iterator[
         sensor = item.sensor
         while j < n and type(items[j]) is not Block and items[j].sensor == sensor:
             j += 1
-        group = items[i:j]
-        yield sensor, *_readings_run(group, get, len(channels)), group.__getitem__  # type: ignore[misc]
+        group = cast("Sequence[Reading]", items[i:j])  # the loop above stopped at the first Block
+        yield sensor, *_readings_run(group, get, len(channels)), group.__getitem__
         i = j
 
 
@@ -163,7 +163,9 @@ def _segment(p: "Pipeline", sensor: str, ts: np.ndarray, x: np.ndarray) -> list[
     p.counters.inc("pipeline.windows", nw)
     values = scores.tolist()
     s.add_scores(scores)
-    p.recent.extend(windows[-p.recent.maxlen:])  # type: ignore[misc]
+    keep = p.recent.maxlen
+    assert keep is not None  # Pipeline.recent is a deque(maxlen=32): the canary's windows are bounded
+    p.recent.extend(windows[-keep:])
 
     def inference(k: int) -> Inference:  # the windows' rows are never written to again: a view will do
         win = Window(sensor=sensor, start_ts=float(starts[k]), end_ts=float(ends[k]), data=windows[k])

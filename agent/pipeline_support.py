@@ -59,10 +59,11 @@ def learn(p: "Pipeline", alert_id: str, label: str) -> dict[str, Any]:
         log.info("feedback: alert %s is a fault after all: its readings are no longer normal (threshold %.4g)",
                  clip(alert_id), p.params.threshold)
         return {"learned": True, "unfolded": True, "threshold": p.params.threshold}
-    rows = p.recorder.rows(alert_id) if p.recorder is not None else None
-    if rows is None:
+    rec = p.recorder
+    rows = rec.rows(alert_id) if rec is not None else None
+    if rec is None or rows is None:
         return {"learned": False, "why": "no evidence of this alert for the current channels"}
-    new = cal.fold(alert_id, np.asarray(rows, dtype=np.float64), p.recorder.times(alert_id))
+    new = cal.fold(alert_id, np.asarray(rows, dtype=np.float64), rec.times(alert_id))
     if new is None:
         return {"learned": False, "why": "the teach-in readings are not stored"}
     p._apply(new)

@@ -77,7 +77,9 @@ def pipeline_factory(settings: Any, model: Any, calibration_samples: int | None,
     """Each file's Pipeline, built as the daemon builds its own (``build``, default ``app.build_pipeline``), with
     teach-in over ``calibration_samples`` readings (None: the duration alone) and its state in a fresh directory."""
     if build is None:
-        from agent.assets import build_pipeline as build
+        from agent.assets import build_pipeline
+
+        build = build_pipeline
 
     def make(counters: Counters, state_dir: Path, channels: list[str] | None = None, evidence: bool = False) -> Any:
         s = settings.model_copy(update={
@@ -281,7 +283,9 @@ class Evaluation:
         s = apply_overrides(settings if settings is not None else default_settings(), overrides)
         if model is None:
             if load_model is None:
-                from agent.assets import load_model
+                from agent.assets import load_model as load_model_default
+
+                load_model = load_model_default
             model = load_model(s)
         samples, duration = s.calibration.samples, s.calibration.duration
         if samples is None and not duration:  # a duration replaces the sidecar's count, as in the daemon

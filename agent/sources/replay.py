@@ -92,7 +92,8 @@ class ReplaySource:
     def run(self, sink: Sink, stop: threading.Event) -> None:
         speed = self.settings.speed
         offset = 0.0  # added to the file's timestamps on each loop, so that time keeps moving forward
-        wall0 = data0 = None
+        wall0: float | None = None  # the wall clock and data time of the first reading paced (set together)
+        data0 = 0.0
         while True:
             self._state = CONNECTED
             first = last = None
