@@ -115,7 +115,9 @@ def search(scorer: Any, window: np.ndarray, spec: AdviceSpec, threshold: float, 
     lowest: tuple[float, tuple[Lever, ...], np.ndarray] | None = None
     for k in range(1, spec.max_channels + 1):
         # every combination of k levers in one batched scoring: the candidates of one level, at once
-        combos, wins, dists = [], [], []
+        combos: list[tuple[tuple[Lever, ...], list[int], np.ndarray, int]] = []  # (levers, strides, grid, first row)
+        wins: list[np.ndarray] = []
+        dists: list[np.ndarray] = []
         for combo in itertools.combinations(levers, k):
             cols = [c for lv in combo for c in lv.columns]
             if len(set(cols)) != len(cols):

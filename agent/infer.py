@@ -30,9 +30,9 @@ log = logging.getLogger(__name__)
 RUNTIMES = ("ai_edge_litert", "tflite_runtime")
 BATCH = 512  # rows per batched invoke (STACK.md: 0.03-0.25 µs per sample at 512)
 try:  # the clip ufunc (np.clip is a Python wrapper around it)
-    from numpy._core.umath import clip as _clip  # numpy >= 1.26
+    from numpy._core.umath import clip as _clip  # type: ignore[attr-defined]  # numpy >= 1.26; stubs omit it
 except ImportError:  # pragma: no cover - numpy 1.24/1.25
-    from numpy.core.umath import clip as _clip
+    from numpy.core.umath import clip as _clip  # type: ignore[attr-defined]  # the ufunc is there; stubs omit it
 _divide, _rint, _add, _add_reduce, _subtract = np.divide, np.rint, np.add, np.add.reduce, np.subtract
 _perf_counter = time.perf_counter
 ONE_MAX = 4096  # an int8 input of at most this many values is quantised into buffers kept for it (invoke)
@@ -96,25 +96,24 @@ class Model:
             self._dequant = (codes.astype(np.float64) - self._out_zp) * self._out_scale  # the formula, per value
         self._in_dtype = self._in["dtype"]
         info = np.iinfo(self._in_dtype) if np.issubdtype(self._in_dtype, np.integer) else None
-        self._in_lo, self._in_hi = (info.min, info.max) if info else (None, None)
+        self._in_lo: int | None = info.min if info else None  # None: a float input (nothing to quantise)
+        self._in_hi: int | None = info.max if info else None
         self._q = tuple(np.float64(v) for v in (self._in_lo or 0, self._in_hi or 0, self._in_zp, self._in_scale))
-        # one window's quantisation buffers (float, then the input's integer type) and constants for ``invoke``:
-        # integer inputs of at most ONE_MAX values (a large input is quantised by ``_quantise``: no buffers kept).
-        # Flat, as the scorer's feature vector is: a ufunc on equal shapes is cheaper than on broadcast ones.
+        # ``run_one``: integer inputs of at most ONE_MAX values (a large input is quantised by ``_quantise``).
         size = int(np.prod(self._in_shape))
+        self._one_shape = (size,)  # the flat vector ``run_one`` takes, as the scorer's feature vector is
         small = self._in_lo is not None and size <= ONE_MAX
-        self._one_f = np.empty(size) if small else None
-        self._one_qflat = np.empty(size, dtype=self._in_dtype) if small else None
-        self._one_q = self._one_qflat.reshape(self._in_shape) if small else None  # the tensor's shape, same memory
-        self._one_consts = tuple(np.full(size, v) for v in self._q) if small else ()
         self._calls = (self._interp.set_tensor, self._interp.invoke, self._interp.get_tensor)
-        self.run_one: Callable[[np.ndarray], np.ndarray] | None = self._one_kernel() if small else None
+        self.run_one: Callable[[np.ndarray], np.ndarray] | None = self._one_kernel(size) if small else None
 
-    def _one_kernel(self) -> Callable[[np.ndarray], np.ndarray]:
+    def _one_kernel(self, size: int) -> Callable[[np.ndarray], np.ndarray]:
         """``invoke`` of one flat float64 vector of the input's size, everything it needs bound once (the scorer's
         path per window: ``_quantise``, set/invoke/get, ``_dequantise``; the same numbers)."""
-        lo, hi, zp, scale = self._one_consts
-        f_buf, q_flat, q = self._one_f, self._one_qflat, self._one_q
+        # one window's quantisation buffers (float, then the input's integer type) and constants, kept: flat, as the
+        # scorer's feature vector is (a ufunc on equal shapes is cheaper than on broadcast ones)
+        lo, hi, zp, scale = (np.full(size, v) for v in self._q)
+        f_buf, q_flat = np.empty(size), np.empty(size, dtype=self._in_dtype)
+        q = q_flat.reshape(self._in_shape)  # the tensor's shape, same memory
         set_tensor, run, get_tensor = self._calls
         in_idx, out_idx = self._in_idx, self._out_idx
         table, dequantise = self._dequant, self._dequantise
@@ -180,8 +179,8 @@ class Model:
     def invoke(self, x: np.ndarray) -> np.ndarray:
         """Run one feature vector (float, normalised) through the model; returns the dequantised output, flat."""
         if self.run_one is not None:
-            if type(x) is not np.ndarray or x.shape != self._one_f.shape:  # type: ignore[union-attr] - the scorer's is flat
-                x = np.asarray(x, dtype=np.float64).reshape(self._one_f.shape)  # type: ignore[union-attr]
+            if type(x) is not np.ndarray or x.shape != self._one_shape:  # the scorer's is flat
+                x = np.asarray(x, dtype=np.float64).reshape(self._one_shape)
             return self.run_one(x)
         q = self._quantise(np.asarray(x, dtype=np.float64).reshape(self._in_shape))
         set_tensor, run, get_tensor = self._calls  # bound once: attribute lookups are a share of a 2 µs invoke
@@ -284,7 +283,7 @@ class Scorer:
         self._target = sc.channels.index(sc.target) if sc.target else None
         kernel = self._one_window_kernel(sc.window.length)
         if kernel is not None:
-            self.score = kernel  # type: ignore[method-assign] - the same numbers as the method, per window
+            self.score = kernel  # type: ignore[method-assign]  # the same numbers as the method, per window
 
     def _one_window_kernel(self, length: int) -> Callable[..., tuple[float, Contributions, float]] | None:
         """``score`` of one window of the sidecar's shape with every lookup and check done once (what the pipeline

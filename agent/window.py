@@ -122,6 +122,7 @@ class Normaliser:
         shape = getattr(x, "shape", None)
         tiles = self._tiles.get(shape) or self.tiles(shape)  # type: ignore[arg-type]
         if tiles is None:
+            assert self.std is not None  # set with mean (__init__)
             return (x - self.mean) / self.std
         z = np.subtract(x, tiles[0])  # the same numbers as broadcasting; a ufunc on equal shapes is cheaper
         return np.divide(z, tiles[1], z)  # out by position: a keyword costs more than 80 divisions
@@ -129,7 +130,7 @@ class Normaliser:
     def tiles(self, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray] | None:
         """Mean and std tiled to ``shape`` (what ``__call__`` subtracts and divides by for it), None when a window
         of this shape is not normalised against tiles (identity, or a shape too large)."""
-        if self.mean is None:
+        if self.mean is None or self.std is None:  # both or neither (__init__)
             return None
         tiles = self._tiles.get(shape)
         if tiles is None and self._tileable(shape):
