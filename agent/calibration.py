@@ -11,7 +11,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, TypeAlias
 
 import numpy as np
 
@@ -20,20 +20,15 @@ from agent.derive import Deriver
 from agent.files import atomic_write
 from agent.contamination import contamination
 from agent.generic import GenericModel, GenericScorer
-from agent.infer import Scorer
+from agent.infer import Model, Scorer
 from agent.window import Normaliser, Windower
 
 log = logging.getLogger("agent.calibrate")  # the teach-in's log lines keep one logger name (evaluate quiets it)
 
 
-class Detector(Protocol):
-    """What teach-in needs of a model (a TFLite :class:`Model` or a :class:`GenericModel`)."""
-
-    sha256: str
-    sidecar: Any
-
-    @property
-    def name(self) -> str: ...
+# What teach-in fits: a TFLite model or a generic detector (``fit`` and ``make_scorer`` treat every model that is not
+# a GenericModel as a TFLite one).
+Detector: TypeAlias = "Model | GenericModel"
 
 
 @dataclass(frozen=True)
@@ -124,8 +119,7 @@ def fit(model: Detector, normal: np.ndarray, folded: list[str] | None = None,
         ts: np.ndarray | None = None, clock: str = "UTC") -> Calibration:
     """Fit what the model asks for on ``normal`` (rows of raw vectors, oldest first; ``ts``: their data times, when
     known, for the generic detector's daily profile, whose days are those of the time zone ``clock``)."""
-    sc = model.sidecar
-    channels = list(sc.channels)
+    channels = list(model.sidecar.channels)
     warning = None
     if isinstance(model, GenericModel):
         r = model.fit(normal, check=not folded, ts=ts, clock=clock)  # checks the halves itself (with its own window)
@@ -134,6 +128,7 @@ def fit(model: Detector, normal: np.ndarray, folded: list[str] | None = None,
             threshold=float(r["threshold"]), samples=int(len(normal)), fitted_at=time.time(), params=r,
             warning=r.get("warning"), folded=list(folded or []),
         )
+    sc = model.sidecar  # a TFLite model's
     found = contamination(normal, channels) if not folded else None
     if found is not None:
         warning, keep = found
@@ -202,4 +197,4 @@ def make_scorer(model: Detector, cal: Calibration | None, previous: Any = None) 
         return scorer
     if cal is not None and cal.mean is not None and cal.std is not None:
         return Scorer(model, Normaliser(np.asarray(cal.mean), np.asarray(cal.std)))
-    return Scorer(model, sidecar_normaliser(model))  # type: ignore[arg-type]
+    return Scorer(model, sidecar_normaliser(model))
