@@ -141,7 +141,7 @@ class HealthMonitor:
 
     def __init__(
         self, heartbeats: Heartbeats, stall_s: float, stats_interval_s: float,
-        stats: Callable[[], dict[str, Any]], publish_stats: Callable[[dict[str, Any]], None],
+        stats: Callable[[], dict[str, Any]], publish_stats: Callable[[dict[str, Any]], object],
         status_key: Callable[[], Any], publish_status: Callable[[], None], stop: threading.Event,
         published_key: Callable[[], Any],
     ):

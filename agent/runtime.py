@@ -192,7 +192,7 @@ class PipelineLoop:
     def __init__(self, assets: list[Asset], readings: Readings, sources: int, live: bool, outbox: Outbox,
                  wake_uplink: Callable[[], None], publish_status: Callable[[], None], control: Control,
                  gate: CommandGate, heartbeats: Heartbeats, counters: Counters,
-                 publish_reply: Callable[[str, dict[str, Any]], None]):
+                 publish_reply: Callable[[str, dict[str, Any]], object]):
         self.assets = {a.id: a for a in assets}
         self.readings, self.sources, self.live = readings, sources, live
         self.outbox, self.wake_uplink, self.publish_status = outbox, wake_uplink, publish_status

@@ -9,10 +9,9 @@ each asset's state, reasons, model, threshold, overrides and teach-in; one degra
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from agent import __version__
 from agent.assets import Asset, Feed
@@ -24,6 +23,9 @@ from agent.parse import iso
 from agent.records import PipelineSnapshot
 from agent.settings import Settings
 from agent.sources import DISCONNECTED
+
+if TYPE_CHECKING:
+    from agent.runtime import ReadingQueue
 
 FALLING_BEHIND_QUIET_S = 10.0  # "falling behind" clears once the live queue dropped nothing for this long
 FALLING_BEHIND_REFRESH_S = 5.0  # the number of readings dropped in the reason is updated at most this often
@@ -62,7 +64,7 @@ class Board:
     """Everything the control room is told about this gateway."""
 
     def __init__(self, settings: Settings, assets: list[Asset], feeds: list[Feed], counters: Counters,
-                 outbox: Outbox, evidence: EvidenceStore, heartbeats: Heartbeats, readings: "queue.Queue[Any]",
+                 outbox: Outbox, evidence: EvidenceStore, heartbeats: Heartbeats, readings: ReadingQueue,
                  bytes_out: Callable[[], int], broker_connected: Callable[[], bool], digest: str):
         self.settings, self.assets, self.feeds = settings, assets, feeds
         self.counters, self.outbox, self.evidence, self.heartbeats = counters, outbox, evidence, heartbeats
