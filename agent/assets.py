@@ -122,7 +122,7 @@ def build_assets(settings: Settings, counters: Counters, evidence: EvidenceStore
         state.mkdir(parents=True, exist_ok=True)
         asset = Asset(spec.id, eff, state, Counters(counters), Messages(settings.device_id, eff.alerts.critical_margin))
         if spec.source.kind == "modbus":
-            asset.sensors = {settings.modbus.devices[d].sensor or d for d in spec.source.devices}  # type: ignore[union-attr]
+            asset.sensors = {settings.modbus.devices[d].sensor or d for d in spec.source.devices}
         try:
             asset.pipeline = build_pipeline(eff, models.open(eff), asset.counters, evidence, state_dir=state,
                                             channels=channels_of(spec.id), asset=spec.id)
@@ -136,12 +136,15 @@ def build_assets(settings: Settings, counters: Counters, evidence: EvidenceStore
 # -- sources -----------------------------------------------------------------------------------------------------
 
 
+Tag = Callable[[Reading | Block], Reading | Block]  # a record with its asset set
+
+
 @dataclass
 class Feed:
     """A source and how its readings find their asset (``tag``: None when they carry it already)."""
 
     source: Source
-    tag: Callable[[Reading], Reading] | None = None
+    tag: Tag | None = None
     assets: tuple[str, ...] = ("",)  # the assets it feeds
 
     def sink(self, sink: Sink) -> Sink:
@@ -151,11 +154,21 @@ class Feed:
         return lambda r: sink(tag(r))
 
 
-def _tag(asset: str) -> Callable[[Reading | Block], Reading | Block]:
+def _tag(asset: str) -> Tag:
     def tag(r: Reading | Block) -> Reading | Block:
         if type(r) is Block:
             return Block(r.ts, r.channels, r.values, r.sensor, asset)
         return Reading(r.ts, r.values, r.sensor, asset)
+
+    return tag
+
+
+def _tag_by_sensor(owner: dict[str, str]) -> Tag:
+    """The asset that owns the record's device, by its sensor ("" for none): the shared Modbus source's readings."""
+    def tag(r: Reading | Block) -> Reading | Block:
+        if type(r) is Block:  # the Modbus source hands over Readings only; a Block would stay whole all the same
+            return Block(r.ts, r.channels, r.values, r.sensor, owner.get(r.sensor, ""))
+        return Reading(r.ts, r.values, r.sensor, owner.get(r.sensor, ""))
 
     return tag
 
@@ -192,13 +205,12 @@ def build_feeds(settings: Settings, counters: Counters) -> list[Feed]:
         from agent.sources.modbus import ModbusSource
 
         devices = [d for _, eff in modbus for d in eff.source.devices]  # type: ignore[union-attr]
-        src = ModbusSource(ModbusSourceSettings(devices=devices), settings.modbus, counters)
-        owner = {}
+        bus = ModbusSource(ModbusSourceSettings(devices=devices), settings.modbus, counters)
+        owner: dict[str, str] = {}
         for aid, eff in modbus:
             for d in eff.source.devices:  # type: ignore[union-attr]
                 owner[settings.modbus.devices[d].sensor or d] = aid
-        feeds.append(Feed(src, lambda r, owner=owner: Reading(r.ts, r.values, r.sensor, owner.get(r.sensor, "")),
-                          tuple(aid for aid, _ in modbus)))
+        feeds.append(Feed(bus, _tag_by_sensor(owner), tuple(aid for aid, _ in modbus)))
     return feeds
 
 
