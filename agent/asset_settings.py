@@ -63,14 +63,14 @@ def check_assets(assets: list[AssetSettings]) -> list[str]:
         seen.setdefault(a.id, i)
         src = a.source
         if src.kind == "serial":
-            if src.port in ports:  # type: ignore[union-attr]
-                problems.append(f"assets[{i}].source.port = {src.port!r}: also the port of asset {ports[src.port]!r} "  # type: ignore[union-attr]
+            if src.port in ports:
+                problems.append(f"assets[{i}].source.port = {src.port!r}: also the port of asset {ports[src.port]!r} "
                                 "(one owner per serial port: put both machines' devices on one asset or a Modbus bus)")
-            ports.setdefault(src.port, a.id)  # type: ignore[union-attr]
+            ports.setdefault(src.port, a.id)
         if src.kind == "modbus":
-            if not src.devices:  # type: ignore[union-attr]
+            if not src.devices:
                 problems.append(f"assets[{i}].source.devices: name the [modbus.devices.NAME] of this asset")
-            for d in src.devices:  # type: ignore[union-attr]
+            for d in src.devices:
                 if d in devices:
                     problems.append(f"assets[{i}].source.devices: {d!r} is already read by asset {devices[d]!r}")
                 devices.setdefault(d, a.id)

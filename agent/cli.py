@@ -128,7 +128,7 @@ def cmd_model_info(args: argparse.Namespace) -> int:
     from agent.detectors import is_generic_spec, open_model, resolve
 
     path = resolve(args.path)
-    result: dict[str, object] = {"path": str(path)}
+    result: dict[str, Any] = {"path": str(path)}  # JSON
     if is_generic_spec(path):
         try:
             generic = open_model(path)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from array import array
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Iterable, cast
 
 import numpy as np
 
@@ -168,8 +168,8 @@ class Coalescer:
             if len(run) >= self.min_run:  # long enough for a Block: from now on as columns
                 self._ts = array("d", [x.ts for x in run])
                 self._values = values = array("d")
-                for x in run:
-                    values.extend(x.values.values())
+                for x in run:  # floats only: each reading was checked as it was added (_FLOATS)
+                    values.extend(cast("Iterable[float]", x.values.values()))
                 run.clear()
             return
         if first is not None:

@@ -92,7 +92,7 @@ class AlertMessage:
         peak = _number(d.get("peak_score"))
         model = _mapping(d.get("model")) or {}
         event = AlertEvent(
-            state=state, alert_id=alert_id, sensor=d.get("sensor") if isinstance(d.get("sensor"), str) else "",
+            state=state, alert_id=alert_id, sensor=sensor if isinstance(sensor := d.get("sensor"), str) else "",
             score=score, threshold=_or_nan(d.get("threshold")), peak_score=score if peak is None else peak, top=top,
             window_start_ts=_or_nan(_time(d.get("window_start"))), window_end_ts=_or_nan(_time(d.get("window_end"))),
             model={str(k): str(v) for k, v in model.items() if isinstance(v, (str, int, float))},
@@ -122,8 +122,8 @@ class AdviceMessage:
         if state not in ADVICE_STATES:
             raise PayloadError(f"advice state {state!r} is neither advised nor no_advice")
         fields = {k: v for k, v in d.items() if k not in _ADVICE_ENVELOPE}
-        event = AdviceEvent(alert_id=d.get("alert_id") if isinstance(d.get("alert_id"), str) else "",
-                            sensor=d.get("sensor") if isinstance(d.get("sensor"), str) else "", fields=fields,
+        event = AdviceEvent(alert_id=aid if isinstance(aid := d.get("alert_id"), str) else "",
+                            sensor=sensor if isinstance(sensor := d.get("sensor"), str) else "", fields=fields,
                             asset=asset or (_text(d.get("asset")) or ""))
         return cls(event, mid, state, _text(d.get("created_at")))
 

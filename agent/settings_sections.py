@@ -154,8 +154,8 @@ SourceSettings = Annotated[
     ],
     Discriminator(_source_kind, custom_error_type="source_kind", custom_error_message="must be replay, serial, mqtt or modbus"),
 ]
-SOURCE_KINDS = {"replay": ReplaySourceSettings, "serial": SerialSourceSettings, "mqtt": MqttSourceSettings,
-                "modbus": ModbusSourceSettings}
+SOURCE_KINDS: dict[str, type[_Section]] = {"replay": ReplaySourceSettings, "serial": SerialSourceSettings,
+                                           "mqtt": MqttSourceSettings, "modbus": ModbusSourceSettings}
 FILE_ONLY = ("modbus", "assets")  # settings that exist only in the configuration file (agent/config_file.py)
 
 

@@ -31,7 +31,7 @@ def device_row(d: Device, now: float) -> dict[str, Any]:
     if outbox is not None and isinstance(outbox.get("dropped"), dict):
         dropped = sum(v for v in outbox["dropped"].values() if isinstance(v, (int, float)))
     last = d.last_seen
-    row = {
+    row: dict[str, Any] = {
         "device_id": d.device_id,
         "state": d.state,
         "stale": d.stale(now),
