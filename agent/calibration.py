@@ -28,7 +28,7 @@ log = logging.getLogger("agent.calibrate")  # the teach-in's log lines keep one 
 
 # What teach-in fits: a TFLite model or a generic detector (``fit`` and ``make_scorer`` treat every model that is not
 # a GenericModel as a TFLite one).
-Detector: TypeAlias = "Model | GenericModel"
+Detector: TypeAlias = Model | GenericModel
 
 
 @dataclass(frozen=True)
