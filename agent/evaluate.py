@@ -107,9 +107,9 @@ def add_arguments(parser: argparse.ArgumentParser, env_file: bool = True) -> arg
                              "learnt; reports the alerts raised after the last label (default 0: no labels)")
     if env_file:
         parser.add_argument("--env-file", metavar="PATH", default=None,
-                            help="take model, runtime, teach-in (samples, duration), threshold and decision (k, n, clear_ratio) "
-                                 "from this agent env file and the environment, as the daemon would; options given "
-                                 "here win (default: none of them, the sidecar's values)")
+                            help="take model, runtime, teach-in (samples, duration), threshold and decision (k, n, "
+                                 "clear_ratio) from this agent env file and the environment, as the daemon would; "
+                                 "options given here win (default: none of them, the sidecar's values)")
     parser.add_argument("-v", "--verbose", action="store_true", help="show the pipeline's log lines (alerts, teach-in)")
     return parser
 
@@ -351,7 +351,8 @@ def run(args: argparse.Namespace) -> int:
         "decision": {"threshold": configured, "threshold_source": source, **params},
         "alert_policy": _policy(settings),
         "protocol": "per file: first N rows teach-in (fresh state; with calibration_duration_s, the rows until "
-                    "that span of data time and N), rows >= N scored point-wise by alert state "
+                    "that span of data time, and N when given: first_scored_row per file), the rows from there on "
+                    "scored point-wise by alert state "
                     "(raise row inclusive .. clear row exclusive); F1 = TP/(TP+(FP+FN)/2), FAR = FP/(FP+TN), "
                     "MAR = FN/(FN+TP); delay clamped at 0",
         "group_by": grouping.by,
