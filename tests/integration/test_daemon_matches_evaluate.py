@@ -43,3 +43,28 @@ def test_the_daemon_sends_the_alerts_evaluate_reports(name, tmp_path, live_broke
     for got, want in zip(raised, PINNED[name]["alerts"]):
         assert got["score"] == pytest.approx(want["score"], rel=1e-3)
         assert [c["channel"] for c in got["top_channels"]] == [c["channel"] for c in want["top_channels"]]
+
+
+def test_a_teach_in_given_as_a_duration_is_the_daemons_in_evaluate(tmp_path, live_broker, recorder):
+    """A sensor every 5 min, a teach-in of one day (EDGE_AGENT_CALIBRATION__DURATION): the daemon and ``evaluate``
+    (the same setting) end the teach-in at the same reading and send the same alerts (a 10-degree fall on day 3)."""
+    from agent.evaluate import Evaluation
+    from tests.unit.test_evaluate_modes import _write_slow
+
+    f = tmp_path / "slow.csv"
+    _write_slow(f)
+    res = Evaluation.create({"calibration.duration": 86400.0}).run(f)
+    assert res.first_row == res.run.teach_in_rows == 289  # one day of 5-minute readings, both ends included
+    want = []
+    for a in res.run.alerts:
+        want.append(("raised", a.raise_window_end))
+        if a.clear_window_end is not None:
+            want.append(("cleared", a.clear_window_end))
+    assert [s for s, _ in want] == ["raised", "cleared"]
+    rec = recorder("edge/#")
+    r = run_agent(agent_env(tmp_path / "state", live_broker.port, EDGE_AGENT_SOURCE__PATH=str(f),
+                            EDGE_AGENT_CALIBRATION__DURATION="1d"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "teach-in done after 289 readings" in r.stderr
+    wait_for(lambda: rec.on("status") and rec.on("status")[-1]["state"] == "offline", what="status offline")
+    assert [(a["state"], a["window_end"]) for a in rec.on("alerts")] == want
