@@ -113,9 +113,9 @@ def model_channels(model: Any, path: Path) -> list[str]:
     sidecar = getattr(model, "sidecar", None)
     if sidecar is not None and getattr(sidecar, "channels", None):
         return list(sidecar.channels)
-    from agent.sources.replay import LABEL_COLUMNS, TIME_COLUMNS
+    from agent.sources.replay import recording_channels
 
-    return [h for h in read_header(path) if h.lower() not in TIME_COLUMNS and h not in LABEL_COLUMNS]
+    return recording_channels(path)  # as the replay source takes them (a header it cannot play: ValueError)
 
 
 def run_file(model: Any, path: Path, rel: str, make_pipeline: Callable[..., Any],

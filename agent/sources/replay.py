@@ -28,17 +28,43 @@ TIME_COLUMNS = ("datetime", "timestamp", "ts", "time")
 LABEL_COLUMNS = ("anomaly", "changepoint")  # labels of a labelled recording (SKAB): never channels
 
 
+def _split_header(line: str) -> tuple[str, list[str]]:
+    """The delimiter (``;`` or ``,``) and the stripped column names of a header line."""
+    delimiter = ";" if line.count(";") > line.count(",") else ","
+    return delimiter, [h.strip() for h in next(csv.reader([line], delimiter=delimiter), [])]
+
+
+def recording_columns(path: Path, header: list[str]) -> tuple[int, list[tuple[int, str]]]:
+    """The time column and the named value columns (index, name) of a recording's header; ValueError when it has
+    no time column or names a value column twice (the second would silently replace the first). A column without a
+    name (a trailing separator, as spreadsheets write them) is not read."""
+    tcol = next((i for i, h in enumerate(header) if h.lower() in TIME_COLUMNS), None)
+    if tcol is None:
+        raise ValueError(f"{path}: no time column (one of {', '.join(TIME_COLUMNS)}) in the header")
+    names = [(i, h) for i, h in enumerate(header) if i != tcol and h]
+    seen: dict[str, int] = {}
+    for i, h in names:
+        if h in seen:
+            raise ValueError(f"{path}: column {h!r} appears twice in the header (columns {seen[h] + 1} and {i + 1}): "
+                             "give each column its own name")
+        seen[h] = i
+    return tcol, names
+
+
+def recording_channels(path: Path) -> list[str]:
+    """The channels of a recording: its named columns other than time and label columns, in file order; ValueError
+    as :func:`recording_columns`."""
+    with open(path, newline="", encoding="utf-8", errors="replace") as f:
+        _, header = _split_header(f.readline())
+    _, names = recording_columns(path, header)
+    return [h for _, h in names if h.lower() not in TIME_COLUMNS and h not in LABEL_COLUMNS]
+
+
 def read_recording(path: Path, counters: Counters, sensor: str = "replay") -> Iterator[Reading]:
     """Readings of a recorded CSV in file order; a bad row is counted (``reject.<reason>``) and skipped."""
     with open(path, newline="", encoding="utf-8", errors="replace") as f:
-        header_line = f.readline()
-        delimiter = ";" if header_line.count(";") > header_line.count(",") else ","
-        header = next(csv.reader([header_line], delimiter=delimiter))
-        header = [h.strip() for h in header]
-        tcol = next((i for i, h in enumerate(header) if h.lower() in TIME_COLUMNS), None)
-        if tcol is None:
-            raise ValueError(f"{path}: no time column (one of {', '.join(TIME_COLUMNS)}) in the header")
-        names = [(i, h) for i, h in enumerate(header) if i != tcol]
+        delimiter, header = _split_header(f.readline())
+        tcol, names = recording_columns(path, header)
         for row in csv.reader(f, delimiter=delimiter):
             counters.inc("source.bytes", sum(map(len, row)) + len(row))  # the line as read: fields, separators, newline
             if not row:
@@ -74,10 +100,7 @@ class ReplaySource:
         self._closed = threading.Event()
         if not self.path.is_file():
             raise FileNotFoundError(f"replay recording {self.path} not found")
-        with open(self.path, encoding="utf-8", errors="replace") as f:
-            head = f.readline()
-        names = [h.strip() for h in next(csv.reader([head], delimiter=";" if head.count(";") > head.count(",") else ","))]
-        self._channels = [h for h in names if h.lower() not in TIME_COLUMNS and h not in LABEL_COLUMNS]
+        self._channels = recording_channels(self.path)  # a header it cannot play is refused at start (exit 78)
         self.problems: list[str] = []
 
     @property
