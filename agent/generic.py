@@ -183,11 +183,18 @@ def _fit(normal: np.ndarray, length: int, p: GenericParams, floor: float) -> dic
     scale measures how far the level strays from a baseline that follows it (a long teach-in over a season must not
     widen the scale by the season's range), and the baseline starts from where the teach-in ended.
     """
-    m = rolling_means(normal, length)
-    if len(m) < 2:
+    if len(normal) < length + 1:
         raise ValueError(f"teach-in needs at least {length + 1} readings")
+    # A channel of huge values (a glitch of 1e300 from a bad decode, or such units) is fitted in a power of two of
+    # them, so that no square overflows to inf (the scorer refused the fit and the pipeline thread died); a power
+    # of two scales exactly, and every channel under 1e100 is fitted in its own units, bit for bit as before.
+    big = np.abs(normal).max(axis=0)
+    unit = np.where(big > 1e100, np.exp2(np.frexp(big)[1].astype(np.float64)), 1.0)
+    if (unit != 1.0).any():
+        normal = normal / unit
+    m = rolling_means(normal, length)
     noise = normal.std(axis=0) / np.sqrt(length)
-    tiny = 1e-6 * np.maximum(1.0, np.abs(np.median(m, axis=0)))
+    tiny = 1e-6 * np.maximum(1.0 / unit, np.abs(np.median(m, axis=0)))
     rough = np.maximum(np.maximum(m.std(axis=0), noise), tiny)
     b = np.median(m[: max(2, min(len(m), 10 * length))], axis=0)
     resid = np.empty_like(m)
@@ -202,7 +209,7 @@ def _fit(normal: np.ndarray, length: int, p: GenericParams, floor: float) -> dic
     scale = np.maximum(scale, tiny)  # a constant channel: any change counts
     z = resid / scale
     peak = float(np.max(np.abs(z)))
-    out: dict[str, Any] = {"baseline": base.tolist(), "scale": scale.tolist(), "teach_in_peak": peak}
+    out: dict[str, Any] = {"baseline": (base * unit).tolist(), "scale": (scale * unit).tolist(), "teach_in_peak": peak}
     if p.cross_channel > 0 and m.shape[1] >= 3:
         centre = z.mean(axis=0)
         _, sv, vt = np.linalg.svd(z - centre, full_matrices=False)

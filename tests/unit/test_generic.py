@@ -312,3 +312,24 @@ def test_parse_duration(text, seconds):
 def test_parse_duration_refuses(text):
     with pytest.raises(ValueError):
         parse_duration(text)
+
+
+@pytest.mark.parametrize("case", ["units", "glitches"])
+def test_huge_values_in_the_teach_in_neither_kill_the_pipeline_nor_blind_the_other_channels(tmp_path, case):
+    # Squares of 1e300 overflowed to inf in the fit: the scorer refused the calibration and the pipeline thread
+    # died at the end of every teach-in (exit 1; under systemd a restart and the same again).
+    rng = np.random.default_rng(11)
+    x = noise(rng, 1200, 2)
+    if case == "units":  # a channel in units of 1e300: the detector works in any unit
+        x[:, 0] = 1e300 * (1 + 0.01 * rng.normal(0, 1, 1200))
+        x[800:950, 0] *= 1.5
+    else:  # a glitch from a bad decode in each half of the teach-in
+        x[[100, 300], 0] = 1e300
+        x[800:950, 1] += 10.0
+    p = pipeline(tmp_path)
+    alerts = run(p, readings(x, ["a", "b"]))
+    params = p.calibrator.result.params
+    assert np.isfinite(params["scale"]).all() and np.isfinite(params["baseline"]).all()
+    raised = [a for a in alerts if a["state"] == "raised"]
+    assert len(raised) == 1 and 800 <= _row(raised[0]) < 830, alerts
+    assert raised[0]["top_channels"][0]["channel"] == ("a" if case == "units" else "b")
