@@ -102,9 +102,13 @@ class Contributions(Mapping[str, float]):
         if self._shares is None:
             if callable(self._raw):  # computed when first looked at (a batch's windows: alerts only)
                 self._raw = self._raw()
-            total = float(self._raw.sum())
+            raw = self._raw
+            total = float(raw.sum())
             n = len(self._channels)
-            shares = self._raw / total if total > 0 and np.isfinite(total) else np.full(n, 1 / n)
+            if total == np.inf and not np.isnan(raw).any():  # squares overflowed: the channels that did are the cause
+                raw = np.isinf(raw).astype(np.float64)
+                total = float(raw.sum())
+            shares = raw / total if total > 0 and np.isfinite(total) else np.full(n, 1 / n)
             self._shares = {c: float(v) for c, v in zip(self._channels, shares)}
         return self._shares
 

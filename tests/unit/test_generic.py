@@ -333,3 +333,15 @@ def test_huge_values_in_the_teach_in_neither_kill_the_pipeline_nor_blind_the_oth
     raised = [a for a in alerts if a["state"] == "raised"]
     assert len(raised) == 1 and 800 <= _row(raised[0]) < 830, alerts
     assert raised[0]["top_channels"][0]["channel"] == ("a" if case == "units" else "b")
+
+
+def test_an_alert_on_a_value_whose_square_overflows_names_that_channel(tmp_path):
+    # One reading of 1e300 on "a": its share z*z is inf, the sum of the shares too, and every channel was given
+    # the same share (a 50 %, b 50 %): the alert did not say where to look.
+    rng = np.random.default_rng(12)
+    x = noise(rng, 800, 2)
+    x[600, 0] = 1e300
+    alerts = run(pipeline(tmp_path), readings(x, ["a", "b"]))
+    raised = [a for a in alerts if a["state"] == "raised"]
+    assert len(raised) == 1, alerts
+    assert raised[0]["top_channels"][0] == {"channel": "a", "share": 1.0}
