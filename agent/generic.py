@@ -194,8 +194,12 @@ def _fit(normal: np.ndarray, length: int, p: GenericParams, floor: float) -> dic
         normal = normal / unit
     m = rolling_means(normal, length)
     noise = normal.std(axis=0) / np.sqrt(length)
-    tiny = 1e-6 * np.maximum(1.0 / unit, np.abs(np.median(m, axis=0)))
-    rough = np.maximum(np.maximum(m.std(axis=0), noise), tiny)
+    spread = np.maximum(m.std(axis=0), noise)
+    # the floor of a scale: a millionth of the level, or of 1 for a channel that did not move at all (a constant
+    # channel: any change counts); a channel that moves less than 1e-6 near zero (metres, m3/s, amperes of leakage)
+    # keeps its own spread, as it would in other units
+    tiny = 1e-6 * np.maximum(np.where(spread > 0, 0.0, 1.0 / unit), np.abs(np.median(m, axis=0)))
+    rough = np.maximum(spread, tiny)
     b = np.median(m[: max(2, min(len(m), 10 * length))], axis=0)
     resid = np.empty_like(m)
     limit = p.clip * rough

@@ -345,3 +345,17 @@ def test_an_alert_on_a_value_whose_square_overflows_names_that_channel(tmp_path)
     raised = [a for a in alerts if a["state"] == "raised"]
     assert len(raised) == 1, alerts
     assert raised[0]["top_channels"][0] == {"channel": "a", "share": 1.0}
+
+
+@pytest.mark.parametrize("unit", [1.0, 1e-6])
+def test_a_channel_in_small_units_alerts_as_in_large_ones(tmp_path, unit):
+    # A displacement of 20 um (noise 0.02 um, a step of 0.4 um) in metres: the scale's floor was 1e-6 in the
+    # channel's units whatever they were, 150 times the window means' spread there, and the step never alerted.
+    rng = np.random.default_rng(13)
+    x = np.column_stack([20 + rng.normal(0, 0.02, 1200), noise(rng, 1200, 1)[:, 0]])
+    x[800:950, 0] += 0.4
+    x[:, 0] *= unit
+    alerts = run(pipeline(tmp_path), readings(x, ["disp", "b"]))
+    raised = [a for a in alerts if a["state"] == "raised"]
+    assert len(raised) == 1 and 800 <= _row(raised[0]) < 815, alerts
+    assert raised[0]["top_channels"][0]["channel"] == "disp"
