@@ -326,6 +326,7 @@ class Cleaner:
             st.intervals.append(r.ts - last_ts)
             if len(st.intervals) >= LEARN_INTERVALS:
                 st.interval = float(np.median(st.intervals))
+                hold_s = self.hold_s(st)  # this reading's gap too is judged by the interval it taught
                 if HOLD_INTERVALS * st.interval > self.max_hold_s > 0:
                     log.info("sensor %s reports every %.3g s: values held and gaps tolerated up to %.3g s",
                              clip(r.sensor) or "-", st.interval, self.hold_s(st))

@@ -539,3 +539,16 @@ def test_a_settled_sensor_accepts_and_refuses_exactly_as_the_first_readings_are_
                 assert v is None and c.snapshot("reject.") == {expected: 1}, (settled, values)
             else:
                 assert v is not None and v.values.tolist() == expected and c.snapshot("reject.") == {}, (settled, values)
+
+
+def test_the_reading_that_teaches_a_slow_sensor_s_interval_is_judged_by_it(caplog):
+    # The 9th reading of a sensor every 300 s taught its interval ("gaps tolerated up to 900 s") and was then
+    # judged by the 5 s it arrived with: "300.0 s without a reading: its windows start again", one more reset.
+    cl, c, resets = _cleaner()
+    with caplog.at_level(logging.INFO, logger="agent.clean"):
+        for i in range(12):
+            assert cl.clean(Reading(ts=300.0 * i, values={"a": 1.0, "b": 2.0})) is not None
+    assert cl.interval_of("") == 300.0
+    assert c.get("gap.time_gap") == 7  # readings 2 to 8 (a slow sensor's every reading while it is learnt), no more
+    assert len(resets.sensors) == 7
+    assert "without a reading" not in caplog.text
