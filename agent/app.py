@@ -130,8 +130,9 @@ class Agent:
             if a.pipeline is not None and a.pipeline.snapshot.calibrating:
                 cal = a.pipeline.calibrator
                 span = f"{cal.duration_s:g} s of data" if cal.duration_s else f"{cal.samples} readings"
-                log.info("teach-in%s: the first %s are taken as normal (no alerts until then)",
-                         f" of {a.id}" if a.id else "", span)
+                log.info("teach-in%s: the first %s are taken as normal (no alerts until then)%s",
+                         f" of {a.id}" if a.id else "", span,
+                         f"; {cal.resumed} readings of it from before the restart" if cal.resumed else "")
 
     def run(self) -> int:
         """Run until the replays end or a signal arrives; the process exit code."""

@@ -11,6 +11,9 @@ fold more normal data in:
 * before fitting, the two halves of the teach-in are checked against each other (:func:`agent.contamination.contamination`,
   for every model): a fault or a change of operating point inside the teach-in is reported (log, status,
   ``edge-agent calibrate``) and, when one half is consistent, only that half is fitted;
+* a teach-in still running is kept in ``STATE_DIR/teach-in.npz`` every ``CHECKPOINT_S`` of wall time and at a
+  clean stop (:meth:`Calibrator.checkpoint`), and resumed after a restart (a power cut on day 6 of a 7-day
+  teach-in does not start it again); it is removed when the teach-in completes or is reset;
 * ``fold(alert_id, rows)`` — an operator's ``false_positive`` label: the alert's readings are normal too, the model
   is refitted on teach-in + folded readings, persisted in ``calibration-feedback.npz``; ``unfold`` undoes it.
 
@@ -24,6 +27,7 @@ import io
 import json
 import logging
 import math
+import time
 from pathlib import Path
 from typing import Sequence
 
@@ -43,6 +47,8 @@ MAX_ROWS = 20_000  # readings kept from one teach-in (a 24 h teach-in at 10 Hz w
 CHUNK = 256  # ... in runs of this many readings: every run, then every 2nd, 4th, ... (spread over the whole span)
 MAX_FOLDED = 100  # alerts whose readings feedback may fold in; the oldest fold goes first
 MAX_FOLD_ROWS = 2_000  # readings folded in per alert
+CHECKPOINT_S = 600.0  # wall-clock seconds between two saves of a running teach-in (at most 20,000 rows: 1.3 MB at 8
+# channels, written a few hundred times over a day's teach-in rather than at every reading: an SD card wears)
 
 
 class Calibrator:
@@ -50,7 +56,7 @@ class Calibrator:
     after a restart; folds in and out the readings of alerts that operators called false."""
 
     def __init__(self, model: Detector, samples: int, state_dir: Path, duration_s: float | None = None,
-                 clock: str = "UTC"):
+                 clock: str = "UTC", checkpoint_s: float = CHECKPOINT_S):
         self.model = model
         self.samples = samples
         self.duration_s = duration_s or None
@@ -59,6 +65,11 @@ class Calibrator:
         self._json = self.state_dir / "calibration.json"
         self._npz = self.state_dir / "calibration.npz"
         self._fold_npz = self.state_dir / "calibration-feedback.npz"
+        self._partial = self.state_dir / "teach-in.npz"  # a teach-in still running (checkpoint)
+        self.checkpoint_s = checkpoint_s
+        self._saved_at = time.monotonic()
+        self._unsaved = False  # readings taken since the last checkpoint
+        self.resumed = 0  # readings taken before a restart (a checkpoint), 0 when none
         self._rows: list[np.ndarray] = []
         self._ts: list[float] = []  # the rows' data times (NaN where a reading had none)
         self._runs: list[int] = []  # the run (of CHUNK readings taken) each kept row belongs to
@@ -69,6 +80,8 @@ class Calibrator:
         self.result: Calibration | None = None
         if self.enabled:
             self.result = self._load()
+            if self.result is None:
+                self._resume()
 
     @property
     def enabled(self) -> bool:
@@ -110,6 +123,7 @@ class Calibrator:
             self._ts.append(ts)
             self._runs.append(run)
         self._seen += 1
+        self._unsaved = True
         if math.isfinite(ts):
             if self._first_ts is None:
                 self._first_ts = ts
@@ -121,12 +135,15 @@ class Calibrator:
             self._ts = [self._ts[k] for k in keep]
             self._runs = [self._runs[k] for k in keep]
         if self.progress < 1.0:
+            if self.checkpoint_s > 0 and time.monotonic() - self._saved_at >= self.checkpoint_s:
+                self.checkpoint()
             return None
         normal = np.vstack(self._rows)
         times = np.asarray(self._ts, dtype=np.float64)
         self._rows, self._ts, self._runs, self._stride = [], [], [], 1
         self.result = fit(self.model, normal, ts=times, clock=self.clock)
         self._save(normal, times)
+        self._partial.unlink(missing_ok=True)
         shaped = daily_channels(self.result, list(self.model.sidecar.channels))
         if shaped:
             log.info("teach-in: a daily profile for %s (%s days; taken out before scoring)", ", ".join(shaped), self.clock)
@@ -137,7 +154,8 @@ class Calibrator:
         self._rows, self._ts, self._runs, self._stride = [], [], [], 1
         self._seen, self._first_ts, self._last_ts = 0, None, None
         self.result = None
-        for p in (self._json, self._npz, self._fold_npz):
+        self.resumed, self._unsaved = 0, False
+        for p in (self._json, self._npz, self._fold_npz, self._partial):
             p.unlink(missing_ok=True)
 
     # -- feedback --------------------------------------------------------------------------------------------
@@ -225,6 +243,59 @@ class Calibrator:
         atomic_write(self._fold_npz, buf.getvalue())
 
     # -- persistence -----------------------------------------------------------------------------------------
+
+    def checkpoint(self) -> None:
+        """Keep a running teach-in's readings (``teach-in.npz``) so that a restart resumes it; every
+        ``checkpoint_s`` from :meth:`add` and at a clean stop. Nothing to do when no reading came since the last."""
+        self._saved_at = time.monotonic()
+        if not self.active or not self._unsaved or not self._rows:
+            return
+        nan = math.nan
+        try:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            buf = io.BytesIO()
+            np.savez(buf, normal=np.vstack(self._rows), ts=np.asarray(self._ts, dtype=np.float64),
+                     runs=np.asarray(self._runs, dtype=np.int64), channels=np.asarray(self.model.sidecar.channels),
+                     sha256=np.asarray(self.model.sha256),
+                     counts=np.asarray([self._stride, self._seen], dtype=np.int64),
+                     span=np.asarray([nan if self._first_ts is None else self._first_ts,
+                                      nan if self._last_ts is None else self._last_ts], dtype=np.float64))
+            atomic_write(self._partial, buf.getvalue())
+            self._unsaved = False
+        except OSError as e:
+            log.warning("could not keep the running teach-in in %s (%s): a restart would start it again",
+                        self.state_dir, e)
+
+    def _resume(self) -> None:
+        """Take up a teach-in that a restart interrupted (its checkpoint), when it was for this model and channels."""
+        channels = list(self.model.sidecar.channels)
+        if not channels or not self._partial.is_file():  # a generic detector learns its channels first
+            return
+        try:
+            with np.load(self._partial, allow_pickle=False) as z:
+                stored, sha = [str(c) for c in z["channels"]], str(z["sha256"])
+                normal = np.asarray(z["normal"], dtype=np.float64)
+                ts = np.asarray(z["ts"], dtype=np.float64).reshape(-1)
+                runs = np.asarray(z["runs"], dtype=np.int64).reshape(-1)
+                stride, seen = (int(x) for x in z["counts"])
+                first, last = (float(x) for x in z["span"])
+        except Exception as e:  # noqa: BLE001 - numpy raises many kinds for a damaged file (zipfile, pickle, EOF)
+            set_aside(self._partial, f"the running teach-in is unreadable: {clip(e, 200)}; teach-in starts again")
+            return
+        if stored != channels or sha != self.model.sha256:  # the file is replaced by this teach-in's checkpoint
+            log.info("the teach-in interrupted by the restart was for another model or other channels: it starts again")
+            return
+        if (normal.ndim != 2 or normal.shape[1] != len(channels) or not np.isfinite(normal).all()
+                or len(ts) != len(normal) or len(runs) != len(normal) or stride < 1 or seen < len(normal)):
+            set_aside(self._partial, "the running teach-in's readings are of the wrong shape or not finite; "
+                      "teach-in starts again")
+            return
+        self._rows, self._ts, self._runs = list(normal), ts.tolist(), runs.tolist()
+        self._stride, self._seen, self.resumed = stride, seen, seen
+        self._first_ts = first if math.isfinite(first) else None
+        self._last_ts = last if math.isfinite(last) else None
+        log.info("teach-in resumed after a restart: %d readings%s already taken", seen,
+                 f" ({self.elapsed_s:.0f} s of data)" if self.elapsed_s else "")
 
     def _save(self, normal: np.ndarray, times: np.ndarray) -> None:
         try:
