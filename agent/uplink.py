@@ -64,6 +64,7 @@ class Uplink:
         self._lock = threading.Lock()
         self._inflight: dict[int, tuple[int, float]] = {}  # mid -> (row id, time published)
         self._early_acks: dict[int, float] = {}  # mid -> when its PUBACK came before we recorded the mid
+        self._status_mids: set[int] = set()  # statuses handed to paho and not acknowledged yet
         self._outage_logged = False
         self._thread: threading.Thread | None = None
         self.bytes_out = 0
@@ -146,6 +147,8 @@ class Uplink:
             info = self.client.publish(self.topic("status"), body, qos=1, retain=True)
             if info.rc == mqtt.MQTT_ERR_SUCCESS:
                 self.published_key = key
+            with self._lock:
+                self._status_mids.add(info.mid)
             self.bytes_out += len(body) + len(self.base) + 7
 
     def publish_now(self, suffix: str, payload: dict[str, Any], qos: int = 0, retain: bool = False) -> bool:
@@ -210,6 +213,7 @@ class Uplink:
                 hint = refused_hint(reason_code)
                 self._outage(f"broker {self.s.host}:{self.s.port} refused the connection: {reason_code}{hint}")
                 return
+            self._forget_stale_statuses(client)
             self.connected.set()
             self.counters.inc("uplink.connects")
             if self._outage_logged:
@@ -228,6 +232,17 @@ class Uplink:
             self._wake.set()
         except Exception:  # noqa: BLE001 - an exception must not escape into paho's thread
             log.exception("error in on_connect")
+
+    def _forget_stale_statuses(self, client: mqtt.Client) -> None:
+        """Statuses the last connection never acknowledged: paho would send them again right after the fresh one
+        this connect publishes, and the broker would keep the stale one as the retained status (a connection that
+        died silently: a hung broker, a partition). Relies on paho 2.x internals, as agent/sources/mqtt_read.py."""
+        with self._lock:
+            mids, self._status_mids = self._status_mids, set()
+        if mids:
+            with client._out_message_mutex:
+                for mid in mids:
+                    client._out_messages.pop(mid, None)
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
         try:
@@ -248,6 +263,7 @@ class Uplink:
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason_code: Any, properties: Any) -> None:
         try:
             with self._lock:
+                self._status_mids.discard(mid)
                 entry = self._inflight.get(mid)
                 if entry is None:  # not ours yet (or status/replies, which are not tracked)
                     self._early_acks[mid] = time.monotonic()
