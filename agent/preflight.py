@@ -62,6 +62,7 @@ def check(settings: Settings, environ: Mapping[str, str]) -> tuple[list[str], li
                 problems += found
     else:
         problems += _against_sidecar(settings)
+    problems += _replay_files(settings)
     for path, env in _secret_files(settings):
         try:
             read_secret_file(path, env, warnings)
@@ -80,6 +81,18 @@ def unknown_environment(environ: Mapping[str, str]) -> list[str]:
         if upper.startswith(ENV_PREFIX) and upper not in known:
             hint = difflib.get_close_matches(upper, known, n=1)
             out.append(f"{key} in the environment is not a setting (ignored)" + (f"; did you mean {hint[0]}?" if hint else ""))
+    return out
+
+
+def _replay_files(settings: Settings) -> list[str]:
+    """A replay whose recording is not a file: ``run`` cannot start it, so ``check-config`` says so too."""
+    sources = ([(a.source, f"assets[{i}] ({a.id}).source.path") for i, a in enumerate(settings.assets)]
+               if settings.assets else [(settings.source, f"{ENV_PREFIX}SOURCE__PATH")])
+    out = []
+    for src, name in sources:
+        path = getattr(src, "path", None) if src.kind == "replay" else None
+        if path is not None and not Path(path).is_file():
+            out.append(f"{name}={path}: no such file (a recorded CSV to replay)")
     return out
 
 

@@ -99,7 +99,7 @@ class ReplaySource:
         self._state = CONNECTING
         self._closed = threading.Event()
         if not self.path.is_file():
-            raise FileNotFoundError(f"replay recording {self.path} not found")
+            raise FileNotFoundError(f"EDGE_AGENT_SOURCE__PATH={self.path}: no such file (a recorded CSV to replay)")
         self._channels = recording_channels(self.path)  # a header it cannot play is refused at start (exit 78)
         self.problems: list[str] = []
 

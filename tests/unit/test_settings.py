@@ -184,6 +184,17 @@ def test_run_refuses_k_over_n_before_starting(tmp_path):
     assert r.returncode == 78 and "EDGE_AGENT_DECISION__K=6" in r.stderr
 
 
+@pytest.mark.parametrize("command", ["check-config", "run"])
+def test_a_missing_replay_recording_is_exit_78_naming_the_variable(tmp_path, command):
+    """check-config must refuse what run refuses (the deploy checks a file with it before the restart), and both
+    name the variable."""
+    for bad in (tmp_path / "nope.csv", tmp_path):  # missing, and a directory
+        r = _cli(command, env={"EDGE_AGENT_SOURCE__PATH": str(bad), "EDGE_AGENT_STATE_DIR": str(tmp_path / "s"),
+                               "EDGE_AGENT_MQTT__PORT": "1", "EDGE_AGENT_DRAIN_TIMEOUT_S": "0"})
+        assert r.returncode == 78, r.stderr
+        assert f"EDGE_AGENT_SOURCE__PATH={bad}: no such file" in r.stderr, r.stderr
+
+
 # -- issue 12 item 12: password files and unknown variables in the environment -----------------------------------
 
 
