@@ -216,7 +216,8 @@ def explain_receive_failure(text: str, prefix: str = UPSTREAM) -> str:
         return f"requires a client certificate: set {prefix}CERT_FILE and {prefix}KEY_FILE"
     if "CERTIFICATE" in text.upper():
         return f"refused our client certificate ({text.split(':', 1)[-1].strip()})"
-    return f"dropped the connection ({text}; a TLS listener does this to a plain connection: check {prefix}TLS)"
+    return (f"dropped the connection ({text}; once, a broker restarting does this; at every attempt, a TLS listener "
+            f"does it to a plain connection: check {prefix}TLS)")
 
 
 def refused_hint(reason_code: Any, prefix: str = UPSTREAM) -> str:
