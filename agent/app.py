@@ -25,6 +25,7 @@ from agent.evidence import EvidenceStore
 from agent.files import probe_state_dir
 from agent.health import Heartbeats, HealthMonitor
 from agent.outbox import Outbox
+from agent.receipt import follow_steps_beyond
 from agent.runtime import Guard, PipelineLoop, Readings
 from agent.settings import Settings, flat_env
 from agent.signals import SignalCounter
@@ -59,6 +60,7 @@ class Agent:
         self.outbox = Outbox(s.state_dir / "outbox.db", self.counters, s.outbox.max_rows, s.outbox.max_bytes)
         self.feeds = build_feeds(s, self.counters)
         self.assets = build_assets(s, self.counters, self.evidence, ModelCache(), source_channels(self.feeds, s))
+        follow_steps_beyond([a.settings.cleaning.max_time_jump_s for a in self.assets])  # agent/receipt.py
         for a in self.assets:
             threshold = load_overrides(a.overrides_path).get("threshold")
             if threshold is not None and a.pipeline is not None:

@@ -203,9 +203,11 @@ class AlertPolicy:
     def allow(self, sensor: str, ts: float) -> bool:
         """May an alert be raised on ``sensor`` at ``ts``? (records it when yes)."""
         last = self._last_clear.get(sensor)
-        if self.cooldown_s and last is not None and ts - last < self.cooldown_s:
+        if self.cooldown_s and last is not None and 0 <= ts - last < self.cooldown_s:  # < 0: the clock stepped back
             return False
         if self.rate_limit_per_hour:
+            if self._raises and ts < self._raises[-1]:  # data time stepped back (a clock step): the hour starts here
+                self._raises.clear()
             while self._raises and ts - self._raises[0] >= 3600:
                 self._raises.popleft()
             if len(self._raises) >= self.rate_limit_per_hour:

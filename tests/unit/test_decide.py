@@ -120,6 +120,10 @@ def test_a_quiet_period_keeps_every_score():
         (60, 0, [("clear", "a", 0), ("raise", "a", 30), ("raise", "a", 61), ("raise", "b", 31)], [False, True, True]),
         (0, 2, [("raise", "a", 0), ("raise", "a", 10), ("raise", "a", 20), ("raise", "a", 3600)], [True, True, False, True]),
         (0, 0, [("raise", "a", t) for t in range(100)], [True] * 100),
+        # data time stepped back two hours (a clock step): neither the cooldown nor the hour holds alerts back
+        (60, 0, [("clear", "a", 10_000), ("raise", "a", 2_810)], [True]),
+        (0, 2, [("raise", "a", 10_000), ("raise", "a", 10_010), ("raise", "a", 2_820), ("raise", "a", 2_830),
+                ("raise", "a", 2_840)], [True, True, True, True, False]),
     ],
 )
 def test_policy_cooldown_and_rate_limit(cooldown, limit, events, expected):
