@@ -260,6 +260,7 @@ class PipelineLoop:
                 events = a.pipeline.finish()
                 working_on("")
                 self._emit(a, events)
+        self.heartbeats.forget("pipeline")  # done, not stalled: the outbox may take a while to drain
         self.done.set()
 
     def _block(self, items: list[Any]) -> None:

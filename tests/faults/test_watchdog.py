@@ -113,6 +113,25 @@ def test_hung_inference_stops_the_pings_and_the_supervisor_restarts_it(tmp_path,
         assert p2.wait(30) == 0
 
 
+def test_draining_the_outbox_at_the_end_is_not_a_stall(tmp_path):
+    """The recording ended and the pipeline is done; the outbox drains for DRAIN_TIMEOUT_S (no broker): the pings
+    go on and nothing is reported stalled (before: the pipeline's last heartbeat aged, "stage pipeline made no
+    progress", the pings stopped and systemd would have killed an agent that was only waiting for its broker)."""
+    from tests.conftest import free_port
+
+    sup = Supervisor(tmp_path)
+    env = sup.env(agent_env(tmp_path / "state", free_port(), EDGE_AGENT_STALL_S="1", EDGE_AGENT_DRAIN_TIMEOUT_S="5"))
+    p = _start(env, tmp_path / "drain.log")
+    try:
+        assert sup.supervise(p, timeout=90) == "exited"
+    finally:
+        if p.poll() is None:
+            p.kill()
+    log = (tmp_path / "drain.log").read_text()
+    assert p.returncode == 0 and "still in the outbox after 5 s" in log, log
+    assert "made no progress" not in log, log
+
+
 @pytest.mark.parametrize("thread", ["health", "uplink", "pipeline"])
 def test_a_thread_that_dies_stops_the_process_with_exit_1(tmp_path, live_broker, thread):
     """Every thread runs under one guard: a stage that raises is logged and the process exits 1, so that systemd
