@@ -32,7 +32,7 @@ from typing import Any, Callable, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from agent import season
+from agent import glitch, season
 from agent.model_spec import CalibrationSpec, DecisionSpec, ModelError, WindowSpec
 from agent.records import Contributions
 from agent.window import Normaliser
@@ -156,10 +156,15 @@ class GenericModel:
                 normal = normal - season.fine(profile)[season.index(ts, spec.detector.season)]
         from agent.contamination import contamination  # it fits with this module's _fit: imported when used
 
+        normal, glitched = glitch.remove(normal, list(spec.channels), lambda rows: np.asarray(
+            _fit(rows, spec.window.length, spec.detector, spec.threshold)["scale"]))
         found = contamination(normal, spec.channels, spec.detector, spec.window.length, spec.threshold) if check else None
         out: dict[str, Any] = {}
+        if glitched is not None:
+            out["warning"] = glitched
         if found is not None:
-            out["warning"], keep = found
+            out["warning"] = found[0] if glitched is None else f"{found[0]}; {glitched}"
+            keep = found[1]
             if keep is not None:  # fit on the half that is consistent with itself
                 normal = normal[keep[0]:keep[1]]
                 out["fitted_on"] = list(keep)

@@ -1,0 +1,57 @@
+"""Glitches in a teach-in (agent/glitch.py): an error value that a sensor sends now and then must not set what
+the generic detector learns and blind the channel silently; the machine's own bursts are reported and kept."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from agent import glitch
+from agent.detectors import open_model
+
+
+def _temperature(n: int = 400, seed: int = 2) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.c_[20 + rng.normal(0, 0.5, n), 3 + rng.normal(0, 0.1, n)]
+
+
+def _fit(rows: np.ndarray) -> dict:
+    return open_model("generic").with_channels(["temperature", "pressure"]).fit(rows)
+
+
+def test_an_error_value_in_the_teach_in_is_left_out_and_reported():
+    clean = _temperature()
+    rows = clean.copy()
+    rows[100, 0] = rows[300, 0] = -9999.0  # one in each half: the teach-in check saw two consistent halves
+    got, want = _fit(rows), _fit(clean)
+    assert got["scale"][0] < 1.05 * want["scale"][0]  # as if they had never come (held at the reading before)
+    assert "2 readings of -9999" in got["warning"] and "temperature" in got["warning"]
+    assert "EDGE_AGENT_CLEANING__RANGES" in got["warning"] and "pressure" not in got["warning"]
+    model = open_model("generic").with_channels(["temperature", "pressure"])
+    scorer = model.scorer(got)
+    warm = np.tile([25.0, 3.0], (10, 1))  # five degrees up: alerted
+    assert scorer.score(warm)[0] > got["threshold"]
+
+
+def test_far_readings_of_differing_values_are_reported_and_kept():
+    rng = np.random.default_rng(4)
+    rows = _temperature(2000)
+    at = [300, 500, 700, 1200, 1600, 1800]  # in both halves (in one, the teach-in check would fit on the other)
+    rows[at, 1] = 3 + rng.uniform(40, 90, 6)  # bursts of the machine's own: differing values
+    got = _fit(rows)
+    assert got["warning"].startswith("pressure: 6 reading(s) far from all the others")
+    assert "calibrate --reset" in got["warning"]
+    assert got["scale"][1] > 10 * _fit(_temperature(2000))["scale"][1]  # learnt as they are: nothing left out
+
+
+def test_a_quantised_channel_and_a_stop_are_not_glitches():
+    rng = np.random.default_rng(6)
+    flow = np.where(rng.random(400) < 0.9, 32.0, 33.0)  # on one step most of the time, the next one now and then
+    stop = np.r_[np.full(200, 80.0) + rng.normal(0, 0.2, 200), np.full(20, 20.0), np.full(180, 80.0)]
+    assert not glitch.find(np.c_[flow, stop]).any()
+
+
+def test_a_constant_channel_with_an_error_value_is_found():
+    rows = np.c_[np.full(400, 5.0), np.full(400, 1.0)]
+    rows[[50, 51, 320], 0] = 65535.0
+    mask = glitch.find(rows)
+    assert mask[:, 0].sum() == 3 and not mask[:, 1].any()
