@@ -310,13 +310,25 @@ class Calibrator:
             log.warning("could not persist calibration in %s (%s): teach-in repeats after a restart", self.state_dir, e)
 
     def stored_channels(self) -> list[str] | None:
-        """The channels of the stored calibration, if any (a generic detector learns its channels from them)."""
+        """The channels of the stored calibration, else of a running teach-in's checkpoint, if any (a generic
+        detector learns its channels from them)."""
         try:
             data = json.loads(self._json.read_text())
         except (OSError, ValueError):
-            return None
+            try:
+                with np.load(self._partial, allow_pickle=False) as z:
+                    return [str(c) for c in z["channels"]] or None
+            except Exception:  # noqa: BLE001 - none, or damaged: _resume sets it aside when it reads it
+                return None
         ch = data.get("channels") if isinstance(data, dict) else None
         return [str(c) for c in ch] if isinstance(ch, list) and ch else None
+
+    def kept_at(self) -> float | None:
+        """When a running teach-in was last kept (its checkpoint's time, wall clock), None without one."""
+        try:
+            return self._partial.stat().st_mtime if self.resumed else None
+        except OSError:
+            return None
 
     def _load(self) -> Calibration | None:
         channels = list(self.model.sidecar.channels)

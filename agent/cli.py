@@ -188,6 +188,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from agent.assets import load_model
     from agent.calibrate import Calibrator
     from agent.infer import ModelError
+    from agent.parse import iso
 
     try:
         settings = _settings(args)
@@ -214,6 +215,10 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             print(f"calibration in {state_dir} removed: teach-in starts again on the next start")
             continue
         results[asset_id] = {"calibrated": True, **cal.result.to_json()} if cal.result else {"calibrated": False}
+        kept = cal.kept_at()
+        if cal.result is None and kept is not None:  # a teach-in under way, as last kept (every 10 min, at a stop)
+            results[asset_id]["teach_in"] = {"collected": cal.collected, "elapsed_s": round(cal.elapsed_s, 1),
+                                             "kept_at": iso(kept)}
         if cal.result is not None:
             _add_alert_levels(results[asset_id], cal.result, eff, state_dir)
         if cal.result is not None and cal.result.warning:

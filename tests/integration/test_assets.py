@@ -233,7 +233,8 @@ calibration = {{ samples = 50 }}
     assert shown.returncode == 0, shown.stderr
     result = json.loads(shown.stdout)
     assert set(result) == {"pump-1", "pump-2", "bench", "comp", "fan"}, result
-    assert result["pump-1"]["calibrated"] is True and result["fan"] == {"calibrated": False}
+    assert result["pump-1"]["calibrated"] is True and result["fan"]["calibrated"] is False
+    assert result["fan"]["teach_in"]["collected"] == 30  # its teach-in under way, kept at the stop in its own dir
     one = run_agent(env, "calibrate", "--asset", "pump-2")
     assert json.loads(one.stdout) == {"pump-2": result["pump-2"]}
     refused = run_agent(env, "calibrate", "--reset")

@@ -4,6 +4,7 @@ and sends the same alerts as ``evaluate`` of the whole recording (agent/calibrat
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 
@@ -34,6 +35,10 @@ def test_a_teach_in_stopped_halfway_is_resumed_and_alerts_as_an_uninterrupted_on
     assert m, a.log[-3000:]
     taken = int(m.group(1))
     assert 0 < taken < 289 and (state / "teach-in.npz").is_file()
+    shown = run_agent(agent_env(state, live_broker.port, **env), "calibrate")  # what an engineer on the box sees
+    assert shown.returncode == 0, shown.stderr
+    teach_in = json.loads(shown.stdout)["teach_in"]
+    assert teach_in["collected"] == taken and teach_in["elapsed_s"] == 300.0 * (taken - 1)
 
     lines = f.read_text().splitlines()
     rest = tmp_path / "rest.csv"  # what the machine went on to send after the restart
