@@ -37,6 +37,7 @@ from agent.calibration import (Calibration, Detector, daily_channels, fit, make_
                                sidecar_normaliser)
 from agent.files import atomic_write, set_aside
 from agent.logsafe import clip
+from agent.parse import iso
 
 __all__ = ["CHUNK", "MAX_FOLDED", "MAX_FOLD_ROWS", "MAX_ROWS", "Calibration", "Calibrator", "Detector",
            "daily_channels", "fit", "make_scorer", "parse_calibration", "sidecar_normaliser"]
@@ -117,6 +118,11 @@ class Calibrator:
         """Take one normal vector; returns the Calibration when this one completed teach-in."""
         if not self.active:
             return None
+        if self.resumed and self._seen == self.resumed and self._last_ts is not None and ts <= self._last_ts:
+            log.info("the teach-in kept before the restart ends at %s and the readings start again at %s (a recording "
+                     "replayed from its start?): it starts again", iso(self._last_ts), iso(ts))
+            self._rows, self._ts, self._runs, self._stride = [], [], [], 1
+            self._seen, self._first_ts, self._last_ts, self.resumed = 0, None, None, 0
         run = self._seen // CHUNK
         if run % self._stride == 0:
             self._rows.append(np.asarray(values, dtype=np.float64))

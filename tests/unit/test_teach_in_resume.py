@@ -108,3 +108,17 @@ def test_a_reset_forgets_the_running_teach_in(tmp_path):
     cal.reset()
     assert not (tmp_path / "teach-in.npz").exists() and cal.collected == 0
     assert Calibrator(_model(), 400, tmp_path).collected == 0
+
+
+def test_readings_that_start_again_before_the_checkpoint_start_the_teach_in_again(tmp_path, caplog):
+    """A recording replayed from its start after the restart: its readings are those the checkpoint holds, not
+    more of the teach-in; it starts again (else the teach-in would hold them twice and end early)."""
+    caplog.set_level(logging.INFO)
+    rows, ts = _data(600)
+    first = Calibrator(_model(), 400, tmp_path, checkpoint_s=0)
+    _feed(first, rows[:300], ts[:300], 0)
+    first.checkpoint()
+    again = Calibrator(_model(), 400, tmp_path, checkpoint_s=0)
+    assert again.resumed == 300
+    end, _ = _feed(again, rows, ts, 0)  # from the first reading again
+    assert end == 399 and "a recording replayed from its start?" in caplog.text
