@@ -7,8 +7,9 @@ reading before them); readings far out at differing values may be the machine's 
 counter) and stay in. ``EDGE_AGENT_CLEANING__RANGES`` refuses an error value for good.
 
 A glitch is a run of at most ``MAX_RUN`` readings further than ``SIGMAS`` robust sigmas (1.4826 x the median
-absolute deviation, or the central 90 % of the readings' spread / 3.29 where most readings are one value) from the
-channel's median, and it is acted on only when it widens the channel's scale
+absolute deviation, or the central 90 % of the readings' spread / 3.29 where most readings are one value) and
+``LEVELS`` times the channel's level from the channel's median (a quantised channel's rare next step, 5.1 on a
+channel at 5.0, is no glitch: an operator's ``false_positive`` label folds it in), and it is acted on only when it widens the channel's scale
 ``WIDENS`` times or more. On SKAB's 24 teach-ins (400 readings) nothing is found; on NAB's 21 stand-ins (teach-ins
 of 1,000 to 3,000 readings) three network and key-press counters' bursts are reported and left in.
 """
@@ -22,6 +23,7 @@ import numpy as np
 SIGMAS = 50.0  # how far from the channel's median a glitch is, in robust sigmas
 MAX_RUN = 3  # readings in a row at most: longer is a change of level (a stop), which the teach-in check judges
 WIDENS = 10.0  # acted on only when the glitches widen the channel's scale this many times or more
+LEVELS = 10.0  # ... and at least this many times the channel's level (its median) away from it
 
 
 def _runs(far: np.ndarray) -> np.ndarray:
@@ -52,7 +54,8 @@ def find(normal: np.ndarray) -> np.ndarray:
         # robust sigma: the median absolute deviation's, or (mostly one value: a quantised channel on one step)
         # the central 90 %'s as a normal distribution's, or (constant but for the glitches) a millionth of the level
         s = max(1.4826 * float(np.median(dev)), float(hi - lo) / 3.29, 1e-6 * max(1.0, abs(med)))
-        far = dev > SIGMAS * s
+        far = (dev > SIGMAS * s) & (dev > LEVELS * max(abs(med), s))  # and absurd for the channel's level:
+        # a quantised channel's rare next step (5.1 on a channel at 5.0) is neither, an error value (-9999) both
         if far.any():
             mask[:, c] = _runs(far)
     return mask

@@ -55,3 +55,24 @@ def test_a_constant_channel_with_an_error_value_is_found():
     rows[[50, 51, 320], 0] = 65535.0
     mask = glitch.find(rows)
     assert mask[:, 0].sum() == 3 and not mask[:, 1].any()
+
+
+def test_a_false_positive_on_a_channel_still_at_one_value_in_its_teach_in_still_teaches(tmp_path):
+    """A quantised channel that did not move in its teach-in (5.0) and then sometimes reads the next step (5.1)
+    alerts; the operator's ``false_positive`` label folds those readings in, and the refit must keep them (they
+    are the machine's, not an error value): no alert after the label (with them left out as glitches: 29 in the
+    hour after it)."""
+    from agent.evaluate import Evaluation
+
+    rng = np.random.default_rng(1)
+    lines = ["timestamp,a,b"]
+    for i in range(4000):
+        b = 5.0 if i < 400 else (5.1 if rng.random() < 0.3 else 5.0)
+        lines.append(f"{1_700_000_000 + i},{20 + rng.normal(0, 0.3):.3f},{b:.1f}")
+    f = tmp_path / "steps.csv"
+    f.write_text("\n".join(lines) + "\n")
+    ev = Evaluation.create()
+    ev.label_false = 1
+    res = ev.run(f, labelled=False)
+    after = res.after_labels()
+    assert after is not None and after["labelled"] == 1 and after["alerts"] == 0, after
