@@ -118,9 +118,12 @@ class Calibrator:
         """Take one normal vector; returns the Calibration when this one completed teach-in."""
         if not self.active:
             return None
-        if self.resumed and self._seen == self.resumed and self._last_ts is not None and ts <= self._last_ts:
-            log.info("the teach-in kept before the restart ends at %s and the readings start again at %s (a recording "
-                     "replayed from its start?): it starts again", iso(self._last_ts), iso(ts))
+        # readings from where the kept teach-in began (a recording replayed from its start) are not more of it; a
+        # clock behind the last kept reading is not that: a gateway without a real-time clock boots after a power
+        # cut with the time it last saved (fake-hwclock: hourly)
+        if self.resumed and self._seen == self.resumed and self._first_ts is not None and ts <= self._first_ts:
+            log.info("the teach-in kept before the restart began at %s and the readings start again at %s (a "
+                     "recording replayed from its start?): it starts again", iso(self._first_ts), iso(ts))
             self._rows, self._ts, self._runs, self._stride = [], [], [], 1
             self._seen, self._first_ts, self._last_ts, self.resumed = 0, None, None, 0
         run = self._seen // CHUNK
@@ -250,12 +253,13 @@ class Calibrator:
 
     # -- persistence -----------------------------------------------------------------------------------------
 
-    def checkpoint(self) -> None:
+    def checkpoint(self) -> bool:
         """Keep a running teach-in's readings (``teach-in.npz``) so that a restart resumes it; every
-        ``checkpoint_s`` from :meth:`add` and at a clean stop. Nothing to do when no reading came since the last."""
+        ``checkpoint_s`` from :meth:`add` and at a clean stop. Nothing to do when no reading came since the last.
+        False when it could not be kept."""
         self._saved_at = time.monotonic()
         if not self.active or not self._unsaved or not self._rows:
-            return
+            return True
         nan = math.nan
         try:
             self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -268,9 +272,11 @@ class Calibrator:
                                       nan if self._last_ts is None else self._last_ts], dtype=np.float64))
             atomic_write(self._partial, buf.getvalue())
             self._unsaved = False
+            return True
         except OSError as e:
-            log.warning("could not keep the running teach-in in %s (%s): a restart would start it again",
-                        self.state_dir, e)
+            log.warning("could not keep the running teach-in in %s (%s): a restart would resume it from where it "
+                        "was last kept, if ever", self.state_dir, e)
+            return False
 
     def _resume(self) -> None:
         """Take up a teach-in that a restart interrupted (its checkpoint), when it was for this model and channels."""

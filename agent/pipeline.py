@@ -377,9 +377,8 @@ class Pipeline:
         """The last aligned readings and the final summary (end of a replay, shutdown)."""
         out = [e for a in self.aligner.flush() for e in self._process(a)] if self.aligner is not None else []
         if self.calibrator.active and self.calibrator.collected:  # kept: the next start resumes it
-            self.calibrator.checkpoint()
-            log.info("teach-in not finished: %d readings taken (%.0f %%), kept for the next start",
-                     self.calibrator.collected, 100 * self.calibrator.progress)
+            log.info("teach-in not finished: %d readings taken (%.0f %%)%s", self.calibrator.collected,
+                     100 * self.calibrator.progress, ", kept for the next start" if self.calibrator.checkpoint() else "")
         out.append(self._summary(None, final=True))
         self._publish_if_changed()
         return out

@@ -77,3 +77,25 @@ def test_a_full_disk_with_the_outbox_reserve_gives_it_up_and_starts(tmp_path: Pa
     assert r.returncode != 78, r.stderr
     assert "corrupt" not in r.stderr
     assert os.path.exists(state / "outbox.db")
+
+
+def test_a_teach_in_checkpoint_that_does_not_fit_leaves_no_half_written_file(tiny_fs: Path) -> None:
+    """A running teach-in kept on a card with too little room: it says so and leaves nothing behind (a half-written
+    ``teach-in.npz.tmp`` filled the disk, and the outbox and every other state file failed after it)."""
+    import shutil
+
+    import numpy as np
+
+    from agent.calibrate import Calibrator
+    from agent.detectors import open_model
+
+    model = open_model("generic").with_channels([f"c{i}" for i in range(8)])
+    state = tiny_fs / "state"
+    cal = Calibrator(model, 100_000, state, checkpoint_s=0)
+    rng = np.random.default_rng(0)
+    for i in range(20_000):  # 20,000 readings of 8 channels: 1.3 MB, more than the 1 MB disk
+        cal.add(rng.normal(size=8), float(i))
+    state.mkdir()
+    free = shutil.disk_usage(tiny_fs).free
+    assert cal.checkpoint() is False
+    assert list(state.iterdir()) == [] and shutil.disk_usage(tiny_fs).free == free

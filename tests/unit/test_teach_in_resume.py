@@ -122,3 +122,18 @@ def test_readings_that_start_again_before_the_checkpoint_start_the_teach_in_agai
     assert again.resumed == 300
     end, _ = _feed(again, rows, ts, 0)  # from the first reading again
     assert end == 399 and "a recording replayed from its start?" in caplog.text
+
+
+def test_a_clock_behind_the_last_reading_kept_resumes_the_teach_in(tmp_path, caplog):
+    """A gateway without a real-time clock boots after a power cut with the time it last saved (fake-hwclock:
+    hourly), so the first reading after it is older than the last one kept: that is not a replay from the start,
+    the teach-in goes on (before: it started again, and a 7-day teach-in lost its 6 days)."""
+    caplog.set_level(logging.INFO)
+    rows, ts = _data(600)  # a reading a minute
+    first = Calibrator(_model(), 500, tmp_path, checkpoint_s=0)
+    _feed(first, rows[:300], ts[:300], 0)
+    first.checkpoint()
+    again = Calibrator(_model(), 500, tmp_path, checkpoint_s=0)
+    behind = ts - 20 * 60.0  # the clock 20 minutes behind the last reading kept
+    end, _ = _feed(again, rows, behind, 300)
+    assert end == 499 and again.collected == 500 and "starts again" not in caplog.text
