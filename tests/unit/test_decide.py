@@ -124,6 +124,9 @@ def test_a_quiet_period_keeps_every_score():
         (60, 0, [("clear", "a", 10_000), ("raise", "a", 2_810)], [True]),
         (0, 2, [("raise", "a", 10_000), ("raise", "a", 10_010), ("raise", "a", 2_820), ("raise", "a", 2_830),
                 ("raise", "a", 2_840)], [True, True, True, True, False]),
+        # ... but two sensors whose clocks are a few seconds apart do not get round the limit
+        (0, 2, [("raise", "a", 100), ("raise", "b", 97), ("raise", "a", 200), ("raise", "b", 197)],
+         [True, True, False, False]),
     ],
 )
 def test_policy_cooldown_and_rate_limit(cooldown, limit, events, expected):
