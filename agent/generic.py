@@ -156,7 +156,7 @@ class GenericModel:
                 normal = normal - season.fine(profile)[season.index(ts, spec.detector.season)]
         from agent.contamination import contamination  # it fits with this module's _fit: imported when used
 
-        normal, glitched = glitch.remove(normal, list(spec.channels), lambda rows: np.asarray(
+        glitched = glitch.check(normal, list(spec.channels), lambda rows: np.asarray(
             _fit(rows, spec.window.length, spec.detector, spec.threshold)["scale"]))
         found = contamination(normal, spec.channels, spec.detector, spec.window.length, spec.threshold) if check else None
         out: dict[str, Any] = {}

@@ -1,5 +1,5 @@
-"""Glitches in a teach-in (agent/glitch.py): an error value that a sensor sends now and then must not set what
-the generic detector learns and blind the channel silently; the machine's own bursts are reported and kept."""
+"""Glitches in a teach-in (agent/glitch.py): an error value that a sensor sends now and then sets what the generic
+detector learns for that channel; that must not happen silently. They are reported, never taken out."""
 
 from __future__ import annotations
 
@@ -18,36 +18,34 @@ def _fit(rows: np.ndarray) -> dict:
     return open_model("generic").with_channels(["temperature", "pressure"]).fit(rows)
 
 
-def test_an_error_value_in_the_teach_in_is_left_out_and_reported():
+def test_an_error_value_that_blinds_a_channel_is_reported():
     clean = _temperature()
     rows = clean.copy()
     rows[100, 0] = rows[300, 0] = -9999.0  # one in each half: the teach-in check saw two consistent halves
     got, want = _fit(rows), _fit(clean)
-    assert got["scale"][0] < 1.05 * want["scale"][0]  # as if they had never come (held at the reading before)
-    assert "2 readings of -9999" in got["warning"] and "temperature" in got["warning"]
-    assert "EDGE_AGENT_CLEANING__RANGES" in got["warning"] and "pressure" not in got["warning"]
-    model = open_model("generic").with_channels(["temperature", "pressure"])
-    scorer = model.scorer(got)
-    warm = np.tile([25.0, 3.0], (10, 1))  # five degrees up: alerted
-    assert scorer.score(warm)[0] > got["threshold"]
+    assert got["scale"][0] > 100 * want["scale"][0]  # what they do: learnt as they are (nothing is taken out) ...
+    warning = got["warning"]  # ... but said: log, status, edge-agent calibrate
+    assert warning.startswith("temperature: 2 readings of -9999 (one value again and again: a sensor's error value?)")
+    assert "EDGE_AGENT_CLEANING__RANGES" in warning and "calibrate --reset" in warning and "pressure" not in warning
+    assert "warning" not in want
 
 
-def test_far_readings_of_differing_values_are_reported_and_kept():
+def test_far_readings_of_differing_values_are_reported():
     rng = np.random.default_rng(4)
     rows = _temperature(2000)
     at = [300, 500, 700, 1200, 1600, 1800]  # in both halves (in one, the teach-in check would fit on the other)
-    rows[at, 1] = 3 + rng.uniform(40, 90, 6)  # bursts of the machine's own: differing values
+    rows[at, 1] = 3 + rng.uniform(40, 90, 6)  # bursts: differing values
     got = _fit(rows)
     assert got["warning"].startswith("pressure: 6 reading(s) far from all the others")
-    assert "calibrate --reset" in got["warning"]
-    assert got["scale"][1] > 10 * _fit(_temperature(2000))["scale"][1]  # learnt as they are: nothing left out
 
 
-def test_a_quantised_channel_and_a_stop_are_not_glitches():
+def test_a_quantised_channel_a_stop_and_a_contact_are_not_glitches():
     rng = np.random.default_rng(6)
     flow = np.where(rng.random(400) < 0.9, 32.0, 33.0)  # on one step most of the time, the next one now and then
     stop = np.r_[np.full(200, 80.0) + rng.normal(0, 0.2, 200), np.full(20, 20.0), np.full(180, 80.0)]
-    assert not glitch.find(np.c_[flow, stop]).any()
+    rare = np.full(400, 5.0)
+    rare[[40, 200, 350]] = 5.1  # the next step, rarely (what a false_positive label folds in)
+    assert not glitch.find(np.c_[flow, stop, rare]).any()
 
 
 def test_a_constant_channel_with_an_error_value_is_found():
@@ -59,9 +57,8 @@ def test_a_constant_channel_with_an_error_value_is_found():
 
 def test_a_false_positive_on_a_channel_still_at_one_value_in_its_teach_in_still_teaches(tmp_path):
     """A quantised channel that did not move in its teach-in (5.0) and then sometimes reads the next step (5.1)
-    alerts; the operator's ``false_positive`` label folds those readings in, and the refit must keep them (they
-    are the machine's, not an error value): no alert after the label (with them left out as glitches: 29 in the
-    hour after it)."""
+    alerts; the operator's ``false_positive`` label folds those readings in, and the refit keeps them: no alert
+    after the label (with them taken out as an error value, as tried: 29 in the hour after it)."""
     from agent.evaluate import Evaluation
 
     rng = np.random.default_rng(1)
