@@ -120,7 +120,7 @@ def test_draining_the_outbox_at_the_end_is_not_a_stall(tmp_path):
     from tests.conftest import free_port
 
     sup = Supervisor(tmp_path)
-    env = sup.env(agent_env(tmp_path / "state", free_port(), EDGE_AGENT_STALL_S="1", EDGE_AGENT_DRAIN_TIMEOUT_S="5"))
+    env = sup.env(agent_env(tmp_path / "state", free_port(), EDGE_AGENT_STALL_S="2", EDGE_AGENT_DRAIN_TIMEOUT_S="8"))
     p = _start(env, tmp_path / "drain.log")
     try:
         assert sup.supervise(p, timeout=90) == "exited"
@@ -128,7 +128,7 @@ def test_draining_the_outbox_at_the_end_is_not_a_stall(tmp_path):
         if p.poll() is None:
             p.kill()
     log = (tmp_path / "drain.log").read_text()
-    assert p.returncode == 0 and "still in the outbox after 5 s" in log, log
+    assert p.returncode == 0 and "still in the outbox after 8 s" in log, log
     assert "made no progress" not in log, log
 
 
