@@ -156,18 +156,20 @@ class GenericModel:
                 normal = normal - season.fine(profile)[season.index(ts, spec.detector.season)]
         from agent.contamination import contamination  # it fits with this module's _fit: imported when used
 
-        glitched = glitch.check(normal, list(spec.channels), lambda rows: np.asarray(
-            _fit(rows, spec.window.length, spec.detector, spec.threshold)["scale"]))
+        names = list(spec.channels)
+        notes = [glitch.check(normal, names, lambda rows: np.asarray(_fit(rows, spec.window.length, spec.detector,
+                                                                         spec.threshold)["scale"])),
+                 glitch.constant(normal, names)]
         found = contamination(normal, spec.channels, spec.detector, spec.window.length, spec.threshold) if check else None
         out: dict[str, Any] = {}
-        if glitched is not None:
-            out["warning"] = glitched
         if found is not None:
-            out["warning"] = found[0] if glitched is None else f"{found[0]}; {glitched}"
+            notes.insert(0, found[0])
             keep = found[1]
             if keep is not None:  # fit on the half that is consistent with itself
                 normal = normal[keep[0]:keep[1]]
                 out["fitted_on"] = list(keep)
+        if any(notes):
+            out["warning"] = "; ".join(n for n in notes if n)
         out.update(_fit(normal, spec.window.length, spec.detector, spec.threshold))
         if profile is not None:
             out["season"] = {"period_s": spec.detector.season, "profile": np.round(profile, 12).tolist()}

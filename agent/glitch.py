@@ -10,8 +10,11 @@ times where it had been quiet; and an operator's ``false_positive`` label folds 
 A glitch is a run of at most ``MAX_RUN`` readings further than ``SIGMAS`` robust sigmas (1.4826 x the median
 absolute deviation, or the central 90 % of the readings' spread / 3.29 where most readings are one value) and
 ``LEVELS`` times the channel's level from the channel's median (a quantised channel's rare next step, 5.1 on a
-channel at 5.0, is none), and it is reported only when it widens the channel's scale ``WIDENS`` times or more. On SKAB's 24 teach-ins (400 readings) nothing is found; on NAB's 21 stand-ins (teach-ins
-of 1,000 to 3,000 readings) three network and key-press counters' bursts are reported.
+channel at 5.0, is none), and it is reported only when it widens the channel's scale ``WIDENS`` times or more. On
+SKAB's 24 teach-ins (400 readings) nothing is found; on NAB's 21 stand-ins (teach-ins of 1,000 to 3,000 readings)
+three network and key-press counters' bursts are reported.
+
+A channel that did not change at all during the teach-in is reported too (:func:`constant`).
 """
 
 from __future__ import annotations
@@ -81,10 +84,23 @@ def check(normal: np.ndarray, names: list[str], scale_of: Callable[[np.ndarray],
         if len(values) == 1 and n >= 2:
             what = f"{n} readings of {values[0]:.6g} (one value again and again: a sensor's error value?)"
         else:
-            what = (f"{n} reading(s) far from all the others (" + ", ".join(f"{v:.6g}" for v in normal[mask[:, c], c][:3])
-                    + (f" and {n - 3} more" if n > 3 else "") + ")")
+            shown = ", ".join(f"{v:.6g}" for v in normal[mask[:, c], c][:3]) + (f" and {n - 3} more" if n > 3 else "")
+            what = f"{n} reading(s) far from all the others ({shown})"
         said.append(f"{names[c]}: {what} widen its scale {widen[c]:.3g} times")
     if not said:
         return None
     return ("; ".join(said) + ": it alerts only on changes that large; if they are not normal operation, refuse them "
             "(EDGE_AGENT_CLEANING__RANGES) and teach in again (edge-agent calibrate --reset)")
+
+
+def constant(normal: np.ndarray, names: list[str]) -> str | None:
+    """The channels that did not change at all during the teach-in: any change of them alerts (their scale is a
+    millionth of their level), which is right for a value that should never move and noisy for one that moves in
+    normal operation without having done so yet (a setpoint, a status, a slow reading on one quantisation step)."""
+    still = [c for c in range(normal.shape[1]) if len(normal) and float(np.ptp(normal[:, c])) == 0.0]
+    if not still:
+        return None
+    shown = ", ".join(f"{names[c]} ({normal[0, c]:.6g})" for c in still[:5]) + (
+        f" and {len(still) - 5} more" if len(still) > 5 else "")
+    return (f"{shown} did not change during the teach-in: any change alerts; if they change in normal operation, "
+            "teach in longer or label the first such alert false_positive")

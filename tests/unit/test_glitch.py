@@ -73,3 +73,12 @@ def test_a_false_positive_on_a_channel_still_at_one_value_in_its_teach_in_still_
     res = ev.run(f, labelled=False)
     after = res.after_labels()
     assert after is not None and after["labelled"] == 1 and after["alerts"] == 0, after
+
+
+def test_a_channel_that_did_not_change_during_the_teach_in_is_reported():
+    rows = _temperature()
+    rows[:, 1] = 3.0  # a setpoint, a status, a slow reading on one quantisation step
+    got = _fit(rows)
+    assert got["warning"] == ("pressure (3) did not change during the teach-in: any change alerts; if they change in "
+                              "normal operation, teach in longer or label the first such alert false_positive")
+    assert "warning" not in _fit(_temperature())
