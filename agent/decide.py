@@ -206,7 +206,7 @@ class AlertPolicy:
         if self.cooldown_s and last is not None and 0 <= ts - last < self.cooldown_s:  # < 0: the clock stepped back
             return False
         if self.rate_limit_per_hour:
-            if self._raises and ts < self._raises[-1] - 3600:  # data time stepped back more than the hour counted
+            if self._raises and ts < max(self._raises) - 3600:  # data time stepped back more than the hour counted
                 self._raises.clear()  # (a clock step): it starts here (sensors' clocks a few seconds apart: no)
             while self._raises and ts - self._raises[0] >= 3600:
                 self._raises.popleft()

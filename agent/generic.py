@@ -156,18 +156,19 @@ class GenericModel:
                 normal = normal - season.fine(profile)[season.index(ts, spec.detector.season)]
         from agent.contamination import contamination  # it fits with this module's _fit: imported when used
 
-        names = list(spec.channels)
-        notes = [glitch.check(normal, names, lambda rows: np.asarray(_fit(rows, spec.window.length, spec.detector,
-                                                                         spec.threshold)["scale"])),
-                 glitch.constant(normal, names)]
         found = contamination(normal, spec.channels, spec.detector, spec.window.length, spec.threshold) if check else None
         out: dict[str, Any] = {}
+        notes: list[str | None] = []
         if found is not None:
-            notes.insert(0, found[0])
+            notes.append(found[0])
             keep = found[1]
             if keep is not None:  # fit on the half that is consistent with itself
                 normal = normal[keep[0]:keep[1]]
                 out["fitted_on"] = list(keep)
+        names = list(spec.channels)  # what the readings fitted hold (the consistent half, when only it is fitted)
+        notes.append(glitch.check(normal, names, lambda rows: np.asarray(_fit(rows, spec.window.length, spec.detector,
+                                                                              spec.threshold)["scale"])))
+        notes.append(glitch.constant(normal, names))
         if any(notes):
             out["warning"] = "; ".join(n for n in notes if n)
         out.update(_fit(normal, spec.window.length, spec.detector, spec.threshold))

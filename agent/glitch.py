@@ -102,5 +102,6 @@ def constant(normal: np.ndarray, names: list[str]) -> str | None:
         return None
     shown = ", ".join(f"{names[c]} ({normal[0, c]:.6g})" for c in still[:5]) + (
         f" and {len(still) - 5} more" if len(still) > 5 else "")
-    return (f"{shown} did not change during the teach-in: any change alerts; if they change in normal operation, "
+    they = "they change" if len(still) > 1 else "it changes"
+    return (f"{shown} did not change during the teach-in: any change alerts; if {they} in normal operation, "
             "teach in longer or label the first such alert false_positive")

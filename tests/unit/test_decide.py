@@ -127,6 +127,8 @@ def test_a_quiet_period_keeps_every_score():
         # ... but two sensors whose clocks are a few seconds apart do not get round the limit
         (0, 2, [("raise", "a", 100), ("raise", "b", 97), ("raise", "a", 200), ("raise", "b", 197)],
          [True, True, False, False]),
+        # ... and a step back of more than the hour from the newest raise is noticed whatever their order
+        (0, 2, [("raise", "a", 10_000), ("raise", "b", 9_880), ("raise", "a", 6_300)], [True, True, True]),
     ],
 )
 def test_policy_cooldown_and_rate_limit(cooldown, limit, events, expected):

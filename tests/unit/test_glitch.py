@@ -79,6 +79,20 @@ def test_a_channel_that_did_not_change_during_the_teach_in_is_reported():
     rows = _temperature()
     rows[:, 1] = 3.0  # a setpoint, a status, a slow reading on one quantisation step
     got = _fit(rows)
-    assert got["warning"] == ("pressure (3) did not change during the teach-in: any change alerts; if they change in "
+    assert got["warning"] == ("pressure (3) did not change during the teach-in: any change alerts; if it changes in "
                               "normal operation, teach in longer or label the first such alert false_positive")
     assert "warning" not in _fit(_temperature())
+
+
+def test_the_warning_speaks_of_the_readings_fitted():
+    """When the teach-in check fits one half only, the glitch and still-channel notes are about that half: no advice
+    to repeat a teach-in over glitches left out with the other half, and a channel still in the half fitted is named."""
+    rows = _temperature()
+    rows[100, 0] = rows[101, 0] = -9999.0  # both in the first half: the check fits on the second
+    got = _fit(rows)
+    assert got["fitted_on"] == [200, 400] and "-9999" not in got["warning"]
+    rows = _temperature(2000)
+    rows[300:340, 0] = 5.0  # a brief stop in the first half ...
+    rows[1000:, 1] = 3.0  # ... and a setpoint that did not move in the second
+    got = _fit(rows)
+    assert got["fitted_on"] == [1000, 2000] and "pressure (3) did not change" in got["warning"]
