@@ -1,11 +1,12 @@
 """Glitches in a teach-in: a few readings of a channel far away from all the others, back at once (a sensor's
 error value such as -9999 or 65535, a bad decode). Left in, they set the channel's learnt scale: two readings of
--9999 in a temperature's teach-in made its scale 500 times its real wander, and the channel never alerted again,
-silently. Such readings are reported with the teach-in's warning (log, status, ``edge-agent calibrate``), naming the
-channel, the readings and how much wider they make its scale; they are not taken out (measured, 2026-12-02: taking
-out a value repeated made a contact's rare 1 on a channel at 0 an "error value", and that channel then alerted 14
-times where it had been quiet; and an operator's ``false_positive`` label folds such readings in on purpose).
-``EDGE_AGENT_CLEANING__RANGES`` refuses an error value for good; a new teach-in then learns without it.
+-9999 in the teach-in of a temperature at 20 +- 0.5 C made its scale 1,300 times its wander, and the channel never
+alerted again, silently. Such readings are reported with the teach-in's warning (log, status, ``edge-agent
+calibrate``), naming the channel, the readings and how much wider they make its scale; they are not taken out
+(measured, 2026-12-02: taking out a value repeated made a contact's rare 1 on a channel at 0 an "error value", and
+that channel then alerted 14 times where it had been quiet; and an operator's ``false_positive`` label folds such
+readings in on purpose). ``EDGE_AGENT_CLEANING__RANGES`` refuses an error value for good; a new teach-in then
+learns without it.
 
 A glitch is a run of at most ``MAX_RUN`` readings further than ``SIGMAS`` robust sigmas (1.4826 x the median
 absolute deviation, or the central 90 % of the readings' spread / 3.29 where most readings are one value) and
