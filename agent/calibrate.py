@@ -48,8 +48,8 @@ MAX_ROWS = 20_000  # readings kept from one teach-in (a 24 h teach-in at 10 Hz w
 CHUNK = 256  # ... in runs of this many readings: every run, then every 2nd, 4th, ... (spread over the whole span)
 MAX_FOLDED = 100  # alerts whose readings feedback may fold in; the oldest fold goes first
 MAX_FOLD_ROWS = 2_000  # readings folded in per alert
-CHECKPOINT_S = 600.0  # wall-clock seconds between two saves of a running teach-in (at most 20,000 rows: 1.3 MB at 8
-# channels, written a few hundred times over a day's teach-in rather than at every reading: an SD card wears)
+CHECKPOINT_S = 600.0  # wall-clock seconds between two saves of a running teach-in (at most 20,000 rows: 1.6 MB at 8
+# channels with their times, written 144 times over a day's teach-in rather than at every reading: an SD card wears)
 
 
 class Calibrator:

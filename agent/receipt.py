@@ -15,9 +15,8 @@ steps the wall clock back a little (they then advance 1 µs per reading until th
 every reading being refused as ``out_of_order`` until then). A step back of more than ``step_back_s`` (the
 cleaner's ``MAX_TIME_JUMP_S``, set by the agent at start; 0 = never) is followed instead: frozen for that long, the
 stamps would hold every summary, stale check and rate limit still (a clock set back two hours: two hours without a
-summary). The cleaner takes such a step as it takes a device clock's (5 readings that agree:
-the sensor's new time base, ``gaps.time_step``). Thread-safe: paho's thread, the serial thread and Modbus bus
-threads share it.
+summary). The cleaner takes such a step as it takes a device clock's (5 readings that agree: the sensor's new time
+base, ``gaps.time_step``). Thread-safe: paho's thread, the serial thread and Modbus bus threads share it.
 """
 
 from __future__ import annotations

@@ -151,7 +151,6 @@ class Uplink:
             with self._lock:  # acknowledged already (parked in _early_acks): nothing to forget on a reconnect
                 if self._early_acks.pop(info.mid, -1.0) < t0:  # else a mid kept for ever could, once mids wrap,
                     self._status_mids.add(info.mid)  # name an alert that paho must resend
-
             self.bytes_out += len(body) + len(self.base) + 7
 
     def publish_now(self, suffix: str, payload: dict[str, Any], qos: int = 0, retain: bool = False) -> bool:
