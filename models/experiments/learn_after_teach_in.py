@@ -13,7 +13,6 @@ more than one) and, for SKAB, the false alerts on anomaly-free.csv after a teach
 
 from __future__ import annotations
 
-import logging
 import sys
 from pathlib import Path
 
@@ -23,9 +22,8 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 import agent.generic as G  # noqa: E402
-from agent.detectors import open_model  # noqa: E402
-from agent.evaluate import default_settings, find_csvs, pipeline_factory, read_header, run_file, score_file  # noqa: E402
 from agent.records import Contributions  # noqa: E402
+from models.experiments.tally import tally  # noqa: E402
 
 ACCEPT, CAP, PERIOD, TOL = (float(a) for a in sys.argv[1].split(","))
 DATA = Path(sys.argv[2]) if len(sys.argv) > 2 else ROOT.parent / "shared" / "data" / "skab"
@@ -73,28 +71,7 @@ def main() -> None:
     G.GenericScorer.__init__ = init
     G.GenericScorer.score = score
     G.GenericScorer.score_windows = score_windows
-    logging.disable(logging.WARNING)
-    model = open_model("generic")
-    make = pipeline_factory(default_settings(), model, TEACH_IN)
-    tot = dict.fromkeys(("tp", "fp", "fn", "tn", "segments", "alerted", "false", "over_one"), 0)
-    for path in find_csvs(DATA):
-        if "anomaly" not in read_header(path):
-            continue
-        fr = run_file(model, path, path.name, make)
-        m = score_file(fr.labels, fr.ts, fr.spans, TEACH_IN)
-        for k in ("tp", "fp", "fn", "tn"):
-            tot[k] += getattr(m.counts, k)
-        tot["segments"] += len(m.segments)
-        tot["alerted"] += m.segments_alerted
-        tot["false"] += m.false_alerts
-        tot["over_one"] += m.false_alerts > 1
-    tp, fp, fn, tn = tot["tp"], tot["fp"], tot["fn"], tot["tn"]
-    normal = DATA / "anomaly-free" / "anomaly-free.csv"
-    long_normal = len(run_file(model, normal, "af", make, labelled=False).spans) if normal.is_file() else None
-    print(f"accept {ACCEPT} cap {CAP} period {PERIOD} tol {TOL}: all files F1 {tp / (tp + (fp + fn) / 2):.3f} "
-          f"FAR {100 * fp / (fp + tn):.1f} MAR {100 * fn / (fn + tp):.1f} {tot['alerted']}/{tot['segments']} "
-          f"false alerts {tot['false']} ({tot['over_one']}) | long normal alerts {long_normal}")
-
+    print(f"accept {ACCEPT} cap {CAP} period {PERIOD} tol {TOL}: {tally(DATA, TEACH_IN)}")
 
 if __name__ == "__main__":
     main()

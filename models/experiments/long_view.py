@@ -13,7 +13,6 @@ sustained shift the short view also sees). Prints all-files F1/FAR/MAR, faults a
 more than one) and, for SKAB, the false alerts on anomaly-free.csv after a teach-in on its first TEACH_IN rows.
 """
 from __future__ import annotations
-import logging
 import sys
 from collections import deque
 from pathlib import Path
@@ -23,9 +22,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 import agent.generic as G  # noqa: E402
-from agent.detectors import open_model  # noqa: E402
-from agent.evaluate import default_settings, find_csvs, pipeline_factory, read_header, run_file, score_file  # noqa: E402
 from agent.records import Contributions  # noqa: E402
+from models.experiments.tally import tally  # noqa: E402
 
 FACTOR, MULT = int(sys.argv[1].split(',')[0]), float((sys.argv[1].split(',') + ['0'])[1])
 DATA, TEACH_IN = Path(sys.argv[2]), int(sys.argv[3])
@@ -78,28 +76,10 @@ def main():
     G.GenericScorer.__init__ = init
     G.GenericScorer.score = score
     G.GenericScorer.score_windows = score_windows
-    logging.disable(logging.WARNING)
-    model = open_model('generic')
-    make = pipeline_factory(default_settings(), model, TEACH_IN)
-    tot = dict.fromkeys(('tp', 'fp', 'fn', 'tn', 'segments', 'alerted', 'false', 'over_one'), 0)
-    for path in sorted(find_csvs(DATA)):
-        if 'anomaly' not in read_header(path):
-            continue
-        fr = run_file(model, path, path.name, make)
-        m = score_file(fr.labels, fr.ts, fr.spans, TEACH_IN)
-        for k in ('tp', 'fp', 'fn', 'tn'):
-            tot[k] += getattr(m.counts, k)
-        tot['segments'] += len(m.segments)
-        tot['alerted'] += m.segments_alerted
-        tot['false'] += m.false_alerts
-        tot['over_one'] += m.false_alerts > 1
-        if '-v' in sys.argv:
-            print(f'  {path.relative_to(DATA)}: {m.segments_alerted}/{len(m.segments)} false {m.false_alerts}')
-    tp, fp, fn, tn = tot['tp'], tot['fp'], tot['fn'], tot['tn']
-    normal = DATA / 'anomaly-free' / 'anomaly-free.csv'
-    ln = len(run_file(model, normal, 'af', make, labelled=False).spans) if normal.is_file() else None
-    print(f'factor {FACTOR}: F1 {tp / (tp + (fp + fn) / 2):.3f} FAR {100 * fp / max(1, fp + tn):.1f} MAR {100 * fn / max(1, fn + tp):.1f} '
-          f"{tot['alerted']}/{tot['segments']} false {tot['false']} ({tot['over_one']}) | long normal alerts {ln}")
+    def each(rel, m):
+        print(f'  {rel}: {m.segments_alerted}/{len(m.segments)} false {m.false_alerts}')
+
+    print(f'factor {FACTOR}: {tally(DATA, TEACH_IN, each if "-v" in sys.argv else None)}')
 
 if __name__ == '__main__':
     main()
