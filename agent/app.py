@@ -22,7 +22,7 @@ from agent.command_gate import CommandGate
 from agent.control import Control, Gateway, load_overrides
 from agent.counters import Counters
 from agent.evidence import EvidenceStore
-from agent.files import probe_state_dir
+from agent.files import hold_state_dir, probe_state_dir, release_state_dir
 from agent.health import Heartbeats, HealthMonitor
 from agent.outbox import Outbox
 from agent.receipt import follow_steps_beyond
@@ -56,6 +56,7 @@ class Agent:
         self.counters = Counters()
         self.stop = threading.Event()
         probe_state_dir(s.state_dir)  # StateDirError (exit 78) naming the path and the reason
+        self.lock = hold_state_dir(s.state_dir)  # one agent per state directory (StateDirError: who holds it)
         self.evidence = EvidenceStore(s.state_dir / "evidence.db", s.alerts.evidence_max_bytes)
         self.outbox = Outbox(s.state_dir / "outbox.db", self.counters, s.outbox.max_rows, s.outbox.max_bytes)
         self.feeds = build_feeds(s, self.counters)
@@ -186,6 +187,7 @@ class Agent:
         self.uplink.stop()
         self.outbox.close()
         self.evidence.close()
+        release_state_dir(self.lock)
         if self.guard.failed:
             log.error("stopped because thread(s) %s died", ", ".join(self.guard.failed))
             return EXIT_FAILURE

@@ -18,6 +18,8 @@ from agent.settings import EX_CONFIG, ConfigError, Settings, flat_env, load_sett
 
 log = logging.getLogger("agent")
 
+EX_TEMPFAIL = 75  # sysexits: try again later (calibrate --reset while an agent runs on the state directory)
+
 
 def setup_logging(level: str) -> None:
     """Log lines on stderr without timestamps (journald adds them); control characters in a message are escaped
@@ -198,6 +200,15 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
                                f"{', '.join(m[0] for m in machines)})"])
     except ConfigError as e:
         return _config_fail(e)
+    if args.reset:
+        from agent.files import state_dir_holder
+
+        pid = state_dir_holder(settings.state_dir)
+        if pid is not None:  # removing the files under a running agent: it would write them back at its stop
+            print(f"calibrate --reset: an edge-agent{f' (pid {pid})' if pid else ''} runs on {settings.state_dir}: "
+                  f"stop it first, or send it the command {settings.mqtt.topic_prefix}/{settings.device_id}"
+                  "/cmd/calibrate (teach-in again without a stop)", file=sys.stderr)
+            return EX_TEMPFAIL
     results: dict[str, Any] = {}
     for asset_id, eff, state_dir in machines:
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import logging
 import os
 import sqlite3
@@ -89,3 +90,59 @@ def sqlite_corrupt(e: BaseException) -> bool:
     if name is None:
         return not isinstance(e, sqlite3.OperationalError)  # e.g. a failed quick_check raised by us
     return name in ("SQLITE_CORRUPT", "SQLITE_NOTADB")
+
+
+LOCK_NAME = "agent.lock"
+
+
+def hold_state_dir(path: Path) -> int:
+    """Take ``path`` for this process: an exclusive ``flock`` on ``agent.lock`` in it, held until the process ends
+    (the kernel drops it on any exit, SIGKILL and power cut included, so a stale lock cannot block a start). A
+    second agent on the same directory would write the same outbox and teach-in and connect with the same client
+    id; it gets StateDirError (exit 78) naming the pid of the one running. Returns the descriptor to release."""
+    try:
+        fd = os.open(path / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as e:
+        raise StateDirError(path, f"cannot open {LOCK_NAME} in it ({e.strerror})") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        pid = _lock_pid(fd)
+        os.close(fd)
+        raise StateDirError(path, f"in use by another edge-agent{f' (pid {pid})' if pid else ''}: stop it first "
+                                  "(systemctl stop edge-agent), or give this one a directory of its own") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+def release_state_dir(fd: int) -> None:
+    """Give the directory up (the file stays: removing a lock file races with the next agent taking it)."""
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+
+
+def state_dir_holder(path: Path) -> int | None:
+    """The pid of the agent holding ``path`` (0 when it did not say), None when no agent holds it."""
+    try:
+        fd = os.open(path / LOCK_NAME, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None  # no lock file (never run here) or not readable: nothing to go by
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _lock_pid(fd)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+def _lock_pid(fd: int) -> int:
+    try:
+        return int(os.pread(fd, 32, 0).split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0

@@ -1,0 +1,45 @@
+"""One agent per state directory. A second agent on the same directory (a unit started twice, a manual
+``edge-agent run`` beside the service) would share the outbox, the teach-in files and the MQTT client id — the
+broker would then throw each out in turn. It is refused with exit 78 naming the pid of the running one, and
+``calibrate --reset`` under a running agent is refused with exit 75 naming the command that does it live. A lock
+left by a killed agent (SIGKILL, a power cut) blocks nothing: the kernel let go of it.
+"""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_agent, start_agent, wait_for
+from tests.faults.conftest import BASE, agent_env
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
+def test_a_second_agent_on_one_state_dir_is_refused_and_the_first_runs_on(tmp_path: Path, live_broker, agents,
+                                                                          sig: int) -> None:
+    state = tmp_path / "state"
+    env = agent_env(state, live_broker.port, EDGE_AGENT_SOURCE__SPEED="1", EDGE_AGENT_DRAIN_TIMEOUT_S="2")
+    first = start_agent(env, tmp_path / "logs")
+    agents.append(first)
+    wait_for(lambda: "connected to" in first.log, timeout=60, what="the first agent connected")
+
+    second = run_agent(env, timeout=60)
+    assert second.returncode == 78, second.stderr
+    assert f"state directory {state}: in use by another edge-agent (pid {first.proc.pid})" in second.stderr
+    assert "EDGE_AGENT_STATE_DIR" in second.stderr and "Traceback" not in second.stderr
+
+    reset = run_agent(env, "calibrate", "--reset", timeout=60)
+    assert reset.returncode == 75, reset.stderr
+    assert f"(pid {first.proc.pid})" in reset.stderr and f"{BASE}/cmd/calibrate" in reset.stderr
+    assert "removed" not in reset.stdout
+
+    assert first.alive(), first.log
+    assert first.log.count("connected to") == 1, first.log  # nobody took its client id: no reconnect
+
+    first.stop(sig)
+    reset = run_agent(env, "calibrate", "--reset", timeout=60)
+    assert reset.returncode == 0, reset.stderr  # the lock went with the process, however it ended
+    again = run_agent({**env, "EDGE_AGENT_SOURCE__SPEED": "0"}, timeout=120)
+    assert again.returncode == 0, again.stderr
