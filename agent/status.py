@@ -204,6 +204,8 @@ class Board:
             "feedback": self.evidence.counts(),
             "commands": {"ok": c.get("commands.ok"), "failed": c.get("commands.failed"),
                          "dropped": c.snapshot("commands.dropped.")},
+            "uplink": {"connects": c.get("uplink.connects"), "connect_failures": c.get("uplink.connect_failures"),
+                       "short_connections": c.get("uplink.short_connections")},
         }
         if self.with_assets:
             del out["source"]

@@ -38,6 +38,12 @@ _NOT_YET = object()  # no status published yet
 
 INFLIGHT_STALE_S = 30.0
 IDLE_POLL_S = 5.0  # without a wake-up, the publisher thread looks into the outbox this often
+# A connection the broker ends within SHORT_S, SHORT_IN_A_ROW times in a row, is being taken over: most often a second
+# client with the same client id (a cloned SD card keeps the host name, the default device id), which the broker
+# lets in by throwing the other out, over and over. Said once (again every SHORT_WARN_EVERY_S while it lasts).
+SHORT_S = 10.0
+SHORT_IN_A_ROW = 3
+SHORT_WARN_EVERY_S = 600.0
 
 
 class Uplink:
@@ -70,9 +76,13 @@ class Uplink:
         self.bytes_out = 0
         self.last_error: str | None = None
         self.heartbeat: Callable[[], None] = lambda: None
+        self.client_id = settings.client_id or f"edge-agent-{device_id}"
+        self._connected_at = 0.0  # monotonic time of the last successful connect
+        self._short = 0  # connections in a row that the broker ended within SHORT_S
+        self._short_warned_at: float | None = None
 
         c = make_client(
-            upstream_connection(settings), settings.client_id or f"edge-agent-{device_id}",
+            upstream_connection(settings), self.client_id,
             log_name=f"paho.uplink.{device_id}", max_inflight=settings.max_inflight,
             on_receive_failure=self._receive_failed,
         )
@@ -173,6 +183,9 @@ class Uplink:
             woken = self._wake.wait(timeout=0.5)
             self._wake.clear()
             now = time.monotonic()
+            if self._short >= SHORT_IN_A_ROW and self.connected.is_set() and now - self._connected_at >= SHORT_S:
+                self._short = 0
+                log.info("the connection to %s:%d holds again", self.s.host, self.s.port)
             if self.connected.is_set() and (woken or now >= next_poll):
                 next_poll = now + IDLE_POLL_S
                 self._publish_pending()
@@ -216,9 +229,12 @@ class Uplink:
                 self._outage(f"broker {self.s.host}:{self.s.port} refused the connection: {reason_code}{hint}")
                 return
             self._forget_stale_statuses(client)
+            self._connected_at = time.monotonic()
             self.connected.set()
             self.counters.inc("uplink.connects")
-            if self._outage_logged:
+            if self._short >= SHORT_IN_A_ROW:
+                pass  # taken over again and again: said once in _taken_over, not a line per connection
+            elif self._outage_logged:
                 log.info("connected to %s:%d again; publishing %d queued messages", self.s.host, self.s.port, self.outbox.depth())
             else:
                 log.info("connected to %s:%d", self.s.host, self.s.port)
@@ -258,6 +274,7 @@ class Uplink:
             was = self.connected.is_set()
             self.connected.clear()
             if was and not self._stop.is_set():
+                self._taken_over(reason_code)
                 self._outage(f"disconnected from {self.s.host}:{self.s.port} ({reason_code})")
         except Exception:  # noqa: BLE001
             log.exception("error in on_disconnect")
@@ -299,9 +316,31 @@ class Uplink:
         except Exception:  # noqa: BLE001
             pass
 
+    def _taken_over(self, reason_code: Any) -> None:
+        """Count a connection the broker ended soon after accepting it; warn when that keeps happening."""
+        now = time.monotonic()
+        if now - self._connected_at >= SHORT_S:
+            self._short = 0
+            return
+        self._short += 1
+        self.counters.inc("uplink.short_connections")
+        if self._short < SHORT_IN_A_ROW:
+            return
+        if self._short_warned_at is not None and now - self._short_warned_at < SHORT_WARN_EVERY_S:
+            return
+        self._short_warned_at = now
+        log.warning(
+            "the broker %s:%d ended the connection %d times in a row within %.0f s of accepting it (%s): is another "
+            "client connected with the client id '%s'? Each takes the other's place. Give every gateway its own "
+            "EDGE_AGENT_DEVICE_ID (default: the host name, which a cloned SD card keeps) or "
+            "EDGE_AGENT_MQTT__CLIENT_ID; until then messages go out only in between (reconnecting)",
+            self.s.host, self.s.port, self._short, SHORT_S, reason_code, self.client_id)
+
     def _outage(self, what: str) -> None:
         self.last_error = what
         self.counters.inc("uplink.connect_failures")
+        if self._short >= SHORT_IN_A_ROW:
+            return  # flapping: _taken_over said it
         if not self._outage_logged:
             self._outage_logged = True
             log.warning("%s: alerts and summaries stay in the outbox and are sent when it answers (retrying)", what)
