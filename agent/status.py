@@ -205,7 +205,8 @@ class Board:
             "commands": {"ok": c.get("commands.ok"), "failed": c.get("commands.failed"),
                          "dropped": c.snapshot("commands.dropped.")},
             "uplink": {"connects": c.get("uplink.connects"), "connect_failures": c.get("uplink.connect_failures"),
-                       "short_connections": c.get("uplink.short_connections")},
+                       "short_connections": c.get("uplink.short_connections"),
+                       "subscribe_refused": c.get("uplink.subscribe_refused")},
         }
         if self.with_assets:
             del out["source"]
