@@ -128,6 +128,10 @@ class EvidenceStore:
     def has_alert(self, alert_id: str) -> bool:
         return self._db.execute("SELECT 1 FROM evidence WHERE alert_id=?", (alert_id,)).fetchone() is not None
 
+    def label_of(self, alert_id: str) -> str | None:
+        row = self._db.execute("SELECT label FROM feedback WHERE alert_id=?", (alert_id,)).fetchone()
+        return row[0] if row else None
+
     def label(self, alert_id: str, label: str, note: str = "") -> None:
         """Store (or replace) the operator's label of an alert."""
         if label not in LABELS:

@@ -59,6 +59,8 @@ def learn(p: "Pipeline", alert_id: str, label: str) -> dict[str, Any]:
         log.info("feedback: alert %s is a fault after all: its readings are no longer normal (threshold %.4g)",
                  clip(alert_id), p.params.threshold)
         return {"learned": True, "unfolded": True, "threshold": p.params.threshold}
+    if alert_id in (cal.result.folded or ()):  # labelled false again: refitting on the same readings changes nothing
+        return {"learned": False, "why": "already folded into the normal model"}
     rec = p.recorder
     rows = rec.rows(alert_id) if rec is not None else None
     if rec is None or rows is None:

@@ -54,7 +54,11 @@ def test_false_positive_label_folds_the_event_into_normal_and_a_real_fault_still
         reply = commander.send("feedback", {"request_id": "fb-1", "alert_id": first["alert_id"],
                                             "label": "false_positive", "note": "valve cycling, normal"})
         assert reply["ok"] and reply["learned"] and reply["folded_readings"] >= 120, reply
-        assert reply["feedback"]["false_positive"] == 1
+        assert reply["feedback"]["false_positive"] == 1 and reply["changed"] is True
+        again = commander.send("feedback", {"request_id": "fb-2", "alert_id": first["alert_id"],
+                                            "label": "false_positive"})  # sent twice: nothing to learn again
+        assert again["ok"] and again["changed"] is False and again["learned"] is False, again
+        assert again["why"] == "already folded into the normal model" and again["feedback"] == reply["feedback"]
         wait_for(lambda: any(s.get("final") for s in rec.on("summary")), timeout=120, what="the end of the replay")
         raised = [a for a in rec.on("alerts") if a["state"] == "raised"]
         later = [a for a in raised if a["alert_id"] != first["alert_id"]]
