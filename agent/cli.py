@@ -321,8 +321,9 @@ def _parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true", help="print JSON instead of env lines")
     add("version", cmd_version, "print the version", env=False)
     cr = add("config-reference", cmd_config_reference, "print every setting with its default and meaning (deploy/agent.env.example)", env=False)
-    cr.add_argument("--markdown", action="store_true", help="as Markdown tables (the README's configuration section)")
-    cr.add_argument("--toml", action="store_true", help="as a commented TOML configuration file (deploy/agent.toml.example)")
+    form = cr.add_mutually_exclusive_group()  # one form at a time: both asked for, the one printed was a guess
+    form.add_argument("--markdown", action="store_true", help="as Markdown tables (the README's configuration section)")
+    form.add_argument("--toml", action="store_true", help="as a commented TOML configuration file (deploy/agent.toml.example)")
     m = sub.add_parser("model", help="model tools", description="model tools")
     msub = m.add_subparsers(dest="model_command", required=True, metavar="SUBCOMMAND")
     mi = msub.add_parser("info", help="print a model's sidecar, tensor details and the result of every check", description="print a model's sidecar, tensor details and the result of every check")

@@ -60,7 +60,7 @@ EX_CONFIG = 78
 def add_arguments(parser: argparse.ArgumentParser, env_file: bool = True) -> argparse.ArgumentParser:
     """The options of ``edge-agent monitor`` (``env_file=False`` when the caller adds ``--env-file`` itself)."""
     parser.add_argument("--host", default=None, help="broker host (default: EDGE_AGENT_MQTT__HOST, else localhost)")
-    parser.add_argument("--port", type=int, default=None, help="broker port (default: EDGE_AGENT_MQTT__PORT, else 1883)")
+    parser.add_argument("--port", type=_port, default=None, help="broker port, 1-65535 (default: EDGE_AGENT_MQTT__PORT, else 1883)")
     parser.add_argument("--prefix", default=None, metavar="PREFIX",
                         help="topic prefix; devices are PREFIX/+/ (default: EDGE_AGENT_MQTT__TOPIC_PREFIX, else edge)")
     parser.add_argument("--once", action="store_true",
@@ -85,6 +85,16 @@ def _positive(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
     if not v > 0 or not math.isfinite(v):
         raise argparse.ArgumentTypeError("must be > 0")
+    return v
+
+
+def _port(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not 1 <= v <= 65535:
+        raise argparse.ArgumentTypeError(f"{v} is not a TCP port (1-65535)")
     return v
 
 

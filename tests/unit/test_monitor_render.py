@@ -376,3 +376,18 @@ def test_payloads_tolerate_missing_and_unknown_fields():
     assert StatusPayload.from_payload({}).state is None and StatsPayload.from_payload({"assets": []}).assets == {}
     row = AssetStatus.from_payload(json.loads(asset_status("gw"))["assets"]["bench"])
     assert row.snapshot is not None and row.snapshot.calibrating and row.snapshot.calibration_progress == 0.3
+
+
+def test_a_port_outside_1_to_65535_or_two_reference_forms_are_usage_errors():
+    import subprocess
+    import sys
+
+    for port, why in (("0", "0 is not a TCP port (1-65535)"), ("99999", "99999 is not a TCP port (1-65535)"),
+                      ("x", "not a whole number: 'x'")):
+        r = subprocess.run([sys.executable, "-m", "agent", "monitor", "--once", "--port", port],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2 and "--port" in r.stderr and why in r.stderr, (port, r.stderr)
+        assert "Traceback" not in r.stderr
+    r = subprocess.run([sys.executable, "-m", "agent", "config-reference", "--toml", "--markdown"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "not allowed with argument" in r.stderr, r.stderr
