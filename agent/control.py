@@ -106,7 +106,9 @@ class Control:
             else:
                 raise CommandError(f"asset is required (one of {', '.join(sorted(self.assets))})")
         elif not isinstance(name, str) or name not in self.assets:
-            raise CommandError(f"no asset {clip(name, 64)!r} on this gateway (one of {', '.join(sorted(self.assets))})")
+            known = [a for a in sorted(self.assets) if a]
+            raise CommandError(f"no asset {clip(name, 64)!r} on this gateway " + (
+                f"(one of {', '.join(known)})" if known else "(it has no [[assets]]: leave asset out)"))
         else:
             asset = self.assets[name]
         if asset.pipeline is None:

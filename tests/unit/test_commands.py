@@ -329,3 +329,9 @@ def test_any_payload_to_any_command_gets_a_reply_and_a_refusal_changes_nothing(s
     if not reply["ok"]:
         assert reply["reason"] and not reply["reason"].startswith("internal error"), reply
         assert _state(shared_agent) == before, (name, raw, reply)
+
+
+def test_an_asset_named_on_a_gateway_without_assets_says_to_leave_it_out(agent: Agent) -> None:
+    r = cmd(agent, "set-threshold", {"request_id": "a", "asset": "pump-7", "threshold": 2.0})
+    assert not r["ok"] and r["reason"] == "no asset 'pump-7' on this gateway (it has no [[assets]]: leave asset out)"
+    assert "one of )" not in r["reason"] and agent.status()["overrides"] == {}
