@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 from agent import __version__, heap, sdnotify
+from agent.arrivals import watch_arrivals
 from agent.assets import (  # noqa: F401 - build_pipeline and load_model: also what evaluate and cli use
     ModelCache, build_assets, build_feeds, build_pipeline, load_model, source_channels,
 )
@@ -61,6 +62,7 @@ class Agent:
         self.outbox = Outbox(s.state_dir / "outbox.db", self.counters, s.outbox.max_rows, s.outbox.max_bytes)
         self.feeds = build_feeds(s, self.counters)
         self.assets = build_assets(s, self.counters, self.evidence, ModelCache(), source_channels(self.feeds, s))
+        watch_arrivals(self.assets, self.feeds)  # live sources: "no readings arriving" when they stay quiet
         follow_steps_beyond([a.settings.cleaning.max_time_jump_s for a in self.assets])  # agent/receipt.py
         for a in self.assets:
             threshold = load_overrides(a.overrides_path).get("threshold")

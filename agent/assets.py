@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from agent.advice import Advisor, parse_adjustable
+from agent.arrivals import Arrivals
 from agent.bundled import default_model_path
 from agent.clean import CleaningPolicy
 from agent.counters import Counters
@@ -96,6 +97,7 @@ class Asset:
     pipeline: Pipeline | None = None
     failure: str | None = None  # why it is down (its model refused)
     sensors: set[str] = field(default_factory=set)  # Modbus devices' sensor ids that feed it (its problems)
+    arrivals: Arrivals | None = None  # fed by a live source: whether readings arrive at all (agent.arrivals)
 
     @property
     def overrides_path(self) -> Path:

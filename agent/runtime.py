@@ -201,6 +201,7 @@ class PipelineLoop:
         self.reload = threading.Event()
         self.done = threading.Event()
         self._calibrating = {a.id: self._calibrating_now(a) for a in assets}  # a change is published at once
+        self._heard: set[str] = set()  # the assets readings came for in this take (agent.arrivals)
 
     @staticmethod
     def _calibrating_now(a: Asset) -> bool:
@@ -244,11 +245,18 @@ class PipelineLoop:
                 run.append(item)
             if run:
                 self._block(run)
+            for aid in self._heard:  # once per asset and take: the gaps between arrivals are the asset's pace
+                arrivals = self.assets[aid].arrivals
+                if arrivals is not None:
+                    arrivals.heard()
+            self._heard.clear()
             if self.live and (not items or time.monotonic() - last_tick >= TICK_S):
                 # periodic work (silence, summary periods) when the queue is quiet, and also while others keep it
                 # busy: a silent sensor or asset is noticed in any case
                 last_tick = time.monotonic()
                 for a in self.assets.values():
+                    if a.arrivals is not None:
+                        a.arrivals.check()
                     if a.pipeline is not None:
                         working_on(a.id)
                         events = a.pipeline.tick()
@@ -269,6 +277,7 @@ class PipelineLoop:
         if asset is None:
             self.counters.inc("reject.unknown_asset", sum(map(_weight, items)))
             return
+        self._heard.add(asset.id)
         if asset.pipeline is None:
             asset.counters.inc("reject.asset_down", sum(map(_weight, items)))
             return

@@ -255,7 +255,7 @@ class CleaningSettings(_Section):
     """Cleaning and alignment of readings before the model (docs/cleaning.md)."""
 
     ranges: str = Field("", description="Valid ranges channel:min:max, comma-separated (Current:0:50,Pressure:-1:10; an empty bound is open); they override the model sidecar's valid_ranges.")
-    max_hold_s: float = Field(5.0, ge=0, description="A missing or refused value is replaced by the channel's last good value at most this old (data time), or 3 of the sensor's learnt reporting intervals when that is longer; older: the channel is stale and the sensor's windows restart; 0 = off.")
+    max_hold_s: float = Field(5.0, ge=0, description="A missing or refused value is replaced by the channel's last good value at most this old (data time), or 3 of the sensor's learnt reporting intervals when that is longer; older: the channel is stale and the sensor's windows restart; a live source with no reading at all for this long (or 3 of its arrival intervals) is `no readings arriving`; 0 = off.")
     spike_window: int = Field(0, ge=0, le=101, description="Hampel spike filter over this many previous values per channel (e.g. 7); a spike is replaced by their median; 0 = off (the bundled model wants raw data).")
     spike_sigmas: float = Field(5.0, gt=0, description="Spike filter: a value further than this many robust sigmas (1.4826 x MAD) from the median is a spike.")
     align_period_s: float = Field(0.0, ge=0, description="Merge the channels of all sensors into one reading every this many seconds of data time (sensors on separate topics or lines); 0 = off.")

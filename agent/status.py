@@ -96,6 +96,8 @@ class Board:
                 reasons.extend(problems_of(asset.sensors))  # a Modbus device of this asset not answering
             else:
                 reasons.extend(getattr(src, "problems", ()))  # e.g. a serial device without the line terminator
+        if not reasons and asset.arrivals is not None and asset.arrivals.silent:  # the source said nothing of why
+            reasons.append("no readings arriving")
         stale = asset.pipeline.snapshot.stale_channels if asset.pipeline is not None else frozenset()
         if stale:
             reasons.append("channel stale: " + ", ".join(sorted(stale)))

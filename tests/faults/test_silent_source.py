@@ -1,0 +1,89 @@
+"""A live source that delivers nothing must not look healthy: a serial port (a real pty) that opens and stays quiet
+makes the status ``degraded: no readings arriving`` after ``MAX_HOLD_S``; readings clear it, and their silence
+brings it back. A slow sensor is not flagged at its own pace once two of its readings came (agent/arrivals.py).
+"""
+
+from __future__ import annotations
+
+import time
+
+from tests.conftest import Pty, start_agent, wait_for
+from tests.faults.conftest import BASE, agent_env
+
+SILENT = "no readings arriving"
+
+
+def _env(tmp_path, port, pty, hold_s):
+    return agent_env(tmp_path / "state", port, EDGE_AGENT_MODEL__PATH="generic", EDGE_AGENT_SOURCE__KIND="serial",
+                     EDGE_AGENT_SOURCE__PORT=pty.path, EDGE_AGENT_SOURCE__FORMAT="csv",
+                     EDGE_AGENT_SOURCE__CHANNELS="a,b", EDGE_AGENT_CLEANING__MAX_HOLD_S=str(hold_s))
+
+
+def _connected(rec):
+    return next((s for s in rec.on("status") if s.get("source", {}).get("state") == "connected"), None)
+
+
+def test_a_quiet_serial_port_makes_the_status_say_no_readings_arriving(tmp_path, live_broker, recorder, agents):
+    rec = recorder(f"{BASE}/#")
+    pty = Pty()
+    a = start_agent(_env(tmp_path, live_broker.port, pty, 1.0), tmp_path)
+    agents.append(a)
+    try:
+        wait_for(lambda: _connected(rec), timeout=30, what="serial source connected")
+        silent = wait_for(lambda: next((s for s in rec.on("status") if s["state"] == "degraded"), None), timeout=20,
+                          what="status degraded while the port stays quiet")
+        assert silent["reasons"] == [SILENT] and silent["source"]["state"] == "connected", silent
+        assert "no reading arrived for" in a.log
+
+        # readings arrive: the reason clears (the generic detector's teach-in runs)
+        t_feed = time.monotonic()
+        pty.write(b"\n")  # the first fragment after an open is dropped
+        for i in range(10):
+            pty.write(f"{i},{2 * i}\n".encode())
+            time.sleep(0.1)
+        well = wait_for(lambda: next((s for s in rec.since(t_feed, "status") if s["state"] == "calibrating"), None),
+                        timeout=20, what="status well again once readings arrive")
+        assert "reasons" not in well, well
+        assert "readings arriving again" in a.log
+
+        # and they stop: the reason comes back
+        t_stop = time.monotonic()
+        again = wait_for(lambda: next((s for s in rec.since(t_stop, "status") if SILENT in s.get("reasons", [])),
+                                      None), timeout=20, what="no readings arriving after they stopped")
+        assert again["state"] == "degraded", again
+    finally:
+        pty.unplug()
+    assert a.stop() == 0, a.log[-3000:]
+
+
+def test_a_slow_sensor_is_not_flagged_at_its_own_pace(tmp_path, live_broker, recorder, agents):
+    """A sensor reporting every 1.5 s with MAX_HOLD_S = 0.5: after its first two readings the tolerance is three of
+    its gaps, so its pace never makes it ``no readings arriving``; its silence still does."""
+    rec = recorder(f"{BASE}/#")
+    pty = Pty()
+    a = start_agent(_env(tmp_path, live_broker.port, pty, 0.5), tmp_path)
+    agents.append(a)
+    period = 1.5
+    try:
+        wait_for(lambda: _connected(rec), timeout=30, what="serial source connected")
+        pty.write(b"\n")
+        pty.write(b"1,1\n")
+        time.sleep(period)
+        pty.write(b"2,2\n")
+        t_paced = time.monotonic() + 0.5  # the second reading taken
+        for i in range(3, 11):
+            time.sleep(period)
+            pty.write(f"{i},{i}\n".encode())
+        t_end = time.monotonic()
+        paced = rec.since(t_paced, "status")
+        assert not [s for s in paced if SILENT in s.get("reasons", [])], paced
+        assert wait_for(lambda: any(s["state"] == "calibrating" for s in rec.on("status")), timeout=5,
+                        what="a status while it reports")
+        # silence longer than three of its intervals: flagged
+        gone = wait_for(lambda: next((s for s in rec.since(t_end, "status") if SILENT in s.get("reasons", [])), None),
+                        timeout=20, what="no readings arriving once it stopped")
+        assert gone["state"] == "degraded"
+        assert time.monotonic() - t_end >= 3 * period - 0.5  # not at MAX_HOLD_S: at its own pace
+    finally:
+        pty.unplug()
+    assert a.stop() == 0, a.log[-3000:]
