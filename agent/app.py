@@ -62,7 +62,7 @@ class Agent:
         self.outbox = Outbox(s.state_dir / "outbox.db", self.counters, s.outbox.max_rows, s.outbox.max_bytes)
         self.feeds = build_feeds(s, self.counters)
         self.assets = build_assets(s, self.counters, self.evidence, ModelCache(), source_channels(self.feeds, s))
-        watch_arrivals(self.assets, self.feeds)  # live sources: "no readings arriving" when they stay quiet
+        live = watch_arrivals(self.assets, self.feeds)  # fed by live sources: "no readings arriving" when quiet
         follow_steps_beyond([a.settings.cleaning.max_time_jump_s for a in self.assets])  # agent/receipt.py
         for a in self.assets:
             threshold = load_overrides(a.overrides_path).get("threshold")
@@ -84,7 +84,7 @@ class Agent:
                                 Gateway(s.device_id, self.board.state, self.publish_status_and_stats,
                                         self.uplink.publish_status))
         self.loop = PipelineLoop(
-            self.assets, self.readings, len(self.feeds), any(f.source.live for f in self.feeds), self.outbox,
+            self.assets, self.readings, len(self.feeds), live, self.outbox,
             self.uplink.wake, self.uplink.publish_status, self.commands, self.gate, self.heartbeats, self.counters,
             lambda name, reply: self.uplink.publish_now(f"reply/{name}", reply, qos=1),
         )

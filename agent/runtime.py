@@ -189,12 +189,15 @@ class PipelineLoop:
     of it to its pipeline's ``process_block``; between two blocks it carries out queued commands and a requested
     reload, and beats its heartbeat. At one reading a second a block is one reading: no added latency."""
 
-    def __init__(self, assets: list[Asset], readings: Readings, sources: int, live: bool, outbox: Outbox,
+    def __init__(self, assets: list[Asset], readings: Readings, sources: int, live: set[str], outbox: Outbox,
                  wake_uplink: Callable[[], None], publish_status: Callable[[], None], control: Control,
                  gate: CommandGate, heartbeats: Heartbeats, counters: Counters,
                  publish_reply: Callable[[str, dict[str, Any]], object]):
         self.assets = {a.id: a for a in assets}
-        self.readings, self.sources, self.live = readings, sources, live
+        self.readings, self.sources = readings, sources
+        # the assets fed by a live source: only they get the periodic work (silence, summary periods by the clock);
+        # a replay's time is its own, and one whose file has finished is done, not silent
+        self.live = frozenset(live)
         self.outbox, self.wake_uplink, self.publish_status = outbox, wake_uplink, publish_status
         self.control, self.gate, self.heartbeats, self.counters = control, gate, heartbeats, counters
         self.publish_reply = publish_reply
@@ -255,6 +258,8 @@ class PipelineLoop:
                 # busy: a silent sensor or asset is noticed in any case
                 last_tick = time.monotonic()
                 for a in self.assets.values():
+                    if a.id not in self.live:
+                        continue
                     if a.arrivals is not None:
                         a.arrivals.check()
                     if a.pipeline is not None:

@@ -185,7 +185,7 @@ def test_a_silent_sensor_goes_stale_while_another_keeps_the_queue_busy(tmp_path)
 
     rows = list(read_recording(demo_recording_path(), Counters(), sensor="replay"))
     a = make_agent(tmp_path / "a", EDGE_AGENT_CLEANING__MAX_HOLD_S="0.5", EDGE_AGENT_CALIBRATION__SAMPLES="0")
-    a.loop.live = True  # a live source: drops instead of waiting, periodic work on
+    a.loop.live = frozenset({""})  # the asset fed by a live source: periodic work on
     sink = a.readings.sink(live=True)
     stop = threading.Event()
 
