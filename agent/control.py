@@ -183,10 +183,12 @@ class Control:
         asset = self.asset(body)
         path, sha = body.get("path"), body.get("sha256")
         if not isinstance(path, str) or not path:
-            raise CommandError("path (of the .tflite on the gateway) is required")
+            raise CommandError("path (of the model on the gateway, or a bundled model's name) is required")
         if not isinstance(sha, str) or len(sha) != 64:
-            raise CommandError("sha256 (64 hex digits of the .tflite) is required")
-        allowed = allowed_model(Path(path), model_dirs(asset.settings))
+            raise CommandError("sha256 (64 hex digits of the model file) is required")
+        # a bundled model's name (generic, pump-anomaly, ...) as EDGE_AGENT_MODEL__PATH takes it; still only from
+        # the allowed directories
+        allowed = allowed_model(resolve(path), model_dirs(asset.settings))
         if allowed is None:  # the same answer whether it is missing or outside the directories: no file probing
             raise CommandError(f"no model {clip(path, 200)} that this gateway may load (EDGE_AGENT_COMMANDS__MODEL_DIRS)")
         return self._named(asset, self.swap(asset, allowed, sha.lower(), by_command=True))

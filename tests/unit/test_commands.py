@@ -256,6 +256,43 @@ def test_by_default_the_bundled_and_the_configured_models_directory_are_allowed(
         a.evidence.close()
 
 
+def test_reload_model_takes_a_bundled_models_name_as_the_model_path_setting_does(tmp_path: Path) -> None:
+    import hashlib
+
+    a = make_agent(tmp_path / "state")  # teach-in on: the generic detector learns its normal on site
+    try:
+        sha = hashlib.sha256(bundled_model("pump-anomaly").read_bytes()).hexdigest()
+        r = cmd(a, "reload-model", {"request_id": "same", "path": "pump-anomaly", "sha256": sha})
+        assert r["ok"] and r["changed"] is False and r["model"]["name"] == "pump-anomaly", r  # the running one
+        generic = bundled_model("generic")
+        sha = hashlib.sha256(generic.read_bytes()).hexdigest()
+        r = cmd(a, "reload-model", {"request_id": "gen", "path": "generic", "sha256": sha})
+        assert r["ok"] and r["changed"] is True and r["model"]["name"] == "generic", r
+        assert a.status()["model"]["name"] == "generic"
+        assert a.status()["overrides"]["model"]["path"] == str(generic.resolve())
+        r = cmd(a, "reload-model", {"request_id": "nope", "path": "no-such-model", "sha256": sha})
+        assert not r["ok"] and "no model no-such-model" in r["reason"], r  # any other name is a path, as before
+    finally:
+        a.outbox.close()
+        a.evidence.close()
+
+
+def test_a_bundled_name_is_refused_when_the_bundled_directory_is_not_allowed(tmp_path: Path) -> None:
+    import hashlib
+
+    models = tmp_path / "models"
+    models.mkdir()
+    a = make_agent(tmp_path / "state", EDGE_AGENT_CALIBRATION__SAMPLES="0", EDGE_AGENT_COMMANDS__MODEL_DIRS=str(models))
+    try:
+        sha = hashlib.sha256(bundled_model("generic").read_bytes()).hexdigest()
+        r = cmd(a, "reload-model", {"request_id": "gen", "path": "generic", "sha256": sha})
+        assert not r["ok"] and "no model generic that this gateway may load" in r["reason"], r
+        assert a.status()["model"]["name"] == "pump-anomaly"
+    finally:
+        a.outbox.close()
+        a.evidence.close()
+
+
 def test_a_huge_model_file_is_refused_before_it_is_read(tmp_path: Path) -> None:
     import tracemalloc
 
