@@ -72,7 +72,8 @@ class Model:
             raise ModelError(f"{self.path}: cannot read ({e.strerror})") from e
         self.sha256 = hashlib.sha256(content).hexdigest()
         if self.sha256 != self.sidecar.sha256:
-            raise ModelError(f"{self.path}: sha256 {self.sha256} does not match the sidecar's {self.sidecar.sha256}")
+            raise ModelError(f"{sidecar_path(self.path)}: {self.path.name}'s sha256 {self.sha256} does not match the "
+                             f"sidecar's {self.sidecar.sha256}")
         cls, self.runtime, self.runtime_version = interpreter_class(runtime)
         self._content, self._cls, self._threads, self._batch_rows = content, cls, num_threads, batch
         self._batch_interp: Any = None  # a second interpreter resized to ``batch`` rows, made on first use

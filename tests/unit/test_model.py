@@ -103,6 +103,16 @@ def test_sidecar_mismatch_is_refused_with_the_reason(tmp_path, change, reason):
     assert reason in str(e.value)
 
 
+def test_a_sha256_mismatch_names_the_sidecar_json_that_holds_the_expected_hash(tmp_path):
+    p = _copy(tmp_path)
+    _edit(p, sha256="0" * 64)
+    with pytest.raises(ModelError) as e:
+        Model(p)
+    reason = str(e.value)
+    assert str(p.with_suffix(".json")) in reason and "0" * 64 in reason, reason  # the file to fix, and its value
+    assert hashlib.sha256(p.read_bytes()).hexdigest() in reason, reason  # and the model file's actual hash
+
+
 def test_missing_sidecar_and_corrupt_model(tmp_path):
     p = _copy(tmp_path)
     p.with_suffix(".json").unlink()
