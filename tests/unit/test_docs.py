@@ -51,3 +51,61 @@ def test_every_command_is_documented():
 def test_links_to_docs_exist():
     for link in re.findall(r"\]\(((?:docs|models)/[^)#]+)\)", README):
         assert (ROOT / link).exists(), link
+
+
+def _table_after(heading: str) -> dict[str, str]:
+    """The first field table after ``heading``: each documented name (a row may name several) -> its meaning."""
+    section = README[README.index(heading):]
+    out: dict[str, str] = {}
+    for line in section.splitlines()[1:]:
+        if line.startswith("### ") or line.startswith("## "):
+            break
+        m = re.match(r"\| ((?:`[^`]+`(?:, )?)+) \| (.*) \|$", line)
+        if m:
+            for name in re.findall(r"`([^`]+)`", m.group(1)):
+                out[name] = m.group(2)
+    return out
+
+
+def test_every_stats_field_is_documented(tmp_path):
+    """Every field of the stats payload a real agent publishes has a row in the README's stats table (the identity
+    and state fields are the status table's)."""
+    from agent.app import Agent
+    from agent.settings import load_settings
+
+    a = Agent(load_settings(None, {"EDGE_AGENT_STATE_DIR": str(tmp_path / "state"), "EDGE_AGENT_DEVICE_ID": "gw"}))
+    try:
+        fields = set(a.stats()) - {"ts", "device_id", "state"}
+    finally:
+        a.outbox.close()
+        a.evidence.close()
+    table = _table_after("### `stats`")
+    assert not fields - set(table), f"README's stats table lacks {sorted(fields - set(table))}"
+    for key in ("advised", "none", "suppressed"):  # the advice counters, each explained
+        assert f"`{key}`" in table["advice"], table["advice"]
+
+
+def test_the_calibrate_reply_fields_are_documented(tmp_path):
+    """The calibrate command's reply, while a teach-in runs (``collected``) and when it starts one: every field in
+    the README's command table."""
+    import json
+
+    from agent.app import Agent
+    from agent.records import Reading
+    from agent.settings import load_settings
+
+    a = Agent(load_settings(None, {"EDGE_AGENT_STATE_DIR": str(tmp_path / "state"), "EDGE_AGENT_DEVICE_ID": "gw",
+                                   "EDGE_AGENT_MODEL__PATH": "pump-anomaly"}))
+    try:
+        channels = a.pipeline.model.sidecar.channels
+        for i in range(5):
+            a.pipeline.process(Reading(float(i), {c: 1.0 + i % 3 for c in channels}))
+        running = a.commands.handle("calibrate", json.dumps({"request_id": "r"}).encode())
+        assert running["ok"] and running["collected"] == 5, running
+    finally:
+        a.outbox.close()
+        a.evidence.close()
+    row = next(line for line in README.splitlines() if line.startswith("| `calibrate` |"))
+    reply = row.rstrip(" |").rsplit("|", 1)[1]
+    for field in set(running) - {"request_id", "ok", "ts"}:
+        assert f"`{field}`" in reply, (field, reply)
