@@ -206,7 +206,10 @@ class Control:
         why = pipe.canary(new)
         if why is not None:
             raise CommandError(why)
-        pipe.swap_model(new, override)
+        try:
+            pipe.swap_model(new, override)  # refuses before it replaces anything (Pipeline._install)
+        except ModelError as e:
+            raise CommandError(str(e)) from e
         log.warning("model %s %s -> %s %s (%s)", old.name, old.version,
                     new.name, new.version, f"by command, {clip(path)}" if by_command else "the configured one")
         self.gateway.status_changed()

@@ -98,7 +98,11 @@ class Pipeline:
         bind_channels(self, r)
 
     def _install(self, model: Any) -> None:
-        """Set up every model-dependent stage (at start and on a model swap)."""
+        """Set up every model-dependent stage (at start and on a model swap); a model that cannot run here raises
+        ModelError before anything is replaced."""
+        calibrator = self._new_calibrator(model)
+        if not calibrator.enabled and make_scorer(model, None) is None:
+            raise ModelError(f"{model.name}: learns normal on site: teach-in cannot be off (EDGE_AGENT_CALIBRATION__SAMPLES=0)")
         sc = model.sidecar
         old = self.model if self.cleaner is not None else None
         same_shape = old is not None and old.sidecar.channels == sc.channels and old.sidecar.window == sc.window
@@ -124,9 +128,7 @@ class Pipeline:
                                                  inline)
         else:
             self.cleaner.ranges_from(sc.valid_ranges)  # type: ignore[union-attr]
-        self.calibrator = self._new_calibrator(model)
-        if not self.calibrator.enabled and make_scorer(model, None) is None:
-            raise ModelError(f"{model.name}: learns normal on site: teach-in cannot be off (EDGE_AGENT_CALIBRATION__SAMPLES=0)")
+        self.calibrator = calibrator
         self.scorer = make_scorer(model, self.calibrator.result)
         self.decisions.refresh(sc.decision, sc.threshold, self._calibrated_threshold(self.calibrator.result))
         if self.calibrator.result is not None and self.calibrator.result.warning:

@@ -372,3 +372,25 @@ def test_an_asset_named_on_a_gateway_without_assets_says_to_leave_it_out(agent: 
     r = cmd(agent, "set-threshold", {"request_id": "a", "asset": "pump-7", "threshold": 2.0})
     assert not r["ok"] and r["reason"] == "no asset 'pump-7' on this gateway (it has no [[assets]]: leave asset out)"
     assert "one of )" not in r["reason"] and agent.status()["overrides"] == {}
+
+
+
+def test_a_model_that_needs_a_teach_in_is_refused_where_it_is_off_and_the_old_one_runs_on(agent: Agent) -> None:
+    import hashlib
+
+    from agent.records import Reading
+
+    pipe = agent.pipeline
+    old, cleaner, scorer = pipe.model, pipe.cleaner, pipe.scorer
+    channels = list(old.sidecar.channels)
+    for i in range(40):  # windows for the canary
+        pipe.process(Reading(1000.0 + i, {ch: 1.0 + 0.01 * (i % 3) for ch in channels}, "s"))
+    sha = hashlib.sha256(bundled_model("generic").read_bytes()).hexdigest()
+    r = cmd(agent, "reload-model", {"request_id": "gen", "path": "generic", "sha256": sha})
+    assert not r["ok"] and "teach-in cannot be off" in r["reason"] and "internal error" not in r["reason"], r
+    assert pipe.model is old and pipe.cleaner is cleaner and pipe.scorer is scorer  # nothing half-swapped
+    assert agent.status()["model"]["name"] == old.name and "model" not in agent.status()["overrides"]
+    windows = pipe.counters.get("pipeline.windows")
+    for i in range(40, 50):
+        pipe.process(Reading(1000.0 + i, {ch: 1.0 for ch in channels}, "s"))
+    assert pipe.counters.get("pipeline.windows") > windows  # the old model scores on
