@@ -168,11 +168,14 @@ class ModelSettings(_Section):
     num_threads: int = Field(1, ge=1, le=4, description="Interpreter threads (1 is fastest for one window at a time).")
 
 
+MAX_K_OF_N = 10_000  # k and n: the debounce keeps n windows' verdicts per sensor
+
+
 class DecisionSettings(_Section):
     """Alert state machine; empty values take the model sidecar's defaults."""
 
-    k: int | None = Field(None, ge=1, description="Raise when k of the last n windows score over the threshold.")
-    n: int | None = Field(None, ge=1, description="Length of the k-of-n debounce.")
+    k: int | None = Field(None, ge=1, le=MAX_K_OF_N, description="Raise when k of the last n windows score over the threshold (1 to 10000).")
+    n: int | None = Field(None, ge=1, le=MAX_K_OF_N, description="Length of the k-of-n debounce (1 to 10000).")
     clear_ratio: float | None = Field(None, gt=0, le=1, description="Hysteresis: clear when k of the last n windows score under threshold x clear_ratio.")
     recede_ratio: float | None = Field(None, ge=0, lt=1, description="Also clear when k of the last n windows score under recede_ratio x the alert's peak (the event is over, the machine settled a little away from its teach-in); 0 = off, empty = the model's default.")
 

@@ -228,3 +228,33 @@ def test_unknown_variables_in_the_environment_are_warned_about_with_a_hint():
     assert r.returncode == 0, r.stderr
     assert ("config warning: EDGE_AGENT_MQTT__HOTS in the environment is not a setting (ignored); "
             "did you mean EDGE_AGENT_MQTT__HOST?") in r.stderr
+
+
+# -- the k-of-n debounce is bounded: n windows' verdicts are kept per sensor ---------------------------------------
+
+
+@pytest.mark.parametrize("env, expected", [
+    ({"EDGE_AGENT_DECISION__K": "10001"}, "EDGE_AGENT_DECISION__K='10001': Input should be less than or equal to 10000"),
+    ({"EDGE_AGENT_DECISION__N": "1000000"},
+     "EDGE_AGENT_DECISION__N='1000000': Input should be less than or equal to 10000"),
+])
+def test_k_and_n_over_10000_exit_78_naming_variable_value_and_rule(tmp_path, env, expected):
+    r = _cli("check-config", env={**env, "EDGE_AGENT_STATE_DIR": str(tmp_path)})
+    assert r.returncode == 78, r.stderr
+    assert expected in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_k_and_n_of_10000_are_accepted_and_the_limit_holds_in_the_file_and_for_an_asset(tmp_path):
+    s = load_settings(None, {"EDGE_AGENT_DECISION__K": "10000", "EDGE_AGENT_DECISION__N": "10000"})
+    assert (s.decision.k, s.decision.n) == (10000, 10000)
+    f = tmp_path / "agent.toml"
+    f.write_text('[decision]\nn = 20000\n')
+    with pytest.raises(ConfigError) as e:
+        load_settings(None, {"EDGE_AGENT_CONFIG_FILE": str(f)})
+    assert any("decision.n" in p and "20000" in p and "less than or equal to 10000" in p for p in e.value.problems)
+    f.write_text('[[assets]]\nid = "a"\nsource = {kind = "replay"}\ndecision = {k = 20000}\n')
+    with pytest.raises(ConfigError) as e:
+        load_settings(None, {"EDGE_AGENT_CONFIG_FILE": str(f)})
+    assert any("decision.k" in p and "20000" in p and "less than or equal to 10000" in p
+               for p in e.value.problems), e.value.problems
