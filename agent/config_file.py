@@ -152,14 +152,33 @@ def _split_key(text: str) -> tuple[str, ...]:
     return tuple(p.strip().strip("\"'") for p in re.findall(r'"[^"]*"|\'[^\']*\'|[^.]+', text))
 
 
+def _resolve(parts: tuple[str, ...], arrays: dict[tuple[str, ...], int]) -> tuple[str, ...]:
+    """A table header's key with the index of the current entry of each array of tables in it:
+    ``assets.decision`` after the third ``[[assets]]`` is ``assets.2.decision``."""
+    out: list[str] = []
+    for p in parts:
+        out.append(p)
+        if tuple(out) in arrays:
+            out.append(str(arrays[tuple(out)] - 1))
+    return tuple(out)
+
+
 def locate(text: str, parts: tuple[str, ...]) -> int | None:
-    """1-based line of the key ``parts`` in TOML ``text``, or of the nearest enclosing key or table."""
+    """1-based line of the key ``parts`` in TOML ``text``, or of the nearest enclosing key or table. An array of
+    tables' entries are numbered as in a validation error's location (``assets.1.id``: the second ``[[assets]]``)."""
     best, best_len = None, 0
     table: tuple[str, ...] = ()
+    arrays: dict[tuple[str, ...], int] = {}  # array of tables (its entries' indices resolved) -> entries so far
     for no, line in enumerate(text.splitlines(), 1):
         m = _HEADER.match(line)
         if m and not _KEY.match(line):
-            table = _split_key(m.group(1))
+            key = _split_key(m.group(1))
+            if line.lstrip().startswith("[["):
+                array = _resolve(key[:-1], arrays) + key[-1:]
+                arrays[array] = arrays.get(array, 0) + 1
+                table = array + (str(arrays[array] - 1),)
+            else:
+                table = _resolve(key, arrays)
             path = table
         else:
             k = _KEY.match(line)

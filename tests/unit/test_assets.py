@@ -78,6 +78,32 @@ def test_bad_asset_lists_are_refused_naming_the_key(tmp_path: Path, text: str, e
     assert any(expected in p for p in problems), problems
 
 
+def test_a_problem_in_a_later_asset_names_that_assets_own_line(tmp_path: Path) -> None:
+    """An error in the second or fourth ``[[assets]]`` entry points at its line, not at the first entry's."""
+    f = tmp_path / "gateway.toml"
+    problems = _problems(tmp_path, """[[assets]]
+id = "a"
+source = {kind = "replay"}
+
+[[assets]]
+id = "b"
+source = {kind = "replay"}
+decision = {k = 0}
+
+[[assets]]
+id = "c"
+source = {kind = "replay"}
+[assets.cleaning]
+max_hold_s = -1
+[[assets]]
+id = "d"
+source = {kind = "replay", speed = -1}
+""")
+    assert any(p.startswith(f"assets.1.decision.k = 0 ({f} line 8):") for p in problems), problems
+    assert any(p.startswith(f"assets.2.cleaning.max_hold_s = -1 ({f} line 14):") for p in problems), problems
+    assert any(p.startswith("assets.3.source") and f"({f} line 17):" in p for p in problems), problems
+
+
 def test_a_modbus_device_has_one_asset(tmp_path: Path) -> None:
     problems = _problems(tmp_path, """
 [modbus.buses.line]
