@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from agent.evaluation.overrides import apply_overrides, default_settings
+from agent.evaluation.overrides import apply_overrides, default_settings, unrunnable
 from agent.evaluation.plot import MATPLOTLIB_HINT, plot_file, plot_name
 from agent.evaluation.report import TABLE_COLUMNS, Progress, file_entry, normal_table, table, teach_in_text
 from agent.evaluation.runner import (
@@ -230,6 +230,11 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         return _fail(str(e))
     model, samples, settings = ev.model, ev.samples, ev.settings
+    given = {"EDGE_AGENT_MODEL__PATH": ("--model", args.model),
+             "EDGE_AGENT_CALIBRATION__SAMPLES": ("--calibration-samples", args.calibration_samples)}
+    refused = unrunnable(settings, {env: flag for env, (flag, value) in given.items() if value is not None})
+    if refused:
+        return _fail("; ".join(refused))
 
     out = Path(args.out)
     progress = Progress(sys.stderr, 0, 0)
@@ -264,6 +269,8 @@ def run(args: argparse.Namespace) -> int:
             progress.start(i, job.rel)
             try:
                 res = ev.run(job.path, job.rel, labelled=job.labelled, on_row=progress.row)
+            except ModelError as e:  # the model cannot run as configured: no file would
+                return _fail(f"{job.rel}: {e}")
             except (OSError, ValueError) as e:
                 progress.message(f"warning: skipping {job.rel}: {e}")
                 skipped.append({"file": job.rel, "reason": str(e)})

@@ -55,13 +55,13 @@ def check(settings: Settings, environ: Mapping[str, str]) -> tuple[list[str], li
 
         for i, asset in enumerate(settings.assets):
             eff = effective_settings(settings, asset)  # load_settings has checked that it merges
-            found = [f"assets[{i}] ({asset.id}).{as_key(p)}" for p in _against_sidecar(eff)]
+            found = [f"assets[{i}] ({asset.id}).{as_key(p)}" for p in against_sidecar(eff)]
             if found and ".model.path=" in found[0]:  # its model is unreadable: that asset is down, the others run
                 warnings += [f"{p} (asset {asset.id} will be down; the others run)" for p in found]
             else:
                 problems += found
     else:
-        problems += _against_sidecar(settings)
+        problems += against_sidecar(settings)
     problems += _replay_files(settings)
     for path, env in _secret_files(settings):
         try:
@@ -106,7 +106,8 @@ def _secret_files(settings: Settings) -> list[tuple[Path, str]]:
     return files
 
 
-def _against_sidecar(settings: Settings) -> list[str]:
+def against_sidecar(settings: Settings) -> list[str]:
+    """The settings that do not fit the model they complete (the sidecar), one line each naming the variable."""
     from agent.bundled import default_model_path
     from agent.detectors import read_spec, resolve
     from agent.infer import ModelError

@@ -50,3 +50,16 @@ def apply_overrides(settings: Any, overrides: Mapping[str, Any] | None) -> Any:
         problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']} (got {err.get('input')!r})"
                              for err in e.errors())
         raise ValueError(f"bad setting override: {problems}") from None
+
+
+def unrunnable(settings: Any, options: Mapping[str, str]) -> list[str]:
+    """The settings the daemon would refuse against the model's sidecar (teach-in off for a detector that learns
+    normal on site, k over n, a teach-in shorter than the window and the debounce), one line each, naming the
+    command line option where it came from one (``options``: env name -> option) and the variable otherwise."""
+    from agent.preflight import against_sidecar
+
+    problems = []
+    for p in against_sidecar(settings):
+        env, _, rest = p.partition("=")
+        problems.append(f"{options[env]} {rest}" if env in options else p)
+    return problems

@@ -319,6 +319,34 @@ def test_bad_arguments_exit_2(tmp_path, capsys):
     assert "model error" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("args, env, expected", [
+    (["--calibration-samples", "0"], "",
+     "evaluate: --calibration-samples 0: the generic detector learns normal on site: teach-in cannot be off"),
+    (["--model", "generic", "--calibration-samples", "5"], "",
+     "evaluate: --calibration-samples 5: must cover at least the window and the debounce (10 + 5 readings)"),
+    ([], "EDGE_AGENT_CALIBRATION__SAMPLES=0\n",
+     "evaluate: EDGE_AGENT_CALIBRATION__SAMPLES=0: the generic detector learns normal on site"),
+    (["--model", "pump-anomaly"], "EDGE_AGENT_DECISION__K=6\n",
+     "evaluate: EDGE_AGENT_DECISION__K=6: must not exceed n (5, the model sidecar decision.n)"),
+])
+def test_unrunnable_settings_are_refused_in_one_line_with_exit_2(tmp_path, monkeypatch, capsys, args, env, expected):
+    """What the daemon would refuse against the model (teach-in off for the generic detector, a teach-in shorter
+    than window and debounce, k over n) is one line and exit 2, not a traceback nor every file skipped."""
+    for k in [k for k in os.environ if k.startswith("EDGE_AGENT_")]:
+        monkeypatch.delenv(k)
+    _write_recording(tmp_path / "step.csv")
+    extra = []
+    if env:
+        (tmp_path / "agent.env").write_text(env)
+        extra = ["--env-file", str(tmp_path / "agent.env")]
+    out = tmp_path / "out"
+    for data in (["--data", str(tmp_path / "step.csv")], ["--normal", str(tmp_path / "step.csv")]):
+        assert main([*data, "--out", str(out), "--no-plots", *args, *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(expected) and err.count("\n") == 1, err
+        assert not out.exists()
+
+
 def test_totals_helper_counts_files():
     m = FileMetrics(rows=3, scored_rows=3, counts=Confusion(1, 0, 0, 2), segments=[], false_alerts=0, alerts=1)
     assert totals([m, m])["tp"] == 2
