@@ -284,8 +284,14 @@ def cmd_export_feedback(args: argparse.Namespace) -> int:
         print(f"no evidence store at {path}: no alert has been raised with this EDGE_AGENT_STATE_DIR", file=sys.stderr)
         return 1
     store = EvidenceStore(path)
-    result = export_feedback(store, Path(args.out))
-    store.close()
+    try:
+        result = export_feedback(store, Path(args.out))
+    except OSError as e:
+        print(f"export-feedback: --out {args.out}: cannot write {e.filename or args.out} ({e.strerror or e})",
+              file=sys.stderr)
+        return 1
+    finally:
+        store.close()
     print(f"wrote {result['written']} labelled recordings to {args.out} ({result['without_evidence']} labels without evidence)")
     return 0
 

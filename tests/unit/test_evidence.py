@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -87,3 +91,24 @@ def test_export_writes_one_skab_csv_per_labelled_alert(tmp_path):
     with open(out / "noise.csv", newline="") as f:
         assert {r[-1] for r in list(csv.reader(f, delimiter=";"))[1:]} == {"0"}
     store.close()
+
+
+@pytest.mark.parametrize("where", ["under-a-file", "a-file", "read-only"])
+def test_export_feedback_to_an_unwritable_out_is_one_line_and_exit_1(tmp_path, where):
+    """``edge-agent export-feedback --out PATH`` where PATH cannot be written: one line naming it, exit 1."""
+    state = tmp_path / "state"
+    state.mkdir()
+    store = EvidenceStore(state / "evidence.db")
+    _add(store, "fault")
+    store.label("fault", "true_positive")
+    store.close()
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a regular file\n")
+    out = {"under-a-file": blocker / "out", "a-file": blocker, "read-only": Path("/proc/edge-agent-export")}[where]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_AGENT_")}
+    env["EDGE_AGENT_STATE_DIR"] = str(state)
+    r = subprocess.run([sys.executable, "-m", "agent", "export-feedback", "--out", str(out)], env=env,
+                       capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parents[2])
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.startswith(f"export-feedback: --out {out}: cannot write"), r.stderr
+    assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
