@@ -110,8 +110,21 @@ def secret_env_names() -> set[str]:
 
 
 def _read_env_file(path: Path) -> dict[str, str]:
+    """The file's NAME=value pairs; ConfigError naming each line that is none of NAME=value, a comment or blank
+    (python-dotenv would skip it in silence: a setting lost to a typo). The line's text is not shown (a secret)."""
     from dotenv import dotenv_values  # python-dotenv comes with pydantic-settings
+    from dotenv.parser import parse_stream
 
+    with open(path, encoding="utf-8") as fh:
+        bad = []
+        for b in parse_stream(fh):
+            if b.error or (b.key is not None and b.value is None):
+                text = b.original.string
+                lead = text[: len(text) - len(text.lstrip())]  # blank lines the parser took with it
+                bad.append(f"{path} line {b.original.line + lead.count(chr(10))}: not NAME=value "
+                           "(each line must be NAME=value, a # comment or blank)")
+    if bad:
+        raise ConfigError(bad)
     return {k: v for k, v in dotenv_values(path).items() if v is not None}
 
 
@@ -124,12 +137,12 @@ def load_settings(env_file: Path | None = None, environ: dict[str, str] | None =
     file_values: dict[str, str] = {}
     problems: list[str] = []
     if env_file is not None:
-        try:
-            file_values = _read_env_file(env_file)
-        except OSError as e:
-            raise ConfigError([f"--env-file {env_file}: cannot read ({e.strerror})"]) from e
         if explicit and not env_file.is_file():
             raise ConfigError([f"--env-file {env_file}: no such file"])
+        try:
+            file_values = _read_env_file(env_file)
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError([f"--env-file {env_file}: cannot read ({getattr(e, 'strerror', None) or e})"]) from e
     known = set(known_env_names())
     secrets = secret_env_names()
     for key, value in file_values.items():

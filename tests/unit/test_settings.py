@@ -258,3 +258,27 @@ def test_k_and_n_of_10000_are_accepted_and_the_limit_holds_in_the_file_and_for_a
         load_settings(None, {"EDGE_AGENT_CONFIG_FILE": str(f)})
     assert any("decision.k" in p and "20000" in p and "less than or equal to 10000" in p
                for p in e.value.problems), e.value.problems
+
+
+# -- an env file line that is not NAME=value is an error, not skipped in silence ----------------------------------
+
+
+@pytest.mark.parametrize("bad", ["EDGE_AGENT_MQTT__HOST broker", "EDGE_AGENT_MQTT__HOST", "=1884",
+                                 "EDGE_AGENT_MQTT__PASSWORD='unterminated"])
+def test_an_env_file_line_that_is_not_name_value_exits_78_naming_file_line_and_rule(tmp_path, bad):
+    f = tmp_path / "agent.env"
+    f.write_text(f"# the gateway\nEDGE_AGENT_MQTT__PORT=1884\n\n  \n{bad}\nEDGE_AGENT_DEVICE_ID=gw\n")
+    with pytest.raises(ConfigError) as e:
+        load_settings(f, {})
+    assert e.value.problems == [f"{f} line 5: not NAME=value (each line must be NAME=value, a # comment or blank)"]
+    r = _cli("check-config", "--env-file", str(f))
+    assert r.returncode == 78, r.stderr
+    assert f"config error: {f} line 5: not NAME=value" in r.stderr and "Traceback" not in r.stderr
+    assert "unterminated" not in r.stderr  # the line's text is not shown: it may hold a secret
+
+
+def test_comments_blank_lines_and_quoted_values_in_an_env_file_are_fine(tmp_path):
+    f = tmp_path / "agent.env"
+    f.write_text("# comment\n\nEDGE_AGENT_DEVICE_ID='gw 1'\n   \nEDGE_AGENT_MQTT__PORT=1884 # inline\n")
+    s = load_settings(f, {})
+    assert (s.device_id, s.mqtt.port) == ("gw 1", 1884)
