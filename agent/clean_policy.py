@@ -9,7 +9,8 @@ from typing import Any, Mapping
 
 
 def parse_ranges(text: str) -> dict[str, tuple[float, float]]:
-    """``Current:0:50,Pressure:-1:10`` → {channel: (lo, hi)}; an empty bound is open (``Current::50``).
+    """``Current:0:50,Pressure:-1:10`` → {channel: (lo, hi)}; an empty bound is open (``Current::50``), a bound
+    given must be finite (``nan`` would let every value through or none, ``inf`` is what an empty bound says).
 
     The channel name is everything before the last two colons, so names may hold spaces (and colons).
     Raises ValueError naming the bad item.
@@ -27,7 +28,10 @@ def parse_ranges(text: str) -> dict[str, tuple[float, float]]:
             hi = float(hi_text) if hi_text else math.inf
         except ValueError:
             raise ValueError(f"{item!r}: min and max must be numbers (or empty for no bound)") from None
-        if math.isnan(lo) or math.isnan(hi) or lo > hi:
+        if any(t and not math.isfinite(v) for t, v in ((lo_text, lo), (hi_text, hi))):
+            raise ValueError(f"{item!r}: min and max must be finite numbers (nan and inf are refused; "
+                             "leave a bound empty for none)")
+        if lo > hi:
             raise ValueError(f"{item!r}: min must not exceed max")
         if name in out:
             raise ValueError(f"{item!r}: channel {name!r} given twice")

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -384,6 +387,27 @@ def test_bad_cleaning_settings_name_the_variable(env, problem):
     with pytest.raises(ConfigError) as e:
         load_settings(None, env)
     assert problem in str(e.value)
+
+
+@pytest.mark.parametrize("ranges", ["Current:nan:5", "Current:0:NaN", "Current:0:inf", "Current:-inf:", "Current:1e999:",
+                                    "Pressure:0:1,Current:-Infinity:Infinity"])
+def test_nan_and_inf_bounds_in_the_cleaning_ranges_exit_78_named(tmp_path, ranges):
+    """A bound of nan lets every value through (every comparison with it is false) and inf is what an empty bound
+    already says: both are refused at configuration time, from the environment and from the file."""
+    from agent.settings import ConfigError, load_settings
+
+    item = ranges.split(",")[-1]
+    rule = f"{item!r}: min and max must be finite numbers (nan and inf are refused; leave a bound empty for none)"
+    with pytest.raises(ConfigError) as e:
+        load_settings(None, {"EDGE_AGENT_CLEANING__RANGES": ranges})
+    assert e.value.problems == [f"EDGE_AGENT_CLEANING__RANGES={ranges!r}: Value error, {rule}"]
+    f = tmp_path / "agent.toml"
+    f.write_text(f'[cleaning]\nranges = "{ranges}"\n')
+    env = {"PATH": "/usr/bin:/bin", "EDGE_AGENT_CONFIG_FILE": str(f)}
+    r = subprocess.run([sys.executable, "-m", "agent", "check-config"], env=env, capture_output=True, text=True,
+                       timeout=60, cwd=Path(__file__).resolve().parents[2])
+    assert r.returncode == 78, r.stderr
+    assert f"cleaning.ranges = {ranges!r} ({f} line 2)" in r.stderr and rule in r.stderr
 
 
 def test_cleaning_settings_become_the_policy():
