@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -211,6 +212,12 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             return EX_TEMPFAIL
     results: dict[str, Any] = {}
     for asset_id, eff, state_dir in machines:
+        # a file where the state directory should be: say so (as run does), not "not calibrated" or a traceback
+        there = next((p for p in (state_dir, *state_dir.parents) if os.path.lexists(p)), None)
+        if there is not None and not there.is_dir():
+            print(f"config error: state directory {there}: exists and is not a directory (EDGE_AGENT_STATE_DIR)",
+                  file=sys.stderr)
+            return EX_CONFIG
         try:
             model = load_model(eff)
         except ModelError as e:
@@ -222,7 +229,12 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
                 model = model.with_channels(stored)
         cal = Calibrator(model, 1, state_dir, clock=eff.calibration.timezone)  # a refit here: on the zone's days
         if args.reset:
-            cal.reset()
+            try:
+                cal.reset()
+            except OSError as e:
+                print(f"config error: state directory {state_dir}: cannot remove the calibration ({e.strerror}) "
+                      "(EDGE_AGENT_STATE_DIR)", file=sys.stderr)
+                return EX_CONFIG
             print(f"calibration in {state_dir} removed: teach-in starts again on the next start")
             continue
         results[asset_id] = {"calibrated": True, **cal.result.to_json()} if cal.result else {"calibrated": False}

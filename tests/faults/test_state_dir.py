@@ -99,3 +99,31 @@ def test_a_teach_in_checkpoint_that_does_not_fit_leaves_no_half_written_file(tin
     free = shutil.disk_usage(tiny_fs).free
     assert cal.checkpoint() is False
     assert list(state.iterdir()) == [] and shutil.disk_usage(tiny_fs).free == free
+
+
+def test_calibrate_reset_with_a_state_path_that_is_a_file_is_exit_78_with_the_path(tmp_path: Path) -> None:
+    """``edge-agent calibrate --reset`` (and ``calibrate``) where EDGE_AGENT_STATE_DIR is a regular file: the same
+    one line as ``run``, not a traceback from removing calibration.json, nor "not calibrated"."""
+    state = tmp_path / "state"
+    state.write_text("oops")
+    for args in (("calibrate", "--reset"), ("calibrate",)):
+        r = run_agent(_env(state), *args)
+        assert r.returncode == 78, r.stderr
+        assert r.stderr == (f"config error: state directory {state}: exists and is not a directory "
+                            "(EDGE_AGENT_STATE_DIR)\n"), r.stderr
+        assert state.read_text() == "oops"
+
+
+def test_calibrate_reset_on_a_read_only_state_directory_is_exit_78_with_the_reason(tiny_fs: Path) -> None:
+    state = tiny_fs / "state"
+    state.mkdir()
+    (state / "calibration.json").write_text("{}")
+    subprocess.run(["mount", "-o", "remount,ro", str(tiny_fs)], check=True)
+    try:
+        r = run_agent(_env(state), "calibrate", "--reset")
+    finally:
+        subprocess.run(["mount", "-o", "remount,rw", str(tiny_fs)], check=True)
+    assert r.returncode == 78, r.stderr
+    assert (f"config error: state directory {state}: cannot remove the calibration (Read-only file system)"
+            in r.stderr) and "Traceback" not in r.stderr
+    assert (state / "calibration.json").exists()
