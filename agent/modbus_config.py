@@ -18,6 +18,7 @@ DataType = Literal["int16", "uint16", "int32", "uint32", "int64", "uint64", "flo
 Order = Literal["big", "little"]
 NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"  # bus and device names: used in status lines and (next) topics
 BIT_TABLES = ("coil", "discrete")
+RTU_UNITS = (1, 247)  # Modbus over serial line: 0 is broadcast (no answer), 248-255 are reserved
 WIDTH = {"int16": 1, "uint16": 1, "int32": 2, "uint32": 2, "int64": 4, "uint64": 4, "float32": 2, "float64": 4,
          "bool": 1, "bit": 1}  # registers (or bits, for bool in a bit table) a value occupies
 
@@ -89,7 +90,7 @@ class DeviceSettings(_Strict):
     """One Modbus device (unit id) on a declared bus: its poll period and register map."""
 
     bus: str = Field(..., description="Name of the [modbus.buses.NAME] it is on. Required.")
-    unit: int = Field(..., ge=0, le=255, description="Unit id (slave address), 1-247 on a serial line. Required.")
+    unit: int = Field(..., ge=0, le=255, description="Unit id (slave address): 1-247 on an rtu bus (0 is broadcast, 248-255 reserved: refused), 0-255 on tcp. Required.")
     poll_s: float = Field(1.0, ge=0, description="Poll period in seconds; each poll gives one reading stamped at the poll.")
     sensor: str = Field("", pattern=r"^[^/+#]*$", description="Sensor id of its readings; empty = the device's name.")
     byte_order: Order = Field("big", description="Default byte order inside a register for its channels.")
@@ -131,6 +132,9 @@ class ModbusSettings(_Strict):
             if d.bus not in self.buses:
                 declared = ", ".join(sorted(self.buses)) or "none"
                 raise ValueError(f"device {name}: bus {d.bus!r} is not declared as [modbus.buses.{d.bus}] (declared: {declared})")
+            if self.buses[d.bus].kind == "rtu" and not RTU_UNITS[0] <= d.unit <= RTU_UNITS[1]:
+                raise ValueError(f"devices.{name}.unit = {d.unit}: on an rtu bus ({d.bus}) the unit id must be 1-247 "
+                                 f"({'0 is broadcast: no device answers it' if d.unit == 0 else '248-255 are reserved'})")
             key = (d.bus, d.unit)
             if key in seen:
                 raise ValueError(f"devices {seen[key]} and {name} both have unit {d.unit} on bus {d.bus}")

@@ -228,3 +228,27 @@ def test_nan_and_inf_in_the_file_are_refused_like_in_the_environment(tmp_path: P
     assert any("finite number" in p for p in problems), problems
     got = _problems(tmp_path, "[cleaning]\nmax_hold_s = nan\n")
     assert any("max_hold_s" in p and "finite number" in p for p in got), got
+
+
+@pytest.mark.parametrize("unit, why", [(0, "0 is broadcast: no device answers it"), (248, "248-255 are reserved"),
+                                       (255, "248-255 are reserved")])
+def test_an_rtu_unit_id_outside_1_to_247_exits_78_naming_key_value_and_rule(tmp_path: Path, unit: int, why: str) -> None:
+    """Modbus over a serial line: unit 0 is a broadcast (written to, never answered), 248-255 are reserved."""
+    f = tmp_path / "agent.toml"
+    f.write_text(MODBUS.replace("unit = 3", f"unit = {unit}"))
+    r = subprocess.run([sys.executable, "-m", "agent", "check-config"], capture_output=True, text=True, timeout=60,
+                       env={"EDGE_AGENT_CONFIG_FILE": str(f), "PATH": "/usr/bin:/bin"}, cwd=ROOT)
+    assert r.returncode == 78, r.stderr
+    assert (f"devices.meter-1.unit = {unit}: on an rtu bus (rs485-1) the unit id must be 1-247 ({why})"
+            in r.stderr), r.stderr
+    assert "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("unit", [1, 247])
+def test_rtu_unit_ids_1_and_247_and_any_tcp_unit_id_are_accepted(tmp_path: Path, unit: int) -> None:
+    s = _load(tmp_path, MODBUS.replace("unit = 3", f"unit = {unit}"))
+    assert s.modbus.devices["meter-1"].unit == unit
+    tcp = MODBUS.replace('kind = "rtu"\nport = "/dev/ttyUSB0"', 'kind = "tcp"\nhost = "127.0.0.1"')
+    for tcp_unit in (0, 255):  # a TCP device answers any unit id; many use 0 or 255
+        s = _load(tmp_path, tcp.replace("unit = 3", f"unit = {tcp_unit}"))
+        assert s.modbus.devices["meter-1"].unit == tcp_unit
