@@ -158,14 +158,20 @@ class Calibrator:
             log.info("teach-in: a daily profile for %s (%s days; taken out before scoring)", ", ".join(shaped), self.clock)
         return self.result
 
-    def reset(self) -> None:
-        """Start teach-in again (``edge-agent calibrate --reset``, the calibrate command)."""
+    def reset(self) -> int:
+        """Start teach-in again (``edge-agent calibrate --reset``, the calibrate command); the files removed."""
         self._rows, self._ts, self._runs, self._stride = [], [], [], 1
         self._seen, self._first_ts, self._last_ts = 0, None, None
         self.result = None
         self.resumed, self._unsaved = 0, False
+        removed = 0
         for p in (self._json, self._npz, self._fold_npz, self._partial):
-            p.unlink(missing_ok=True)
+            try:
+                p.unlink()
+                removed += 1
+            except FileNotFoundError:
+                pass
+        return removed
 
     # -- feedback --------------------------------------------------------------------------------------------
 

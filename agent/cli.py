@@ -230,12 +230,13 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         cal = Calibrator(model, 1, state_dir, clock=eff.calibration.timezone)  # a refit here: on the zone's days
         if args.reset:
             try:
-                cal.reset()
+                removed = cal.reset()
             except OSError as e:
                 print(f"config error: state directory {state_dir}: cannot remove the calibration ({e.strerror}) "
                       "(EDGE_AGENT_STATE_DIR)", file=sys.stderr)
                 return EX_CONFIG
-            print(f"calibration in {state_dir} removed: teach-in starts again on the next start")
+            print(f"calibration in {state_dir} removed: teach-in starts again on the next start" if removed else
+                  f"no calibration in {state_dir}, nothing removed: teach-in runs on the next start")
             continue
         results[asset_id] = {"calibrated": True, **cal.result.to_json()} if cal.result else {"calibrated": False}
         kept = cal.kept_at()

@@ -242,6 +242,9 @@ calibration = {{ samples = 50 }}
     reset = run_agent(env, "calibrate", "--reset", "--asset", "pump-2")
     assert reset.returncode == 0 and not (state / "assets" / "pump-2" / "calibration.json").exists()
     assert (state / "assets" / "pump-1" / "calibration.json").exists()
+    assert reset.stdout.startswith(f"calibration in {state / 'assets' / 'pump-2'} removed"), reset.stdout
+    again = run_agent(env, "calibrate", "--reset", "--asset", "pump-2")  # nothing left to remove: it says so
+    assert again.returncode == 0 and again.stdout.startswith("no calibration in") and "nothing removed" in again.stdout
 
 
 def test_an_asset_whose_model_is_refused_is_down_alone(tmp_path: Path, live_broker, recorder, agents) -> None:
