@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from agent.advice import AdviceSpec, check_advice
 from agent.derive import DerivedSpec, check_derived
+from agent.settings_sections import MAX_K_OF_N
 from agent.window import FEATURE_RECIPES
 
 MAX_SIDECAR_BYTES = 2**20
@@ -60,8 +61,8 @@ class NormalisationSpec(_Spec):
 
 
 class DecisionSpec(_Spec):
-    k: int = Field(3, ge=1)
-    n: int = Field(5, ge=1)
+    k: int = Field(3, ge=1, le=MAX_K_OF_N)  # the bound of the configuration's decision.k / decision.n
+    n: int = Field(5, ge=1, le=MAX_K_OF_N)
     clear_ratio: float = Field(0.8, gt=0, le=1)
     recede_ratio: float = Field(0.0, ge=0, lt=1)  # 0: off (agent.decide.AlertMachine)
     refractory: int = Field(1800, ge=1)  # windows for the floor after a receded clear to decay by e

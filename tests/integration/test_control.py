@@ -206,6 +206,12 @@ def test_reload_model_good_broken_and_wrong_hash(tmp_path, live_broker, recorder
     assert r["ok"] is False and "expected" in r["reason"]
     r = commander.send("reload-model", {"request_id": "n", "path": str(tmp_path / "nope.tflite"), "sha256": sha})
     assert r["ok"] is False and "may load" in r["reason"]
+    big_n = _model_copy(tmp_path, "5.5.5")  # its own decision.n over the configuration's bound (10000)
+    sc = json.loads(big_n.with_suffix(".json").read_text())
+    sc["decision"] = {**sc["decision"], "n": 10_001}
+    big_n.with_suffix(".json").write_text(json.dumps(sc))
+    r = commander.send("reload-model", {"request_id": "k", "path": str(big_n), "sha256": sha})
+    assert r["ok"] is False and "decision.n: Input should be less than or equal to 10000" in r["reason"], r
     # the old model keeps scoring
     w0 = _stats(rec)["windows"]
     _stats(rec, lambda s: s["windows"] > w0 + 10)

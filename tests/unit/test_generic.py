@@ -289,6 +289,11 @@ def test_bundled_names_resolve_and_a_bad_spec_is_refused(tmp_path):
     bad.write_text(json.dumps(spec))
     with pytest.raises(ModelError, match="generic detector spec"):
         open_model(bad)
+    spec["kind"] = json.loads(resolve("generic").read_text())["kind"]
+    spec["decision"] = {"k": 3, "n": 10_001}  # over the configuration's bound of k and n
+    bad.write_text(json.dumps(spec))
+    with pytest.raises(ModelError, match="decision.n: Input should be less than or equal to 10000"):
+        open_model(bad)
 
 
 def test_teach_in_by_duration(tmp_path):

@@ -93,6 +93,10 @@ def test_auto_prefers_ai_edge_litert():
         ({"valid_ranges": {"Current": [5, 1]}}, "min 5.0 exceeds max 1.0"),
         ({"window": {"length": 10, "hop": 11}}, "hop (11) must not exceed length (10)"),
         ({"window": {"length": 2_000_000_000, "hop": 1}}, "less than or equal to 65536"),
+        # the configuration's bound of decision.k / decision.n (1 to 10000) holds for the sidecar's own too
+        ({"decision": {"k": 3, "n": 10_001}}, "decision.n: Input should be less than or equal to 10000"),
+        ({"decision": {"k": 20_000, "n": 20_000}}, "decision.k: Input should be less than or equal to 10000"),
+        ({"decision": {"k": 0, "n": 5}}, "decision.k: Input should be greater than or equal to 1"),
     ],
 )
 def test_sidecar_mismatch_is_refused_with_the_reason(tmp_path, change, reason):
@@ -135,6 +139,16 @@ def test_bad_model_at_start_exits_78_with_the_reason(tmp_path):
     r = subprocess.run([sys.executable, "-m", "agent", "run"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert r.returncode == 78
     assert "does not match the sidecar" in r.stderr
+
+
+def test_a_sidecar_decision_n_over_10000_at_start_exits_78_with_the_reason(tmp_path):
+    p = _copy(tmp_path)
+    _edit(p, decision={"k": 3, "n": 10_001})
+    env = {"EDGE_AGENT_MODEL__PATH": str(p), "EDGE_AGENT_STATE_DIR": str(tmp_path / "s"), "PATH": "/usr/bin:/bin"}
+    r = subprocess.run([sys.executable, "-m", "agent", "run"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 78, r.stderr
+    assert "decision.n: Input should be less than or equal to 10000" in r.stderr and str(p.with_suffix(".json")) in r.stderr
+    assert "Traceback" not in r.stderr
 
 
 def test_model_info_prints_sidecar_tensors_and_checks(tmp_path):
