@@ -17,8 +17,10 @@ fold more normal data in:
 * ``fold(alert_id, rows)`` — an operator's ``false_positive`` label: the alert's readings are normal too, the model
   is refitted on teach-in + folded readings, persisted in ``calibration-feedback.npz``; ``unfold`` undoes it.
 
-What is fitted (the :class:`Calibration` record, :func:`fit`, the scorer) is in agent/calibration.py; this module
-is the :class:`Calibrator` (collecting, the store of the readings, feedback folds) and re-exports those names.
+What is fitted (the :class:`Calibration` record, :func:`fit`, the scorer) is in agent/calibration.py; reading the
+folds and the checkpoint back, and what becomes of an unusable file (set aside by the agent, reported and left in
+place by a ``read_only`` Calibrator: ``edge-agent calibrate``), in agent/calibration_files.py; this module is the
+:class:`Calibrator` (collecting, the store of the readings, feedback folds) and re-exports those names.
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ import numpy as np
 
 from agent.calibration import (Calibration, Detector, daily_channels, fit, make_scorer, parse_calibration,
                                sidecar_normaliser)
-from agent.files import atomic_write, set_aside
+from agent.calibration_files import Unusable, read_checkpoint, read_folds, stored_times, write_folds
+from agent.files import atomic_write
 from agent.logsafe import clip
 from agent.parse import iso
 
@@ -57,8 +60,11 @@ class Calibrator:
     after a restart; folds in and out the readings of alerts that operators called false."""
 
     def __init__(self, model: Detector, samples: int, state_dir: Path, duration_s: float | None = None,
-                 clock: str = "UTC", checkpoint_s: float = CHECKPOINT_S):
+                 clock: str = "UTC", checkpoint_s: float = CHECKPOINT_S, read_only: bool = False):
         self.model = model
+        # read_only (``edge-agent calibrate``): no file is written, set aside or refitted over; an unusable one is
+        # left in place and listed in self.unusable.found
+        self.unusable = Unusable(read_only)
         self.samples = samples
         self.duration_s = duration_s or None
         self.clock = clock  # the time zone whose days a daily profile follows (agent/season.py)
@@ -213,7 +219,7 @@ class Calibrator:
         try:
             with np.load(self._npz, allow_pickle=False) as z:
                 normal = np.asarray(z["normal"], dtype=np.float64)
-                times = _times(z, len(normal))
+                times = stored_times(z, len(normal))
         except Exception as e:  # noqa: BLE001 - numpy raises many kinds for a damaged file
             log.warning("teach-in readings in %s unreadable (%s): feedback cannot refit", self._npz, clip(e))
             return None
@@ -223,39 +229,10 @@ class Calibrator:
         return normal, times
 
     def _read_folds(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """Folded alerts: id -> (readings, their data times, NaN where unknown)."""
-        try:
-            with np.load(self._fold_npz, allow_pickle=False) as z:
-                ids = [str(i) for i in z["ids"]]
-                lengths = [int(n) for n in z["lengths"]]
-                rows = np.asarray(z["rows"], dtype=np.float64)
-                times = _times(z, len(rows))
-        except FileNotFoundError:
-            return {}
-        except Exception as e:  # noqa: BLE001 - numpy raises many kinds for a damaged file
-            set_aside(self._fold_npz, f"{clip(e, 200)}; the readings feedback folded in are forgotten")
-            return {}
-        width = len(self.model.sidecar.channels)
-        if (rows.ndim != 2 or rows.shape[1] != width or not np.isfinite(rows).all() or len(ids) != len(lengths)
-                or sum(lengths) != len(rows) or any(n < 0 for n in lengths)):
-            set_aside(self._fold_npz, "wrong shape or not finite; the readings feedback folded in are forgotten")
-            return {}
-        out, start = {}, 0
-        for i, n in zip(ids, lengths):
-            out[i] = (rows[start:start + n], times[start:start + n])
-            start += n
-        return out
+        return read_folds(self._fold_npz, len(self.model.sidecar.channels), self.unusable)
 
     def _write_folds(self, folds: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
-        if not folds:
-            self._fold_npz.unlink(missing_ok=True)
-            return
-        buf = io.BytesIO()
-        width = len(self.model.sidecar.channels)
-        np.savez(buf, ids=np.asarray(list(folds)), lengths=np.asarray([len(r) for r, _ in folds.values()]),
-                 rows=np.vstack([r.reshape(-1, width) for r, _ in folds.values()]),
-                 ts=np.concatenate([t for _, t in folds.values()]))
-        atomic_write(self._fold_npz, buf.getvalue())
+        write_folds(self._fold_npz, folds, len(self.model.sidecar.channels))
 
     # -- persistence -----------------------------------------------------------------------------------------
 
@@ -289,30 +266,13 @@ class Calibrator:
         channels = list(self.model.sidecar.channels)
         if not channels or not self._partial.is_file():  # a generic detector learns its channels first
             return
-        try:
-            with np.load(self._partial, allow_pickle=False) as z:
-                stored, sha = [str(c) for c in z["channels"]], str(z["sha256"])
-                normal = np.asarray(z["normal"], dtype=np.float64)
-                ts = np.asarray(z["ts"], dtype=np.float64).reshape(-1)
-                runs = np.asarray(z["runs"], dtype=np.int64).reshape(-1)
-                stride, seen = (int(x) for x in z["counts"])
-                first, last = (float(x) for x in z["span"])
-        except Exception as e:  # noqa: BLE001 - numpy raises many kinds for a damaged file (zipfile, pickle, EOF)
-            set_aside(self._partial, f"the running teach-in is unreadable: {clip(e, 200)}; teach-in starts again")
+        cp = read_checkpoint(self._partial, channels, self.model.sha256, self.unusable)
+        if cp is None:
             return
-        if stored != channels or sha != self.model.sha256:  # the file is replaced by this teach-in's checkpoint
-            log.info("the teach-in interrupted by the restart was for another model or other channels: it starts again")
-            return
-        if (normal.ndim != 2 or normal.shape[1] != len(channels) or not np.isfinite(normal).all()
-                or len(ts) != len(normal) or len(runs) != len(normal) or stride < 1 or seen < len(normal)):
-            set_aside(self._partial, "the running teach-in's readings are of the wrong shape or not finite; "
-                      "teach-in starts again")
-            return
-        self._rows, self._ts, self._runs = list(normal), ts.tolist(), runs.tolist()
-        self._stride, self._seen, self.resumed = stride, seen, seen
-        self._first_ts = first if math.isfinite(first) else None
-        self._last_ts = last if math.isfinite(last) else None
-        log.info("teach-in resumed after a restart: %d readings%s already taken", seen,
+        self._rows, self._ts, self._runs = list(cp.normal), cp.ts.tolist(), cp.runs.tolist()
+        self._stride, self._seen, self.resumed = cp.stride, cp.seen, cp.seen
+        self._first_ts, self._last_ts = cp.first_ts, cp.last_ts
+        log.info("teach-in resumed after a restart: %d readings%s already taken", cp.seen,
                  f" ({self.elapsed_s:.0f} s of data)" if self.elapsed_s else "")
 
     def _save(self, normal: np.ndarray, times: np.ndarray) -> None:
@@ -358,7 +318,7 @@ class Calibrator:
             log.warning("ignoring unreadable %s (%s): teach-in starts again", self._json, e.strerror)
             return None
         except ValueError as e:
-            set_aside(self._json, f"{clip(e, 200)}; teach-in starts again")
+            self.unusable(self._json, f"{clip(e, 200)}; teach-in starts again")
             return None
         if cal.model_sha256 == self.model.sha256 and cal.channels == channels:
             return cal
@@ -367,7 +327,7 @@ class Calibrator:
             with np.load(self._npz, allow_pickle=False) as z:
                 stored = [str(c) for c in z["channels"]]
                 normal = np.asarray(z["normal"], dtype=np.float64)
-                times = _times(z, len(normal))
+                times = stored_times(z, len(normal))
         except Exception as e:  # noqa: BLE001 - numpy raises many kinds for a damaged file (zipfile, pickle, EOF)
             log.info("calibration was for another model and its readings are unreadable (%s): teach-in again", clip(e))
             return None
@@ -375,21 +335,14 @@ class Calibrator:
             log.info("calibration was for other channels: teach-in starts again")
             return None
         if normal.ndim != 2 or normal.shape[1] != len(channels) or not np.isfinite(normal).all():
-            set_aside(self._npz, "stored normal readings of the wrong shape or not finite")
+            self.unusable(self._npz, "stored normal readings of the wrong shape or not finite")
             return None
         stored_folds = self._read_folds()
         folds = [f for f in stored_folds.values() if f[0].ndim == 2 and f[0].shape[1] == len(channels)]
         cal = fit(self.model, np.vstack([normal, *(r for r, _ in folds)]), folded=list(stored_folds),
                   ts=np.concatenate([times, *(t for _, t in folds)]), clock=self.clock)
-        cal.write(self._json)
+        if not self.unusable.read_only:
+            cal.write(self._json)
         log.info("calibrated model %s from %d stored normal readings", self.model.name, len(normal))
         return cal
 
-
-def _times(z: "np.lib.npyio.NpzFile", n: int) -> np.ndarray:
-    """The ``ts`` array of a stored file, or NaN for each of its ``n`` rows (stored before times were kept)."""
-    if "ts" in z.files:
-        t = np.asarray(z["ts"], dtype=np.float64).reshape(-1)
-        if len(t) == n:
-            return t
-    return np.full(n, np.nan)

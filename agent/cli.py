@@ -227,7 +227,11 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             stored = Calibrator(model, 0, state_dir).stored_channels()
             if stored:
                 model = model.with_channels(stored)
-        cal = Calibrator(model, 1, state_dir, clock=eff.calibration.timezone)  # a refit here: on the zone's days
+        # showing only reads (an agent may run on these files): an unusable file is reported and left in place
+        cal = Calibrator(model, 1, state_dir, clock=eff.calibration.timezone, read_only=not args.reset)
+        for path, why in cal.unusable.found:
+            print(f"warning: {path} is unusable ({why}): left in place (calibrate only reads; the agent sets it "
+                  "aside when it reads it)", file=sys.stderr)
         if args.reset:
             try:
                 removed = cal.reset()

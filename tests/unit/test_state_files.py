@@ -6,20 +6,26 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
 from agent.app import Agent
 from agent.calibrate import Calibrator, parse_calibration
 from agent.control import load_overrides
+from agent.detectors import open_model, resolve
 from agent.counters import Counters
 from agent.evidence import EvidenceStore
 from agent.files import StateDirError
 from agent.outbox import Outbox
 from agent.records import Outgoing, message_bytes
 from agent.settings import load_settings
+from tests.conftest import ROOT
 
 NASTY = [
     b"", b"[]", b"null", b"42", b'"x"', b"{", b"\x00\xff" * 100, b'{"threshold": NaN}', b'{"threshold": -1}',
@@ -105,6 +111,61 @@ def test_calibration_from_any_bytes_never_stops_the_start(tmp_path, model, conte
         assert all(math.isfinite(v) for v in (r.mean or []) + (r.std or []))
     elif (d / "calibration.json").exists():
         parse_calibration(content)  # kept only when well formed (a calibration of another model)
+
+
+# -- edge-agent calibrate only reads ----------------------------------------------------------------------------
+
+
+def test_calibrate_reports_an_unusable_calibration_and_checkpoint_and_leaves_them_in_place(tmp_path):
+    """``edge-agent calibrate`` (no --reset) may run beside an agent: a damaged calibration.json and teach-in.npz
+    are named with the reason on stderr and stay where they are (the agent's own start sets them aside)."""
+    state = tmp_path / "state"
+    state.mkdir()
+    files = {state / "calibration.json": b"{not json", state / "teach-in.npz": b"not a zip"}
+    for path, content in files.items():
+        path.write_bytes(content)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_AGENT_")}
+    env.update(EDGE_AGENT_STATE_DIR=str(state), EDGE_AGENT_MODEL__PATH="pump-anomaly")
+    r = subprocess.run([sys.executable, "-m", "agent", "calibrate"], capture_output=True, text=True, env=env,
+                       timeout=60, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == {"calibrated": False}
+    warnings = [line for line in r.stderr.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 2, r.stderr
+    assert f"warning: {state / 'calibration.json'} is unusable (Expecting property name" in warnings[0]
+    assert f"warning: {state / 'teach-in.npz'} is unusable (the running teach-in is unreadable:" in warnings[1]
+    assert all("left in place" in w for w in warnings) and "moved aside" not in r.stderr
+    assert {p: p.read_bytes() for p in files} == files  # both still there, untouched
+    assert sorted(p.name for p in state.iterdir()) == ["calibration.json", "teach-in.npz"]  # nothing set aside
+
+
+def test_a_read_only_calibrator_refits_another_model_but_writes_and_sets_aside_nothing(tmp_path, caplog):
+    """The other path that used to write while showing: a calibration of another model is refitted from the stored
+    readings (shown), not saved; a damaged calibration-feedback.npz read on the way is reported, not moved."""
+    caplog.set_level(logging.WARNING)
+    spec = json.loads(resolve("generic").read_text())
+    first = open_model("generic").with_channels(["a", "b"])
+    taught = Calibrator(first, 300, tmp_path)
+    rng = np.random.default_rng(3)
+    for i, row in enumerate(np.c_[20 + rng.normal(0, 0.1, 300), 3 + rng.normal(0, 0.2, 300)]):
+        taught.add(row, 1.7e9 + i)
+    assert taught.result is not None
+    (tmp_path / "calibration-feedback.npz").write_bytes(b"not a zip")
+    spec["version"] = "9.9.9"
+    (tmp_path / "g2.json").write_text(json.dumps(spec))
+    other = open_model(tmp_path / "g2.json").with_channels(["a", "b"])
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+
+    shown = Calibrator(other, 300, tmp_path, read_only=True)
+    assert shown.result is not None and shown.result.model_sha256 == other.sha256  # refitted for the other model
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # nothing written, nothing moved
+    [(path, why)] = shown.unusable.found
+    assert path == tmp_path / "calibration-feedback.npz" and "the readings feedback folded in are forgotten" in why
+    assert "moved aside" not in caplog.text
+
+    agent_side = Calibrator(other, 300, tmp_path)  # the agent: sets it aside and saves the refit
+    assert agent_side.unusable.found == [] and _aside(tmp_path / "calibration-feedback.npz")
+    assert json.loads((tmp_path / "calibration.json").read_text())["model_sha256"] == other.sha256
 
 
 # -- evidence.db and outbox.db ------------------------------------------------------------------------------------
