@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import os
 import socket
+import stat
 from pathlib import Path
 from typing import Any, Iterator, Literal
 
@@ -128,21 +129,40 @@ def _read_env_file(path: Path) -> dict[str, str]:
     return {k: v for k, v in dotenv_values(path).items() if v is not None}
 
 
+def _present(path: Path) -> bool:
+    """``path`` exists, or may not be looked at (then reading it says why); not a dangling link."""
+    try:
+        path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError:
+        return True
+    return True
+
+
 def load_settings(env_file: Path | None = None, environ: dict[str, str] | None = None) -> Settings:
     """Settings from the env file and the environment (environment wins), or ConfigError naming each problem."""
     environ = dict(os.environ if environ is None else environ)
     explicit = env_file is not None
-    if env_file is None and DEFAULT_ENV_FILE.exists():
+    if env_file is None and _present(DEFAULT_ENV_FILE):
         env_file = DEFAULT_ENV_FILE
     file_values: dict[str, str] = {}
     problems: list[str] = []
     if env_file is not None:
-        if explicit and not env_file.is_file():
-            raise ConfigError([f"--env-file {env_file}: no such file"])
+        named = f"--env-file {env_file}" if explicit else f"env file {env_file}"
+        try:
+            mode = env_file.stat().st_mode
+        except (FileNotFoundError, NotADirectoryError):
+            raise ConfigError([f"{named}: no such file"]) from None
+        except OSError as e:  # a directory on the way that may not be searched
+            raise ConfigError([f"{named}: cannot read ({e.strerror or e})"]) from None
+        if not stat.S_ISREG(mode):  # a directory, or a pipe or device (read twice below: a pipe would hang)
+            raise ConfigError([f"{named}: " + ("is a directory, not an env file" if stat.S_ISDIR(mode) else
+                                               "not a regular file (a pipe, socket or device)")])
         try:
             file_values = _read_env_file(env_file)
         except (OSError, UnicodeDecodeError) as e:
-            raise ConfigError([f"--env-file {env_file}: cannot read ({getattr(e, 'strerror', None) or e})"]) from e
+            raise ConfigError([f"{named}: cannot read ({getattr(e, 'strerror', None) or e})"]) from e
     known = set(known_env_names())
     secrets = secret_env_names()
     for key, value in file_values.items():

@@ -282,3 +282,68 @@ def test_comments_blank_lines_and_quoted_values_in_an_env_file_are_fine(tmp_path
     f.write_text("# comment\n\nEDGE_AGENT_DEVICE_ID='gw 1'\n   \nEDGE_AGENT_MQTT__PORT=1884 # inline\n")
     s = load_settings(f, {})
     assert (s.device_id, s.mqtt.port) == ("gw 1", 1884)
+
+
+# -- an env file that is not a readable regular file: one line with the reason, not "no such file" ----------------
+
+
+def _env_file_not_a_file(tmp_path: Path, kind: str) -> Path:
+    import os
+
+    if kind == "directory":
+        return tmp_path
+    f = tmp_path / "agent.fifo"
+    os.mkfifo(f)  # read twice by the env file reader: it would hang on a pipe with no writer
+    return f
+
+
+@pytest.mark.parametrize("kind, reason", [("directory", "is a directory, not an env file"),
+                                          ("fifo", "not a regular file (a pipe, socket or device)")])
+def test_an_env_file_that_is_a_directory_or_a_pipe_exits_78_with_one_line_naming_it_and_the_reason(tmp_path, kind,
+                                                                                                   reason):
+    path = _env_file_not_a_file(tmp_path, kind)
+    r = _cli("check-config", "--env-file", str(path))
+    assert r.returncode == 78, r.stderr
+    assert r.stderr.strip().splitlines() == [f"config error: --env-file {path}: {reason}"], r.stderr
+    assert "no such file" not in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("where", ["file", "directory"])
+def test_an_env_file_it_may_not_read_is_one_problem_naming_it_and_the_reason(where):
+    """Permission denied for real: as root (CI) a forked child drops to uid/gid 65534 (nobody) to load it; the file
+    itself, or the directory it is in, may not be read (that one was a PermissionError traceback)."""
+    import os
+    import tempfile
+
+    from dotenv.parser import parse_stream  # noqa: F401 - imported before the child drops its rights
+
+    with tempfile.TemporaryDirectory() as d:  # not under pytest's tmp_path: that is root's only
+        os.chmod(d, 0o755)
+        f = Path(d) / "conf" / "agent.env"
+        f.parent.mkdir()
+        f.write_text("EDGE_AGENT_DEVICE_ID=gw\n")
+        (f if where == "file" else f.parent).chmod(0)
+        rfd, wfd = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: load as nobody, report the problems (or the exception) through the pipe
+            try:
+                os.close(rfd)
+                if os.geteuid() == 0:
+                    os.setgid(65534)
+                    os.setuid(65534)
+                try:
+                    load_settings(f, {})
+                    out = "loaded"
+                except ConfigError as e:
+                    out = "\n".join(e.problems)
+                except BaseException as e:  # noqa: BLE001 - what the parent asserts against
+                    out = f"raised {e!r}"
+                os.write(wfd, out.encode())
+            finally:
+                os._exit(0)
+        os.close(wfd)
+        with os.fdopen(rfd, "rb") as r:
+            got = r.read().decode()
+        os.waitpid(pid, 0)
+        f.parent.chmod(0o755)
+    assert got == f"--env-file {f}: cannot read (Permission denied)"
