@@ -28,6 +28,15 @@ DEFAULT_CONFIG_FILE = Path("/etc/edge-agent/agent.toml")
 FILE_ONLY = ("modbus", "assets")  # top-level tables with no env variables
 
 
+class KeyProblem(ValueError):
+    """A check of a whole table (a model validator) that blames one key inside it: ``key`` its path from the
+    table, ``value`` its value; the problem line then names that key and its line, as a field's error does."""
+
+    def __init__(self, key: tuple[str, ...], value: Any, message: str):
+        super().__init__(message)
+        self.key, self.value = key, value
+
+
 @dataclass
 class ConfigFile:
     """A parsed configuration file: env-style values, file-only tables, and where each key is."""

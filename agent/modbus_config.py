@@ -13,6 +13,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from agent.config_file import KeyProblem
+
 Table = Literal["holding", "input", "coil", "discrete"]
 DataType = Literal["int16", "uint16", "int32", "uint32", "int64", "uint64", "float32", "float64", "bool", "bit"]
 Order = Literal["big", "little"]
@@ -129,14 +131,17 @@ class ModbusSettings(_Strict):
     def _references(self) -> "ModbusSettings":
         seen: dict[tuple[str, int], str] = {}
         for name, d in self.devices.items():
+            # each problem names the device's key (KeyProblem): its line in the file is then found
             if d.bus not in self.buses:
                 declared = ", ".join(sorted(self.buses)) or "none"
-                raise ValueError(f"device {name}: bus {d.bus!r} is not declared as [modbus.buses.{d.bus}] (declared: {declared})")
+                raise KeyProblem(("devices", name, "bus"), d.bus, f"bus {d.bus!r} is not declared as "
+                                 f"[modbus.buses.{d.bus}] (declared: {declared})")
             if self.buses[d.bus].kind == "rtu" and not RTU_UNITS[0] <= d.unit <= RTU_UNITS[1]:
-                raise ValueError(f"devices.{name}.unit = {d.unit}: on an rtu bus ({d.bus}) the unit id must be 1-247 "
-                                 f"({'0 is broadcast: no device answers it' if d.unit == 0 else '248-255 are reserved'})")
+                raise KeyProblem(("devices", name, "unit"), d.unit, f"on an rtu bus ({d.bus}) the unit id must be "
+                                 f"1-247 ({'0 is broadcast: no device answers it' if d.unit == 0 else '248-255 are reserved'})")
             key = (d.bus, d.unit)
             if key in seen:
-                raise ValueError(f"devices {seen[key]} and {name} both have unit {d.unit} on bus {d.bus}")
+                raise KeyProblem(("devices", name, "unit"), d.unit,
+                                 f"devices {seen[key]} and {name} both have unit {d.unit} on bus {d.bus}")
             seen[key] = name
         return self

@@ -189,6 +189,9 @@ def load_settings(env_file: Path | None = None, environ: dict[str, str] | None =
         settings = _build(merged, cfg.file_only if cfg else {})
     except ValidationError as e:
         for err in e.errors():
+            blamed = (err.get("ctx") or {}).get("error")
+            if isinstance(blamed, config_file.KeyProblem):  # a whole table's check names one key in it
+                err = {**err, "loc": (*err["loc"], *blamed.key), "input": blamed.value, "msg": str(blamed)}
             name = env_name(err["loc"])
             if err["type"] == "source_kind":
                 name = ENV_PREFIX + "SOURCE__KIND"

@@ -101,7 +101,8 @@ def test_modbus_tables_validate_and_reference_each_other(tmp_path: Path) -> None
     assert s.source.kind == "modbus"
     assert s.modbus.devices["meter-1"].unit == 3 and s.modbus.buses["rs485-1"].port == "/dev/ttyUSB0"
     got = _problems(tmp_path, MODBUS.replace('bus = "rs485-1"', 'bus = "rs485-2"'))
-    assert len(got) == 1 and "bus 'rs485-2' is not declared as [modbus.buses.rs485-2] (declared: rs485-1)" in got[0]
+    assert got == [f"modbus.devices.meter-1.bus = 'rs485-2' ({tmp_path / 'agent.toml'} line 10): bus 'rs485-2' is not "
+                   "declared as [modbus.buses.rs485-2] (declared: rs485-1)"]  # the key and its line, as any other
     got = _problems(tmp_path, MODBUS, EDGE_AGENT_SOURCE__DEVICES="meter-1,meter-9")
     assert got == ["EDGE_AGENT_SOURCE__DEVICES='meter-1,meter-9': meter-9 not declared as [modbus.devices.NAME] "
                    "(declared: meter-1)"]
@@ -239,9 +240,15 @@ def test_an_rtu_unit_id_outside_1_to_247_exits_78_naming_key_value_and_rule(tmp_
     r = subprocess.run([sys.executable, "-m", "agent", "check-config"], capture_output=True, text=True, timeout=60,
                        env={"EDGE_AGENT_CONFIG_FILE": str(f), "PATH": "/usr/bin:/bin"}, cwd=ROOT)
     assert r.returncode == 78, r.stderr
-    assert (f"devices.meter-1.unit = {unit}: on an rtu bus (rs485-1) the unit id must be 1-247 ({why})"
-            in r.stderr), r.stderr
+    assert r.stderr.splitlines() == [f"config error: modbus.devices.meter-1.unit = {unit} ({f} line 11): on an rtu bus "
+                                     f"(rs485-1) the unit id must be 1-247 ({why})"], r.stderr  # the key's line
     assert "Traceback" not in r.stderr
+
+
+def test_two_devices_with_one_unit_id_on_a_bus_name_the_second_one_s_unit_and_its_line(tmp_path: Path) -> None:
+    text = MODBUS + '\n[modbus.devices.meter-2]\nbus = "rs485-1"\nunit = 3\nchannels = {v = {address = 0}}\n'
+    assert _problems(tmp_path, text) == [f"modbus.devices.meter-2.unit = 3 ({tmp_path / 'agent.toml'} line 17): devices "
+                                         "meter-1 and meter-2 both have unit 3 on bus rs485-1"]
 
 
 @pytest.mark.parametrize("unit", [1, 247])
