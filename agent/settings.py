@@ -76,10 +76,13 @@ class ConfigError(Exception):
 
 def env_name(loc: tuple[Any, ...]) -> str:
     """The environment variable for a pydantic error location (the union tag is not part of the name)."""
-    parts = [str(p) for p in loc]
-    if len(parts) >= 2 and parts[0] == "source" and parts[1] in SOURCE_KINDS:
-        del parts[1]
-    return ENV_PREFIX + "__".join(p.upper() for p in parts)
+    return ENV_PREFIX + "__".join(str(p).upper() for p in written_loc(loc))
+
+
+def written_loc(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A pydantic error location as the user wrote it: without the source union's tag, which pydantic puts after
+    ``source`` (``assets.3.source.replay.speed`` is ``assets.3.source.speed`` in the file)."""
+    return tuple(p for i, p in enumerate(loc) if not (i and loc[i - 1] == "source" and p in SOURCE_KINDS))
 
 
 def _walk(model: type[BaseModel], prefix: str) -> Iterator[tuple[str, Any]]:
@@ -192,6 +195,7 @@ def load_settings(env_file: Path | None = None, environ: dict[str, str] | None =
             blamed = (err.get("ctx") or {}).get("error")
             if isinstance(blamed, config_file.KeyProblem):  # a whole table's check names one key in it
                 err = {**err, "loc": (*err["loc"], *blamed.key), "input": blamed.value, "msg": str(blamed)}
+            err = {**err, "loc": written_loc(err["loc"])}
             name = env_name(err["loc"])
             if err["type"] == "source_kind":
                 name = ENV_PREFIX + "SOURCE__KIND"

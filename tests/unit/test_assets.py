@@ -101,7 +101,25 @@ source = {kind = "replay", speed = -1}
 """)
     assert any(p.startswith(f"assets.1.decision.k = 0 ({f} line 8):") for p in problems), problems
     assert any(p.startswith(f"assets.2.cleaning.max_hold_s = -1 ({f} line 14):") for p in problems), problems
-    assert any(p.startswith("assets.3.source") and f"({f} line 17):" in p for p in problems), problems
+    assert f"assets.3.source.speed = -1 ({f} line 17): Input should be greater than or equal to 0" in problems, problems
+
+
+def test_an_asset_source_problem_names_the_key_as_written_without_the_union_tag(tmp_path: Path) -> None:
+    """pydantic puts the source kind (its union tag) into the path, assets.0.source.mqtt.qos: the file has no such
+    key; the problem names assets.0.source.qos, and a key in an [assets.source] table gets its own line."""
+    f = tmp_path / "gateway.toml"
+    problems = _problems(tmp_path, """[[assets]]
+id = "a"
+source = {kind = "mqtt", topics = ["x/#"], qos = 7}
+
+[[assets]]
+id = "b"
+[assets.source]
+kind = "replay"
+speedd = 2
+""")
+    assert problems == [f"assets.0.source.qos = 7 ({f} line 3): Input should be less than or equal to 1",
+                        f"assets.1.source.speedd = 2 ({f} line 9): Extra inputs are not permitted"], problems
 
 
 def test_a_modbus_device_has_one_asset(tmp_path: Path) -> None:
