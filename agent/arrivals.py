@@ -4,27 +4,32 @@ its own).
 
 The asset is silent (status ``degraded: no readings arriving``) once no reading of any of its sensors came for
 ``max(MAX_HOLD_S, 3 × its arrival interval)`` on the clock since the pipeline loop started or since the last reading.
-The arrival interval is learnt like a sensor's reporting interval (agent.clean): the median of the first 8 gaps
-between arrivals, the gap from the start to the first reading included; while it is being learnt the longest gap
-seen so far stands in for it. So a source that reports every five minutes may be flagged from ``MAX_HOLD_S`` after
-the start until its first reading, and between its first and second reading only if the first came within a third
-of its interval — together less than one interval — and never again once two readings came at its own pace.
+The arrival interval is the longest of the last ``KEEP_GAPS`` gaps between arrivals (the wait from the start to the
+first reading included), not their median: an asset's readings often come in clusters — several Modbus devices
+polled back to back, several sensors or topics of one machine, a serial block read in pieces — and then most gaps
+are the milliseconds inside a cluster, while the pace that matters is the quiet between clusters. So a source that
+reports every five minutes may be flagged from ``MAX_HOLD_S`` after the start until its first reading, and between
+its first and second cluster only if the first came within a third of its interval — together less than one
+interval — and not again at its own pace. A long outage lengthens the tolerance until ``KEEP_GAPS`` more gaps have
+come (a source that slows down for good is then never flagged over and over).
 """
 
 from __future__ import annotations
 
 import logging
-import statistics
 import time
+from collections import deque
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Callable
 
-from agent.clean import HOLD_INTERVALS, LEARN_INTERVALS
+from agent.clean import HOLD_INTERVALS
 
 if TYPE_CHECKING:
     from agent.assets import Asset, Feed
 
 log = logging.getLogger(__name__)
+
+KEEP_GAPS = 256  # clusters of up to this many takes still show the quiet between them
 
 
 class Arrivals:
@@ -34,21 +39,24 @@ class Arrivals:
         self.label, self.hold_s, self._clock = label, hold_s, clock
         self.silent = False
         self._last: float | None = None  # the last arrival, or the first check (the start)
-        self._gaps: list[float] = []
-        self.interval: float | None = None  # learnt from the first LEARN_INTERVALS gaps
+        self._gaps: deque[float] = deque(maxlen=KEEP_GAPS)
+        self.interval: float | None = None  # the longest of the recent gaps
 
     def tolerance_s(self) -> float:
         """How long without a reading is still normal for this asset."""
-        interval = self.interval if self.interval is not None else max(self._gaps, default=None)
-        return self.hold_s if interval is None else max(self.hold_s, HOLD_INTERVALS * interval)
+        return self.hold_s if self.interval is None else max(self.hold_s, HOLD_INTERVALS * self.interval)
 
     def heard(self) -> None:
         """Readings of the asset reached the pipeline just now."""
         now = self._clock()
-        if self._last is not None and self.interval is None:
-            self._gaps.append(now - self._last)
-            if len(self._gaps) >= LEARN_INTERVALS:
-                self.interval = statistics.median(self._gaps)
+        if self._last is not None:
+            gap = now - self._last
+            dropped = self._gaps[0] if len(self._gaps) == KEEP_GAPS else None
+            self._gaps.append(gap)
+            if self.interval is None or gap >= self.interval:
+                self.interval = gap
+            elif dropped is not None and dropped >= self.interval:  # the longest left the window: look again
+                self.interval = max(self._gaps)
         self._last = now
         if self.silent:
             self.silent = False

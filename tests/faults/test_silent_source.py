@@ -87,3 +87,28 @@ def test_a_slow_sensor_is_not_flagged_at_its_own_pace(tmp_path, live_broker, rec
     finally:
         pty.unplug()
     assert a.stop() == 0, a.log[-3000:]
+
+
+def test_a_source_that_sends_in_clusters_is_judged_by_the_quiet_between_them(tmp_path, live_broker, recorder, agents):
+    """3 lines 0.1 s apart every 1.5 s with MAX_HOLD_S 0.5: most gaps are 0.1 s, the pace is 1.5 s. A median of the
+    gaps flagged every quiet stretch for as long as it ran (7 degraded statuses in 6 periods)."""
+    rec = recorder(f"{BASE}/#")
+    pty = Pty()
+    a = start_agent(_env(tmp_path, live_broker.port, pty, 0.5), tmp_path)
+    agents.append(a)
+    try:
+        wait_for(lambda: _connected(rec), timeout=30, what="serial source connected")
+        pty.write(b"\n")  # the first fragment after an open is dropped
+        t0 = 0.0
+        for k in range(12):
+            for j in range(3):
+                pty.write(f"{k},{j}\n".encode())
+                time.sleep(0.1)
+            if k == 3:
+                t0 = time.monotonic()  # from the fourth cluster on, its pace is known
+            time.sleep(1.3)
+        flagged = [s for s in rec.since(t0, "status") if SILENT in s.get("reasons", [])]
+        assert not flagged, f"{len(flagged)} statuses said {SILENT!r} at the source's own pace"
+    finally:
+        pty.unplug()
+    a.stop()

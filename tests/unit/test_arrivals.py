@@ -1,0 +1,89 @@
+"""The arrival pace of an asset (agent/arrivals.py) on a simulated clock: readings that come in clusters are judged
+by the quiet between clusters, a steady source by its interval; silence beyond the tolerance is flagged, and the
+next reading clears it."""
+
+from __future__ import annotations
+
+import pytest
+
+from agent.arrivals import KEEP_GAPS, Arrivals
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def _run(offsets: list[float], period: float, periods: int, hold_s: float = 5.0) -> tuple[int, Arrivals]:
+    """Takes at ``offsets`` (s) within every ``period``, checks every 0.5 s; the checks after the second period at
+    which the asset was silent."""
+    clock = Clock()
+    arr = Arrivals("asset", hold_s, clock)
+    arr.check()  # the start
+    events = sorted([(p * period + o, "take") for p in range(periods) for o in offsets]
+                    + [(i * 0.5, "check") for i in range(int(periods * period / 0.5))])
+    flagged = 0
+    for t, kind in events:
+        clock.t = 1000.0 + t
+        if kind == "take":
+            arr.heard()
+        else:
+            arr.check()
+            flagged += arr.silent and t > 2 * period
+    return flagged, arr
+
+
+@pytest.mark.parametrize("offsets, period", [
+    ([0.0, 0.04, 0.08], 60.0),  # three Modbus devices polled back to back every minute
+    ([0.0, 0.01, 0.02, 0.03], 60.0),  # a serial block read in four pieces
+    ([0.0, 7.0, 15.0], 300.0),  # three MQTT sensors every five minutes, offset
+    ([0.0], 60.0),  # one device
+], ids=["modbus-3-devices", "serial-block", "mqtt-3-sensors", "one-device"])
+def test_a_source_at_its_own_pace_is_not_flagged(offsets: list[float], period: float) -> None:
+    flagged, arr = _run(offsets, period, periods=40)
+    assert flagged == 0
+    assert arr.interval == pytest.approx(period - (offsets[-1] - offsets[0]))
+
+
+def test_silence_beyond_the_pace_is_flagged_and_the_next_reading_clears_it() -> None:
+    clock = Clock()
+    arr = Arrivals("asset", 5.0, clock)
+    arr.check()
+    for _ in range(10):
+        clock.t += 60.0
+        arr.heard()
+    clock.t += 179.0
+    arr.check()
+    assert not arr.silent  # within 3 intervals
+    clock.t += 2.0
+    arr.check()
+    assert arr.silent
+    arr.heard()
+    assert not arr.silent
+
+
+def test_a_long_gap_leaves_the_tolerance_after_keep_gaps_more_gaps() -> None:
+    clock = Clock()
+    arr = Arrivals("asset", 5.0, clock)
+    arr.check()
+    clock.t += 7200.0  # two hours without a reading
+    arr.heard()
+    for _ in range(KEEP_GAPS - 1):
+        clock.t += 1.0
+        arr.heard()
+    assert arr.interval == 7200.0
+    clock.t += 1.0
+    arr.heard()
+    assert arr.interval == 1.0 and arr.tolerance_s() == 5.0
+
+
+def test_quiet_at_start_is_flagged_after_max_hold() -> None:
+    clock = Clock()
+    arr = Arrivals("asset", 5.0, clock)
+    arr.check()
+    clock.t += 5.5
+    arr.check()
+    assert arr.silent
