@@ -228,7 +228,7 @@ class Uplink:
         try:
             if reason_code.is_failure:
                 hint = refused_hint(reason_code)
-                self._outage(f"broker {self.s.host}:{self.s.port} refused the connection: {reason_code}{hint}")
+                self._failed(f"broker {self.s.host}:{self.s.port} refused the connection: {reason_code}{hint}")
                 return
             self._forget_stale_statuses(client)
             self._connected_at = time.monotonic()
@@ -267,7 +267,7 @@ class Uplink:
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
         try:
             why = describe_connect_error(getattr(client, "last_connect_error", None))
-            self._outage(f"broker {self.s.host}:{self.s.port} {why}")
+            self._failed(f"broker {self.s.host}:{self.s.port} {why}")
         except Exception:  # noqa: BLE001
             log.exception("error in on_connect_fail")
 
@@ -334,7 +334,7 @@ class Uplink:
         """The connection broke before CONNACK (called from paho's log line, on its thread: never raises)."""
         try:
             why = explain_receive_failure(text)
-            self._outage(f"broker {self.s.host}:{self.s.port} {why}")
+            self._failed(f"broker {self.s.host}:{self.s.port} {why}")
         except Exception:  # noqa: BLE001
             pass
 
@@ -357,6 +357,12 @@ class Uplink:
             "EDGE_AGENT_DEVICE_ID (default: the host name, which a cloned SD card keeps) or "
             "EDGE_AGENT_MQTT__CLIENT_ID; until then messages go out only in between (reconnecting)",
             self.s.host, self.s.port, self._short, SHORT_S, reason_code, self.client_id)
+
+    def _failed(self, what: str) -> None:
+        """A connection attempt failed: that ends a run of taken-over connections (those were accepted), and the
+        outage is said as any other — not hidden behind the duplicate-client-id warning."""
+        self._short = 0
+        self._outage(what)
 
     def _outage(self, what: str) -> None:
         self.last_error = what

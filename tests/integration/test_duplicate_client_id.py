@@ -43,3 +43,25 @@ def test_two_agents_with_one_client_id_are_named_once_not_logged_per_reconnect(t
     stats = wait_for(lambda: next(iter(rec.since(t0, "stats")), None), timeout=20, what="stats after it holds")
     up = stats["uplink"]
     assert up["short_connections"] >= 3 and up["connects"] > up["short_connections"], up
+
+
+def test_a_broker_outage_while_taken_over_is_still_logged(tmp_path: Path, live_broker, agents) -> None:
+    def env(state: str) -> dict[str, str]:
+        return agent_env(tmp_path / state, live_broker.port, EDGE_AGENT_SOURCE__SPEED="1",
+                         EDGE_AGENT_DRAIN_TIMEOUT_S="1")
+
+    first = start_agent(env("one"), tmp_path / "logs")
+    agents.append(first)
+    wait_for(lambda: "connected to" in first.log, timeout=60, what="the first agent connected")
+    second = start_agent(env("two"), tmp_path / "logs")
+    agents.append(second)
+    wait_for(lambda: TAKEN in first.log, timeout=90, what="the first agent naming the duplicate client id")
+    at_warning = len(first.log)
+    second.stop()
+    live_broker.stop()  # now the broker is down: that is what the log must say, not the client id
+    try:
+        wait_for(lambda: "stay in the outbox" in first.log[at_warning:], timeout=60, what="the outage logged")
+    finally:
+        live_broker.start()
+    wait_for(lambda: "again; publishing" in first.log[at_warning:], timeout=60, what="the reconnect logged")
+    assert first.alive()
