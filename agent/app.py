@@ -56,8 +56,8 @@ class Agent:
         self.settings = s = settings
         self.counters = Counters()
         self.stop = threading.Event()
-        probe_state_dir(s.state_dir)  # StateDirError (exit 78) naming the path and the reason
         self.lock = hold_state_dir(s.state_dir)  # one agent per state directory (StateDirError: who holds it)
+        probe_state_dir(s.state_dir)  # StateDirError (exit 78) naming the path and the reason
         self.evidence = EvidenceStore(s.state_dir / "evidence.db", s.alerts.evidence_max_bytes)
         self.outbox = Outbox(s.state_dir / "outbox.db", self.counters, s.outbox.max_rows, s.outbox.max_bytes)
         self.feeds = build_feeds(s, self.counters)

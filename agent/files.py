@@ -48,11 +48,8 @@ class StateDirError(Exception):
         self.path, self.reason = path, reason
 
 
-def probe_state_dir(path: Path, reserve_name: str = "outbox.db.reserve") -> None:
-    """Make sure the agent can create, write and remove a file in ``path`` (creating the directory), before any
-    state file is opened: a read-only or full directory, or a file in its place, is then one clear error naming the
-    path and the reason, instead of a store that claims corruption and a restart loop. On a full disk the outbox's
-    ballast file (``reserve_name``) is given up first: that is what it is kept for."""
+def make_state_dir(path: Path) -> None:
+    """Create ``path`` (and its parents); StateDirError when that fails or a file is in its place."""
     try:
         path.mkdir(parents=True, exist_ok=True)
     except FileExistsError:
@@ -61,6 +58,14 @@ def probe_state_dir(path: Path, reserve_name: str = "outbox.db.reserve") -> None
         raise StateDirError(path, f"cannot create it ({e.strerror})") from None
     if not path.is_dir():
         raise StateDirError(path, "exists and is not a directory")
+
+
+def probe_state_dir(path: Path, reserve_name: str = "outbox.db.reserve") -> None:
+    """Make sure the agent can create, write and remove a file in ``path`` (creating the directory), before any
+    state file is opened: a read-only or full directory, or a file in its place, is then one clear error naming the
+    path and the reason, instead of a store that claims corruption and a restart loop. On a full disk the outbox's
+    ballast file (``reserve_name``) is given up first: that is what it is kept for."""
+    make_state_dir(path)
     probe = path / f".write-probe-{os.getpid()}"
     for attempt in (1, 2):
         try:
@@ -93,26 +98,44 @@ def sqlite_corrupt(e: BaseException) -> bool:
 
 
 LOCK_NAME = "agent.lock"
+LOCK_WAIT_S = 5.0  # an agent that is just stopping, or `calibrate --reset` looking: wait that long before refusing
 
 
-def hold_state_dir(path: Path) -> int:
+def hold_state_dir(path: Path, wait_s: float = LOCK_WAIT_S) -> int:
     """Take ``path`` for this process: an exclusive ``flock`` on ``agent.lock`` in it, held until the process ends
     (the kernel drops it on any exit, SIGKILL and power cut included, so a stale lock cannot block a start). A
     second agent on the same directory would write the same outbox and teach-in and connect with the same client
-    id; it gets StateDirError (exit 78) naming the pid of the one running. Returns the descriptor to release."""
+    id; it gets StateDirError (exit 78) naming the pid of the one running, after ``wait_s``. Taken before anything
+    else is touched in the directory (the disk probe gives up the outbox's reserve on a full disk). Returns the
+    descriptor to release."""
+    make_state_dir(path)
+    lock = path / LOCK_NAME
     try:
-        fd = os.open(path / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     except OSError as e:
-        raise StateDirError(path, f"cannot open {LOCK_NAME} in it ({e.strerror})") from None
+        try:  # a lock file another user made (a first run by hand as root), a read-only disk: flock needs no write
+            fd = os.open(lock, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            raise StateDirError(path, f"cannot write in it ({e.strerror}); it must be a writable directory with "
+                                      "free space") from None
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.monotonic() < deadline:
+                time.sleep(0.1)
+                continue
+            pid = _lock_pid(fd)
+            os.close(fd)
+            raise StateDirError(path, f"in use by another edge-agent{f' (pid {pid})' if pid else ''}: stop it first "
+                                      "(systemctl stop edge-agent), or give this one a directory of its own") from None
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        pid = _lock_pid(fd)
-        os.close(fd)
-        raise StateDirError(path, f"in use by another edge-agent{f' (pid {pid})' if pid else ''}: stop it first "
-                                  "(systemctl stop edge-agent), or give this one a directory of its own") from None
-    os.ftruncate(fd, 0)
-    os.write(fd, f"{os.getpid()}\n".encode())
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+    except OSError:
+        pass  # read-only descriptor, a full disk: the pid is only for the message of a second agent
     return fd
 
 
