@@ -35,12 +35,14 @@ KEEP_GAPS = 256  # clusters of up to this many takes still show the quiet betwee
 class Arrivals:
     """The arrivals of one asset's readings, on the pipeline thread; ``silent`` is read by any thread."""
 
-    def __init__(self, label: str, hold_s: float, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, label: str, hold_s: float, clock: Callable[[], float] = time.monotonic,
+                 expected_s: float = 0.0):
         self.label, self.hold_s, self._clock = label, hold_s, clock
+        self._floor = expected_s  # a pace the source knows (a Modbus poll period): never judged faster than that
         self.silent = False
         self._last: float | None = None  # the last arrival, or the first check (the start)
         self._gaps: deque[float] = deque(maxlen=KEEP_GAPS)
-        self.interval: float | None = None  # the longest of the recent gaps
+        self.interval: float | None = expected_s or None  # the longest of the recent gaps (at least _floor)
 
     def tolerance_s(self) -> float:
         """How long without a reading is still normal for this asset."""
@@ -56,7 +58,7 @@ class Arrivals:
             if self.interval is None or gap >= self.interval:
                 self.interval = gap
             elif dropped is not None and dropped >= self.interval:  # the longest left the window: look again
-                self.interval = max(self._gaps)
+                self.interval = max(max(self._gaps), self._floor)
         self._last = now
         if self.silent:
             self.silent = False
@@ -77,8 +79,11 @@ class Arrivals:
 
 def watch_arrivals(assets: Iterable[Asset], feeds: Iterable[Feed]) -> set[str]:
     """Give every asset fed by a live source its ``Arrivals``; returns their ids."""
+    feeds = list(feeds)
     live = {aid for f in feeds if f.source.live for aid in f.assets}
     for a in assets:
         if a.id in live:
-            a.arrivals = Arrivals(f"asset {a.id}" if a.id else "source", a.settings.cleaning.max_hold_s)
+            expected = max((getattr(f.source, "expected_interval_s", 0.0) for f in feeds if a.id in f.assets), default=0.0)
+            a.arrivals = Arrivals(f"asset {a.id}" if a.id else "source", a.settings.cleaning.max_hold_s,
+                                  expected_s=expected)
     return live

@@ -271,6 +271,11 @@ class ModbusSource:
             logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
 
     @property
+    def expected_interval_s(self) -> float:
+        """The longest poll period of its devices: readings are due at least that often (agent/arrivals.py)."""
+        return max((d.s.poll_s for b in self.buses for d in b.devices), default=0.0)
+
+    @property
     def channels(self) -> list[str] | None:
         """Channel names of the register maps, device by device, in map order (duplicates kept once)."""
         return list(dict.fromkeys(self._channels))

@@ -87,3 +87,32 @@ def test_quiet_at_start_is_flagged_after_max_hold() -> None:
     clock.t += 5.5
     arr.check()
     assert arr.silent
+
+
+def test_a_modbus_source_states_its_poll_period_and_its_first_quiet_minute_is_not_flagged() -> None:
+    """The first poll comes at once, the second a poll period later: learnt from gaps alone, the asset showed
+    `no readings arriving` from MAX_HOLD_S to a minute after every start."""
+    from agent.counters import Counters
+    from agent.modbus_config import ModbusSettings
+    from agent.settings import ModbusSourceSettings
+    from agent.sources.modbus import ModbusSource
+
+    modbus = ModbusSettings.model_validate({
+        "buses": {"plc": {"kind": "tcp", "host": "127.0.0.1", "tcp_port": 5020}},
+        "devices": {"meter": {"bus": "plc", "unit": 1, "poll_s": 60, "channels": {"v": {"address": 0}}},
+                    "fast": {"bus": "plc", "unit": 2, "poll_s": 10, "channels": {"w": {"address": 0}}}}})
+    source = ModbusSource(ModbusSourceSettings(), modbus, Counters())
+    assert source.expected_interval_s == 60
+    clock = Clock()
+    arr = Arrivals("asset", 5.0, clock, expected_s=source.expected_interval_s)
+    arr.check()
+    arr.heard()  # the first poll, at once
+    for _ in range(119):
+        clock.t += 0.5
+        arr.check()
+        assert not arr.silent
+    clock.t += 0.5
+    arr.heard()  # the second, a minute later
+    clock.t += 181.0
+    arr.check()
+    assert arr.silent  # beyond 3 periods it is still said
