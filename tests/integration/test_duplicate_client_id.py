@@ -8,26 +8,31 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from tests.conftest import agent_env, start_agent, wait_for
+from tests.conftest import AgentProcess, agent_env, start_agent, wait_for
 
 TAKEN = "is another client connected with the client id 'edge-agent-test-gw'?"
 
 
-def test_two_agents_with_one_client_id_are_named_once_not_logged_per_reconnect(tmp_path: Path, live_broker,
-                                                                                recorder, agents) -> None:
-    rec = recorder("edge/test-gw/stats")
-
-    def env(state: str) -> dict[str, str]:  # same device id, own state directories (else the second is refused)
-        return agent_env(tmp_path / state, live_broker.port, EDGE_AGENT_SOURCE__SPEED="1",
-                         EDGE_AGENT_DRAIN_TIMEOUT_S="1", EDGE_AGENT_STATS_INTERVAL_S="1")
+def _two_on_one_id(tmp_path: Path, port: int, agents: list) -> tuple[AgentProcess, AgentProcess]:
+    """Two agents with one device id (own state directories, else the second is refused), the first connected
+    before the second starts; returns once the first has named the duplicate client id."""
+    def env(state: str) -> dict[str, str]:
+        return agent_env(tmp_path / state, port, EDGE_AGENT_SOURCE__SPEED="1", EDGE_AGENT_DRAIN_TIMEOUT_S="1",
+                         EDGE_AGENT_STATS_INTERVAL_S="1")
 
     first = start_agent(env("one"), tmp_path / "logs")
     agents.append(first)
     wait_for(lambda: "connected to" in first.log, timeout=60, what="the first agent connected")
     second = start_agent(env("two"), tmp_path / "logs")
     agents.append(second)
-
     wait_for(lambda: TAKEN in first.log, timeout=90, what="the first agent naming the duplicate client id")
+    return first, second
+
+
+def test_two_agents_with_one_client_id_are_named_once_not_logged_per_reconnect(tmp_path: Path, live_broker,
+                                                                                recorder, agents) -> None:
+    rec = recorder("edge/test-gw/stats")
+    first, second = _two_on_one_id(tmp_path, live_broker.port, agents)
     at_warning = first.log
     assert "EDGE_AGENT_DEVICE_ID" in at_warning
     time.sleep(8)  # the two keep taking each other's place meanwhile
@@ -46,16 +51,7 @@ def test_two_agents_with_one_client_id_are_named_once_not_logged_per_reconnect(t
 
 
 def test_a_broker_outage_while_taken_over_is_still_logged(tmp_path: Path, live_broker, agents) -> None:
-    def env(state: str) -> dict[str, str]:
-        return agent_env(tmp_path / state, live_broker.port, EDGE_AGENT_SOURCE__SPEED="1",
-                         EDGE_AGENT_DRAIN_TIMEOUT_S="1")
-
-    first = start_agent(env("one"), tmp_path / "logs")
-    agents.append(first)
-    wait_for(lambda: "connected to" in first.log, timeout=60, what="the first agent connected")
-    second = start_agent(env("two"), tmp_path / "logs")
-    agents.append(second)
-    wait_for(lambda: TAKEN in first.log, timeout=90, what="the first agent naming the duplicate client id")
+    first, second = _two_on_one_id(tmp_path, live_broker.port, agents)
     at_warning = len(first.log)
     second.stop()
     live_broker.stop()  # now the broker is down: that is what the log must say, not the client id
