@@ -61,9 +61,12 @@ class Recording:
     labels: np.ndarray  # 1 = anomalous
 
 
-def load(path: Path, rel: str, channels: Sequence[str] = CHANNELS) -> Recording:
-    """A labelled recording read by the agent's replay reader (the same rows ``edge-agent evaluate`` sees)."""
+def load(path: Path, rel: str, channels: Sequence[str] | None = CHANNELS) -> Recording:
+    """A labelled recording read by the agent's replay reader (the same rows ``edge-agent evaluate`` sees);
+    ``channels`` None: every column of the file but the labels (another machine's recording)."""
     rows = list(read_recording(path, Counters(), sensor="baselines"))
+    if channels is None:
+        channels = [c for c in (rows[0].values if rows else ()) if c not in (LABEL_COLUMN, "changepoint")]
     missing = [c for c in channels if rows and c not in rows[0].values]
     if missing:
         raise ValueError(f"{rel}: no column {', '.join(missing)}")
@@ -309,8 +312,8 @@ class RobustZ:
 # ================================================================================================ running
 
 
-def predict(method: str, rec: Recording, train_rows: int = TRAIN_ROWS, z_threshold: float = Z_THRESHOLD
-            ) -> np.ndarray:
+def predict(method: str, rec: Recording, train_rows: int = TRAIN_ROWS, z_threshold: float = Z_THRESHOLD,
+            z_window_s: float = Z_WINDOW_S) -> np.ndarray:
     """Predicted rows of one method on one recording: fitted on rows < train_rows, never flags them."""
     pred = np.zeros(len(rec.ts), dtype=bool)
     train, test = rec.x[:train_rows], rec.x[train_rows:]
@@ -323,7 +326,7 @@ def predict(method: str, rec: Recording, train_rows: int = TRAIN_ROWS, z_thresho
     elif method == "mset":
         pred[train_rows:] = MSET().fit(train).predict(test)
     elif method == "robust-z":
-        pred[train_rows:] = RobustZ(z_threshold).predict_rows(rec.ts, rec.x, train_rows)[train_rows:]
+        pred[train_rows:] = RobustZ(z_threshold, z_window_s).predict_rows(rec.ts, rec.x, train_rows)[train_rows:]
     elif method == "all":
         pred[train_rows:] = True
     elif method != "none":
@@ -334,7 +337,7 @@ def predict(method: str, rec: Recording, train_rows: int = TRAIN_ROWS, z_thresho
 METHODS = {
     "t2q": "SKAB T²+Q (PCA)",
     "mset": "SKAB MSET",
-    "robust-z": f"robust z of {Z_WINDOW_S:g} s mean, |z| >",
+    "robust-z": "robust z of the trailing mean, |z| >",
     "all": "flag every row",
     "none": "never flag",
     "t2q-sorted": "T²+Q, residual = smallest eigenvalues",  # variant: SKAB sums eig's unsorted tail
@@ -408,6 +411,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--methods", default=",".join(DEFAULT_METHODS),
                     help="comma-separated, of " + ", ".join(METHODS) + " (default: " + ",".join(DEFAULT_METHODS) + ")")
     ap.add_argument("--per-file", action="store_true", help="also print a per-file table for each method")
+    ap.add_argument("--channels", choices=("skab", "header"), default="skab",
+                    help="skab: SKAB's 8 channels (default); header: every column of each file but the labels")
+    ap.add_argument("--z-window-s", type=float, default=Z_WINDOW_S,
+                    help=f"robust-z: the trailing mean's span of data time (default {Z_WINDOW_S:g} s: 30 readings at 1 Hz)")
     ap.add_argument("--out", default=None, metavar="FILE", help="write every number as JSON here")
     args = ap.parse_args(argv)
 
@@ -425,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
             if LABEL_COLUMN not in fh.readline():
                 print(f"skipping {rel}: no '{LABEL_COLUMN}' column", file=sys.stderr)
                 continue
-        recs.append(load(f, rel))
+        recs.append(load(f, rel, CHANNELS if args.channels == "skab" else None))
         groups.append(grouping.group(rel, f, lambda m: print(f"warning: {m}", file=sys.stderr)))
     if not recs:
         print(f"skab_baselines: no labelled CSV in {data}", file=sys.stderr)
@@ -442,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
     out_text = [f"{len(recs)} labelled file(s) in {data}; fitted on the first {tr} rows of each, rows >= {tr} scored; "
                 "alerts = runs of predicted rows\n"]
     for method in methods:
-        preds = [predict(method, r, tr, args.z_threshold) for r in recs]
+        preds = [predict(method, r, tr, args.z_threshold, args.z_window_s) for r in recs]
         results = [score(r, p, tr) for r, p in zip(recs, preds)]
         label = METHODS.get(method, method) + (f" {args.z_threshold:g}" if method == "robust-z" else "")
         fam = group_totals(groups, results, names)
@@ -458,7 +465,7 @@ def main(argv: list[str] | None = None) -> int:
                          for r, g, p, m in zip(recs, groups, preds, results)],
         }
     if "robust-z" in methods:
-        zmax = {r.rel: RobustZ().zmax(r.ts, r.x, tr) for r in recs}
+        zmax = {r.rel: RobustZ(window_s=args.z_window_s).zmax(r.ts, r.x, tr) for r in recs}
         sweep = []
         for thr in Z_SWEEP:
             res = []

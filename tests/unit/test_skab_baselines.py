@@ -177,3 +177,27 @@ def test_script_reports_families_and_pooled(sb, tmp_path, capsys):
             assert sum(f[key] for f in m["families"]) == m["pooled"][key] == sum(f[key] for f in m["per_file"])
     assert r["methods"]["all"]["pooled"]["far"] == 1.0 and r["methods"]["none"]["pooled"]["tp"] == 0
     assert set(r["robust_z_lofo"]["chosen"]) == {"leak-addition", "valve1"}
+
+
+def test_script_on_another_machine_takes_the_channels_from_the_header(sb, tmp_path, capsys):
+    """--channels header: a recording with other channels (models/tep_to_csv.py's 52) is scored, not refused;
+    --z-window-s sets the robust z's trailing mean in data time (a reading every 3 minutes: 30 readings = 90 min)."""
+    data = tmp_path / "tep"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    n, cols = 600, ["XMEAS1", "XMEAS2", "XMV1"]
+    x = rng.normal(0.0, 1.0, (n, len(cols)))
+    x[400:, 1] += 20.0  # a step in one channel from row 400
+    lines = ["timestamp," + ",".join(cols) + ",anomaly"]
+    lines += [f"{1_000_000 + 180 * i}," + ",".join(f"{v:.5f}" for v in x[i]) + f",{int(i >= 400)}" for i in range(n)]
+    (data / "fault.csv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match="no column Accelerometer1RMS"):
+        sb.main(["--data", str(data), "--train-rows", "300"])
+    out = tmp_path / "b.json"
+    assert sb.main(["--data", str(data), "--train-rows", "300", "--channels", "header", "--z-window-s", "5400",
+                    "--methods", "robust-z,none", "--out", str(out)]) == 0
+    capsys.readouterr()
+    rz = json.loads(out.read_text())["methods"]["robust-z"]["per_file"][0]
+    assert rz["segments_alerted"] == 1 and rz["fp"] == 0
+    spans = rz["spans"]
+    assert spans[0][0] >= 400 and spans[-1][1] == n  # raised after the step, not before it
