@@ -255,10 +255,22 @@ class Decisions:
         self._suppressed: set[str] = set()  # alert ids held back by the policy: their clear is not sent either
         self.params = DecisionParams(1.0, 1, 1, 1.0)
 
-    def refresh(self, spec: Any, model_threshold: float, calibrated: float | None) -> None:
-        """The model's decision defaults and threshold, and the teach-in's threshold (None: none)."""
+    def refresh(self, spec: Any, model_threshold: float, calibrated: float | None, forget: bool = False) -> None:
+        """The model's decision defaults and threshold, and the teach-in's threshold (None: none); ``forget``: the
+        machines forget their recent scores too (a new teach-in: scores of the old fit must not count towards k)."""
         self._spec, self._model_threshold, self._calibrated = spec, model_threshold, calibrated
         self._apply(self._params(self._command_threshold))
+        if forget:
+            self.forget_scores()
+
+    def unfit(self, spec: Any) -> str | None:
+        """Why the decision settings in force cannot run with a model's decision defaults ``spec`` (k > n once a
+        configured value meets the model's), None when they can: checked before a model is swapped in."""
+        _, k, n, _, _ = self._configured
+        if (k or spec.k) <= (n or spec.n):
+            return None
+        return (f"decision k={k or spec.k} ({'EDGE_AGENT_DECISION__K' if k else 'its sidecar decision.k'}) exceeds "
+                f"n={n or spec.n} ({'EDGE_AGENT_DECISION__N' if n else 'its sidecar decision.n'})")
 
     def _params(self, threshold: float | None) -> DecisionParams:
         t, k, n, ratio, recede = self._configured
@@ -314,10 +326,10 @@ class Decisions:
             log.warning("alert on %s suppressed by cooldown/rate limit (score %.4g)", clip(sensor), inf.score)
             return None, True
         if t.state == CLEARED:
+            if t.alert_id in self._suppressed:  # never sent: its clear does not start a cooldown either (a fault
+                self._suppressed.discard(t.alert_id)  # that recurs a little faster than the cooldown would be
+                return None, False  # held back for ever)
             self.policy.cleared(sensor, end)
-            if t.alert_id in self._suppressed:
-                self._suppressed.discard(t.alert_id)
-                return None, False
         self.counters.inc(f"alerts.{t.state}")
         return t, False
 

@@ -24,9 +24,8 @@ from agent.counters import Counters
 from agent.decide import RAISED, Decisions, DecisionParams, Transition
 from agent.evidence import EvidenceRecorder, EvidenceStore
 from agent.health import LatencyRing
-from agent.infer import ModelError
 from agent.pipeline_block import drop_bad_blocks, process_block
-from agent.pipeline_support import alert_event, bind_channels, canary, forget_idle, learn
+from agent.pipeline_support import alert_event, bind_channels, canary, forget_idle, learn, refuse_unrunnable
 from agent.records import BLOCK_MIN, AlertEvent, Block, Event, Inference, PipelineSnapshot, Reading
 from agent.summary import Summaries
 from agent.window import Windower
@@ -101,8 +100,7 @@ class Pipeline:
         """Set up every model-dependent stage (at start and on a model swap); a model that cannot run here raises
         ModelError before anything is replaced."""
         calibrator = self._new_calibrator(model)
-        if not calibrator.enabled and make_scorer(model, None) is None:
-            raise ModelError(f"{model.name}: learns normal on site: teach-in cannot be off (EDGE_AGENT_CALIBRATION__SAMPLES=0)")
+        refuse_unrunnable(self, model, calibrator)
         sc = model.sidecar
         old = self.model if self.cleaner is not None else None
         same_shape = old is not None and old.sidecar.channels == sc.channels and old.sidecar.window == sc.window
@@ -172,7 +170,7 @@ class Pipeline:
         """Start teach-in again (the calibrate command)."""
         self.calibrator.reset()
         self.scorer = make_scorer(self.model, None)
-        self.decisions.refresh(self.model.sidecar.decision, self.model.sidecar.threshold, None)
+        self.decisions.refresh(self.model.sidecar.decision, self.model.sidecar.threshold, None, forget=True)
         self._publish()
 
     def swap_model(self, model: Any, override: dict[str, Any] | None = None) -> None:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from agent.calibrate import sidecar_normaliser
+from agent.calibrate import make_scorer, sidecar_normaliser
 from agent.decide import CLEARED, RAISED, Transition
 from agent.infer import Model, ModelError, Scorer
 from agent.logsafe import clip
@@ -42,6 +42,16 @@ def canary(p: "Pipeline", model: Any) -> str | None:
         if model.sidecar.kind == "classifier" and not 0 <= score <= 1:
             return f"canary failed: probability {score} out of 0..1"
     return None
+
+
+def refuse_unrunnable(p: "Pipeline", model: Any, calibrator: Any) -> None:
+    """ModelError when ``model`` cannot run in this pipeline, raised before anything is replaced: it learns normal on
+    site and teach-in is off, or its decision defaults meet configured ones it cannot run with (k > n)."""
+    if not calibrator.enabled and make_scorer(model, None) is None:
+        raise ModelError(f"{model.name}: learns normal on site: teach-in cannot be off (EDGE_AGENT_CALIBRATION__SAMPLES=0)")
+    why = p.decisions.unfit(model.sidecar.decision)
+    if why is not None:
+        raise ModelError(f"{model.name}: {why}")
 
 
 def learn(p: "Pipeline", alert_id: str, label: str) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from agent.app import Agent
 from agent.bundled import bundled_model
 from agent.command_gate import MAX_PAYLOAD_BYTES, CommandGate, TokenBucket
 from agent.counters import Counters
+from agent.records import Reading
 from agent.settings import load_settings
 
 
@@ -394,3 +395,29 @@ def test_a_model_that_needs_a_teach_in_is_refused_where_it_is_off_and_the_old_on
     for i in range(40, 50):
         pipe.process(Reading(1000.0 + i, {ch: 1.0 for ch in channels}, "s"))
     assert pipe.counters.get("pipeline.windows") > windows  # the old model scores on
+
+
+def test_reload_model_whose_debounce_cannot_hold_the_configured_k_is_refused_and_the_old_model_runs_on(
+        tmp_path: Path) -> None:
+    """EDGE_AGENT_DECISION__K=4 fits the running model's n (5) but not a new sidecar's n (3): the swap is refused
+    with the reason before anything is replaced (it used to be swapped half-way, answer 'internal error', and
+    raise ValueError on the next new sensor's first window)."""
+    models = tmp_path / "models"
+    path, sha = _copy_model(models, "3.0.0")
+    sc_path = path.with_suffix(".json")
+    sc = json.loads(sc_path.read_text())
+    sc["decision"] = {**sc["decision"], "k": 2, "n": 3}
+    sc_path.write_text(json.dumps(sc))
+    a = make_agent(tmp_path / "state", EDGE_AGENT_CALIBRATION__SAMPLES="0", EDGE_AGENT_DECISION__K="4",
+                   EDGE_AGENT_COMMANDS__MODEL_DIRS=str(models))
+    try:
+        before = a.pipeline.params
+        r = cmd(a, "reload-model", {"request_id": "k", "path": str(path), "sha256": sha})
+        assert not r["ok"], r
+        assert "decision k=4 (EDGE_AGENT_DECISION__K) exceeds n=3 (its sidecar decision.n)" in r["reason"], r
+        assert a.status()["model"]["version"] != "3.0.0" and a.pipeline.params == before
+        assert (before.k, before.n) == (4, 5)
+        a.pipeline.process(Reading(1.0, {c: 1.0 for c in a.pipeline.model.sidecar.channels}, "new-sensor"))
+    finally:
+        a.outbox.close()
+        a.evidence.close()

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agent.decide import CLEARED, RAISED, AlertMachine
+from agent.counters import Counters
+from agent.decide import CLEARED, RAISED, AlertMachine, AlertPolicy, Decisions
 from agent.summary import Summariser
 from agent.records import Inference, Vector, Window
 
@@ -298,3 +299,32 @@ def test_summary_min_and_max_of_zeros_keep_the_sign_one_vector_at_a_time_gives(z
     for s in (one, block):
         ch = s.take(None, {})["channels"]["a"]
         assert np.signbit(ch["min"]) == np.signbit(lo[0]) and np.signbit(ch["max"]) == np.signbit(hi[0]), zeros
+
+
+def test_the_clear_of_a_held_back_alert_does_not_start_a_cooldown():
+    """A fault of 100 s every 500 s with a 600 s cooldown: the second one is held back (it raises 400 s after the
+    first cleared), but its clear is never sent, so it must not restart the cooldown — the third is raised (900 s
+    after the last clear sent). It used to restart it, and every later one was held back for ever."""
+    from agent.model_spec import DecisionSpec
+
+    d = Decisions(Counters(), AlertPolicy(cooldown_s=600))
+    d.refresh(DecisionSpec(k=1, n=1, clear_ratio=0.8), 1.0, None)
+    sent = []
+    for start in range(0, 3000, 500):
+        for t, score in ((start, 2.0), (start + 100, 0.1)):
+            tr, _ = d.judge(Inference(Window("s", t, t, np.zeros((1, 1))), score))
+            if tr is not None:
+                sent.append((t, tr.state))
+    assert sent == [(0, RAISED), (100, CLEARED), (1000, RAISED), (1100, CLEARED), (2000, RAISED), (2100, CLEARED)]
+    assert d.counters.get("alerts.suppressed") == 3
+
+
+def test_unfit_names_the_k_and_n_a_new_model_would_not_run_with():
+    from agent.model_spec import DecisionSpec
+
+    assert Decisions(Counters()).unfit(DecisionSpec(k=3, n=5)) is None
+    assert Decisions(Counters(), k=4).unfit(DecisionSpec(k=2, n=5)) is None
+    assert Decisions(Counters(), k=4).unfit(DecisionSpec(k=2, n=3)) == \
+        "decision k=4 (EDGE_AGENT_DECISION__K) exceeds n=3 (its sidecar decision.n)"
+    assert Decisions(Counters(), n=2).unfit(DecisionSpec(k=3, n=5)) == \
+        "decision k=3 (its sidecar decision.k) exceeds n=2 (EDGE_AGENT_DECISION__N)"

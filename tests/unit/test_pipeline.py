@@ -221,3 +221,35 @@ def test_summaries_follow_a_single_sensors_clock_step(tmp_path, model, recording
     assert p.counters.get("gap.time_step") == 1
     # without following the step, no summary would close for an hour of data after it
     assert len(out) >= 5, [(m.payload["period_start"], m.payload["period_end"]) for m in out]
+
+
+def test_a_new_teach_in_forgets_the_scores_of_the_old_fit(tmp_path, model, recording):
+    """The calibrate command (Pipeline.recalibrate): scores taken before the new teach-in — hours earlier, against
+    the old fit — must not count towards k of n after it. Two windows over the threshold before it, then one
+    after it: with the old scores kept, that one window raised at once (3 of 5); now it takes 3 new ones."""
+    samples = model.sidecar.calibration.samples
+    channels = model.sidecar.channels
+    raw = np.array([[r.values[c] for c in channels] for r in recording[:samples]])
+    sd = raw[:, channels.index("Current")].std()
+
+    def spike(r):
+        return Reading(r.ts, {**r.values, "Current": r.values["Current"] + 40 * sd}, r.sensor)
+
+    p = Pipeline(model, Counters(), tmp_path, summary_interval_s=1e9)
+    _run(p, recording[:samples + 20])
+    i = samples + 20
+    _run(p, [spike(recording[i]), recording[i + 1]])  # 2 windows over the threshold, no alert (k = 3)
+    i += 2
+    machine = next(iter(p.decisions.machines.values()))
+    assert sum(s > machine.threshold for s in machine._scores) == 2 and not machine.active
+    p.recalibrate()
+    _run(p, recording[i:i + samples])
+    i += samples
+    assert not p.calibrating
+    raised_at = None
+    for j in range(12):
+        alerts = [m for m in _run(p, [spike(recording[i + j]) if j == 0 else recording[i + j]]) if m.kind == "alert"]
+        if alerts:
+            raised_at = j
+            break
+    assert raised_at == 2, raised_at  # the third window holding the spike, not the first
