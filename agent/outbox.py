@@ -140,17 +140,28 @@ class Outbox:
         try:
             payload = dict(msg.payload)
             priority = PRIORITY.get(msg.kind, 1)
+            if msg.kind == "alert":
+                seq = db.execute("SELECT value FROM meta WHERE key='alert_seq'").fetchone()
+                payload["seq"] = (seq[0] if seq else 0) + 1
+                db.execute("INSERT OR REPLACE INTO meta VALUES ('alert_seq', ?)", (payload["seq"],))
             body = message_bytes(payload)
+            if len(body) > self.max_bytes and "evidence" in payload:  # kept in evidence.db under its evidence_id
+                del payload["evidence"]
+                body = message_bytes(payload)
+                self.counters.inc("outbox.evidence_stripped")
+                log.warning("outbox: this %s is bigger than EDGE_AGENT_OUTBOX__MAX_BYTES (%d) with its evidence "
+                            "inline: stored without it (fetch it by evidence_id)", msg.kind, self.max_bytes)
+            if len(body) > self.max_bytes:  # evicting every other row would not make it fit: evict none
+                db.execute("ROLLBACK")
+                self.counters.inc(f"outbox.dropped.{msg.kind}")
+                log.error("outbox: this %s (%d bytes) is bigger than EDGE_AGENT_OUTBOX__MAX_BYTES (%d): dropped it, "
+                          "nothing else", msg.kind, len(body), self.max_bytes)
+                return 0
             if not self._make_room(db, len(body), priority, shed):
                 db.execute("ROLLBACK")
                 self.counters.inc(f"outbox.dropped.{msg.kind}")
                 log.warning("outbox: no room for this %s without dropping an alert: dropped it", msg.kind)
                 return 0
-            if msg.kind == "alert":
-                seq = db.execute("SELECT value FROM meta WHERE key='alert_seq'").fetchone()
-                payload["seq"] = (seq[0] if seq else 0) + 1
-                db.execute("INSERT OR REPLACE INTO meta VALUES ('alert_seq', ?)", (payload["seq"],))
-                body = message_bytes(payload)
             cur = db.execute(
                 "INSERT INTO outbox (kind, priority, topic, payload, qos, retain, created_ts) VALUES (?,?,?,?,?,?,?)",
                 (msg.kind, priority, msg.topic_suffix, body, msg.qos, int(msg.retain), time.time()),
