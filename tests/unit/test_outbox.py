@@ -135,3 +135,18 @@ def test_a_message_bigger_than_the_byte_bound_evicts_nothing(tmp_path):
     assert stored["ev"]["evidence_id"] == "e1" and "evidence" not in stored["ev"]
     assert set(queued) < set(stored)
     assert [stored[f"a{i}"]["seq"] for i in range(5)] + [stored["ev"]["seq"]] == [1, 2, 3, 4, 5, 6]  # no hole
+
+
+def test_evictions_undone_by_a_rollback_are_not_counted_as_drops(tmp_path):
+    # A summary that does not fit even after every summary is gone is dropped itself and the transaction rolled
+    # back: the summaries are still there, so they must not be counted (nor logged) as dropped.
+    c = Counters()
+    ob = Outbox(tmp_path / "o.db", c, max_bytes=65536)
+    for i in range(3):
+        ob.put(_summary(i))
+    for i in range(12):
+        ob.put(Outgoing("alert", "alerts", {"id": f"a{i}", "pad": "x" * 5000}))
+    before = ob.depth()
+    assert ob.put(Outgoing("summary", "summary", {"id": "s-big", "pad": "x" * 8000})) == 0
+    assert ob.depth() == before  # nothing was dropped but the newcomer
+    assert c.snapshot("outbox.dropped.") == {"summary": 1}
