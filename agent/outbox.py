@@ -140,17 +140,29 @@ class Outbox:
         try:
             payload = dict(msg.payload)
             priority = PRIORITY.get(msg.kind, 1)
-            body = message_bytes(payload)
-            if not self._make_room(db, len(body), priority, shed):
-                db.execute("ROLLBACK")
-                self.counters.inc(f"outbox.dropped.{msg.kind}")
-                log.warning("outbox: no room for this %s without dropping an alert: dropped it", msg.kind)
-                return 0
             if msg.kind == "alert":
                 seq = db.execute("SELECT value FROM meta WHERE key='alert_seq'").fetchone()
                 payload["seq"] = (seq[0] if seq else 0) + 1
                 db.execute("INSERT OR REPLACE INTO meta VALUES ('alert_seq', ?)", (payload["seq"],))
+            body = message_bytes(payload)
+            if len(body) > self.max_bytes and "evidence" in payload:  # kept in evidence.db under its evidence_id
+                del payload["evidence"]
                 body = message_bytes(payload)
+                self.counters.inc("outbox.evidence_stripped")
+                log.warning("outbox: this %s is bigger than EDGE_AGENT_OUTBOX__MAX_BYTES (%d) with its evidence "
+                            "inline: stored without it (fetch it by evidence_id)", msg.kind, self.max_bytes)
+            if len(body) > self.max_bytes:  # evicting every other row would not make it fit: evict none
+                db.execute("ROLLBACK")
+                self.counters.inc(f"outbox.dropped.{msg.kind}")
+                log.error("outbox: this %s (%d bytes) is bigger than EDGE_AGENT_OUTBOX__MAX_BYTES (%d): dropped it, "
+                          "nothing else", msg.kind, len(body), self.max_bytes)
+                return 0
+            dropped = self._make_room(db, len(body), priority, shed)
+            if dropped is None:
+                db.execute("ROLLBACK")  # the rows _make_room deleted are back: none of them was dropped
+                self.counters.inc(f"outbox.dropped.{msg.kind}")
+                log.warning("outbox: no room for this %s without dropping an alert: dropped it", msg.kind)
+                return 0
             cur = db.execute(
                 "INSERT INTO outbox (kind, priority, topic, payload, qos, retain, created_ts) VALUES (?,?,?,?,?,?,?)",
                 (msg.kind, priority, msg.topic_suffix, body, msg.qos, int(msg.retain), time.time()),
@@ -160,6 +172,10 @@ class Outbox:
             if db.in_transaction:  # a COMMIT that failed with SQLITE_FULL has rolled back already
                 db.execute("ROLLBACK")
             raise
+        for victim in dropped:  # counted once they are really gone (committed), not when a rollback restored them
+            self.counters.inc(f"outbox.dropped.{victim[1]}")
+            log.warning("outbox %s: dropped the oldest %s (row %d)", "disk nearly full" if shed else "full", victim[1],
+                        victim[0])
         if shed:
             self._checkpoint()  # keep the WAL from growing on a nearly full disk
         else:
@@ -168,11 +184,15 @@ class Outbox:
         self.counters.inc(f"outbox.written.{msg.kind}")
         return int(cur.lastrowid or 0)
 
-    def _make_room(self, db: sqlite3.Connection, incoming: int, priority: int, shed: str) -> bool:
-        """Drop the oldest most expendable rows until ``incoming`` fits; False when only more precious rows are
-        left (then the incoming message is the one to drop). ``shed``: ``low`` (free space under the reserve) or
-        ``full`` (an insert failed with SQLITE_FULL): free one row whatever the bounds say, so that the insert
-        reuses its pages instead of growing the file — an alert only once the disk is really full."""
+    def _make_room(
+        self, db: sqlite3.Connection, incoming: int, priority: int, shed: str
+    ) -> list[tuple[int, str]] | None:
+        """Drop the oldest most expendable rows until ``incoming`` fits; returns the (row id, kind) deleted, to be
+        counted once committed; None when only more precious rows are left (then the incoming message is the one
+        to drop and the caller rolls back). ``shed``: ``low`` (free space under the reserve) or ``full`` (an
+        insert failed with SQLITE_FULL): free one row whatever the bounds say, so that the insert reuses its
+        pages instead of growing the file — an alert only once the disk is really full."""
+        dropped: list[tuple[int, str]] = []
         rows, size = db.execute("SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM outbox").fetchone()
         while rows and (shed or rows + 1 > self.max_rows or size + incoming > self.max_bytes):
             # Oldest of the most expendable kind first: summaries (priority 2), then others, alerts last.
@@ -180,15 +200,14 @@ class Outbox:
                 "SELECT id, kind, LENGTH(payload), priority FROM outbox ORDER BY priority DESC, id ASC LIMIT 1"
             ).fetchone()
             if victim[3] < priority:
-                return False  # never evict an alert to make room for a summary
+                return None  # never evict an alert to make room for a summary
             if shed == "low" and victim[0] is not None and victim[3] == PRIORITY["alert"]:
                 break  # space is short but not gone: keep every alert and try the insert
             db.execute("DELETE FROM outbox WHERE id=?", (victim[0],))
-            self.counters.inc(f"outbox.dropped.{victim[1]}")
-            log.warning("outbox %s: dropped the oldest %s (row %d)", "disk nearly full" if shed else "full", victim[1], victim[0])
+            dropped.append((victim[0], victim[1]))
             rows, size = rows - 1, size - victim[2]
             shed = ""
-        return rows + 1 <= self.max_rows or rows == 0
+        return dropped if rows + 1 <= self.max_rows or rows == 0 else None
 
     def _low_on_disk(self) -> bool:
         return low_on_disk(self.path.parent)

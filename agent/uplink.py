@@ -2,8 +2,10 @@
 
 Threads: paho's network thread runs the callbacks (which never raise: an exception there wedges paho), and the
 ``uplink`` thread moves rows from the outbox into paho, at most ``max_inflight`` unacknowledged at once. A row
-is deleted only in ``on_publish`` (the PUBACK). ``mid → row`` is tracked so that a message paho is still
-re-sending after a reconnect is not published a second time by us.
+is deleted only in ``on_publish`` (the PUBACK). ``mid → row`` is tracked so that a row waiting for its PUBACK is
+not published a second time. On every (re)connection what the last connection left unacknowledged is taken back
+from paho and published again by us from the outbox, in outbox order: paho would re-send it only after newer rows
+the publisher may already have sent on the new connection (a ``cleared`` before its ``raised``).
 """
 
 from __future__ import annotations
@@ -36,7 +38,6 @@ from agent.settings import MqttSettings
 log = logging.getLogger(__name__)
 _NOT_YET = object()  # no status published yet
 
-INFLIGHT_STALE_S = 30.0
 IDLE_POLL_S = 5.0  # without a wake-up, the publisher thread looks into the outbox this often
 # A connection the broker ends within SHORT_S, SHORT_IN_A_ROW times in a row, is being taken over: most often a second
 # client with the same client id (a cloned SD card keeps the host name, the default device id), which the broker
@@ -68,6 +69,7 @@ class Uplink:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._lock = threading.Lock()
+        self._batch = threading.Lock()  # a publisher batch; a (re)connection resets what is in flight between two
         self._inflight: dict[int, tuple[int, float]] = {}  # mid -> (row id, time published)
         self._early_acks: dict[int, float] = {}  # mid -> when its PUBACK came before we recorded the mid
         self._status_mids: set[int] = set()  # statuses handed to paho and not acknowledged yet
@@ -193,6 +195,10 @@ class Uplink:
                 self._publish_pending()
 
     def _publish_pending(self) -> None:
+        with self._batch:  # never interleaved with _reset_inflight: a batch is all on one connection or on none
+            self._publish_batch()
+
+    def _publish_batch(self) -> None:
         with self._lock:
             room = self.s.max_inflight - len(self._inflight)
             if room <= 0:
@@ -207,6 +213,10 @@ class Uplink:
             # recording the mid is parked in _early_acks instead.
             t0 = time.monotonic()
             info = self.client.publish(self.topic(row.topic), body, qos=row.qos, retain=row.retain)
+            if info.rc == mqtt.MQTT_ERR_NO_CONN and row.qos:  # paho keeps it for the next connection: track it,
+                with self._lock:  # so that _reset_inflight takes it back rather than paho re-sending it out of order
+                    self._inflight[info.mid] = (row.id, time.monotonic())
+                return
             if info.rc != mqtt.MQTT_ERR_SUCCESS:
                 return  # not connected after all; try again on the next wake-up
             self.bytes_out += len(body) + len(row.topic) + len(self.base) + 1
@@ -230,7 +240,7 @@ class Uplink:
                 hint = refused_hint(reason_code)
                 self._failed(f"broker {self.s.host}:{self.s.port} refused the connection: {reason_code}{hint}")
                 return
-            self._forget_stale_statuses(client)
+            self._reset_inflight(client)
             self._connected_at = time.monotonic()
             self.connected.set()
             self.counters.inc("uplink.connects")
@@ -242,10 +252,6 @@ class Uplink:
                 log.info("connected to %s:%d", self.s.host, self.s.port)
             self._outage_logged = False
             self.last_error = None
-            with self._lock:  # messages paho did not get acknowledged in time are published again
-                now = time.monotonic()
-                for mid in [m for m, (_, t) in self._inflight.items() if now - t > INFLIGHT_STALE_S]:
-                    del self._inflight[mid]
             if self._on_command is not None:  # subscriptions do not survive a reconnect: renew them every time
                 client.subscribe(self.topic("cmd/+"), qos=1)
             self.publish_status()
@@ -253,13 +259,19 @@ class Uplink:
         except Exception:  # noqa: BLE001 - an exception must not escape into paho's thread
             log.exception("error in on_connect")
 
-    def _forget_stale_statuses(self, client: mqtt.Client) -> None:
-        """Statuses the last connection never acknowledged: paho would send them again right after the fresh one
-        this connect publishes, and the broker would keep the stale one as the retained status (a connection that
-        died silently: a hung broker, a partition). Relies on paho 2.x internals, as agent/sources/mqtt_read.py."""
-        with self._lock:
-            mids, self._status_mids = self._status_mids, set()
-        if mids:
+    def _reset_inflight(self, client: mqtt.Client) -> None:
+        """Take back from paho what the last connection left unacknowledged (before ``connected`` is set, between
+        two publisher batches). Rows: paho would re-send them only after ``on_connect`` returns, when the publisher
+        may have sent newer rows on the new connection already (an alert ``cleared`` before its ``raised``);
+        forgotten here, they are published again from the outbox, in outbox order. Statuses: the broker would keep
+        a stale one as the retained status, sent after the fresh one this connect publishes (a connection that died
+        silently: a hung broker, a partition). Relies on paho 2.x internals, as agent/sources/mqtt_read.py."""
+        with self._batch, self._status_lock:
+            with self._lock:
+                mids = set(self._inflight) | self._status_mids
+                self._inflight.clear()
+                self._status_mids = set()
+                self._early_acks.clear()  # acks of the last connection: none can name a mid of the new one
             with client._out_message_mutex:
                 for mid in mids:
                     client._out_messages.pop(mid, None)

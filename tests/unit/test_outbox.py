@@ -113,3 +113,40 @@ def test_a_reserve_file_is_kept_beside_the_outbox(tmp_path):
     Outbox(tmp_path / "o.db", Counters())
     reserve = tmp_path / "o.db.reserve"
     assert reserve.is_file() and reserve.stat().st_size > 16384
+
+
+def test_a_message_bigger_than_the_byte_bound_evicts_nothing(tmp_path):
+    # Evicting every queued row could never make room for it: it used to wipe out every alert queued (the broker
+    # down), then be stored anyway. Real SQLite file, the default eviction policy.
+    c = Counters()
+    ob = Outbox(tmp_path / "o.db", c, max_bytes=65536)
+    for i in range(5):
+        ob.put(_alert(i))
+    ob.put(_summary(1))
+    queued = [json.loads(r.payload)["id"] for r in ob.pending(20)]
+    assert ob.put(Outgoing("summary", "summary", {"id": "huge", "pad": "x" * 70000})) == 0
+    assert ob.put(Outgoing("alert", "alerts", {"id": "huge-alert", "pad": "x" * 70000})) == 0
+    assert [json.loads(r.payload)["id"] for r in ob.pending(20)] == queued  # nothing evicted
+    assert c.snapshot("outbox.dropped.") == {"summary": 1, "alert": 1}  # the oversize ones, counted
+    # an alert too big only because of its inline evidence keeps its place: stored without it (evidence_id stays)
+    row = ob.put(Outgoing("alert", "alerts", {"id": "ev", "evidence_id": "e1", "evidence": {"v": "x" * 70000}}))
+    assert row > 0 and c.get("outbox.evidence_stripped") == 1
+    stored = {json.loads(r.payload)["id"]: json.loads(r.payload) for r in ob.pending(20)}
+    assert stored["ev"]["evidence_id"] == "e1" and "evidence" not in stored["ev"]
+    assert set(queued) < set(stored)
+    assert [stored[f"a{i}"]["seq"] for i in range(5)] + [stored["ev"]["seq"]] == [1, 2, 3, 4, 5, 6]  # no hole
+
+
+def test_evictions_undone_by_a_rollback_are_not_counted_as_drops(tmp_path):
+    # A summary that does not fit even after every summary is gone is dropped itself and the transaction rolled
+    # back: the summaries are still there, so they must not be counted (nor logged) as dropped.
+    c = Counters()
+    ob = Outbox(tmp_path / "o.db", c, max_bytes=65536)
+    for i in range(3):
+        ob.put(_summary(i))
+    for i in range(12):
+        ob.put(Outgoing("alert", "alerts", {"id": f"a{i}", "pad": "x" * 5000}))
+    before = ob.depth()
+    assert ob.put(Outgoing("summary", "summary", {"id": "s-big", "pad": "x" * 8000})) == 0
+    assert ob.depth() == before  # nothing was dropped but the newcomer
+    assert c.snapshot("outbox.dropped.") == {"summary": 1}
