@@ -33,6 +33,9 @@ if TYPE_CHECKING:
     from agent.settings import Settings
 
 OVERRIDABLE = ("model", "calibration", "decision", "cleaning", "alerts", "advice")
+# An mqtt source's keys that belong to its connection: the assets on one broker share one client (agent.assets), so
+# they must agree on these; topics, sensor_pattern, payload format, qos and max_payload_bytes stay each asset's own.
+MQTT_CONNECTION_KEYS = ("gather_ms", "broker_ca_file", "broker_cert_file", "broker_key_file", "broker_tls_insecure")
 ASSET_ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"  # a topic level, a directory name, a log word
 
 
@@ -57,6 +60,7 @@ def check_assets(assets: list[AssetSettings]) -> list[str]:
     seen: dict[str, int] = {}
     ports: dict[str, str] = {}
     devices: dict[str, str] = {}
+    brokers: dict[tuple[Any, ...], AssetSettings] = {}
     for i, a in enumerate(assets):
         if a.id in seen:
             problems.append(f"assets[{i}].id = {a.id!r}: also the id of assets[{seen[a.id]}] (ids must be unique)")
@@ -74,7 +78,25 @@ def check_assets(assets: list[AssetSettings]) -> list[str]:
                 if d in devices:
                     problems.append(f"assets[{i}].source.devices: {d!r} is already read by asset {devices[d]!r}")
                 devices.setdefault(d, a.id)
+        if src.kind == "mqtt":
+            first = brokers.setdefault(mqtt_broker(src), a)
+            for key in MQTT_CONNECTION_KEYS:
+                mine, theirs = getattr(src, key), getattr(first.source, key)
+                if mine != theirs:
+                    problems.append(
+                        f"assets[{i}].source.{key} = {_shown(mine)}: asset {first.id!r} on the same sensor broker has "
+                        f"{_shown(theirs)} (the mqtt assets on one broker share one client: their "
+                        f"{', '.join(MQTT_CONNECTION_KEYS)} must be the same)")
     return problems
+
+
+def mqtt_broker(src: Any) -> tuple[Any, ...]:
+    """What names an mqtt source's broker connection: the assets with the same one share one client."""
+    return (src.broker_host, src.broker_port, src.broker_username, src.broker_password_file, src.broker_tls)
+
+
+def _shown(value: Any) -> str:
+    return "(not set)" if value is None else str(value)
 
 
 def effective_settings(settings: "Settings", asset: AssetSettings) -> "Settings":

@@ -179,7 +179,7 @@ def build_feeds(settings: Settings, counters: Counters) -> list[Feed]:
     """The sources of the configuration: one without assets; with assets, shared where a resource has one owner."""
     if not settings.assets:
         return [Feed(create_source(settings, counters))]
-    from agent.asset_settings import effective_settings
+    from agent.asset_settings import effective_settings, mqtt_broker
 
     feeds: list[Feed] = []
     mqtt_groups: dict[tuple[Any, ...], list[tuple[str, Settings]]] = {}
@@ -188,9 +188,7 @@ def build_feeds(settings: Settings, counters: Counters) -> list[Feed]:
         eff = effective_settings(settings, spec)
         kind = spec.source.kind
         if kind == "mqtt":
-            s = spec.source
-            key = (s.broker_host, s.broker_port, s.broker_username, s.broker_password_file, s.broker_tls)  # type: ignore[union-attr]
-            mqtt_groups.setdefault(key, []).append((spec.id, eff))
+            mqtt_groups.setdefault(mqtt_broker(spec.source), []).append((spec.id, eff))
         elif kind == "modbus":
             modbus.append((spec.id, eff))
         else:
@@ -198,8 +196,8 @@ def build_feeds(settings: Settings, counters: Counters) -> list[Feed]:
     for group in mqtt_groups.values():
         from agent.sources.mqtt import MqttSource
 
-        first = group[0][1]
-        routes = [(aid, eff.source) for aid, eff in group]
+        first = group[0][1]  # its connection settings are every one's (agent.asset_settings.MQTT_CONNECTION_KEYS)
+        routes = [(aid, eff.source) for aid, eff in group]  # each asset's topics, qos, max_payload_bytes, format
         src = MqttSource(first.source, first.mqtt, counters, device_id=first.device_id, routes=routes)  # type: ignore[arg-type]
         feeds.append(Feed(src, None, tuple(aid for aid, _ in group)))
     if modbus:

@@ -77,29 +77,14 @@ class EvidenceStore:
 
     def add(self, alert_id: str, sensor: str, evidence: dict[str, Any]) -> int:
         """Keep one alert's evidence; returns its size in bytes (0: not kept, the disk is nearly full)."""
-        from agent.outbox import low_on_disk
-
-        if low_on_disk(self.path.parent):  # the outbox's alerts need the space more than evidence does
-            if not self._low_logged:
-                self._low_logged = True
-                log.warning("state disk nearly full: not keeping evidence of new alerts until there is room")
+        if self._low_on_disk():
             return 0
-        self._low_logged = False
         body = message_bytes(evidence).decode()
         size = len(body)
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
-            total = db.execute("SELECT COALESCE(SUM(bytes), 0) FROM evidence").fetchone()[0]
-            while total + size > self.max_bytes:
-                victim = db.execute(
-                    "SELECT e.alert_id, e.bytes FROM evidence e LEFT JOIN feedback f USING (alert_id) "
-                    "ORDER BY f.alert_id IS NOT NULL, e.created_ts LIMIT 1"
-                ).fetchone()
-                if victim is None:
-                    break
-                db.execute("DELETE FROM evidence WHERE alert_id=?", (victim[0],))
-                total -= victim[1]
+            self._make_room(alert_id, size)
             db.execute(
                 "INSERT OR REPLACE INTO evidence VALUES (?,?,?,?,?)", (alert_id, time.time(), sensor, body, size)
             )
@@ -110,16 +95,61 @@ class EvidenceStore:
         return size
 
     def extend(self, alert_id: str, rows: Sequence[tuple[float, Sequence[float]]]) -> None:
-        """Append readings (timestamp, values) to an alert's evidence (those after it was raised)."""
-        ev = self.get(alert_id)
-        if ev is None or not rows:
+        """Append readings (timestamp, values) to an alert's evidence (those after it was raised), within
+        ``max_bytes`` as ``add`` (the oldest other evidence makes room). Not extended, kept as raised: on a nearly
+        full disk, or when the extended evidence alone would be over ``max_bytes``."""
+        if not rows or self._low_on_disk():
             return
-        seen = set(ev.get("ts", []))
-        new = [(ts, list(v)) for ts, v in rows if ts not in seen]
-        ev["ts"] = list(ev.get("ts", [])) + [ts for ts, _ in new]
-        ev["values"] = list(ev.get("values", [])) + [v for _, v in new]
-        body = json.dumps(ev, separators=(",", ":"))
-        self._db.execute("UPDATE evidence SET body=?, bytes=? WHERE alert_id=?", (body, len(body), alert_id))
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            row = db.execute("SELECT body FROM evidence WHERE alert_id=?", (alert_id,)).fetchone()
+            if row is not None:
+                ev = json.loads(row[0])
+                seen = set(ev.get("ts", []))
+                new = [(ts, list(v)) for ts, v in rows if ts not in seen]
+                ev["ts"] = list(ev.get("ts", [])) + [ts for ts, _ in new]
+                ev["values"] = list(ev.get("values", [])) + [v for _, v in new]
+                body = json.dumps(ev, separators=(",", ":"))
+                if len(body) <= self.max_bytes:
+                    self._make_room(alert_id, len(body))
+                    db.execute("UPDATE evidence SET body=?, bytes=? WHERE alert_id=?", (body, len(body), alert_id))
+                else:
+                    log.warning("evidence of alert %s kept as raised: with the %d readings while it was active it "
+                                "would be %d bytes, over EDGE_AGENT_ALERTS__EVIDENCE_MAX_BYTES (%d)",
+                                alert_id, len(new), len(body), self.max_bytes)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def _low_on_disk(self) -> bool:
+        """The state disk is nearly full: the outbox's alerts need the space more than evidence does."""
+        from agent.outbox import low_on_disk
+
+        if low_on_disk(self.path.parent):
+            if not self._low_logged:
+                self._low_logged = True
+                log.warning("state disk nearly full: not keeping evidence of new alerts (nor adding the readings "
+                            "while an alert was active to its evidence) until there is room")
+            return True
+        self._low_logged = False
+        return False
+
+    def _make_room(self, alert_id: str, size: int) -> None:
+        """In a transaction: evict other alerts' evidence, the oldest unlabelled first, labelled last, until
+        ``size`` bytes of ``alert_id``'s fit within ``max_bytes`` (its own row is replaced, not counted)."""
+        db = self._db
+        total = db.execute("SELECT COALESCE(SUM(bytes), 0) FROM evidence WHERE alert_id<>?", (alert_id,)).fetchone()[0]
+        while total + size > self.max_bytes:
+            victim = db.execute(
+                "SELECT e.alert_id, e.bytes FROM evidence e LEFT JOIN feedback f USING (alert_id) "
+                "WHERE e.alert_id<>? ORDER BY f.alert_id IS NOT NULL, e.created_ts LIMIT 1", (alert_id,)
+            ).fetchone()
+            if victim is None:
+                break
+            db.execute("DELETE FROM evidence WHERE alert_id=?", (victim[0],))
+            total -= victim[1]
 
     def get(self, alert_id: str) -> dict[str, Any] | None:
         row = self._db.execute("SELECT body FROM evidence WHERE alert_id=?", (alert_id,)).fetchone()

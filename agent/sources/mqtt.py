@@ -27,7 +27,6 @@ for us (agent down, outage) are not received: the session is clean.
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 from typing import Any
@@ -36,14 +35,14 @@ import paho.mqtt.client as mqtt
 
 from agent.counters import Counters
 from agent.mqtt_client import describe_connect_error, explain_receive_failure, make_client, refused_hint, source_connection
-from agent.payload import Coalescer, PayloadParser
+from agent.payload import Coalescer
 from agent.records import Block, Reading
 from agent.receipt import receipt_time
 from agent.settings import MqttSettings, MqttSourceSettings
 from agent.sources import CONNECTED, CONNECTING, DISCONNECTED, FINISHED, Pacer, Sink
 from agent.sources.mqtt_read import BufferedReadClient
-from agent.sources.mqtt_topics import (  # noqa: F401 - SENSOR, client_id_for: re-exported
-    SENSOR, check_filter, client_id_for, compile_sensor_pattern,
+from agent.sources.mqtt_topics import (  # noqa: F401 - SENSOR, client_id_for, check_filter, ...: re-exported
+    SENSOR, Route, check_filter, client_id_for, compile_routes, compile_sensor_pattern,
 )
 
 log = logging.getLogger(__name__)
@@ -67,28 +66,23 @@ class MqttSource:
         routes: list[tuple[str, MqttSourceSettings]] | None = None, blocks: bool = True,
     ) -> None:
         """``routes``: one client for several assets on one broker, as (asset id, its source settings); a message
-        goes to the first asset whose topic filter matches, with that asset's sensor pattern and payload format.
+        goes to the first asset whose topic filter matches, with that asset's sensor pattern, payload format and
+        ``max_payload_bytes``; each filter is subscribed at its asset's ``qos``. What belongs to the connection
+        (broker, TLS, ``gather_ms``) comes from ``settings``: the assets on one broker agree on it (agent.asset_settings).
         ``blocks`` (default on; the pipeline takes a Block whole): hand over Blocks — a block payload whole, and the messages
         received in one pass of the network loop with consecutive readings of one sensor coalesced into a Block
         (agent.payload.Coalescer, as they arrive) — instead of one Reading at a time."""
         self.settings = settings
         self.counters = counters
         routes = routes or [("", settings)]
-        self._routes: list[tuple[str, str, re.Pattern[str] | None, PayloadParser]] = []
-        for asset, s in routes:
-            pattern = compile_sensor_pattern(s.sensor_pattern)
-            parser = PayloadParser(channel=s.channel, timestamp_field=s.timestamp_field,
-                                   max_block_samples=s.max_block_samples)
-            for t in s.topics:
-                check_filter(t)
-                self._routes.append((t, asset, pattern, parser))
-        self.topics = list(dict.fromkeys(t for t, *_ in self._routes))
+        self._routes, self.qos = compile_routes(routes)  # self.qos: per topic filter, the QoS it is subscribed at
+        self.topics = list(self.qos)
         self._pattern = self._routes[0][2]
         self.parser = self._routes[0][3]
         self._routed = len(routes) > 1 or bool(routes[0][0])
         self.max_payload_bytes = settings.max_payload_bytes
         self._pacer = Pacer(settings.gather_ms / 1000)
-        self._route_cache: dict[str | bytes, tuple[str, str, PayloadParser] | None] = {}  # by str or fast-path bytes
+        self._route_cache: dict[str | bytes, Route | None] = {}  # by str or fast-path bytes
         self._tally = counters.tally()  # written by paho's thread only
         self.blocks = blocks
         self._pending = Coalescer()  # blocks: received in this pass of the network loop
@@ -212,8 +206,7 @@ class MqttSource:
             self._ever_connected = True
             self.subscribed.clear()
             # A clean session forgets subscriptions: renew them on every connect, or data stops after a restart.
-            subs: list[tuple[str, int]] = [(t, int(self.settings.qos)) for t in self.topics]
-            rc, _ = client.subscribe(subs)
+            rc, _ = client.subscribe(list(self.qos.items()))
             if rc != mqtt.MQTT_ERR_SUCCESS:
                 self._outage(f"could not subscribe on {self.host}:{self.port} ({mqtt.error_string(rc)})")
                 return
@@ -261,8 +254,9 @@ class MqttSource:
                     self._refused_filters.discard(topic)
             if not self._ever_subscribed:  # the first SUBACK: from now on data flows (said once)
                 self._ever_subscribed = True
-                log.info("subscribed to %s on sensor broker %s:%d (QoS %d)",
-                         ", ".join(self.topics), self.host, self.port, self.settings.qos)
+                qos = set(self.qos.values())
+                log.info("subscribed to %s on sensor broker %s:%d (QoS %s)", ", ".join(self.topics), self.host, self.port,
+                         qos.pop() if len(qos) == 1 else ", ".join(f"{q} for {t}" for t, q in self.qos.items()))
             self.subscribed.set()
         except Exception:  # noqa: BLE001
             self._callback_error("on_subscribe")
@@ -307,10 +301,10 @@ class MqttSource:
             if route is None:
                 inc("reject.topic_mismatch")
                 return
-            if len(payload) > self.max_payload_bytes:
+            sensor, asset, parser, max_bytes = route
+            if len(payload) > max_bytes:
                 inc("reject.payload_too_large")
                 return
-            sensor, asset, parser = route
             record = parser.parse(payload, receipt_time(), sensor, asset)  # agent/receipt.py
             if isinstance(record, str):
                 inc("reject." + record)
@@ -366,18 +360,19 @@ class MqttSource:
 
     # -- helpers ---------------------------------------------------------------------------------------------
 
-    def route_of(self, topic: str) -> tuple[str, str, PayloadParser] | None:
-        """(sensor id, asset, parser) for a message on ``topic``; None when no route's filter and pattern match."""
+    def route_of(self, topic: str) -> Route | None:
+        """(sensor id, asset, parser, max payload bytes) for a message on ``topic``; None when no route's filter and
+        pattern match."""
         if not self._routed:
             sensor = self.sensor_of(topic)
-            return None if sensor is None else (sensor, "", self.parser)
-        for flt, asset, pattern, parser in self._routes:
+            return None if sensor is None else (sensor, "", self.parser, self.max_payload_bytes)
+        for flt, asset, pattern, parser, max_bytes in self._routes:
             if mqtt.topic_matches_sub(flt, topic):
                 if pattern is None:
-                    return topic, asset, parser
+                    return topic, asset, parser, max_bytes
                 m = pattern.fullmatch(topic)
                 if m is not None:
-                    return m.group("sensor"), asset, parser
+                    return m.group("sensor"), asset, parser, max_bytes
         return None
 
     def sensor_of(self, topic: str) -> str | None:

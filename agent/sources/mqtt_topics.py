@@ -6,9 +6,12 @@ from __future__ import annotations
 import re
 import secrets
 
-from agent.settings import MqttSettings
+from agent.payload import PayloadParser
+from agent.settings import MqttSettings, MqttSourceSettings
 
 SENSOR = "{sensor}"
+Route = tuple[str, str, PayloadParser, int]  # a topic's sensor id, asset, payload parser and max payload bytes
+Filter = tuple[str, str, "re.Pattern[str] | None", PayloadParser, int]  # a filter's asset, sensor pattern, parser, max bytes
 
 
 def check_filter(topic_filter: str) -> None:
@@ -50,6 +53,22 @@ def compile_sensor_pattern(pattern: str) -> re.Pattern[str] | None:
         else:
             rx += sep + "(?P<sensor>[^/]+)".join(re.escape(p) for p in level.split(SENSOR))
     return re.compile(rx)
+
+
+def compile_routes(routes: list[tuple[str, MqttSourceSettings]]) -> tuple[list[Filter], dict[str, int]]:
+    """Each asset's topic filters, in order, with the asset's sensor pattern, payload parser and max_payload_bytes;
+    and the QoS to subscribe each filter at: its asset's (the highest when two assets name one filter). ValueError
+    for an invalid filter or sensor pattern."""
+    filters: list[Filter] = []
+    qos: dict[str, int] = {}
+    for asset, s in routes:
+        pattern = compile_sensor_pattern(s.sensor_pattern)
+        parser = PayloadParser(channel=s.channel, timestamp_field=s.timestamp_field, max_block_samples=s.max_block_samples)
+        for t in s.topics:
+            check_filter(t)
+            filters.append((t, asset, pattern, parser, s.max_payload_bytes))
+            qos[t] = max(qos.get(t, 0), int(s.qos))
+    return filters, qos
 
 
 def client_id_for(upstream: MqttSettings, device_id: str | None = None) -> str:

@@ -107,13 +107,19 @@ class LineSplitter:
                 else:
                     kept.append(p)
             parts = kept
-        if len(rest) > limit:
+        if len(rest) > limit and len(rest) - _split_terminator(rest, term) > limit:
             self._reject("line_too_long")
             self._discard, self._counted = "line_too_long", True
             self._buf = rest[len(rest) - len(term) + 1:] if len(term) > 1 else b""
         else:
             self._buf = rest
         return parts
+
+
+def _split_terminator(rest: bytes, term: bytes) -> int:
+    """How many bytes at the end of ``rest`` may be the start of a terminator the next read completes (the CR of a
+    CRLF): not the line's, so not counted against ``max_line_bytes``."""
+    return next((k for k in range(len(term) - 1, 0, -1) if rest.endswith(term[:k])), 0)
 
 
 class SerialSource:

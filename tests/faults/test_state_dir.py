@@ -101,6 +101,24 @@ def test_a_teach_in_checkpoint_that_does_not_fit_leaves_no_half_written_file(tin
     assert list(state.iterdir()) == [] and shutil.disk_usage(tiny_fs).free == free
 
 
+def test_evidence_is_neither_kept_nor_extended_on_a_nearly_full_disk(tiny_fs: Path) -> None:
+    """Under the outbox's reserve the evidence store writes nothing: no new evidence, and an alert that clears does
+    not get its active readings appended (the outbox's alerts need the room more)."""
+    import shutil
+
+    from agent.evidence import EvidenceStore, evidence_payload
+
+    store = EvidenceStore(tiny_fs / "state" / "evidence.db")
+    raised = evidence_payload(["a", "b"], [(1000.0 + i, (1.0, 2.0)) for i in range(10)])
+    assert store.add("x", "s", raised)
+    free = shutil.disk_usage(tiny_fs).free
+    (tiny_fs / "filler").write_bytes(b"\0" * (free - 24 * 1024))  # 24 KB left: under the reserve (5 % of 1 MB)
+    store.extend("x", [(2000.0 + i, [3.0, 4.0]) for i in range(50)])
+    assert store.get("x") == raised
+    assert store.add("y", "s", raised) == 0 and not store.has_alert("y")
+    store.close()
+
+
 def test_calibrate_reset_with_a_state_path_that_is_a_file_is_exit_78_with_the_path(tmp_path: Path) -> None:
     """``edge-agent calibrate --reset`` (and ``calibrate``) where EDGE_AGENT_STATE_DIR is a regular file: the same
     one line as ``run``, not a traceback from removing calibration.json, nor "not calibrated"."""

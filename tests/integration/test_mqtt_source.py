@@ -26,8 +26,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.bundled import demo_recording_path
 from agent.counters import Counters
+from agent.assets import build_feeds
 from agent.records import Block, Reading
-from agent.settings import MqttSettings, MqttSourceSettings
+from agent.settings import MqttSettings, MqttSourceSettings, load_settings
 from agent.sources import CONNECTED, CONNECTING, DISCONNECTED, FINISHED
 from agent.sources.mqtt import (
     MAX_PAYLOAD_BYTES,
@@ -156,6 +157,41 @@ def test_wildcard_filters_map_topics_to_sensor_ids(live_broker: Broker, publishe
     ]
     assert c.get("source.messages") == 4 and c.get("source.readings") == 3
     assert c.get("reject.topic_mismatch") == 1
+    r.finish()
+
+
+def test_assets_on_one_broker_keep_their_own_qos_and_payload_limit(tmp_path: Path, live_broker: Broker,
+                                                                    publisher: Publisher, runners: list[Runner]) -> None:
+    """Two mqtt assets on one broker share one client (agent.assets.build_feeds): each asset's topics are subscribed
+    at its own qos and its payloads held to its own max_payload_bytes, not those of the first asset."""
+    config = tmp_path / "gateway.toml"
+    config.write_text("""
+[[assets]]
+id = "a"
+source = { kind = "mqtt", topics = ["a/+"], sensor_pattern = "a/{sensor}" }
+[[assets]]
+id = "b"
+source = { kind = "mqtt", topics = ["b/+"], sensor_pattern = "b/{sensor}", qos = 1, max_payload_bytes = 4194304 }
+""")
+    settings = load_settings(environ={
+        "EDGE_AGENT_CONFIG_FILE": str(config), "EDGE_AGENT_STATE_DIR": str(tmp_path / "state"),
+        "EDGE_AGENT_DEVICE_ID": "gw", "EDGE_AGENT_MQTT__HOST": "127.0.0.1", "EDGE_AGENT_MQTT__PORT": str(live_broker.port),
+    })
+    [feed] = build_feeds(settings, Counters())
+    assert feed.assets == ("a", "b")
+    r = Runner(feed.source)
+    runners.append(r)
+    r.subscribed()
+    assert r.source.granted_qos == {"a/+": 0, "b/+": 1}
+    big = json.dumps({"period_s": 0.001, "ts": 1.7e9, "values": {"x": [0.5] * 9000, "y": [0.25] * 9000}}).encode()
+    assert MAX_PAYLOAD_BYTES < len(big) < 4194304  # over a's limit (the default), within b's
+    publisher.pub("a/s1", big)
+    publisher.pub("b/s1", big)
+    c = r.source.counters
+    wait_for(lambda: r.readings, what="b's block")
+    wait_for(lambda: c.get("source.messages") == 2, what="both messages")
+    assert c.snapshot("reject.") == {"payload_too_large": 1}  # a's
+    assert [(x.asset, x.sensor, len(x)) for x in r.readings] == [("b", "s1", 9000)]
     r.finish()
 
 

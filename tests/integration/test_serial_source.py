@@ -254,6 +254,24 @@ def test_partial_first_line_dropped_and_counted(pty_factory: Callable[[], Pty]) 
     assert values[0] >= 100_000 and values == [values[0] + i for i in range(len(values))], values[:5]
 
 
+def test_a_line_of_max_line_bytes_is_kept_when_a_read_ends_between_its_cr_and_lf(pty_factory: Callable[[], Pty]) -> None:
+    """The CR of a CRLF read without its LF is not the line's: a line of exactly max_line_bytes is no line_too_long."""
+    pty = pty_factory()
+    counters = Counters()
+    line = b"1.0,2.0,34.56789"
+    settings = serial_settings(pty.path, format="csv", channels=["a", "b", "c"], terminator="crlf",
+                               max_line_bytes=len(line))
+    with running(settings, counters) as r:
+        connected(r)
+        first = b"\r\n" + line + b"\r"  # an empty first fragment is no line (nor a dropped partial one)
+        pty.write(first)
+        wait_for(lambda: counters.get("source.bytes") == len(first), "the read ending in the CR", runner=r)
+        pty.write(b"\n5,6,7\r\n")
+        wait_for(lambda: {"a": 5.0, "b": 6.0, "c": 7.0} in r.values(), "the line after it", runner=r)
+    assert r.values() == [{"a": 1.0, "b": 2.0, "c": 34.56789}, {"a": 5.0, "b": 6.0, "c": 7.0}]
+    assert counters.snapshot("reject.") == {}
+
+
 def test_a_whole_first_line_after_a_quiet_open_is_kept(pty_factory: Callable[[], Pty]) -> None:
     """Issue 12 item 11: the first line after opening the port was always dropped, also when it was whole. pyserial
     flushes the input queue at open; a device that starts a line after a pause sends a whole one."""

@@ -154,6 +154,45 @@ source = { kind = "modbus", devices = ["m2"] }
     assert any(p.startswith("assets[0] (a).source.devices='m2': m2 not declared") for p in problems), problems
 
 
+def test_mqtt_assets_on_one_broker_must_agree_on_the_connections_settings(tmp_path: Path) -> None:
+    """They share one client (agent.assets.build_feeds): a differing gather_ms or TLS file is refused at load,
+    naming both values; each asset's own qos and max_payload_bytes may differ, and so may another broker's assets."""
+    problems = _problems(tmp_path, """
+[[assets]]
+id = "a"
+source = { kind = "mqtt", topics = ["a/#"], broker_host = "sensors", broker_tls = true }
+[[assets]]
+id = "b"
+[assets.source]
+kind = "mqtt"
+topics = ["b/#"]
+broker_host = "sensors"
+broker_tls = true
+gather_ms = 0
+broker_tls_insecure = true
+""")
+    assert problems == [
+        "assets[1].source.gather_ms = 0: asset 'a' on the same sensor broker has 40 (the mqtt assets on one broker "
+        "share one client: their gather_ms, broker_ca_file, broker_cert_file, broker_key_file, broker_tls_insecure "
+        "must be the same)",
+        "assets[1].source.broker_tls_insecure = True: asset 'a' on the same sensor broker has False (the mqtt assets "
+        "on one broker share one client: their gather_ms, broker_ca_file, broker_cert_file, broker_key_file, "
+        "broker_tls_insecure must be the same)",
+    ], problems
+    s = _load(tmp_path, """
+[[assets]]
+id = "a"
+source = { kind = "mqtt", topics = ["a/#"] }
+[[assets]]
+id = "b"
+source = { kind = "mqtt", topics = ["b/#"], qos = 1, max_payload_bytes = 4194304 }
+[[assets]]
+id = "c"
+source = { kind = "mqtt", topics = ["c/#"], broker_port = 1884, gather_ms = 0 }
+""")
+    assert [a.id for a in s.assets] == ["a", "b", "c"]
+
+
 def test_check_config_exits_78_on_a_bad_asset_and_accepts_the_example(tmp_path: Path) -> None:
     f = tmp_path / "gateway.toml"
     f.write_text('[[assets]]\nid = "a"\nsource = {kind = "replay"}\ndecision = {k = 0}\n')

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import time
@@ -48,6 +49,33 @@ def test_cap_drops_the_oldest_unlabelled_evidence_first_and_labelled_last(tmp_pa
     assert store.get("e") == _ev()
     # labels outlive their evidence, and give the precision
     assert store.counts() == {"true_positive": 2, "false_positive": 1, "precision": round(2 / 3, 4)}
+    store.close()
+
+
+def _stored_bytes(path: Path) -> int:
+    """What the file holds, read by a connection of its own (the bodies' lengths, not the bookkeeping)."""
+    with sqlite3.connect(path) as db:
+        return db.execute("SELECT COALESCE(SUM(length(body)), 0) FROM evidence").fetchone()[0]
+
+
+def test_extending_evidence_when_its_alert_clears_stays_within_the_cap(tmp_path):
+    """The readings while an alert was active join its evidence within max_bytes: the oldest other unlabelled
+    evidence makes room; evidence that would be over the cap on its own is kept as raised, nothing evicted for it."""
+    one = _size(_ev())
+    path = tmp_path / "evidence.db"
+    store = EvidenceStore(path, max_bytes=3 * one)
+    for x in "abc":
+        _add(store, x)
+    store.label("a", "true_positive")
+    active = [(1_583_760_000.0 + i, [5.0, 6.0]) for i in range(10)]
+    store.extend("c", active)
+    assert store.get("c")["ts"] == _ev()["ts"] + [t for t, _ in active]
+    assert [x for x in "abc" if store.has_alert(x)] == ["a", "c"]  # b, the oldest unlabelled, made room
+    assert _stored_bytes(path) <= store.max_bytes
+    before = store.get("c")
+    store.extend("c", [(1_583_770_000.0 + i, [1.0, 2.0]) for i in range(1000)])  # 23 KB: over the cap alone
+    assert store.get("c") == before and store.has_alert("a")
+    assert _stored_bytes(path) <= store.max_bytes
     store.close()
 
 
