@@ -193,12 +193,13 @@ def build_feeds(settings: Settings, counters: Counters) -> list[Feed]:
             modbus.append((spec.id, eff))
         else:
             feeds.append(Feed(create_source(eff, counters), _tag(spec.id), (spec.id,)))
-    for group in mqtt_groups.values():
-        from agent.sources.mqtt import MqttSource
+    for i, group in enumerate(mqtt_groups.values()):  # one client per connection (broker, user, TLS), each its
+        from agent.sources.mqtt import MqttSource  # own client id: a broker disconnects the older of two with one
 
         first = group[0][1]  # its connection settings are every one's (agent.asset_settings.MQTT_CONNECTION_KEYS)
         routes = [(aid, eff.source) for aid, eff in group]  # each asset's topics, qos, max_payload_bytes, format
-        src = MqttSource(first.source, first.mqtt, counters, device_id=first.device_id, routes=routes)  # type: ignore[arg-type]
+        src = MqttSource(first.source, first.mqtt, counters, device_id=first.device_id, routes=routes,  # type: ignore[arg-type]
+                         client_suffix=f"-{i + 1}" if i else "")
         feeds.append(Feed(src, None, tuple(aid for aid, _ in group)))
     if modbus:
         from agent.settings_sections import ModbusSourceSettings

@@ -63,7 +63,7 @@ class MqttSource:
 
     def __init__(
         self, settings: MqttSourceSettings, upstream: MqttSettings, counters: Counters, device_id: str | None = None,
-        routes: list[tuple[str, MqttSourceSettings]] | None = None, blocks: bool = True,
+        routes: list[tuple[str, MqttSourceSettings]] | None = None, blocks: bool = True, client_suffix: str = "",
     ) -> None:
         """``routes``: one client for several assets on one broker, as (asset id, its source settings); a message
         goes to the first asset whose topic filter matches, with that asset's sensor pattern, payload format and
@@ -90,7 +90,7 @@ class MqttSource:
         self.host = self.conn.host
         self.port = self.conn.port
         self.keepalive_s = self.conn.keepalive_s
-        self.client_id = client_id_for(upstream, device_id)
+        self.client_id = client_id_for(upstream, device_id) + client_suffix  # a second connection: its own id
         self.name = f"mqtt{'s' if self.conn.tls else ''}:{','.join(self.topics)}@{self.host}:{self.port}"
 
         self._state = CONNECTING

@@ -841,3 +841,39 @@ def test_queue_drops_make_the_status_degraded_falling_behind_until_they_stop(
     finally:
         rc = agent.stop()
     assert rc == 0, agent.stderr()
+
+
+def test_assets_on_one_broker_with_other_users_get_their_own_client_ids(tmp_path: Path, live_broker: Broker,
+                                                                       publisher: Publisher, runners: list[Runner]) -> None:
+    """Two assets on one broker under different user names are two connections (agent.asset_settings.mqtt_broker):
+    each needs its own client id, or the broker disconnects the older one each time the other connects and the two
+    take turns losing messages. Both connected at once, both deliver."""
+    config = tmp_path / "gateway.toml"
+    config.write_text("""
+[[assets]]
+id = "a"
+source = { kind = "mqtt", topics = ["a/+"], sensor_pattern = "a/{sensor}", broker_username = "line-a" }
+[[assets]]
+id = "b"
+source = { kind = "mqtt", topics = ["b/+"], sensor_pattern = "b/{sensor}", broker_username = "line-b" }
+""")
+    settings = load_settings(environ={
+        "EDGE_AGENT_CONFIG_FILE": str(config), "EDGE_AGENT_STATE_DIR": str(tmp_path / "state"),
+        "EDGE_AGENT_DEVICE_ID": "gw", "EDGE_AGENT_MQTT__HOST": "127.0.0.1", "EDGE_AGENT_MQTT__PORT": str(live_broker.port),
+    })
+    fa, fb = build_feeds(settings, Counters())
+    assert (fa.assets, fb.assets) == (("a",), ("b",))
+    assert (fa.source.client_id, fb.source.client_id) == ("edge-agent-gw-src", "edge-agent-gw-src-2")
+    ra, rb = Runner(fa.source), Runner(fb.source)
+    runners.extend([ra, rb])
+    ra.subscribed()
+    rb.subscribed()
+    for i in range(20):
+        publisher.pub("a/s1", str(i))
+        publisher.pub("b/s1", str(i))
+    def count(r: Runner) -> int:  # readings, some of them coalesced into blocks
+        return sum(len(x) if isinstance(x, Block) else 1 for x in list(r.readings))
+
+    wait_for(lambda: count(ra) == 20 and count(rb) == 20, what="20 readings on each connection")
+    ra.finish()
+    rb.finish()
