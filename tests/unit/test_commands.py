@@ -394,3 +394,14 @@ def test_a_model_that_needs_a_teach_in_is_refused_where_it_is_off_and_the_old_on
     for i in range(40, 50):
         pipe.process(Reading(1000.0 + i, {ch: 1.0 for ch in channels}, "s"))
     assert pipe.counters.get("pipeline.windows") > windows  # the old model scores on
+
+
+def test_feedback_sent_again_without_a_note_keeps_the_note(agent: Agent) -> None:
+    """A repeated label without a note replied changed: false but wiped the note export-feedback writes."""
+    from agent.evidence import evidence_payload
+
+    agent.evidence.add("a1", "replay", evidence_payload(["Current"], [(1.6e9 + i, (1.0,)) for i in range(4)], score=3.0))
+    first = cmd(agent, "feedback", {"request_id": "1", "alert_id": "a1", "label": "true_positive", "note": "valve stuck"})
+    again = cmd(agent, "feedback", {"request_id": "2", "alert_id": "a1", "label": "true_positive"})
+    assert first["ok"] and again["ok"] and again["changed"] is False
+    assert [(a, lab, note) for a, lab, note, _ in agent.evidence.labelled()] == [("a1", "true_positive", "valve stuck")]
