@@ -55,6 +55,14 @@ def test_environment_overrides_env_file(tmp_path):
          ["EDGE_AGENT_CALIBRATION__TIMEZONE='Europe/Berlinn'", "unknown time zone", "an IANA name such as Europe/Berlin"]),
         ("", {"EDGE_AGENT_CALIBRATION__TIMEZONE": "Europe"},  # a folder of the time zone database
          ["EDGE_AGENT_CALIBRATION__TIMEZONE='Europe'", "unknown time zone"]),
+        # refused by `run` only, naming no variable, while check-config said the configuration was fine
+        ("", {"EDGE_AGENT_SOURCE__KIND": "mqtt", "EDGE_AGENT_SOURCE__TOPICS": "plant/#/x"},
+         ["EDGE_AGENT_SOURCE__TOPICS='plant/#/x'", "'#' must be a whole level"]),
+        ("", {"EDGE_AGENT_SOURCE__KIND": "mqtt", "EDGE_AGENT_SOURCE__TOPICS": "plant/+/t,plant/p+"},
+         ["EDGE_AGENT_SOURCE__TOPICS='plant/+/t,plant/p+'", "'+' must be a whole level"]),
+        ("", {"EDGE_AGENT_SOURCE__KIND": "mqtt", "EDGE_AGENT_SOURCE__TOPICS": "plant/+/t",
+              "EDGE_AGENT_SOURCE__SENSOR_PATTERN": "plant/t"},
+         ["EDGE_AGENT_SOURCE__SENSOR_PATTERN='plant/t'", "must contain {sensor} exactly once"]),
     ],
 )
 def test_problems_name_variable_value_and_rule(tmp_path, content, env, expected):
