@@ -376,11 +376,23 @@ def _parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     return p
 
 
+EX_SIGPIPE = 128 + 13  # what the shell reports for a command ended by SIGPIPE
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``edge-agent`` console script and ``python -m agent``."""
     argv = sys.argv[1:] if argv is None else list(argv)
     args = _parser(argv).parse_args(argv)
-    return int(args.fn(args))
+    try:
+        rc = int(args.fn(args))
+        sys.stdout.flush()  # here, not at exit, where a closed pipe is "Exception ignored" and exit status 120
+        return rc
+    except BrokenPipeError:  # `edge-agent check-config | head`: the reader left; no traceback
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the flush at exit would raise again
+        except (OSError, ValueError):
+            pass
+        return EX_SIGPIPE
 
 
 if __name__ == "__main__":

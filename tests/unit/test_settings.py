@@ -355,3 +355,18 @@ def test_an_env_file_it_may_not_read_is_one_problem_naming_it_and_the_reason(whe
         os.waitpid(pid, 0)
         f.parent.chmod(0o755)
     assert got == f"--env-file {f}: cannot read (Permission denied)"
+
+
+def test_output_into_a_closed_pipe_is_no_traceback():
+    """`edge-agent model info generic | head -1` printed a BrokenPipeError traceback."""
+    import os
+
+    read, write = os.pipe()
+    os.close(read)  # the reader has gone before the first line
+    try:
+        r = subprocess.run([sys.executable, "-m", "agent", "model", "info", "generic"], cwd=ROOT, stdout=write,
+                           stderr=subprocess.PIPE, text=True, env={"PATH": "/usr/bin:/bin"}, timeout=120)
+    finally:
+        os.close(write)
+    assert "Traceback" not in r.stderr, r.stderr
+    assert r.returncode == 141
