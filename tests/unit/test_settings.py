@@ -370,3 +370,15 @@ def test_output_into_a_closed_pipe_is_no_traceback():
         os.close(write)
     assert "Traceback" not in r.stderr, r.stderr
     assert r.returncode == 141
+
+
+@pytest.mark.parametrize("command", ["check-config", "run"])
+def test_a_recording_run_refuses_for_its_header_is_refused_by_check_config_too(tmp_path, command):
+    """A header without a time column or with a column twice: run exited 78 naming only the file, while
+    check-config said the configuration was fine (exit 0)."""
+    for header, rule in (("a;b;c", "no time column"), ("ts,a,a", "column 'a' appears twice")):
+        rec = tmp_path / "rec.csv"
+        rec.write_text(f"{header}\n1,2,3\n")
+        r = _cli(command, env={"EDGE_AGENT_SOURCE__PATH": str(rec), "EDGE_AGENT_STATE_DIR": str(tmp_path / "s")})
+        assert r.returncode == 78, r.stderr
+        assert f"EDGE_AGENT_SOURCE__PATH={rec}: " in r.stderr and rule in r.stderr, r.stderr
