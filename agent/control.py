@@ -200,6 +200,8 @@ class Control:
         pipe = asset.pipeline
         assert pipe is not None
         old = pipe.model
+        if getattr(new, "needs_channels", False) and not getattr(old, "needs_channels", False):
+            new = new.with_channels(list(old.sidecar.channels))  # a generic detector takes over the channels in use
         override = {**new.describe(), "path": str(path)} if by_command else None
         if new.sha256 == old.sha256 and new.sidecar == old.sidecar:  # the model running: nothing to change
             return {"model": old.describe(), "previous": old.describe(), "state": self.gateway.state(), "changed": False}
