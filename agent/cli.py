@@ -187,6 +187,11 @@ def _derived_info(sidecar: object) -> list[dict[str, object]]:
     return out
 
 
+def _asset_payload(asset_id: str) -> str:
+    """The payload a command needs to name an asset (with [[assets]] a calibrate without one is refused)."""
+    return f" with {json.dumps({'asset': asset_id})}" if asset_id else ""
+
+
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from agent.assets import load_model
     from agent.calibrate import Calibrator
@@ -208,7 +213,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         if pid is not None:  # removing the files under a running agent: it would write them back at its stop
             print(f"calibrate --reset: an edge-agent{f' (pid {pid})' if pid else ''} runs on {settings.state_dir}: "
                   f"stop it first, or send it the command {settings.mqtt.topic_prefix}/{settings.device_id}"
-                  "/cmd/calibrate (teach-in again without a stop)", file=sys.stderr)
+                  f"/cmd/calibrate{_asset_payload(machines[0][0])} (teach-in again without a stop)", file=sys.stderr)
             return EX_TEMPFAIL
     results: dict[str, Any] = {}
     for asset_id, eff, state_dir in machines:
@@ -371,11 +376,23 @@ def _parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     return p
 
 
+EX_SIGPIPE = 128 + 13  # what the shell reports for a command ended by SIGPIPE
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``edge-agent`` console script and ``python -m agent``."""
     argv = sys.argv[1:] if argv is None else list(argv)
     args = _parser(argv).parse_args(argv)
-    return int(args.fn(args))
+    try:
+        rc = int(args.fn(args))
+        sys.stdout.flush()  # here, not at exit, where a closed pipe is "Exception ignored" and exit status 120
+        return rc
+    except BrokenPipeError:  # `edge-agent check-config | head`: the reader left; no traceback
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the flush at exit would raise again
+        except (OSError, ValueError):
+            pass
+        return EX_SIGPIPE
 
 
 if __name__ == "__main__":

@@ -200,6 +200,8 @@ class Control:
         pipe = asset.pipeline
         assert pipe is not None
         old = pipe.model
+        if getattr(new, "needs_channels", False) and not getattr(old, "needs_channels", False):
+            new = new.with_channels(list(old.sidecar.channels))  # a generic detector takes over the channels in use
         override = {**new.describe(), "path": str(path)} if by_command else None
         if new.sha256 == old.sha256 and new.sidecar == old.sidecar:  # the model running: nothing to change
             return {"model": old.describe(), "previous": old.describe(), "state": self.gateway.state(), "changed": False}
@@ -254,7 +256,7 @@ class Control:
         if owner != asset.id:
             raise CommandError(f"alert {clip(alert_id, 64)} was raised by asset {owner or '(none)'!r}, not {asset.id!r}")
         before = store.label_of(alert_id)
-        store.label(alert_id, label, note)
+        store.label(alert_id, label, note if "note" in body else None)  # no note: the one stored is kept
         assert asset.pipeline is not None
         learned = asset.pipeline.learn(alert_id, label)  # false_positive: fold into normal; else undo a fold
         return self._named(asset, {"alert_id": alert_id, "label": label, "feedback": store.counts(), **learned,

@@ -162,10 +162,16 @@ class EvidenceStore:
         row = self._db.execute("SELECT label FROM feedback WHERE alert_id=?", (alert_id,)).fetchone()
         return row[0] if row else None
 
-    def label(self, alert_id: str, label: str, note: str = "") -> None:
-        """Store (or replace) the operator's label of an alert."""
+    def label(self, alert_id: str, label: str, note: str | None = None) -> None:
+        """Store (or replace) the operator's label of an alert; ``note`` None keeps the note stored with it (a
+        label sent again without one does not wipe it)."""
         if label not in LABELS:
             raise ValueError(f"label must be one of {', '.join(LABELS)}")
+        row = self._db.execute("SELECT label, note FROM feedback WHERE alert_id=?", (alert_id,)).fetchone()
+        if note is None:
+            note = row[1] if row else ""
+        if row is not None and (row[0], row[1]) == (label, note):
+            return  # in force already: nothing to write
         self._db.execute("INSERT OR REPLACE INTO feedback VALUES (?,?,?,?)", (alert_id, label, note, time.time()))
 
     def counts(self) -> dict[str, Any]:

@@ -85,14 +85,25 @@ def unknown_environment(environ: Mapping[str, str]) -> list[str]:
 
 
 def _replay_files(settings: Settings) -> list[str]:
-    """A replay whose recording is not a file: ``run`` cannot start it, so ``check-config`` says so too."""
+    """A replay whose recording is not a file, or whose header ``run`` refuses: ``check-config`` says so too."""
     sources = ([(a.source, f"assets[{i}] ({a.id}).source.path") for i, a in enumerate(settings.assets)]
                if settings.assets else [(settings.source, f"{ENV_PREFIX}SOURCE__PATH")])
+    from agent.sources.replay import recording_channels
+
     out = []
     for src, name in sources:
         path = getattr(src, "path", None) if src.kind == "replay" else None
-        if path is not None and not Path(path).is_file():
+        if path is None:
+            continue
+        if not Path(path).is_file():
             out.append(f"{name}={path}: no such file (a recorded CSV to replay)")
+            continue
+        try:
+            recording_channels(Path(path))  # its header: a time column, no column named twice
+        except ValueError as e:
+            out.append(f"{name}={e}")
+        except OSError as e:
+            out.append(f"{name}={path}: cannot read it ({e.strerror})")
     return out
 
 

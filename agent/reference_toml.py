@@ -184,7 +184,9 @@ def render_file_only_markdown() -> str:
         for name, field in model.model_fields.items():
             value, note = _default(field)
             shown = "(empty)" if value == '""' else f"`{value}`"
-            out.append(f"| `{name}` | {shown} | {(_description(field, '') + note).replace('|', '/')} |")
+            desc = _description(field, '')
+            desc += "" if desc.endswith(note.strip()) else note  # a description may say "Required." itself
+            out.append(f"| `{name}` | {shown} | {desc.replace('|', '/')} |")
         return out
 
     out = ["### Modbus (configuration file only)", "",

@@ -129,6 +129,23 @@ class MqttSourceSettings(_Section):
 
     _split = field_validator("topics", mode="before")(_split_list)
 
+    @field_validator("topics")
+    @classmethod
+    def _filters(cls, v: list[str]) -> list[str]:
+        from agent.sources.mqtt_topics import check_filter  # checked here, not only when the source starts
+
+        for t in v:
+            check_filter(t)
+        return v
+
+    @field_validator("sensor_pattern")
+    @classmethod
+    def _pattern(cls, v: str) -> str:
+        from agent.sources.mqtt_topics import compile_sensor_pattern
+
+        compile_sensor_pattern(v)
+        return v
+
 
 class ModbusSourceSettings(_Section):
     """Polls Modbus RTU/TCP devices declared in the configuration file ([modbus.buses.NAME], [modbus.devices.NAME]; docs/modbus.md)."""

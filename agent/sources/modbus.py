@@ -82,6 +82,7 @@ class Bus:
             self._rx = b""
         elif data:
             self._rx = data
+            self.counters.inc("source.bytes", len(data))  # the stats' bytes_in (bandwidth ratio), as other sources
         return data
 
     def _client(self) -> Any:

@@ -136,6 +136,8 @@ def test_neighbours_are_read_in_as_few_requests_as_the_device_allows(cleanup: li
     polls = len(r.of("d"))
     assert dev.requests == polls * 4  # 40 registers in 16 + 16 + 8, plus the far one
     assert r.of("d")[0].values["r39"] == 39.0 and r.of("d")[0].values["far"] == 90.0
+    # the answers' bytes are the stats' bytes_in, as a serial or MQTT source's (it stayed 0: no bandwidth ratio)
+    assert r.counters.get("source.bytes") >= polls * 41 * 2
 
 
 def test_several_units_on_one_rtu_line_and_one_that_stops_answering(tmp_path: Path, cleanup: list[Any]) -> None:

@@ -310,3 +310,23 @@ source = { kind = "replay" }
     finally:
         agent.outbox.close()
         agent.evidence.close()
+
+
+def test_calibrate_reset_beside_a_running_agent_names_the_command_with_its_asset(tmp_path: Path) -> None:
+    """Refused with exit 75, it suggested cmd/calibrate without the asset, which a gateway of several refuses."""
+    from agent.files import hold_state_dir, release_state_dir
+
+    f = tmp_path / "gateway.toml"
+    f.write_text('[[assets]]\nid = "a"\nsource = {kind = "replay"}\n[[assets]]\nid = "b"\nsource = {kind = "replay"}\n')
+    state = tmp_path / "s"
+    state.mkdir()
+    held = hold_state_dir(state)  # the running agent
+    try:
+        env = {"PATH": "/usr/bin:/bin", "EDGE_AGENT_CONFIG_FILE": str(f), "EDGE_AGENT_STATE_DIR": str(state),
+               **BASE_ENV}
+        r = subprocess.run([sys.executable, "-m", "agent", "calibrate", "--reset", "--asset", "b"], env=env, cwd=ROOT,
+                           capture_output=True, text=True)
+    finally:
+        release_state_dir(held)
+    assert r.returncode == 75, r.stderr
+    assert 'edge/gw/cmd/calibrate with {"asset": "b"}' in r.stderr, r.stderr

@@ -421,3 +421,35 @@ def test_reload_model_whose_debounce_cannot_hold_the_configured_k_is_refused_and
     finally:
         a.outbox.close()
         a.evidence.close()
+
+
+def test_feedback_sent_again_without_a_note_keeps_the_note(agent: Agent) -> None:
+    """A repeated label without a note replied changed: false but wiped the note export-feedback writes."""
+    from agent.evidence import evidence_payload
+
+    agent.evidence.add("a1", "replay", evidence_payload(["Current"], [(1.6e9 + i, (1.0,)) for i in range(4)], score=3.0))
+    first = cmd(agent, "feedback", {"request_id": "1", "alert_id": "a1", "label": "true_positive", "note": "valve stuck"})
+    again = cmd(agent, "feedback", {"request_id": "2", "alert_id": "a1", "label": "true_positive"})
+    assert first["ok"] and again["ok"] and again["changed"] is False
+    assert [(a, lab, note) for a, lab, note, _ in agent.evidence.labelled()] == [("a1", "true_positive", "valve stuck")]
+
+
+def test_reloading_the_running_generic_detector_changes_nothing(tmp_path: Path) -> None:
+    """The default model: its spec names no channels, the running one has the source's; compared as they were, the
+    reload swapped it in again (changed: true, recent scores forgotten, an override 'by command'), and SIGHUP too."""
+    import hashlib
+
+    from agent.records import Reading
+
+    a = make_agent(tmp_path / "state", EDGE_AGENT_MODEL__PATH="generic")
+    try:
+        for i in range(20):
+            a.pipeline.process(Reading(float(i), {"Current": 1.0 + i % 3, "Pressure": 2.0}))
+        snap = a.pipeline.snapshot
+        sha = hashlib.sha256(bundled_model("generic").read_bytes()).hexdigest()
+        r = cmd(a, "reload-model", {"request_id": "g", "path": "generic", "sha256": sha})
+        assert r["ok"] and r["changed"] is False, r
+        assert a.pipeline.snapshot is snap and a.status()["overrides"] == {}
+    finally:
+        a.outbox.close()
+        a.evidence.close()

@@ -109,3 +109,8 @@ def test_the_calibrate_reply_fields_are_documented(tmp_path):
     reply = row.rstrip(" |").rsplit("|", 1)[1]
     for field in set(running) - {"request_id", "ok", "ts"}:
         assert f"`{field}`" in reply, (field, reply)
+
+
+def test_a_required_key_says_so_once():
+    # the Modbus keys' descriptions end in "Required." themselves; the tables showed "Required. Required."
+    assert "Required. Required." not in render_markdown()

@@ -90,4 +90,4 @@ def test_the_daemon_refuses_a_recording_it_cannot_play_at_start(tmp_path, header
     r = subprocess.run([sys.executable, "-m", "agent", "run"], capture_output=True, text=True, env=env, timeout=60,
                        cwd=Path(__file__).resolve().parents[2])
     assert r.returncode == 78, r.stderr
-    assert f"config error: {p}:" in r.stderr and "Traceback" not in r.stderr
+    assert f"config error: EDGE_AGENT_SOURCE__PATH={p}:" in r.stderr and "Traceback" not in r.stderr

@@ -55,6 +55,14 @@ def test_environment_overrides_env_file(tmp_path):
          ["EDGE_AGENT_CALIBRATION__TIMEZONE='Europe/Berlinn'", "unknown time zone", "an IANA name such as Europe/Berlin"]),
         ("", {"EDGE_AGENT_CALIBRATION__TIMEZONE": "Europe"},  # a folder of the time zone database
          ["EDGE_AGENT_CALIBRATION__TIMEZONE='Europe'", "unknown time zone"]),
+        # refused by `run` only, naming no variable, while check-config said the configuration was fine
+        ("", {"EDGE_AGENT_SOURCE__KIND": "mqtt", "EDGE_AGENT_SOURCE__TOPICS": "plant/#/x"},
+         ["EDGE_AGENT_SOURCE__TOPICS='plant/#/x'", "'#' must be a whole level"]),
+        ("", {"EDGE_AGENT_SOURCE__KIND": "mqtt", "EDGE_AGENT_SOURCE__TOPICS": "plant/+/t,plant/p+"},
+         ["EDGE_AGENT_SOURCE__TOPICS='plant/+/t,plant/p+'", "'+' must be a whole level"]),
+        ("", {"EDGE_AGENT_SOURCE__KIND": "mqtt", "EDGE_AGENT_SOURCE__TOPICS": "plant/+/t",
+              "EDGE_AGENT_SOURCE__SENSOR_PATTERN": "plant/t"},
+         ["EDGE_AGENT_SOURCE__SENSOR_PATTERN='plant/t'", "must contain {sensor} exactly once"]),
     ],
 )
 def test_problems_name_variable_value_and_rule(tmp_path, content, env, expected):
@@ -347,3 +355,30 @@ def test_an_env_file_it_may_not_read_is_one_problem_naming_it_and_the_reason(whe
         os.waitpid(pid, 0)
         f.parent.chmod(0o755)
     assert got == f"--env-file {f}: cannot read (Permission denied)"
+
+
+def test_output_into_a_closed_pipe_is_no_traceback():
+    """`edge-agent model info generic | head -1` printed a BrokenPipeError traceback."""
+    import os
+
+    read, write = os.pipe()
+    os.close(read)  # the reader has gone before the first line
+    try:
+        r = subprocess.run([sys.executable, "-m", "agent", "model", "info", "generic"], cwd=ROOT, stdout=write,
+                           stderr=subprocess.PIPE, text=True, env={"PATH": "/usr/bin:/bin"}, timeout=120)
+    finally:
+        os.close(write)
+    assert "Traceback" not in r.stderr, r.stderr
+    assert r.returncode == 141
+
+
+@pytest.mark.parametrize("command", ["check-config", "run"])
+def test_a_recording_run_refuses_for_its_header_is_refused_by_check_config_too(tmp_path, command):
+    """A header without a time column or with a column twice: run exited 78 naming only the file, while
+    check-config said the configuration was fine (exit 0)."""
+    for header, rule in (("a;b;c", "no time column"), ("ts,a,a", "column 'a' appears twice")):
+        rec = tmp_path / "rec.csv"
+        rec.write_text(f"{header}\n1,2,3\n")
+        r = _cli(command, env={"EDGE_AGENT_SOURCE__PATH": str(rec), "EDGE_AGENT_STATE_DIR": str(tmp_path / "s")})
+        assert r.returncode == 78, r.stderr
+        assert f"EDGE_AGENT_SOURCE__PATH={rec}: " in r.stderr and rule in r.stderr, r.stderr
