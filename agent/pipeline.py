@@ -68,6 +68,7 @@ class Pipeline:
         self.model = model
         self.cleaner: Cleaner | None = None  # None until the channels are known (a generic detector learns them)
         self.aligner: Aligner | None = None
+        self._gather: Any = None  # a generic detector's channels gathered before alignment (pipeline_support)
         self.recorder: EvidenceRecorder | None = None
         self.scorer: Any = None
         if getattr(model, "needs_channels", False):

@@ -152,3 +152,50 @@ def test_pipeline_aligns_channels_published_on_separate_topics(tmp_path, model, 
     after = [w for w in scored if w[1] >= back]
     assert after and after[0][0] >= back - 1.5 and len(after) > 50
     assert s["windows"] == len(scored)
+
+
+def test_the_generic_detector_takes_its_channels_from_the_aligned_topics_not_the_first_reading(tmp_path):
+    """The default model with alignment, each channel a bare number on its own topic (the sensor is the topic's
+    last level): its channels are the topics' (Current, Pressure, Flow), gathered until the first topic speaks
+    again — not 'value', the key of the first reading alone, which every topic then overwrote."""
+    from agent.bundled import bundled_model
+    from agent.detectors import open_model
+
+    model = open_model(bundled_model("generic"))
+    c = Counters()
+    p = Pipeline(model, c, tmp_path, calibration_samples=50, summary_interval_s=1e9,
+                 cleaning=CleaningPolicy(align_period_s=1.0, align_sensor="pump-1"))
+    for i in range(120):
+        for j, ch in enumerate(("Current", "Pressure", "Flow")):
+            p.process(Reading(1000.0 + i + 0.1 * j, {"value": float(j + 1) + 0.01 * (i % 7)}, ch))
+    assert list(p.model.sidecar.channels) == ["Current", "Pressure", "Flow"]
+    assert not p.calibrating  # the aligned readings (every channel filled) made the teach-in
+    assert c.get("reject.no_channels") <= 4  # one round of the topics named the channels
+    assert c.get("gap.missing_channel") <= 2  # the first tick after, before every topic spoke again
+
+
+@pytest.mark.parametrize("layout, expected", [
+    ("bare numbers, one topic per channel", ["Current", "Pressure", "Flow"]),
+    ("one key per topic, one device", ["Current", "Pressure", "Flow"]),
+    ("several keys per reading", ["Current", "Pressure", "Flow"]),
+])
+def test_aligned_channels_follow_the_topic_layout(tmp_path, layout, expected):
+    from agent.bundled import bundled_model
+    from agent.detectors import open_model
+
+    p = Pipeline(open_model(bundled_model("generic")), Counters(), tmp_path, calibration_samples=50,
+                 summary_interval_s=1e9, cleaning=CleaningPolicy(align_period_s=1.0, align_sensor="pump-1"))
+    for i in range(80):
+        for j, ch in enumerate(("Current", "Pressure", "Flow")):
+            v = float(j + 1) + 0.01 * (i % 7)
+            if layout.startswith("bare"):
+                r = Reading(1000.0 + i + 0.1 * j, {"value": v}, ch)
+            elif layout.startswith("one key"):
+                r = Reading(1000.0 + i + 0.1 * j, {ch: v}, "pump1")  # plant/pump1/<ch>, sensor pattern plant/{sensor}/+
+            else:
+                if j:
+                    continue
+                r = Reading(1000.0 + i, {"Current": v, "Pressure": v + 1, "Flow": v + 2}, "pump1")
+            p.process(r)
+    assert list(p.model.sidecar.channels) == expected
+    assert not p.calibrating
