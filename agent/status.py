@@ -213,6 +213,8 @@ class Board:
         if self.with_assets:
             del out["source"]
             out["sources"] = [{"name": f.source.name, "state": f.source.state} for f in self.feeds]
+            out["source_totals"] = {"reconnects": c.get("source.reconnects"),  # over every source (the status's
+                                    "errors": c.snapshot("source.error.")}  # reasons name a failing device)
             out["sensors"] = {"tracked": sum(a.pipeline.snapshot.sensors for a in self.assets if a.pipeline),
                               "forgotten": c.get("sensors.forgotten")}
             out["assets"] = {a.id: self._asset_stats(a) for a in self.assets}

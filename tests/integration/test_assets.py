@@ -280,3 +280,52 @@ model = {{ path = "{bad}" }}
     assert rec.on("asset/bad/alerts") == [] and rec.on("asset/bad/summary") == []
     assert a.stop() == 0, a.log[-3000:]
     assert "asset bad is down (the others run)" in a.log
+
+
+def test_modbus_failures_are_in_the_stats_with_assets_too(tmp_path: Path, live_broker, recorder, agents) -> None:
+    """With [[assets]] the stats' per-source `source` block gives way to the `sources` list; the failure counts by
+    reason (a device answering exception 2) used to go with it and were published nowhere: `source_totals` keeps
+    them, and the asset's status names the device."""
+    from pymodbus.constants import ExcCodes
+
+    readings = list(read_recording(demo_recording_path(), Counters()))
+    rows = [[v for c in CHANNELS for v in regs("f", float(rd.values[c]))] for rd in readings]
+    pump1, _ = _playing(rows, loop=True)
+    pump1.unit = 1
+    pump2 = Device(2)
+    pump2.refuse[4] = ExcCodes.ILLEGAL_ADDRESS  # read input registers: exception 2, every poll
+    server = Server([pump1, pump2])
+    try:
+        config = tmp_path / "gateway.toml"
+        config.write_text(f"""
+stats_interval_s = 1
+
+[modbus.buses.line]
+kind = "tcp"
+host = "127.0.0.1"
+tcp_port = {server.port}
+timeout_s = 0.5
+{_device_map("pump1", 1)}
+{_device_map("pump2", 2)}
+
+[[assets]]
+id = "pump-1"
+source = {{ kind = "modbus", devices = ["pump1"] }}
+
+[[assets]]
+id = "pump-2"
+source = {{ kind = "modbus", devices = ["pump2"] }}
+""")
+        rec = recorder(f"{BASE}/#")
+        a = start_agent(agent_env(tmp_path / "state", live_broker.port, EDGE_AGENT_CONFIG_FILE=str(config)), tmp_path)
+        agents.append(a)
+        stats = wait_for(lambda: [s for s in rec.on("stats")
+                                  if s.get("source_totals", {}).get("errors", {}).get("exception_2", 0) > 0],
+                         timeout=30, what="exception 2 counted in the stats")[-1]
+        assert "source" not in stats and stats["source_totals"]["reconnects"] >= 0, stats
+        st = wait_for(lambda: (s := _latest_status(rec)).get("assets", {}).get("pump-2", {}).get("reasons") and s,
+                      timeout=30, what="pump-2's reasons")
+        assert any("pump2" in r or "device 2" in r for r in st["assets"]["pump-2"]["reasons"]), st["assets"]["pump-2"]
+        assert a.stop() == 0, a.log[-3000:]
+    finally:
+        server.stop()
