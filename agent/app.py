@@ -26,6 +26,7 @@ from agent.evidence import EvidenceStore
 from agent.files import hold_state_dir, probe_state_dir, release_state_dir
 from agent.health import Heartbeats, HealthMonitor
 from agent.outbox import Outbox
+from agent.parse import duration_text
 from agent.receipt import follow_steps_beyond
 from agent.runtime import Guard, PipelineLoop, Readings
 from agent.settings import Settings, flat_env
@@ -134,7 +135,7 @@ class Agent:
         for a in self.assets:
             if a.pipeline is not None and a.pipeline.snapshot.calibrating:
                 cal = a.pipeline.calibrator
-                span = f"{_span(cal.duration_s)} of data" if cal.duration_s else f"{cal.samples} readings"
+                span = f"{duration_text(cal.duration_s)} of data" if cal.duration_s else f"{cal.samples} readings"
                 log.info("teach-in%s: the first %s are taken as normal (no alerts until then)%s",
                          f" of {a.id}" if a.id else "", span,
                          f"; {cal.resumed} readings of it from before the restart" if cal.resumed else "")
@@ -196,10 +197,3 @@ class Agent:
         log.info("stopped")
         return EXIT_OK
 
-
-def _span(seconds: float) -> str:
-    """A teach-in duration as it is written in the settings: 604800 → 7d, 5400 → 90m, 45 → 45s (else seconds)."""
-    for unit, size in (("d", 86_400), ("h", 3_600), ("m", 60)):
-        if seconds >= size and seconds % size == 0:
-            return f"{seconds / size:g}{unit}"
-    return f"{seconds:g}s"

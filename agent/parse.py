@@ -367,3 +367,10 @@ class LineParser:
         if not out:
             return "empty"
         return Reading(ts=ts, values=out, sensor=self.sensor)
+
+def duration_text(seconds: float) -> str:
+    """A teach-in duration as it is written in the settings: 604800 → 7d, 5400 → 90m, 45 → 45s (else seconds)."""
+    for unit, size in (("d", 86_400), ("h", 3_600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"

@@ -211,6 +211,8 @@ class Uplink:
             # Never hold self._lock while calling into paho: paho calls on_publish holding its own message mutex,
             # and on_publish takes self._lock (lock-order inversion = deadlock). A PUBACK that beats us to
             # recording the mid is parked in _early_acks instead.
+            if not self.connected.is_set():  # lost during the batch: paho may already be on a new socket before its
+                return  # CONNACK, where _reset_inflight (waiting for this batch) would take the message back
             t0 = time.monotonic()
             info = self.client.publish(self.topic(row.topic), body, qos=row.qos, retain=row.retain)
             if info.rc == mqtt.MQTT_ERR_NO_CONN and row.qos:  # paho keeps it for the next connection: track it,
@@ -274,7 +276,9 @@ class Uplink:
                 self._early_acks.clear()  # acks of the last connection: none can name a mid of the new one
             with client._out_message_mutex:
                 for mid in mids:
-                    client._out_messages.pop(mid, None)
+                    msg = client._out_messages.pop(mid, None)
+                    if msg is not None and msg.state == mqtt.mqtt_ms_wait_for_puback and client._inflight_messages > 0:
+                        client._inflight_messages -= 1  # counted in flight on the new socket: its slot is free again
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
         try:

@@ -80,9 +80,10 @@ class Bus:
     def _trace(self, sending: bool, data: bytes) -> bytes:
         if sending:
             self._rx = b""
-        elif data:
+        elif data:  # pymodbus passes the whole answer so far each time a piece arrives (RTU): count the new bytes
+            new = len(data) - len(self._rx) if data.startswith(self._rx) else len(data)
             self._rx = data
-            self.counters.inc("source.bytes", len(data))  # the stats' bytes_in (bandwidth ratio), as other sources
+            self.counters.inc("source.bytes", new)  # the stats' bytes_in (bandwidth ratio), as other sources
         return data
 
     def _client(self) -> Any:

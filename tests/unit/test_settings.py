@@ -386,6 +386,6 @@ def test_a_recording_run_refuses_for_its_header_is_refused_by_check_config_too(t
 
 def test_the_teach_in_log_line_writes_a_duration_as_it_is_set():
     """EDGE_AGENT_CALIBRATION__DURATION=7d was logged as '604800 s of data'."""
-    from agent.app import _span
+    from agent.parse import duration_text as _span
 
     assert [_span(s) for s in (604_800, 86_400, 5_400, 90, 45, 1.5)] == ["7d", "1d", "90m", "90s", "45s", "1.5s"]
