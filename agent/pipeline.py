@@ -23,6 +23,7 @@ from agent.clean import Cleaner, CleaningPolicy
 from agent.counters import Counters
 from agent.decide import RAISED, Decisions, DecisionParams, Transition
 from agent.evidence import EvidenceRecorder, EvidenceStore
+from agent.gather import ChannelGather
 from agent.health import LatencyRing
 from agent.pipeline_block import drop_bad_blocks, process_block
 from agent.pipeline_support import alert_event, bind_channels, canary, forget_idle, learn, refuse_unrunnable
@@ -68,7 +69,7 @@ class Pipeline:
         self.model = model
         self.cleaner: Cleaner | None = None  # None until the channels are known (a generic detector learns them)
         self.aligner: Aligner | None = None
-        self._gather: Any = None  # a generic detector's channels gathered before alignment (pipeline_support)
+        self.gather = ChannelGather(self.cleaning.align_period_s)  # a generic detector's channels (agent.gather)
         self.recorder: EvidenceRecorder | None = None
         self.scorer: Any = None
         if getattr(model, "needs_channels", False):
@@ -93,9 +94,6 @@ class Pipeline:
         if duration:
             samples = max(samples, sc.window.length * 2 + sc.decision.n)
         return Calibrator(model, samples, self.state_dir, duration, clock)
-
-    def _bind(self, r: Reading) -> None:
-        bind_channels(self, r)
 
     def _install(self, model: Any) -> None:
         """Set up every model-dependent stage (at start and on a model swap); a model that cannot run here raises
@@ -265,7 +263,7 @@ class Pipeline:
     def process(self, r: Reading) -> list[Event]:
         """One reading in; the alerts, advice and summaries it causes out."""
         if self.cleaner is None:
-            self._bind(r)
+            bind_channels(self, r)  # a generic detector's channels, once the readings name them (agent.gather)
             if self.cleaner is None:
                 self.counters.inc("reject.no_channels")
                 return []

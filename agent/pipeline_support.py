@@ -1,6 +1,6 @@
 """The parts of a pipeline that do not run per reading: the canary that tries a new model on the recent windows before
 a reload, the operator's feedback that refits teach-in, the alert event built from a transition (with its
-evidence), a generic detector's channels from the first reading, and forgetting idle sensors. Split from
+evidence), a generic detector's channels once known (agent.gather), and forgetting idle sensors. Split from
 agent.pipeline, whose methods call these."""
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from agent.infer import Model, ModelError, Scorer
 from agent.logsafe import clip
 from agent.parse import iso
 from agent.records import AlertEvent, Reading
-from agent.sources.replay import LABEL_COLUMNS
 
 if TYPE_CHECKING:
     from agent.pipeline import Pipeline
@@ -111,47 +110,11 @@ def alert_event(p: "Pipeline", t: Transition) -> AlertEvent:
     )
 
 
-GATHER_PERIODS = 10  # with alignment, channels are gathered for at most this many periods of data time
-
-
 def bind_channels(p: "Pipeline", r: Reading) -> None:
-    """A generic detector's channels from the first reading: its numeric values, in their order. With alignment
-    (readings of several topics merged) from the first readings instead: see ``_aligned_channels``."""
-    if p.cleaning.align_period_s > 0:
-        gathered = _aligned_channels(p, r)
-        if gathered:
-            log.info("channels from the first readings (aligned): %s", ", ".join(gathered))
-            p._install(p.model.with_channels(gathered))
-        return
-    channels = [k for k, v in r.values.items() if k not in LABEL_COLUMNS and (isinstance(v, float) or _numeric(v))]
+    """A generic detector's channels, once the readings so far name them (agent.gather)."""
+    channels = p.gather.add(r)
     if channels:
-        log.info("channels from the first reading: %s", ", ".join(channels))
         p._install(p.model.with_channels(channels))
-
-
-def _aligned_channels(p: "Pipeline", r: Reading) -> list[str] | None:
-    """The channels the aligner is to fill, once known (agent.align's rule: a value's name, else its sensor's for a
-    lone value). Each numeric value's name; but a lone value whose name several sensors share (a bare number,
-    ``EDGE_AGENT_SOURCE__CHANNEL``, or the same key on every topic) is its sensor's channel. Gathered until the
-    first sensor speaks again at least one period later (every topic has had its turn), at most GATHER_PERIODS
-    periods; None until then (those readings only name the channels: the teach-in starts after them)."""
-    first = p._gather
-    if first is None:
-        first = p._gather = (r.sensor, r.ts, {})
-    sensor, ts0, seen = first  # (name, lone) -> the sensors that sent it, in order
-    lone = len(r.values) == 1
-    for k, v in r.values.items():
-        if k not in LABEL_COLUMNS and (isinstance(v, float) or _numeric(v)):
-            seen.setdefault((k, lone), {}).setdefault(r.sensor, None)
-    period = p.cleaning.align_period_s
-    if r.ts - ts0 < period or (r.sensor != sensor and r.ts - ts0 < GATHER_PERIODS * period):
-        return None
-    p._gather = None
-    channels: dict[str, None] = {}
-    for (name, lone_value), sensors in seen.items():
-        for ch in (sensors if lone_value and len(sensors) > 1 else [name]):
-            channels.setdefault(ch, None)
-    return list(channels) or None
 
 
 def forget_idle(p: "Pipeline") -> None:
@@ -171,11 +134,3 @@ def forget_idle(p: "Pipeline") -> None:
             p.recorder.forget(sensor)
         p.counters.inc("sensors.forgotten")
         log.info("sensor %s forgotten after %.0f s without a reading", clip(sensor) or "-", p.cleaning.sensor_idle_s)
-
-
-def _numeric(v: Any) -> bool:
-    try:
-        float(str(v).strip())
-    except ValueError:
-        return False
-    return True
