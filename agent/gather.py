@@ -3,19 +3,47 @@
 Without alignment they are the numeric values of the first reading, in their order. With alignment (readings of
 several topics merged by agent.align) one reading names only its topic's channels: they are gathered from the first
 readings of every topic instead (``ChannelGather``), by agent.align's rule for a value's channel.
+
+How long: at least ``GATHER_PERIODS`` alignment periods (a topic reporting that slowly has been heard), then until
+every topic heard has spoken at least twice and ``GATHER_SLOWEST`` periods of the slowest of them have passed (a
+topic as slow as that would have been heard too), at most ``GATHER_MAX_S`` (or 3 × ``GATHER_PERIODS`` periods,
+when longer). Time is the later of the arrival time (the clock) and the data time each topic's own timestamps
+cover, counting only a topic's steps forward shorter than that maximum: a far-off timestamp (a stale message, a
+device with a wrong clock) neither ends the gathering early nor holds it; a replay, whose readings arrive at once,
+is measured by its data time. A topic heard only once by the maximum is left out, with a warning.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+import time
+from typing import Any, Callable
 
+from agent.logsafe import clip
 from agent.records import Reading
 from agent.sources.replay import LABEL_COLUMNS
 
 log = logging.getLogger("agent.pipeline")  # the pipeline's own lines, as before the split
 
-GATHER_PERIODS = 10  # with alignment, channels are gathered for at most this many periods of data time
+GATHER_PERIODS = 10  # with alignment, channels are gathered for at least this many alignment periods ...
+GATHER_SLOWEST = 3  # ... and this many periods of the slowest topic heard, every topic heard at least twice ...
+GATHER_MAX_S = 300.0  # ... but at most this long (3 x GATHER_PERIODS periods when longer)
+_LOG_SENSORS = 20  # the sensors a log line names at most
+
+
+class _Heard:
+    """One sensor during the gathering."""
+
+    __slots__ = ("count", "first", "last", "last_ts", "span")
+
+    def __init__(self, at: float, ts: float):
+        self.count = 0
+        self.first = self.last = at  # the gathering's time at its first and latest reading
+        self.last_ts = ts  # its latest timestamp
+        self.span = 0.0  # the data time its readings cover, far-off steps left out
+
+    def period(self) -> float:
+        return (self.last - self.first) / (self.count - 1) if self.count > 1 else 0.0
 
 
 class ChannelGather:
@@ -23,9 +51,13 @@ class ChannelGather:
     gathered from the first readings of every sensor (``period_s`` > 0, the alignment period). ``add`` returns
     None until they are known (those readings only name the channels)."""
 
-    def __init__(self, period_s: float = 0.0):
+    def __init__(self, period_s: float = 0.0, clock: Callable[[], float] = time.monotonic):
         self.period_s = period_s
-        self._first: tuple[str, float] | None = None  # the first sensor and its reading's timestamp
+        self.min_s = GATHER_PERIODS * period_s
+        self.max_s = max(GATHER_MAX_S, 3 * self.min_s)
+        self._clock = clock
+        self._start: float | None = None  # clock() at the first reading
+        self._heard: dict[str, _Heard] = {}
         self._seen: dict[tuple[str, bool], dict[str, None]] = {}  # (name, lone) -> the sensors that sent it, in order
 
     def add(self, r: Reading) -> list[str] | None:
@@ -34,31 +66,69 @@ class ChannelGather:
             if channels:
                 log.info("channels from the first reading: %s", ", ".join(channels))
             return channels or None
-        gathered = self._aligned(r)
-        if gathered:
-            log.info("channels from the first readings (aligned): %s", ", ".join(gathered))
-        return gathered
+        return self._aligned(r)
+
+    def elapsed(self, now: float) -> float:
+        """The gathering's time: the later of the clock's and the data time a sensor's readings cover."""
+        start = now if self._start is None else self._start
+        return max([now - start, *(h.span for h in self._heard.values())])
 
     def _aligned(self, r: Reading) -> list[str] | None:
         """Each numeric value's name (agent.align's rule: a value's name, else its sensor's for a lone value); but a
         lone value whose name several sensors share (a bare number, ``EDGE_AGENT_SOURCE__CHANNEL``, or the same key
-        on every topic) is its sensor's channel. Gathered until the first sensor speaks again at least one period
-        later (every topic has had its turn), at most GATHER_PERIODS periods; None until then."""
-        if self._first is None:
-            self._first = (r.sensor, r.ts)
-        sensor, ts0 = self._first
-        lone = len(r.values) == 1
-        for k in numeric_names(r):
-            self._seen.setdefault((k, lone), {}).setdefault(r.sensor, None)
-        period = self.period_s
-        if r.ts - ts0 < period or (r.sensor != sensor and r.ts - ts0 < GATHER_PERIODS * period):
+        on every topic) is its sensor's channel. None until the gathering is over (see the module's text)."""
+        names = numeric_names(r)
+        if not names:
             return None
-        seen, self._first, self._seen = self._seen, None, {}
+        now = self._clock()
+        if self._start is None:
+            self._start = now
+        h = self._heard.get(r.sensor)
+        if h is None:
+            h = self._heard[r.sensor] = _Heard(self.elapsed(now), r.ts)
+        elif 0 < r.ts - h.last_ts <= self.max_s:
+            h.span += r.ts - h.last_ts
+        h.last_ts = r.ts
+        h.count += 1
+        h.last = t = self.elapsed(now)
+        lone = len(r.values) == 1
+        for k in names:
+            self._seen.setdefault((k, lone), {}).setdefault(r.sensor, None)
+        if t < self.min_s:
+            return None
+        if t < self.max_s:
+            if any(x.count < 2 for x in self._heard.values()):
+                return None
+            if t < GATHER_SLOWEST * max(x.period() for x in self._heard.values()):
+                return None
+        return self._finish(t)
+
+    def _finish(self, t: float) -> list[str] | None:
+        heard, seen = self._heard, self._seen
+        self._start, self._heard, self._seen = None, {}, {}
+        once = [s for s, x in heard.items() if x.count < 2]
+        if len(once) == len(heard):
+            once = []  # nothing heard twice: every sensor heard is all there is
+        if once:
+            log.warning("channels: left out %s, heard only once in %.0f s (slower than that, or a stray reading)",
+                        _names(once), t)
         channels: dict[str, None] = {}
-        for (name, lone_value), sensors in seen.items():
+        for (name, lone_value), by in seen.items():
+            sensors = [s for s in by if s not in once]
+            if not sensors:
+                continue
             for ch in (sensors if lone_value and len(sensors) > 1 else [name]):
                 channels.setdefault(ch, None)
+        if channels:
+            log.info("channels from the first readings (aligned): %s; gathered for %.0f s, heard: %s",
+                     ", ".join(clip(c) for c in channels), t,
+                     _names([f"{s} ×{x.count}" for s, x in heard.items() if s not in once]))
         return list(channels) or None
+
+
+def _names(items: list[str]) -> str:
+    shown = ", ".join(clip(s) for s in items[:_LOG_SENSORS])
+    return shown + (f" and {len(items) - _LOG_SENSORS} more" if len(items) > _LOG_SENSORS else "")
 
 
 def numeric_names(r: Reading) -> list[str]:

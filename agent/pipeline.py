@@ -69,7 +69,7 @@ class Pipeline:
         self.model = model
         self.cleaner: Cleaner | None = None  # None until the channels are known (a generic detector learns them)
         self.aligner: Aligner | None = None
-        self.gather = ChannelGather(self.cleaning.align_period_s)  # a generic detector's channels (agent.gather)
+        self.gather = ChannelGather(self.cleaning.align_period_s, clock)  # a generic detector's channels (agent.gather)
         self.recorder: EvidenceRecorder | None = None
         self.scorer: Any = None
         if getattr(model, "needs_channels", False):

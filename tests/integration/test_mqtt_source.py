@@ -877,3 +877,42 @@ source = { kind = "mqtt", topics = ["b/+"], sensor_pattern = "b/{sensor}", broke
     wait_for(lambda: count(ra) == 20 and count(rb) == 20, what="20 readings on each connection")
     ra.finish()
     rb.finish()
+
+
+def test_generic_detector_gathers_a_slow_topics_channel_beside_a_fast_one(
+    tmp_path: Path, live_broker: Broker, recorder: Any, publisher: Publisher,
+) -> None:
+    """Alignment, the generic detector, a bare number per topic stamped on receipt: Current every 0.2 s, Pressure
+    every 1.5 s and first 0.7 s after Current. The channels are gathered until Pressure has spoken twice and for
+    3 of its periods: both are channels (gathering used to end when Current spoke again, and the channel set
+    collapsed to `value`, which both topics then overwrote)."""
+    rec = recorder("edge/test-gw/#")
+    agent = AgentProcess(agent_env(
+        tmp_path, live_broker.port, EDGE_AGENT_SOURCE__KIND="mqtt", EDGE_AGENT_SOURCE__TOPICS="plant/pump1/+",
+        EDGE_AGENT_SOURCE__SENSOR_PATTERN="plant/pump1/{sensor}", EDGE_AGENT_SOURCE__QOS="1",
+        EDGE_AGENT_MODEL__PATH="generic", EDGE_AGENT_CLEANING__ALIGN_PERIOD_S="0.2",
+        EDGE_AGENT_CLEANING__ALIGN_TOLERANCE_S="2", EDGE_AGENT_CLEANING__ALIGN_SENSOR="pump1",
+    ))
+    try:
+        wait_for(lambda: "subscribed to plant/pump1/+" in agent.stderr() or agent.proc.poll() is not None,
+                 timeout=30, what="the agent's subscription")
+        assert agent.proc.poll() is None, agent.stderr()
+        t0 = time.monotonic()
+        i = 0
+        next_slow = t0 + 0.7
+        while time.monotonic() - t0 < 20 and "channels from the first readings" not in agent.stderr():
+            publisher.pub("plant/pump1/Current", f"{10 + 0.1 * (i % 5):.2f}")
+            if time.monotonic() >= next_slow:
+                publisher.pub("plant/pump1/Pressure", f"{3 + 0.05 * (i % 3):.2f}")
+                next_slow += 1.5
+            i += 1
+            time.sleep(0.2)
+    finally:
+        rc = agent.stop()
+    err = agent.stderr()
+    assert rc == 0, err
+    line = next((ln for ln in err.splitlines() if "channels from the first readings (aligned)" in ln), "")
+    assert "aligned): Current, Pressure;" in line, err[-3000:]
+    assert "Current ×" in line and "Pressure ×" in line  # the topics heard
+    wait_for(lambda: rec.on("summary") and rec.on("summary")[-1]["final"], what="the final summary")
+    assert set(rec.on("summary")[-1]["channels"]) == {"Current", "Pressure"}

@@ -156,8 +156,9 @@ def test_pipeline_aligns_channels_published_on_separate_topics(tmp_path, model, 
 
 def test_the_generic_detector_takes_its_channels_from_the_aligned_topics_not_the_first_reading(tmp_path):
     """The default model with alignment, each channel a bare number on its own topic (the sensor is the topic's
-    last level): its channels are the topics' (Current, Pressure, Flow), gathered until the first topic speaks
-    again — not 'value', the key of the first reading alone, which every topic then overwrote."""
+    last level): its channels are the topics' (Current, Pressure, Flow), gathered over the first GATHER_PERIODS
+    periods — not 'value', the key of the first reading alone, which every topic then overwrote."""
+    from agent.gather import GATHER_PERIODS
     from agent.bundled import bundled_model
     from agent.detectors import open_model
 
@@ -170,7 +171,7 @@ def test_the_generic_detector_takes_its_channels_from_the_aligned_topics_not_the
             p.process(Reading(1000.0 + i + 0.1 * j, {"value": float(j + 1) + 0.01 * (i % 7)}, ch))
     assert list(p.model.sidecar.channels) == ["Current", "Pressure", "Flow"]
     assert not p.calibrating  # the aligned readings (every channel filled) made the teach-in
-    assert c.get("reject.no_channels") <= 4  # one round of the topics named the channels
+    assert c.get("reject.no_channels") <= 3 * (GATHER_PERIODS + 1)  # the readings that named the channels
     assert c.get("gap.missing_channel") <= 2  # the first tick after, before every topic spoke again
 
 
@@ -199,3 +200,82 @@ def test_aligned_channels_follow_the_topic_layout(tmp_path, layout, expected):
             p.process(r)
     assert list(p.model.sidecar.channels) == expected
     assert not p.calibrating
+
+
+# -- gathering a generic detector's channels (agent.gather) ----------------------------------------------------
+
+
+class _Clock:
+    """The pipeline's clock (arrival time), moved by the test."""
+
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def _generic(tmp_path, clock, counters=None) -> Pipeline:
+    from agent.bundled import bundled_model
+    from agent.detectors import open_model
+
+    return Pipeline(open_model(bundled_model("generic")), counters or Counters(), tmp_path, calibration_samples=50,
+                    summary_interval_s=1e9, clock=clock,
+                    cleaning=CleaningPolicy(align_period_s=1.0, align_tolerance_s=12.0, align_sensor="pump-1"))
+
+
+@pytest.mark.parametrize("arrival", ["live", "replay"])
+def test_a_topic_slower_than_the_first_is_gathered_too(tmp_path, caplog, arrival):
+    """Current every second, Pressure every 10 s, first 5.5 s after Current: gathering lasts until every topic heard
+    has spoken twice and for several periods of the slowest, so Pressure is a channel. It used to end when Current
+    spoke again, and Pressure's bare number then collapsed with Current's into one channel `value`. The same when
+    the readings arrive all at once (a replay: data time counts)."""
+    import logging
+
+    caplog.set_level(logging.INFO, logger="agent.pipeline")
+    clock = _Clock()
+    p = _generic(tmp_path, clock)
+    for i in range(120):
+        clock.t = float(i) if arrival == "live" else 0.0
+        p.process(Reading(1000.0 + i, {"value": 1.0 + 0.01 * (i % 7)}, "Current"))
+        if i % 10 == 5:
+            clock.t += 0.5 if arrival == "live" else 0.0
+            p.process(Reading(1000.5 + i, {"value": 2.0 + 0.01 * (i % 3)}, "Pressure"))
+    assert list(p.model.sidecar.channels) == ["Current", "Pressure"]
+    line = next(r.getMessage() for r in caplog.records if "channels from the first readings" in r.getMessage())
+    assert "Current, Pressure" in line and "Current ×" in line and "Pressure ×" in line  # what was heard
+
+
+@pytest.mark.parametrize("first_ts", [1000.0 - 3600, 1000.0 - 86400 * 365])
+def test_a_stale_first_reading_does_not_end_the_gathering(tmp_path, first_ts):
+    """Flow's first reading is an hour (a year) old — a stale message, a device clock set wrong — and then it speaks
+    in time like the others: its timestamp does not count, so the gathering does not end at the next reading with
+    only two topics heard."""
+    clock = _Clock()
+    p = _generic(tmp_path, clock)
+    p.process(Reading(first_ts, {"value": 3.0}, "Flow"))
+    for i in range(60):
+        clock.t = float(i + 1)
+        for j, ch in enumerate(("Current", "Pressure", "Flow")):
+            p.process(Reading(1000.0 + i + 0.1 * j, {"value": float(j + 1) + 0.01 * (i % 7)}, ch))
+    assert list(p.model.sidecar.channels) == ["Flow", "Current", "Pressure"]
+
+
+@pytest.mark.parametrize("arrival", ["live", "replay"])
+def test_a_far_off_reading_of_a_topic_heard_once_neither_blocks_nor_joins_the_channels(tmp_path, caplog, arrival):
+    """A single reading an hour ahead (a device with a wrong clock, heard once): the gathering is not held for ever
+    waiting for data time to pass it; it ends at its maximum and leaves that topic out, saying so."""
+    import logging
+
+    from agent.gather import GATHER_MAX_S
+
+    caplog.set_level(logging.INFO, logger="agent.pipeline")
+    clock = _Clock()
+    p = _generic(tmp_path, clock)
+    p.process(Reading(1000.0 + 3600, {"value": 3.0}, "Flow"))
+    for i in range(int(GATHER_MAX_S) + 60):
+        clock.t = float(i + 1) if arrival == "live" else 0.0
+        for j, ch in enumerate(("Current", "Pressure")):
+            p.process(Reading(1000.0 + i + 0.1 * j, {"value": float(j + 1) + 0.01 * (i % 7)}, ch))
+    assert list(p.model.sidecar.channels) == ["Current", "Pressure"]
+    assert "left out Flow" in caplog.text
