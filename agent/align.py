@@ -13,7 +13,11 @@ Runs on the pipeline thread, before the cleaner. Off unless ``EDGE_AGENT_CLEANIN
 * Timestamps are checked per channel: a value not newer than the channel's latest is refused (counted
   ``reject.duplicate_ts`` / ``reject.out_of_order``). A reading far from the stream's time (``max_time_jump_s``)
   is refused alone (``reject.future_ts`` / ``reject.past_ts``): one bad timestamp must not move the ticks a year
-  ahead; a sustained step is taken as the new time base (``gap.time_step``), as the cleaner does per sensor.
+  ahead; a sustained step (``TIME_STEP_READINGS`` far readings that agree, in any order across the topics) is taken
+  as the new time base (``gap.time_step``), as the cleaner does per sensor: the ticks before it are emitted (their
+  data is all in), the latest values forgotten, and the ticks start again from the new time, so no tick mixes
+  values from both sides. ``on_time_step(sensor, ts, delta_s)`` is called before the first tick after a step is
+  emitted (the pipeline's cleaner then starts the merged stream's time base and windows again from ``ts``).
 
 Channels are matched by name across sensors: a reading's value ``name`` from sensor ``s`` fills the model
 channel ``name``, else ``s/name``, else — for a single-value reading such as a bare number on its own topic —
@@ -40,6 +44,7 @@ class Aligner:
     def __init__(
         self, channels: Sequence[str], period_s: float, tolerance_s: float, sensor: str, counters: Counters, *,
         max_time_jump_s: float = 0.0, clock: Callable[[], float] = time.monotonic,
+        on_time_step: Callable[[str, float, float], None] | None = None,
     ):
         if period_s <= 0:
             raise ValueError("the alignment period must be > 0")
@@ -52,8 +57,10 @@ class Aligner:
         self._latest: dict[str, tuple[float, float | str]] = {}  # model channel -> (ts, raw value)
         self._k: int | None = None  # the next tick to emit, as a multiple of the period
         self._seen = -math.inf  # the newest timestamp so far
-        self._time = TimeBase(max_time_jump_s)  # far-off timestamps and clock steps of the merged stream
+        self._time = TimeBase(max_time_jump_s, ordered=False)  # far-off timestamps and clock steps of the stream
         self._clock = clock
+        self._on_time_step = on_time_step
+        self._stepped: float | None = None  # a step taken, its first tick not emitted yet: how far it stepped
 
     def channel_of(self, sensor: str, name: str, single: bool) -> str | None:
         """The model channel a value named ``name`` from ``sensor`` fills, if any."""
@@ -73,17 +80,20 @@ class Aligner:
             return []
         now = self._clock()
         verdict = self._time.judge(r.ts, now)
+        out: list[Reading] = []
         if verdict == TIME_STEP:
             self.counters.inc("gap.time_step")
             log.warning("alignment: %d readings in a row are %+.0f s away from the stream's time: taken as its new "
-                        "time base (a device clock stepped?)", TIME_STEP_READINGS, self._time.step_s)
+                        "time base (a device clock stepped?); the ticks start again", TIME_STEP_READINGS,
+                        self._time.step_s)
+            out = self.flush()  # the ticks before the step, the last one too: nothing more is coming for them
             self._latest.clear()
-            self._k, self._seen = None, -math.inf
+            self._k, self._seen, self._stepped = None, -math.inf, self._time.step_s
             self._time.reset()
         elif verdict in ("future_ts", "past_ts"):
             self.counters.inc(f"reject.{verdict}")
             return []
-        out = self._emit(r.ts, inclusive=False)
+        out += self._emit(r.ts, inclusive=False)
         single = len(r.values) == 1
         for name, raw in r.values.items():
             ch = self.channel_of(r.sensor, name, single)
@@ -120,6 +130,10 @@ class Aligner:
                 self.counters.inc("gap.skipped_ticks", end - self._k)
                 self._k = end
                 break
+            if self._stepped is not None:
+                if self._on_time_step is not None:
+                    self._on_time_step(self.sensor, t, self._stepped)
+                self._stepped = None
             out.append(Reading(ts=t, values=values, sensor=self.sensor))
             self._k += 1
         return out

@@ -226,14 +226,20 @@ class Cleaner:
         self.version += 1
         return st
 
-    def _time_step(self, sensor: str, st: _SensorState, ts: float) -> None:
+    def time_stepped(self, sensor: str, ts: float, delta_s: float) -> None:
+        """The aligner took a step of ``sensor``'s clock (counted and logged there): as ``_time_step`` from ``ts``."""
+        st = self._sensors.get(sensor)
+        if st is not None:
+            self._time_step(sensor, st, ts, delta_s)
+
+    def _time_step(self, sensor: str, st: _SensorState, ts: float, upstream: float | None = None) -> None:
         """The sensor's clock stepped: its time base, held values and windows start again from ``ts``."""
-        delta = st.time.step_s
-        self.counters.inc("gap.time_step")
-        log.warning(
-            "sensor %s: %d readings in a row are %+.0f s away from its time: taken as its new time base "
-            "(device clock stepped?); its windows start again", clip(sensor) or "-", TIME_STEP_READINGS, delta,
-        )
+        delta = st.time.step_s if upstream is None else upstream
+        if upstream is None:
+            self.counters.inc("gap.time_step")
+            log.warning("sensor %s: %d readings in a row are %+.0f s away from its time: taken as its new time base "
+                        "(device clock stepped?); its windows start again", clip(sensor) or "-", TIME_STEP_READINGS,
+                        delta)
         st.time.reset()
         st.first_ts = ts
         st.good = [None] * len(self.channels)

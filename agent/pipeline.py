@@ -106,17 +106,17 @@ class Pipeline:
         self.model = model
         if not same_shape:
             cp = self.cleaning
-            self.aligner = Aligner(
-                sc.channels, cp.align_period_s, cp.align_tolerance_s, cp.align_sensor, self.counters,
-                max_time_jump_s=cp.max_time_jump_s, clock=self._clock,
-            ) if cp.align_period_s > 0 else None
-            self.cleaner = Cleaner(
+            self.cleaner = cleaner = Cleaner(
                 sc.channels, sc.valid_ranges, self.counters, ranges=cp.ranges, max_hold_s=cp.max_hold_s,
                 spike_window=cp.spike_window, spike_sigmas=cp.spike_sigmas, on_reset=self._reset_sensor,
-                missing_counter="gap.missing_channel" if self.aligner is not None else "reject.missing_channel",
+                missing_counter="gap.missing_channel" if cp.align_period_s > 0 else "reject.missing_channel",
                 max_time_jump_s=cp.max_time_jump_s, max_sensors=cp.max_sensors, idle_s=cp.sensor_idle_s,
                 on_time_step=self._time_step, clock=self._clock,
             )
+            self.aligner = Aligner(
+                sc.channels, cp.align_period_s, cp.align_tolerance_s, cp.align_sensor, self.counters,
+                max_time_jump_s=cp.max_time_jump_s, clock=self._clock, on_time_step=cleaner.time_stepped,
+            ) if cp.align_period_s > 0 else None
             self.windower = Windower(sc.window.length, sc.window.hop, len(sc.channels))
             self.summaries.renew(list(sc.channels))
             before, inline = self._evidence

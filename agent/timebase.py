@@ -11,12 +11,15 @@ class TimeBase:
     """A stream's recent data time. A reading far from it (more than ``max_jump_s`` ahead of where the time should
     be by now, or behind it) is refused alone; ``TIME_STEP_READINGS`` far readings in a row that agree with each
     other (increasing, each within ``max_jump_s`` of the previous) are a stepped device clock: the caller takes the
-    last one as the new time base. ``max_jump_s = 0``: only the order is checked."""
+    last one as the new time base. ``max_jump_s = 0``: only the order is checked. ``ordered=False`` (a merged stream:
+    several topics, agent.align): far readings agree in any order, each within ``max_jump_s`` of the latest of them
+    (two topics stamping the same time, or one a little behind the other, still make a step)."""
 
-    __slots__ = ("max_jump_s", "last_ts", "step_s", "_at", "_run", "_run_ts")
+    __slots__ = ("max_jump_s", "ordered", "last_ts", "step_s", "_at", "_run", "_run_ts")
 
-    def __init__(self, max_jump_s: float = 0.0):
+    def __init__(self, max_jump_s: float = 0.0, ordered: bool = True):
         self.max_jump_s = max_jump_s
+        self.ordered = ordered
         self.last_ts: float | None = None  # of the last accepted reading
         self._at = 0.0  # clock() when it was accepted: data time runs on with the clock while a sensor is silent
         self._run = 0  # far readings in a row that agree
@@ -37,8 +40,10 @@ class TimeBase:
             return "duplicate_ts" if ts == last else "out_of_order"
         else:
             reason = "past_ts"
-        self._run = self._run + 1 if self._run and 0 < ts - self._run_ts <= jump else 1
-        self._run_ts = ts
+        d = ts - self._run_ts
+        agree = self._run > 0 and (0 < d <= jump if self.ordered else abs(d) <= jump)
+        self._run = self._run + 1 if agree else 1
+        self._run_ts = max(self._run_ts, ts) if agree and not self.ordered else ts
         if self._run < TIME_STEP_READINGS:
             return reason
         self._run = 0

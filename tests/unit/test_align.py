@@ -279,3 +279,77 @@ def test_a_far_off_reading_of_a_topic_heard_once_neither_blocks_nor_joins_the_ch
             p.process(Reading(1000.0 + i + 0.1 * j, {"value": float(j + 1) + 0.01 * (i % 7)}, ch))
     assert list(p.model.sidecar.channels) == ["Current", "Pressure"]
     assert "left out Flow" in caplog.text
+
+
+# -- a clock step of the merged stream -------------------------------------------------------------------------
+
+
+def _stepping(layout: str, step_s: float, before: int = 20, after: int = 20) -> list[Reading]:
+    """Channels a and b of one device whose clock steps by ``step_s`` after ``before`` seconds; each value says the
+    side of the step (1.0 before, 2.0 after)."""
+    offsets = {"same ts": {"a": 0.0, "b": 0.0}, "b later": {"a": 0.0, "b": 0.3},
+               "b earlier": {"a": 0.3, "b": 0.0}}.get(layout)
+    out = []
+    for i in range(before + after):
+        side = 2.0 if i >= before else 1.0
+        ts = 1000.0 + i + (step_s if i >= before else 0.0)
+        if offsets is None:  # one topic carrying both
+            out.append(Reading(ts, {"a": side, "b": side}, "dev"))
+        else:
+            out.extend(Reading(ts + off, {ch: side}, f"dev-{ch}") for ch, off in offsets.items())
+    return out
+
+
+@pytest.mark.parametrize("step_s", [-3600.0, 3600.0])
+@pytest.mark.parametrize("layout", ["one topic", "same ts", "b later", "b earlier"])
+def test_a_clock_step_flushes_the_ticks_before_it_and_restarts_on_the_new_time(layout, step_s):
+    """The device's clock steps an hour back (forward): the ticks before the step are all emitted, the aligner then
+    starts again on the new time after TIME_STEP_READINGS far readings (the first ones refused), and no tick mixes
+    values from both sides. It used to drop the last tick before the step, and never to take the step at all when
+    the topics' timestamps were equal or not increasing across topics (every reading refused, for ever back)."""
+    from agent.timebase import TIME_STEP_READINGS
+
+    c = Counters()
+    clock = _Clock()
+    al = Aligner(["a", "b"], 1.0, 0.0, "x", c, max_time_jump_s=600.0, clock=clock)
+    out = []
+    for r in _stepping(layout, step_s):
+        clock.t = r.ts - 1000.0 if r.values["a" if "a" in r.values else "b"] == 1.0 else clock.t + 0.5
+        out += al.add(r)
+    out += al.flush()
+    assert c.get("gap.time_step") == 1
+    assert c.get("reject.past_ts" if step_s < 0 else "reject.future_ts") == TIME_STEP_READINGS - 1
+    assert all(len(set(r.values.values())) == 1 for r in out)  # one side per tick
+    before = [r.ts for r in out if 1.0 in r.values.values()]
+    after = [r.ts - step_s for r in out if 2.0 in r.values.values()]
+    first = 1001.0 if layout == "b earlier" else 1000.0
+    assert before == [first + i for i in range(int(1020 - first))]  # every tick up to 1019, the last one too
+    assert after == [after[0] + i for i in range(len(after))] and after[-1] == 1039.0
+    assert after[0] <= 1020 + TIME_STEP_READINGS  # restarted a few readings after the step
+    assert len(out) == len(before) + len(after)
+
+
+def test_after_the_aligners_clock_step_the_cleaner_takes_the_new_time_at_once(tmp_path):
+    """In the pipeline: the aligner takes the step (counted once), the cleaner starts the merged stream's time base,
+    held values and windows again from its first tick after it — not after refusing TIME_STEP_READINGS - 1 more
+    aligned readings as past_ts and counting the step a second time; no window spans the step."""
+    from agent.bundled import bundled_model
+    from agent.detectors import open_model
+    from agent.timebase import TIME_STEP_READINGS
+
+    c = Counters()
+    clock = _Clock()
+    p = Pipeline(open_model(bundled_model("generic")), c, tmp_path, calibration_samples=50, summary_interval_s=1e9,
+                 channels=["a", "b"], clock=clock,
+                 cleaning=CleaningPolicy(align_period_s=1.0, align_sensor="x", max_time_jump_s=600.0))
+    windows = set()
+    for i in range(200):
+        clock.t = float(i)
+        ts = 1000.0 + i - (3600.0 if i >= 100 else 0.0)
+        p.process(Reading(ts, {"a": 1.0 + 0.01 * (i % 7), "b": 2.0 + 0.01 * (i % 5)}, "dev"))
+        if p.last_inference is not None:
+            windows.add((p.last_inference.window.start_ts, p.last_inference.window.end_ts))
+    assert c.get("gap.time_step") == 1
+    assert c.get("reject.past_ts") == TIME_STEP_READINGS - 1
+    assert windows and all(0 <= end - start < 100 for start, end in windows)
+    assert any(end < 0 for _, end in windows)  # scored again after the step
