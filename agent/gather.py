@@ -5,12 +5,13 @@ several topics merged by agent.align) one reading names only its topic's channel
 readings of every topic instead (``ChannelGather``), by agent.align's rule for a value's channel.
 
 How long: at least ``GATHER_PERIODS`` alignment periods (a topic reporting that slowly has been heard), then until
-every topic heard has spoken at least twice and ``GATHER_SLOWEST`` periods of the slowest of them have passed (a
-topic as slow as that would have been heard too), at most ``GATHER_MAX_S`` (or 3 × ``GATHER_PERIODS`` periods,
-when longer). Time is the later of the arrival time (the clock) and the data time each topic's own timestamps
-cover, counting only a topic's steps forward shorter than that maximum: a far-off timestamp (a stale message, a
-device with a wrong clock) neither ends the gathering early nor holds it; a replay, whose readings arrive at once,
-is measured by its data time. A topic heard only once by the maximum is left out, with a warning.
+every value heard (by sensor and name: a topic) has come at least twice and ``GATHER_SLOWEST`` periods of the
+slowest of them have passed (a topic as slow as that would have been heard too), at most ``GATHER_MAX_S`` (or
+3 x ``GATHER_PERIODS`` periods, when longer). Time is the later of the arrival time (the clock) and the data time
+each value's own timestamps cover, counting only its steps forward shorter than that maximum: a far-off timestamp
+(a stale message, a device with a wrong clock) neither ends the gathering early nor holds it; a replay, whose
+readings arrive at once, is measured by its data time. A value heard only once by the maximum is left out, with a
+warning.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ _LOG_SENSORS = 20  # the sensors a log line names at most
 
 
 class _Heard:
-    """One sensor during the gathering."""
+    """One value (by sensor and name) during the gathering."""
 
     __slots__ = ("count", "first", "last", "last_ts", "span")
 
@@ -57,7 +58,7 @@ class ChannelGather:
         self.max_s = max(GATHER_MAX_S, 3 * self.min_s)
         self._clock = clock
         self._start: float | None = None  # clock() at the first reading
-        self._heard: dict[str, _Heard] = {}
+        self._heard: dict[tuple[str, str], _Heard] = {}  # (sensor, value name) -> how it was heard
         self._seen: dict[tuple[str, bool], dict[str, None]] = {}  # (name, lone) -> the sensors that sent it, in order
 
     def add(self, r: Reading) -> list[str] | None:
@@ -69,31 +70,34 @@ class ChannelGather:
         return self._aligned(r)
 
     def elapsed(self, now: float) -> float:
-        """The gathering's time: the later of the clock's and the data time a sensor's readings cover."""
+        """The gathering's time: the later of the clock's and the data time a value's readings cover."""
         start = now if self._start is None else self._start
         return max([now - start, *(h.span for h in self._heard.values())])
 
     def _aligned(self, r: Reading) -> list[str] | None:
         """Each numeric value's name (agent.align's rule: a value's name, else its sensor's for a lone value); but a
         lone value whose name several sensors share (a bare number, ``EDGE_AGENT_SOURCE__CHANNEL``, or the same key
-        on every topic) is its sensor's channel. None until the gathering is over (see the module's text)."""
+        on every topic) is its sensor's channel. None until the gathering is over (see the module's text). What is
+        heard is each value by name and sensor: the topics of one device may share its sensor id."""
         names = numeric_names(r)
         if not names:
             return None
         now = self._clock()
         if self._start is None:
             self._start = now
-        h = self._heard.get(r.sensor)
-        if h is None:
-            h = self._heard[r.sensor] = _Heard(self.elapsed(now), r.ts)
-        elif 0 < r.ts - h.last_ts <= self.max_s:
-            h.span += r.ts - h.last_ts
-        h.last_ts = r.ts
-        h.count += 1
-        h.last = t = self.elapsed(now)
         lone = len(r.values) == 1
         for k in names:
             self._seen.setdefault((k, lone), {}).setdefault(r.sensor, None)
+            h = self._heard.get((r.sensor, k))
+            if h is None:
+                h = self._heard[r.sensor, k] = _Heard(self.elapsed(now), r.ts)
+            elif 0 < r.ts - h.last_ts <= self.max_s:
+                h.span += r.ts - h.last_ts
+            h.last_ts = r.ts
+            h.count += 1
+        t = self.elapsed(now)
+        for k in names:
+            self._heard[r.sensor, k].last = t
         if t < self.min_s:
             return None
         if t < self.max_s:
@@ -106,23 +110,27 @@ class ChannelGather:
     def _finish(self, t: float) -> list[str] | None:
         heard, seen = self._heard, self._seen
         self._start, self._heard, self._seen = None, {}, {}
-        once = [s for s, x in heard.items() if x.count < 2]
+        once = {key for key, x in heard.items() if x.count < 2}
         if len(once) == len(heard):
-            once = []  # nothing heard twice: every sensor heard is all there is
+            once = set()  # nothing heard twice: what was heard is all there is
         if once:
             log.warning("channels: left out %s, heard only once in %.0f s (slower than that, or a stray reading)",
-                        _names(once), t)
+                        _names([f"{s}/{k}" for s, k in heard if (s, k) in once]), t)
         channels: dict[str, None] = {}
         for (name, lone_value), by in seen.items():
-            sensors = [s for s in by if s not in once]
+            sensors = [s for s in by if (s, name) not in once]
             if not sensors:
                 continue
             for ch in (sensors if lone_value and len(sensors) > 1 else [name]):
                 channels.setdefault(ch, None)
         if channels:
+            by_sensor: dict[str, list[str]] = {}
+            for (s, k), x in heard.items():
+                if (s, k) not in once:
+                    by_sensor.setdefault(s, []).append(f"{clip(k)} ×{x.count}")
             log.info("channels from the first readings (aligned): %s; gathered for %.0f s, heard: %s",
                      ", ".join(clip(c) for c in channels), t,
-                     _names([f"{s} ×{x.count}" for s, x in heard.items() if s not in once]))
+                     _names([f"{s} ({', '.join(v)})" for s, v in by_sensor.items()]))
         return list(channels) or None
 
 

@@ -913,6 +913,6 @@ def test_generic_detector_gathers_a_slow_topics_channel_beside_a_fast_one(
     assert rc == 0, err
     line = next((ln for ln in err.splitlines() if "channels from the first readings (aligned)" in ln), "")
     assert "aligned): Current, Pressure;" in line, err[-3000:]
-    assert "Current ×" in line and "Pressure ×" in line  # the topics heard
+    assert "Current (value ×" in line and "Pressure (value ×" in line  # the topics heard
     wait_for(lambda: rec.on("summary") and rec.on("summary")[-1]["final"], what="the final summary")
     assert set(rec.on("summary")[-1]["channels"]) == {"Current", "Pressure"}

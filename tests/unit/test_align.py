@@ -243,7 +243,7 @@ def test_a_topic_slower_than_the_first_is_gathered_too(tmp_path, caplog, arrival
             p.process(Reading(1000.5 + i, {"value": 2.0 + 0.01 * (i % 3)}, "Pressure"))
     assert list(p.model.sidecar.channels) == ["Current", "Pressure"]
     line = next(r.getMessage() for r in caplog.records if "channels from the first readings" in r.getMessage())
-    assert "Current, Pressure" in line and "Current ×" in line and "Pressure ×" in line  # what was heard
+    assert "Current, Pressure;" in line and "Current (value ×" in line and "Pressure (value ×" in line  # heard
 
 
 @pytest.mark.parametrize("first_ts", [1000.0 - 3600, 1000.0 - 86400 * 365])
@@ -278,7 +278,39 @@ def test_a_far_off_reading_of_a_topic_heard_once_neither_blocks_nor_joins_the_ch
         for j, ch in enumerate(("Current", "Pressure")):
             p.process(Reading(1000.0 + i + 0.1 * j, {"value": float(j + 1) + 0.01 * (i % 7)}, ch))
     assert list(p.model.sidecar.channels) == ["Current", "Pressure"]
-    assert "left out Flow" in caplog.text
+    assert "left out Flow/value" in caplog.text
+
+
+@pytest.mark.parametrize("slow_period, ends_at, channels", [
+    (None, 10.0, ["Current"]),  # one topic: GATHER_PERIODS periods
+    (2.0, 10.0, ["Current", "Slow"]),  # 3 of its periods are within the 10
+    (10.0, 30.0, ["Current", "Slow"]),  # heard at 0.5 and 10.5: 3 of its periods
+    (200.0, 300.0, ["Current", "Slow"]),  # heard twice, 3 periods would be 600 s: the maximum
+    (400.0, 300.0, ["Current"]),  # heard once by the maximum: left out
+])
+@pytest.mark.parametrize("bare", [False, True])
+def test_gathering_lasts_ten_periods_then_three_of_the_slowest_heard_at_most_the_maximum(slow_period, ends_at,
+                                                                                          channels, bare):
+    """Current every second, Slow every ``slow_period`` from 0.5 s: keys of one device (plant/pump1/<key>, sensor
+    pump1: the topics share the sensor id), or bare numbers on topics named like the channel."""
+    from agent.gather import ChannelGather
+
+    def reading(ts: float, ch: str) -> Reading:
+        return Reading(ts, {"value": 1.0}, ch) if bare else Reading(ts, {ch: 1.0}, "pump1")
+
+    clock = _Clock()
+    g = ChannelGather(1.0, clock)
+    stream = [(float(i), reading(1000.0 + i, "Current")) for i in range(400)]
+    if slow_period is not None:
+        stream += [(0.5 + k * slow_period, reading(1000.5 + k * slow_period, "Slow"))
+                   for k in range(int(400 / slow_period))]
+    for at, r in sorted(stream, key=lambda x: x[0]):
+        clock.t = at
+        got = g.add(r)
+        if got is not None:
+            break
+    assert (clock.t, got) == (ends_at, channels if len(channels) > 1 or not bare else ["value"])
+
 
 
 # -- a clock step of the merged stream -------------------------------------------------------------------------
