@@ -6,6 +6,7 @@ reported as what moved since the previous summary.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -185,6 +186,8 @@ class Summaries:
         self.counters = counters
         self.summariser = Summariser(list(channels), interval_s)
         self._bases = {p: counters.snapshot(p) for p in COUNTED}
+        self._started = time.time()  # wall clock: the period of a run that accepted no reading at all
+        self._last_end: float | None = None  # data time: where the last summary's period ended
 
     def renew(self, channels: list[str]) -> None:
         """Other channels (a model swap): a new summariser, same interval."""
@@ -199,6 +202,12 @@ class Summaries:
     def take(self, end_ts: float | None, *, final: bool, model: Mapping[str, str], calibrating: bool,
              threshold: float, stale: frozenset[str] | set[str], normaliser: Any, asset: str) -> SummaryEvent:
         s = self.summariser.take(end_ts, self._moved("reject."))
+        if s["period_start"] is None:  # no reading in the period (only a final summary can be so): it is empty,
+            # at the end of the data time so far, or for a run without any data time (a header-only recording),
+            # the run itself on the wall clock — a period is never null (README: summary)
+            s["period_start"], s["period_end"] = (
+                (self._last_end, self._last_end) if self._last_end is not None else (self._started, time.time()))
+        self._last_end = s["period_end"]
         return SummaryEvent(
             period_start_ts=s["period_start"], period_end_ts=s["period_end"], final=final, model=model,
             calibrating=calibrating, threshold=threshold, readings=s["readings"], windows=s["windows"],
