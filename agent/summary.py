@@ -145,6 +145,11 @@ class Summariser:
         self._buf[self._n] = score
         self._n += 1
 
+    def _end_of_data(self) -> float | None:
+        if self.last_ts is None or self.period_start is None:
+            return self.last_ts
+        return max(self.last_ts, self.period_start)
+
     def take(self, end_ts: float | None, rejected: Mapping[str, int]) -> dict[str, Any]:
         """The summary of the period so far (ending at ``end_ts``), and a fresh period."""
         scores = self.scores
@@ -154,7 +159,9 @@ class Summariser:
         n = self.readings  # every vector carries every channel: each channel's count is the reading count
         out: dict[str, Any] = {
             "period_start": self.period_start,
-            "period_end": end_ts if end_ts is not None else self.last_ts,
+            # a final summary ends at the last reading, or where it began when none came since (a period closed by
+            # the clock while a live source was silent ended past the last reading)
+            "period_end": end_ts if end_ts is not None else self._end_of_data(),
             "readings": self.readings,
             "rejected": dict(rejected),
             "windows": self.windows,

@@ -124,6 +124,19 @@ def test_a_silent_live_sensor_closes_its_summary_period_in_data_time(tmp_path, m
     assert s["period_end"] == iso(recording[0].ts + 301)  # in the recording's time, not today's
 
 
+def test_the_final_summary_after_a_silent_period_was_closed_does_not_end_before_it_starts(tmp_path, model, recording):
+    """A live sensor's silence closed a period by the clock (data time ran on past its last reading); the final
+    summary at shutdown then began where that one ended and ended at the last reading, before its own start."""
+    p = Pipeline(model, Counters(), tmp_path, summary_interval_s=300)
+    _run(p, recording[:10])
+    span = recording[9].ts - recording[0].ts
+    closed = outgoing(p.tick(p._last_arrival + 301 - span))[0].payload
+    final = outgoing(p.finish())[0].payload
+    assert final["period_start"] == closed["period_end"]
+    assert final["period_end"] >= final["period_start"], (final["period_start"], final["period_end"])
+    assert final["readings"] == 0
+
+
 def test_summary_reports_drift_against_the_calibrated_normal(tmp_path, model, recording):
     samples = model.sidecar.calibration.samples
     p = Pipeline(model, Counters(), tmp_path, summary_interval_s=1e9)
