@@ -12,6 +12,9 @@ reports every five minutes may be flagged from ``MAX_HOLD_S`` after the start un
 its first and second cluster only if the first came within a third of its interval — together less than one
 interval — and not again at its own pace. A long outage lengthens the tolerance until ``KEEP_GAPS`` more gaps have
 come (a source that slows down for good is then never flagged over and over).
+
+Only a connected source is judged: one that is disconnected (or still connecting) says so itself (its warning, ``source
+disconnected`` in the status), and the silence then is its consequence, not news. Silence counts from its return.
 """
 
 from __future__ import annotations
@@ -23,9 +26,11 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Callable
 
 from agent.clean import HOLD_INTERVALS
+from agent.sources import CONNECTED
 
 if TYPE_CHECKING:
     from agent.assets import Asset, Feed
+    from agent.sources import Source
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +41,10 @@ class Arrivals:
     """The arrivals of one asset's readings, on the pipeline thread; ``silent`` is read by any thread."""
 
     def __init__(self, label: str, hold_s: float, clock: Callable[[], float] = time.monotonic,
-                 expected_s: float = 0.0):
+                 expected_s: float = 0.0, connected: Callable[[], bool] = lambda: True):
         self.label, self.hold_s, self._clock = label, hold_s, clock
+        self.connected = connected  # whether its source is connected now (any of them, for several)
+        self._back = float("-inf")  # the last check at which it was not connected: silence counts from after it
         self._floor = expected_s  # a pace the source knows (a Modbus poll period): never judged faster than that
         self.silent = False
         self._last: float | None = None  # the last arrival, or the first check (the start)
@@ -71,10 +78,12 @@ class Arrivals:
         now = self._clock()
         if self._last is None:
             self._last = now  # the start: silence counts from here
-        elif not self.silent and now - self._last > self.tolerance_s():
+        elif not self.connected():
+            self._back = now
+        elif not self.silent and now - max(self._last, self._back) > self.tolerance_s():
             self.silent = True
             log.warning("%s: no reading arrived for %.3g s: degraded (no readings arriving)", self.label,
-                        now - self._last)
+                        now - max(self._last, self._back))
 
 
 def watch_arrivals(assets: Iterable[Asset], feeds: Iterable[Feed]) -> set[str]:
@@ -83,7 +92,13 @@ def watch_arrivals(assets: Iterable[Asset], feeds: Iterable[Feed]) -> set[str]:
     live = {aid for f in feeds if f.source.live for aid in f.assets}
     for a in assets:
         if a.id in live:
-            expected = max((getattr(f.source, "expected_interval_s", 0.0) for f in feeds if a.id in f.assets), default=0.0)
+            sources = [f.source for f in feeds if a.id in f.assets]
+            expected = max((getattr(s, "expected_interval_s", 0.0) for s in sources), default=0.0)
             a.arrivals = Arrivals(f"asset {a.id}" if a.id else "source", a.settings.cleaning.max_hold_s,
-                                  expected_s=expected)
+                                  expected_s=expected, connected=_connected(sources))
     return live
+
+
+def _connected(sources: list[Source]) -> Callable[[], bool]:
+    """Whether any of an asset's sources is connected now."""
+    return lambda: any(s.state == CONNECTED for s in sources)

@@ -166,10 +166,11 @@ class Cleaner:
             self._stale_names.difference_update(names)
         self.version += 1
 
-    def check_silence(self) -> None:
+    def check_silence(self, connected: bool = True) -> None:
         """Mark every channel of a sensor stale (status only) that sent nothing for ``max_hold_s`` on the clock.
 
-        For a live source while it is silent; windows are not touched: the next reading's timestamp decides.
+        For a live source while it is silent; windows are not touched: the next reading's timestamp decides. Said
+        in the log only while the source is ``connected``: a disconnected one says so itself, staleness follows.
         """
         if self.max_hold_s <= 0:
             return
@@ -179,7 +180,9 @@ class Cleaner:
             if not st.silent and now - st.last_seen > hold:
                 st.silent = True
                 self._show_stale(sensor, range(len(self.channels)), True)
-                log.warning("sensor %s silent for more than %.3g s: its channels are stale", clip(sensor) or "-", hold)
+                if connected:
+                    log.warning("sensor %s silent for more than %.3g s: its channels are stale", clip(sensor) or "-",
+                                hold)
 
     def hold_s(self, st: _SensorState) -> float:
         """How long (data time) a value is held and a gap tolerated for this sensor: ``max_hold_s``, or

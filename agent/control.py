@@ -255,12 +255,11 @@ class Control:
         asset = self.asset(body)
         if owner != asset.id:
             raise CommandError(f"alert {clip(alert_id, 64)} was raised by asset {owner or '(none)'!r}, not {asset.id!r}")
-        before = store.label_of(alert_id)
-        store.label(alert_id, label, note if "note" in body else None)  # no note: the one stored is kept
+        stored = store.label(alert_id, label, note if "note" in body else None)  # no note: the one stored is kept
         assert asset.pipeline is not None
         learned = asset.pipeline.learn(alert_id, label)  # false_positive: fold into normal; else undo a fold
         return self._named(asset, {"alert_id": alert_id, "label": label, "feedback": store.counts(), **learned,
-                                   "changed": before != label or bool(learned.get("learned"))})
+                                   "changed": stored or bool(learned.get("learned"))})  # the label or its note
 
 
 # -- models a command may load -------------------------------------------------------------------------------

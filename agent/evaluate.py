@@ -59,9 +59,9 @@ from agent.evaluation.scoring import (
 from agent.families import GROUP_BY, FamiliesError, Grouping, group_table, load_families
 
 __all__ = [
-    "EXIT_OK", "EXIT_USAGE", "LABEL_COLUMN", "MATPLOTLIB_HINT", "TABLE_COLUMNS", "AlertRecord", "Confusion",
-    "Evaluation", "FileMetrics", "FileResult", "FileRun", "NormalMetrics", "Progress", "SegmentResult", "Span",
-    "active_rows", "add_arguments", "alert_row", "apply_overrides", "confusion", "default_settings",
+    "EXIT_OK", "EXIT_USAGE", "EXIT_WRITE", "LABEL_COLUMN", "MATPLOTLIB_HINT", "TABLE_COLUMNS", "AlertRecord",
+    "Confusion", "Evaluation", "FileMetrics", "FileResult", "FileRun", "NormalMetrics", "Progress", "SegmentResult",
+    "Span", "active_rows", "add_arguments", "alert_row", "apply_overrides", "confusion", "default_settings",
     "evaluate_files", "false_alert_flags", "file_entry", "find_csvs", "group_totals", "label_segments", "main",
     "median", "model_channels", "normal_metrics", "normal_table", "pipeline_factory", "plot_file", "plot_name",
     "read_header", "run", "run_file", "score_file", "segment_results", "table", "totals",
@@ -69,6 +69,7 @@ __all__ = [
 
 EXIT_OK = 0
 EXIT_USAGE = 2
+EXIT_WRITE = 1  # the results could not be written (--out): nothing is run, or what ran is not kept
 
 
 def add_arguments(parser: argparse.ArgumentParser, env_file: bool = True) -> argparse.ArgumentParser:
@@ -140,9 +141,9 @@ def _policy(settings: Any) -> dict[str, Any]:
     return {k: getattr(a, k) for k in ("cooldown_s", "rate_limit_per_hour") if hasattr(a, k)}
 
 
-def _fail(msg: str) -> int:
+def _fail(msg: str, code: int = EXIT_USAGE) -> int:
     print(f"evaluate: {msg}", file=sys.stderr)
-    return EXIT_USAGE
+    return code
 
 
 def _count_rows(path: Path) -> int:
@@ -252,7 +253,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        return _fail(f"--out {out}: cannot create ({e.strerror})")
+        return _fail(f"--out {out}: cannot create ({e.strerror})", EXIT_WRITE)
 
     ev.verbose = args.verbose
     ev.label_false = args.label_false
@@ -374,8 +375,7 @@ def run(args: argparse.Namespace) -> int:
         (out / "summary.txt").write_text(header + "\n" + body.lstrip("\n") + skipped_txt)
         (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     except OSError as e:
-        print(f"evaluate: cannot write to {out} ({e.strerror})", file=sys.stderr)
-        return 1
+        return _fail(f"cannot write to {out} ({e.strerror})", EXIT_WRITE)
     sys.stdout.write(header + "\n" + body.lstrip("\n") + skipped_txt)
     sys.stdout.write(f"written: {out / 'summary.txt'}, {out / 'summary.json'}"
                      + (f" and {sum(1 for e in entries + normal_rows if e['plot'])} plot(s)" if plots else "") + "\n")

@@ -158,21 +158,18 @@ class EvidenceStore:
     def has_alert(self, alert_id: str) -> bool:
         return self._db.execute("SELECT 1 FROM evidence WHERE alert_id=?", (alert_id,)).fetchone() is not None
 
-    def label_of(self, alert_id: str) -> str | None:
-        row = self._db.execute("SELECT label FROM feedback WHERE alert_id=?", (alert_id,)).fetchone()
-        return row[0] if row else None
-
-    def label(self, alert_id: str, label: str, note: str | None = None) -> None:
+    def label(self, alert_id: str, label: str, note: str | None = None) -> bool:
         """Store (or replace) the operator's label of an alert; ``note`` None keeps the note stored with it (a
-        label sent again without one does not wipe it)."""
+        label sent again without one does not wipe it). True when the label or the note changed."""
         if label not in LABELS:
             raise ValueError(f"label must be one of {', '.join(LABELS)}")
         row = self._db.execute("SELECT label, note FROM feedback WHERE alert_id=?", (alert_id,)).fetchone()
         if note is None:
             note = row[1] if row else ""
         if row is not None and (row[0], row[1]) == (label, note):
-            return  # in force already: nothing to write
+            return False  # in force already: nothing to write
         self._db.execute("INSERT OR REPLACE INTO feedback VALUES (?,?,?,?)", (alert_id, label, note, time.time()))
+        return True
 
     def counts(self) -> dict[str, Any]:
         """Labels so far and the precision they give (TP / (TP + FP)); the last known counts when the database

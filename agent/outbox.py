@@ -21,13 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.counters import Counters
-from agent.files import StateDirError, sqlite_corrupt
+from agent.files import StateDirError, atomic_write, sqlite_corrupt
 from agent.records import Outgoing, message_bytes
 
 log = logging.getLogger(__name__)
 
-PRIORITY = {"alert": 0, "advice": 1, "summary": 2}
-RESERVE_BYTES = 256 * 1024  # ballast kept beside the outbox, given up when the disk is full  # lower drains first; anything else sits between
+PRIORITY = {"alert": 0, "advice": 1, "summary": 2}  # lower drains first; anything else sits between
+SEQ_BLOCK = 100  # alert seq numbers reserved at a time in <outbox>.seq: one small write per this many alerts
+RESERVE_BYTES = 256 * 1024  # ballast kept beside the outbox, given up when the disk is full
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -80,6 +81,9 @@ class Outbox:
         self._disk_full_logged = False
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._reserve = self.path.with_name(self.path.name + ".reserve")
+        self._seq_file = self.path.with_name(self.path.name + ".seq")  # outside the database: survives its loss
+        self._seq_ceiling = self._read_seq_ceiling()
+        self._seq_unsaved = False  # the last attempt to record it failed (said once)
         self._db = self._open()
         self._keep_reserve()
 
@@ -101,6 +105,30 @@ class Outbox:
                 if p.exists():
                     p.rename(Path(str(aside) + suffix))
             return self._connect()
+
+    def _read_seq_ceiling(self) -> int:
+        """The highest alert seq this state directory may have used (0: none, or its record is unreadable)."""
+        try:
+            return max(0, int(self._seq_file.read_text().strip()))
+        except FileNotFoundError:
+            return 0
+        except (OSError, ValueError) as e:
+            log.warning("outbox: %s unreadable (%s): a new outbox would number alerts from 1", self._seq_file.name, e)
+            return 0
+
+    def _reserve_seq(self, ceiling: int) -> None:
+        """Record (before the row that needs it is committed) that alert seqs up to ``ceiling`` may be used: an
+        outbox that has to start anew (corrupt, removed) numbers from above it, never again from 1 (README: seq)."""
+        try:
+            atomic_write(self._seq_file, f"{ceiling}\n".encode())
+            self._seq_ceiling, self._seq_unsaved = ceiling, False
+        except OSError as e:  # a full disk: the alert matters more; a new outbox might reuse these numbers
+            self.counters.inc("outbox.seq_unsaved")
+            if not self._seq_unsaved:
+                self._seq_unsaved = True
+                log.warning("outbox: cannot record the alert sequence in %s (%s): should this outbox be lost, a new "
+                            "one could number alerts again from %d", self._seq_file.name, e.strerror or e,
+                            self._seq_ceiling + 1)
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10)
@@ -142,7 +170,9 @@ class Outbox:
             priority = PRIORITY.get(msg.kind, 1)
             if msg.kind == "alert":
                 seq = db.execute("SELECT value FROM meta WHERE key='alert_seq'").fetchone()
-                payload["seq"] = (seq[0] if seq else 0) + 1
+                payload["seq"] = (seq[0] if seq else self._seq_ceiling) + 1  # a new file: above all used before
+                if payload["seq"] > self._seq_ceiling:
+                    self._reserve_seq(payload["seq"] + SEQ_BLOCK - 1)
                 db.execute("INSERT OR REPLACE INTO meta VALUES ('alert_seq', ?)", (payload["seq"],))
             body = message_bytes(payload)
             if len(body) > self.max_bytes and "evidence" in payload:  # kept in evidence.db under its evidence_id

@@ -355,14 +355,14 @@ class Pipeline:
                 out.append(advice)
         return out
 
-    def tick(self, mono_now: float | None = None) -> list[Event]:
-        """Periodic work while a live sensor is silent: close a summary period that is over.
+    def tick(self, mono_now: float | None = None, connected: bool = True) -> list[Event]:
+        """Periodic work while a live sensor is silent: close a summary period that is over (``connected``: its source).
 
         Data time goes on from the last reading's timestamp by the monotonic time elapsed since it arrived, so a
         device whose clock is off (or that replays old data) neither closes periods early nor jumps time.
         """
         if self.cleaner is not None:
-            self.cleaner.check_silence()
+            self.cleaner.check_silence(connected)
             if self.cleaning.sensor_idle_s > 0:
                 self._forget_idle()
         self._publish_if_changed()

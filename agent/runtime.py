@@ -264,7 +264,7 @@ class PipelineLoop:
                         a.arrivals.check()
                     if a.pipeline is not None:
                         working_on(a.id)
-                        events = a.pipeline.tick()
+                        events = a.pipeline.tick(connected=a.arrivals is None or a.arrivals.connected())
                         working_on("")
                         self._emit(a, events)
         for a in self.assets.values():

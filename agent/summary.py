@@ -6,6 +6,7 @@ reported as what moved since the previous summary.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -144,6 +145,11 @@ class Summariser:
         self._buf[self._n] = score
         self._n += 1
 
+    def _end_of_data(self) -> float | None:
+        if self.last_ts is None or self.period_start is None:
+            return self.last_ts
+        return max(self.last_ts, self.period_start)
+
     def take(self, end_ts: float | None, rejected: Mapping[str, int]) -> dict[str, Any]:
         """The summary of the period so far (ending at ``end_ts``), and a fresh period."""
         scores = self.scores
@@ -153,7 +159,9 @@ class Summariser:
         n = self.readings  # every vector carries every channel: each channel's count is the reading count
         out: dict[str, Any] = {
             "period_start": self.period_start,
-            "period_end": end_ts if end_ts is not None else self.last_ts,
+            # a final summary ends at the last reading, or where it began when none came since (a period closed by
+            # the clock while a live source was silent ended past the last reading)
+            "period_end": end_ts if end_ts is not None else self._end_of_data(),
             "readings": self.readings,
             "rejected": dict(rejected),
             "windows": self.windows,
@@ -185,6 +193,8 @@ class Summaries:
         self.counters = counters
         self.summariser = Summariser(list(channels), interval_s)
         self._bases = {p: counters.snapshot(p) for p in COUNTED}
+        self._started = time.time()  # wall clock: the period of a run that accepted no reading at all
+        self._last_end: float | None = None  # data time: where the last summary's period ended
 
     def renew(self, channels: list[str]) -> None:
         """Other channels (a model swap): a new summariser, same interval."""
@@ -199,6 +209,12 @@ class Summaries:
     def take(self, end_ts: float | None, *, final: bool, model: Mapping[str, str], calibrating: bool,
              threshold: float, stale: frozenset[str] | set[str], normaliser: Any, asset: str) -> SummaryEvent:
         s = self.summariser.take(end_ts, self._moved("reject."))
+        if s["period_start"] is None:  # no reading in the period (only a final summary can be so): it is empty,
+            # at the end of the data time so far, or for a run without any data time (a header-only recording),
+            # the run itself on the wall clock — a period is never null (README: summary)
+            s["period_start"], s["period_end"] = (
+                (self._last_end, self._last_end) if self._last_end is not None else (self._started, time.time()))
+        self._last_end = s["period_end"]
         return SummaryEvent(
             period_start_ts=s["period_start"], period_end_ts=s["period_end"], final=final, model=model,
             calibrating=calibrating, threshold=threshold, readings=s["readings"], windows=s["windows"],

@@ -11,6 +11,7 @@ import os
 import select
 import struct
 import threading
+import time
 import tty
 from pathlib import Path
 from typing import Callable
@@ -144,11 +145,13 @@ class NullModem:
     """Two pty pairs joined by a relay thread, like two RS-485 adapters on one pair of wires: a server opens
     ``server_path``, the agent opens ``link`` (a symlink, like /dev/serial/by-id/...). ``echo``: bytes the agent
     sends come back to it too (a 2-wire adapter without echo suppression). ``corrupt``: flip a byte of the next
-    answer. ``unplug()``/``replug()`` remove and bring back the agent's side."""
+    answer. ``pieces``: answers reach the agent in pieces of this many bytes, ``piece_gap_s`` apart (a slow line, a
+USB adapter's latency timer). ``unplug()``/``replug()`` remove and bring back the agent's side."""
 
-    def __init__(self, workdir: Path, echo: bool = False):
+    def __init__(self, workdir: Path, echo: bool = False, pieces: int = 0, piece_gap_s: float = 0.005):
         self.echo = echo
         self.corrupt = False
+        self.pieces, self.piece_gap_s = pieces, piece_gap_s
         self.link = workdir / "ttyUSB-rs485"
         self._server = fresh_openpty()
         tty.setraw(self._server[1])
@@ -200,11 +203,20 @@ class NullModem:
                         if self.corrupt and len(data) > 2:
                             data = data[:-1] + bytes([data[-1] ^ 0xFF])
                             self.corrupt = False
-                        os.write(cm, data)
+                        self._answer(cm, data)
                     elif fd == cm:
                         os.write(sm, data)
                         if self.echo:
                             os.write(cm, data)
+
+    def _answer(self, cm: int, data: bytes) -> None:
+        if not self.pieces:
+            os.write(cm, data)
+            return
+        for i in range(0, len(data), self.pieces):
+            if i:
+                time.sleep(self.piece_gap_s)
+            os.write(cm, data[i:i + self.pieces])
 
     def close(self) -> None:
         self._stop.set()

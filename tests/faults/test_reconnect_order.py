@@ -9,15 +9,14 @@ moment open; the real agent process, a real mosquitto.
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 from tests.conftest import AgentProcess, ROOT, wait_for
 from tests.faults.conftest import agent_env, fault_recording, taught_state
+from tests.faults.proxy import Proxy
 
 SPEED = 6  # the alert is raised ~170 s of data into the recording (~28 s) and cleared ~24 s of data later (4 s)
 
@@ -33,75 +32,6 @@ class SlowStatusAgent(AgentProcess):
                 [sys.executable, "-m", "tests.faults.launcher", "slow-connect-status", "6", "run"], env=env, cwd=ROOT,
                 stdout=subprocess.DEVNULL, stderr=log, text=True,
             )
-
-
-class Proxy:
-    """A TCP proxy in front of the broker. ``blackhole()``: bytes from the agent are kept here, never forwarded (a
-    partition the agent cannot see); ``cut()``: the connections are closed and new ones refused; ``heal()``."""
-
-    def __init__(self, broker_port: int):
-        self.broker_port = broker_port
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.mode = "pass"
-        self.swallowed = b""
-        self.accepted = 0
-        self._socks: list[socket.socket] = []
-        self._lock = threading.Lock()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                agent, _ = self.listener.accept()
-            except OSError:
-                return
-            if self.mode == "cut":
-                agent.close()
-                continue
-            broker = socket.create_connection(("127.0.0.1", self.broker_port))
-            with self._lock:
-                self.accepted += 1
-                self._socks += [agent, broker]
-            threading.Thread(target=self._pipe, args=(agent, broker, True), daemon=True).start()
-            threading.Thread(target=self._pipe, args=(broker, agent, False), daemon=True).start()
-
-    def _pipe(self, src: socket.socket, dst: socket.socket, upstream: bool) -> None:
-        try:
-            while data := src.recv(65536):
-                if upstream and self.mode == "blackhole":
-                    with self._lock:
-                        self.swallowed += data
-                    continue
-                dst.sendall(data)
-        except OSError:
-            pass
-        for s in (src, dst):
-            try:
-                s.close()
-            except OSError:
-                pass
-
-    def blackhole(self) -> None:
-        self.mode = "blackhole"
-
-    def cut(self) -> None:
-        self.mode = "cut"
-        with self._lock:
-            socks, self._socks = self._socks, []
-        for s in socks:
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            s.close()
-
-    def heal(self) -> None:
-        self.mode = "pass"
-
-    def close(self) -> None:
-        self.cut()
-        self.listener.close()
 
 
 def test_an_alert_in_flight_when_the_connection_dies_still_arrives_before_its_clear(

@@ -112,3 +112,44 @@ def test_a_source_that_sends_in_clusters_is_judged_by_the_quiet_between_them(tmp
     finally:
         pty.unplug()
     a.stop()
+
+
+def test_an_unplugged_port_is_reported_disconnected_not_also_silent(tmp_path, live_broker, recorder, agents):
+    """The serial adapter is pulled: the source's `disconnected` warning says it; the silence warnings (the asset's
+    `no reading arrived`, the sensor's `silent … its channels are stale`) came on top of it as noise. Plugged back
+    in and still quiet, a connected source that sends nothing is flagged again."""
+    rec = recorder(f"{BASE}/#")
+    link = tmp_path / "usb-FTDI_FT232R_USB_UART_A10KXYZ1-if00-port0"
+    plugged = [Pty()]
+    link.symlink_to(plugged[0].path)
+    env = _env(tmp_path, live_broker.port, plugged[0], 0.5)
+    env.update(EDGE_AGENT_SOURCE__PORT=str(link), EDGE_AGENT_SOURCE__RECONNECT_MIN_S="0.2",
+               EDGE_AGENT_SOURCE__RECONNECT_MAX_S="0.5")
+    a = start_agent(env, tmp_path)
+    agents.append(a)
+    try:
+        wait_for(lambda: _connected(rec), timeout=30, what="serial source connected")
+        plugged[0].write(b"\n")  # the first fragment after an open is dropped
+        for i in range(20):
+            plugged[0].write(f"{i},{2 * i}\n".encode())
+            time.sleep(0.1)
+        wait_for(lambda: any(s["state"] == "calibrating" for s in rec.on("status")), timeout=20,
+                 what="readings arriving")
+        plugged[0].unplug()
+        link.unlink()
+        wait_for(lambda: ": disconnected (" in a.log, timeout=20, what="the source's disconnected warning")
+        at_unplug = a.log.index(": disconnected (")
+        # the tolerance is three of the longest recent gaps (the wait for the first reading included): well past it
+        time.sleep(6.0)
+        quiet = a.log[at_unplug:]
+        assert "no reading arrived for" not in quiet and "silent for more than" not in quiet, quiet
+        assert a.alive(), a.log[-3000:]
+
+        plugged.append(Pty())  # plugged back in, and nothing comes
+        link.symlink_to(plugged[1].path)
+        wait_for(lambda: "no reading arrived for" in a.log, timeout=30,
+                 what="a connected source that sends nothing flagged again")
+    finally:
+        for p in plugged:
+            p.unplug()
+    assert a.stop() == 0, a.log[-3000:]

@@ -46,6 +46,29 @@ poll_s = 0.02
 """
 
 
+def _two_pumps(port: int, bus_extra: str = "", pump2_extra: str = "") -> str:
+    """TOML: a Modbus TCP bus ``line`` to ``port`` with units 1 and 2 (the pump map) as assets pump-1 and pump-2."""
+    pump2 = f"\n{pump2_extra}" if pump2_extra else ""
+    return f"""
+[modbus.buses.line]
+kind = "tcp"
+host = "127.0.0.1"
+tcp_port = {port}
+timeout_s = 0.5
+{bus_extra}
+{_device_map("pump1", 1)}
+{_device_map("pump2", 2)}
+
+[[assets]]
+id = "pump-1"
+source = {{ kind = "modbus", devices = ["pump1"] }}
+
+[[assets]]
+id = "pump-2"
+source = {{ kind = "modbus", devices = ["pump2"] }}{pump2}
+"""
+
+
 def _playing(rows: list[list[int]], loop: bool) -> tuple[Device, dict[str, int]]:
     """A unit serving one row per poll: the recording's pace is the poll rate."""
     served = {"row": 0}
@@ -73,32 +96,14 @@ def test_assets_on_a_shared_modbus_bus_mqtt_and_a_replay(tmp_path: Path, live_br
     pump2, served2 = _playing(rows[:NORMAL_ROWS], loop=True)
     pump2.unit = 2
     server = Server([pump1, pump2])
+    pumps = _two_pumps(server.port, bus_extra="retries = 0\ngap_s = 0", pump2_extra="decision = { k = 4, n = 6 }")
     config = tmp_path / "gateway.toml"
     config.write_text(f"""
 stats_interval_s = 1
 
 [model]
 path = "generic"
-
-[modbus.buses.line]
-kind = "tcp"
-host = "127.0.0.1"
-tcp_port = {server.port}
-timeout_s = 0.5
-retries = 0
-gap_s = 0
-{_device_map("pump1", 1)}
-{_device_map("pump2", 2)}
-
-[[assets]]
-id = "pump-1"
-source = {{ kind = "modbus", devices = ["pump1"] }}
-
-[[assets]]
-id = "pump-2"
-source = {{ kind = "modbus", devices = ["pump2"] }}
-decision = {{ k = 4, n = 6 }}
-
+{pumps}
 [[assets]]
 id = "bench"
 source = {{ kind = "replay" }}
@@ -299,23 +304,7 @@ def test_modbus_failures_are_in_the_stats_with_assets_too(tmp_path: Path, live_b
         config = tmp_path / "gateway.toml"
         config.write_text(f"""
 stats_interval_s = 1
-
-[modbus.buses.line]
-kind = "tcp"
-host = "127.0.0.1"
-tcp_port = {server.port}
-timeout_s = 0.5
-{_device_map("pump1", 1)}
-{_device_map("pump2", 2)}
-
-[[assets]]
-id = "pump-1"
-source = {{ kind = "modbus", devices = ["pump1"] }}
-
-[[assets]]
-id = "pump-2"
-source = {{ kind = "modbus", devices = ["pump2"] }}
-""")
+{_two_pumps(server.port)}""")
         rec = recorder(f"{BASE}/#")
         a = start_agent(agent_env(tmp_path / "state", live_broker.port, EDGE_AGENT_CONFIG_FILE=str(config)), tmp_path)
         agents.append(a)

@@ -116,3 +116,34 @@ def test_a_modbus_source_states_its_poll_period_and_its_first_quiet_minute_is_no
     clock.t += 181.0
     arr.check()
     assert arr.silent  # beyond 3 periods it is still said
+
+
+def test_silence_while_the_source_is_not_connected_is_not_flagged_and_counts_from_its_return(caplog) -> None:
+    """A disconnected source reports that itself (its warning, `source disconnected` in the status): the asset's
+    `no reading arrived` warning on top of it was noise. Once it is connected again and still sends nothing, that
+    is flagged, a tolerance after its return."""
+    import logging
+
+    clock = Clock()
+    up = {"connected": True}
+    arr = Arrivals("source", 5.0, clock, connected=lambda: up["connected"])
+    arr.check()
+    for _ in range(5):
+        clock.t += 1.0
+        arr.heard()
+    up["connected"] = False  # unplugged
+    with caplog.at_level(logging.WARNING, logger="agent.arrivals"):
+        for _ in range(120):
+            clock.t += 0.5
+            arr.check()
+        assert not arr.silent and not caplog.records
+        up["connected"] = True  # back, and quiet
+        clock.t += 0.5
+        arr.check()
+        clock.t += 4.0
+        arr.check()
+        assert not arr.silent  # within the tolerance of its return
+        clock.t += 1.5
+        arr.check()
+    assert arr.silent
+    assert [r.getMessage() for r in caplog.records] == ["source: no reading arrived for 6 s: degraded (no readings arriving)"]

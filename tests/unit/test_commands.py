@@ -434,6 +434,19 @@ def test_feedback_sent_again_without_a_note_keeps_the_note(agent: Agent) -> None
     assert [(a, lab, note) for a, lab, note, _ in agent.evidence.labelled()] == [("a1", "true_positive", "valve stuck")]
 
 
+def test_feedback_that_changes_only_the_note_answers_changed(agent: Agent) -> None:
+    """The same label with a new note replaced the stored note yet replied changed: false."""
+    from agent.evidence import evidence_payload
+
+    agent.evidence.add("a1", "replay", evidence_payload(["Current"], [(1.6e9 + i, (1.0,)) for i in range(4)], score=3.0))
+    cmd(agent, "feedback", {"request_id": "1", "alert_id": "a1", "label": "true_positive", "note": "valve stuck"})
+    edited = cmd(agent, "feedback", {"request_id": "2", "alert_id": "a1", "label": "true_positive", "note": "seal worn"})
+    assert edited["ok"] and edited["changed"] is True, edited
+    assert [(a, lab, note) for a, lab, note, _ in agent.evidence.labelled()] == [("a1", "true_positive", "seal worn")]
+    same = cmd(agent, "feedback", {"request_id": "3", "alert_id": "a1", "label": "true_positive", "note": "seal worn"})
+    assert same["ok"] and same["changed"] is False, same
+
+
 def test_reloading_the_running_generic_detector_changes_nothing(tmp_path: Path) -> None:
     """The default model: its spec names no channels, the running one has the source's; compared as they were, the
     reload swapped it in again (changed: true, recent scores forgotten, an override 'by command'), and SIGHUP too."""

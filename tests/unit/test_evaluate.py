@@ -297,6 +297,18 @@ def test_fresh_state_per_file_and_tables_without_matplotlib(tmp_path, monkeypatc
 # ------------------------------------------------------------------------------------------- bad arguments
 
 
+def test_an_out_that_cannot_be_created_exits_1_before_any_file_is_run(tmp_path, capsys):
+    """docs/evaluate.md: `1` the results could not be written, as export-feedback's --out (README); it exited 2."""
+    (tmp_path / "a.csv").write_text("datetime;Current;anomaly\n2020-01-01 00:00:00;1.0;0\n")
+    taken = tmp_path / "results"
+    taken.write_text("an operator's file\n")
+    assert main(["--model", "pump-anomaly", "--data", str(tmp_path / "a.csv"), "--out", str(taken)]) == 1
+    captured = capsys.readouterr()
+    assert f"evaluate: --out {taken}: cannot create" in captured.err
+    assert "[1/1]" not in captured.err  # refused before running anything
+    assert taken.read_text() == "an operator's file\n"
+
+
 def test_no_labelled_csv_exits_2(tmp_path, capsys):
     (tmp_path / "free.csv").write_text("datetime;Current\n2020-01-01 00:00:00;1.0\n")
     assert main(["--model", "pump-anomaly", "--data", str(tmp_path), "--out", str(tmp_path / "out")]) == 2

@@ -91,6 +91,36 @@ def test_corrupt_file_is_moved_aside_and_recreated(tmp_path):
     assert list(tmp_path.glob("o.db.corrupt-*"))
 
 
+def test_a_new_outbox_after_a_corrupt_one_numbers_alerts_above_every_seq_used_before(tmp_path):
+    """README: seq is persisted across restarts (subscribers may deduplicate or order on it). A corrupt outbox was
+    moved aside and the new one started at seq 1 again: a subscriber that had seen 1..N dropped the next N alerts
+    as repeats. The numbering goes on above anything used before, for an outbox removed by hand too."""
+    p = tmp_path / "outbox.db"
+    ob = Outbox(p, Counters())
+    for i in range(250):  # more than one block of reserved numbers
+        ob.put(_alert(i))
+    used = max(json.loads(r.payload)["seq"] for r in ob.pending(1000))
+    assert used == 250
+    ob.close()
+    for suffix in ("-wal", "-shm"):
+        (tmp_path / f"outbox.db{suffix}").unlink(missing_ok=True)
+    with open(p, "r+b") as f:  # the header and the first pages damaged (a power cut on a worn SD card)
+        f.write(b"\xde\xad" * 4096)
+    c = Counters()
+    ob = Outbox(p, c)
+    assert c.get("outbox.corrupt_recovered") == 1
+    ob.put(_alert("after"))
+    seq = json.loads(ob.pending(1)[0].payload)["seq"]
+    assert seq > used, f"a new outbox numbered an alert {seq}, a number already used"
+    ob.close()
+    for suffix in ("", "-wal", "-shm"):  # removed by hand
+        (tmp_path / f"outbox.db{suffix}").unlink(missing_ok=True)
+    ob = Outbox(p, Counters())
+    ob.put(_alert("later"))
+    assert json.loads(ob.pending(1)[0].payload)["seq"] > seq
+    ob.close()
+
+
 def test_integrity_and_wal(tmp_path):
     ob = Outbox(tmp_path / "o.db", Counters())
     ob.put(_alert(1))

@@ -91,6 +91,23 @@ def test_rejected_readings_are_counted_in_the_summary(tmp_path, model, recording
     assert s["readings"] == 49 and s["repaired"] == {"held": 1} and s["final"] is True and s["calibrating"] is True
 
 
+def test_a_run_without_a_reading_ends_with_a_well_formed_final_summary(tmp_path, model):
+    """A replay of a header-only CSV (or a live source whose every line was refused) gave a final summary with a
+    null period: README's summary has a period and 'always one final summary'. With no data time, the period is
+    the run's, on the wall clock; the counts are zero."""
+    import time
+    from datetime import datetime
+
+    t0 = time.time()
+    p = Pipeline(model, Counters(), tmp_path)
+    s = outgoing(p.finish())[0].payload
+    t1 = time.time()
+    start, end = (datetime.fromisoformat(s[k]).timestamp() for k in ("period_start", "period_end"))
+    assert t0 - 0.001 <= start <= end <= t1 + 0.001, (s["period_start"], s["period_end"])
+    assert s["final"] is True and s["readings"] == 0 and s["windows"] == 0 and s["score"] is None
+    assert (s["alerts_raised"], s["alerts_cleared"], s["rejected"]) == (0, 0, {})
+
+
 def test_a_silent_live_sensor_closes_its_summary_period_in_data_time(tmp_path, model, recording):
     """Old device timestamps (2020) must not be compared with today's clock: silence is measured monotonic."""
     p = Pipeline(model, Counters(), tmp_path, summary_interval_s=300)
@@ -105,6 +122,19 @@ def test_a_silent_live_sensor_closes_its_summary_period_in_data_time(tmp_path, m
     s = out[0].payload
     assert s["readings"] == 10 and s["final"] is False
     assert s["period_end"] == iso(recording[0].ts + 301)  # in the recording's time, not today's
+
+
+def test_the_final_summary_after_a_silent_period_was_closed_does_not_end_before_it_starts(tmp_path, model, recording):
+    """A live sensor's silence closed a period by the clock (data time ran on past its last reading); the final
+    summary at shutdown then began where that one ended and ended at the last reading, before its own start."""
+    p = Pipeline(model, Counters(), tmp_path, summary_interval_s=300)
+    _run(p, recording[:10])
+    span = recording[9].ts - recording[0].ts
+    closed = outgoing(p.tick(p._last_arrival + 301 - span))[0].payload
+    final = outgoing(p.finish())[0].payload
+    assert final["period_start"] == closed["period_end"]
+    assert final["period_end"] >= final["period_start"], (final["period_start"], final["period_end"])
+    assert final["readings"] == 0
 
 
 def test_summary_reports_drift_against_the_calibrated_normal(tmp_path, model, recording):
