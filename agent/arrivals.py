@@ -11,7 +11,8 @@ are the milliseconds inside a cluster, while the pace that matters is the quiet 
 reports every five minutes may be flagged from ``MAX_HOLD_S`` after the start until its first reading, and between
 its first and second cluster only if the first came within a third of its interval — together less than one
 interval — and not again at its own pace. A long outage lengthens the tolerance until ``KEEP_GAPS`` more gaps have
-come (a source that slows down for good is then never flagged over and over).
+come (a source that slows down for good is then never flagged over and over); the time a source was disconnected is
+not such a gap (its first reading after a reconnection measures from the reconnection).
 
 Only a connected source is judged: one that is disconnected (or still connecting) says so itself (its warning, ``source
 disconnected`` in the status), and the silence then is its consequence, not news. Silence counts from its return.
@@ -59,7 +60,7 @@ class Arrivals:
         """Readings of the asset reached the pipeline just now."""
         now = self._clock()
         if self._last is not None:
-            gap = now - self._last
+            gap = now - max(self._last, self._back)  # an outage is not the source's pace
             dropped = self._gaps[0] if len(self._gaps) == KEEP_GAPS else None
             self._gaps.append(gap)
             if self.interval is None or gap >= self.interval:

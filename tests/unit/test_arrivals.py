@@ -147,3 +147,29 @@ def test_silence_while_the_source_is_not_connected_is_not_flagged_and_counts_fro
         arr.check()
     assert arr.silent
     assert [r.getMessage() for r in caplog.records] == ["source: no reading arrived for 6 s: degraded (no readings arriving)"]
+
+
+def test_an_outage_is_not_taken_for_the_sources_pace() -> None:
+    """A serial adapter pulled for an hour and plugged back: its first reading after the return measures from the
+    return, not from the last reading before the outage. Measured from before, the hour became an arrival gap, the
+    tolerance three hours, and a source that then stayed quiet while connected looked healthy for hours."""
+    clock = Clock()
+    up = {"connected": True}
+    arr = Arrivals("source", 10.0, clock, connected=lambda: up["connected"])
+    arr.check()
+    for _ in range(60):  # a reading a second
+        clock.t += 1.0
+        arr.heard()
+        arr.check()
+    up["connected"] = False
+    for _ in range(3600):  # pulled for an hour
+        clock.t += 1.0
+        arr.check()
+    up["connected"] = True
+    clock.t += 1.0
+    arr.heard()  # one reading after the return, then nothing
+    assert arr.tolerance_s() == 10.0
+    for _ in range(30):
+        clock.t += 1.0
+        arr.check()
+    assert arr.silent
