@@ -13,7 +13,8 @@ Runs on the pipeline thread, before the cleaner. Off unless ``EDGE_AGENT_CLEANIN
 * Timestamps are checked per channel: a value not newer than the channel's latest is refused (counted
   ``reject.duplicate_ts`` / ``reject.out_of_order``). A reading far from the stream's time (``max_time_jump_s``)
   is refused alone (``reject.future_ts`` / ``reject.past_ts``): one bad timestamp must not move the ticks a year
-  ahead; a sustained step (``TIME_STEP_READINGS`` far readings that agree, in any order across the topics) is taken
+  ahead; a sustained step (far readings at ``TIME_STEP_READINGS`` timestamps going forward; other topics may stamp
+  the same time, or up to the tolerance behind, without counting) is taken
   as the new time base (``gap.time_step``), as the cleaner does per sensor: the ticks before it are emitted (their
   data is all in), the latest values forgotten, and the ticks start again from the new time, so no tick mixes
   values from both sides. ``on_time_step(sensor, ts, delta_s)`` is called before the first tick after a step is
@@ -57,7 +58,9 @@ class Aligner:
         self._latest: dict[str, tuple[float, float | str]] = {}  # model channel -> (ts, raw value)
         self._k: int | None = None  # the next tick to emit, as a multiple of the period
         self._seen = -math.inf  # the newest timestamp so far
-        self._time = TimeBase(max_time_jump_s, ordered=False)  # far-off timestamps and clock steps of the stream
+        # far-off timestamps and clock steps of the stream: a step needs far timestamps going forward, other topics
+        # may stamp the same time or up to the tolerance behind
+        self._time = TimeBase(max_time_jump_s, ordered=False, behind_s=self.tolerance_s)
         self._clock = clock
         self._on_time_step = on_time_step
         self._stepped: float | None = None  # a step taken, its first tick not emitted yet: how far it stepped

@@ -338,7 +338,8 @@ def test_a_clock_step_flushes_the_ticks_before_it_and_restarts_on_the_new_time(l
     """The device's clock steps an hour back (forward): the ticks before the step are all emitted, the aligner then
     starts again on the new time after TIME_STEP_READINGS far readings (the first ones refused), and no tick mixes
     values from both sides. It used to drop the last tick before the step, and never to take the step at all when
-    the topics' timestamps were equal or not increasing across topics (every reading refused, for ever back)."""
+    the topics' timestamps were equal or not increasing across topics (every reading refused, for ever back). A
+    topic stamping the same time as the other, or a little behind it, keeps the run of far readings going."""
     from agent.timebase import TIME_STEP_READINGS
 
     c = Counters()
@@ -350,7 +351,10 @@ def test_a_clock_step_flushes_the_ticks_before_it_and_restarts_on_the_new_time(l
         out += al.add(r)
     out += al.flush()
     assert c.get("gap.time_step") == 1
-    assert c.get("reject.past_ts" if step_s < 0 else "reject.future_ts") == TIME_STEP_READINGS - 1
+    # a step takes TIME_STEP_READINGS far timestamps going forward: the other topic's reading at the same time or
+    # just behind each of them is refused too, without counting towards the step
+    beside = 2 if layout in ("same ts", "b earlier") else 1
+    assert c.get("reject.past_ts" if step_s < 0 else "reject.future_ts") == beside * (TIME_STEP_READINGS - 1)
     assert all(len(set(r.values.values())) == 1 for r in out)  # one side per tick
     before = [r.ts for r in out if 1.0 in r.values.values()]
     after = [r.ts - step_s for r in out if 2.0 in r.values.values()]
@@ -385,3 +389,26 @@ def test_after_the_aligners_clock_step_the_cleaner_takes_the_new_time_at_once(tm
     assert c.get("reject.past_ts") == TIME_STEP_READINGS - 1
     assert windows and all(0 <= end - start < 100 for start, end in windows)
     assert any(end < 0 for _, end in windows)  # scored again after the step
+
+
+@pytest.mark.parametrize("good_topics", [2, 5])
+def test_one_device_with_a_wrong_clock_on_several_topics_does_not_take_over_the_merged_stream(good_topics):
+    """One device an hour behind publishes 5 keys, a topic each, all with the same timestamp (plant/{sensor}/+):
+    equal far timestamps are one reading's worth of a step, not five, so its readings are refused for ever and the
+    good topics keep the ticks. They used to count 5 towards a step: the wrong device took the stream over (the
+    good ones then refused as future_ts), or, beside 5 good topics, the stream flipped every period, no tick out."""
+    good = [f"g{i}" for i in range(good_topics)]
+    wrong = [f"w{i}" for i in range(5)]
+    c = Counters()
+    clock = _Clock()
+    al = Aligner(good + wrong, 1.0, 0.0, "merged", c, max_time_jump_s=600.0, clock=clock)
+    out = []
+    for i in range(60):
+        clock.t = float(i)
+        out += _feed(al, [Reading(1000.0 + i + 0.1, {k: 1.0}, "good") for k in good])
+        out += _feed(al, [Reading(1000.0 + i - 3600 + 0.2, {k: 2.0}, "wrong") for k in wrong])
+    out += al.flush()
+    assert c.get("gap.time_step") == 0
+    assert c.get("reject.past_ts") == 5 * 60 and c.get("reject.future_ts") == 0
+    assert [r.ts for r in out] == [1001.0 + i for i in range(59)]
+    assert all(set(r.values) == set(good) for r in out)
