@@ -7,11 +7,11 @@ readings of every topic instead (``ChannelGather``), by agent.align's rule for a
 How long: at least ``GATHER_PERIODS`` alignment periods (a topic reporting that slowly has been heard), then until
 every value heard (by sensor and name: a topic) has come at least twice and ``GATHER_SLOWEST`` periods of the
 slowest of them have passed (a topic as slow as that would have been heard too), at most ``GATHER_MAX_S`` (or
-3 x ``GATHER_PERIODS`` periods, when longer). Time is the later of the arrival time (the clock) and the data time
-each value's own timestamps cover, counting only its steps forward shorter than that maximum: a far-off timestamp
-(a stale message, a device with a wrong clock) neither ends the gathering early nor holds it; a replay, whose
-readings arrive at once, is measured by its data time. A value heard only once by the maximum is left out, with a
-warning.
+3 x ``GATHER_PERIODS`` periods, when longer). Time is the arrival time (the clock) for a live source: its data
+time may step (NTP setting the clock after boot). A replay, whose readings arrive at once, is measured by the data
+time each value's own timestamps cover, counting only its steps forward shorter than that maximum: a far-off
+timestamp (a stale message, a device with a wrong clock) neither ends the gathering early nor holds it. A value
+heard only once by the maximum is left out, with a warning.
 """
 
 from __future__ import annotations
@@ -52,8 +52,9 @@ class ChannelGather:
     gathered from the first readings of every sensor (``period_s`` > 0, the alignment period). ``add`` returns
     None until they are known (those readings only name the channels)."""
 
-    def __init__(self, period_s: float = 0.0, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, period_s: float = 0.0, clock: Callable[[], float] = time.monotonic, live: bool = False):
         self.period_s = period_s
+        self.live = live  # a live source: the gathering is timed by arrival alone (its data time may step, NTP)
         self.min_s = GATHER_PERIODS * period_s
         self.max_s = max(GATHER_MAX_S, 3 * self.min_s)
         self._clock = clock
@@ -70,8 +71,11 @@ class ChannelGather:
         return self._aligned(r)
 
     def elapsed(self, now: float) -> float:
-        """The gathering's time: the later of the clock's and the data time a value's readings cover."""
+        """The gathering's time: the clock's (a live source), else the later of it and the data time a value's
+        readings cover (a replay, whose readings arrive at once)."""
         start = now if self._start is None else self._start
+        if self.live:
+            return now - start
         return max([now - start, *(h.span for h in self._heard.values())])
 
     def _aligned(self, r: Reading) -> list[str] | None:

@@ -215,12 +215,12 @@ class _Clock:
         return self.t
 
 
-def _generic(tmp_path, clock, counters=None) -> Pipeline:
+def _generic(tmp_path, clock, counters=None, live=False) -> Pipeline:
     from agent.bundled import bundled_model
     from agent.detectors import open_model
 
     return Pipeline(open_model(bundled_model("generic")), counters or Counters(), tmp_path, calibration_samples=50,
-                    summary_interval_s=1e9, clock=clock,
+                    summary_interval_s=1e9, clock=clock, live=live,
                     cleaning=CleaningPolicy(align_period_s=1.0, align_tolerance_s=12.0, align_sensor="pump-1"))
 
 
@@ -234,7 +234,7 @@ def test_a_topic_slower_than_the_first_is_gathered_too(tmp_path, caplog, arrival
 
     caplog.set_level(logging.INFO, logger="agent.pipeline")
     clock = _Clock()
-    p = _generic(tmp_path, clock)
+    p = _generic(tmp_path, clock, live=arrival == "live")
     for i in range(120):
         clock.t = float(i) if arrival == "live" else 0.0
         p.process(Reading(1000.0 + i, {"value": 1.0 + 0.01 * (i % 7)}, "Current"))
@@ -252,7 +252,7 @@ def test_a_stale_first_reading_does_not_end_the_gathering(tmp_path, first_ts):
     in time like the others: its timestamp does not count, so the gathering does not end at the next reading with
     only two topics heard."""
     clock = _Clock()
-    p = _generic(tmp_path, clock)
+    p = _generic(tmp_path, clock, live=True)
     p.process(Reading(first_ts, {"value": 3.0}, "Flow"))
     for i in range(60):
         clock.t = float(i + 1)
@@ -271,7 +271,7 @@ def test_a_far_off_reading_of_a_topic_heard_once_neither_blocks_nor_joins_the_ch
 
     caplog.set_level(logging.INFO, logger="agent.pipeline")
     clock = _Clock()
-    p = _generic(tmp_path, clock)
+    p = _generic(tmp_path, clock, live=arrival == "live")
     p.process(Reading(1000.0 + 3600, {"value": 3.0}, "Flow"))
     for i in range(int(GATHER_MAX_S) + 60):
         clock.t = float(i + 1) if arrival == "live" else 0.0
