@@ -9,8 +9,9 @@ every value heard (by sensor and name: a topic) has come at least twice and ``GA
 slowest of them have passed (a topic as slow as that would have been heard too), at most ``GATHER_MAX_S`` (or
 3 x ``GATHER_PERIODS`` periods, when longer). Time is the arrival time (the clock) for a live source: its data
 time may step (NTP setting the clock after boot). A replay, whose readings arrive at once, is measured by the data
-time each value's own timestamps cover, counting only its steps forward shorter than that maximum: a far-off
-timestamp (a stale message, a device with a wrong clock) neither ends the gathering early nor holds it. A value
+time each value's own timestamps cover, counting only its steps forward shorter than that maximum, or longer ones
+repeating the step before (its cadence: a recording sampled that slowly): a far-off timestamp (a stale message, a
+device with a wrong clock) neither ends the gathering early nor holds it. A value
 heard only once by the maximum is left out, with a warning.
 """
 
@@ -30,18 +31,20 @@ GATHER_PERIODS = 10  # with alignment, channels are gathered for at least this m
 GATHER_SLOWEST = 3  # ... and this many periods of the slowest topic heard, every topic heard at least twice ...
 GATHER_MAX_S = 300.0  # ... but at most this long (3 x GATHER_PERIODS periods when longer)
 _LOG_SENSORS = 20  # the sensors a log line names at most
+_CADENCE = 0.1  # a step longer than the maximum counts when within this fraction of the value's step before
 
 
 class _Heard:
     """One value (by sensor and name) during the gathering."""
 
-    __slots__ = ("count", "first", "last", "last_ts", "span")
+    __slots__ = ("count", "first", "last", "last_ts", "span", "step")
 
     def __init__(self, at: float, ts: float):
         self.count = 0
         self.first = self.last = at  # the gathering's time at its first and latest reading
         self.last_ts = ts  # its latest timestamp
         self.span = 0.0  # the data time its readings cover, far-off steps left out
+        self.step = 0.0  # its latest step forward in data time
 
     def period(self) -> float:
         return (self.last - self.first) / (self.count - 1) if self.count > 1 else 0.0
@@ -95,8 +98,11 @@ class ChannelGather:
             h = self._heard.get((r.sensor, k))
             if h is None:
                 h = self._heard[r.sensor, k] = _Heard(self.elapsed(now), r.ts)
-            elif 0 < r.ts - h.last_ts <= self.max_s:
-                h.span += r.ts - h.last_ts
+            elif r.ts > h.last_ts:
+                d = r.ts - h.last_ts
+                if d <= self.max_s or abs(d - h.step) <= _CADENCE * h.step:  # long, but its cadence: a slow recording
+                    h.span += d
+                h.step = d
             h.last_ts = r.ts
             h.count += 1
         t = self.elapsed(now)

@@ -52,3 +52,32 @@ def test_the_daemons_pipeline_times_the_gathering_by_arrival_for_a_live_source(t
                  cleaning={"align_period_s": 1.0}, state_dir=tmp_path)
     p = build_pipeline(s, open_model(bundled_model("generic")), Counters())
     assert p.gather.live is live
+
+
+def test_a_replay_sampled_slower_than_the_maximum_still_ends_the_gathering():
+    """A recording of two topics sampled every 6 min, replayed (the readings arrive at once): every step is longer
+    than the gathering's maximum (300 s), which used to leave it out of the data time for good, so the gathering
+    never ended and every reading of the file was refused (no_channels). A long step counts once it is the value's
+    cadence (the same as its step before): the gathering ends at its third sample."""
+    g = ChannelGather(5.0, lambda: 0.0)
+    got = None
+    for i in range(2000):
+        for s, off in (("Current", 0.0), ("Pressure", 1.0)):
+            got = got or g.add(Reading(1e9 + 360.0 * i + off, {"value": 1.0}, s))
+        if got:
+            break
+    assert (i, got) == (2, ["Current", "Pressure"])
+
+
+def test_a_single_long_step_of_a_replay_is_not_its_cadence():
+    """One far-off stamp (a stale first message) then a topic every second: that step is not repeated, so it does
+    not count and the gathering lasts its 10 periods of data time."""
+    g = ChannelGather(1.0, lambda: 0.0)
+    assert g.add(Reading(1000.0 - 3600, {"value": 1.0}, "Flow")) is None
+    got = None
+    for i in range(30):
+        for s in ("Current", "Flow"):
+            got = got or g.add(Reading(1000.0 + i, {"value": 1.0}, s))
+        if got:
+            break
+    assert (i, got) == (10, ["Flow", "Current"])
