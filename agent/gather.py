@@ -64,6 +64,7 @@ class ChannelGather:
         self._start: float | None = None  # clock() at the first reading
         self._heard: dict[tuple[str, str], _Heard] = {}  # (sensor, value name) -> how it was heard
         self._seen: dict[tuple[str, bool], dict[str, None]] = {}  # (name, lone) -> the sensors that sent it, in order
+        self.sources: dict[str, list[str]] | None = None  # once gathered: each channel's sensors (agent.align)
 
     def add(self, r: Reading) -> list[str] | None:
         if self.period_s <= 0:
@@ -126,13 +127,15 @@ class ChannelGather:
         if once:
             log.warning("channels: left out %s, heard only once in %.0f s (slower than that, or a stray reading)",
                         _names([f"{s}/{k}" for s, k in heard if (s, k) in once]), t)
-        channels: dict[str, None] = {}
+        channels: dict[str, list[str]] = {}  # each channel -> its sensors
         for (name, lone_value), by in seen.items():
             sensors = [s for s in by if (s, name) not in once]
-            if not sensors:
-                continue
-            for ch in (sensors if lone_value and len(sensors) > 1 else [name]):
-                channels.setdefault(ch, None)
+            if lone_value and len(by) > 1:  # named from every sensor that sent it, one heard once too
+                for s in sensors:
+                    channels.setdefault(s, []).append(s)
+            elif sensors:
+                channels.setdefault(name, []).extend(sensors)
+        self.sources = channels
         if channels:
             by_sensor: dict[str, list[str]] = {}
             for (s, k), x in heard.items():

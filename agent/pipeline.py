@@ -116,6 +116,7 @@ class Pipeline:
             self.aligner = Aligner(
                 sc.channels, cp.align_period_s, cp.align_tolerance_s, cp.align_sensor, self.counters,
                 max_time_jump_s=cp.max_time_jump_s, clock=self._clock, on_time_step=cleaner.time_stepped,
+                sources=self.gather.sources,  # the sensors of gathered channels (agent.gather)
             ) if cp.align_period_s > 0 else None
             self.windower = Windower(sc.window.length, sc.window.hop, len(sc.channels))
             self.summaries.renew(list(sc.channels))

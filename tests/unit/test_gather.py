@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from agent.align import Aligner
 from agent.counters import Counters
 from agent.gather import ChannelGather
 from agent.records import Reading
@@ -81,3 +82,48 @@ def test_a_single_long_step_of_a_replay_is_not_its_cadence():
         if got:
             break
     assert (i, got) == (10, ["Flow", "Current"])
+
+
+@pytest.mark.parametrize("b_heard", ["once", "after"])
+def test_a_bare_number_topic_that_is_not_a_channel_does_not_write_into_the_kept_ones(b_heard):
+    """A sends a bare number every second; B one every 400 s, heard once in the gathering (left out) or first after
+    it. B's readings are not a channel's: they used to fill the channel `value` (any sensor's bare number matched
+    it), overwriting A's. Now the channel is named from everyone who sent that name (A's, when B was heard too), it
+    takes A's values only, and B's readings are counted (reject.not_a_channel)."""
+    clock = _Clock()
+    g = ChannelGather(1.0, clock)
+    stream = [(float(i), Reading(float(i), {"value": 1.0}, "A")) for i in range(400)]
+    if b_heard == "once":
+        stream.append((5.0, Reading(5.0, {"value": 42.0}, "B")))
+    got = _gather(g, clock, stream)
+    assert got == (["A"] if b_heard == "once" else ["value"])
+    c = Counters()
+    al = Aligner(got, 1.0, 1.5, "merged", c, sources=g.sources)
+    out = []
+    for k in range(3):
+        out += al.add(Reading(1000 + k + 0.2, {"value": 1.0}, "A"))
+        out += al.add(Reading(1000 + k + 0.5, {"value": 999.0}, "B"))
+    out += al.flush()
+    assert [r.values for r in out] == [{got[0]: 1.0}] * 2  # ticks 1001 and 1002
+    assert c.get("reject.not_a_channel") == 3
+
+
+def test_in_the_pipeline_a_bare_number_topic_left_out_is_counted_not_taken_for_the_kept_one(tmp_path):
+    """The daemon's way: A every second, B once in the gathering, then every 400 s: the channel is A's, and B's
+    readings are counted (reject.not_a_channel) instead of filling it."""
+    from agent.bundled import bundled_model
+    from agent.clean import CleaningPolicy
+    from agent.detectors import open_model
+    from agent.pipeline import Pipeline
+
+    c = Counters()
+    clock = _Clock()
+    p = Pipeline(open_model(bundled_model("generic")), c, tmp_path, calibration_samples=50, summary_interval_s=1e9,
+                 clock=clock, live=True, cleaning=CleaningPolicy(align_period_s=1.0, align_sensor="pump-1"))
+    for i in range(1000):
+        clock.t = float(i)
+        p.process(Reading(1000.0 + i, {"value": 1.0 + 0.01 * (i % 7)}, "A"))
+        if i % 400 == 5:
+            p.process(Reading(1000.5 + i, {"value": 999.0}, "B"))
+    assert list(p.model.sidecar.channels) == ["A"]
+    assert c.get("reject.not_a_channel") == 2  # B at 405 and 805 s
