@@ -85,8 +85,9 @@ class ChannelGather:
     def _aligned(self, r: Reading) -> list[str] | None:
         """Each numeric value's name (agent.align's rule: a value's name, else its sensor's for a lone value); but a
         lone value whose name several sensors share (a bare number, ``EDGE_AGENT_SOURCE__CHANNEL``, or the same key
-        on every topic) is its sensor's channel. None until the gathering is over (see the module's text). What is
-        heard is each value by name and sensor: the topics of one device may share its sensor id."""
+        on every topic) is its sensor's channel, ``sensor/name`` when that sensor sends several such names. None
+        until the gathering is over (see the module's text). What is heard is each value by name and sensor: the
+        topics of one device may share its sensor id."""
         names = numeric_names(r)
         if not names:
             return None
@@ -127,12 +128,16 @@ class ChannelGather:
         if once:
             log.warning("channels: left out %s, heard only once in %.0f s (slower than that, or a stray reading)",
                         _names([f"{s}/{k}" for s, k in heard if (s, k) in once]), t)
+        shared: dict[str, int] = {}  # a sensor -> the lone names it sends that other sensors send too
+        for (name, lone_value), by in seen.items():
+            for s in by if lone_value and len(by) > 1 else ():
+                shared[s] = shared.get(s, 0) + 1
         channels: dict[str, list[str]] = {}  # each channel -> its sensors
         for (name, lone_value), by in seen.items():
             sensors = [s for s in by if (s, name) not in once]
             if lone_value and len(by) > 1:  # named from every sensor that sent it, one heard once too
                 for s in sensors:
-                    channels.setdefault(s, []).append(s)
+                    channels.setdefault(f"{s}/{name}" if shared[s] > 1 else s, []).append(s)
             elif sensors:
                 channels.setdefault(name, []).extend(sensors)
         self.sources = channels

@@ -108,6 +108,28 @@ def test_a_bare_number_topic_that_is_not_a_channel_does_not_write_into_the_kept_
     assert c.get("reject.not_a_channel") == 3
 
 
+def test_two_devices_sending_the_same_keys_on_a_topic_each_get_a_channel_per_device_and_key():
+    """plant/{sensor}/+ with pump1 and pump2 each publishing Current and Pressure on a topic of their own: the
+    channels are pump1/Current, pump2/Current, pump1/Pressure, pump2/Pressure — not pump1 and pump2, each mixing
+    the device's Current and Pressure."""
+    clock = _Clock()
+    g = ChannelGather(1.0, clock)
+    stream = [(float(i), Reading(1000.0 + i, {k: v}, s)) for i in range(30) for s in ("pump1", "pump2")
+              for k, v in (("Current", 10.0), ("Pressure", 500.0))]
+    got = _gather(g, clock, stream)
+    assert got == ["pump1/Current", "pump2/Current", "pump1/Pressure", "pump2/Pressure"]
+    c = Counters()
+    al = Aligner(got, 1.0, 0.0, "m", c, sources=g.sources)
+    out = []
+    for j in range(3):
+        for s, base in (("pump1", 0.0), ("pump2", 1.0)):
+            for k, v in (("Current", 10.0), ("Pressure", 500.0)):
+                out += al.add(Reading(2000.0 + j + 0.1, {k: v + base}, s))
+    out += al.flush()
+    assert out and all(r.values == {"pump1/Current": 10.0, "pump2/Current": 11.0, "pump1/Pressure": 500.0,
+                                    "pump2/Pressure": 501.0} for r in out)
+
+
 def test_in_the_pipeline_a_bare_number_topic_left_out_is_counted_not_taken_for_the_kept_one(tmp_path):
     """The daemon's way: A every second, B once in the gathering, then every 400 s: the channel is A's, and B's
     readings are counted (reject.not_a_channel) instead of filling it."""
