@@ -13,7 +13,8 @@ Runs on the pipeline thread, before the cleaner. Off unless ``EDGE_AGENT_CLEANIN
 * Timestamps are checked per channel: a value not newer than the channel's latest is refused (counted
   ``reject.duplicate_ts`` / ``reject.out_of_order``). A reading far from the stream's time (``max_time_jump_s``)
   is refused alone (``reject.future_ts`` / ``reject.past_ts``): one bad timestamp must not move the ticks a year
-  ahead; a sustained step (``TIME_STEP_READINGS`` far readings that agree, in any order across the topics) is taken
+  ahead; a sustained step (far readings at ``TIME_STEP_READINGS`` timestamps going forward; other topics may stamp
+  the same time, or up to the tolerance behind, without counting) is taken
   as the new time base (``gap.time_step``), as the cleaner does per sensor: the ticks before it are emitted (their
   data is all in), the latest values forgotten, and the ticks start again from the new time, so no tick mixes
   values from both sides. ``on_time_step(sensor, ts, delta_s)`` is called before the first tick after a step is
@@ -21,7 +22,9 @@ Runs on the pipeline thread, before the cleaner. Off unless ``EDGE_AGENT_CLEANIN
 
 Channels are matched by name across sensors: a reading's value ``name`` from sensor ``s`` fills the model
 channel ``name``, else ``s/name``, else — for a single-value reading such as a bare number on its own topic —
-the model channel named like the sensor ``s``. Values matching no model channel are ignored.
+the model channel named like the sensor ``s``. Values matching no model channel are ignored. Channels gathered by
+agent.gather are filled only by the sensors they were learnt from (``sources``): a reading of another sensor is
+counted ``reject.not_a_channel`` (a topic first heard after the gathering, or left out of it).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import Callable, Sequence
+from typing import Callable, Collection, Mapping, Sequence
 
 from agent.clean import TIME_STEP, TIME_STEP_READINGS, TimeBase
 from agent.counters import Counters
@@ -45,11 +48,14 @@ class Aligner:
         self, channels: Sequence[str], period_s: float, tolerance_s: float, sensor: str, counters: Counters, *,
         max_time_jump_s: float = 0.0, clock: Callable[[], float] = time.monotonic,
         on_time_step: Callable[[str, float, float], None] | None = None,
+        sources: Mapping[str, Collection[str]] | None = None,
     ):
         if period_s <= 0:
             raise ValueError("the alignment period must be > 0")
         self.channels = list(channels)
         self._known = set(self.channels)
+        # the sensors each gathered channel was learnt from (agent.gather): only they fill it
+        self._sources = None if sources is None else {ch: frozenset(s) for ch, s in sources.items()}
         self.period_s = period_s
         self.tolerance_s = tolerance_s if tolerance_s > 0 else period_s
         self.sensor = sensor
@@ -57,26 +63,32 @@ class Aligner:
         self._latest: dict[str, tuple[float, float | str]] = {}  # model channel -> (ts, raw value)
         self._k: int | None = None  # the next tick to emit, as a multiple of the period
         self._seen = -math.inf  # the newest timestamp so far
-        self._time = TimeBase(max_time_jump_s, ordered=False)  # far-off timestamps and clock steps of the stream
+        # far-off timestamps and clock steps of the stream: a step needs far timestamps going forward, other topics
+        # may stamp the same time or up to the tolerance behind
+        self._time = TimeBase(max_time_jump_s, ordered=False, behind_s=self.tolerance_s)
         self._clock = clock
         self._on_time_step = on_time_step
         self._stepped: float | None = None  # a step taken, its first tick not emitted yet: how far it stepped
 
     def channel_of(self, sensor: str, name: str, single: bool) -> str | None:
-        """The model channel a value named ``name`` from ``sensor`` fills, if any."""
-        if name in self._known:
-            return name
-        qualified = f"{sensor}/{name}"
-        if qualified in self._known:
-            return qualified
-        if single and sensor in self._known:
-            return sensor
+        """The model channel a value named ``name`` from ``sensor`` fills, if any: the first of ``name``,
+        ``sensor/name`` and (a single value) ``sensor`` that is a model channel ``sensor`` may fill."""
+        sources = self._sources
+        for ch in (name, f"{sensor}/{name}", sensor) if single else (name, f"{sensor}/{name}"):
+            if ch in self._known and (sources is None or ch not in sources or sensor in sources[ch]):
+                return ch
         return None
 
     def add(self, r: Reading) -> list[Reading]:
         """Take one reading; the aligned readings of the ticks that data time has now passed."""
         if not math.isfinite(r.ts):
             self.counters.inc("reject.bad_timestamp")
+            return []
+        single = len(r.values) == 1
+        filled = [(ch, raw) for name, raw in r.values.items() 
+                  if (ch := self.channel_of(r.sensor, name, single)) is not None]
+        if not filled and self._sources is not None:
+            self.counters.inc("reject.not_a_channel")  # a sensor the channels were not gathered from
             return []
         now = self._clock()
         verdict = self._time.judge(r.ts, now)
@@ -94,11 +106,7 @@ class Aligner:
             self.counters.inc(f"reject.{verdict}")
             return []
         out += self._emit(r.ts, inclusive=False)
-        single = len(r.values) == 1
-        for name, raw in r.values.items():
-            ch = self.channel_of(r.sensor, name, single)
-            if ch is None:
-                continue
+        for ch, raw in filled:
             prev = self._latest.get(ch)
             if prev is not None and r.ts <= prev[0]:
                 self.counters.inc("reject.duplicate_ts" if r.ts == prev[0] else "reject.out_of_order")

@@ -82,6 +82,7 @@ def build_pipeline(
         calibration_clock=settings.calibration.timezone,
         channels=channels, decisions=decisions, evidence=evidence, evidence_windows_before=a.evidence_windows_before,
         evidence_inline_max_bytes=a.evidence_inline_max_bytes, cleaning=cleaning, advisor=advisor,
+        live=settings.source.kind != "replay",
     )
 
 

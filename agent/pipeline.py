@@ -43,7 +43,7 @@ class Pipeline:
         calibration_duration_s: float | None = None, calibration_clock: str = "UTC", channels: list[str] | None = None,
         decisions: Decisions | None = None, evidence: EvidenceStore | None = None, evidence_windows_before: int = 5,
         evidence_inline_max_bytes: int = 0, cleaning: CleaningPolicy | None = None,
-        clock: Callable[[], float] = time.monotonic, advisor: Advisor | None = None,
+        clock: Callable[[], float] = time.monotonic, advisor: Advisor | None = None, live: bool = False,
     ):
         self.counters = counters
         self.asset = asset
@@ -69,7 +69,7 @@ class Pipeline:
         self.model = model
         self.cleaner: Cleaner | None = None  # None until the channels are known (a generic detector learns them)
         self.aligner: Aligner | None = None
-        self.gather = ChannelGather(self.cleaning.align_period_s, clock)  # a generic detector's channels (agent.gather)
+        self.gather = ChannelGather(self.cleaning.align_period_s, clock, live)  # a generic detector's channels
         self.recorder: EvidenceRecorder | None = None
         self.scorer: Any = None
         if getattr(model, "needs_channels", False):
@@ -116,6 +116,7 @@ class Pipeline:
             self.aligner = Aligner(
                 sc.channels, cp.align_period_s, cp.align_tolerance_s, cp.align_sensor, self.counters,
                 max_time_jump_s=cp.max_time_jump_s, clock=self._clock, on_time_step=cleaner.time_stepped,
+                sources=self.gather.sources,  # the sensors of gathered channels (agent.gather)
             ) if cp.align_period_s > 0 else None
             self.windower = Windower(sc.window.length, sc.window.hop, len(sc.channels))
             self.summaries.renew(list(sc.channels))

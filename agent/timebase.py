@@ -12,14 +12,17 @@ class TimeBase:
     be by now, or behind it) is refused alone; ``TIME_STEP_READINGS`` far readings in a row that agree with each
     other (increasing, each within ``max_jump_s`` of the previous) are a stepped device clock: the caller takes the
     last one as the new time base. ``max_jump_s = 0``: only the order is checked. ``ordered=False`` (a merged stream:
-    several topics, agent.align): far readings agree in any order, each within ``max_jump_s`` of the latest of them
-    (two topics stamping the same time, or one a little behind the other, still make a step)."""
+    several topics, agent.align): a far reading at most ``behind_s`` behind the newest of the run (another topic
+    stamping the same time, or a little behind) keeps the run going without counting: a step still needs
+    ``TIME_STEP_READINGS`` distinct timestamps going forward, so one device with a wrong clock on several topics
+    (each stamping the same time) is refused, not taken as the stream's time."""
 
-    __slots__ = ("max_jump_s", "ordered", "last_ts", "step_s", "_at", "_run", "_run_ts")
+    __slots__ = ("max_jump_s", "ordered", "behind_s", "last_ts", "step_s", "_at", "_run", "_run_ts")
 
-    def __init__(self, max_jump_s: float = 0.0, ordered: bool = True):
+    def __init__(self, max_jump_s: float = 0.0, ordered: bool = True, behind_s: float = 0.0):
         self.max_jump_s = max_jump_s
         self.ordered = ordered
+        self.behind_s = behind_s
         self.last_ts: float | None = None  # of the last accepted reading
         self._at = 0.0  # clock() when it was accepted: data time runs on with the clock while a sensor is silent
         self._run = 0  # far readings in a row that agree
@@ -41,9 +44,10 @@ class TimeBase:
         else:
             reason = "past_ts"
         d = ts - self._run_ts
-        agree = self._run > 0 and (0 < d <= jump if self.ordered else abs(d) <= jump)
-        self._run = self._run + 1 if agree else 1
-        self._run_ts = max(self._run_ts, ts) if agree and not self.ordered else ts
+        if not self.ordered and self._run > 0 and -self.behind_s <= d <= 0:
+            return reason  # beside the run's newest: keeps it going, adds nothing
+        self._run = self._run + 1 if self._run > 0 and 0 < d <= jump else 1
+        self._run_ts = ts
         if self._run < TIME_STEP_READINGS:
             return reason
         self._run = 0

@@ -144,6 +144,8 @@ def run_file(model: Any, path: Path, rel: str, make_pipeline: Callable[..., Any]
     with tempfile.TemporaryDirectory(prefix="edge-agent-eval-") as state, contextlib.ExitStack() as closing:
         p = make_pipeline(counters, Path(state), channels if getattr(model, "needs_channels", False) else None,
                           **({"evidence": True} if label_false else {}))
+        if getattr(p, "gather", None) is not None:
+            p.gather.live = False  # a recording, whatever source the settings name: timed by its data
         if label_false and getattr(p, "evidence", None) is not None:
             closing.callback(p.evidence.close)  # before the state dir goes, also when the replay raises
         lookback = getattr(p.recorder, "buffer_len", 0) if label_false else 0  # readings before the raise it keeps
