@@ -269,7 +269,8 @@ def _asset_state(reasons: list[str], a: Asset) -> str:
 
 
 def _alerts(c: Counters) -> dict[str, int]:
-    return {"raised": c.get("alerts.raised"), "cleared": c.get("alerts.cleared"), "suppressed": c.get("alerts.suppressed")}
+    return {"raised": c.get("alerts.raised"), "cleared": c.get("alerts.cleared"), "suppressed": c.get("alerts.suppressed"),
+            "delayed": c.get("alerts.delayed")}
 
 
 def _merged_ms(rings: list[Any]) -> dict[str, float] | None:

@@ -328,3 +328,41 @@ def test_unfit_names_the_k_and_n_a_new_model_would_not_run_with():
         "decision k=4 (EDGE_AGENT_DECISION__K) exceeds n=3 (its sidecar decision.n)"
     assert Decisions(Counters(), n=2).unfit(DecisionSpec(k=3, n=5)) == \
         "decision k=3 (its sidecar decision.k) exceeds n=2 (EDGE_AGENT_DECISION__N)"
+
+
+def _fault(d: Decisions, spans: list[tuple[float, float, float]], step: float = 50.0) -> list[tuple[float, str]]:
+    """Windows every ``step`` s with the score of the span (start, end, score) they fall in; the transitions sent."""
+    sent = []
+    for start, end, score in spans:
+        t = start
+        while t < end:
+            tr, _ = d.judge(Inference(Window("s", t, t, np.zeros((1, 1))), score))
+            if tr is not None:
+                sent.append((t, tr.state))
+            t += step
+    return sent
+
+
+def test_an_alert_held_back_by_the_cooldown_is_raised_when_it_ends_if_the_fault_is_still_on():
+    """The fault comes back 100 s after a clear and stays on: held back by the 600 s cooldown, it is raised once
+    at the first window when the cooldown is over (it used to be counted and never sent), and its clear is sent
+    and starts a cooldown as any."""
+    from agent.model_spec import DecisionSpec
+
+    d = Decisions(Counters(), AlertPolicy(cooldown_s=600))
+    d.refresh(DecisionSpec(k=1, n=1, clear_ratio=0.8), 1.0, None)
+    sent = _fault(d, [(0, 100, 2.0), (100, 200, 0.1), (200, 1500, 2.0), (1500, 1600, 0.1), (1600, 1800, 2.0)])
+    assert sent == [(0, RAISED), (100, CLEARED), (700, RAISED), (1500, CLEARED)]  # 1600: the new cooldown
+    assert d.counters.get("alerts.suppressed") == 2 and d.counters.get("alerts.delayed") == 1
+    assert d.counters.get("alerts.raised") == 2 and d.counters.get("alerts.cleared") == 2
+    assert d.held_until("s") is not None  # the last one: still held back while its fault is on
+
+
+def test_an_alert_held_back_by_the_rate_limit_is_raised_when_the_hour_has_room():
+    from agent.model_spec import DecisionSpec
+
+    d = Decisions(Counters(), AlertPolicy(rate_limit_per_hour=1))
+    d.refresh(DecisionSpec(k=1, n=1, clear_ratio=0.8), 1.0, None)
+    sent = _fault(d, [(0, 100, 2.0), (100, 200, 0.1), (200, 4000, 2.0), (4000, 4100, 0.1)])
+    assert sent == [(0, RAISED), (100, CLEARED), (3600, RAISED), (4000, CLEARED)]
+    assert d.counters.get("alerts.delayed") == 1 and d.held_until("s") is None

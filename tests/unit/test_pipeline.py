@@ -253,3 +253,36 @@ def test_a_new_teach_in_forgets_the_scores_of_the_old_fit(tmp_path, model, recor
             raised_at = j
             break
     assert raised_at == 2, raised_at  # the third window holding the spike, not the first
+
+
+# -- an alert held back by the cooldown is raised when it ends, the fault still on (per reading and in blocks) ----
+
+
+@pytest.mark.parametrize("blocks", [False, True])
+def test_an_alert_held_back_by_the_cooldown_is_raised_when_it_ends_with_the_fault_still_on(tmp_path, model,
+                                                                                           recording, blocks):
+    from agent.decide import AlertPolicy, Decisions
+
+    c = Counters()
+    p = Pipeline(model, c, tmp_path, calibration_samples=0, summary_interval_s=1e9,
+                 decisions=Decisions(c, AlertPolicy(cooldown_s=120)))
+    assert p.batchable
+
+    def feed(rows):
+        if blocks:
+            return [e for e in p.process_block(rows) if e.__class__.__name__ == "AlertEvent"]
+        return [e for r in rows for e in p.process(r) if e.__class__.__name__ == "AlertEvent"]
+
+    p.set_threshold(1e-9)  # every window over: the fault is on
+    first = feed(recording[:60])
+    p.set_threshold(1e9)  # every window under: it clears
+    cleared = feed(recording[60:120])
+    assert [e.state for e in first] == ["raised"] and [e.state for e in cleared] == ["cleared"]
+    p.set_threshold(1e-9)  # the fault is back at once, within the cooldown, and stays on
+    again = feed(recording[120:400])
+    assert c.get("alerts.suppressed") == 1
+    assert [e.state for e in again] == ["raised"], again
+    due = cleared[0].window_end_ts + 120
+    ends = [w for w in (r.ts for r in recording[120:400]) if w >= due]
+    assert again[0].window_end_ts == ends[0]  # the first window once the cooldown is over
+    assert c.get("alerts.delayed") == 1 and c.get("alerts.raised") == 2
