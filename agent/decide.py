@@ -171,15 +171,19 @@ class AlertMachine:
             self._peak = max(self._peak, float(np.fmax.reduce(scores)))
         self._scores.extend(scores[-self.n:].tolist())
 
-    def retune(self, threshold: float, k: int, n: int, clear_ratio: float, recede_ratio: float | None = None) -> None:
+    def retune(self, threshold: float, k: int, n: int, clear_ratio: float, recede_ratio: float | None = None,
+               refractory: int | None = None) -> None:
         """New decision parameters from the next window on; the recent scores are judged again by them (an
-        active alert stays active until ``k`` windows are under the new clear level)."""
+        active alert stays active until ``k`` windows are under the new clear level; a floor after a receded clear
+        decays by the new ``refractory`` from here)."""
         if not 1 <= k <= n:
             raise ValueError("need 1 <= k <= n")
         self.threshold, self.k, self.clear_ratio = threshold, k, clear_ratio
         self._quiet = None  # the kept scores are judged again
         if recede_ratio is not None:
             self.recede_ratio = recede_ratio
+        if refractory is not None:
+            self._decay = math.exp(-1.0 / refractory) if refractory > 0 else 0.0
         if n != self.n:
             self.n = n
             self._scores = deque(self._scores, maxlen=n)
@@ -255,7 +259,7 @@ class Decisions:
     def _apply(self, params: DecisionParams) -> None:
         self.params = params
         for m in self.machines.values():
-            m.retune(params.threshold, params.k, params.n, params.clear_ratio, params.recede_ratio)
+            m.retune(params.threshold, params.k, params.n, params.clear_ratio, params.recede_ratio, params.refractory)
 
     def natural_threshold(self) -> float:
         """The threshold without a command's override: configured, calibrated or the model's."""

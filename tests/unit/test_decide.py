@@ -366,3 +366,18 @@ def test_an_alert_held_back_by_the_rate_limit_is_raised_when_the_hour_has_room()
     sent = _fault(d, [(0, 100, 2.0), (100, 200, 0.1), (200, 4000, 2.0), (4000, 4100, 0.1)])
     assert sent == [(0, RAISED), (100, CLEARED), (3600, RAISED), (4000, CLEARED)]
     assert d.counters.get("alerts.delayed") == 1 and d.held_until("s") is None
+
+
+def test_new_decision_parameters_give_running_machines_the_new_refractory():
+    """After a receded clear a new raise needs 30 % over the score it cleared at, a floor that decays with the
+    refractory. A model swap whose sidecar shortens the refractory from 1800 to 1 window must shorten it for the
+    machines already running, as for those made after the swap (they used to keep the old one: no raise here)."""
+    from agent.model_spec import DecisionSpec
+
+    d = Decisions(Counters())
+    d.refresh(DecisionSpec(k=1, n=1, clear_ratio=0.5, recede_ratio=0.5, refractory=1800), 1.0, None)
+    assert [t and t.state for t, _ in (d.judge(_inf(10.0, 0)), d.judge(_inf(4.0, 1)))] == [RAISED, CLEARED]
+    d.refresh(DecisionSpec(k=1, n=1, clear_ratio=0.5, recede_ratio=0.5, refractory=1), 1.0, None, forget=True)
+    states = [d.judge(_inf(2.0, 2 + i))[0] for i in range(10)]  # over the threshold, under the floor of 5.2
+    assert [t.state for t in states if t is not None] == [RAISED]
+    assert d.machines["s"]._decay == d.machine("new")._decay
