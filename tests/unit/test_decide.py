@@ -381,3 +381,21 @@ def test_new_decision_parameters_give_running_machines_the_new_refractory():
     states = [d.judge(_inf(2.0, 2 + i))[0] for i in range(10)]  # over the threshold, under the floor of 5.2
     assert [t.state for t in states if t is not None] == [RAISED]
     assert d.machines["s"]._decay == d.machine("new")._decay
+
+
+def test_a_summariser_for_other_channels_goes_on_with_the_period():
+    s = Summariser(["a", "b"], 60.0)
+    for i in range(4):
+        s.add_vector(Vector(100.0 + i, np.array([1.0 + i, 10.0 + i])))
+    s.add_scores(np.array([0.5, 2.0]))
+    s.raised = 1
+    t = s.with_channels(["b", "c"])
+    t.add_vector(Vector(104.0, np.array([20.0, 5.0])))
+    assert not t.due(159.0) and t.due(160.0)  # the period that began at 100 goes on
+    out = t.take(110.0, {})
+    assert out["period_start"] == 100.0 and out["readings"] == 5 and out["windows"] == 2 and out["alerts_raised"] == 1
+    assert out["channels"] == {"b": {"count": 5, "min": 10.0, "mean": 13.2, "max": 20.0},
+                               "c": {"count": 1, "min": 5.0, "mean": 5.0, "max": 5.0}}
+    assert out["score"]["max"] == 2.0
+    t.add_vector(Vector(111.0, np.array([1.0, 2.0])))
+    assert t.take(120.0, {})["channels"]["c"]["count"] == 1  # a new period: every channel from its start

@@ -286,3 +286,36 @@ def test_an_alert_held_back_by_the_cooldown_is_raised_when_it_ends_with_the_faul
     ends = [w for w in (r.ts for r in recording[120:400]) if w >= due]
     assert again[0].window_end_ts == ends[0]  # the first window once the cooldown is over
     assert c.get("alerts.delayed") == 1 and c.get("alerts.raised") == 2
+
+
+# -- a model swap goes on with the summary period (it restarted it, and lost what was counted since the last one) ----
+
+
+def test_a_model_swap_keeps_the_summary_period_and_what_it_counted(tmp_path, model, recording):
+    """Swapping to a model of other channels (the stages are rebuilt) used to start a new summary period at the
+    swap: the readings, windows and alerts counted since the last summary were gone, and the next summary came a
+    whole interval after the swap instead of when the period ended. The channels both models read keep their
+    statistics; a channel only the new one reads counts from the swap."""
+    from agent.detectors import open_model
+
+    c = Counters()
+    p = Pipeline(model, c, tmp_path, calibration_samples=30, summary_interval_s=200)
+    before = [e for r in recording[:40] for e in p.process(r)]
+    assert not p.calibrating
+    p.set_threshold(1e-9)  # every window over: an alert raised before the swap ...
+    before += [e for r in recording[40:70] for e in p.process(r)]
+    p.set_threshold(1e9)  # ... and cleared
+    before += [e for r in recording[70:100] for e in p.process(r)]
+    assert [e.state for e in before if hasattr(e, "state")] == ["raised", "cleared"]
+    start = p.summaries.summariser.period_start
+    assert start == recording[0].ts and not any(hasattr(e, "period_start_ts") for e in before)
+    p.swap_model(open_model("generic").with_channels(["Current", "Pressure"]), {"path": "generic"})
+    after = [e for r in recording[100:300] for e in p.process(r)]
+    summaries = [e for e in after if hasattr(e, "period_start_ts")]
+    assert summaries, "no summary when the period begun before the swap ended"
+    s = summaries[0]
+    assert s.period_start_ts == start and s.period_end_ts == next(r.ts for r in recording if r.ts - start >= 200)
+    assert s.readings == sum(1 for r in recording[:300] if r.ts < s.period_end_ts)
+    assert s.alerts_raised == 1 and s.alerts_cleared == 1 and s.windows > sum(1 for r in recording[100:300] if r.ts < s.period_end_ts)
+    assert list(s.channels) == ["Current", "Pressure"]
+    assert all(ch["count"] == s.readings for ch in s.channels.values())
