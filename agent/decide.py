@@ -1,6 +1,6 @@
-"""Decisions: the alert state machine (threshold, k-of-n debounce, hysteresis, receded clear), the alert policy
-(cooldown, rate limit), and ``Decisions``, which holds both for every sensor of a pipeline with the parameters in
-force (a command's threshold, else the configured, the calibrated or the model's).
+"""Decisions: the alert state machine (threshold, k-of-n debounce, hysteresis, receded clear), and ``Decisions``,
+which holds one for every sensor of a pipeline, the alert policy (cooldown, rate limit: agent.alert_policy) and the
+parameters in force (a command's threshold, else the configured, the calibrated or the model's).
 
 Pure and single-threaded (the pipeline thread owns them), so they are tested without broker or hardware.
 """
@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from agent.alert_policy import AlertPolicy
 from agent.counters import Counters
 from agent.logsafe import clip
 from agent.records import Inference
@@ -170,15 +171,19 @@ class AlertMachine:
             self._peak = max(self._peak, float(np.fmax.reduce(scores)))
         self._scores.extend(scores[-self.n:].tolist())
 
-    def retune(self, threshold: float, k: int, n: int, clear_ratio: float, recede_ratio: float | None = None) -> None:
+    def retune(self, threshold: float, k: int, n: int, clear_ratio: float, recede_ratio: float | None = None,
+               refractory: int | None = None) -> None:
         """New decision parameters from the next window on; the recent scores are judged again by them (an
-        active alert stays active until ``k`` windows are under the new clear level)."""
+        active alert stays active until ``k`` windows are under the new clear level; a floor after a receded clear
+        decays by the new ``refractory`` from here)."""
         if not 1 <= k <= n:
             raise ValueError("need 1 <= k <= n")
         self.threshold, self.k, self.clear_ratio = threshold, k, clear_ratio
         self._quiet = None  # the kept scores are judged again
         if recede_ratio is not None:
             self.recede_ratio = recede_ratio
+        if refractory is not None:
+            self._decay = math.exp(-1.0 / refractory) if refractory > 0 else 0.0
         if n != self.n:
             self.n = n
             self._scores = deque(self._scores, maxlen=n)
@@ -189,38 +194,6 @@ class AlertMachine:
         self._scores.clear()
         self._receded.clear()
         self._quiet = None
-
-
-class AlertPolicy:
-    """Cooldown and rate limit on raised alerts, in data time. A suppressed alert is counted, never silent."""
-
-    def __init__(self, cooldown_s: float = 0.0, rate_limit_per_hour: int = 0):
-        self.cooldown_s = cooldown_s
-        self.rate_limit_per_hour = rate_limit_per_hour
-        self._last_clear: dict[str, float] = {}
-        self._raises: deque[float] = deque()
-
-    def allow(self, sensor: str, ts: float) -> bool:
-        """May an alert be raised on ``sensor`` at ``ts``? (records it when yes)."""
-        last = self._last_clear.get(sensor)
-        if self.cooldown_s and last is not None and 0 <= ts - last < self.cooldown_s:  # < 0: the clock stepped back
-            return False
-        if self.rate_limit_per_hour:
-            if self._raises and ts < max(self._raises) - 3600:  # data time stepped back more than the hour counted
-                self._raises.clear()  # (a clock step): it starts here (sensors' clocks a few seconds apart: no)
-            while self._raises and ts - self._raises[0] >= 3600:
-                self._raises.popleft()
-            if len(self._raises) >= self.rate_limit_per_hour:
-                return False
-            self._raises.append(ts)  # only with a limit: without one the list would grow for ever
-        return True
-
-    def cleared(self, sensor: str, ts: float) -> None:
-        self._last_clear[sensor] = ts
-
-    def forget(self, sensor: str) -> None:
-        """Drop what is kept of an idle sensor (its cooldown has long passed)."""
-        self._last_clear.pop(sensor, None)
 
 
 @dataclass(frozen=True)
@@ -253,6 +226,7 @@ class Decisions:
         self._calibrated: float | None = None
         self.machines: dict[str, AlertMachine] = {}
         self._suppressed: set[str] = set()  # alert ids held back by the policy: their clear is not sent either
+        self._held: dict[str, tuple[str, float, float]] = {}  # sensor -> (held-back alert id, held at, room at)
         self.params = DecisionParams(1.0, 1, 1, 1.0)
 
     def refresh(self, spec: Any, model_threshold: float, calibrated: float | None, forget: bool = False) -> None:
@@ -285,7 +259,7 @@ class Decisions:
     def _apply(self, params: DecisionParams) -> None:
         self.params = params
         for m in self.machines.values():
-            m.retune(params.threshold, params.k, params.n, params.clear_ratio, params.recede_ratio)
+            m.retune(params.threshold, params.k, params.n, params.clear_ratio, params.recede_ratio, params.refractory)
 
     def natural_threshold(self) -> float:
         """The threshold without a command's override: configured, calibrated or the model's."""
@@ -313,25 +287,56 @@ class Decisions:
                                                            p.recede_ratio, p.refractory)
         return machine
 
+    def held_until(self, sensor: str) -> tuple[float, float] | None:
+        """(held at, room at) of the alert on ``sensor`` held back by the policy while its fault is still on: a
+        window ending at or after ``room at`` (or before ``held at``: the clock stepped back) must be judged, it
+        may raise it; None when none is held back."""
+        held = self._held.get(sensor)
+        return None if held is None else held[1:]
+
     def judge(self, inf: Inference) -> tuple[Transition | None, bool]:
         """Feed one scored window: (the transition to report or None, whether a raise was suppressed)."""
         sensor = inf.window.sensor
-        t = (self.machines.get(sensor) or self.machine(sensor)).update(inf)
-        if t is None:
-            return None, False
+        machine = self.machines.get(sensor) or self.machine(sensor)
+        t = machine.update(inf)
         end = inf.window.end_ts
+        if t is None:
+            if self._held and sensor in self._held:
+                return self._release(sensor, machine, inf), False
+            return None, False
         if t.state == RAISED and not self.policy.allow(sensor, end):
             self._suppressed.add(t.alert_id)
+            self._held[sensor] = (t.alert_id, end, self.policy.room_at(sensor, end))
             self.counters.inc("alerts.suppressed")
-            log.warning("alert on %s suppressed by cooldown/rate limit (score %.4g)", clip(sensor), inf.score)
+            log.warning("alert on %s suppressed by cooldown/rate limit (score %.4g): raised when the policy has room "
+                        "if the fault is still on then", clip(sensor), inf.score)
             return None, True
         if t.state == CLEARED:
             if t.alert_id in self._suppressed:  # never sent: its clear does not start a cooldown either (a fault
                 self._suppressed.discard(t.alert_id)  # that recurs a little faster than the cooldown would be
-                return None, False  # held back for ever)
+                self._held.pop(sensor, None)  # held back for ever)
+                return None, False
             self.policy.cleared(sensor, end)
         self.counters.inc(f"alerts.{t.state}")
         return t, False
+
+    def _release(self, sensor: str, machine: AlertMachine, inf: Inference) -> Transition | None:
+        """The alert held back on ``sensor`` (its machine still raised: the fault is on), raised by this window when
+        the policy has room now."""
+        alert_id, since, until = self._held[sensor]
+        end = inf.window.end_ts
+        if since <= end < until:
+            return None
+        if not self.policy.allow(sensor, end):  # another sensor took the room: wait again
+            self._held[sensor] = (alert_id, end, self.policy.room_at(sensor, end))
+            return None
+        del self._held[sensor]
+        self._suppressed.discard(alert_id)
+        self.counters.inc("alerts.raised")
+        self.counters.inc("alerts.delayed")
+        log.warning("alert on %s held back by cooldown/rate limit raised now: the fault is still on (score %.4g)",
+                    clip(sensor), inf.score)
+        return Transition(RAISED, alert_id, sensor, inf, machine.threshold, inf.score)
 
     def reset(self, sensor: str) -> None:
         """A hole in a sensor's data: its debounce starts again (an active alert stays)."""
@@ -352,3 +357,6 @@ class Decisions:
         """An idle sensor: drop its machine and policy state."""
         self.machines.pop(sensor, None)
         self.policy.forget(sensor)
+        held = self._held.pop(sensor, None)
+        if held is not None:
+            self._suppressed.discard(held[0])

@@ -3,7 +3,9 @@
 The uplink publishes rows at QoS 1 and deletes a row only after its PUBACK, so a broker that is down, a power cut
 or a kill -9 delays a message but never loses it (delivery is at-least-once; every payload has an ``id`` for
 consumers to deduplicate). Alerts drain before summaries. The outbox is bounded by rows and bytes: when full,
-the oldest summaries are dropped first and alerts only when nothing else is left; every drop is counted.
+the oldest summaries are dropped first and alerts only when nothing else is left; every drop is counted. An
+alert's ``raised`` and ``cleared`` are dropped together (one without the other is an orphan for the control room):
+the clear of a dropped raise, stored or written later, goes with it.
 
 ``synchronous=FULL``: each commit is on disk before ``put`` returns. Writes are rare (alerts and a summary every
 few minutes), so the SD card sees a handful of fsyncs an hour and a power cut loses nothing that was written.
@@ -12,6 +14,7 @@ Shared by the pipeline thread (put) and the uplink thread (pending/ack) behind o
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import sqlite3
@@ -19,6 +22,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Mapping
 
 from agent.counters import Counters
 from agent.files import StateDirError, atomic_write, sqlite_corrupt
@@ -43,6 +47,8 @@ CREATE TABLE IF NOT EXISTS outbox (
 CREATE INDEX IF NOT EXISTS outbox_order ON outbox (priority, id);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
+DROPPED_RAISE = "dropped_raise:"  # meta key + alert id: a raise dropped before its clear came; that clear goes too
+DROPPED_RAISES_KEPT = 10_000  # such ids kept at most (the oldest forgotten)
 
 
 def low_on_disk(directory: Path) -> bool:
@@ -160,6 +166,11 @@ class Outbox:
                     self._checkpoint()
             self.counters.inc(f"outbox.dropped.{msg.kind}")
             log.error("outbox %s: disk full, dropped this %s (nothing more expendable left)", self.path, msg.kind)
+            if msg.kind == "alert":
+                try:
+                    self._dropped_raise(*_alert_of(msg.payload))
+                except sqlite3.Error:  # the disk is full: its clear may then be stored without it
+                    pass
             return 0
 
     def _put(self, msg: Outgoing, shed: str) -> int:
@@ -168,6 +179,12 @@ class Outbox:
         try:
             payload = dict(msg.payload)
             priority = PRIORITY.get(msg.kind, 1)
+            alert_id, state = _alert_of(payload) if msg.kind == "alert" else (None, None)
+            if state == "cleared" and db.execute("DELETE FROM meta WHERE key=?", (DROPPED_RAISE + str(alert_id),)).rowcount:
+                db.execute("COMMIT")  # its raise was dropped: the control room never saw it, nor sees its clear
+                self.counters.inc("outbox.dropped.alert")
+                log.warning("outbox: dropped the clear of alert %s, whose raise was dropped", alert_id)
+                return 0
             if msg.kind == "alert":
                 seq = db.execute("SELECT value FROM meta WHERE key='alert_seq'").fetchone()
                 payload["seq"] = (seq[0] if seq else self._seq_ceiling) + 1  # a new file: above all used before
@@ -183,6 +200,7 @@ class Outbox:
                             "inline: stored without it (fetch it by evidence_id)", msg.kind, self.max_bytes)
             if len(body) > self.max_bytes:  # evicting every other row would not make it fit: evict none
                 db.execute("ROLLBACK")
+                self._dropped_raise(alert_id, state)
                 self.counters.inc(f"outbox.dropped.{msg.kind}")
                 log.error("outbox: this %s (%d bytes) is bigger than EDGE_AGENT_OUTBOX__MAX_BYTES (%d): dropped it, "
                           "nothing else", msg.kind, len(body), self.max_bytes)
@@ -190,13 +208,19 @@ class Outbox:
             dropped = self._make_room(db, len(body), priority, shed)
             if dropped is None:
                 db.execute("ROLLBACK")  # the rows _make_room deleted are back: none of them was dropped
+                self._dropped_raise(alert_id, state)
                 self.counters.inc(f"outbox.dropped.{msg.kind}")
                 log.warning("outbox: no room for this %s without dropping an alert: dropped it", msg.kind)
                 return 0
-            cur = db.execute(
-                "INSERT INTO outbox (kind, priority, topic, payload, qos, retain, created_ts) VALUES (?,?,?,?,?,?,?)",
-                (msg.kind, priority, msg.topic_suffix, body, msg.qos, int(msg.retain), time.time()),
-            )
+            cur = None
+            if state == "cleared" and db.execute("DELETE FROM meta WHERE key=?", (DROPPED_RAISE + str(alert_id),)).rowcount:
+                db.execute("UPDATE meta SET value=value-1 WHERE key='alert_seq'")  # its raise was evicted just now
+                dropped.append((0, msg.kind))
+            else:
+                cur = db.execute(
+                    "INSERT INTO outbox (kind, priority, topic, payload, qos, retain, created_ts) VALUES (?,?,?,?,?,?,?)",
+                    (msg.kind, priority, msg.topic_suffix, body, msg.qos, int(msg.retain), time.time()),
+                )
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:  # a COMMIT that failed with SQLITE_FULL has rolled back already
@@ -204,15 +228,27 @@ class Outbox:
             raise
         for victim in dropped:  # counted once they are really gone (committed), not when a rollback restored them
             self.counters.inc(f"outbox.dropped.{victim[1]}")
-            log.warning("outbox %s: dropped the oldest %s (row %d)", "disk nearly full" if shed else "full", victim[1],
-                        victim[0])
+            log.warning("outbox %s: dropped %s", "disk nearly full" if shed else "full",
+                        f"the oldest {victim[1]} (row {victim[0]}) or its pair" if victim[0] else
+                        "this clear with its raise")
         if shed:
             self._checkpoint()  # keep the WAL from growing on a nearly full disk
         else:
             self._keep_reserve()
         self._disk_full_logged = False
+        if cur is None:
+            return 0
         self.counters.inc(f"outbox.written.{msg.kind}")
         return int(cur.lastrowid or 0)
+
+    def _dropped_raise(self, alert_id: str | None, state: str | None) -> None:
+        """A raise dropped before it was stored: its clear, when it comes, is dropped too."""
+        if state == "raised" and alert_id is not None:
+            db = self._db
+            db.execute("INSERT OR REPLACE INTO meta VALUES (?, 0)", (DROPPED_RAISE + alert_id,))
+            db.execute("DELETE FROM meta WHERE rowid IN (SELECT rowid FROM meta WHERE key >= ? AND key < ? "
+                       "ORDER BY rowid DESC LIMIT -1 OFFSET ?)", (DROPPED_RAISE, DROPPED_RAISE[:-1] + ";",
+                                                                  DROPPED_RAISES_KEPT))
 
     def _make_room(
         self, db: sqlite3.Connection, incoming: int, priority: int, shed: str
@@ -221,21 +257,32 @@ class Outbox:
         counted once committed; None when only more precious rows are left (then the incoming message is the one
         to drop and the caller rolls back). ``shed``: ``low`` (free space under the reserve) or ``full`` (an
         insert failed with SQLITE_FULL): free one row whatever the bounds say, so that the insert reuses its
-        pages instead of growing the file — an alert only once the disk is really full."""
+        pages instead of growing the file — an alert only once the disk is really full. An alert goes with the
+        other of its raise and clear (stored: deleted too; a raise's clear to come: its id kept in ``meta``)."""
         dropped: list[tuple[int, str]] = []
         rows, size = db.execute("SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM outbox").fetchone()
         while rows and (shed or rows + 1 > self.max_rows or size + incoming > self.max_bytes):
             # Oldest of the most expendable kind first: summaries (priority 2), then others, alerts last.
             victim = db.execute(
-                "SELECT id, kind, LENGTH(payload), priority FROM outbox ORDER BY priority DESC, id ASC LIMIT 1"
+                "SELECT id, kind, LENGTH(payload), priority, payload FROM outbox ORDER BY priority DESC, id ASC LIMIT 1"
             ).fetchone()
             if victim[3] < priority:
                 return None  # never evict an alert to make room for a summary
             if shed == "low" and victim[0] is not None and victim[3] == PRIORITY["alert"]:
                 break  # space is short but not gone: keep every alert and try the insert
-            db.execute("DELETE FROM outbox WHERE id=?", (victim[0],))
-            dropped.append((victim[0], victim[1]))
-            rows, size = rows - 1, size - victim[2]
+            gone = [victim[:3]]
+            alert_id, state = _alert_of(bytes(victim[4])) if victim[1] == "alert" else (None, None)
+            if alert_id is not None:  # the rows of its raise and clear (the payloads are agent.records.message_bytes)
+                gone = db.execute("SELECT id, kind, LENGTH(payload) FROM outbox WHERE kind='alert' AND instr(payload, ?)",
+                                  (json.dumps({"alert_id": alert_id}, separators=(",", ":"))[1:-1].encode(),)).fetchall()
+                if victim[0] not in {g[0] for g in gone}:  # never: its payload holds that text
+                    gone.append(victim[:3])
+                if len(gone) == 1:
+                    self._dropped_raise(alert_id, state)
+            for row_id, kind, length in gone:
+                db.execute("DELETE FROM outbox WHERE id=?", (row_id,))
+                dropped.append((row_id, kind))
+                rows, size = rows - 1, size - length
             shed = ""
         return dropped if rows + 1 <= self.max_rows or rows == 0 else None
 
@@ -317,3 +364,16 @@ class Outbox:
             except sqlite3.Error:
                 pass
             self._db.close()
+
+
+def _alert_of(payload: bytes | Mapping[str, Any]) -> tuple[str | None, str | None]:
+    """(alert_id, state) of an alert's payload (None, None for anything else)."""
+    if isinstance(payload, bytes):
+        try:
+            payload = json.loads(payload)
+        except ValueError:
+            return None, None
+    if not isinstance(payload, Mapping):
+        return None, None
+    alert_id, state = payload.get("alert_id"), payload.get("state")
+    return (alert_id if isinstance(alert_id, str) else None), (state if isinstance(state, str) else None)

@@ -175,7 +175,7 @@ class AssetStats:
 
     state: str | None
     windows: int | None
-    alerts: Mapping[str, int]  # raised, cleared, suppressed
+    alerts: Mapping[str, int]  # raised, cleared, suppressed, delayed
     threshold: float | None
 
     @classmethod

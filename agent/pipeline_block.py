@@ -176,6 +176,10 @@ def _segment(p: "Pipeline", sensor: str, ts: np.ndarray, x: np.ndarray) -> list[
     recorded = k = 0
     while True:
         quiet = machine.first_change(scores[k:])  # windows that change nothing but the alert's history
+        held = p.decisions.held_until(sensor)
+        if held is not None:  # an alert held back by the policy: the first window that may raise it is judged
+            due = np.flatnonzero((ends[k:k + quiet] >= held[1]) | (ends[k:k + quiet] < held[0]))
+            quiet = int(due[0]) if due.size else quiet
         machine.absorb(scores[k:k + quiet])
         k += quiet
         if k >= nw:

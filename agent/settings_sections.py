@@ -264,8 +264,8 @@ class AlertSettings(_Section):
     """Alert policy on top of the model's decision: severity, cooldown, rate limit, evidence."""
 
     critical_margin: float = Field(1.0, gt=0, description="Severity critical when the score exceeds the threshold by this fraction (1.0 = twice the threshold), else warning.")
-    cooldown_s: float = Field(0.0, ge=0, description="After an alert clears, a new one on the same sensor within this many seconds (data time) is suppressed and counted.")
-    rate_limit_per_hour: int = Field(30, ge=0, description="At most this many alerts raised per hour (data time); more are suppressed and counted; 0 = no limit.")
+    cooldown_s: float = Field(0.0, ge=0, description="After an alert clears, a new one on the same sensor within this many seconds (data time) is held back and counted, and raised when they are over if its fault is still on.")
+    rate_limit_per_hour: int = Field(30, ge=0, description="At most this many alerts raised per hour (data time); more are held back and counted, and raised when the hour has room if their fault is still on; 0 = no limit.")
     evidence_windows_before: int = Field(5, ge=0, le=1000, description="Windows kept as evidence before the one that raised an alert.")
     evidence_max_bytes: int = Field(16 * 2**20, ge=65536, description="Evidence kept in STATE_DIR at most; the oldest goes first.")
     evidence_inline_max_bytes: int = Field(0, ge=0, description="Attach the evidence to the alert message when it is at most this big; 0 = never (fetch it by evidence_id).")

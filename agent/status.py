@@ -196,7 +196,7 @@ class Board:
             "alerts": _alerts(c),
             "advice": {"advised": c.get("advice.advised"), "none": c.get("advice.none"), "suppressed": c.get("advice.suppressed")},
             "source": {"kind": self.settings.source.kind, "state": self.feeds[0].source.state,
-                       "reconnects": c.get("source.reconnects"),
+                       "reconnects": c.get("source.reconnects"), "dropped_at_close": c.get("source.dropped_at_close"),
                        "errors": c.snapshot("source.error.")},  # Modbus: no_answer, exception_<code>, bad_crc, ...
             "clock_synced": clock_synchronised(),
             **process_usage(),
@@ -214,6 +214,7 @@ class Board:
             del out["source"]
             out["sources"] = [{"name": f.source.name, "state": f.source.state} for f in self.feeds]
             out["source_totals"] = {"reconnects": c.get("source.reconnects"),  # over every source (the status's
+                                    "dropped_at_close": c.get("source.dropped_at_close"),
                                     "errors": c.snapshot("source.error.")}  # reasons name a failing device)
             out["sensors"] = {"tracked": sum(a.pipeline.snapshot.sensors for a in self.assets if a.pipeline),
                               "forgotten": c.get("sensors.forgotten")}
@@ -269,7 +270,8 @@ def _asset_state(reasons: list[str], a: Asset) -> str:
 
 
 def _alerts(c: Counters) -> dict[str, int]:
-    return {"raised": c.get("alerts.raised"), "cleared": c.get("alerts.cleared"), "suppressed": c.get("alerts.suppressed")}
+    return {"raised": c.get("alerts.raised"), "cleared": c.get("alerts.cleared"), "suppressed": c.get("alerts.suppressed"),
+            "delayed": c.get("alerts.delayed")}
 
 
 def _merged_ms(rings: list[Any]) -> dict[str, float] | None:

@@ -46,6 +46,25 @@ class Summariser:
         c = len(self.channels)
         self._total, self._lo, self._hi = np.zeros(c), np.full(c, np.inf), np.full(c, -np.inf)
         self._rows, self._k = np.empty((ROWS_HELD, c)), 0  # vectors not yet in the three above
+        self._since = [0] * c  # per channel: the period's readings before it was read (a model swap added it)
+
+    def with_channels(self, channels: list[str]) -> "Summariser":
+        """A summariser of ``channels`` (a model swap) that goes on with this period: its start, its readings,
+        windows, alerts and scores, and the statistics of the channels read before too; a new channel's count
+        starts at the swap."""
+        self._fold()
+        new = Summariser(list(channels), self.interval_s, self.period_start, self.last_ts, self.readings,
+                         self.windows, self.raised, self.cleared, self.suppressed)
+        new._buf, new._n, new._stride, new._max = self._buf, self._n, self._stride, self._max
+        old = {name: i for i, name in enumerate(self.channels)}
+        for j, name in enumerate(new.channels):
+            i = old.get(name)
+            if i is None:
+                new._since[j] = self.readings
+            else:
+                new._total[j], new._lo[j], new._hi[j], new._since[j] = (self._total[i], self._lo[i], self._hi[i],
+                                                                         self._since[i])
+        return new
 
     def due(self, ts: float) -> bool:
         """True when ``ts`` lies past the end of the current period (call ``take`` before adding it)."""
@@ -156,7 +175,7 @@ class Summariser:
         self._fold()
         if scores.size:
             p50, p95 = np.quantile(scores, [0.5, 0.95])  # one call: the numbers of two
-        n = self.readings  # every vector carries every channel: each channel's count is the reading count
+        n = self.readings  # every vector carries every channel: a channel's count is the readings since it is read
         out: dict[str, Any] = {
             "period_start": self.period_start,
             # a final summary ends at the last reading, or where it began when none came since (a period closed by
@@ -172,9 +191,9 @@ class Summariser:
                 {"p50": float(p50), "p95": float(p95), "max": self._max} if scores.size else None
             ),
             "channels": {
-                name: {"count": n, "min": float(lo), "mean": float(t / n), "max": float(hi)}
-                if n else {"count": 0}
-                for name, t, lo, hi in zip(self.channels, self._total, self._lo, self._hi)
+                name: {"count": n - since, "min": float(lo), "mean": float(t / (n - since)), "max": float(hi)}
+                if n - since else {"count": 0}
+                for name, t, lo, hi, since in zip(self.channels, self._total, self._lo, self._hi, self._since)
             },
         }
         self.period_start = end_ts
@@ -197,8 +216,8 @@ class Summaries:
         self._last_end: float | None = None  # data time: where the last summary's period ended
 
     def renew(self, channels: list[str]) -> None:
-        """Other channels (a model swap): a new summariser, same interval."""
-        self.summariser = Summariser(list(channels), self.summariser.interval_s)
+        """Other channels (a model swap): a summariser of them that goes on with the period (``with_channels``)."""
+        self.summariser = self.summariser.with_channels(channels)
 
     def _moved(self, prefix: str) -> dict[str, int]:
         """The counters under ``prefix`` that moved since the last summary, by how much."""

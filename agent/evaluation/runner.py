@@ -65,7 +65,7 @@ class FileRun:
     teach_in_rows: int | None  # rows read when teach-in completed (None: never completed)
     rejected: dict[str, int]
     bad_labels: int
-    suppressed: int = 0  # raises held back by the alert policy (cooldown, rate limit): no message, not scored
+    suppressed: int = 0  # raises held back by the alert policy (cooldown, rate limit): scored only if raised later
 
     @property
     def spans(self) -> list[Span]:
@@ -253,7 +253,8 @@ class FileResult:
         if r.bad_labels:
             notes.append(f"{r.bad_labels} row(s) without a 0/1 label taken as 0")
         if r.suppressed:
-            notes.append(f"{r.suppressed} alert(s) suppressed by cooldown/rate limit (not scored)")
+            notes.append(f"{r.suppressed} alert(s) held back by cooldown/rate limit (scored where raised later, the "
+                         "fault still on)")
         return notes
 
 

@@ -39,7 +39,8 @@ from agent.payload import Coalescer
 from agent.records import Block, Reading
 from agent.receipt import receipt_time
 from agent.settings import MqttSettings, MqttSourceSettings
-from agent.sources import CONNECTED, CONNECTING, DISCONNECTED, FINISHED, Pacer, Sink
+from agent.sources import CONNECTED, CONNECTING, DISCONNECTED, Pacer, Sink
+from agent.sources.mqtt_close import shutdown
 from agent.sources.mqtt_read import BufferedReadClient
 from agent.sources.mqtt_topics import (  # noqa: F401 - SENSOR, client_id_for, check_filter, ...: re-exported
     SENSOR, Route, check_filter, client_id_for, compile_routes, compile_sensor_pattern,
@@ -52,8 +53,6 @@ RECONNECT_MAX_S = 8  # ... up to this: a sensor broker is usually on the LAN, da
 MAX_PAYLOAD_BYTES = 65536  # default EDGE_AGENT_SOURCE__MAX_PAYLOAD_BYTES: bigger is reject.payload_too_large, not parsed
 MAX_PENDING = 512  # blocks: records held before a hand-over even in the middle of a burst
 ROUTE_CACHE_MAX = 4096  # topics whose route is remembered (a flood of distinct topics only empties the cache)
-UNSUBSCRIBE_WAIT_S = 1.0  # at close: wait this long for UNSUBACK (messages before it still reach the sink)
-LOOP_STOP_WAIT_S = 2.0  # at close: give paho's thread this long to end (a connect to a dead host can block it)
 
 
 class MqttSource:
@@ -96,7 +95,8 @@ class MqttSource:
         self._state = CONNECTING
         self._closed = threading.Event()  # close() was called
         self._closing = False  # we are disconnecting on purpose: not an outage
-        self._delivering = True  # False once run() has finished: late messages are not handed to the sink
+        self._delivering = True  # False once paho's thread has stopped: a late message is counted, not handed over
+        self._handed = 0  # records handed to the sink (progress while close() waits for the UNSUBACK)
         self._connected = False
         self._outage_logged = False
         self._ever_connected = False
@@ -152,35 +152,12 @@ class MqttSource:
             self._shutdown()
 
     def close(self) -> None:
-        """Make ``run`` return promptly (within ``UNSUBSCRIBE_WAIT_S + LOOP_STOP_WAIT_S``); any thread, any time."""
+        """Make ``run`` return promptly (within ``UNSUBSCRIBE_MAX_S + DRAIN_QUIET_S + LOOP_STOP_WAIT_S`` of
+        agent.sources.mqtt_close); any thread, any time."""
         self._closed.set()
 
     def _shutdown(self) -> None:
-        """Unsubscribe (messages before the UNSUBACK still reach the sink), disconnect, stop paho's thread."""
-        self._closing = True
-        c = self.client
-        try:
-            if self._connected:
-                self._unsubscribed.clear()
-                rc, _ = c.unsubscribe(self.topics)
-                if rc == mqtt.MQTT_ERR_SUCCESS:
-                    self._unsubscribed.wait(UNSUBSCRIBE_WAIT_S)
-            self._delivering = False
-            c.disconnect()
-        except Exception:  # shutting down: the broker may be gone under us
-            log.debug("error while disconnecting from the sensor broker", exc_info=True)
-        finally:
-            self._delivering = False
-            c.disable_logger()  # paho 2.2 logs a spurious "Client is not connected" after a disconnect
-            if self._started:
-                # loop_stop joins paho's thread, which may sit in a blocking connect to a dead host: bound it.
-                stopper = threading.Thread(target=c.loop_stop, name="mqtt-source-stop", daemon=True)
-                stopper.start()
-                stopper.join(LOOP_STOP_WAIT_S)
-                if stopper.is_alive():
-                    log.warning("paho's network thread did not stop within %.0f s; leaving it behind", LOOP_STOP_WAIT_S)
-            self._connected = False
-            self._state = FINISHED
+        shutdown(self)  # agent.sources.mqtt_close
 
     # -- paho callbacks (network thread; must never raise) ---------------------------------------------------
 
@@ -278,11 +255,12 @@ class MqttSource:
         """One message (paho's thread): a record for the sink or a counted rejection. ``topic`` is the str paho
         decoded, or the raw bytes from BufferedReadClient's fast path for QoS 0 PUBLISH packets."""
         try:
-            if not self._delivering:
-                return
             inc = self._tally.inc
             inc("source.messages")
             inc("source.bytes", len(payload))
+            if not self._delivering:  # paho's thread left behind by close(): too late for the pipeline
+                inc("source.dropped_at_close")
+                return
             if retain:
                 inc("source.retained")
                 return
@@ -330,6 +308,7 @@ class MqttSource:
         """One record to the sink; a sink that raises loses that record only (counted), not the rest."""
         try:
             sink(record)
+            self._handed += 1
         except Exception:  # noqa: BLE001
             self._callback_error(where)
 
@@ -345,6 +324,8 @@ class MqttSource:
             if sink is not None and self._delivering:
                 for record in records:
                     self._deliver(sink, record, "hand-over")  # counted; the other records of the pass still go
+            elif not self._delivering:  # paho's thread left behind by close(): too late for the pipeline
+                self._tally.inc("source.dropped_at_close", n)
             wait = self._pacer.after(n)
             if wait and not self._closing:
                 time.sleep(wait)  # a busy stream: let the next messages gather in the socket (agent.sources.Pacer)

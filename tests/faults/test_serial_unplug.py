@@ -86,7 +86,8 @@ def test_serial_unplug_and_replug_during_the_stream(tmp_path, live_broker, recor
         feed(plugged[1], b"\n" + csv_lines(t0 + 60, 200, 200))
         back = wait_for(lambda: stats(lambda s: s["readings_in"] >= 400 and s["gaps"]), timeout=30,
                         what="readings resumed after the replug")
-        assert back["source"] == {"kind": "serial", "state": "connected", "reconnects": 1, "errors": {}}, back["source"]
+        assert back["source"] == {"kind": "serial", "state": "connected", "reconnects": 1, "dropped_at_close": 0,
+                                  "errors": {}}, back["source"]
         assert back["gaps"].get("time_gap", 0) >= 1, back["gaps"]  # the hole in the data is counted
         assert back["windows"] > 0
         # the status is well again (apart from what the machine's clock says)

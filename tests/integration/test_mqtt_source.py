@@ -916,3 +916,31 @@ def test_generic_detector_gathers_a_slow_topics_channel_beside_a_fast_one(
     assert "Current (value ×" in line and "Pressure (value ×" in line  # the topics heard
     wait_for(lambda: rec.on("summary") and rec.on("summary")[-1]["final"], what="the final summary")
     assert set(rec.on("summary")[-1]["channels"]) == {"Current", "Pressure"}
+
+
+@pytest.mark.parametrize("blocks", [True, False])
+def test_readings_the_broker_delivered_before_the_unsuback_at_close_reach_the_sink(
+        live_broker: Broker, publisher: Publisher, runners: list[Runner], blocks: bool) -> None:
+    """close() while the source works through a backlog the broker has already sent (a sink that takes a moment
+    per reading): the messages ahead of the UNSUBACK used to be dropped without a count once the UNSUBACK came (the
+    pass it came in) or a second had passed (all the rest). They are the broker's deliveries: every one reaches the
+    sink."""
+    got: list[Any] = []
+
+    def slow_sink(record: Any) -> None:
+        got.append(record)
+        time.sleep(0.001)
+
+    r = start(runners, live_broker.port, sink=slow_sink, blocks=blocks)
+    r.subscribed()
+    n = 1200
+    for i in range(n):  # QoS 0 (the default): the broker sends each on at once, ahead of any later UNSUBACK
+        publisher.client.publish(f"plant/s{i % 3}/telemetry", str(i), qos=0)
+    publisher.pub("barrier/not/subscribed", "x", qos=1)  # its PUBACK: the broker has handled every one before it
+    wait_for(lambda: got, what="the first reading")
+    assert len(got) < n / 2  # the close comes with most of them still to be handed over
+    r.finish(timeout=10)
+    c = r.source.counters
+    readings = [row for x in got for row in (x.rows() if type(x) is Block else (x,))]
+    assert sorted(int(x.values["value"]) for x in readings) == list(range(n))
+    assert c.get("source.messages") == c.get("source.readings") == n and c.get("source.dropped_at_close") == 0

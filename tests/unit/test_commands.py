@@ -122,6 +122,36 @@ def test_model_override_is_in_status_and_stats(tmp_path: Path) -> None:
         a.evidence.close()
 
 
+def test_reload_model_with_another_refractory_retunes_the_running_sensors_too(tmp_path: Path) -> None:
+    """A sidecar whose decision.refractory differs: the sensors already running take it on the swap, as new ones
+    do (they kept the old one: only machines made after the swap had it)."""
+    import math
+
+    models = tmp_path / "models"
+    path, sha = _copy_model(models, "8.0.0")
+    sc_path = path.with_suffix(".json")
+    sc = json.loads(sc_path.read_text())
+    assert sc["decision"].get("refractory", 1800) != 7
+    sc["decision"] = {**sc["decision"], "refractory": 7}
+    sc_path.write_text(json.dumps(sc))
+    a = make_agent(tmp_path / "state", EDGE_AGENT_CALIBRATION__SAMPLES="0", EDGE_AGENT_COMMANDS__MODEL_DIRS=str(models))
+    try:
+        channels = a.pipeline.model.sidecar.channels
+        for i in range(20):
+            a.pipeline.process(Reading(1000.0 + i, {ch: 1.0 + i % 3 for ch in channels}, "running"))
+        assert "running" in a.pipeline.machines
+        r = cmd(a, "reload-model", {"request_id": "r", "path": str(path), "sha256": sha})
+        assert r["ok"] and r["changed"] is True, r
+        assert a.pipeline.params.refractory == 7
+        for i in range(20):
+            a.pipeline.process(Reading(1020.0 + i, {ch: 1.0 + i % 3 for ch in channels}, "new"))
+        for sensor in ("running", "new"):
+            assert a.pipeline.machines[sensor]._decay == math.exp(-1 / 7), sensor
+    finally:
+        a.outbox.close()
+        a.evidence.close()
+
+
 # -- item 2: the allow-list --------------------------------------------------------------------------------------
 
 

@@ -328,3 +328,74 @@ def test_unfit_names_the_k_and_n_a_new_model_would_not_run_with():
         "decision k=4 (EDGE_AGENT_DECISION__K) exceeds n=3 (its sidecar decision.n)"
     assert Decisions(Counters(), n=2).unfit(DecisionSpec(k=3, n=5)) == \
         "decision k=3 (its sidecar decision.k) exceeds n=2 (EDGE_AGENT_DECISION__N)"
+
+
+def _fault(d: Decisions, spans: list[tuple[float, float, float]], step: float = 50.0) -> list[tuple[float, str]]:
+    """Windows every ``step`` s with the score of the span (start, end, score) they fall in; the transitions sent."""
+    sent = []
+    for start, end, score in spans:
+        t = start
+        while t < end:
+            tr, _ = d.judge(Inference(Window("s", t, t, np.zeros((1, 1))), score))
+            if tr is not None:
+                sent.append((t, tr.state))
+            t += step
+    return sent
+
+
+def test_an_alert_held_back_by_the_cooldown_is_raised_when_it_ends_if_the_fault_is_still_on():
+    """The fault comes back 100 s after a clear and stays on: held back by the 600 s cooldown, it is raised once
+    at the first window when the cooldown is over (it used to be counted and never sent), and its clear is sent
+    and starts a cooldown as any."""
+    from agent.model_spec import DecisionSpec
+
+    d = Decisions(Counters(), AlertPolicy(cooldown_s=600))
+    d.refresh(DecisionSpec(k=1, n=1, clear_ratio=0.8), 1.0, None)
+    sent = _fault(d, [(0, 100, 2.0), (100, 200, 0.1), (200, 1500, 2.0), (1500, 1600, 0.1), (1600, 1800, 2.0)])
+    assert sent == [(0, RAISED), (100, CLEARED), (700, RAISED), (1500, CLEARED)]  # 1600: the new cooldown
+    assert d.counters.get("alerts.suppressed") == 2 and d.counters.get("alerts.delayed") == 1
+    assert d.counters.get("alerts.raised") == 2 and d.counters.get("alerts.cleared") == 2
+    assert d.held_until("s") is not None  # the last one: still held back while its fault is on
+
+
+def test_an_alert_held_back_by_the_rate_limit_is_raised_when_the_hour_has_room():
+    from agent.model_spec import DecisionSpec
+
+    d = Decisions(Counters(), AlertPolicy(rate_limit_per_hour=1))
+    d.refresh(DecisionSpec(k=1, n=1, clear_ratio=0.8), 1.0, None)
+    sent = _fault(d, [(0, 100, 2.0), (100, 200, 0.1), (200, 4000, 2.0), (4000, 4100, 0.1)])
+    assert sent == [(0, RAISED), (100, CLEARED), (3600, RAISED), (4000, CLEARED)]
+    assert d.counters.get("alerts.delayed") == 1 and d.held_until("s") is None
+
+
+def test_new_decision_parameters_give_running_machines_the_new_refractory():
+    """After a receded clear a new raise needs 30 % over the score it cleared at, a floor that decays with the
+    refractory. A model swap whose sidecar shortens the refractory from 1800 to 1 window must shorten it for the
+    machines already running, as for those made after the swap (they used to keep the old one: no raise here)."""
+    from agent.model_spec import DecisionSpec
+
+    d = Decisions(Counters())
+    d.refresh(DecisionSpec(k=1, n=1, clear_ratio=0.5, recede_ratio=0.5, refractory=1800), 1.0, None)
+    assert [t and t.state for t, _ in (d.judge(_inf(10.0, 0)), d.judge(_inf(4.0, 1)))] == [RAISED, CLEARED]
+    d.refresh(DecisionSpec(k=1, n=1, clear_ratio=0.5, recede_ratio=0.5, refractory=1), 1.0, None, forget=True)
+    states = [d.judge(_inf(2.0, 2 + i))[0] for i in range(10)]  # over the threshold, under the floor of 5.2
+    assert [t.state for t in states if t is not None] == [RAISED]
+    assert d.machines["s"]._decay == d.machine("new")._decay
+
+
+def test_a_summariser_for_other_channels_goes_on_with_the_period():
+    s = Summariser(["a", "b"], 60.0)
+    for i in range(4):
+        s.add_vector(Vector(100.0 + i, np.array([1.0 + i, 10.0 + i])))
+    s.add_scores(np.array([0.5, 2.0]))
+    s.raised = 1
+    t = s.with_channels(["b", "c"])
+    t.add_vector(Vector(104.0, np.array([20.0, 5.0])))
+    assert not t.due(159.0) and t.due(160.0)  # the period that began at 100 goes on
+    out = t.take(110.0, {})
+    assert out["period_start"] == 100.0 and out["readings"] == 5 and out["windows"] == 2 and out["alerts_raised"] == 1
+    assert out["channels"] == {"b": {"count": 5, "min": 10.0, "mean": 13.2, "max": 20.0},
+                               "c": {"count": 1, "min": 5.0, "mean": 5.0, "max": 5.0}}
+    assert out["score"]["max"] == 2.0
+    t.add_vector(Vector(111.0, np.array([1.0, 2.0])))
+    assert t.take(120.0, {})["channels"]["c"]["count"] == 1  # a new period: every channel from its start

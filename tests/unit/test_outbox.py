@@ -180,3 +180,94 @@ def test_evictions_undone_by_a_rollback_are_not_counted_as_drops(tmp_path):
     assert ob.put(Outgoing("summary", "summary", {"id": "s-big", "pad": "x" * 8000})) == 0
     assert ob.depth() == before  # nothing was dropped but the newcomer
     assert c.snapshot("outbox.dropped.") == {"summary": 1}
+
+
+def _state(alert_id, state, pad=0):
+    return Outgoing("alert", "alerts", {"id": f"{alert_id}-{state}", "alert_id": alert_id, "state": state,
+                                        **({"pad": "x" * pad} if pad else {})})
+
+
+def _ids(ob):
+    return [json.loads(r.payload)["id"] for r in ob.pending(100)]
+
+
+def test_an_evicted_raise_takes_its_clear_with_it(tmp_path):
+    """Full of alerts (the broker down for long): evicting the oldest raise used to keep its clear, which then
+    reached the control room for an alert it never saw. They go together, both counted."""
+    c = Counters()
+    ob = Outbox(tmp_path / "o.db", c, max_rows=4)
+    for m in (_state("A", "raised"), _state("B", "raised"), _state("A", "cleared"), _state("B", "cleared")):
+        assert ob.put(m)
+    assert ob.put(_state("C", "raised"))  # evicts A's raise, and A's clear with it
+    assert _ids(ob) == ["B-raised", "B-cleared", "C-raised"]
+    assert c.snapshot("outbox.dropped.") == {"alert": 2}
+
+
+def test_a_clear_whose_raise_was_evicted_before_it_came_is_dropped_too(tmp_path):
+    """The raise is evicted while the alert is still raised; its clear, written later (even after a restart), is
+    dropped and counted instead of stored."""
+    c = Counters()
+    ob = Outbox(tmp_path / "o.db", c, max_rows=2)
+    ob.put(_state("A", "raised"))
+    ob.put(_state("B", "raised"))
+    ob.put(_state("C", "raised"))  # evicts A's raise: A is still on, its clear comes later
+    ob.close()
+    ob = Outbox(tmp_path / "o.db", c, max_rows=2)
+    assert ob.put(_state("A", "cleared")) == 0
+    assert _ids(ob) == ["B-raised", "C-raised"]
+    assert c.snapshot("outbox.dropped.") == {"alert": 2}
+    seqs = [json.loads(r.payload)["seq"] for r in ob.pending(10)]
+    assert ob.put(_state("D", "raised")) and json.loads(ob.pending(10)[-1].payload)["seq"] == seqs[-1] + 1
+
+
+def test_a_clear_that_evicts_its_own_raise_is_dropped_with_it(tmp_path):
+    c = Counters()
+    ob = Outbox(tmp_path / "o.db", c, max_rows=2)
+    ob.put(_state("A", "raised"))
+    ob.put(_state("B", "raised"))
+    assert ob.put(_state("A", "cleared")) == 0  # room made by evicting A's raise: the clear goes with it
+    assert _ids(ob) == ["B-raised"]
+    assert c.snapshot("outbox.dropped.") == {"alert": 2}
+
+
+def test_a_raise_dropped_for_its_size_takes_its_clear_with_it(tmp_path):
+    c = Counters()
+    ob = Outbox(tmp_path / "o.db", c, max_bytes=65536)
+    assert ob.put(_state("A", "raised", pad=70000)) == 0
+    assert ob.put(_state("A", "cleared")) == 0
+    assert ob.depth() == 0 and c.snapshot("outbox.dropped.") == {"alert": 2}
+
+
+def test_an_incoming_raise_dropped_for_want_of_room_takes_its_clear_with_it(tmp_path, monkeypatch):
+    """Space short on the disk: alerts are kept and the incoming raise is the one dropped; its clear goes too."""
+    c = Counters()
+    ob = Outbox(tmp_path / "o.db", c, max_rows=1)
+    ob.put(_state("A", "raised"))
+    monkeypatch.setattr(ob, "_low_on_disk", lambda: True)
+    assert ob.put(_state("B", "raised")) == 0
+    monkeypatch.setattr(ob, "_low_on_disk", lambda: False)
+    assert ob.put(_state("B", "cleared")) == 0
+    assert _ids(ob) == ["A-raised"] and c.snapshot("outbox.dropped.") == {"alert": 2}
+
+
+
+def test_the_ids_of_dropped_raises_kept_are_bounded_by_their_own_count(tmp_path, monkeypatch):
+    import agent.outbox
+
+    monkeypatch.setattr(agent.outbox, "DROPPED_RAISES_KEPT", 3)
+    ob = Outbox(tmp_path / "o.db", Counters(), max_rows=1)
+
+    def kept():
+        db = sqlite3.connect(tmp_path / "o.db")
+        return sorted(k for (k,) in db.execute("SELECT key FROM meta WHERE key LIKE 'dropped_raise:%'"))
+
+    ob.put(_state("R0", "raised"))
+    ob.ack(ob.put(_state("R1", "raised")))  # R0 evicted while still raised
+    for i in range(10):  # alerts sent meanwhile do not push its id out
+        ob.ack(ob.put(_state(f"X{i}", "raised")))
+    ob.put(_state("R2", "raised"))
+    ob.put(_state("R3", "raised"))  # R2 evicted
+    assert kept() == ["dropped_raise:R0", "dropped_raise:R2"]
+    for i in range(4, 7):
+        ob.put(_state(f"R{i}", "raised"))  # R3, R4, R5 evicted: the newest three kept
+    assert kept() == ["dropped_raise:R3", "dropped_raise:R4", "dropped_raise:R5"]

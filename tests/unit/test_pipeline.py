@@ -283,3 +283,69 @@ def test_a_new_teach_in_forgets_the_scores_of_the_old_fit(tmp_path, model, recor
             raised_at = j
             break
     assert raised_at == 2, raised_at  # the third window holding the spike, not the first
+
+
+# -- an alert held back by the cooldown is raised when it ends, the fault still on (per reading and in blocks) ----
+
+
+@pytest.mark.parametrize("blocks", [False, True])
+def test_an_alert_held_back_by_the_cooldown_is_raised_when_it_ends_with_the_fault_still_on(tmp_path, model,
+                                                                                           recording, blocks):
+    from agent.decide import AlertPolicy, Decisions
+
+    c = Counters()
+    p = Pipeline(model, c, tmp_path, calibration_samples=0, summary_interval_s=1e9,
+                 decisions=Decisions(c, AlertPolicy(cooldown_s=120)))
+    assert p.batchable
+
+    def feed(rows):
+        if blocks:
+            return [e for e in p.process_block(rows) if e.__class__.__name__ == "AlertEvent"]
+        return [e for r in rows for e in p.process(r) if e.__class__.__name__ == "AlertEvent"]
+
+    p.set_threshold(1e-9)  # every window over: the fault is on
+    first = feed(recording[:60])
+    p.set_threshold(1e9)  # every window under: it clears
+    cleared = feed(recording[60:120])
+    assert [e.state for e in first] == ["raised"] and [e.state for e in cleared] == ["cleared"]
+    p.set_threshold(1e-9)  # the fault is back at once, within the cooldown, and stays on
+    again = feed(recording[120:400])
+    assert c.get("alerts.suppressed") == 1
+    assert [e.state for e in again] == ["raised"], again
+    due = cleared[0].window_end_ts + 120
+    ends = [w for w in (r.ts for r in recording[120:400]) if w >= due]
+    assert again[0].window_end_ts == ends[0]  # the first window once the cooldown is over
+    assert c.get("alerts.delayed") == 1 and c.get("alerts.raised") == 2
+
+
+# -- a model swap goes on with the summary period (it restarted it, and lost what was counted since the last one) ----
+
+
+def test_a_model_swap_keeps_the_summary_period_and_what_it_counted(tmp_path, model, recording):
+    """Swapping to a model of other channels (the stages are rebuilt) used to start a new summary period at the
+    swap: the readings, windows and alerts counted since the last summary were gone, and the next summary came a
+    whole interval after the swap instead of when the period ended. The channels both models read keep their
+    statistics; a channel only the new one reads counts from the swap."""
+    from agent.detectors import open_model
+
+    c = Counters()
+    p = Pipeline(model, c, tmp_path, calibration_samples=30, summary_interval_s=200)
+    before = [e for r in recording[:40] for e in p.process(r)]
+    assert not p.calibrating
+    p.set_threshold(1e-9)  # every window over: an alert raised before the swap ...
+    before += [e for r in recording[40:70] for e in p.process(r)]
+    p.set_threshold(1e9)  # ... and cleared
+    before += [e for r in recording[70:100] for e in p.process(r)]
+    assert [e.state for e in before if hasattr(e, "state")] == ["raised", "cleared"]
+    start = p.summaries.summariser.period_start
+    assert start == recording[0].ts and not any(hasattr(e, "period_start_ts") for e in before)
+    p.swap_model(open_model("generic").with_channels(["Current", "Pressure"]), {"path": "generic"})
+    after = [e for r in recording[100:300] for e in p.process(r)]
+    summaries = [e for e in after if hasattr(e, "period_start_ts")]
+    assert summaries, "no summary when the period begun before the swap ended"
+    s = summaries[0]
+    assert s.period_start_ts == start and s.period_end_ts == next(r.ts for r in recording if r.ts - start >= 200)
+    assert s.readings == sum(1 for r in recording[:300] if r.ts < s.period_end_ts)
+    assert s.alerts_raised == 1 and s.alerts_cleared == 1 and s.windows > sum(1 for r in recording[100:300] if r.ts < s.period_end_ts)
+    assert list(s.channels) == ["Current", "Pressure"]
+    assert all(ch["count"] == s.readings for ch in s.channels.values())
