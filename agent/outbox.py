@@ -91,6 +91,10 @@ class Outbox:
         self._seq_ceiling = self._read_seq_ceiling()
         self._seq_unsaved = False  # the last attempt to record it failed (said once)
         self._db = self._open()
+        # Rows the broker may have: handed to the uplink by pending(), or stored before this process (sent by an
+        # earlier one, its PUBACK lost with it). An evicted raise of theirs keeps its clear (it may be on screen).
+        self._handed: set[int] = set()
+        self._first_new = int(self._db.execute("SELECT COALESCE(MAX(id), 0) FROM outbox").fetchone()[0]) + 1
         self._keep_reserve()
 
     def _open(self) -> sqlite3.Connection:
@@ -258,7 +262,9 @@ class Outbox:
         to drop and the caller rolls back). ``shed``: ``low`` (free space under the reserve) or ``full`` (an
         insert failed with SQLITE_FULL): free one row whatever the bounds say, so that the insert reuses its
         pages instead of growing the file — an alert only once the disk is really full. An alert goes with the
-        other of its raise and clear (stored: deleted too; a raise's clear to come: its id kept in ``meta``)."""
+        other of its raise and clear (stored: deleted too; a raise's clear to come: its id kept in ``meta``),
+        unless it is a raise the broker may have (handed to the uplink, or stored before this process): then its
+        clear stays, so that a raise on the control room's screen is never left without its clear."""
         dropped: list[tuple[int, str]] = []
         rows, size = db.execute("SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM outbox").fetchone()
         while rows and (shed or rows + 1 > self.max_rows or size + incoming > self.max_bytes):
@@ -277,10 +283,13 @@ class Outbox:
                                   (json.dumps({"alert_id": alert_id}, separators=(",", ":"))[1:-1].encode(),)).fetchall()
                 if victim[0] not in {g[0] for g in gone}:  # never: its payload holds that text
                     gone.append(victim[:3])
-                if len(gone) == 1:
+                if state == "raised" and (victim[0] in self._handed or victim[0] < self._first_new):
+                    gone = [victim[:3]]  # the broker may have it: its clear must follow, not go with it
+                elif len(gone) == 1:
                     self._dropped_raise(alert_id, state)
             for row_id, kind, length in gone:
                 db.execute("DELETE FROM outbox WHERE id=?", (row_id,))
+                self._handed.discard(row_id)
                 dropped.append((row_id, kind))
                 rows, size = rows - 1, size - length
             shed = ""
@@ -337,6 +346,7 @@ class Outbox:
                 (limit + len(exclude),),
             )
             rows = [Row(r[0], r[1], r[2], bytes(r[3]), r[4], bool(r[5])) for r in cur if r[0] not in exclude]
+            self._handed.update(r.id for r in rows[:limit])
         return rows[:limit]
 
     def ack(self, row_id: int) -> None:
@@ -345,6 +355,7 @@ class Outbox:
             for attempt in range(2):
                 try:
                     self._db.execute("DELETE FROM outbox WHERE id=?", (row_id,))
+                    self._handed.discard(row_id)
                     return
                 except sqlite3.OperationalError as e:
                     if not _disk_full(e):

@@ -271,3 +271,33 @@ def test_the_ids_of_dropped_raises_kept_are_bounded_by_their_own_count(tmp_path,
     for i in range(4, 7):
         ob.put(_state(f"R{i}", "raised"))  # R3, R4, R5 evicted: the newest three kept
     assert kept() == ["dropped_raise:R3", "dropped_raise:R4", "dropped_raise:R5"]
+
+
+def test_a_raise_the_broker_may_have_is_evicted_without_its_clear(tmp_path):
+    """Found in review: a raise handed to the uplink (in flight when the link died, or delivered with its PUBACK
+    lost) and then evicted may be on the control room's screen. Its clear used to be dropped with it (stored) or
+    when it came (later): the alert then stayed raised there for ever. The clear is kept and sent."""
+    c = Counters()
+    ob = Outbox(tmp_path / "o.db", c, max_rows=2)
+    ob.put(_state("A", "raised"))
+    assert [r.topic for r in ob.pending(1)] == ["alerts"]  # handed to the uplink
+    ob.put(_state("B", "raised"))
+    ob.put(_state("C", "raised"))  # evicts A's raise
+    assert _ids(ob) == ["B-raised", "C-raised"]
+    assert ob.put(_state("A", "cleared"))  # evicts B's raise (handed out above by _ids): A's clear is stored
+    assert _ids(ob) == ["C-raised", "A-cleared"]
+    assert c.snapshot("outbox.dropped.") == {"alert": 2}
+
+
+def test_a_raise_stored_before_a_restart_is_evicted_without_its_clear(tmp_path):
+    """A raise stored by an earlier run may have been sent by it (power cut before the PUBACK was recorded)."""
+    c = Counters()
+    ob = Outbox(tmp_path / "o.db", c, max_rows=3)
+    ob.put(_state("A", "raised"))
+    ob.put(_state("A", "cleared"))
+    ob.close()
+    ob = Outbox(tmp_path / "o.db", c, max_rows=3)
+    ob.put(_state("B", "raised"))
+    ob.put(_state("C", "raised"))  # evicts A's raise only
+    assert _ids(ob) == ["A-cleared", "B-raised", "C-raised"]
+    assert c.snapshot("outbox.dropped.") == {"alert": 1}
