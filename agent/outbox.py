@@ -12,6 +12,7 @@ Shared by the pipeline thread (put) and the uplink thread (pending/ack) behind o
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import sqlite3
@@ -19,6 +20,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from agent.counters import Counters
 from agent.files import StateDirError, sqlite_corrupt
@@ -41,7 +43,21 @@ CREATE TABLE IF NOT EXISTS outbox (
 );
 CREATE INDEX IF NOT EXISTS outbox_order ON outbox (priority, id);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS dead_letter (
+    id INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    topic TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    qos INTEGER NOT NULL,
+    retain INTEGER NOT NULL,
+    created_ts REAL NOT NULL,
+    reason_code INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    refused_ts REAL NOT NULL
+);
 """
+_COLUMNS = "id, kind, priority, topic, payload, qos, retain, created_ts"
 
 
 def low_on_disk(directory: Path) -> bool:
@@ -55,6 +71,12 @@ def low_on_disk(directory: Path) -> bool:
 
 def _disk_full(e: sqlite3.Error) -> bool:
     return getattr(e, "sqlite_errorname", "") == "SQLITE_FULL" or "disk is full" in str(e)
+
+
+def strip_evidence(payload: dict[str, Any]) -> bool:
+    """Take the inline evidence out of an alert that is too big with it (it stays in evidence.db under its
+    ``evidence_id``); False when there is none to take out."""
+    return payload.pop("evidence", None) is not None
 
 
 @dataclass(frozen=True)
@@ -145,8 +167,7 @@ class Outbox:
                 payload["seq"] = (seq[0] if seq else 0) + 1
                 db.execute("INSERT OR REPLACE INTO meta VALUES ('alert_seq', ?)", (payload["seq"],))
             body = message_bytes(payload)
-            if len(body) > self.max_bytes and "evidence" in payload:  # kept in evidence.db under its evidence_id
-                del payload["evidence"]
+            if len(body) > self.max_bytes and strip_evidence(payload):  # kept in evidence.db under its evidence_id
                 body = message_bytes(payload)
                 self.counters.inc("outbox.evidence_stripped")
                 log.warning("outbox: this %s is bigger than EDGE_AGENT_OUTBOX__MAX_BYTES (%d) with its evidence "
@@ -274,6 +295,56 @@ class Outbox:
                         raise
                     self._checkpoint()
             self.counters.inc("outbox.ack_failed")
+
+    def dead_letter(self, row_id: int, reason_code: int, reason: str) -> str | None:
+        """Move a row the broker refused into the ``dead_letter`` table (one transaction: never in both, never in
+        neither); returns its kind, None when the row is gone already."""
+        with self._lock:
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                row = db.execute("SELECT kind FROM outbox WHERE id=?", (row_id,)).fetchone()
+                if row is not None:
+                    db.execute(f"INSERT OR REPLACE INTO dead_letter ({_COLUMNS}, reason_code, reason, refused_ts) "
+                               f"SELECT {_COLUMNS}, ?, ?, ? FROM outbox WHERE id=?",
+                               (reason_code, reason, time.time(), row_id))
+                    db.execute("DELETE FROM outbox WHERE id=?", (row_id,))
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+        return None if row is None else str(row[0])
+
+    def strip_row_evidence(self, row_id: int) -> bool:
+        """Store this row's alert without its inline evidence (the broker refused it as too large); False when the row
+        is gone or has no evidence inline."""
+        with self._lock:
+            row = self._db.execute("SELECT payload FROM outbox WHERE id=?", (row_id,)).fetchone()
+            if row is None:
+                return False
+            payload = json.loads(row[0])
+            if not strip_evidence(payload):
+                return False
+            self._db.execute("UPDATE outbox SET payload=? WHERE id=?", (message_bytes(payload), row_id))
+        return True
+
+    def requeue_dead_letters(self) -> int:
+        """Put every dead letter back into the outbox under its old row id (so in its old place: a ``raised``
+        before its ``cleared``); returns how many. At start: the operator may have fixed what the broker refused."""
+        with self._lock:
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                n = db.execute("SELECT COUNT(*) FROM dead_letter").fetchone()[0]
+                db.execute(f"INSERT OR IGNORE INTO outbox ({_COLUMNS}) SELECT {_COLUMNS} FROM dead_letter")
+                db.execute("DELETE FROM dead_letter")
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+        return int(n)
 
     def depth(self) -> int:
         with self._lock:

@@ -76,6 +76,7 @@ class Board:
         self._outbox_drops = DropWatch(settings.stats_interval_s)
         self._queue_drops = DropWatch(FALLING_BEHIND_QUIET_S, FALLING_BEHIND_REFRESH_S)
         self.with_assets = bool(settings.assets)
+        self.uplink_reasons: Callable[[], list[str]] = list  # what the broker refuses (agent/uplink_refusals.py)
 
     # -- reasons ---------------------------------------------------------------------------------------------
 
@@ -114,6 +115,7 @@ class Board:
             reasons.append(f"falling behind, {behind} readings dropped")
         if self._outbox_drops.update(sum(self.counters.snapshot("outbox.dropped.").values())) is not None:
             reasons.append("outbox dropping")
+        reasons.extend(self.uplink_reasons())
         stalled = self.heartbeats.stalled(self.settings.stall_s)
         if stalled:
             reasons.append("stage stalled: " + ", ".join(sorted(stalled)))
@@ -208,7 +210,9 @@ class Board:
                          "dropped": c.snapshot("commands.dropped.")},
             "uplink": {"connects": c.get("uplink.connects"), "connect_failures": c.get("uplink.connect_failures"),
                        "short_connections": c.get("uplink.short_connections"),
-                       "subscribe_refused": c.get("uplink.subscribe_refused")},
+                       "subscribe_refused": c.get("uplink.subscribe_refused"), "refused": c.get("uplink.refused"),
+                       "refused_by": c.snapshot("uplink.refused_by."),
+                       "evidence_stripped": c.get("uplink.evidence_stripped")},
         }
         if self.with_assets:
             del out["source"]

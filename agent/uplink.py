@@ -2,7 +2,8 @@
 
 Threads: paho's network thread runs the callbacks (which never raise: an exception there wedges paho), and the
 ``uplink`` thread moves rows from the outbox into paho, at most ``max_inflight`` unacknowledged at once. A row
-is deleted only in ``on_publish`` (the PUBACK). ``mid → row`` is tracked so that a row waiting for its PUBACK is
+is deleted only in ``on_publish`` (the PUBACK; one that refuses it, MQTT 5, makes it a dead letter:
+agent/uplink_refusals.py). ``mid → row`` is tracked so that a row waiting for its PUBACK is
 not published a second time. On every (re)connection what the last connection left unacknowledged is taken back
 from paho and published again by us from the outbox, in outbox order: paho would re-send it only after newer rows
 the publisher may already have sent on the new connection (a ``cleared`` before its ``raised``).
@@ -10,7 +11,6 @@ the publisher may already have sent on the new connection (a ``cleared`` before 
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -34,6 +34,7 @@ from agent.outbox import Outbox
 from agent.parse import iso
 from agent.records import message_bytes
 from agent.settings import MqttSettings
+from agent.uplink_refusals import PROTOCOLS, RefusalAwareClient, Refusals, code_of
 
 log = logging.getLogger(__name__)
 _NOT_YET = object()  # no status published yet
@@ -82,11 +83,11 @@ class Uplink:
         self._connected_at = 0.0  # monotonic time of the last successful connect
         self._short = 0  # connections in a row that the broker ended within SHORT_S
         self._short_warned_at: float | None = None
-
+        self.refusals = Refusals(outbox, counters, settings.protocol, f"{settings.host}:{settings.port}", f"{self.base}/#")
         c = make_client(
-            upstream_connection(settings), self.client_id,
-            log_name=f"paho.uplink.{device_id}", max_inflight=settings.max_inflight,
-            on_receive_failure=self._receive_failed,
+            upstream_connection(settings), self.client_id, log_name=f"paho.uplink.{device_id}",
+            max_inflight=settings.max_inflight, on_receive_failure=self._receive_failed,
+            client_class=RefusalAwareClient, protocol=PROTOCOLS[settings.protocol],
         )
         c.max_queued_messages_set(0)
         c.on_connect = self._on_connect
@@ -109,7 +110,7 @@ class Uplink:
         daemon thread."""
         will = {"state": "offline", "device_id": self.device_id, "ts": iso(time.time()), "reason": "connection lost"}
         self.client.will_set(self.topic("status"), message_bytes(will), qos=1, retain=True)
-        self.client.connect_async(self.s.host, self.s.port, keepalive=self.s.keepalive_s)
+        self.client.connect_async(self.s.host, self.s.port, keepalive=self.s.keepalive_s, clean_start=True)
         self.client.loop_start()
         if spawn is None:
             self._thread = threading.Thread(target=self._run, name="uplink", daemon=True)
@@ -200,14 +201,14 @@ class Uplink:
 
     def _publish_batch(self) -> None:
         with self._lock:
-            room = self.s.max_inflight - len(self._inflight)
+            room = self.refusals.room(self.s.max_inflight) - len(self._inflight)
             if room <= 0:
                 return
             busy = {row for row, _ in self._inflight.values()}
         for row in self.outbox.pending(room, exclude=busy):
-            payload = json.loads(row.payload)
-            payload["sent_at"] = iso(time.time())
-            body = message_bytes(payload)
+            body = self.refusals.body(row, self.topic(row.topic))  # with sent_at; within the broker's packet size
+            if body is None:
+                continue  # over the broker's Maximum Packet Size even without evidence: a dead letter now
             # Never hold self._lock while calling into paho: paho calls on_publish holding its own message mutex,
             # and on_publish takes self._lock (lock-order inversion = deadlock). A PUBACK that beats us to
             # recording the mid is parked in _early_acks instead.
@@ -228,21 +229,24 @@ class Uplink:
             with self._lock:
                 # only an ack that arrived after this publish began is ours (mids wrap around at 65535)
                 early = self._early_acks.pop(info.mid, -1.0) >= t0
+                code = self.refusals.early.pop(info.mid, 0)
                 if not early:
                     self._inflight[info.mid] = (row.id, time.monotonic())
             if early:
-                self.outbox.ack(row.id)
-                self.counters.inc("uplink.acked")
+                self.refusals.settle(row.id, code)
 
     # -- paho callbacks (network thread; must never raise) ---------------------------------------------------
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
         try:
             if reason_code.is_failure:
+                if self.refusals.fall_back(client, reason_code):
+                    return  # paho tries again, with MQTT 3.1.1
                 hint = refused_hint(reason_code)
                 self._failed(f"broker {self.s.host}:{self.s.port} refused the connection: {reason_code}{hint}")
                 return
             self._reset_inflight(client)
+            self.refusals.connected(properties)
             self._connected_at = time.monotonic()
             self.connected.set()
             self.counters.inc("uplink.connects")
@@ -274,6 +278,7 @@ class Uplink:
                 self._inflight.clear()
                 self._status_mids = set()
                 self._early_acks.clear()  # acks of the last connection: none can name a mid of the new one
+                self.refusals.early.clear()
             with client._out_message_mutex:
                 for mid in mids:
                     msg = client._out_messages.pop(mid, None)
@@ -299,20 +304,23 @@ class Uplink:
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason_code: Any, properties: Any) -> None:
         try:
+            code = code_of(reason_code)
             with self._lock:
                 self._status_mids.discard(mid)
                 entry = self._inflight.get(mid)
                 if entry is None:  # not ours yet (or status/replies, which are not tracked)
                     self._early_acks[mid] = time.monotonic()
+                    if code >= 0x80:
+                        self.refusals.early[mid] = code
                     if len(self._early_acks) > 1000:
                         self._early_acks.clear()
+                        self.refusals.early.clear()
             if entry is not None:
                 # delete the row first, then forget it is in flight: the other way round, the publisher thread
                 # could pick the row up again in between and publish it a second time
-                self.outbox.ack(entry[0])
+                self.refusals.settle(entry[0], code)
                 with self._lock:
                     self._inflight.pop(mid, None)
-                self.counters.inc("uplink.acked")
                 self._wake.set()
         except Exception:  # noqa: BLE001
             log.exception("error in on_publish")

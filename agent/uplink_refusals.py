@@ -1,0 +1,227 @@
+"""MQTT 5 on the uplink: which protocol to speak, and what becomes of a message the broker refuses.
+
+Over MQTT 3.1.1 a broker acknowledges a publish it then discards (its ACL denies the topic, the message is over its
+size limit): the PUBACK cannot say otherwise, and the alert is "delivered" and lost. Over MQTT 5 the PUBACK carries a
+reason code, ≥ 0x80 for a refusal (0x87 not authorized, 0x95 packet too large, ...). Such a row leaves the outbox for
+the ``dead_letter`` table of the same SQLite file (so it is neither lost nor sent again and again on every wake-up),
+is counted (``uplink.refused``, ``uplink.refused_by.<reason>``), logged once per reason, and makes the status
+``degraded: broker refuses alerts: not authorized``; the next start puts dead letters back into the outbox (the
+operator may have fixed the ACL in between). The broker's Maximum Packet Size (a CONNACK property) is respected
+before sending: an alert over it goes without its inline evidence, anything else over it is a dead letter.
+
+paho 2.2 cannot read a PUBACK with reason code 0x95 (the MQTT 5 specification lists it for CONNACK and DISCONNECT
+only, mosquitto sends it for a publish over ``message_size_limit``): it takes the packet for malformed, drops the
+connection and re-sends the message on the next one, for ever. :class:`RefusalAwareClient` reads such a PUBACK
+itself.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import struct
+import threading
+import time
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from agent.counters import Counters
+from agent.mqtt_client import ExplainingClient
+from agent.outbox import Outbox, Row, strip_evidence
+from agent.parse import iso
+from agent.records import message_bytes
+
+log = logging.getLogger("agent.uplink")
+
+PROTOCOLS = {"auto": mqtt.MQTTv5, "5": mqtt.MQTTv5, "3.1.1": mqtt.MQTTv311}  # EDGE_AGENT_MQTT__PROTOCOL
+UNSUPPORTED_PROTOCOL = 0x84  # CONNACK; paho turns a 3.1.1 broker's return code 1 into it as well
+PACKET_TOO_LARGE = 0x95
+# MQTT 5 PUBACK reason codes of a refusal (specification 3.4.2.1), and 0x95, which mosquitto sends as well
+REASON_NAMES = {
+    0x80: "unspecified error", 0x83: "implementation specific error", 0x87: "not authorized",
+    0x90: "topic name invalid", 0x91: "packet identifier in use", 0x95: "packet too large", 0x97: "quota exceeded",
+    0x99: "payload format invalid",
+}
+KIND_PLURAL = {"alert": "alerts", "summary": "summaries", "advice": "advice"}
+
+
+def reason_name(code: int) -> str:
+    """``not authorized`` for 0x87; an unknown code by its number."""
+    return REASON_NAMES.get(code, f"reason code 0x{code:02x}")
+
+
+def counter_name(name: str) -> str:
+    """A reason as a stats key: ``not_authorized``."""
+    return name.replace(" ", "_")
+
+
+def code_of(reason_code: Any) -> int:
+    """The number of a paho ReasonCode (0 for none: a 3.1.1 PUBACK)."""
+    return int(getattr(reason_code, "value", 0) or 0)
+
+
+def puback_fields(packet: bytes | bytearray) -> tuple[int, int]:
+    """(packet id, reason code) of an MQTT 5 PUBACK's variable header; no reason code is 0 (success)."""
+    if len(packet) < 2:
+        raise ValueError("PUBACK shorter than 2 bytes")
+    mid = struct.unpack("!H", packet[:2])[0]
+    return mid, packet[2] if len(packet) > 2 else 0
+
+
+def publish_size(topic: str, payload_len: int, qos: int, protocol: int = mqtt.MQTTv5) -> int:
+    """Bytes of the PUBLISH packet paho sends for this message (no properties): what a Maximum Packet Size bounds."""
+    rest = 2 + len(topic.encode()) + (2 if qos else 0) + (1 if protocol == mqtt.MQTTv5 else 0) + payload_len
+    length_bytes = 1 if rest < 128 else 2 if rest < 16384 else 3 if rest < 2097152 else 4
+    return 1 + length_bytes + rest
+
+
+def connack_limits(properties: Any) -> tuple[int | None, int | None]:
+    """(Maximum Packet Size, Receive Maximum) of a CONNACK's properties; None for what it does not say."""
+    size = getattr(properties, "MaximumPacketSize", None)
+    receive = getattr(properties, "ReceiveMaximum", None)
+    return (int(size) if size else None), (int(receive) if receive else None)
+
+
+class _Refusal(ReasonCode):
+    """A PUBACK reason code paho's table lacks for PUBACK (0x95): a value and a name, no lookup."""
+
+    def __init__(self, code: int):  # ReasonCode.__init__ would reject the code
+        self.packetType = PacketTypes.PUBACK
+        self.names = dict(ReasonCode.names)
+        self.value = code
+
+    def getName(self) -> str:
+        return reason_name(self.value).capitalize()
+
+
+class RefusalAwareClient(ExplainingClient):
+    """paho's client, reading the MQTT 5 PUBACKs whose reason code paho 2.2 takes for a malformed packet."""
+
+    def _handle_pubackcomp(self, cmd: Any) -> mqtt.MQTTErrorCode:  # paho-mqtt 2.x internal, pinned <3
+        if cmd == "PUBACK" and self._protocol == mqtt.MQTTv5:
+            packet = self._in_packet["packet"]
+            try:
+                mid, code = puback_fields(packet)
+            except ValueError:
+                return super()._handle_pubackcomp(cmd)
+            if code >= 0x80 and code not in _PAHO_PUBACK_CODES:
+                self._easy_log(mqtt.MQTT_LOG_DEBUG, "Received PUBACK (Mid: %d, reason 0x%02x)", mid, code)
+                with self._out_message_mutex:
+                    if mid in self._out_messages:
+                        return self._do_on_publish(mid, _Refusal(code), Properties(PacketTypes.PUBACK))
+                return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
+        return super()._handle_pubackcomp(cmd)
+
+
+_PAHO_PUBACK_CODES = {code for code, names in ReasonCode.names.items()
+                      if any(PacketTypes.PUBACK in types for types in names.values())}
+
+
+class Refusals:
+    """What the uplink does with the broker's refusals: dead letters, counts, one log line per reason, the status
+    reasons; the protocol fallback; the CONNACK's limits."""
+
+    def __init__(self, outbox: Outbox, counters: Counters, protocol: str, where: str, topic_filter: str):
+        self.outbox, self.counters, self.setting = outbox, counters, protocol
+        self.where, self.topic_filter = where, topic_filter  # "host:port", "{prefix}/{device_id}/#"
+        self.max_packet: int | None = None  # the broker's Maximum Packet Size (CONNACK; MQTT 5 only)
+        self.receive_max: int | None = None  # the broker's Receive Maximum (CONNACK; MQTT 5 only)
+        self.early: dict[int, int] = {}  # mid -> refusal that came before the publisher recorded the mid
+        self._lock = threading.Lock()
+        self._logged: set[str] = set()
+        self._by_kind: dict[str, str] = {}  # kind -> the last reason it was refused for
+        self._stripped_logged = False
+
+    # -- connection ------------------------------------------------------------------------------------------
+
+    def fall_back(self, client: mqtt.Client, reason_code: Any) -> bool:
+        """``auto`` and the broker refused MQTT 5 as an unsupported protocol version: speak 3.1.1 from the next
+        attempt on (paho reconnects by itself). True when so."""
+        if self.setting != "auto" or client._protocol != mqtt.MQTTv5 or getattr(reason_code, "value", 0) != UNSUPPORTED_PROTOCOL:
+            return False
+        client._protocol = mqtt.MQTTv311  # paho 2.x internal: paho itself downgrades 3.1.1 to 3.1 this way
+        client._clean_session = True
+        log.warning("broker %s does not speak MQTT 5: using MQTT 3.1.1, over which it cannot say that it refuses a "
+                    "message (ACL, size): such an alert is acknowledged and lost; set EDGE_AGENT_MQTT__PROTOCOL=3.1.1 "
+                    "to say so once and for all", self.where)
+        return True
+
+    def connected(self, properties: Any) -> None:
+        """A CONNACK arrived: its limits hold for this connection."""
+        self.max_packet, self.receive_max = connack_limits(properties)
+
+    def room(self, max_inflight: int) -> int:
+        """Messages in flight at most: ours, and no more than the broker's Receive Maximum."""
+        return min(max_inflight, self.receive_max or max_inflight)
+
+    # -- publishing ------------------------------------------------------------------------------------------
+
+    def body(self, row: Row, topic: str) -> bytes | None:
+        """The row's message as sent now (``sent_at``), fitted into the broker's Maximum Packet Size: an alert
+        without its inline evidence when that fits; None when it cannot fit (then it is a dead letter)."""
+        payload = json.loads(row.payload)
+        payload["sent_at"] = iso(time.time())
+        body = message_bytes(payload)
+        limit = self.max_packet
+        if limit is None or publish_size(topic, len(body), row.qos) <= limit:
+            return body
+        if strip_evidence(payload):
+            body = message_bytes(payload)
+            if publish_size(topic, len(body), row.qos) <= limit:
+                self._stripped(row.kind, f"Maximum Packet Size ({limit} bytes)")
+                return body
+        size = publish_size(topic, len(body), row.qos)
+        self.refuse(row.id, PACKET_TOO_LARGE, f"{size} bytes, over the broker's Maximum Packet Size {limit}")
+        return None
+
+    def settle(self, row_id: int, code: int) -> None:
+        """A PUBACK for this row: delete it, or (a reason code >= 0x80, MQTT 5) move it to the dead letters."""
+        if code >= 0x80:
+            self.refuse(row_id, code)
+        else:
+            self.outbox.ack(row_id)
+            self.counters.inc("uplink.acked")
+
+    def _stripped(self, kind: str, limit: str) -> None:
+        self.counters.inc("uplink.evidence_stripped")
+        if not self._stripped_logged:
+            self._stripped_logged = True
+            log.warning("broker %s: an %s with its inline evidence is over the broker's %s: sent without it (fetch it "
+                        "by evidence_id); lower EDGE_AGENT_ALERTS__EVIDENCE_INLINE_MAX_BYTES", self.where, kind, limit)
+
+    def refuse(self, row_id: int, code: int, detail: str = "") -> None:
+        """The broker refused this row (or would: over its Maximum Packet Size): a dead letter, counted, said once
+        per reason; an alert refused as too large with its inline evidence is first sent again without it (once:
+        the evidence is gone from the row). Never raises (called from paho's thread)."""
+        name = reason_name(code)
+        try:
+            if code == PACKET_TOO_LARGE and not detail and self.outbox.strip_row_evidence(row_id):
+                self._stripped("alert", "message size limit")
+                return
+            kind = self.outbox.dead_letter(row_id, code, f"{name}: {detail}" if detail else name)
+        except Exception:  # noqa: BLE001 - the row stays in the outbox: sent again, refused again, not lost
+            log.exception("could not move a refused message to the dead letters")
+            return
+        if kind is None:
+            return
+        self.counters.inc("uplink.refused")
+        self.counters.inc(f"uplink.refused_by.{counter_name(name)}")
+        with self._lock:
+            self._by_kind[kind] = name
+            first = name not in self._logged
+            self._logged.add(name)
+        if first:
+            hint = (f": its ACL must let this client publish to {self.topic_filter}" if code == 0x87 else
+                    ": keep the broker's message size limit above the largest alert" if code == PACKET_TOO_LARGE else "")
+            log.error("broker %s refuses %s (%s%s)%s; kept in the dead_letter table of outbox.db and sent again at the "
+                      "next start; further refusals for this reason are counted (stats uplink.refused_by), not logged",
+                      self.where, KIND_PLURAL.get(kind, kind), name, f": {detail}" if detail else "", hint)
+
+    def reasons(self) -> list[str]:
+        """Status reasons: ``broker refuses alerts: not authorized``, one per kind of message refused this run."""
+        with self._lock:
+            return [f"broker refuses {KIND_PLURAL.get(k, k)}: {n}" for k, n in sorted(self._by_kind.items())]
