@@ -61,9 +61,6 @@ class Agent:
         probe_state_dir(s.state_dir)  # StateDirError (exit 78) naming the path and the reason
         self.evidence = EvidenceStore(s.state_dir / "evidence.db", s.alerts.evidence_max_bytes)
         self.outbox = Outbox(s.state_dir / "outbox.db", self.counters, s.outbox.max_rows, s.outbox.max_bytes)
-        requeued = self.outbox.requeue_dead_letters()  # the operator may have fixed what the broker refused
-        if requeued:
-            log.warning("%d message(s) the broker refused before are back in the outbox: sending them again", requeued)
         self.feeds = build_feeds(s, self.counters)
         self.assets = build_assets(s, self.counters, self.evidence, ModelCache(), source_channels(self.feeds, s))
         live = watch_arrivals(self.assets, self.feeds)  # fed by live sources: "no readings arriving" when quiet
@@ -83,8 +80,7 @@ class Agent:
         self.uplink.heartbeat = lambda: self.heartbeats.beat("uplink")
         self.board = Board(s, self.assets, self.feeds, self.counters, self.outbox, self.evidence, self.heartbeats,
                            self.readings.queue, lambda: self.uplink.bytes_out, self.uplink.connected.is_set,
-                           config_digest(s))
-        self.board.uplink_reasons = self.uplink.refusals.reasons
+                           config_digest(s), self.uplink.refusals.reasons)
         self.commands = Control(self.assets, self.evidence, self.counters, s.commands,
                                 Gateway(s.device_id, self.board.state, self.publish_status_and_stats,
                                         self.uplink.publish_status))

@@ -65,7 +65,8 @@ class Board:
 
     def __init__(self, settings: Settings, assets: list[Asset], feeds: list[Feed], counters: Counters,
                  outbox: Outbox, evidence: EvidenceStore, heartbeats: Heartbeats, readings: ReadingQueue,
-                 bytes_out: Callable[[], int], broker_connected: Callable[[], bool], digest: str):
+                 bytes_out: Callable[[], int], broker_connected: Callable[[], bool], digest: str,
+                 uplink_reasons: Callable[[], list[str]] = list):
         self.settings, self.assets, self.feeds = settings, assets, feeds
         self.counters, self.outbox, self.evidence, self.heartbeats = counters, outbox, evidence, heartbeats
         self.readings = readings
@@ -76,7 +77,7 @@ class Board:
         self._outbox_drops = DropWatch(settings.stats_interval_s)
         self._queue_drops = DropWatch(FALLING_BEHIND_QUIET_S, FALLING_BEHIND_REFRESH_S)
         self.with_assets = bool(settings.assets)
-        self.uplink_reasons: Callable[[], list[str]] = list  # what the broker refuses (agent/uplink_refusals.py)
+        self.uplink_reasons = uplink_reasons  # what the broker refuses (agent/uplink_refusals.py)
 
     # -- reasons ---------------------------------------------------------------------------------------------
 

@@ -109,6 +109,7 @@ class Uplink:
         starts the publishing thread (the agent's guard: a thread that dies stops the process); default: a plain
         daemon thread."""
         will = {"state": "offline", "device_id": self.device_id, "ts": iso(time.time()), "reason": "connection lost"}
+        self.refusals.requeue()  # the last run's dead letters: the operator may have fixed what the broker refused
         self.client.will_set(self.topic("status"), message_bytes(will), qos=1, retain=True)
         self.client.connect_async(self.s.host, self.s.port, keepalive=self.s.keepalive_s, clean_start=True)
         self.client.loop_start()

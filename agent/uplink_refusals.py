@@ -136,6 +136,13 @@ class Refusals:
         self._by_kind: dict[str, str] = {}  # kind -> the last reason it was refused for
         self._stripped_logged = False
 
+    def requeue(self) -> None:
+        """At start: the last run's dead letters go back into the outbox (under their old row ids: in order)."""
+        n = self.outbox.requeue_dead_letters()
+        if n:
+            log.warning("%d message(s) the broker refused in an earlier run are back in the outbox: sending them "
+                        "again", n)
+
     # -- connection ------------------------------------------------------------------------------------------
 
     def fall_back(self, client: mqtt.Client, reason_code: Any) -> bool:
