@@ -247,7 +247,7 @@ class Uplink:
                 self._failed(f"broker {self.s.host}:{self.s.port} refused the connection: {reason_code}{hint}")
                 return
             self._reset_inflight(client)
-            self.refusals.connected(properties)
+            self.refusals.connected(client, properties)
             self._connected_at = time.monotonic()
             self.connected.set()
             self.counters.inc("uplink.connects")

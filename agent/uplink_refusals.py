@@ -99,7 +99,26 @@ class _Refusal(ReasonCode):
 
 
 class RefusalAwareClient(ExplainingClient):
-    """paho's client, reading the MQTT 5 PUBACKs whose reason code paho 2.2 takes for a malformed packet."""
+    """paho's client, reading the MQTT 5 PUBACKs whose reason code paho 2.2 takes for a malformed packet, and never
+    sending a message over the broker's Maximum Packet Size (paho 2.2 sends it, and the broker drops the connection:
+    on every reconnect again). Outbox rows are fitted before (:meth:`Refusals.body`); this keeps a status or stats
+    message that is too big from cutting the connection."""
+
+    max_packet: int | None = None  # the broker's Maximum Packet Size on this connection (MQTT 5 CONNACK)
+    _too_big_logged: frozenset[str] = frozenset()
+
+    def publish(self, topic: str, payload: Any = None, qos: int = 0, retain: bool = False,
+                properties: Any = None) -> mqtt.MQTTMessageInfo:
+        limit = self.max_packet
+        if limit and isinstance(payload, (bytes, bytearray)) and publish_size(topic, len(payload), qos) > limit:
+            if topic not in self._too_big_logged:
+                self._too_big_logged |= {topic}
+                log.warning("a message on %s is %d bytes, over the broker's Maximum Packet Size (%d): not sent (said "
+                            "once per topic)", topic, publish_size(topic, len(payload), qos), limit)
+            info = mqtt.MQTTMessageInfo(0)
+            info.rc = mqtt.MQTTErrorCode.MQTT_ERR_PAYLOAD_SIZE
+            return info
+        return super().publish(topic, payload, qos, retain, properties)
 
     def _handle_pubackcomp(self, cmd: Any) -> mqtt.MQTTErrorCode:  # paho-mqtt 2.x internal, pinned <3
         if cmd == "PUBACK" and self._protocol == mqtt.MQTTv5:
@@ -157,9 +176,11 @@ class Refusals:
                     "to say so once and for all", self.where)
         return True
 
-    def connected(self, properties: Any) -> None:
+    def connected(self, client: mqtt.Client, properties: Any) -> None:
         """A CONNACK arrived: its limits hold for this connection."""
         self.max_packet, self.receive_max = connack_limits(properties)
+        if isinstance(client, RefusalAwareClient):
+            client.max_packet = self.max_packet
 
     def room(self, max_inflight: int) -> int:
         """Messages in flight at most: ours, and no more than the broker's Receive Maximum."""
@@ -223,7 +244,7 @@ class Refusals:
             self._logged.add(name)
         if first:
             hint = (f": its ACL must let this client publish to {self.topic_filter}" if code == 0x87 else
-                    ": keep the broker's message size limit above the largest alert" if code == PACKET_TOO_LARGE else "")
+                    ": keep the broker's size limit above the largest message" if code == PACKET_TOO_LARGE else "")
             log.error("broker %s refuses %s (%s%s)%s; kept in the dead_letter table of outbox.db and sent again at the "
                       "next start; further refusals for this reason are counted (stats uplink.refused_by), not logged",
                       self.where, KIND_PLURAL.get(kind, kind), name, f": {detail}" if detail else "", hint)
