@@ -15,7 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from tests.conftest import Broker, Recorder, run_agent, start_agent, wait_for
-from tests.faults.conftest import agent_env, demo_rows, fault_recording, taught, taught_state, write_recording  # noqa: F401
+from tests.faults import conftest as faults
+from tests.faults.conftest import agent_env, demo_rows, fault_recording, taught_state, write_recording
+
+taught_fixture = faults.taught  # the fault tests' teach-in (a session fixture), as ``taught`` here
 
 BASE = "edge/test-gw"
 SPEED = 15  # the fault recording raises an alert ~170 s into it: ~11 s of wall time
