@@ -18,7 +18,7 @@ from tests.conftest import Broker, Recorder, run_agent, start_agent, wait_for
 from tests.faults import conftest as faults
 from tests.faults.conftest import agent_env, demo_rows, fault_recording, taught_state, write_recording
 
-taught_fixture = faults.taught  # the fault tests' teach-in (a session fixture), as ``taught`` here
+taught_dir = faults.taught  # the fault tests' teach-in (a session fixture, registered under this name here)
 
 BASE = "edge/test-gw"
 SPEED = 15  # the fault recording raises an alert ~170 s into it: ~11 s of wall time
@@ -58,8 +58,8 @@ def _latest(rec: Recorder, suffix: str, pred: Any) -> Any:
     return next((m for m in reversed(rec.on(suffix)) if m and pred(m)), None)
 
 
-def test_an_alert_the_broker_refuses_is_a_dead_letter_and_goes_out_after_the_acl_is_fixed(tmp_path, taught, agents):
-    state = taught_state(taught, tmp_path / "state")
+def test_an_alert_the_broker_refuses_is_a_dead_letter_and_goes_out_after_the_acl_is_fixed(tmp_path, taught_dir, agents):
+    state = taught_state(taught_dir, tmp_path / "state")
     broker = acl_broker(tmp_path, "broker", alerts_allowed=False)
     broker.start()
     rec = Recorder(broker.port, f"{BASE}/#")
@@ -132,10 +132,10 @@ def _raised(rec: Recorder) -> dict[str, Any]:
                     what="the raised alert")
 
 
-def test_an_alert_over_the_message_size_limit_goes_without_its_inline_evidence(tmp_path, taught, agents):
+def test_an_alert_over_the_message_size_limit_goes_without_its_inline_evidence(tmp_path, taught_dir, agents):
     # mosquitto's message_size_limit: the broker answers the PUBACK with 0x95 (which paho 2.2 alone takes for a
     # malformed packet: it dropped the connection and sent the alert again on every reconnect)
-    broker, rec, state, a = _size_run(tmp_path, taught, agents, "message_size_limit 1800\n")
+    broker, rec, state, a = _size_run(tmp_path, taught_dir, agents, "message_size_limit 1800\n")
     try:
         raised = _raised(rec)
         assert "evidence" not in raised and raised["evidence_id"], raised
@@ -150,9 +150,9 @@ def test_an_alert_over_the_message_size_limit_goes_without_its_inline_evidence(t
         broker.stop()
 
 
-def test_the_brokers_maximum_packet_size_is_respected(tmp_path, taught, agents):
+def test_the_brokers_maximum_packet_size_is_respected(tmp_path, taught_dir, agents):
     # max_packet_size: mosquitto says it in the CONNACK and drops the connection of a client that sends more
-    broker, rec, state, a = _size_run(tmp_path, taught, agents, "max_packet_size 1000\n")
+    broker, rec, state, a = _size_run(tmp_path, taught_dir, agents, "max_packet_size 1000\n")
     try:
         raised = _raised(rec)
         assert "evidence" not in raised and raised["evidence_id"], raised
@@ -242,19 +242,19 @@ def _quiet_env(tmp_path: Path, taught: Path, port: int, **extra: Any) -> dict[st
     return agent_env(taught_state(taught, tmp_path / "state"), port, EDGE_AGENT_SOURCE__PATH=quiet, **extra)
 
 
-def test_protocol_auto_speaks_mqtt5_to_mosquitto_and_3_1_1_when_forced(tmp_path, taught, agents, live_broker):
+def test_protocol_auto_speaks_mqtt5_to_mosquitto_and_3_1_1_when_forced(tmp_path, taught_dir, agents, live_broker):
     for setting, level in (("auto", "p5"), ("3.1.1", "p2"), ("5", "p5")):
         before = len(_protocol_seen(live_broker))
-        r = run_agent(_quiet_env(tmp_path / setting, taught, live_broker.port, EDGE_AGENT_MQTT__PROTOCOL=setting))
+        r = run_agent(_quiet_env(tmp_path / setting, taught_dir, live_broker.port, EDGE_AGENT_MQTT__PROTOCOL=setting))
         assert r.returncode == 0, r.stderr
         assert _protocol_seen(live_broker)[before:] == [level], (setting, live_broker.log.read_text()[-2000:])
 
 
-def test_protocol_auto_falls_back_to_3_1_1_when_the_broker_refuses_mqtt5(tmp_path, taught, agents, live_broker):
+def test_protocol_auto_falls_back_to_3_1_1_when_the_broker_refuses_mqtt5(tmp_path, taught_dir, agents, live_broker):
     front = Mqtt311Only(live_broker.port)
     try:
         before = len(_protocol_seen(live_broker))
-        a = start_agent(_quiet_env(tmp_path / "auto", taught, front.port, EDGE_AGENT_SOURCE__SPEED="2"), tmp_path)
+        a = start_agent(_quiet_env(tmp_path / "auto", taught_dir, front.port, EDGE_AGENT_SOURCE__SPEED="2"), tmp_path)
         agents.append(a)
         assert a.proc.wait(60) == 0, a.log
         assert front.refused_v5 == 1
@@ -263,7 +263,7 @@ def test_protocol_auto_falls_back_to_3_1_1_when_the_broker_refuses_mqtt5(tmp_pat
         assert "connected to" in a.log, a.log
 
         # forced to 5, it says what to set (and does not fall back)
-        b = start_agent(_quiet_env(tmp_path / "five", taught, front.port, EDGE_AGENT_MQTT__PROTOCOL="5",
+        b = start_agent(_quiet_env(tmp_path / "five", taught_dir, front.port, EDGE_AGENT_MQTT__PROTOCOL="5",
                                    EDGE_AGENT_DRAIN_TIMEOUT_S="1"), tmp_path)
         agents.append(b)
         wait_for(lambda: "set EDGE_AGENT_MQTT__PROTOCOL=3.1.1" in b.log, timeout=30, what="the hint")
