@@ -298,7 +298,9 @@ class Outbox:
 
     def dead_letter(self, row_id: int, reason_code: int, reason: str) -> str | None:
         """Move a row the broker refused into the ``dead_letter`` table (one transaction: never in both, never in
-        neither); returns its kind, None when the row is gone already."""
+        neither); returns its kind, None when the row is gone already. The table has the outbox's bounds (a broker
+        refusing everything for weeks): past them its oldest most expendable rows are dropped, counted and logged."""
+        dropped: list[str] = []
         with self._lock:
             db = self._db
             db.execute("BEGIN IMMEDIATE")
@@ -309,12 +311,27 @@ class Outbox:
                                f"SELECT {_COLUMNS}, ?, ?, ? FROM outbox WHERE id=?",
                                (reason_code, reason, time.time(), row_id))
                     db.execute("DELETE FROM outbox WHERE id=?", (row_id,))
+                    dropped = self._trim_dead_letters(db)
                 db.execute("COMMIT")
             except BaseException:
                 if db.in_transaction:
                     db.execute("ROLLBACK")
                 raise
+        for kind in dropped:
+            self.counters.inc(f"outbox.dropped.{kind}")
+            log.warning("outbox: dead letters over EDGE_AGENT_OUTBOX__MAX_ROWS/MAX_BYTES: dropped the oldest %s", kind)
         return None if row is None else str(row[0])
+
+    def _trim_dead_letters(self, db: sqlite3.Connection) -> list[str]:
+        dropped: list[str] = []
+        rows, size = db.execute("SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM dead_letter").fetchone()
+        while rows > 1 and (rows > self.max_rows or size > self.max_bytes):
+            victim = db.execute(
+                "SELECT id, kind, LENGTH(payload) FROM dead_letter ORDER BY priority DESC, id ASC LIMIT 1").fetchone()
+            db.execute("DELETE FROM dead_letter WHERE id=?", (victim[0],))
+            dropped.append(str(victim[1]))
+            rows, size = rows - 1, size - victim[2]
+        return dropped
 
     def strip_row_evidence(self, row_id: int) -> bool:
         """Store this row's alert without its inline evidence (the broker refused it as too large); False when the row

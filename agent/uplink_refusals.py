@@ -150,6 +150,7 @@ class Refusals:
         self.max_packet: int | None = None  # the broker's Maximum Packet Size (CONNACK; MQTT 5 only)
         self.receive_max: int | None = None  # the broker's Receive Maximum (CONNACK; MQTT 5 only)
         self.early: dict[int, int] = {}  # mid -> refusal that came before the publisher recorded the mid
+        self.held: set[int] = set()  # refused rows that could not be moved to the dead letters: not sent again this run
         self._lock = threading.Lock()
         self._logged: set[str] = set()
         self._by_kind: dict[str, str] = {}  # kind -> the last reason it was refused for
@@ -231,8 +232,14 @@ class Refusals:
                 self._stripped("alert", "message size limit")
                 return
             kind = self.outbox.dead_letter(row_id, code, f"{name}: {detail}" if detail else name)
-        except Exception:  # noqa: BLE001 - the row stays in the outbox: sent again, refused again, not lost
-            log.exception("could not move a refused message to the dead letters")
+        except Exception:  # noqa: BLE001 - e.g. a full disk: the row stays in the outbox, held back until the next start
+            with self._lock:
+                self.held.add(row_id)
+                self._by_kind.setdefault("messages", name)
+            self.counters.inc("uplink.refused")
+            self.counters.inc(f"uplink.refused_by.{counter_name(name)}")
+            log.exception("could not move a message the broker refused (%s) to the dead letters: it stays in the "
+                          "outbox, not sent again before the next start", name)
             return
         if kind is None:
             return

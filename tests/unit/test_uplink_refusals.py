@@ -204,6 +204,37 @@ def test_a_refused_row_becomes_a_dead_letter_and_is_requeued_in_its_place(tmp_pa
     assert ob.requeue_dead_letters() == 0
 
 
+def test_dead_letters_have_the_outbox_bounds(tmp_path):
+    c = Counters()
+    ob = Outbox(tmp_path / "outbox.db", c, max_rows=10)
+    r = _refusals(ob, c)
+    for kind, topic, n in (("alert", "alerts", 8), ("summary", "summary", 4)):  # never more than 10 in the outbox
+        ids = [ob.put(Outgoing(kind, topic, {"id": f"{kind[0]}{i}"})) for i in range(n)]
+        for i in ids:
+            r.settle(i, 0x87)
+    db = sqlite3.connect(tmp_path / "outbox.db")
+    kept = [json.loads(p)["id"] for (p,) in db.execute("SELECT payload FROM dead_letter ORDER BY id")]
+    assert kept == [f"a{i}" for i in range(8)] + ["s2", "s3"]  # the oldest summaries went first
+    assert c.get("outbox.dropped.summary") == 2 and c.get("uplink.refused") == 12
+
+
+def test_a_refusal_that_cannot_be_stored_holds_the_row_back(tmp_path, caplog):
+    """The dead letter cannot be written (here: the database is closed under it): the row is neither lost nor sent
+    again and again; it stays for the next start."""
+    c = Counters()
+    ob = _outbox(tmp_path, c)
+    r = _refusals(ob, c)
+    a = ob.put(Outgoing("alert", "alerts", {"id": "a"}))
+    ob._db.close()
+    with caplog.at_level(logging.ERROR):
+        r.settle(a, 0x87)
+    assert r.held == {a} and c.get("uplink.refused") == 1
+    assert "stays in the outbox, not sent again before the next start" in caplog.text
+    assert r.reasons() == ["broker refuses messages: not authorized"]
+    ob = _outbox(tmp_path)
+    assert [row.id for row in ob.pending(10)] == [a]
+
+
 def test_a_row_already_gone_is_not_counted(tmp_path):
     c = Counters()
     ob = _outbox(tmp_path, c)
