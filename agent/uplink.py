@@ -72,7 +72,8 @@ class Uplink:
         self._lock = threading.Lock()
         self._batch = threading.Lock()  # a publisher batch; a (re)connection resets what is in flight between two
         self._inflight: dict[int, tuple[int, float]] = {}  # mid -> (row id, time published)
-        self._early_acks: dict[int, float] = {}  # mid -> when its PUBACK came before we recorded the mid
+        self._early_acks: dict[int, tuple[float, int]] = {}  # mid -> (when, reason code) of a PUBACK that came
+        # before we recorded the mid: a success too, so that an old refusal's code never outlives its mid
         self._status_mids: set[int] = set()  # statuses handed to paho and not acknowledged yet
         self._outage_logged = False
         self._thread: threading.Thread | None = None
@@ -165,7 +166,7 @@ class Uplink:
             if info.rc == mqtt.MQTT_ERR_SUCCESS:
                 self.published_key = key
             with self._lock:  # acknowledged already (parked in _early_acks): nothing to forget on a reconnect
-                if self._early_acks.pop(info.mid, -1.0) < t0:  # else a mid kept for ever could, once mids wrap,
+                if self._early_acks.pop(info.mid, (-1.0, 0))[0] < t0:  # else a mid kept for ever could, once mids wrap,
                     self._status_mids.add(info.mid)  # name an alert that paho must resend
             self.bytes_out += len(body) + len(self.base) + 7
 
@@ -229,8 +230,8 @@ class Uplink:
                 continue
             with self._lock:
                 # only an ack that arrived after this publish began is ours (mids wrap around at 65535)
-                early = self._early_acks.pop(info.mid, -1.0) >= t0
-                code = self.refusals.early.pop(info.mid, 0)
+                at, code = self._early_acks.pop(info.mid, (-1.0, 0))
+                early = at >= t0
                 if not early:
                     self._inflight[info.mid] = (row.id, time.monotonic())
             if early:
@@ -279,7 +280,6 @@ class Uplink:
                 self._inflight.clear()
                 self._status_mids = set()
                 self._early_acks.clear()  # acks of the last connection: none can name a mid of the new one
-                self.refusals.early.clear()
             with client._out_message_mutex:
                 for mid in mids:
                     msg = client._out_messages.pop(mid, None)
@@ -310,12 +310,9 @@ class Uplink:
                 self._status_mids.discard(mid)
                 entry = self._inflight.get(mid)
                 if entry is None:  # not ours yet (or status/replies, which are not tracked)
-                    self._early_acks[mid] = time.monotonic()
-                    if code >= 0x80:
-                        self.refusals.early[mid] = code
+                    self._early_acks[mid] = (time.monotonic(), code)  # its code with it: no stale one outlives it
                     if len(self._early_acks) > 1000:
                         self._early_acks.clear()
-                        self.refusals.early.clear()
             if entry is not None:
                 # delete the row first, then forget it is in flight: the other way round, the publisher thread
                 # could pick the row up again in between and publish it a second time

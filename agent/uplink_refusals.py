@@ -149,7 +149,6 @@ class Refusals:
         self.where, self.topic_filter = where, topic_filter  # "host:port", "{prefix}/{device_id}/#"
         self.max_packet: int | None = None  # the broker's Maximum Packet Size (CONNACK; MQTT 5 only)
         self.receive_max: int | None = None  # the broker's Receive Maximum (CONNACK; MQTT 5 only)
-        self.early: dict[int, int] = {}  # mid -> refusal that came before the publisher recorded the mid
         self.held: set[int] = set()  # refused rows that could not be moved to the dead letters: not sent again this run
         self._lock = threading.Lock()
         self._logged: set[str] = set()
