@@ -206,7 +206,7 @@ class Uplink:
             room = self.refusals.room(self.s.max_inflight) - len(self._inflight)
             if room <= 0:
                 return
-            busy = {row for row, _ in self._inflight.values()} | self.refusals.held  # held: refused, not moved
+            busy = {row for row, _ in self._inflight.values()} | self.refusals.held_rows()  # refused, not moved
         for row in self.outbox.pending(room, exclude=busy):
             body = self.refusals.body(row, self.topic(row.topic))  # with sent_at; within the broker's packet size
             if body is None:

@@ -162,6 +162,11 @@ class Refusals:
             log.warning("%d message(s) the broker refused in an earlier run are back in the outbox: sending them "
                         "again", n)
 
+    def held_rows(self) -> frozenset[int]:
+        """A copy of ``held``, taken under the lock paho's thread adds to it with."""
+        with self._lock:
+            return frozenset(self.held)
+
     # -- connection ------------------------------------------------------------------------------------------
 
     def fall_back(self, client: mqtt.Client, reason_code: Any) -> bool:
