@@ -346,16 +346,32 @@ class Outbox:
             self._db.execute("UPDATE outbox SET payload=? WHERE id=?", (message_bytes(payload), row_id))
         return True
 
-    def requeue_dead_letters(self) -> int:
+    def dead_letter_behind(self, row_id: int, alert_id: str) -> bool:
+        """While an earlier row of this alert is a dead letter, this one (its ``cleared``) follows it there unsent,
+        under the refusal's code: the two are re-queued together, in order. True when moved."""
+        with self._lock:
+            first = self._db.execute(
+                "SELECT id, reason_code FROM dead_letter WHERE kind='alert' AND id<? AND "
+                "json_extract(CAST(payload AS TEXT), '$.alert_id')=? ORDER BY id LIMIT 1", (row_id, alert_id)).fetchone()
+        return first is not None and self.dead_letter(row_id, first[1], f"not sent: follows refused row {first[0]}") is not None
+
+    def dead_letter_due(self, codes: frozenset[int], refused_before: float) -> bool:
+        """Is a dead letter refused with one of ``codes`` before ``refused_before`` (time.time())?"""
+        marks = ",".join("?" * len(codes))
+        with self._lock:
+            return self._db.execute(f"SELECT 1 FROM dead_letter WHERE reason_code IN ({marks}) AND refused_ts<? LIMIT 1",
+                                    (*sorted(codes), refused_before)).fetchone() is not None
+
+    def requeue_dead_letters(self) -> list[int]:
         """Put every dead letter back into the outbox under its old row id (so in its old place: a ``raised``
-        before its ``cleared``); returns how many. At start: the operator may have fixed what the broker refused."""
+        before its ``cleared``); returns their ids. On every connection: the operator may have fixed the broker."""
         with self._lock:
             db = self._db
             if not db.execute("SELECT COUNT(*) FROM dead_letter").fetchone()[0]:
-                return 0  # nothing written: an empty DELETE still dirties a page (a start on a full disk)
+                return []  # nothing written: an empty DELETE still dirties a page (a start on a full disk)
             db.execute("BEGIN IMMEDIATE")
             try:
-                n = db.execute("SELECT COUNT(*) FROM dead_letter").fetchone()[0]
+                n = [r[0] for r in db.execute("SELECT id FROM dead_letter ORDER BY id")]
                 db.execute(f"INSERT OR IGNORE INTO outbox ({_COLUMNS}) SELECT {_COLUMNS} FROM dead_letter")
                 db.execute("DELETE FROM dead_letter")
                 db.execute("COMMIT")
@@ -363,7 +379,7 @@ class Outbox:
                 if db.in_transaction:
                     db.execute("ROLLBACK")
                 raise
-        return int(n)
+        return n
 
     def depth(self) -> int:
         with self._lock:

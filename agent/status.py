@@ -213,6 +213,7 @@ class Board:
                        "short_connections": c.get("uplink.short_connections"),
                        "subscribe_refused": c.get("uplink.subscribe_refused"), "refused": c.get("uplink.refused"),
                        "refused_by": c.snapshot("uplink.refused_by."),
+                       "held_behind_refused": c.get("uplink.held_behind_refused"),
                        "evidence_stripped": c.get("uplink.evidence_stripped")},
         }
         if self.with_assets:

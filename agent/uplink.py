@@ -110,7 +110,6 @@ class Uplink:
         starts the publishing thread (the agent's guard: a thread that dies stops the process); default: a plain
         daemon thread."""
         will = {"state": "offline", "device_id": self.device_id, "ts": iso(time.time()), "reason": "connection lost"}
-        self.refusals.requeue()  # the last run's dead letters: the operator may have fixed what the broker refused
         self.client.will_set(self.topic("status"), message_bytes(will), qos=1, retain=True)
         self.client.connect_async(self.s.host, self.s.port, keepalive=self.s.keepalive_s, clean_start=True)
         self.client.loop_start()
@@ -193,6 +192,8 @@ class Uplink:
             if self._short >= SHORT_IN_A_ROW and self.connected.is_set() and now - self._connected_at >= SHORT_S:
                 self._short = 0
                 log.info("the connection to %s:%d holds again", self.s.host, self.s.port)
+            if self.connected.is_set() and self.refusals.retry():  # temporary refusals, every RETRY_S
+                woken = True
             if self.connected.is_set() and (woken or now >= next_poll):
                 next_poll = now + IDLE_POLL_S
                 self._publish_pending()
@@ -210,7 +211,7 @@ class Uplink:
         for row in self.outbox.pending(room, exclude=busy):
             body = self.refusals.body(row, self.topic(row.topic))  # with sent_at; within the broker's packet size
             if body is None:
-                continue  # over the broker's Maximum Packet Size even without evidence: a dead letter now
+                continue  # a dead letter now (too large, behind a refused alert) or behind an alert in flight
             # Never hold self._lock while calling into paho: paho calls on_publish holding its own message mutex,
             # and on_publish takes self._lock (lock-order inversion = deadlock). A PUBACK that beats us to
             # recording the mid is parked in _early_acks instead.
@@ -249,6 +250,7 @@ class Uplink:
                 return
             self._reset_inflight(client)
             self.refusals.connected(client, properties)
+            self.refusals.requeue()  # dead letters: the operator may have fixed what the broker refused
             self._connected_at = time.monotonic()
             self.connected.set()
             self.counters.inc("uplink.connects")

@@ -5,8 +5,10 @@ size limit): the PUBACK cannot say otherwise, and the alert is "delivered" and l
 reason code, ≥ 0x80 for a refusal (0x87 not authorized, 0x95 packet too large, ...). Such a row leaves the outbox for
 the ``dead_letter`` table of the same SQLite file (so it is neither lost nor sent again and again on every wake-up),
 is counted (``uplink.refused``, ``uplink.refused_by.<reason>``), logged once per reason, and makes the status
-``degraded: broker refuses alerts: not authorized``; the next start puts dead letters back into the outbox (the
-operator may have fixed the ACL in between). The broker's Maximum Packet Size (a CONNACK property) is respected
+``degraded: broker refuses alerts: not authorized`` until they are accepted. The later rows of an alert whose row is a
+dead letter follow it there unsent (a ``cleared`` never before its ``raised``); every connection (and, for a temporary
+refusal, every RETRY_S) puts the dead letters back into the outbox in their old places (the operator may have fixed
+the ACL in between). The broker's Maximum Packet Size (a CONNACK property) is respected
 before sending: an alert over it goes without its inline evidence, anything else over it is a dead letter.
 
 paho 2.2 cannot read a PUBACK with reason code 0x95 (the MQTT 5 specification lists it for CONNACK and DISCONNECT
@@ -47,6 +49,10 @@ REASON_NAMES = {
     0x99: "payload format invalid",
 }
 KIND_PLURAL = {"alert": "alerts", "summary": "summaries", "advice": "advice"}
+# refusals that are over by themselves (a quota, a busy or confused broker): their dead letters are retried every
+# RETRY_S even while the connection holds; any other waits for a reconnection (the operator restarts the broker)
+TEMPORARY = frozenset({0x80, 0x89, 0x91, 0x97})  # unspecified error, server busy, packet id in use, quota exceeded
+RETRY_S = 600.0
 
 
 def reason_name(code: int) -> str:
@@ -154,13 +160,31 @@ class Refusals:
         self._logged: set[str] = set()
         self._by_kind: dict[str, str] = {}  # kind -> the last reason it was refused for
         self._stripped_logged = False
+        self._unsettled: set[int] = set()  # dead letters (and re-queued ones) not accepted yet: the status says so
+        self._flying: dict[int, str] = {}  # row id -> alert id of an alert sent and not acknowledged yet
+        self._next_retry = time.monotonic() + RETRY_S
 
     def requeue(self) -> None:
-        """At start: the last run's dead letters go back into the outbox (under their old row ids: in order)."""
-        n = self.outbox.requeue_dead_letters()
-        if n:
-            log.warning("%d message(s) the broker refused in an earlier run are back in the outbox: sending them "
-                        "again", n)
+        """On every connection: the dead letters go back into the outbox (under their old row ids: in order), the
+        operator may have fixed what the broker refused; the degraded reason goes once they are accepted."""
+        ids = self.outbox.requeue_dead_letters()
+        with self._lock:
+            self._unsettled.update(ids)
+            if not self._unsettled:
+                self._by_kind.clear()
+        if ids:
+            log.warning("%d message(s) the broker refused are back in the outbox: sending them again", len(ids))
+
+    def retry(self) -> bool:
+        """Every RETRY_S: a dead letter refused for a temporary reason (TEMPORARY) that long ago re-queues them all
+        (in order). True when it did (called by the publisher thread while connected)."""
+        if time.monotonic() < self._next_retry:
+            return False
+        self._next_retry = time.monotonic() + RETRY_S
+        if not self.outbox.dead_letter_due(TEMPORARY, time.time() - RETRY_S):
+            return False
+        self.requeue()
+        return True
 
     def held_rows(self) -> frozenset[int]:
         """A copy of ``held``, taken under the lock paho's thread adds to it with."""
@@ -184,6 +208,8 @@ class Refusals:
     def connected(self, client: mqtt.Client, properties: Any) -> None:
         """A CONNACK arrived: its limits hold for this connection."""
         self.max_packet, self.receive_max = connack_limits(properties)
+        with self._lock:  # what the last connection left in flight is sent again, in order; a held row still holds
+            self._flying = {r: a for r, a in self._flying.items() if r in self.held}  # its alert's later rows back
         if isinstance(client, RefusalAwareClient):
             client.max_packet = self.max_packet
 
@@ -197,6 +223,9 @@ class Refusals:
         """The row's message as sent now (``sent_at``), fitted into the broker's Maximum Packet Size: an alert
         without its inline evidence when that fits; None when it cannot fit (then it is a dead letter)."""
         payload = json.loads(row.payload)
+        alert = str(payload.get("alert_id") or "") if row.kind == "alert" and row.qos else ""
+        if alert and self._waits(row.id, alert):
+            return None
         payload["sent_at"] = iso(time.time())
         body = message_bytes(payload)
         limit = self.max_packet
@@ -211,6 +240,21 @@ class Refusals:
         self.refuse(row.id, PACKET_TOO_LARGE, f"{size} bytes, over the broker's Maximum Packet Size {limit}")
         return None
 
+    def _waits(self, row_id: int, alert: str) -> bool:
+        """Not now for this row of ``alert``: an earlier row of it is in flight (the broker may yet refuse it), or a
+        dead letter (then this one follows it there, unsent: they go out again together, in order)."""
+        with self._lock:
+            if any(a == alert and r != row_id for r, a in self._flying.items()):
+                return True
+        if self.outbox.dead_letter_behind(row_id, alert):
+            self.counters.inc("uplink.held_behind_refused")
+            with self._lock:
+                self._unsettled.add(row_id)
+            return True
+        with self._lock:
+            self._flying[row_id] = alert
+        return False
+
     def settle(self, row_id: int, code: int) -> None:
         """A PUBACK for this row: delete it, or (a reason code >= 0x80, MQTT 5) move it to the dead letters."""
         if code >= 0x80:
@@ -218,6 +262,14 @@ class Refusals:
         else:
             self.outbox.ack(row_id)
             self.counters.inc("uplink.acked")
+        with self._lock:
+            if row_id not in self.held:
+                self._flying.pop(row_id, None)
+            if code < 0x80 and row_id in self._unsettled:
+                self._unsettled.discard(row_id)
+                if not self._unsettled and self._by_kind:
+                    self._by_kind.clear()
+                    log.info("broker %s accepts the messages it refused before", self.where)
 
     def _stripped(self, kind: str, limit: str) -> None:
         self.counters.inc("uplink.evidence_stripped")
@@ -251,14 +303,16 @@ class Refusals:
         self.counters.inc(f"uplink.refused_by.{counter_name(name)}")
         with self._lock:
             self._by_kind[kind] = name
+            self._unsettled.add(row_id)
             first = name not in self._logged
             self._logged.add(name)
         if first:
             hint = (f": its ACL must let this client publish to {self.topic_filter}" if code == 0x87 else
                     ": keep the broker's size limit above the largest message" if code == PACKET_TOO_LARGE else "")
-            log.error("broker %s refuses %s (%s%s)%s; kept in the dead_letter table of outbox.db and sent again at the "
-                      "next start; further refusals for this reason are counted (stats uplink.refused_by), not logged",
-                      self.where, KIND_PLURAL.get(kind, kind), name, f": {detail}" if detail else "", hint)
+            log.error("broker %s refuses %s (%s%s)%s; kept in the dead_letter table of outbox.db and sent again on the "
+                      "next connection%s; further refusals for this reason are counted (stats uplink.refused_by), not logged",
+                      self.where, KIND_PLURAL.get(kind, kind), name, f": {detail}" if detail else "", hint,
+                      f" and every {RETRY_S / 60:.0f} min" if code in TEMPORARY else "")
 
     def reasons(self) -> list[str]:
         """Status reasons: ``broker refuses alerts: not authorized``, one per kind of message refused this run."""

@@ -6,6 +6,7 @@ letter."""
 
 from __future__ import annotations
 
+import signal
 import sqlite3
 import time
 from pathlib import Path
@@ -61,6 +62,40 @@ def _alerts(rec: Recorder) -> list[tuple[Any, ...]]:
     return [(m["id"], m["state"], m["seq"]) for m in rec.on("alerts")]
 
 
+def test_a_clear_never_overtakes_its_refused_raise_and_both_go_out_when_the_broker_reconnects(tmp_path):
+    broker, acl = _broker(tmp_path, alerts=False)
+    rec = Recorder(broker.port, "edge/#", durable=True)
+    c = Counters()
+    ob = Outbox(tmp_path / "outbox.db", c)
+    up = _uplink(broker.port, ob, c)
+    try:
+        _alert(ob, up, "m1", "raised")
+        wait_for(lambda: _dead(ob), timeout=10, what="the refused raise as a dead letter")
+        assert up.refusals.reasons() == ["broker refuses alerts: not authorized"]
+        # the operator fixes the ACL (mosquitto reloads it on SIGHUP: the connection stays); the alert clears
+        _acl(acl, alerts=True)
+        assert broker.proc is not None
+        broker.proc.send_signal(signal.SIGHUP)
+        time.sleep(0.5)
+        _alert(ob, up, "m2", "cleared")
+        wait_for(lambda: len(_dead(ob)) == 2, timeout=10, what="the clear kept behind its raise")
+        time.sleep(0.5)
+        assert _alerts(rec) == [], "the clear went out before its refused raise"
+        assert c.get("uplink.refused") == 1  # the clear was not refused: it was not sent
+        # ... and restarts the broker: on the reconnection the dead letters go out, in order, without an agent restart
+        broker.stop()
+        broker.start()
+        wait_for(lambda: len(rec.on("alerts")) >= 2, timeout=20, what="the re-queued alerts")
+        assert _alerts(rec) == [("m1", "raised", 1), ("m2", "cleared", 2)]
+        assert _dead(ob) == [] and ob.depth() == 0
+        wait_for(lambda: up.refusals.reasons() == [], timeout=5, what="the degraded reason to clear")
+    finally:
+        up.stop()
+        rec.close()
+        broker.stop()
+        ob.close()
+
+
 def test_a_stale_refusal_of_a_status_never_makes_an_accepted_alert_a_dead_letter(tmp_path):
     # the ACL lets the gateway publish its alerts, not its status: the status PUBACK on connect is a refusal (0x87)
     broker, _ = _broker(tmp_path, alerts=True, status=False)
@@ -70,10 +105,10 @@ def test_a_stale_refusal_of_a_status_never_makes_an_accepted_alert_a_dead_letter
     up = _uplink(broker.port, ob, c)
     client_class = type(up.client)
     try:
-        wait_for(lambda: up._early_acks, timeout=5, what="the status PUBACK")  # noqa: SLF001
-        stale = next(iter(up._early_acks))  # noqa: SLF001 - the status's mid
+        wait_for(lambda: up._early_acks, timeout=5, what="the status PUBACK")
+        stale = next(iter(up._early_acks))
         time.sleep(0.3)
-        up.client._last_mid = stale - 1  # noqa: SLF001 - paho's mids wrap at 65535: the next alert gets this mid again
+        up.client._last_mid = stale - 1
 
         class Slow(client_class):  # type: ignore[misc,valid-type]
             """A loaded gateway: the alert's PUBACK (a success) arrives before the publisher records the mid."""

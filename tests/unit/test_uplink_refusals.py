@@ -21,6 +21,7 @@ from agent.mqtt_client import BrokerConnection, make_client
 from agent.outbox import Outbox
 from agent.records import Outgoing
 from agent.settings import ConfigError, load_settings
+import agent.uplink_refusals as ur
 from agent.uplink_refusals import (
     PROTOCOLS, RefusalAwareClient, Refusals, connack_limits, puback_fields, publish_size, reason_name,
 )
@@ -198,10 +199,81 @@ def test_a_refused_row_becomes_a_dead_letter_and_is_requeued_in_its_place(tmp_pa
     later = ob.put(Outgoing("alert", "alerts", {"id": "later"}))
     ob.close()
     ob = _outbox(tmp_path)
-    assert ob.requeue_dead_letters() == 3
+    assert ob.requeue_dead_letters() == [ids[0], ids[1], s]
     assert [json.loads(row.payload)["id"] for row in ob.pending(10)] == ["a0", "a1", "later", "s"]
     assert [row.id for row in ob.pending(10)][:3] == [ids[0], ids[1], later]
-    assert ob.requeue_dead_letters() == 0
+    assert ob.requeue_dead_letters() == []
+
+
+def _alert(ob, alert_id, state):
+    return ob.put(Outgoing("alert", "alerts", {"id": f"{alert_id}-{state}", "alert_id": alert_id, "state": state}))
+
+
+def test_the_rows_of_an_alert_whose_raise_is_a_dead_letter_follow_it_there_unsent(tmp_path):
+    c = Counters()
+    ob = _outbox(tmp_path, c)
+    r = _refusals(ob, c)
+    raised, other = _alert(ob, "A", "raised"), _alert(ob, "B", "raised")
+    assert r.body(ob.pending(1)[0], "edge/gw/alerts") is not None
+    r.settle(raised, 0x87)
+    cleared = _alert(ob, "A", "cleared")
+    rows = {row.id: row for row in ob.pending(10)}
+    assert r.body(rows[cleared], "edge/gw/alerts") is None  # not sent: the control room never saw the raise
+    assert r.body(rows[other], "edge/gw/alerts") is not None  # another alert goes out
+    db = sqlite3.connect(tmp_path / "outbox.db")
+    assert db.execute("SELECT id, reason_code, reason FROM dead_letter ORDER BY id").fetchall() == [
+        (raised, 0x87, "not authorized"), (cleared, 0x87, f"not sent: follows refused row {raised}")]
+    assert c.get("uplink.refused") == 1 and c.get("uplink.held_behind_refused") == 1
+    r.settle(other, 0)
+    r.requeue()  # the next connection: the two go out again, together and in order
+    assert [row.id for row in ob.pending(10)] == [raised, cleared]
+    assert r.reasons() == ["broker refuses alerts: not authorized"]  # until the broker takes them
+    r.settle(raised, 0)
+    assert r.reasons() != []
+    r.settle(cleared, 0)
+    assert r.reasons() == [] and ob.depth() == 0
+
+
+def test_a_row_of_an_alert_waits_while_an_earlier_one_is_in_flight(tmp_path):
+    """The broker may yet refuse the raise (a quota): its clear is not sent before the raise's PUBACK."""
+    c = Counters()
+    ob = _outbox(tmp_path, c)
+    r = _refusals(ob, c)
+    raised, cleared = _alert(ob, "A", "raised"), _alert(ob, "A", "cleared")
+    rows = ob.pending(10)
+    assert r.body(rows[0], "t") is not None
+    assert r.body(rows[1], "t") is None and ob.depth() == 2  # waits, in the outbox
+    assert r.body(rows[0], "t") is not None  # the raise itself, sent again (a failed publish)
+    r.settle(raised, 0x97)
+    assert r.body(rows[1], "t") is None  # now behind the dead letter
+    r.connected(None, None)
+    r.requeue()
+    rows = ob.pending(10)
+    assert [row.id for row in rows] == [raised, cleared]
+    assert r.body(rows[0], "t") is not None and r.body(rows[1], "t") is None
+    r.settle(raised, 0)
+    assert r.body(rows[1], "t") is not None
+
+
+def test_temporary_refusals_are_retried_on_a_timer_others_at_the_next_connection(tmp_path, monkeypatch):
+    c = Counters()
+    ob = _outbox(tmp_path, c)
+    r = _refusals(ob, c)
+    denied, quota = _alert(ob, "A", "raised"), _alert(ob, "B", "raised")
+    r.settle(denied, 0x87)
+    assert not r.retry()  # not before RETRY_S
+    r._next_retry = 0.0
+    assert not r.retry() and ob.depth() == 1  # 0x87 (not authorized) is not over by itself: not retried on a timer
+    r.settle(quota, 0x97)
+    r._next_retry = 0.0
+    assert not r.retry() and ob.depth() == 0  # refused just now: not yet
+    db = sqlite3.connect(tmp_path / "outbox.db", isolation_level=None)
+    db.execute("UPDATE dead_letter SET refused_ts = refused_ts - ?", (ur.RETRY_S + 1,))
+    assert not r.retry()  # checked at most every RETRY_S
+    r._next_retry = 0.0
+    assert r.retry()  # all of them, in order
+    assert [row.id for row in ob.pending(10)] == [denied, quota]
+    assert not r.retry()
 
 
 def test_dead_letters_have_the_outbox_bounds(tmp_path):
@@ -224,15 +296,24 @@ def test_a_refusal_that_cannot_be_stored_holds_the_row_back(tmp_path, caplog):
     c = Counters()
     ob = _outbox(tmp_path, c)
     r = _refusals(ob, c)
-    a = ob.put(Outgoing("alert", "alerts", {"id": "a"}))
-    ob._db.close()
+    a = _alert(ob, "A", "raised")
+    cleared = _alert(ob, "A", "cleared")
+    rows = ob.pending(10)
+    assert r.body(rows[0], "t") is not None
+    db = ob._db
+    ob._db = sqlite3.connect(":memory:", check_same_thread=False)  # no tables: the dead letter cannot be written
     with caplog.at_level(logging.ERROR):
         r.settle(a, 0x87)
+    ob._db.close()
+    ob._db = db
     assert r.held == {a} and c.get("uplink.refused") == 1
+    r.connected(None, None)  # a reconnection too
+    assert r.body(rows[1], "t") is None  # its clear is held back with it, not sent before it
     assert "stays in the outbox, not sent again before the next start" in caplog.text
     assert r.reasons() == ["broker refuses messages: not authorized"]
+    ob.close()
     ob = _outbox(tmp_path)
-    assert [row.id for row in ob.pending(10)] == [a]
+    assert [row.id for row in ob.pending(10)] == [a, cleared]
 
 
 def test_a_row_already_gone_is_not_counted(tmp_path):
