@@ -299,6 +299,7 @@ class Uplink:
         try:
             was = self.connected.is_set()
             self.connected.clear()
+            self.refusals.closed(client, was)  # auto: MQTT 5 connections ended before their CONNACK, in a row
             if was and not self._stop.is_set():
                 self._taken_over(reason_code)
                 self._outage(f"disconnected from {self.s.host}:{self.s.port} ({reason_code})")

@@ -53,6 +53,7 @@ KIND_PLURAL = {"alert": "alerts", "summary": "summaries", "advice": "advice"}
 # RETRY_S even while the connection holds; any other waits for a reconnection (the operator restarts the broker)
 TEMPORARY = frozenset({0x80, 0x89, 0x91, 0x97})  # unspecified error, server busy, packet id in use, quota exceeded
 RETRY_S = 600.0
+SILENT_CLOSES = 3  # auto: MQTT 5 connections in a row ended without a CONNACK before 3.1.1 is tried
 
 
 def reason_name(code: int) -> str:
@@ -163,6 +164,8 @@ class Refusals:
         self._unsettled: set[int] = set()  # dead letters (and re-queued ones) not accepted yet: the status says so
         self._flying: dict[int, str] = {}  # row id -> alert id of an alert sent and not acknowledged yet
         self._next_retry = time.monotonic() + RETRY_S
+        self._answered = False  # a CONNACK came on this connection attempt
+        self._closes = 0  # MQTT 5 connections in a row the broker ended before any CONNACK
 
     def requeue(self) -> None:
         """On every connection: the dead letters go back into the outbox (under their old row ids: in order), the
@@ -196,17 +199,35 @@ class Refusals:
     def fall_back(self, client: mqtt.Client, reason_code: Any) -> bool:
         """``auto`` and the broker refused MQTT 5 as an unsupported protocol version: speak 3.1.1 from the next
         attempt on (paho reconnects by itself). True when so."""
-        if self.setting != "auto" or client._protocol != mqtt.MQTTv5 or getattr(reason_code, "value", 0) != UNSUPPORTED_PROTOCOL:
+        self._answered = True
+        if getattr(reason_code, "value", 0) != UNSUPPORTED_PROTOCOL or not self._auto_on_5(client):
             return False
+        self._speak_311(client, "does not speak MQTT 5")
+        return True
+
+    def closed(self, client: mqtt.Client, was_connected: bool) -> None:
+        """A connection ended. ``auto``: a broker that ends MQTT 5 connections before any CONNACK, SILENT_CLOSES
+        times in a row (some do so instead of refusing the protocol version), gets 3.1.1 from the next attempt on."""
+        answered, self._answered = self._answered or was_connected, False
+        self._closes = 0 if answered or not self._auto_on_5(client) else self._closes + 1
+        if self._closes >= SILENT_CLOSES:
+            self._speak_311(client, f"closed the connection {self._closes} times in a row before answering an MQTT 5 "
+                                    "CONNECT: it may not speak MQTT 5")
+
+    def _auto_on_5(self, client: mqtt.Client) -> bool:
+        return self.setting == "auto" and client._protocol == mqtt.MQTTv5
+
+    def _speak_311(self, client: mqtt.Client, why: str) -> None:
         client._protocol = mqtt.MQTTv311  # paho 2.x internal: paho itself downgrades 3.1.1 to 3.1 this way
         client._clean_session = True
-        log.warning("broker %s does not speak MQTT 5: using MQTT 3.1.1, over which it cannot say that it refuses a "
-                    "message (ACL, size): such an alert is acknowledged and lost; set EDGE_AGENT_MQTT__PROTOCOL=3.1.1 "
-                    "to say so once and for all", self.where)
-        return True
+        self._closes = 0
+        log.warning("broker %s %s: using MQTT 3.1.1, over which it cannot say that it refuses a message (ACL, size): "
+                    "such an alert is acknowledged and lost; set EDGE_AGENT_MQTT__PROTOCOL=3.1.1 to say so once and "
+                    "for all", self.where, why)
 
     def connected(self, client: mqtt.Client, properties: Any) -> None:
         """A CONNACK arrived: its limits hold for this connection."""
+        self._answered = True
         self.max_packet, self.receive_max = connack_limits(properties)
         with self._lock:  # what the last connection left in flight is sent again, in order; a held row still holds
             self._flying = {r: a for r, a in self._flying.items() if r in self.held}  # its alert's later rows back

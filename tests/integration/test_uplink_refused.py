@@ -170,10 +170,11 @@ def test_the_brokers_maximum_packet_size_is_respected(tmp_path, taught_dir, agen
 class Mqtt311Only:
     """A TCP front for mosquitto (which speaks MQTT 5) that answers an MQTT 5 CONNECT as a broker that speaks only
     3.1.1 must ([MQTT-3.1.2-2]: CONNACK return code 1, unacceptable protocol version, then close) and passes every
-    other connection through to mosquitto."""
+    other connection through to mosquitto. ``silent``: closes the connection without a CONNACK, as some brokers do."""
 
-    def __init__(self, broker_port: int):
+    def __init__(self, broker_port: int, silent: bool = False):
         self.broker_port = broker_port
+        self.silent = silent
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.refused_v5 = 0
@@ -202,7 +203,8 @@ class Mqtt311Only:
             level = head[i + 1 + 6]
             if level == 5:
                 self.refused_v5 += 1
-                client.sendall(b"\x20\x02\x00\x01")
+                if not self.silent:
+                    client.sendall(b"\x20\x02\x00\x01")
                 client.close()
                 return
             broker = socket.create_connection(("127.0.0.1", self.broker_port))
@@ -269,5 +271,21 @@ def test_protocol_auto_falls_back_to_3_1_1_when_the_broker_refuses_mqtt5(tmp_pat
         wait_for(lambda: "set EDGE_AGENT_MQTT__PROTOCOL=3.1.1" in b.log, timeout=30, what="the hint")
         assert "using MQTT 3.1.1" not in b.log, b.log
         b.stop()
+    finally:
+        front.close()
+
+
+def test_protocol_auto_falls_back_to_3_1_1_when_the_broker_closes_mqtt5_connections(tmp_path, taught_dir, agents,
+                                                                                      live_broker):
+    front = Mqtt311Only(live_broker.port, silent=True)  # no CONNACK: the connection just ends
+    try:
+        before = len(_protocol_seen(live_broker))
+        a = start_agent(_quiet_env(tmp_path / "auto", taught_dir, front.port, EDGE_AGENT_SOURCE__SPEED="2"), tmp_path)
+        agents.append(a)
+        assert a.proc.wait(90) == 0, a.log
+        assert front.refused_v5 == 3, a.log
+        assert _protocol_seen(live_broker)[before:] == ["p2"]
+        assert a.log.count("closed the connection 3 times in a row before answering an MQTT 5 CONNECT") == 1, a.log
+        assert "connected to" in a.log, a.log
     finally:
         front.close()

@@ -394,3 +394,28 @@ def test_a_forced_protocol_never_falls_back(tmp_path, setting):
     r = _refusals(_outbox(tmp_path), Counters(), setting)
     assert not r.fall_back(c, _unsupported())
     assert c._protocol == PROTOCOLS[setting]
+
+
+def test_auto_falls_back_after_mqtt5_connections_closed_in_a_row_before_any_connack(tmp_path, caplog):
+    c = _client()
+    r = _refusals(_outbox(tmp_path), Counters(), "auto")
+    r.closed(c, False)
+    r.closed(c, False)
+    r.fall_back(c, ReasonCode(PacketTypes.CONNACK, "Not authorized"))  # a CONNACK (a refusal): not a silent close
+    r.closed(c, False)
+    r.closed(c, False)
+    r.connected(c, None)
+    r.closed(c, True)  # a connection that was accepted and then ended
+    r.closed(c, False)
+    r.closed(c, False)
+    assert c._protocol == mqtt.MQTTv5
+    with caplog.at_level(logging.WARNING):
+        r.closed(c, False)
+    assert c._protocol == mqtt.MQTTv311 and c._clean_session is True
+    assert "closed the connection 3 times in a row before answering an MQTT 5 CONNECT" in caplog.text
+    for setting in ("5", "3.1.1"):
+        forced = _client(PROTOCOLS[setting])
+        r = _refusals(_outbox(tmp_path / setting), Counters(), setting)
+        for _ in range(5):
+            r.closed(forced, False)
+        assert forced._protocol == PROTOCOLS[setting]
