@@ -325,6 +325,7 @@ class Refusals:
         with self._lock:
             self._by_kind[kind] = name
             self._unsettled.add(row_id)
+            self._flying.pop(row_id, None)  # refused before it was sent (too large): its alert's later rows follow it
             first = name not in self._logged
             self._logged.add(name)
         if first:

@@ -361,6 +361,20 @@ def test_body_fits_the_maximum_packet_size(tmp_path):
     assert code == 0x95 and reason.startswith("packet too large: ") and "Maximum Packet Size 1000" in reason
 
 
+def test_the_clear_of_an_alert_over_the_maximum_packet_size_follows_it_into_the_dead_letters(tmp_path):
+    c = Counters()
+    ob = _outbox(tmp_path, c)
+    r = _refusals(ob, c)
+    raised = ob.put(Outgoing("alert", "alerts", {"id": "r", "alert_id": "A", "state": "raised", "pad": "x" * 2000}))
+    cleared = _alert(ob, "A", "cleared")
+    r.connected(None, SimpleNamespace(MaximumPacketSize=1000))
+    rows = ob.pending(10)
+    assert r.body(rows[0], "edge/gw/alerts") is None and r.body(rows[1], "edge/gw/alerts") is None
+    db = sqlite3.connect(tmp_path / "outbox.db")
+    assert [i for (i,) in db.execute("SELECT id FROM dead_letter ORDER BY id")] == [raised, cleared]
+    assert ob.depth() == 0
+
+
 def test_receive_maximum_bounds_the_messages_in_flight(tmp_path):
     r = _refusals(_outbox(tmp_path), Counters())
     assert r.room(10) == 10
