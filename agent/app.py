@@ -80,7 +80,7 @@ class Agent:
         self.uplink.heartbeat = lambda: self.heartbeats.beat("uplink")
         self.board = Board(s, self.assets, self.feeds, self.counters, self.outbox, self.evidence, self.heartbeats,
                            self.readings.queue, lambda: self.uplink.bytes_out, self.uplink.connected.is_set,
-                           config_digest(s))
+                           config_digest(s), self.uplink.refusals.reasons)
         self.commands = Control(self.assets, self.evidence, self.counters, s.commands,
                                 Gateway(s.device_id, self.board.state, self.publish_status_and_stats,
                                         self.uplink.publish_status))

@@ -1,7 +1,7 @@
 """The one MQTT client factory: the uplink, the MQTT source and ``monitor`` all get their paho client here.
 
 Everything a connection to a broker needs is decided once, in :class:`BrokerConnection` (host, port, credentials,
-TLS, mutual TLS), and applied once, in :func:`make_client`: paho 2's callback API, MQTT 3.1.1 with a clean
+TLS, mutual TLS), and applied once, in :func:`make_client`: paho 2's callback API, MQTT 3.1.1 (or 5) with a clean
 session, the password from its file or the systemd credential, the reconnect delays, ``max_inflight`` before
 ``connect()`` (paho requires it), TLS with certificate and host name checks, ``TCP_NODELAY`` on every socket, a
 client that remembers why its last connection attempt failed (paho swallows the exception) and a paho log filter
@@ -224,6 +224,8 @@ def refused_hint(reason_code: Any, prefix: str = UPSTREAM) -> str:
     """The hint to add to a refused CONNACK (bad credentials name the settings)."""
     if str(reason_code) in ("Not authorized", "Bad user name or password"):
         return f": check {prefix}USERNAME and the password (file or credential)"
+    if str(reason_code) == "Unsupported protocol version":
+        return f": the broker does not speak MQTT 5: set {prefix}PROTOCOL=3.1.1 (or auto)"
     return ""
 
 
@@ -245,10 +247,15 @@ def configure_tls(c: mqtt.Client, conn: Any) -> None:
 def make_client(
     conn: BrokerConnection, client_id: str, *, log_name: str, reconnect_min_s: int = 1, reconnect_max_s: int = 30,
     max_inflight: int | None = None, on_receive_failure: Callable[[str], None] | None = None,
-    client_class: type[ExplainingClient] = ExplainingClient,
+    client_class: type[ExplainingClient] = ExplainingClient, protocol: int = mqtt.MQTTv311,
 ) -> ExplainingClient:
-    """A paho client for ``conn``, not yet connected; callbacks are the caller's (``on_socket_open`` is set)."""
-    c = client_class(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311, clean_session=True)
+    """A paho client for ``conn``, not yet connected; callbacks are the caller's (``on_socket_open`` is set). MQTT 5
+    (the uplink, agent/uplink_refusals.py) starts clean too: the caller connects with ``clean_start=True``."""
+    if protocol == mqtt.MQTTv5:
+        c = client_class(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+        c._clean_session = True  # paho 2.x internal: in place should the uplink fall back to 3.1.1
+    else:
+        c = client_class(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311, clean_session=True)
     paho_log = logging.getLogger(log_name)
     for f in [f for f in paho_log.filters if isinstance(f, PahoLog)]:
         paho_log.removeFilter(f)  # one client per logger name at a time: do not pile up filters of old clients

@@ -22,10 +22,10 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
 
 from agent.counters import Counters
 from agent.files import StateDirError, atomic_write, sqlite_corrupt
+from agent.dead_letters import DeadLetters, alert_of, strip_evidence
 from agent.records import Outgoing, message_bytes
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,19 @@ CREATE TABLE IF NOT EXISTS outbox (
 );
 CREATE INDEX IF NOT EXISTS outbox_order ON outbox (priority, id);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS dead_letter (
+    id INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    topic TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    qos INTEGER NOT NULL,
+    retain INTEGER NOT NULL,
+    created_ts REAL NOT NULL,
+    reason_code INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    refused_ts REAL NOT NULL
+);
 """
 DROPPED_RAISE = "dropped_raise:"  # meta key + alert id: a raise dropped before its clear came; that clear goes too
 DROPPED_RAISES_KEPT = 10_000  # such ids kept at most (the oldest forgotten)
@@ -76,7 +89,7 @@ class Row:
     retain: bool
 
 
-class Outbox:
+class Outbox(DeadLetters):
     """The durable, bounded queue between the pipeline and the uplink."""
 
     def __init__(self, path: Path, counters: Counters, max_rows: int = 10_000, max_bytes: int = 16 * 2**20):
@@ -172,7 +185,7 @@ class Outbox:
             log.error("outbox %s: disk full, dropped this %s (nothing more expendable left)", self.path, msg.kind)
             if msg.kind == "alert":
                 try:
-                    self._dropped_raise(*_alert_of(msg.payload))
+                    self._dropped_raise(*alert_of(msg.payload))
                 except sqlite3.Error:  # the disk is full: its clear may then be stored without it
                     pass
             return 0
@@ -183,7 +196,7 @@ class Outbox:
         try:
             payload = dict(msg.payload)
             priority = PRIORITY.get(msg.kind, 1)
-            alert_id, state = _alert_of(payload) if msg.kind == "alert" else (None, None)
+            alert_id, state = alert_of(payload) if msg.kind == "alert" else (None, None)
             if state == "cleared" and db.execute("DELETE FROM meta WHERE key=?", (DROPPED_RAISE + str(alert_id),)).rowcount:
                 db.execute("COMMIT")  # its raise was dropped: the control room never saw it, nor sees its clear
                 self.counters.inc("outbox.dropped.alert")
@@ -196,8 +209,7 @@ class Outbox:
                     self._reserve_seq(payload["seq"] + SEQ_BLOCK - 1)
                 db.execute("INSERT OR REPLACE INTO meta VALUES ('alert_seq', ?)", (payload["seq"],))
             body = message_bytes(payload)
-            if len(body) > self.max_bytes and "evidence" in payload:  # kept in evidence.db under its evidence_id
-                del payload["evidence"]
+            if len(body) > self.max_bytes and strip_evidence(payload):  # kept in evidence.db under its evidence_id
                 body = message_bytes(payload)
                 self.counters.inc("outbox.evidence_stripped")
                 log.warning("outbox: this %s is bigger than EDGE_AGENT_OUTBOX__MAX_BYTES (%d) with its evidence "
@@ -277,7 +289,7 @@ class Outbox:
             if shed == "low" and victim[0] is not None and victim[3] == PRIORITY["alert"]:
                 break  # space is short but not gone: keep every alert and try the insert
             gone = [victim[:3]]
-            alert_id, state = _alert_of(bytes(victim[4])) if victim[1] == "alert" else (None, None)
+            alert_id, state = alert_of(bytes(victim[4])) if victim[1] == "alert" else (None, None)
             if alert_id is not None:  # the rows of its raise and clear (the payloads are agent.records.message_bytes)
                 gone = db.execute("SELECT id, kind, LENGTH(payload) FROM outbox WHERE kind='alert' AND instr(payload, ?)",
                                   (json.dumps({"alert_id": alert_id}, separators=(",", ":"))[1:-1].encode(),)).fetchall()
@@ -375,16 +387,3 @@ class Outbox:
             except sqlite3.Error:
                 pass
             self._db.close()
-
-
-def _alert_of(payload: bytes | Mapping[str, Any]) -> tuple[str | None, str | None]:
-    """(alert_id, state) of an alert's payload (None, None for anything else)."""
-    if isinstance(payload, bytes):
-        try:
-            payload = json.loads(payload)
-        except ValueError:
-            return None, None
-    if not isinstance(payload, Mapping):
-        return None, None
-    alert_id, state = payload.get("alert_id"), payload.get("state")
-    return (alert_id if isinstance(alert_id, str) else None), (state if isinstance(state, str) else None)

@@ -244,6 +244,12 @@ class MqttSettings(_Section):
     cert_file: Path | None = Field(None, description="Client certificate for mutual TLS.")
     key_file: Path | None = Field(None, description="Private key of the client certificate.")
     tls_insecure: bool = Field(False, description="Skip the broker host name check (never in production: it allows impersonation).")
+    protocol: Literal["auto", "5", "3.1.1"] = Field("auto", description="MQTT version: auto (MQTT 5, and 3.1.1 when the broker refuses 5 as an unsupported protocol version or ends 3 MQTT 5 connections in a row before answering), 5 or 3.1.1. Over MQTT 5 the broker says in its PUBACK when it refuses an alert (ACL, size): it is kept in the dead_letter table, never lost in silence.")
+
+    @field_validator("protocol", mode="before")
+    @classmethod
+    def _protocol_number(cls, v: Any) -> Any:
+        return str(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v  # protocol = 5 in TOML
 
     @field_validator("topic_prefix")
     @classmethod

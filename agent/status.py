@@ -65,7 +65,8 @@ class Board:
 
     def __init__(self, settings: Settings, assets: list[Asset], feeds: list[Feed], counters: Counters,
                  outbox: Outbox, evidence: EvidenceStore, heartbeats: Heartbeats, readings: ReadingQueue,
-                 bytes_out: Callable[[], int], broker_connected: Callable[[], bool], digest: str):
+                 bytes_out: Callable[[], int], broker_connected: Callable[[], bool], digest: str,
+                 uplink_reasons: Callable[[], list[str]] = list):
         self.settings, self.assets, self.feeds = settings, assets, feeds
         self.counters, self.outbox, self.evidence, self.heartbeats = counters, outbox, evidence, heartbeats
         self.readings = readings
@@ -76,6 +77,7 @@ class Board:
         self._outbox_drops = DropWatch(settings.stats_interval_s)
         self._queue_drops = DropWatch(FALLING_BEHIND_QUIET_S, FALLING_BEHIND_REFRESH_S)
         self.with_assets = bool(settings.assets)
+        self.uplink_reasons = uplink_reasons  # what the broker refuses (agent/uplink_refusals.py)
 
     # -- reasons ---------------------------------------------------------------------------------------------
 
@@ -114,6 +116,7 @@ class Board:
             reasons.append(f"falling behind, {behind} readings dropped")
         if self._outbox_drops.update(sum(self.counters.snapshot("outbox.dropped.").values())) is not None:
             reasons.append("outbox dropping")
+        reasons.extend(self.uplink_reasons())
         stalled = self.heartbeats.stalled(self.settings.stall_s)
         if stalled:
             reasons.append("stage stalled: " + ", ".join(sorted(stalled)))
@@ -208,7 +211,10 @@ class Board:
                          "dropped": c.snapshot("commands.dropped.")},
             "uplink": {"connects": c.get("uplink.connects"), "connect_failures": c.get("uplink.connect_failures"),
                        "short_connections": c.get("uplink.short_connections"),
-                       "subscribe_refused": c.get("uplink.subscribe_refused")},
+                       "subscribe_refused": c.get("uplink.subscribe_refused"), "refused": c.get("uplink.refused"),
+                       "refused_by": c.snapshot("uplink.refused_by."),
+                       "held_behind_refused": c.get("uplink.held_behind_refused"),
+                       "evidence_stripped": c.get("uplink.evidence_stripped")},
         }
         if self.with_assets:
             del out["source"]

@@ -2,7 +2,8 @@
 
 Threads: paho's network thread runs the callbacks (which never raise: an exception there wedges paho), and the
 ``uplink`` thread moves rows from the outbox into paho, at most ``max_inflight`` unacknowledged at once. A row
-is deleted only in ``on_publish`` (the PUBACK). ``mid → row`` is tracked so that a row waiting for its PUBACK is
+is deleted only in ``on_publish`` (the PUBACK; one that refuses it, MQTT 5, makes it a dead letter:
+agent/uplink_refusals.py). ``mid → row`` is tracked so that a row waiting for its PUBACK is
 not published a second time. On every (re)connection what the last connection left unacknowledged is taken back
 from paho and published again by us from the outbox, in outbox order: paho would re-send it only after newer rows
 the publisher may already have sent on the new connection (a ``cleared`` before its ``raised``).
@@ -10,7 +11,6 @@ the publisher may already have sent on the new connection (a ``cleared`` before 
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -34,6 +34,7 @@ from agent.outbox import Outbox
 from agent.parse import iso
 from agent.records import message_bytes
 from agent.settings import MqttSettings
+from agent.uplink_refusals import PROTOCOLS, RefusalAwareClient, Refusals, code_of
 
 log = logging.getLogger(__name__)
 _NOT_YET = object()  # no status published yet
@@ -71,7 +72,8 @@ class Uplink:
         self._lock = threading.Lock()
         self._batch = threading.Lock()  # a publisher batch; a (re)connection resets what is in flight between two
         self._inflight: dict[int, tuple[int, float]] = {}  # mid -> (row id, time published)
-        self._early_acks: dict[int, float] = {}  # mid -> when its PUBACK came before we recorded the mid
+        self._early_acks: dict[int, tuple[float, int]] = {}  # mid -> (when, reason code) of a PUBACK that came
+        # before we recorded the mid: a success too, so that an old refusal's code never outlives its mid
         self._status_mids: set[int] = set()  # statuses handed to paho and not acknowledged yet
         self._outage_logged = False
         self._thread: threading.Thread | None = None
@@ -82,11 +84,11 @@ class Uplink:
         self._connected_at = 0.0  # monotonic time of the last successful connect
         self._short = 0  # connections in a row that the broker ended within SHORT_S
         self._short_warned_at: float | None = None
-
+        self.refusals = Refusals(outbox, counters, settings.protocol, f"{settings.host}:{settings.port}", f"{self.base}/#")
         c = make_client(
-            upstream_connection(settings), self.client_id,
-            log_name=f"paho.uplink.{device_id}", max_inflight=settings.max_inflight,
-            on_receive_failure=self._receive_failed,
+            upstream_connection(settings), self.client_id, log_name=f"paho.uplink.{device_id}",
+            max_inflight=settings.max_inflight, on_receive_failure=self._receive_failed,
+            client_class=RefusalAwareClient, protocol=PROTOCOLS[settings.protocol],
         )
         c.max_queued_messages_set(0)
         c.on_connect = self._on_connect
@@ -109,7 +111,7 @@ class Uplink:
         daemon thread."""
         will = {"state": "offline", "device_id": self.device_id, "ts": iso(time.time()), "reason": "connection lost"}
         self.client.will_set(self.topic("status"), message_bytes(will), qos=1, retain=True)
-        self.client.connect_async(self.s.host, self.s.port, keepalive=self.s.keepalive_s)
+        self.client.connect_async(self.s.host, self.s.port, keepalive=self.s.keepalive_s, clean_start=True)
         self.client.loop_start()
         if spawn is None:
             self._thread = threading.Thread(target=self._run, name="uplink", daemon=True)
@@ -163,7 +165,7 @@ class Uplink:
             if info.rc == mqtt.MQTT_ERR_SUCCESS:
                 self.published_key = key
             with self._lock:  # acknowledged already (parked in _early_acks): nothing to forget on a reconnect
-                if self._early_acks.pop(info.mid, -1.0) < t0:  # else a mid kept for ever could, once mids wrap,
+                if self._early_acks.pop(info.mid, (-1.0, 0))[0] < t0:  # else a mid kept for ever could, once mids wrap,
                     self._status_mids.add(info.mid)  # name an alert that paho must resend
             self.bytes_out += len(body) + len(self.base) + 7
 
@@ -190,6 +192,8 @@ class Uplink:
             if self._short >= SHORT_IN_A_ROW and self.connected.is_set() and now - self._connected_at >= SHORT_S:
                 self._short = 0
                 log.info("the connection to %s:%d holds again", self.s.host, self.s.port)
+            if self.connected.is_set() and self.refusals.retry():  # temporary refusals, every RETRY_S
+                woken = True
             if self.connected.is_set() and (woken or now >= next_poll):
                 next_poll = now + IDLE_POLL_S
                 self._publish_pending()
@@ -200,14 +204,14 @@ class Uplink:
 
     def _publish_batch(self) -> None:
         with self._lock:
-            room = self.s.max_inflight - len(self._inflight)
+            room = self.refusals.room(self.s.max_inflight) - len(self._inflight)
             if room <= 0:
                 return
-            busy = {row for row, _ in self._inflight.values()}
+            busy = {row for row, _ in self._inflight.values()} | self.refusals.held_rows()  # refused, not moved
         for row in self.outbox.pending(room, exclude=busy):
-            payload = json.loads(row.payload)
-            payload["sent_at"] = iso(time.time())
-            body = message_bytes(payload)
+            body = self.refusals.body(row, self.topic(row.topic))  # with sent_at; within the broker's packet size
+            if body is None:
+                continue  # a dead letter now (too large, behind a refused alert) or behind an alert in flight
             # Never hold self._lock while calling into paho: paho calls on_publish holding its own message mutex,
             # and on_publish takes self._lock (lock-order inversion = deadlock). A PUBACK that beats us to
             # recording the mid is parked in _early_acks instead.
@@ -227,22 +231,26 @@ class Uplink:
                 continue
             with self._lock:
                 # only an ack that arrived after this publish began is ours (mids wrap around at 65535)
-                early = self._early_acks.pop(info.mid, -1.0) >= t0
+                at, code = self._early_acks.pop(info.mid, (-1.0, 0))
+                early = at >= t0
                 if not early:
                     self._inflight[info.mid] = (row.id, time.monotonic())
             if early:
-                self.outbox.ack(row.id)
-                self.counters.inc("uplink.acked")
+                self.refusals.settle(row.id, code)
 
     # -- paho callbacks (network thread; must never raise) ---------------------------------------------------
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
         try:
             if reason_code.is_failure:
+                if self.refusals.fall_back(client, reason_code):
+                    return  # paho tries again, with MQTT 3.1.1
                 hint = refused_hint(reason_code)
                 self._failed(f"broker {self.s.host}:{self.s.port} refused the connection: {reason_code}{hint}")
                 return
             self._reset_inflight(client)
+            self.refusals.connected(client, properties)
+            self.refusals.requeue()  # dead letters: the operator may have fixed what the broker refused
             self._connected_at = time.monotonic()
             self.connected.set()
             self.counters.inc("uplink.connects")
@@ -291,6 +299,7 @@ class Uplink:
         try:
             was = self.connected.is_set()
             self.connected.clear()
+            self.refusals.closed(client, was)  # auto: MQTT 5 connections ended before their CONNACK, in a row
             if was and not self._stop.is_set():
                 self._taken_over(reason_code)
                 self._outage(f"disconnected from {self.s.host}:{self.s.port} ({reason_code})")
@@ -299,20 +308,20 @@ class Uplink:
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason_code: Any, properties: Any) -> None:
         try:
+            code = code_of(reason_code)
             with self._lock:
                 self._status_mids.discard(mid)
                 entry = self._inflight.get(mid)
                 if entry is None:  # not ours yet (or status/replies, which are not tracked)
-                    self._early_acks[mid] = time.monotonic()
+                    self._early_acks[mid] = (time.monotonic(), code)  # its code with it: no stale one outlives it
                     if len(self._early_acks) > 1000:
                         self._early_acks.clear()
             if entry is not None:
                 # delete the row first, then forget it is in flight: the other way round, the publisher thread
                 # could pick the row up again in between and publish it a second time
-                self.outbox.ack(entry[0])
+                self.refusals.settle(entry[0], code)
                 with self._lock:
                     self._inflight.pop(mid, None)
-                self.counters.inc("uplink.acked")
                 self._wake.set()
         except Exception:  # noqa: BLE001
             log.exception("error in on_publish")

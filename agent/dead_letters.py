@@ -1,0 +1,134 @@
+"""The outbox's dead letters (split from agent.outbox, whose ``Outbox`` they are part of): messages the broker
+refused (an MQTT 5 PUBACK reason code of 0x80 or more, agent.uplink_refusals) kept in the ``dead_letter`` table of the
+outbox file, bounded like the outbox, and put back into it in their old places on every connection. And the two
+helpers both read alerts with."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+import time
+from typing import Any, Mapping
+
+from agent.counters import Counters
+from agent.records import message_bytes
+
+log = logging.getLogger("agent.outbox")
+
+_COLUMNS = "id, kind, priority, topic, payload, qos, retain, created_ts"
+
+
+class DeadLetters:
+    """The dead-letter half of ``agent.outbox.Outbox`` (its database, lock, counters and bounds)."""
+
+    _db: sqlite3.Connection
+    _lock: threading.Lock
+    counters: Counters
+    max_rows: int
+    max_bytes: int
+
+    def dead_letter(self, row_id: int, reason_code: int, reason: str) -> str | None:
+        """Move a row the broker refused into the ``dead_letter`` table (one transaction: never in both, never in
+        neither); returns its kind, None when the row is gone already. The table has the outbox's bounds (a broker
+        refusing everything for weeks): past them its oldest most expendable rows are dropped, counted and logged."""
+        dropped: list[str] = []
+        with self._lock:
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                row = db.execute("SELECT kind FROM outbox WHERE id=?", (row_id,)).fetchone()
+                if row is not None:
+                    db.execute(f"INSERT OR REPLACE INTO dead_letter ({_COLUMNS}, reason_code, reason, refused_ts) "
+                               f"SELECT {_COLUMNS}, ?, ?, ? FROM outbox WHERE id=?",
+                               (reason_code, reason, time.time(), row_id))
+                    db.execute("DELETE FROM outbox WHERE id=?", (row_id,))
+                    dropped = self._trim_dead_letters(db)
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+        for kind in dropped:
+            self.counters.inc(f"outbox.dropped.{kind}")
+            log.warning("outbox: dead letters over EDGE_AGENT_OUTBOX__MAX_ROWS/MAX_BYTES: dropped the oldest %s", kind)
+        return None if row is None else str(row[0])
+
+    def _trim_dead_letters(self, db: sqlite3.Connection) -> list[str]:
+        dropped: list[str] = []
+        rows, size = db.execute("SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM dead_letter").fetchone()
+        while rows > 1 and (rows > self.max_rows or size > self.max_bytes):
+            victim = db.execute(
+                "SELECT id, kind, LENGTH(payload) FROM dead_letter ORDER BY priority DESC, id ASC LIMIT 1").fetchone()
+            db.execute("DELETE FROM dead_letter WHERE id=?", (victim[0],))
+            dropped.append(str(victim[1]))
+            rows, size = rows - 1, size - victim[2]
+        return dropped
+
+    def strip_row_evidence(self, row_id: int) -> bool:
+        """Store this row's alert without its inline evidence (the broker refused it as too large); False when the row
+        is gone or has no evidence inline."""
+        with self._lock:
+            row = self._db.execute("SELECT payload FROM outbox WHERE id=?", (row_id,)).fetchone()
+            if row is None:
+                return False
+            payload = json.loads(row[0])
+            if not strip_evidence(payload):
+                return False
+            self._db.execute("UPDATE outbox SET payload=? WHERE id=?", (message_bytes(payload), row_id))
+        return True
+
+    def dead_letter_behind(self, row_id: int, alert_id: str) -> bool:
+        """While an earlier row of this alert is a dead letter, this one (its ``cleared``) follows it there unsent,
+        under the refusal's code: the two are re-queued together, in order. True when moved."""
+        with self._lock:
+            first = self._db.execute(
+                "SELECT id, reason_code FROM dead_letter WHERE kind='alert' AND id<? AND "
+                "json_extract(CAST(payload AS TEXT), '$.alert_id')=? ORDER BY id LIMIT 1", (row_id, alert_id)).fetchone()
+        return first is not None and self.dead_letter(row_id, first[1], f"not sent: follows refused row {first[0]}") is not None
+
+    def dead_letter_due(self, codes: frozenset[int], refused_before: float) -> bool:
+        """Is a dead letter refused with one of ``codes`` before ``refused_before`` (time.time())?"""
+        marks = ",".join("?" * len(codes))
+        with self._lock:
+            return self._db.execute(f"SELECT 1 FROM dead_letter WHERE reason_code IN ({marks}) AND refused_ts<? LIMIT 1",
+                                    (*sorted(codes), refused_before)).fetchone() is not None
+
+    def requeue_dead_letters(self) -> list[int]:
+        """Put every dead letter back into the outbox under its old row id (so in its old place: a ``raised``
+        before its ``cleared``); returns their ids. On every connection: the operator may have fixed the broker."""
+        with self._lock:
+            db = self._db
+            if not db.execute("SELECT COUNT(*) FROM dead_letter").fetchone()[0]:
+                return []  # nothing written: an empty DELETE still dirties a page (a start on a full disk)
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                n = [r[0] for r in db.execute("SELECT id FROM dead_letter ORDER BY id")]
+                db.execute(f"INSERT OR IGNORE INTO outbox ({_COLUMNS}) SELECT {_COLUMNS} FROM dead_letter")
+                db.execute("DELETE FROM dead_letter")
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+        return n
+
+
+def strip_evidence(payload: dict[str, Any]) -> bool:
+    """Take the inline evidence out of an alert that is too big with it (it stays in evidence.db under its
+    ``evidence_id``); False when there is none to take out."""
+    return payload.pop("evidence", None) is not None
+
+
+def alert_of(payload: bytes | Mapping[str, Any]) -> tuple[str | None, str | None]:
+    """(alert_id, state) of an alert's payload (None, None for anything else)."""
+    if isinstance(payload, bytes):
+        try:
+            payload = json.loads(payload)
+        except ValueError:
+            return None, None
+    if not isinstance(payload, Mapping):
+        return None, None
+    alert_id, state = payload.get("alert_id"), payload.get("state")
+    return (alert_id if isinstance(alert_id, str) else None), (state if isinstance(state, str) else None)
