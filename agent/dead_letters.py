@@ -28,6 +28,10 @@ class DeadLetters:
     counters: Counters
     max_rows: int
     max_bytes: int
+    _handed: set[int]
+
+    def _dropped_raise(self, alert_id: str | None, state: str | None) -> None:
+        raise NotImplementedError  # agent.outbox.Outbox's
 
     def dead_letter(self, row_id: int, reason_code: int, reason: str) -> str | None:
         """Move a row the broker refused into the ``dead_letter`` table (one transaction: never in both, never in
@@ -44,6 +48,7 @@ class DeadLetters:
                                f"SELECT {_COLUMNS}, ?, ?, ? FROM outbox WHERE id=?",
                                (reason_code, reason, time.time(), row_id))
                     db.execute("DELETE FROM outbox WHERE id=?", (row_id,))
+                    self._handed.discard(row_id)  # refused: the broker does not have it
                     dropped = self._trim_dead_letters(db)
                 db.execute("COMMIT")
             except BaseException:
@@ -56,14 +61,33 @@ class DeadLetters:
         return None if row is None else str(row[0])
 
     def _trim_dead_letters(self, db: sqlite3.Connection) -> list[str]:
+        """Drop the oldest most expendable dead letters past the bounds. An alert goes with its other rows (dead
+        letters or still queued: refused, the control room never saw it; a raise whose clear is still to come
+        leaves its id, so that clear is dropped when it comes); a lone clear (its raise delivered) goes last."""
         dropped: list[str] = []
         rows, size = db.execute("SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM dead_letter").fetchone()
         while rows > 1 and (rows > self.max_rows or size > self.max_bytes):
-            victim = db.execute(
-                "SELECT id, kind, LENGTH(payload) FROM dead_letter ORDER BY priority DESC, id ASC LIMIT 1").fetchone()
-            db.execute("DELETE FROM dead_letter WHERE id=?", (victim[0],))
-            dropped.append(str(victim[1]))
-            rows, size = rows - 1, size - victim[2]
+            cands = db.execute("SELECT id, kind, LENGTH(payload), payload FROM dead_letter "
+                               "ORDER BY priority DESC, id ASC LIMIT 256").fetchall()
+            victim, alert_id, lone = cands[0], None, True
+            for c in cands:
+                alert_id, state = alert_of(bytes(c[3])) if c[1] == "alert" else (None, None)
+                lone = state == "cleared" and alert_rows(db, "dead_letter", alert_id or "")[0][0] == c[0]
+                if not lone:  # a clear whose raise is not here was delivered: that clear must come, last to go
+                    victim = c
+                    break
+            gone = {"dead_letter": [victim[:3]], "outbox": []}
+            if alert_id is not None and not lone:
+                gone = {t: alert_rows(db, t, alert_id) for t in gone}
+                if not any(alert_of(bytes(r[3]))[1] == "cleared" for t in gone for r in gone[t]):
+                    self._dropped_raise(alert_id, state)
+            for table, victims in gone.items():
+                for row_id, kind, length, *_ in victims:
+                    db.execute(f"DELETE FROM {table} WHERE id=?", (row_id,))
+                    self._handed.discard(row_id)
+                    dropped.append(str(kind))
+                    if table == "dead_letter":
+                        rows, size = rows - 1, size - length
         return dropped
 
     def strip_row_evidence(self, row_id: int) -> bool:
@@ -132,3 +156,11 @@ def alert_of(payload: bytes | Mapping[str, Any]) -> tuple[str | None, str | None
         return None, None
     alert_id, state = payload.get("alert_id"), payload.get("state")
     return (alert_id if isinstance(alert_id, str) else None), (state if isinstance(state, str) else None)
+
+
+def alert_rows(db: sqlite3.Connection, table: str, alert_id: str) -> list[Any]:
+    """(id, kind, length, payload) of an alert's rows in ``table`` (``outbox`` or ``dead_letter``), oldest first (the
+    payloads are agent.records.message_bytes: compact JSON)."""
+    key = json.dumps({"alert_id": alert_id}, separators=(",", ":"))[1:-1].encode()
+    return db.execute(f"SELECT id, kind, LENGTH(payload), payload FROM {table} WHERE kind='alert' AND instr(payload, ?) "
+                      "ORDER BY id", (key,)).fetchall()

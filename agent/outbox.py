@@ -25,7 +25,7 @@ from pathlib import Path
 
 from agent.counters import Counters
 from agent.files import StateDirError, atomic_write, sqlite_corrupt
-from agent.dead_letters import DeadLetters, alert_of, strip_evidence
+from agent.dead_letters import DeadLetters, alert_of, alert_rows, strip_evidence
 from agent.records import Outgoing, message_bytes
 
 log = logging.getLogger(__name__)
@@ -297,8 +297,13 @@ class Outbox(DeadLetters):
                     gone.append(victim[:3])
                 if state == "raised" and (victim[0] in self._handed or victim[0] < self._first_new):
                     gone = [victim[:3]]  # the broker may have it: its clear must follow, not go with it
-                elif len(gone) == 1:
-                    self._dropped_raise(alert_id, state)
+                else:  # its raise refused and a dead letter: it goes too (else re-queued and never cleared)
+                    dead = alert_rows(db, "dead_letter", alert_id)
+                    for d in dead:
+                        db.execute("DELETE FROM dead_letter WHERE id=?", (d[0],))
+                        dropped.append((d[0], "alert"))
+                    if len(gone) == 1 and not dead:
+                        self._dropped_raise(alert_id, state)
             for row_id, kind, length in gone:
                 db.execute("DELETE FROM outbox WHERE id=?", (row_id,))
                 self._handed.discard(row_id)

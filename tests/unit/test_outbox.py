@@ -301,3 +301,57 @@ def test_a_raise_stored_before_a_restart_is_evicted_without_its_clear(tmp_path):
     ob.put(_state("C", "raised"))  # evicts A's raise only
     assert _ids(ob) == ["A-cleared", "B-raised", "C-raised"]
     assert c.snapshot("outbox.dropped.") == {"alert": 1}
+
+
+def _alerts_in(ob, table):
+    return [(json.loads(p)["alert_id"], json.loads(p)["state"])
+            for (p,) in ob._db.execute(f"SELECT payload FROM {table} ORDER BY id")]
+
+
+def test_a_clear_evicted_while_its_raise_is_a_dead_letter_takes_the_raise_with_it(tmp_path):
+    """Found in review: A's raise refused (a dead letter), its clear written while the broker was down, the outbox
+    full: the clear was evicted alone, and the raise, re-queued at the next connection, stayed raised for ever."""
+    c = Counters()
+    ob = Outbox(tmp_path / "o.db", c, max_rows=3)
+    ob.put(_state("A", "raised"))
+    [row] = ob.pending(10)
+    ob.dead_letter(row.id, 0x87, "not authorized")
+    ob.put(_state("A", "cleared"))
+    for x in "BCD":
+        ob.put(_state(x, "raised"))  # D evicts A's clear, and its dead raise with it
+    ob.requeue_dead_letters()
+    assert _alerts_in(ob, "outbox") == [("B", "raised"), ("C", "raised"), ("D", "raised")]
+    assert c.snapshot("outbox.dropped.") == {"alert": 2}
+
+
+def test_a_refused_raise_is_not_taken_for_one_the_broker_may_have(tmp_path):
+    """Found in review: a raise the broker refused stayed 'handed out'; re-queued and then evicted it went alone and
+    its clear reached the control room for an alert it never saw."""
+    ob = Outbox(tmp_path / "o.db", Counters(), max_rows=3)
+    ob.put(_state("A", "raised"))
+    [row] = ob.pending(10)
+    ob.dead_letter(row.id, 0x87, "not authorized")
+    ob.requeue_dead_letters()
+    ob.put(_state("A", "cleared"))
+    for x in "BC":
+        ob.put(_state(x, "raised"))  # C evicts A's raise: never at the broker, so its clear goes with it
+    assert _alerts_in(ob, "outbox") == [("B", "raised"), ("C", "raised")]
+
+
+def test_trimming_the_dead_letters_keeps_an_alerts_rows_together(tmp_path):
+    """Found in review: the dead letters were trimmed row by row. A delivered raise's refused clear went first (the
+    raise then never cleared), and a refused raise went while its clear stayed (sent later, for an alert never
+    seen)."""
+    c = Counters()
+    ob = Outbox(tmp_path / "o.db", c, max_rows=2)
+    ob.put(_state("A", "raised"))
+    [row] = ob.pending(10)
+    ob.ack(row.id)  # A's raise is on the screen
+    for m in (_state("A", "cleared"), _state("B", "raised"), _state("C", "raised")):
+        ob.put(m)
+        [row] = ob.pending(1)
+        ob.dead_letter(row.id, 0x97, "quota exceeded")
+    # over the bound: B's raise goes (A's lone clear is kept: its raise was delivered), and B's clear to come with it
+    assert _alerts_in(ob, "dead_letter") == [("A", "cleared"), ("C", "raised")]
+    assert ob.put(_state("B", "cleared")) == 0
+    assert c.snapshot("outbox.dropped.") == {"alert": 2}
