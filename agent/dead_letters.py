@@ -29,6 +29,7 @@ class DeadLetters:
     max_rows: int
     max_bytes: int
     _handed: set[int]
+    _resent: set[int]
 
     def _dropped_raise(self, alert_id: str | None, state: str | None) -> None:
         raise NotImplementedError  # agent.outbox.Outbox's
@@ -48,7 +49,8 @@ class DeadLetters:
                                f"SELECT {_COLUMNS}, ?, ?, ? FROM outbox WHERE id=?",
                                (reason_code, reason, time.time(), row_id))
                     db.execute("DELETE FROM outbox WHERE id=?", (row_id,))
-                    self._handed.discard(row_id)  # refused: the broker does not have it
+                    if row_id not in self._resent:  # refused: the broker does not have it (unless an earlier copy
+                        self._handed.discard(row_id)  # went out before a lost connection: in doubt, keep its clear)
                     dropped = self._trim_dead_letters(db)
                 db.execute("COMMIT")
             except BaseException:
@@ -67,20 +69,27 @@ class DeadLetters:
         dropped: list[str] = []
         rows, size = db.execute("SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM dead_letter").fetchone()
         while rows > 1 and (rows > self.max_rows or size > self.max_bytes):
-            cands = db.execute("SELECT id, kind, LENGTH(payload), payload FROM dead_letter "
-                               "ORDER BY priority DESC, id ASC LIMIT 256").fetchall()
-            victim, alert_id, lone = cands[0], None, True
-            for c in cands:
-                alert_id, state = alert_of(bytes(c[3])) if c[1] == "alert" else (None, None)
-                lone = state == "cleared" and alert_rows(db, "dead_letter", alert_id or "")[0][0] == c[0]
+            firsts = dict(db.execute("SELECT json_extract(CAST(payload AS TEXT), '$.alert_id'), MIN(id) FROM dead_letter "
+                                     "WHERE kind='alert' GROUP BY 1").fetchall())
+            cur = db.execute("SELECT id, kind, LENGTH(payload), payload, json_extract(CAST(payload AS TEXT), "
+                             "'$.alert_id'), json_extract(CAST(payload AS TEXT), '$.state') FROM dead_letter "
+                             "ORDER BY priority DESC, id ASC")
+            victim = first = cur.fetchone()
+            alert_id, lone = None, True
+            while victim is not None:  # one pass, one query: this runs under the outbox's lock
+                alert_id = victim[4] if victim[1] == "alert" and isinstance(victim[4], str) else None
+                lone = alert_id is not None and victim[5] == "cleared" and firsts.get(alert_id) == victim[0]
                 if not lone:  # a clear whose raise is not here was delivered: that clear must come, last to go
-                    victim = c
                     break
+                victim = cur.fetchone()
+            cur.close()
+            if victim is None:
+                victim = first
             gone = {"dead_letter": [victim[:3]], "outbox": []}
             if alert_id is not None and not lone:
                 gone = {t: alert_rows(db, t, alert_id) for t in gone}
                 if not any(alert_of(bytes(r[3]))[1] == "cleared" for t in gone for r in gone[t]):
-                    self._dropped_raise(alert_id, state)
+                    self._dropped_raise(alert_id, victim[5])
             for table, victims in gone.items():
                 for row_id, kind, length, *_ in victims:
                     db.execute(f"DELETE FROM {table} WHERE id=?", (row_id,))
@@ -89,6 +98,11 @@ class DeadLetters:
                     if table == "dead_letter":
                         rows, size = rows - 1, size - length
         return dropped
+
+    def queued(self, ids: set[int]) -> set[int]:
+        """Those of ``ids`` still in the outbox (not accepted, nor dropped since)."""
+        with self._lock:
+            return {r[0] for r in self._db.execute("SELECT id FROM outbox") if r[0] in ids} if ids else set()
 
     def strip_row_evidence(self, row_id: int) -> bool:
         """Store this row's alert without its inline evidence (the broker refused it as too large); False when the row

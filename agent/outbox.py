@@ -107,6 +107,7 @@ class Outbox(DeadLetters):
         # Rows the broker may have: handed to the uplink by pending(), or stored before this process (sent by an
         # earlier one, its PUBACK lost with it). An evicted raise of theirs keeps its clear (it may be on screen).
         self._handed: set[int] = set()
+        self._resent: set[int] = set()  # handed out more than once (a lost connection): an earlier copy may be there
         self._first_new = int(self._db.execute("SELECT COALESCE(MAX(id), 0) FROM outbox").fetchone()[0]) + 1
         self._keep_reserve()
 
@@ -363,6 +364,7 @@ class Outbox(DeadLetters):
                 (limit + len(exclude),),
             )
             rows = [Row(r[0], r[1], r[2], bytes(r[3]), r[4], bool(r[5])) for r in cur if r[0] not in exclude]
+            self._resent.update(r.id for r in rows[:limit] if r.id in self._handed)
             self._handed.update(r.id for r in rows[:limit])
         return rows[:limit]
 
@@ -373,6 +375,7 @@ class Outbox(DeadLetters):
                 try:
                     self._db.execute("DELETE FROM outbox WHERE id=?", (row_id,))
                     self._handed.discard(row_id)
+                    self._resent.discard(row_id)
                     return
                 except sqlite3.OperationalError as e:
                     if not _disk_full(e):

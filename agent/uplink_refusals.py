@@ -173,7 +173,10 @@ class Refusals:
         operator may have fixed what the broker refused; the degraded reason goes once they are accepted."""
         ids = self.outbox.requeue_dead_letters()
         with self._lock:
-            self._unsettled.update(ids)
+            unsettled = self._unsettled | set(ids)
+        queued = self.outbox.queued(unsettled)  # not those the outbox's bounds dropped meanwhile
+        with self._lock:
+            self._unsettled = {i for i in self._unsettled if i in queued} | set(ids)
             if not self._unsettled:
                 self._by_kind.clear()
         if ids:

@@ -433,3 +433,20 @@ def test_auto_falls_back_after_mqtt5_connections_closed_in_a_row_before_any_conn
         for _ in range(5):
             r.closed(forced, False)
         assert forced._protocol == PROTOCOLS[setting]
+
+
+def test_the_refused_reason_goes_when_the_outboxs_bounds_dropped_the_dead_letters(tmp_path):
+    """Found in review: dead letters evicted by the outbox's bounds stayed 'unsettled', so the status said
+    `broker refuses alerts` for good after everything left had been accepted."""
+    c = Counters()
+    ob = Outbox(tmp_path / "outbox.db", c, max_rows=2)
+    r = _refusals(ob, c)
+    raised = _alert(ob, "A", "raised")
+    assert r.body(ob.pending(1)[0], "edge/gw/alerts") is not None
+    r.settle(raised, 0x87)
+    r.requeue()  # back in the outbox, not sent yet (the link drops)
+    _alert(ob, "B", "raised")
+    _alert(ob, "C", "raised")  # evicts A's raise
+    assert r.reasons() == ["broker refuses alerts: not authorized"]
+    r.requeue()  # the next connection: nothing of A is left to be accepted
+    assert r.reasons() == []
