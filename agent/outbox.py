@@ -14,7 +14,6 @@ Shared by the pipeline thread (put) and the uplink thread (pending/ack) behind o
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import sqlite3
@@ -292,8 +291,7 @@ class Outbox(DeadLetters):
             gone = [victim[:3]]
             alert_id, state = alert_of(bytes(victim[4])) if victim[1] == "alert" else (None, None)
             if alert_id is not None:  # the rows of its raise and clear (the payloads are agent.records.message_bytes)
-                gone = db.execute("SELECT id, kind, LENGTH(payload) FROM outbox WHERE kind='alert' AND instr(payload, ?)",
-                                  (json.dumps({"alert_id": alert_id}, separators=(",", ":"))[1:-1].encode(),)).fetchall()
+                gone = alert_rows(db, "outbox", alert_id)
                 if victim[0] not in {g[0] for g in gone}:  # never: its payload holds that text
                     gone.append(victim[:3])
                 if state == "raised" and (victim[0] in self._handed or victim[0] < self._first_new):
@@ -305,7 +303,7 @@ class Outbox(DeadLetters):
                         dropped.append((d[0], "alert"))
                     if len(gone) == 1 and not dead:
                         self._dropped_raise(alert_id, state)
-            for row_id, kind, length in gone:
+            for row_id, kind, length, *_ in gone:
                 db.execute("DELETE FROM outbox WHERE id=?", (row_id,))
                 self._handed.discard(row_id)
                 dropped.append((row_id, kind))

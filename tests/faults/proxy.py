@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 import threading
+from typing import Callable
 
 
 class Proxy:
@@ -39,20 +40,14 @@ class Proxy:
             threading.Thread(target=self._pipe, args=(broker, agent, False), daemon=True).start()
 
     def _pipe(self, src: socket.socket, dst: socket.socket, upstream: bool) -> None:
-        try:
-            while data := src.recv(65536):
-                if upstream and self.mode == "blackhole":
-                    with self._lock:
-                        self.swallowed += data
-                    continue
-                dst.sendall(data)
-        except OSError:
-            pass
-        for s in (src, dst):
-            try:
-                s.close()
-            except OSError:
-                pass
+        pipe(src, dst, self._swallow if upstream else None)
+
+    def _swallow(self, data: bytes) -> bool:
+        if self.mode != "blackhole":
+            return False
+        with self._lock:
+            self.swallowed += data
+        return True
 
     def blackhole(self) -> None:
         self.mode = "blackhole"
@@ -74,3 +69,18 @@ class Proxy:
     def close(self) -> None:
         self.cut()
         self.listener.close()
+
+
+def pipe(src: socket.socket, dst: socket.socket, swallow: Callable[[bytes], bool] | None = None) -> None:
+    """Forward ``src`` to ``dst`` until either ends (a chunk ``swallow`` takes is not forwarded), then close both."""
+    try:
+        while data := src.recv(65536):
+            if swallow is None or not swallow(data):
+                dst.sendall(data)
+    except OSError:
+        pass
+    for s in (src, dst):
+        try:
+            s.close()
+        except OSError:
+            pass

@@ -17,6 +17,7 @@ from typing import Any
 from tests.conftest import Broker, Recorder, run_agent, start_agent, wait_for
 from tests.faults import conftest as faults
 from tests.faults.conftest import agent_env, demo_rows, fault_recording, taught_state, write_recording
+from tests.faults.proxy import pipe
 
 taught_dir = faults.taught  # the fault tests' teach-in (a session fixture, registered under this name here)
 
@@ -213,20 +214,7 @@ class Mqtt311Only:
             client.close()
             return
         for src, dst in ((client, broker), (broker, client)):
-            threading.Thread(target=self._pipe, args=(src, dst), daemon=True).start()
-
-    @staticmethod
-    def _pipe(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        for s in (src, dst):
-            try:
-                s.close()
-            except OSError:
-                pass
+            threading.Thread(target=pipe, args=(src, dst), daemon=True).start()
 
     def close(self) -> None:
         self.listener.close()
