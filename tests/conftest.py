@@ -23,10 +23,17 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+import tests.ptys
 from tests.ptys import fresh_openpty
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shared_pty_registry(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> None:
+    if hasattr(request.config, "workerinput"):  # a pytest-xdist worker: its basetemp's parent is the run's, shared
+        tests.ptys.REGISTRY = tmp_path_factory.getbasetemp().parent / "ptys-used"
 
 
 def free_port() -> int:

@@ -111,6 +111,7 @@ def test_right_ca_and_password_connect(tmp_path, tls_broker, pki, agents):
         ("other-ca.crt", SECRET, "TLS certificate check failed"),
         ("ca.crt", "wrong-password", "refused the connection"),
     ],
+    ids=["other-ca", "wrong-password"],  # fixed ids: SECRET is random, and pytest-xdist workers must collect alike
 )
 def test_wrong_ca_or_password_fail_clearly_and_keep_retrying(tmp_path, tls_broker, pki, agents, ca, password, expected):
     a = start_agent(_tls_env(tmp_path, tls_broker.port, pki, ca, password), tmp_path)

@@ -92,7 +92,10 @@ def test_empty_socket_variable_is_a_noop(monkeypatch: pytest.MonkeyPatch) -> Non
     assert sdnotify.notify("READY=1") is False
 
 
-@pytest.mark.parametrize("value", ["/nonexistent/dir/notify", "@edge-agent-nobody-listens-" + uuid.uuid4().hex, "relative/path", "vsock:2:1234"])
+@pytest.mark.parametrize(
+    "value", ["/nonexistent/dir/notify", "@edge-agent-nobody-listens-" + uuid.uuid4().hex, "relative/path", "vsock:2:1234"],
+    ids=["missing-dir", "abstract-nobody-listens", "relative", "vsock"],  # pytest-xdist workers must collect alike
+)
 def test_bad_socket_returns_false_without_raising(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
     monkeypatch.setenv("NOTIFY_SOCKET", value)
     assert sdnotify.notify("READY=1") is False
