@@ -98,7 +98,6 @@ class Uplink:
         c.on_message = self._on_message
         c.on_subscribe = self._on_subscribe
         self.client = c
-        self._commands_refused = False  # said once, not on every reconnect
 
     def topic(self, suffix: str) -> str:
         return f"{self.base}/{suffix}"
@@ -327,22 +326,8 @@ class Uplink:
             log.exception("error in on_publish")
 
     def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: Any, properties: Any) -> None:
-        """A broker whose ACL refuses ``cmd/+`` answers the SUBACK with a failure code and sends no command ever:
-        without this line the control room's commands would vanish with no trace on the gateway."""
         try:
-            refused = next((rc for rc in reason_codes if rc.is_failure), None)
-            if refused is None:
-                if self._commands_refused:
-                    log.info("broker %s:%d accepts the subscription to %s now", self.s.host, self.s.port,
-                             self.topic("cmd/+"))
-                self._commands_refused = False
-                return
-            self.counters.inc("uplink.subscribe_refused")
-            if not self._commands_refused:
-                self._commands_refused = True
-                log.warning("broker %s:%d refused the subscription to %s (%s): no command will arrive; its ACL must "
-                            "let this client read %s (README: Security), or set EDGE_AGENT_COMMANDS__ENABLED=false",
-                            self.s.host, self.s.port, self.topic("cmd/+"), refused, self.topic("cmd/#"))
+            self.refusals.subscribed(reason_codes, self.topic("cmd/+"), self.topic("cmd/#"))
         except Exception:  # noqa: BLE001
             log.exception("error in on_subscribe")
 
