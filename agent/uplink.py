@@ -6,7 +6,8 @@ is deleted only in ``on_publish`` (the PUBACK; one that refuses it, MQTT 5, make
 agent/uplink_refusals.py). ``mid → row`` is tracked so that a row waiting for its PUBACK is
 not published a second time. On every (re)connection what the last connection left unacknowledged is taken back
 from paho and published again by us from the outbox, in outbox order: paho would re-send it only after newer rows
-the publisher may already have sent on the new connection (a ``cleared`` before its ``raised``).
+the publisher may already have sent on the new connection (a ``cleared`` before its ``raised``). A connection
+whose PUBACKs stop coming is dropped so that this happens (agent/uplink_acks.py).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from agent.outbox import Outbox
 from agent.parse import iso
 from agent.records import message_bytes
 from agent.settings import MqttSettings
+from agent.uplink_acks import AckWatch
 from agent.uplink_refusals import PROTOCOLS, RefusalAwareClient, Refusals, code_of
 
 log = logging.getLogger(__name__)
@@ -85,6 +87,7 @@ class Uplink:
         self._short = 0  # connections in a row that the broker ended within SHORT_S
         self._short_warned_at: float | None = None
         self.refusals = Refusals(outbox, counters, settings.protocol, f"{settings.host}:{settings.port}", f"{self.base}/#")
+        self.acks = AckWatch(settings.ack_timeout_s, counters, f"{settings.host}:{settings.port}")  # PUBACKs overdue
         c = make_client(
             upstream_connection(settings), self.client_id, log_name=f"paho.uplink.{device_id}",
             max_inflight=settings.max_inflight, on_receive_failure=self._receive_failed,
@@ -191,6 +194,11 @@ class Uplink:
             if self._short >= SHORT_IN_A_ROW and self.connected.is_set() and now - self._connected_at >= SHORT_S:
                 self._short = 0
                 log.info("the connection to %s:%d holds again", self.s.host, self.s.port)
+            if self.connected.is_set():
+                with self._batch, self._lock:  # never between _reset_inflight and acks.connected (rows of the last
+                    sent = [t for _, t in self._inflight.values()]  # connection, timed out on the new one)
+                    if self.acks.check(self.client, now, sent):
+                        continue  # dropped: paho reconnects, _reset_inflight takes the rows back
             if self.connected.is_set() and self.refusals.retry():  # temporary refusals, every RETRY_S
                 woken = True
             if self.connected.is_set() and (woken or now >= next_poll):
@@ -248,6 +256,7 @@ class Uplink:
                 self._failed(f"broker {self.s.host}:{self.s.port} refused the connection: {reason_code}{hint}")
                 return
             self._reset_inflight(client)
+            self.acks.connected()
             self.refusals.connected(client, properties)
             self.refusals.requeue()  # dead letters: the operator may have fixed what the broker refused
             self._connected_at = time.monotonic()
@@ -300,7 +309,8 @@ class Uplink:
             self.connected.clear()
             self.refusals.closed(client, was)  # auto: MQTT 5 connections ended before their CONNACK, in a row
             if was and not self._stop.is_set():
-                self._taken_over(reason_code)
+                if not self.acks.dropped:  # not the broker's doing
+                    self._taken_over(reason_code)
                 self._outage(f"disconnected from {self.s.host}:{self.s.port} ({reason_code})")
         except Exception:  # noqa: BLE001
             log.exception("error in on_disconnect")
@@ -321,6 +331,7 @@ class Uplink:
                 self.refusals.settle(entry[0], code)
                 with self._lock:
                     self._inflight.pop(mid, None)
+                self.acks.acked(time.monotonic())
                 self._wake.set()
         except Exception:  # noqa: BLE001
             log.exception("error in on_publish")
