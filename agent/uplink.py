@@ -7,7 +7,7 @@ agent/uplink_refusals.py). ``mid → row`` is tracked so that a row waiting for 
 not published a second time. On every (re)connection what the last connection left unacknowledged is taken back
 from paho and published again by us from the outbox, in outbox order: paho would re-send it only after newer rows
 the publisher may already have sent on the new connection (a ``cleared`` before its ``raised``). A connection
-whose PUBACKs stop coming is dropped so that this happens (agent/uplink_acks.py).
+on which the oldest row's PUBACK does not come is dropped so that this happens (agent/uplink_acks.py).
 """
 
 from __future__ import annotations
@@ -197,7 +197,7 @@ class Uplink:
             if self.connected.is_set():
                 with self._batch, self._lock:  # never between _reset_inflight and acks.connected (rows of the last
                     sent = [t for _, t in self._inflight.values()]  # connection, timed out on the new one)
-                    if self.acks.check(self.client, now, sent):
+                    if self.connected.is_set() and self.acks.check(self.client, now, sent):  # not lost meanwhile
                         continue  # dropped: paho reconnects, _reset_inflight takes the rows back
             if self.connected.is_set() and self.refusals.retry():  # temporary refusals, every RETRY_S
                 woken = True
@@ -311,7 +311,7 @@ class Uplink:
             if was and not self._stop.is_set():
                 if not self.acks.dropped:  # not the broker's doing
                     self._taken_over(reason_code)
-                self._outage(f"disconnected from {self.s.host}:{self.s.port} ({reason_code})")
+                self._outage(f"disconnected from {self.s.host}:{self.s.port} ({reason_code})", quiet=self.acks.dropped)
         except Exception:  # noqa: BLE001
             log.exception("error in on_disconnect")
 
@@ -321,6 +321,7 @@ class Uplink:
             with self._lock:
                 self._status_mids.discard(mid)
                 entry = self._inflight.get(mid)
+                oldest = entry is not None and entry[1] <= min(t for _, t in self._inflight.values())
                 if entry is None:  # not ours yet (or status/replies, which are not tracked)
                     self._early_acks[mid] = (time.monotonic(), code)  # its code with it: no stale one outlives it
                     if len(self._early_acks) > 1000:
@@ -331,7 +332,8 @@ class Uplink:
                 self.refusals.settle(entry[0], code)
                 with self._lock:
                     self._inflight.pop(mid, None)
-                self.acks.acked(time.monotonic())
+                if oldest:  # only that is progress: PUBACKs come in publish order (MQTT 4.6), so one for a newer row
+                    self.acks.acked(time.monotonic())  # says an older one's never comes on this connection
                 self._wake.set()
         except Exception:  # noqa: BLE001
             log.exception("error in on_publish")
@@ -385,11 +387,13 @@ class Uplink:
         self._short = 0
         self._outage(what)
 
-    def _outage(self, what: str) -> None:
+    def _outage(self, what: str, quiet: bool = False) -> None:
+        """``quiet``: a connection the agent dropped (agent/uplink_acks.py warned): a broker that answers nothing
+        but pings would otherwise get this warning on every drop."""
         self.last_error = what
         self.counters.inc("uplink.connect_failures")
         if self._short >= SHORT_IN_A_ROW:
             return  # flapping: _taken_over said it
-        if not self._outage_logged:
+        if not self._outage_logged and not quiet:
             self._outage_logged = True
             log.warning("%s: alerts and summaries stay in the outbox and are sent when it answers (retrying)", what)

@@ -10,9 +10,15 @@ connection lost and reconnects by itself, and the uplink publishes what was in f
 order (``Uplink._reset_inflight``). The broker sees a connection lost too and publishes the last will; the uplink's
 status on the new connection replaces it.
 
-The clock runs from the later of the oldest unacknowledged row's publish and the last PUBACK for a row: a slow link
-on which PUBACKs still come never times out, however long a full window takes to drain (a clock per message would:
-ten alerts with inline evidence on a slow cellular link). It runs only while connected.
+The clock runs from the later of the oldest unacknowledged row's publish and the last PUBACK for the row that was
+the oldest then: a slow link on which PUBACKs still come never times out, however long a full window takes to drain
+(a clock per message would: ten alerts with inline evidence on a slow cellular link). A PUBACK for a newer row does
+not restart it: brokers send PUBACKs in the order the PUBLISHes came (MQTT 3.1.1 and 5, 4.6), so it says that the
+older row's PUBLISH was lost, and the rows acknowledged behind it must not hold it for ever (a middlebox that drops
+one packet: the raise of an alert, its clear held behind it). It runs only while connected. A drop is not a broker
+outage: the uplink does not add the outage warning (one warning here, again every ``WARN_EVERY_S`` while drops
+repeat with no PUBACK in between; the others at INFO); it counts in ``uplink.connect_failures`` as any lost
+connection, not in ``uplink.short_connections``.
 """
 
 from __future__ import annotations
@@ -63,6 +69,7 @@ class AckWatch:
         self.dropped = False
 
     def acked(self, now: float) -> None:
+        """A PUBACK for the oldest row awaiting one (a newer row's is no progress: see the module's docstring)."""
         self._last_ack = now
         self._in_a_row = 0
 
@@ -82,5 +89,8 @@ class AckWatch:
             log.warning("no PUBACK from %s for %.0f s while %d messages await one on a connection that is alive%s: "
                         "dropping it to send them again on a new one (EDGE_AGENT_MQTT__ACK_TIMEOUT_S; stats "
                         "uplink.ack_timeouts)", self.broker, now - max(min(times), self._last_ack), len(times), again)
+        else:
+            log.info("no PUBACK from %s again (%d times in a row): dropping the connection", self.broker,
+                     self._in_a_row)
         shut_down(client)
         return True

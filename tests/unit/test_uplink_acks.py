@@ -4,13 +4,18 @@ the watch's once-per-connection drop on a real socket. The whole story with mosq
 from __future__ import annotations
 
 import logging
+import math
 import socket
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from agent.counters import Counters
-from agent.settings import ConfigError, load_settings
+from agent.outbox import Outbox
+from agent.records import Outgoing
+from agent.settings import ConfigError, MqttSettings, load_settings
+from agent.uplink import Uplink
 from agent.uplink_acks import AckWatch, overdue
 
 T = 60.0
@@ -112,3 +117,21 @@ def test_the_timeout_must_be_a_positive_number(value: str, why: str) -> None:
 
 def test_the_default_is_60_s() -> None:
     assert load_settings(None, {}).mqtt.ack_timeout_s == 60.0
+
+
+def test_only_the_oldest_rows_puback_restarts_the_clock(tmp_path: Path) -> None:
+    """PUBACKs come in publish order (MQTT 4.6): one for a newer row says the oldest row's never comes on this
+    connection, so it must not keep that row waiting (a middlebox that lost one PUBLISH; the rows after it acked)."""
+    outbox = Outbox(tmp_path / "outbox.db", Counters())
+    rows = [outbox.put(Outgoing(kind="summary", topic_suffix="summaries", payload={"id": f"s{k}"})) for k in range(3)]
+    up = Uplink(MqttSettings(ack_timeout_s=T), "gw", outbox, Counters(), status=dict)
+    try:
+        up._inflight = {1: (rows[0], 100.0), 2: (rows[1], 101.0), 3: (rows[2], 102.0)}
+        up._on_publish(up.client, None, 2, None, None)  # the second row's PUBACK: the first one's is lost
+        assert up.acks._last_ack == -math.inf
+        assert overdue(100.0 + T, min(t for _, t in up._inflight.values()), up.acks._last_ack, T)
+        up._on_publish(up.client, None, 1, None, None)  # the oldest row's: progress
+        assert up.acks._last_ack > 0 and list(up._inflight) == [3]
+    finally:
+        up.client.loop_stop()
+        outbox.close()
