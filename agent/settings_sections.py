@@ -239,6 +239,7 @@ class MqttSettings(_Section):
     password_file: Path | None = Field(None, description="File holding the password; empty = $CREDENTIALS_DIRECTORY/mqtt-password when present.")
     password: SecretStr | None = Field(None, description="Password given directly (prefer password_file or a systemd credential).")
     max_inflight: int = Field(10, ge=1, le=100, description="QoS 1 messages awaiting PUBACK at once.")
+    ack_timeout_s: float = Field(60.0, gt=0, description="No PUBACK for this long while messages await one: the connection counts as broken (a broker or middlebox that swallows them while the connection and its pings stay alive) and is dropped; the reconnection sends them again, in order. Counted from the oldest unacknowledged publish or the last PUBACK for the oldest one, whichever is later, so a slow link whose PUBACKs still come never trips it (a PUBACK for a newer message does not count: PUBACKs come in publish order, so it says the older one was lost); keep it above the time the largest message takes to send.")
     tls: bool = Field(False, description="Connect with TLS (port 8883 by convention).")
     ca_file: Path | None = Field(None, description="CA certificate(s) to verify the broker with; empty = the system's CAs.")
     cert_file: Path | None = Field(None, description="Client certificate for mutual TLS.")

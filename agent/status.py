@@ -210,7 +210,7 @@ class Board:
             "commands": {"ok": c.get("commands.ok"), "failed": c.get("commands.failed"),
                          "dropped": c.snapshot("commands.dropped.")},
             "uplink": {"connects": c.get("uplink.connects"), "connect_failures": c.get("uplink.connect_failures"),
-                       "short_connections": c.get("uplink.short_connections"),
+                       "short_connections": c.get("uplink.short_connections"), "ack_timeouts": c.get("uplink.ack_timeouts"),
                        "subscribe_refused": c.get("uplink.subscribe_refused"), "refused": c.get("uplink.refused"),
                        "refused_by": c.snapshot("uplink.refused_by."),
                        "held_behind_refused": c.get("uplink.held_behind_refused"),

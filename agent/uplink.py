@@ -6,7 +6,8 @@ is deleted only in ``on_publish`` (the PUBACK; one that refuses it, MQTT 5, make
 agent/uplink_refusals.py). ``mid → row`` is tracked so that a row waiting for its PUBACK is
 not published a second time. On every (re)connection what the last connection left unacknowledged is taken back
 from paho and published again by us from the outbox, in outbox order: paho would re-send it only after newer rows
-the publisher may already have sent on the new connection (a ``cleared`` before its ``raised``).
+the publisher may already have sent on the new connection (a ``cleared`` before its ``raised``). A connection
+on which the oldest row's PUBACK does not come is dropped so that this happens (agent/uplink_acks.py).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from agent.outbox import Outbox
 from agent.parse import iso
 from agent.records import message_bytes
 from agent.settings import MqttSettings
+from agent.uplink_acks import AckWatch
 from agent.uplink_refusals import PROTOCOLS, RefusalAwareClient, Refusals, code_of
 
 log = logging.getLogger(__name__)
@@ -85,6 +87,7 @@ class Uplink:
         self._short = 0  # connections in a row that the broker ended within SHORT_S
         self._short_warned_at: float | None = None
         self.refusals = Refusals(outbox, counters, settings.protocol, f"{settings.host}:{settings.port}", f"{self.base}/#")
+        self.acks = AckWatch(settings.ack_timeout_s, counters, f"{settings.host}:{settings.port}")  # PUBACKs overdue
         c = make_client(
             upstream_connection(settings), self.client_id, log_name=f"paho.uplink.{device_id}",
             max_inflight=settings.max_inflight, on_receive_failure=self._receive_failed,
@@ -98,7 +101,6 @@ class Uplink:
         c.on_message = self._on_message
         c.on_subscribe = self._on_subscribe
         self.client = c
-        self._commands_refused = False  # said once, not on every reconnect
 
     def topic(self, suffix: str) -> str:
         return f"{self.base}/{suffix}"
@@ -192,6 +194,11 @@ class Uplink:
             if self._short >= SHORT_IN_A_ROW and self.connected.is_set() and now - self._connected_at >= SHORT_S:
                 self._short = 0
                 log.info("the connection to %s:%d holds again", self.s.host, self.s.port)
+            if self.connected.is_set():
+                with self._batch, self._lock:  # never between _reset_inflight and acks.connected (rows of the last
+                    sent = [t for _, t in self._inflight.values()]  # connection, timed out on the new one)
+                    if self.connected.is_set() and self.acks.check(self.client, now, sent):  # not lost meanwhile
+                        continue  # dropped: paho reconnects, _reset_inflight takes the rows back
             if self.connected.is_set() and self.refusals.retry():  # temporary refusals, every RETRY_S
                 woken = True
             if self.connected.is_set() and (woken or now >= next_poll):
@@ -249,6 +256,7 @@ class Uplink:
                 self._failed(f"broker {self.s.host}:{self.s.port} refused the connection: {reason_code}{hint}")
                 return
             self._reset_inflight(client)
+            self.acks.connected()
             self.refusals.connected(client, properties)
             self.refusals.requeue()  # dead letters: the operator may have fixed what the broker refused
             self._connected_at = time.monotonic()
@@ -301,8 +309,9 @@ class Uplink:
             self.connected.clear()
             self.refusals.closed(client, was)  # auto: MQTT 5 connections ended before their CONNACK, in a row
             if was and not self._stop.is_set():
-                self._taken_over(reason_code)
-                self._outage(f"disconnected from {self.s.host}:{self.s.port} ({reason_code})")
+                if not self.acks.dropped:  # not the broker's doing
+                    self._taken_over(reason_code)
+                self._outage(f"disconnected from {self.s.host}:{self.s.port} ({reason_code})", quiet=self.acks.dropped)
         except Exception:  # noqa: BLE001
             log.exception("error in on_disconnect")
 
@@ -312,6 +321,7 @@ class Uplink:
             with self._lock:
                 self._status_mids.discard(mid)
                 entry = self._inflight.get(mid)
+                oldest = entry is not None and entry[1] <= min(t for _, t in self._inflight.values())
                 if entry is None:  # not ours yet (or status/replies, which are not tracked)
                     self._early_acks[mid] = (time.monotonic(), code)  # its code with it: no stale one outlives it
                     if len(self._early_acks) > 1000:
@@ -322,27 +332,15 @@ class Uplink:
                 self.refusals.settle(entry[0], code)
                 with self._lock:
                     self._inflight.pop(mid, None)
+                if oldest:  # only that is progress: PUBACKs come in publish order (MQTT 4.6), so one for a newer row
+                    self.acks.acked(time.monotonic())  # says an older one's never comes on this connection
                 self._wake.set()
         except Exception:  # noqa: BLE001
             log.exception("error in on_publish")
 
     def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: Any, properties: Any) -> None:
-        """A broker whose ACL refuses ``cmd/+`` answers the SUBACK with a failure code and sends no command ever:
-        without this line the control room's commands would vanish with no trace on the gateway."""
         try:
-            refused = next((rc for rc in reason_codes if rc.is_failure), None)
-            if refused is None:
-                if self._commands_refused:
-                    log.info("broker %s:%d accepts the subscription to %s now", self.s.host, self.s.port,
-                             self.topic("cmd/+"))
-                self._commands_refused = False
-                return
-            self.counters.inc("uplink.subscribe_refused")
-            if not self._commands_refused:
-                self._commands_refused = True
-                log.warning("broker %s:%d refused the subscription to %s (%s): no command will arrive; its ACL must "
-                            "let this client read %s (README: Security), or set EDGE_AGENT_COMMANDS__ENABLED=false",
-                            self.s.host, self.s.port, self.topic("cmd/+"), refused, self.topic("cmd/#"))
+            self.refusals.subscribed(reason_codes, self.topic("cmd/+"), self.topic("cmd/#"))
         except Exception:  # noqa: BLE001
             log.exception("error in on_subscribe")
 
@@ -389,11 +387,13 @@ class Uplink:
         self._short = 0
         self._outage(what)
 
-    def _outage(self, what: str) -> None:
+    def _outage(self, what: str, quiet: bool = False) -> None:
+        """``quiet``: a connection the agent dropped (agent/uplink_acks.py warned): a broker that answers nothing
+        but pings would otherwise get this warning on every drop."""
         self.last_error = what
         self.counters.inc("uplink.connect_failures")
         if self._short >= SHORT_IN_A_ROW:
             return  # flapping: _taken_over said it
-        if not self._outage_logged:
+        if not self._outage_logged and not quiet:
             self._outage_logged = True
             log.warning("%s: alerts and summaries stay in the outbox and are sent when it answers (retrying)", what)

@@ -167,6 +167,23 @@ class Refusals:
         self._next_retry = time.monotonic() + RETRY_S
         self._answered = False  # a CONNACK came on this connection attempt
         self._closes = 0  # MQTT 5 connections in a row the broker ended before any CONNACK
+        self._commands_refused = False  # the SUBACK of cmd/+ refused: said once, not on every reconnect
+
+    def subscribed(self, reason_codes: Any, topic: str, readable: str) -> None:
+        """The SUBACK of ``topic`` (``cmd/+``). A broker whose ACL refuses it answers with a failure code and sends
+        no command ever: without this line the control room's commands would vanish with no trace on the gateway."""
+        refused = next((rc for rc in reason_codes if rc.is_failure), None)
+        if refused is None:
+            if self._commands_refused:
+                log.info("broker %s accepts the subscription to %s now", self.where, topic)
+            self._commands_refused = False
+            return
+        self.counters.inc("uplink.subscribe_refused")
+        if not self._commands_refused:
+            self._commands_refused = True
+            log.warning("broker %s refused the subscription to %s (%s): no command will arrive; its ACL must let this "
+                        "client read %s (README: Security), or set EDGE_AGENT_COMMANDS__ENABLED=false",
+                        self.where, topic, refused, readable)
 
     def requeue(self) -> None:
         """On every connection: the dead letters go back into the outbox (under their old row ids: in order), the
