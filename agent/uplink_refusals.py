@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import struct
 import threading
 import time
@@ -167,6 +168,7 @@ class Refusals:
         self._next_retry = time.monotonic() + RETRY_S
         self._answered = False  # a CONNACK came on this connection attempt
         self._closes = 0  # MQTT 5 connections in a row the broker ended before any CONNACK
+        self._requeue_warned = -math.inf  # monotonic time of the last 'back in the outbox' warning
         self._commands_refused = False  # the SUBACK of cmd/+ refused: said once, not on every reconnect
 
     def subscribed(self, reason_codes: Any, topic: str, readable: str) -> None:
@@ -196,8 +198,12 @@ class Refusals:
             self._unsettled = {i for i in self._unsettled if i in queued} | set(ids)
             if not self._unsettled:
                 self._by_kind.clear()
-        if ids:
-            log.warning("%d message(s) the broker refused are back in the outbox: sending them again", len(ids))
+        if ids:  # a warning when it starts and every RETRY_S while it goes on (each reconnection), INFO between
+            now = time.monotonic()
+            level = logging.WARNING if now - self._requeue_warned >= RETRY_S else logging.INFO
+            if level == logging.WARNING:
+                self._requeue_warned = now
+            log.log(level, "%d message(s) the broker refused are back in the outbox: sending them again", len(ids))
 
     def retry(self) -> bool:
         """Every RETRY_S: a dead letter refused for a temporary reason (TEMPORARY) that long ago re-queues them all
@@ -311,6 +317,7 @@ class Refusals:
                 self._unsettled.discard(row_id)
                 if not self._unsettled and self._by_kind:
                     self._by_kind.clear()
+                    self._requeue_warned = -math.inf  # a later refusal is news again
                     log.info("broker %s accepts the messages it refused before", self.where)
 
     def _stripped(self, kind: str, limit: str) -> None:

@@ -450,3 +450,28 @@ def test_the_refused_reason_goes_when_the_outboxs_bounds_dropped_the_dead_letter
     assert r.reasons() == ["broker refuses alerts: not authorized"]
     r.requeue()  # the next connection: nothing of A is left to be accepted
     assert r.reasons() == []
+
+
+def test_back_in_the_outbox_is_one_warning_per_episode_not_one_per_reconnection(tmp_path, caplog):
+    # A flaky link with a refused alert waiting: every reconnection re-queues it. That was a warning each time.
+    c = Counters()
+    ob = _outbox(tmp_path, c)
+    r = _refusals(ob, c)
+    row = _alert(ob, "A", "raised")
+    with caplog.at_level(logging.INFO, logger="agent.uplink"):
+        for _ in range(3):  # refused, then three reconnections each taking it back and the broker refusing again
+            assert r.body(ob.pending(1)[0], "edge/gw/alerts") is not None
+            r.settle(row, 0x87)
+            r.requeue()
+    back = [rec for rec in caplog.records if "are back in the outbox" in rec.getMessage()]
+    assert [rec.levelname for rec in back] == ["WARNING", "INFO", "INFO"]
+    assert r.body(ob.pending(1)[0], "edge/gw/alerts") is not None
+    r.settle(row, 0)  # the operator fixed the ACL: accepted
+    assert r.reasons() == []
+    again = _alert(ob, "B", "raised")  # a new refusal later is news again
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="agent.uplink"):
+        assert r.body(ob.pending(1)[0], "edge/gw/alerts") is not None
+        r.settle(again, 0x87)
+        r.requeue()
+    assert [rec.levelname for rec in caplog.records if "are back in the outbox" in rec.getMessage()] == ["WARNING"]
