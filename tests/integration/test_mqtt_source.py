@@ -316,8 +316,9 @@ def test_block_payloads_are_one_block_each_or_a_counted_reject(live_broker: Brok
     assert c.get("source.readings") == n + 3 + 1 and c.get("source.blocks") == 2
     # with blocks off the source hands over one reading at a time
     rows = [x for h in handed for x in (h.rows() if isinstance(h, Block) else [h])]
-    if blocks:  # the big block whole (the messages were published one by one, QoS 1: no burst to coalesce)
-        assert len(handed) == 3 and isinstance(handed[0], Block) and len(handed[0]) == n
+    if blocks:  # the big block whole, not one reading at a time: 3 hand-overs, fewer when paho's loop read several
+        # of the messages in one pass (on a loaded machine): each pass's run of one sensor is one Block
+        assert isinstance(handed[0], Block) and len(handed[0]) >= n and len(handed) <= 3, [len(h) for h in handed]
     else:
         assert len(handed) == n + 4 and not any(isinstance(h, Block) for h in handed)
     assert len(rows) == n + 4 and all(x.sensor == "shaft-1" for x in rows)
