@@ -17,7 +17,9 @@ from agent.records import message_bytes
 
 log = logging.getLogger("agent.outbox")
 
-_COLUMNS = "id, kind, priority, topic, payload, qos, retain, created_ts"
+# agent.outbox_schema: created with the first dead letter
+DEAD_LETTER_INDEX = "CREATE INDEX IF NOT EXISTS dead_letter_alert ON dead_letter (alert_id) WHERE alert_id IS NOT NULL"
+_COLUMNS = "id, kind, priority, topic, payload, qos, retain, created_ts, alert_id"  # agent.outbox_schema
 
 
 class DeadLetters:
@@ -45,6 +47,7 @@ class DeadLetters:
             try:
                 row = db.execute("SELECT kind FROM outbox WHERE id=?", (row_id,)).fetchone()
                 if row is not None:
+                    db.execute(DEAD_LETTER_INDEX)  # with the first dead letter (agent.outbox_schema)
                     db.execute(f"INSERT OR REPLACE INTO dead_letter ({_COLUMNS}, reason_code, reason, refused_ts) "
                                f"SELECT {_COLUMNS}, ?, ?, ? FROM outbox WHERE id=?",
                                (reason_code, reason, time.time(), row_id))
@@ -173,8 +176,7 @@ def alert_of(payload: bytes | Mapping[str, Any]) -> tuple[str | None, str | None
 
 
 def alert_rows(db: sqlite3.Connection, table: str, alert_id: str) -> list[Any]:
-    """(id, kind, length, payload) of an alert's rows in ``table`` (``outbox`` or ``dead_letter``), oldest first (the
-    payloads are agent.records.message_bytes: compact JSON)."""
-    key = json.dumps({"alert_id": alert_id}, separators=(",", ":"))[1:-1].encode()
-    return db.execute(f"SELECT id, kind, LENGTH(payload), payload FROM {table} WHERE kind='alert' AND instr(payload, ?) "
-                      "ORDER BY id", (key,)).fetchall()
+    """(id, kind, length, payload) of an alert's rows in ``table`` (``outbox`` or ``dead_letter``), oldest first: by
+    the indexed ``alert_id`` column (agent.outbox_schema), filled for every alert row."""
+    return db.execute(f"SELECT id, kind, LENGTH(payload), payload FROM {table} WHERE alert_id=? AND kind='alert' "
+                      "ORDER BY id", (alert_id,)).fetchall()

@@ -5,7 +5,8 @@ or a kill -9 delays a message but never loses it (delivery is at-least-once; eve
 consumers to deduplicate). Alerts drain before summaries. The outbox is bounded by rows and bytes: when full,
 the oldest summaries are dropped first and alerts only when nothing else is left; every drop is counted. An
 alert's ``raised`` and ``cleared`` are dropped together (one without the other is an orphan for the control room):
-the clear of a dropped raise, stored or written later, goes with it.
+the clear of a dropped raise, stored or written later, goes with it. A clear whose raise the broker has, or may
+have, is dropped only once no other alert is left: its raise would stay on the control room's screen for ever.
 
 ``synchronous=FULL``: each commit is on disk before ``put`` returns. Writes are rare (alerts and a summary every
 few minutes), so the SD card sees a handful of fsyncs an hour and a power cut loses nothing that was written.
@@ -25,6 +26,7 @@ from pathlib import Path
 from agent.counters import Counters
 from agent.files import StateDirError, atomic_write, sqlite_corrupt
 from agent.dead_letters import DeadLetters, alert_of, alert_rows, strip_evidence
+from agent.outbox_schema import create_or_migrate
 from agent.records import Outgoing, message_bytes
 
 log = logging.getLogger(__name__)
@@ -32,33 +34,16 @@ log = logging.getLogger(__name__)
 PRIORITY = {"alert": 0, "advice": 1, "summary": 2}  # lower drains first; anything else sits between
 SEQ_BLOCK = 100  # alert seq numbers reserved at a time in <outbox>.seq: one small write per this many alerts
 RESERVE_BYTES = 256 * 1024  # ballast kept beside the outbox, given up when the disk is full
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS outbox (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    kind TEXT NOT NULL,
-    priority INTEGER NOT NULL,
-    topic TEXT NOT NULL,
-    payload BLOB NOT NULL,
-    qos INTEGER NOT NULL,
-    retain INTEGER NOT NULL,
-    created_ts REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS outbox_order ON outbox (priority, id);
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS dead_letter (
-    id INTEGER PRIMARY KEY,
-    kind TEXT NOT NULL,
-    priority INTEGER NOT NULL,
-    topic TEXT NOT NULL,
-    payload BLOB NOT NULL,
-    qos INTEGER NOT NULL,
-    retain INTEGER NOT NULL,
-    created_ts REAL NOT NULL,
-    reason_code INTEGER NOT NULL,
-    reason TEXT NOT NULL,
-    refused_ts REAL NOT NULL
-);
-"""
+# The oldest alert row after a given id that is not a lone clear: a clear with no earlier row of its alert queued and
+# none a dead letter (its raise delivered, or evicted as one the broker may have): on the control room's screen its
+# raise waits for it. Index lookups (alert_id); a payload is read only for a row that may be one.
+_NOT_A_LONE_CLEAR = """
+SELECT id, kind, LENGTH(payload), priority, payload FROM outbox AS o WHERE priority=? AND id>? AND NOT (
+    kind='alert' AND alert_id IS NOT NULL
+    AND NOT EXISTS (SELECT 1 FROM outbox WHERE alert_id=o.alert_id AND id<o.id)
+    AND NOT EXISTS (SELECT 1 FROM dead_letter WHERE alert_id=o.alert_id)
+    AND json_valid(CAST(payload AS TEXT)) AND json_extract(CAST(payload AS TEXT), '$.state') IS 'cleared'
+) ORDER BY id LIMIT 1"""
 DROPPED_RAISE = "dropped_raise:"  # meta key + alert id: a raise dropped before its clear came; that clear goes too
 DROPPED_RAISES_KEPT = 10_000  # such ids kept at most (the oldest forgotten)
 
@@ -159,7 +144,12 @@ class Outbox(DeadLetters):
         db.execute("PRAGMA synchronous=FULL")
         db.execute("PRAGMA wal_autocheckpoint=100")  # pages: keeps the WAL small on an SD card
         db.execute("PRAGMA journal_size_limit=1048576")
-        db.executescript(_SCHEMA)
+        try:
+            if create_or_migrate(db):
+                log.info("outbox %s: indexed its alerts' rows by alert_id (a file from an older version)", self.path)
+        except BaseException:
+            db.close()
+            raise
         return db
 
     def put(self, msg: Outgoing) -> int:
@@ -169,9 +159,12 @@ class Outbox(DeadLetters):
         incoming message is dropped only when nothing at most as precious is left), and every drop is counted.
         """
         with self._lock:
+            low = self._low_on_disk()
+            if low:  # the WAL of the puts since free space was last short goes into the file while there is room
+                self._checkpoint()
             for attempt in range(3):
                 try:
-                    return self._put(msg, shed="full" if attempt else "low" if self._low_on_disk() else "")
+                    return self._put(msg, shed="full" if attempt else "low" if low else "")
                 except sqlite3.OperationalError as e:
                     if not _disk_full(e):
                         raise
@@ -234,8 +227,9 @@ class Outbox(DeadLetters):
                 dropped.append((0, msg.kind))
             else:
                 cur = db.execute(
-                    "INSERT INTO outbox (kind, priority, topic, payload, qos, retain, created_ts) VALUES (?,?,?,?,?,?,?)",
-                    (msg.kind, priority, msg.topic_suffix, body, msg.qos, int(msg.retain), time.time()),
+                    "INSERT INTO outbox (kind, priority, topic, payload, qos, retain, created_ts, alert_id) "
+                    "VALUES (?,?,?,?,?,?,?,?)",
+                    (msg.kind, priority, msg.topic_suffix, body, msg.qos, int(msg.retain), time.time(), alert_id),
                 )
             db.execute("COMMIT")
         except BaseException:
@@ -276,18 +270,24 @@ class Outbox(DeadLetters):
         pages instead of growing the file — an alert only once the disk is really full. An alert goes with the
         other of its raise and clear (stored: deleted too; a raise's clear to come: its id kept in ``meta``),
         unless it is a raise the broker may have (handed to the uplink, or stored before this process): then its
-        clear stays, so that a raise on the control room's screen is never left without its clear."""
+        clear stays, so that a raise on the control room's screen is never left without its clear. For the same
+        reason a lone clear (its raise delivered, or evicted that way) goes only after every other alert."""
         dropped: list[tuple[int, str]] = []
+        after = 0  # alerts up to this row id are lone clears (deleting rows never makes one of them not lone)
         rows, size = db.execute("SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM outbox").fetchone()
         while rows and (shed or rows + 1 > self.max_rows or size + incoming > self.max_bytes):
             # Oldest of the most expendable kind first: summaries (priority 2), then others, alerts last.
-            victim = db.execute(
-                "SELECT id, kind, LENGTH(payload), priority, payload FROM outbox ORDER BY priority DESC, id ASC LIMIT 1"
+            victim = db.execute(  # two index lookups (ORDER BY priority DESC, id ASC sorted the whole table)
+                "SELECT id, kind, LENGTH(payload), priority, payload FROM outbox "
+                "WHERE priority=(SELECT MAX(priority) FROM outbox) ORDER BY id LIMIT 1"
             ).fetchone()
             if victim[3] < priority:
                 return None  # never evict an alert to make room for a summary
             if shed == "low" and victim[0] is not None and victim[3] == PRIORITY["alert"]:
                 break  # space is short but not gone: keep every alert and try the insert
+            if victim[1] == "alert":  # a lone clear (its raise delivered, or evicted as one the broker may have)
+                first = db.execute(_NOT_A_LONE_CLEAR, (victim[3], after)).fetchone()  # goes after all other alerts
+                victim, after = (first, first[0]) if first else (victim, 2**63 - 1)
             gone = [victim[:3]]
             alert_id, state = alert_of(bytes(victim[4])) if victim[1] == "alert" else (None, None)
             if alert_id is not None:  # the rows of its raise and clear (the payloads are agent.records.message_bytes)

@@ -16,8 +16,9 @@ time it holds the lock, its fsync included):
   evicted last): a raise put evicts the oldest raise behind them (median of ``--puts``).
 
 Baseline (same run): a ``put`` into an outbox with room (it evicts nothing; same file, same rows), median of
-``--puts``. No goal from an issue: the numbers are for the commit and the report (before: 30 ms per evicted row,
-the lookup a full scan of both tables).
+``--puts``. No goal from an issue: the numbers are for the commit and the report. Measured 2026-12-03 (shared VM):
+21 ms per put evicting one row and 3.7 s for 201 rows when an alert's rows were found by a scan of both tables;
+3.0 ms (the baseline put 2.9 ms) and 13 ms with the indexed ``alert_id`` column.
 """
 
 from __future__ import annotations
