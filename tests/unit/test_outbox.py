@@ -243,18 +243,18 @@ def test_an_incoming_raise_dropped_for_want_of_room_takes_its_clear_with_it(tmp_
     c = Counters()
     ob = Outbox(tmp_path / "o.db", c, max_rows=1)
     ob.put(_state("A", "raised"))
-    monkeypatch.setattr(ob, "_low_on_disk", lambda: True)
+    monkeypatch.setattr(ob, "_low_on_disk", lambda times=1: True)
     assert ob.put(_state("B", "raised")) == 0
-    monkeypatch.setattr(ob, "_low_on_disk", lambda: False)
+    monkeypatch.setattr(ob, "_low_on_disk", lambda times=1: False)
     assert ob.put(_state("B", "cleared")) == 0
     assert _ids(ob) == ["A-raised"] and c.snapshot("outbox.dropped.") == {"alert": 2}
 
 
 
 def test_the_ids_of_dropped_raises_kept_are_bounded_by_their_own_count(tmp_path, monkeypatch):
-    import agent.outbox
+    import agent.dead_letters
 
-    monkeypatch.setattr(agent.outbox, "DROPPED_RAISES_KEPT", 3)
+    monkeypatch.setattr(agent.dead_letters, "DROPPED_RAISES_KEPT", 3)
     ob = Outbox(tmp_path / "o.db", Counters(), max_rows=1)
 
     def kept():
@@ -519,3 +519,50 @@ def test_alerts_an_older_version_wrote_into_a_new_file_are_indexed_when_it_opens
     ob = Outbox(tmp_path / "o.db", Counters(), max_rows=2)
     assert ob.put(_state("C", "raised"))  # B's raise goes, A's lone clear stays
     assert _alerts_in(ob, "outbox") == [("A", "cleared"), ("C", "raised")]
+
+
+def _refused_after_a_resend(ob, alert_id):
+    """Its raise handed to the uplink, handed again after a lost connection, then refused: a dead letter whose first
+    copy the broker may have (on the control room's screen)."""
+    ob.put(_state(alert_id, "raised"))
+    [row] = [r for r in ob.pending(10) if json.loads(r.payload)["alert_id"] == alert_id]
+    ob.pending(10)
+    assert ob.dead_letter(row.id, 0x97, "quota exceeded") == "alert"
+
+
+def test_a_clear_whose_raise_refused_after_a_resend_may_be_on_screen_is_evicted_last(tmp_path):
+    """The broker may have the first copy of R's raise: R's clear is a lone clear (evicted after every other alert),
+    not one of an alert the control room never saw (evicted at once with its dead raise)."""
+    ob = Outbox(tmp_path / "o.db", Counters(), max_rows=3)
+    _refused_after_a_resend(ob, "R")
+    for x in ("R-cleared", "B-raised", "C-raised", "D-raised"):  # D evicts B, not R's clear
+        ob.put(_state(*x.split("-")))
+    assert _alerts_in(ob, "outbox") == [("R", "cleared"), ("C", "raised"), ("D", "raised")]
+    assert _alerts_in(ob, "dead_letter") == [("R", "raised")]
+
+
+def test_trimming_the_dead_letters_drops_a_raise_the_broker_may_have_alone_and_keeps_its_clear(tmp_path):
+    ob = Outbox(tmp_path / "o.db", Counters(), max_rows=2)
+    _refused_after_a_resend(ob, "R")
+    ob.put(_state("R", "cleared"))
+    for a in ("S", "T"):
+        ob.put(_state(a, "raised"))
+        [row] = [r for r in ob.pending(10) if json.loads(r.payload)["alert_id"] == a]
+        ob.dead_letter(row.id, 0x87, "not authorized")  # T takes the dead letters over the bound: R's raise goes
+    assert _alerts_in(ob, "dead_letter") == [("S", "raised"), ("T", "raised")]
+    assert _alerts_in(ob, "outbox") == [("R", "cleared")]
+    assert ob._db.execute("SELECT key FROM meta WHERE key LIKE 'dropped_raise:%'").fetchall() == []
+
+
+def test_trimming_the_dead_letters_keeps_a_held_back_clear_of_a_raise_the_broker_may_have_for_last(tmp_path):
+    """R's clear followed its raise into the dead letters unsent: it is a lone clear there too."""
+    ob = Outbox(tmp_path / "o.db", Counters(), max_rows=3)
+    _refused_after_a_resend(ob, "R")
+    ob.put(_state("R", "cleared"))
+    [clear] = ob.pending(10)
+    assert ob.dead_letter_behind(clear.id, "R")
+    for a in ("S", "T"):
+        ob.put(_state(a, "raised"))
+        [row] = [r for r in ob.pending(10) if json.loads(r.payload)["alert_id"] == a]
+        ob.dead_letter(row.id, 0x87, "not authorized")  # T: 4 dead letters, R's raise goes alone
+    assert _alerts_in(ob, "dead_letter") == [("R", "cleared"), ("S", "raised"), ("T", "raised")]
