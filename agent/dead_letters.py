@@ -17,7 +17,11 @@ from agent.records import message_bytes
 
 log = logging.getLogger("agent.outbox")
 
-_COLUMNS = "id, kind, priority, topic, payload, qos, retain, created_ts"
+# agent.outbox_schema: created with the first dead letter
+DEAD_LETTER_INDEX = "CREATE INDEX IF NOT EXISTS dead_letter_alert ON dead_letter (alert_id) WHERE alert_id IS NOT NULL"
+DROPPED_RAISE = "dropped_raise:"  # meta key + alert id: a raise dropped before its clear came; that clear goes too
+DROPPED_RAISES_KEPT = 10_000  # such ids kept at most (the oldest forgotten)
+_COLUMNS = "id, kind, priority, topic, payload, qos, retain, created_ts, alert_id"  # agent.outbox_schema
 
 
 class DeadLetters:
@@ -30,9 +34,16 @@ class DeadLetters:
     max_bytes: int
     _handed: set[int]
     _resent: set[int]
+    _unfilled: bool
 
     def _dropped_raise(self, alert_id: str | None, state: str | None) -> None:
-        raise NotImplementedError  # agent.outbox.Outbox's
+        """A raise dropped before it was stored: its clear, when it comes, is dropped too."""
+        if state == "raised" and alert_id is not None:
+            db = self._db
+            db.execute("INSERT OR REPLACE INTO meta VALUES (?, 0)", (DROPPED_RAISE + alert_id,))
+            db.execute("DELETE FROM meta WHERE rowid IN (SELECT rowid FROM meta WHERE key >= ? AND key < ? "
+                       "ORDER BY rowid DESC LIMIT -1 OFFSET ?)", (DROPPED_RAISE, DROPPED_RAISE[:-1] + ";",
+                                                                  DROPPED_RAISES_KEPT))
 
     def dead_letter(self, row_id: int, reason_code: int, reason: str) -> str | None:
         """Move a row the broker refused into the ``dead_letter`` table (one transaction: never in both, never in
@@ -45,6 +56,7 @@ class DeadLetters:
             try:
                 row = db.execute("SELECT kind FROM outbox WHERE id=?", (row_id,)).fetchone()
                 if row is not None:
+                    db.execute(DEAD_LETTER_INDEX)  # with the first dead letter (agent.outbox_schema)
                     db.execute(f"INSERT OR REPLACE INTO dead_letter ({_COLUMNS}, reason_code, reason, refused_ts) "
                                f"SELECT {_COLUMNS}, ?, ?, ? FROM outbox WHERE id=?",
                                (reason_code, reason, time.time(), row_id))
@@ -65,12 +77,14 @@ class DeadLetters:
     def _trim_dead_letters(self, db: sqlite3.Connection) -> list[str]:
         """Drop the oldest most expendable dead letters past the bounds. An alert goes with its other rows (dead
         letters or still queued: refused, the control room never saw it; a raise whose clear is still to come
-        leaves its id, so that clear is dropped when it comes); a lone clear (its raise delivered) goes last."""
+        leaves its id, so that clear is dropped when it comes); a lone clear (its raise delivered) goes last. A raise
+        the broker may have (refused after a resend: its first copy may be on screen) goes alone, its clear kept."""
         dropped: list[str] = []
         rows, size = db.execute("SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM dead_letter").fetchone()
         while rows > 1 and (rows > self.max_rows or size > self.max_bytes):
-            firsts = dict(db.execute("SELECT json_extract(CAST(payload AS TEXT), '$.alert_id'), MIN(id) FROM dead_letter "
-                                     "WHERE kind='alert' GROUP BY 1").fetchall())
+            firsts = dict(db.execute(  # a raise the broker may have (refused after a resend) leaves its clear lone
+                "SELECT json_extract(CAST(payload AS TEXT), '$.alert_id'), MIN(id) FROM dead_letter WHERE kind='alert' "
+                "AND id NOT IN (SELECT value FROM json_each(?)) GROUP BY 1", (json.dumps(sorted(self._handed)),)).fetchall())
             cur = db.execute("SELECT id, kind, LENGTH(payload), payload, json_extract(CAST(payload AS TEXT), "
                              "'$.alert_id'), json_extract(CAST(payload AS TEXT), '$.state') FROM dead_letter "
                              "ORDER BY priority DESC, id ASC")
@@ -86,8 +100,8 @@ class DeadLetters:
             if victim is None:
                 victim = first
             gone = {"dead_letter": [victim[:3]], "outbox": []}
-            if alert_id is not None and not lone:
-                gone = {t: alert_rows(db, t, alert_id) for t in gone}
+            if alert_id is not None and not lone and victim[0] not in self._handed:  # else it goes alone: the broker
+                gone = {t: alert_rows(db, t, alert_id, self._unfilled) for t in gone}  # may have it, its clear stays
                 if not any(alert_of(bytes(r[3]))[1] == "cleared" for t in gone for r in gone[t]):
                     self._dropped_raise(alert_id, victim[5])
             for table, victims in gone.items():
@@ -172,9 +186,14 @@ def alert_of(payload: bytes | Mapping[str, Any]) -> tuple[str | None, str | None
     return (alert_id if isinstance(alert_id, str) else None), (state if isinstance(state, str) else None)
 
 
-def alert_rows(db: sqlite3.Connection, table: str, alert_id: str) -> list[Any]:
-    """(id, kind, length, payload) of an alert's rows in ``table`` (``outbox`` or ``dead_letter``), oldest first (the
-    payloads are agent.records.message_bytes: compact JSON)."""
+def alert_rows(db: sqlite3.Connection, table: str, alert_id: str, unfilled: bool = False) -> list[Any]:
+    """(id, kind, length, payload) of an alert's rows in ``table`` (``outbox`` or ``dead_letter``), oldest first: by
+    the indexed ``alert_id`` column (agent.outbox_schema); ``unfilled`` (rows an older version wrote are still
+    without it): also those among them whose payload (agent.records.message_bytes: compact JSON) has that id."""
+    if not unfilled:
+        return db.execute(f"SELECT id, kind, LENGTH(payload), payload FROM {table} WHERE alert_id=? AND kind='alert' "
+                          "ORDER BY id", (alert_id,)).fetchall()
     key = json.dumps({"alert_id": alert_id}, separators=(",", ":"))[1:-1].encode()
-    return db.execute(f"SELECT id, kind, LENGTH(payload), payload FROM {table} WHERE kind='alert' AND instr(payload, ?) "
-                      "ORDER BY id", (key,)).fetchall()
+    return db.execute(f"SELECT id, kind, LENGTH(payload), payload FROM {table} WHERE kind='alert' AND (alert_id=? OR "
+                      "alert_id IS NULL AND instr(payload, ?) AND json_extract(CAST(payload AS TEXT), '$.alert_id')=?) "
+                      "ORDER BY id", (alert_id, key, alert_id)).fetchall()

@@ -5,7 +5,8 @@ or a kill -9 delays a message but never loses it (delivery is at-least-once; eve
 consumers to deduplicate). Alerts drain before summaries. The outbox is bounded by rows and bytes: when full,
 the oldest summaries are dropped first and alerts only when nothing else is left; every drop is counted. An
 alert's ``raised`` and ``cleared`` are dropped together (one without the other is an orphan for the control room):
-the clear of a dropped raise, stored or written later, goes with it.
+the clear of a dropped raise, stored or written later, goes with it. A clear whose raise the broker has, or may
+have, is dropped only once no other alert is left: its raise would stay on the control room's screen for ever.
 
 ``synchronous=FULL``: each commit is on disk before ``put`` returns. Writes are rare (alerts and a summary every
 few minutes), so the SD card sees a handful of fsyncs an hour and a power cut loses nothing that was written.
@@ -14,6 +15,7 @@ Shared by the pipeline thread (put) and the uplink thread (pending/ack) behind o
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import sqlite3
@@ -24,7 +26,9 @@ from pathlib import Path
 
 from agent.counters import Counters
 from agent.files import StateDirError, atomic_write, sqlite_corrupt
-from agent.dead_letters import DeadLetters, alert_of, alert_rows, strip_evidence
+from agent.dead_letters import DROPPED_RAISE, DeadLetters, alert_of, alert_rows, strip_evidence
+from agent.outbox_schema import Lookup, create_or_migrate, fill
+from agent.outbox_schema import disk_full as _disk_full
 from agent.records import Outgoing, message_bytes
 
 log = logging.getLogger(__name__)
@@ -32,48 +36,15 @@ log = logging.getLogger(__name__)
 PRIORITY = {"alert": 0, "advice": 1, "summary": 2}  # lower drains first; anything else sits between
 SEQ_BLOCK = 100  # alert seq numbers reserved at a time in <outbox>.seq: one small write per this many alerts
 RESERVE_BYTES = 256 * 1024  # ballast kept beside the outbox, given up when the disk is full
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS outbox (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    kind TEXT NOT NULL,
-    priority INTEGER NOT NULL,
-    topic TEXT NOT NULL,
-    payload BLOB NOT NULL,
-    qos INTEGER NOT NULL,
-    retain INTEGER NOT NULL,
-    created_ts REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS outbox_order ON outbox (priority, id);
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS dead_letter (
-    id INTEGER PRIMARY KEY,
-    kind TEXT NOT NULL,
-    priority INTEGER NOT NULL,
-    topic TEXT NOT NULL,
-    payload BLOB NOT NULL,
-    qos INTEGER NOT NULL,
-    retain INTEGER NOT NULL,
-    created_ts REAL NOT NULL,
-    reason_code INTEGER NOT NULL,
-    reason TEXT NOT NULL,
-    refused_ts REAL NOT NULL
-);
-"""
-DROPPED_RAISE = "dropped_raise:"  # meta key + alert id: a raise dropped before its clear came; that clear goes too
-DROPPED_RAISES_KEPT = 10_000  # such ids kept at most (the oldest forgotten)
 
 
-def low_on_disk(directory: Path) -> bool:
+def low_on_disk(directory: Path, times: int = 1) -> bool:
     """Free space on ``directory``'s file system under the reserve (1 MiB, or 5 % of a small file system)."""
     try:
         du = shutil.disk_usage(directory)
     except OSError:
         return False
-    return du.free < min(2**20, du.total // 20)
-
-
-def _disk_full(e: sqlite3.Error) -> bool:
-    return getattr(e, "sqlite_errorname", "") == "SQLITE_FULL" or "disk is full" in str(e)
+    return du.free < times * min(2**20, du.total // 20)
 
 
 @dataclass(frozen=True)
@@ -103,6 +74,8 @@ class Outbox(DeadLetters):
         self._seq_ceiling = self._read_seq_ceiling()
         self._seq_unsaved = False  # the last attempt to record it failed (said once)
         self._db = self._open()
+        self._unfilled = True  # rows without an alert_id may be there: found by their payloads too until filled
+        self._fill(0 if self._low_on_disk() else None)  # the room left is for puts: filled once there is more
         # Rows the broker may have: handed to the uplink by pending(), or stored before this process (sent by an
         # earlier one, its PUBACK lost with it). An evicted raise of theirs keeps its clear (it may be on screen).
         self._handed: set[int] = set()
@@ -159,8 +132,32 @@ class Outbox(DeadLetters):
         db.execute("PRAGMA synchronous=FULL")
         db.execute("PRAGMA wal_autocheckpoint=100")  # pages: keeps the WAL small on an SD card
         db.execute("PRAGMA journal_size_limit=1048576")
-        db.executescript(_SCHEMA)
+        try:
+            try:
+                old = create_or_migrate(db)
+            except sqlite3.OperationalError as e:
+                if not _disk_full(e):
+                    raise
+                self._room_for_sqlite(db)  # the reserve given up: room for a new column (a few pages)
+                old = create_or_migrate(db)
+        except BaseException:
+            db.close()
+            raise
+        if old:
+            log.info("outbox %s: a file from an older version: its alerts' rows get an alert_id", self.path)
         return db
+
+    def _room_for_sqlite(self, db: sqlite3.Connection | None = None) -> None:
+        """The disk is full: give up the reserve file and empty the WAL into the file."""
+        self._release_reserve()
+        try:
+            (db or self._db).execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error:
+            pass
+
+    def _fill(self, batches: int | None) -> None:
+        """Fill the alert_id of the rows an older version wrote (agent.outbox_schema.fill); never fails for the disk."""
+        self._unfilled = fill(self._db, self._room_for_sqlite, batches)
 
     def put(self, msg: Outgoing) -> int:
         """Store one message durably (alerts get the next per-device ``seq``); returns its row id, 0 if dropped.
@@ -169,9 +166,15 @@ class Outbox(DeadLetters):
         incoming message is dropped only when nothing at most as precious is left), and every drop is counted.
         """
         with self._lock:
+            short = low = self._low_on_disk()
+            if short:  # the WAL of the puts since free space was last short goes into the file while there is room
+                self._checkpoint()
+                low = self._low_on_disk(2)  # room enough again: nothing shed (the WAL emptied after it)
+            elif self._unfilled:
+                self._fill(1)
             for attempt in range(3):
                 try:
-                    return self._put(msg, shed="full" if attempt else "low" if self._low_on_disk() else "")
+                    return self._put(msg, shed="full" if attempt else "low" if low else "near" if short else "")
                 except sqlite3.OperationalError as e:
                     if not _disk_full(e):
                         raise
@@ -221,7 +224,7 @@ class Outbox(DeadLetters):
                 log.error("outbox: this %s (%d bytes) is bigger than EDGE_AGENT_OUTBOX__MAX_BYTES (%d): dropped it, "
                           "nothing else", msg.kind, len(body), self.max_bytes)
                 return 0
-            dropped = self._make_room(db, len(body), priority, shed)
+            dropped = self._make_room(db, len(body), priority, "" if shed == "near" else shed)
             if dropped is None:
                 db.execute("ROLLBACK")  # the rows _make_room deleted are back: none of them was dropped
                 self._dropped_raise(alert_id, state)
@@ -234,8 +237,9 @@ class Outbox(DeadLetters):
                 dropped.append((0, msg.kind))
             else:
                 cur = db.execute(
-                    "INSERT INTO outbox (kind, priority, topic, payload, qos, retain, created_ts) VALUES (?,?,?,?,?,?,?)",
-                    (msg.kind, priority, msg.topic_suffix, body, msg.qos, int(msg.retain), time.time()),
+                    "INSERT INTO outbox (kind, priority, topic, payload, qos, retain, created_ts, alert_id) "
+                    "VALUES (?,?,?,?,?,?,?,?)",
+                    (msg.kind, priority, msg.topic_suffix, body, msg.qos, int(msg.retain), time.time(), alert_id),
                 )
             db.execute("COMMIT")
         except BaseException:
@@ -244,7 +248,7 @@ class Outbox(DeadLetters):
             raise
         for victim in dropped:  # counted once they are really gone (committed), not when a rollback restored them
             self.counters.inc(f"outbox.dropped.{victim[1]}")
-            log.warning("outbox %s: dropped %s", "disk nearly full" if shed else "full",
+            log.warning("outbox %s: dropped %s", "full" if shed in ("", "near") else "disk nearly full",
                         f"the oldest {victim[1]} (row {victim[0]}) or its pair" if victim[0] else
                         "this clear with its raise")
         if shed:
@@ -257,15 +261,6 @@ class Outbox(DeadLetters):
         self.counters.inc(f"outbox.written.{msg.kind}")
         return int(cur.lastrowid or 0)
 
-    def _dropped_raise(self, alert_id: str | None, state: str | None) -> None:
-        """A raise dropped before it was stored: its clear, when it comes, is dropped too."""
-        if state == "raised" and alert_id is not None:
-            db = self._db
-            db.execute("INSERT OR REPLACE INTO meta VALUES (?, 0)", (DROPPED_RAISE + alert_id,))
-            db.execute("DELETE FROM meta WHERE rowid IN (SELECT rowid FROM meta WHERE key >= ? AND key < ? "
-                       "ORDER BY rowid DESC LIMIT -1 OFFSET ?)", (DROPPED_RAISE, DROPPED_RAISE[:-1] + ";",
-                                                                  DROPPED_RAISES_KEPT))
-
     def _make_room(
         self, db: sqlite3.Connection, incoming: int, priority: int, shed: str
     ) -> list[tuple[int, str]] | None:
@@ -276,28 +271,36 @@ class Outbox(DeadLetters):
         pages instead of growing the file — an alert only once the disk is really full. An alert goes with the
         other of its raise and clear (stored: deleted too; a raise's clear to come: its id kept in ``meta``),
         unless it is a raise the broker may have (handed to the uplink, or stored before this process): then its
-        clear stays, so that a raise on the control room's screen is never left without its clear."""
+        clear stays, so that a raise on the control room's screen is never left without its clear. For the same
+        reason a lone clear (its raise delivered, evicted that way, or a dead letter the broker may have: refused
+        after a resend) goes only after every other alert (agent.outbox_schema.Lookup.not_a_lone_clear)."""
         dropped: list[tuple[int, str]] = []
+        after = 0  # alerts up to this row id are lone clears (deleting rows never makes one of them not lone)
         rows, size = db.execute("SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM outbox").fetchone()
         while rows and (shed or rows + 1 > self.max_rows or size + incoming > self.max_bytes):
             # Oldest of the most expendable kind first: summaries (priority 2), then others, alerts last.
-            victim = db.execute(
-                "SELECT id, kind, LENGTH(payload), priority, payload FROM outbox ORDER BY priority DESC, id ASC LIMIT 1"
+            victim = db.execute(  # two index lookups (ORDER BY priority DESC, id ASC sorted the whole table)
+                "SELECT id, kind, LENGTH(payload), priority, payload FROM outbox "
+                "WHERE priority=(SELECT MAX(priority) FROM outbox) ORDER BY id LIMIT 1"
             ).fetchone()
             if victim[3] < priority:
                 return None  # never evict an alert to make room for a summary
             if shed == "low" and victim[0] is not None and victim[3] == PRIORITY["alert"]:
                 break  # space is short but not gone: keep every alert and try the insert
+            if victim[1] == "alert":  # a lone clear (its raise delivered, or evicted as one the broker may have)
+                first = db.execute(Lookup(self._unfilled).not_a_lone_clear(),  # goes after all other alerts
+                                   (victim[3], after, json.dumps(sorted(self._handed)))).fetchone()
+                victim, after = (first, first[0]) if first else (victim, 2**63 - 1)
             gone = [victim[:3]]
             alert_id, state = alert_of(bytes(victim[4])) if victim[1] == "alert" else (None, None)
             if alert_id is not None:  # the rows of its raise and clear (the payloads are agent.records.message_bytes)
-                gone = alert_rows(db, "outbox", alert_id)
+                gone = alert_rows(db, "outbox", alert_id, self._unfilled)
                 if victim[0] not in {g[0] for g in gone}:  # never: its payload holds that text
                     gone.append(victim[:3])
                 if state == "raised" and (victim[0] in self._handed or victim[0] < self._first_new):
                     gone = [victim[:3]]  # the broker may have it: its clear must follow, not go with it
                 else:  # its raise refused and a dead letter: it goes too (else re-queued and never cleared)
-                    dead = alert_rows(db, "dead_letter", alert_id)
+                    dead = alert_rows(db, "dead_letter", alert_id, self._unfilled)
                     for d in dead:
                         db.execute("DELETE FROM dead_letter WHERE id=?", (d[0],))
                         dropped.append((d[0], "alert"))
@@ -311,8 +314,8 @@ class Outbox(DeadLetters):
             shed = ""
         return dropped if rows + 1 <= self.max_rows or rows == 0 else None
 
-    def _low_on_disk(self) -> bool:
-        return low_on_disk(self.path.parent)
+    def _low_on_disk(self, times: int = 1) -> bool:
+        return low_on_disk(self.path.parent, times)
 
     def _keep_reserve(self) -> None:
         """A ballast file beside the outbox: deleted when the disk is full, so SQLite has room to delete rows."""

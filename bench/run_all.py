@@ -43,6 +43,7 @@ def plan(quick: bool, soak_s: float) -> list[tuple[str, list[str]]]:
         ("footprint", ["--seconds", "10", "--starts", "3"] if q else ["--seconds", "20", "--starts", "5"]),
         ("bandwidth", ["--data-minutes", "10"] if q else ["--data-minutes", "60"]),
         ("alert_latency", ["--alerts", "200"] if q else ["--alerts", "500"]),
+        ("outbox_evict", ["--rows", "2000"] if q else []),
         ("sensor_memory", ["--sensors", "2000"] if q else ["--sensors", "10000"]),
         ("assets", ["--warmup", "40", "--measure", "30"] if q else []),
     ]

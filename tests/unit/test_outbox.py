@@ -243,18 +243,18 @@ def test_an_incoming_raise_dropped_for_want_of_room_takes_its_clear_with_it(tmp_
     c = Counters()
     ob = Outbox(tmp_path / "o.db", c, max_rows=1)
     ob.put(_state("A", "raised"))
-    monkeypatch.setattr(ob, "_low_on_disk", lambda: True)
+    monkeypatch.setattr(ob, "_low_on_disk", lambda times=1: True)
     assert ob.put(_state("B", "raised")) == 0
-    monkeypatch.setattr(ob, "_low_on_disk", lambda: False)
+    monkeypatch.setattr(ob, "_low_on_disk", lambda times=1: False)
     assert ob.put(_state("B", "cleared")) == 0
     assert _ids(ob) == ["A-raised"] and c.snapshot("outbox.dropped.") == {"alert": 2}
 
 
 
 def test_the_ids_of_dropped_raises_kept_are_bounded_by_their_own_count(tmp_path, monkeypatch):
-    import agent.outbox
+    import agent.dead_letters
 
-    monkeypatch.setattr(agent.outbox, "DROPPED_RAISES_KEPT", 3)
+    monkeypatch.setattr(agent.dead_letters, "DROPPED_RAISES_KEPT", 3)
     ob = Outbox(tmp_path / "o.db", Counters(), max_rows=1)
 
     def kept():
@@ -388,3 +388,181 @@ def test_trimming_the_dead_letters_looks_past_any_number_of_delivered_raises_cle
         ob.dead_letter(row.id, 0x97, "quota exceeded")  # S takes the table over the bound: R goes
     dead = _alerts_in(ob, "dead_letter")
     assert len(dead) == n and dead[0] == ("L0", "cleared") and ("R", "raised") not in dead
+
+
+def test_a_clear_whose_raise_was_delivered_is_evicted_after_every_other_alert(tmp_path):
+    """A full outbox used to evict a lone clear (its raise delivered) as the oldest alert row: the control room was
+    left with an alert that never clears. The dead letters' trim already kept such clears last; the outbox now
+    does too: summaries first, then the other alerts (a raise with its clear), the lone clear last."""
+    c = Counters()
+    ob = Outbox(tmp_path / "o.db", c, max_rows=3)
+    ob.put(_state("A", "raised"))
+    [row] = ob.pending(1)
+    ob.ack(row.id)  # A's raise is on the screen
+    for m in (_state("A", "cleared"), _state("B", "raised"), _summary(0)):
+        ob.put(m)
+    ob.put(_state("C", "raised"))  # the summary goes
+    ob.put(_state("D", "raised"))  # B's raise goes, not A's clear
+    assert _alerts_in(ob, "outbox") == [("A", "cleared"), ("C", "raised"), ("D", "raised")]
+    assert ob.put(_state("B", "cleared")) == 0  # its raise was dropped: it goes too
+    assert c.snapshot("outbox.dropped.") == {"summary": 1, "alert": 2}
+
+
+def test_a_clear_whose_raise_the_broker_may_have_is_evicted_after_every_other_alert(tmp_path):
+    """A raise handed to the uplink is evicted alone and its clear kept (the raise may be on the screen): that clear
+    must then not be the next alert row evicted either."""
+    ob = Outbox(tmp_path / "o.db", Counters(), max_rows=3)
+    ob.put(_state("A", "raised"))
+    ob.pending(1)  # handed out: in flight when the link died
+    for x in ("A-cleared", "B-raised", "C-raised", "D-raised"):  # C evicts A's raise alone, D then B's
+        ob.put(_state(*x.split("-")))
+    assert _alerts_in(ob, "outbox") == [("A", "cleared"), ("C", "raised"), ("D", "raised")]
+
+
+def test_lone_clears_go_oldest_first_once_no_other_alert_is_left(tmp_path):
+    """One put that has to evict several rows evicts every other alert before the first lone clear."""
+    c = Counters()
+    ob = Outbox(tmp_path / "o.db", c, max_rows=4)
+    for x in ("A-cleared", "B-raised", "L-cleared", "C-raised"):  # A's and L's raises delivered (not stored here)
+        ob.put(_state(*x.split("-")))
+    ob.max_rows = 2
+    ob.put(_state("D", "raised"))  # 3 rows to go: B, C, then the older lone clear
+    assert _alerts_in(ob, "outbox") == [("L", "cleared"), ("D", "raised")]
+    assert c.snapshot("outbox.dropped.") == {"alert": 3}
+
+
+# The outbox file's schema before the alert_id column (agent/outbox.py up to 09ee619): the migration's subject.
+_OLD_SCHEMA = """
+CREATE TABLE outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, priority INTEGER NOT NULL,
+    topic TEXT NOT NULL, payload BLOB NOT NULL, qos INTEGER NOT NULL, retain INTEGER NOT NULL, created_ts REAL NOT NULL);
+CREATE INDEX outbox_order ON outbox (priority, id);
+CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE dead_letter (id INTEGER PRIMARY KEY, kind TEXT NOT NULL, priority INTEGER NOT NULL, topic TEXT NOT NULL,
+    payload BLOB NOT NULL, qos INTEGER NOT NULL, retain INTEGER NOT NULL, created_ts REAL NOT NULL,
+    reason_code INTEGER NOT NULL, reason TEXT NOT NULL, refused_ts REAL NOT NULL);
+"""
+
+
+def _old_outbox_file(path):
+    """An outbox file as the previous version left it: A's clear (its raise delivered), B's clear (its raise a dead
+    letter), C's raise, a summary; alert seq 4."""
+    from agent.records import message_bytes
+
+    db = sqlite3.connect(path)
+    db.executescript(_OLD_SCHEMA)
+    cols = "id, kind, priority, topic, payload, qos, retain, created_ts"
+    rows = [(2, "alert", 0, "alerts", {"id": "b1", "alert_id": "B", "state": "raised", "seq": 2})]
+    db.executemany(f"INSERT INTO dead_letter ({cols}, reason_code, reason, refused_ts) VALUES (?,?,?,?,?,1,0,0,135,"
+                   "'not authorized',0)", [(*r[:4], message_bytes(r[4])) for r in rows])
+    rows = [(3, "alert", 0, "alerts", {"id": "a2", "alert_id": "A", "state": "cleared", "seq": 3}),
+            (4, "alert", 0, "alerts", {"id": "b2", "alert_id": "B", "state": "cleared", "seq": 4}),
+            (5, "summary", 2, "summary", {"id": "s1"}),
+            (6, "alert", 0, "alerts", {"id": "c1", "alert_id": "C", "state": "raised", "seq": 5})]
+    db.executemany(f"INSERT INTO outbox ({cols}) VALUES (?,?,?,?,?,1,0,0)", [(*r[:4], message_bytes(r[4])) for r in rows])
+    db.execute("INSERT INTO meta VALUES ('alert_seq', 5)")
+    db.commit()
+    db.close()
+
+
+def test_an_outbox_file_from_the_previous_version_opens_and_keeps_working(tmp_path):
+    """The alert_id column (evictions find an alert's rows by its index) is added to an older file when it is
+    opened, and filled for the alerts it holds: their pairs are still kept together, lone clears still last."""
+    _old_outbox_file(tmp_path / "o.db")
+    c = Counters()
+    ob = Outbox(tmp_path / "o.db", c, max_rows=4)
+    assert ob.put(_state("D", "raised"))  # the summary goes
+    assert ob.put(_state("E", "raised"))  # B's clear goes, with its raise (a dead letter: never seen), not A's clear
+    assert _alerts_in(ob, "outbox") == [("A", "cleared"), ("C", "raised"), ("D", "raised"), ("E", "raised")]
+    assert _alerts_in(ob, "dead_letter") == []
+    assert c.snapshot("outbox.dropped.") == {"summary": 1, "alert": 2}
+    assert [json.loads(r.payload)["seq"] for r in ob.pending(10)][-2:] == [6, 7]
+    for r in ob.pending(10):
+        ob.ack(r.id)
+    ob.close()
+    ob = Outbox(tmp_path / "o.db", c, max_rows=4)  # opens again as it is
+    assert ob.depth() == 0 and ob.put(_state("F", "raised"))
+    db = sqlite3.connect(tmp_path / "o.db")
+    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert db.execute("SELECT alert_id FROM outbox").fetchall() == [("F",)]
+    plan = " ".join(r[3] for r in db.execute("EXPLAIN QUERY PLAN SELECT id FROM dead_letter WHERE alert_id='F'"))
+    assert "INDEX dead_letter_alert" in plan, plan
+
+
+def test_an_outbox_file_from_before_the_dead_letters_opens_and_keeps_working(tmp_path):
+    path = tmp_path / "o.db"
+    db = sqlite3.connect(path)
+    db.executescript(_OLD_SCHEMA.split("CREATE TABLE dead_letter")[0])
+    db.executemany("INSERT INTO outbox (kind, priority, topic, payload, qos, retain, created_ts) VALUES "
+                   "('alert', 0, 'alerts', ?, 1, 0, 0)", [(b'{"id":"a2","alert_id":"A","state":"cleared","seq":2}',),
+                                                         (b'{"id":"b1","alert_id":"B","state":"raised","seq":3}',)])
+    db.commit()
+    db.close()
+    ob = Outbox(path, Counters(), max_rows=2)
+    assert ob.put(_state("C", "raised"))  # B's raise goes (alone: an earlier run may have sent it), A's clear stays
+    assert _alerts_in(ob, "outbox") == [("A", "cleared"), ("C", "raised")]
+    ob.max_rows = 10
+    ob.put(_state("C", "cleared"))
+    [_, raised, cleared] = ob.pending(10)
+    assert ob.dead_letter(raised.id, 0x87, "not authorized") == "alert" and ob.dead_letter_behind(cleared.id, "C")
+    assert ob._db.execute("SELECT alert_id FROM dead_letter ORDER BY id").fetchall() == [("C",), ("C",)]
+
+
+def test_alerts_an_older_version_wrote_into_a_new_file_are_indexed_when_it_opens_again(tmp_path):
+    """Rolled back to an older version and forward again: the rows that version wrote have no alert_id."""
+    Outbox(tmp_path / "o.db", Counters()).close()
+    db = sqlite3.connect(tmp_path / "o.db")  # what the older version's put writes
+    db.executemany("INSERT INTO outbox (kind, priority, topic, payload, qos, retain, created_ts) VALUES "
+                   "('alert', 0, 'alerts', ?, 1, 0, 0)", [(b'{"id":"a2","alert_id":"A","state":"cleared","seq":2}',),
+                                                         (b'{"id":"b1","alert_id":"B","state":"raised","seq":3}',)])
+    db.commit()
+    db.close()
+    ob = Outbox(tmp_path / "o.db", Counters(), max_rows=2)
+    assert ob.put(_state("C", "raised"))  # B's raise goes, A's lone clear stays
+    assert _alerts_in(ob, "outbox") == [("A", "cleared"), ("C", "raised")]
+
+
+def _refused_after_a_resend(ob, alert_id):
+    """Its raise handed to the uplink, handed again after a lost connection, then refused: a dead letter whose first
+    copy the broker may have (on the control room's screen)."""
+    ob.put(_state(alert_id, "raised"))
+    [row] = [r for r in ob.pending(10) if json.loads(r.payload)["alert_id"] == alert_id]
+    ob.pending(10)
+    assert ob.dead_letter(row.id, 0x97, "quota exceeded") == "alert"
+
+
+def test_a_clear_whose_raise_refused_after_a_resend_may_be_on_screen_is_evicted_last(tmp_path):
+    """The broker may have the first copy of R's raise: R's clear is a lone clear (evicted after every other alert),
+    not one of an alert the control room never saw (evicted at once with its dead raise)."""
+    ob = Outbox(tmp_path / "o.db", Counters(), max_rows=3)
+    _refused_after_a_resend(ob, "R")
+    for x in ("R-cleared", "B-raised", "C-raised", "D-raised"):  # D evicts B, not R's clear
+        ob.put(_state(*x.split("-")))
+    assert _alerts_in(ob, "outbox") == [("R", "cleared"), ("C", "raised"), ("D", "raised")]
+    assert _alerts_in(ob, "dead_letter") == [("R", "raised")]
+
+
+def test_trimming_the_dead_letters_drops_a_raise_the_broker_may_have_alone_and_keeps_its_clear(tmp_path):
+    ob = Outbox(tmp_path / "o.db", Counters(), max_rows=2)
+    _refused_after_a_resend(ob, "R")
+    ob.put(_state("R", "cleared"))
+    for a in ("S", "T"):
+        ob.put(_state(a, "raised"))
+        [row] = [r for r in ob.pending(10) if json.loads(r.payload)["alert_id"] == a]
+        ob.dead_letter(row.id, 0x87, "not authorized")  # T takes the dead letters over the bound: R's raise goes
+    assert _alerts_in(ob, "dead_letter") == [("S", "raised"), ("T", "raised")]
+    assert _alerts_in(ob, "outbox") == [("R", "cleared")]
+    assert ob._db.execute("SELECT key FROM meta WHERE key LIKE 'dropped_raise:%'").fetchall() == []
+
+
+def test_trimming_the_dead_letters_keeps_a_held_back_clear_of_a_raise_the_broker_may_have_for_last(tmp_path):
+    """R's clear followed its raise into the dead letters unsent: it is a lone clear there too."""
+    ob = Outbox(tmp_path / "o.db", Counters(), max_rows=3)
+    _refused_after_a_resend(ob, "R")
+    ob.put(_state("R", "cleared"))
+    [clear] = ob.pending(10)
+    assert ob.dead_letter_behind(clear.id, "R")
+    for a in ("S", "T"):
+        ob.put(_state(a, "raised"))
+        [row] = [r for r in ob.pending(10) if json.loads(r.payload)["alert_id"] == a]
+        ob.dead_letter(row.id, 0x87, "not authorized")  # T: 4 dead letters, R's raise goes alone
+    assert _alerts_in(ob, "dead_letter") == [("R", "cleared"), ("S", "raised"), ("T", "raised")]
