@@ -22,6 +22,9 @@ received buffer (after an adapter's echo is removed), which tells "no answer" fr
 from __future__ import annotations
 
 import logging
+import os
+import re
+import socket
 import threading
 import time
 from typing import Any, Callable
@@ -111,7 +114,7 @@ class Bus:
         try:
             while not done():
                 if not self.client.connect():
-                    self._down(f"cannot open {self.where()}")
+                    self._down(f"cannot open {self.where()}: {self._why_not_open()}")
                     outage_start = outage_start or time.monotonic()
                     if not said:
                         said = True
@@ -135,7 +138,7 @@ class Bus:
                 except ConnectionException as e:
                     outage_start = time.monotonic()
                     self.counters.inc("source.error.disconnected")
-                    self._down("disconnected")
+                    self._down(f"lost {self.where()}: {_cause(e)}")
                     said = True
                     log.warning("modbus bus %s: %s lost (%s); reconnecting with backoff up to %g s",
                                 self.name, self.where(), e, self.s.reconnect_max_s)
@@ -146,9 +149,23 @@ class Bus:
 
     def _down(self, why: str) -> None:
         self.state = DISCONNECTED
-        self.problem = f"modbus bus {self.name} {why}"
+        self.problem = f"modbus bus {self.name} disconnected ({why})"
         for d in self.devices:
             d.problem = None  # the bus says it: not one line per device
+
+    def _why_not_open(self) -> str:
+        """The error behind a failed open (pymodbus logs it, and its logger is muted): the port or the host asked
+        once more, plainly; "open failed" when that works (the open failed for another reason, or works just now)."""
+        try:
+            if self.s.kind == "rtu":
+                os.stat(self.s.port)
+                if not os.access(self.s.port, os.R_OK | os.W_OK):
+                    return "permission denied"
+            else:
+                socket.create_connection((self.s.host, self.s.tcp_port), timeout=self.s.timeout_s).close()
+        except OSError as e:
+            return (e.strerror or str(e) or type(e).__name__).lower()
+        return "open failed"
 
     def _wait(self, done: Callable[[], bool], seconds: float) -> None:
         end = time.monotonic() + seconds
@@ -246,6 +263,12 @@ class Bus:
         return "bad_frame"
 
 
+def _cause(e: Exception) -> str:
+    """pymodbus' words for a lost connection, without its prefixes and timings: ``connection unexpectedly closed``."""
+    text = str(e).rsplit(": ", 1)[-1]
+    return re.sub(r" \d+\.\d+ seconds into .*", "", text).lower() or type(e).__name__
+
+
 class ModbusSource:
     """Polls the configured Modbus devices, one thread per bus, and hands one Reading per device poll to the sink."""
 
@@ -291,6 +314,16 @@ class ModbusSource:
         if CONNECTED in states:
             return CONNECTED
         return DISCONNECTED if DISCONNECTED in states else CONNECTING
+
+    def state_of(self, sensors: set[str]) -> str:
+        """The link state of the buses that carry the devices with these sensor ids (an asset's): disconnected while
+        any of them is down (its readings from there stop), connected when every one is up."""
+        if self._finished:
+            return FINISHED
+        states = {b.state for b in self.buses if any(d.sensor in sensors for d in b.devices)}
+        if DISCONNECTED in states:
+            return DISCONNECTED
+        return CONNECTED if states == {CONNECTED} else CONNECTING
 
     @property
     def problems(self) -> list[str]:
