@@ -25,6 +25,7 @@ place by a ``read_only`` Calibrator: ``edge-agent calibrate``), in agent/calibra
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import logging
@@ -36,7 +37,7 @@ from typing import Sequence
 import numpy as np
 
 from agent.calibration import (Calibration, Detector, daily_channels, fit, make_scorer, parse_calibration,
-                               sidecar_normaliser)
+                               sidecar_normaliser, valid_sources)
 from agent.calibration_files import Unusable, read_checkpoint, read_folds, stored_times, write_folds
 from agent.files import atomic_write
 from agent.logsafe import clip
@@ -60,8 +61,10 @@ class Calibrator:
     after a restart; folds in and out the readings of alerts that operators called false."""
 
     def __init__(self, model: Detector, samples: int, state_dir: Path, duration_s: float | None = None,
-                 clock: str = "UTC", checkpoint_s: float = CHECKPOINT_S, read_only: bool = False):
+                 clock: str = "UTC", checkpoint_s: float = CHECKPOINT_S, read_only: bool = False,
+                 sources: dict[str, list[str]] | None = None):
         self.model = model
+        self.sources = sources  # the sensors of gathered channels (agent.gather): kept with the channels
         # read_only (``edge-agent calibrate``): no file is written, set aside or refitted over; an unusable one is
         # left in place and listed in self.unusable.found
         self.unusable = Unusable(read_only)
@@ -156,7 +159,7 @@ class Calibrator:
         normal = np.vstack(self._rows)
         times = np.asarray(self._ts, dtype=np.float64)
         self._rows, self._ts, self._runs, self._stride = [], [], [], 1
-        self.result = fit(self.model, normal, ts=times, clock=self.clock)
+        self.result = self._sourced(fit(self.model, normal, ts=times, clock=self.clock))
         self._save(normal, times)
         self._partial.unlink(missing_ok=True)
         shaped = daily_channels(self.result, list(self.model.sidecar.channels))
@@ -208,11 +211,16 @@ class Calibrator:
         if stored is None or self.result is None:
             return None
         normal, times = stored
-        self.result = fit(self.model, np.vstack([normal, *(r for r, _ in folds.values())]), folded=list(folds),
-                          ts=np.concatenate([times, *(t for _, t in folds.values())]), clock=self.clock)
+        self.result = self._sourced(fit(self.model, np.vstack([normal, *(r for r, _ in folds.values())]),
+                                        folded=list(folds), ts=np.concatenate([times, *(t for _, t in folds.values())]),
+                                        clock=self.clock))
         self._write_folds(folds)
         self.result.write(self._json)
         return self.result
+
+    def _sourced(self, cal: Calibration) -> Calibration:
+        """``cal`` with the gathered channels' sensors, stored with the channels they restrict."""
+        return dataclasses.replace(cal, sources=self.sources) if self.sources is not None else cal
 
     def _read_normal(self) -> tuple[np.ndarray, np.ndarray] | None:
         """The stored teach-in readings and their data times (NaN when stored without them)."""
@@ -249,7 +257,7 @@ class Calibrator:
             buf = io.BytesIO()
             np.savez(buf, normal=np.vstack(self._rows), ts=np.asarray(self._ts, dtype=np.float64),
                      runs=np.asarray(self._runs, dtype=np.int64), channels=np.asarray(self.model.sidecar.channels),
-                     sha256=np.asarray(self.model.sha256),
+                     sha256=np.asarray(self.model.sha256), sources=np.asarray(json.dumps(self.sources)),
                      counts=np.asarray([self._stride, self._seen], dtype=np.int64),
                      span=np.asarray([nan if self._first_ts is None else self._first_ts,
                                       nan if self._last_ts is None else self._last_ts], dtype=np.float64))
@@ -300,6 +308,20 @@ class Calibrator:
                 return None
         ch = data.get("channels") if isinstance(data, dict) else None
         return [str(c) for c in ch] if isinstance(ch, list) and ch else None
+
+    def stored_sources(self) -> dict[str, list[str]] | None:
+        """The sensors of each gathered channel, kept with :meth:`stored_channels` (its file); None when not kept
+        (not gathered, or stored by a version before it: any sensor then fills a channel named like its value)."""
+        try:
+            data = json.loads(self._json.read_text())
+        except (OSError, ValueError):
+            try:
+                with np.load(self._partial, allow_pickle=False) as z:
+                    data = {"sources": json.loads(str(z["sources"]))} if "sources" in z.files else {}
+            except Exception:  # noqa: BLE001 - none, or damaged: _resume sets it aside when it reads it
+                return None
+        sources = data.get("sources") if isinstance(data, dict) else None
+        return sources if valid_sources(sources) else None
 
     def kept_at(self) -> float | None:
         """When a running teach-in was last kept (its checkpoint's time, wall clock), None without one."""
