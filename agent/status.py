@@ -98,8 +98,9 @@ class Board:
                 continue
             if src.state == DISCONNECTED:
                 reasons.append("source disconnected")
-            else:
-                reasons.extend(getattr(src, "problems", ()))  # e.g. a serial device without the line terminator
+            # why, when the source knows: a Modbus bus down ("modbus bus … (cannot open …)"), a serial device
+            # without the line terminator
+            reasons.extend(getattr(src, "problems", ()))
         if not reasons and asset.arrivals is not None and asset.arrivals.silent:  # the source said nothing of why
             reasons.append("no readings arriving")
         stale = asset.pipeline.snapshot.stale_channels if asset.pipeline is not None else frozenset()

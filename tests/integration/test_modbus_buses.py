@@ -119,3 +119,41 @@ calibration = {{ samples = 20 }}
         server_b.stop()
         for s in restarted:
             s.stop()
+
+
+def test_a_gateway_without_assets_says_which_bus_is_down_and_why(tmp_path: Path, live_broker, recorder, agents):
+    """Without ``[[assets]]`` the gateway's reasons are its source's: with its one bus down, the status says
+    ``source disconnected`` and the bus, its host:port and the error beside it (they were left out when the link
+    state per bus came: only ``source disconnected`` and the stale channels), as docs/modbus.md says."""
+    server = Server([_unit()])
+    config = tmp_path / "gateway.toml"
+    config.write_text(f"""
+stats_interval_s = 1
+
+[model]
+path = "generic"
+
+[calibration]
+samples = 20
+
+[cleaning]
+max_hold_s = 1.0
+
+[source]
+kind = "modbus"
+devices = ["pump1"]
+{_device("pump1", "line-a", server.port)}""")
+    rec = recorder(f"{BASE}/#")
+    a = start_agent(agent_env(tmp_path / "state", live_broker.port, EDGE_AGENT_CONFIG_FILE=str(config)), tmp_path)
+    agents.append(a)
+    try:
+        wait_for(lambda: _latest(rec).get("state") == "online", timeout=30, what="taught in and online")
+        server.stop()
+        down = wait_for(lambda: (s := _latest(rec)) and "source disconnected" in s.get("reasons", ()) and s,
+                        timeout=20, what="source disconnected")
+        assert down["source"]["state"] == "disconnected", down
+        bus = [r for r in down["reasons"] if r.startswith("modbus bus line-a disconnected (")]
+        assert len(bus) == 1 and f"127.0.0.1:{server.port}: " in bus[0], down["reasons"]
+        assert a.stop() == 0, a.log[-3000:]
+    finally:
+        server.stop()
