@@ -37,8 +37,9 @@ from typing import Sequence
 import numpy as np
 
 from agent.calibration import (Calibration, Detector, daily_channels, fit, make_scorer, parse_calibration,
-                               sidecar_normaliser, valid_sources)
-from agent.calibration_files import Unusable, read_checkpoint, read_folds, stored_times, write_folds
+                               sidecar_normaliser)
+from agent.calibration_files import (Unusable, checkpoint_sources, read_checkpoint, read_folds, stored_times,
+                                     write_folds)
 from agent.files import atomic_write
 from agent.logsafe import clip
 from agent.parse import iso
@@ -297,31 +298,29 @@ class Calibrator:
 
     def stored_channels(self) -> list[str] | None:
         """The channels of the stored calibration, else of a running teach-in's checkpoint, if any (a generic
-        detector learns its channels from them)."""
-        try:
-            data = json.loads(self._json.read_text())
-        except (OSError, ValueError):
-            try:
-                with np.load(self._partial, allow_pickle=False) as z:
-                    return [str(c) for c in z["channels"]] or None
-            except Exception:  # noqa: BLE001 - none, or damaged: _resume sets it aside when it reads it
-                return None
-        ch = data.get("channels") if isinstance(data, dict) else None
-        return [str(c) for c in ch] if isinstance(ch, list) and ch else None
+        detector learns its channels from them); None from a file that cannot be used (they are gathered again)."""
+        return self._stored()[0]
 
     def stored_sources(self) -> dict[str, list[str]] | None:
         """The sensors of each gathered channel, kept with :meth:`stored_channels` (its file); None when not kept
         (not gathered, or stored by a version before it: any sensor then fills a channel named like its value)."""
+        return self._stored()[1]
+
+    def _stored(self) -> tuple[list[str] | None, dict[str, list[str]] | None]:
+        """(channels, sources) of calibration.json, else of teach-in.npz; (None, None) when neither can be used
+        (none, or damaged: _load and _resume set it aside when they read it)."""
         try:
-            data = json.loads(self._json.read_text())
+            cal = parse_calibration(self._json.read_bytes())
+            return cal.channels or None, cal.sources
         except (OSError, ValueError):
-            try:
-                with np.load(self._partial, allow_pickle=False) as z:
-                    data = {"sources": json.loads(str(z["sources"]))} if "sources" in z.files else {}
-            except Exception:  # noqa: BLE001 - none, or damaged: _resume sets it aside when it reads it
-                return None
-        sources = data.get("sources") if isinstance(data, dict) else None
-        return sources if valid_sources(sources) else None
+            pass
+        try:
+            with np.load(self._partial, allow_pickle=False) as z:
+                channels = [str(c) for c in z["channels"]] or None
+                sources = checkpoint_sources(z)
+        except Exception:  # noqa: BLE001 - none, or damaged (numpy raises many kinds)
+            return None, None
+        return channels, sources
 
     def kept_at(self) -> float | None:
         """When a running teach-in was last kept (its checkpoint's time, wall clock), None without one."""
@@ -361,8 +360,10 @@ class Calibrator:
             return None
         stored_folds = self._read_folds()
         folds = [f for f in stored_folds.values() if f[0].ndim == 2 and f[0].shape[1] == len(channels)]
-        cal = fit(self.model, np.vstack([normal, *(r for r, _ in folds)]), folded=list(stored_folds),
-                  ts=np.concatenate([times, *(t for _, t in folds)]), clock=self.clock)
+        if self.sources is None:
+            self.sources = cal.sources  # the gathered channels' sensors stay with the channels (agent.gather)
+        cal = self._sourced(fit(self.model, np.vstack([normal, *(r for r, _ in folds)]), folded=list(stored_folds),
+                                ts=np.concatenate([times, *(t for _, t in folds)]), clock=self.clock))
         if not self.unusable.read_only:
             cal.write(self._json)
         log.info("calibrated model %s from %d stored normal readings", self.model.name, len(normal))
