@@ -15,7 +15,8 @@ come (a source that slows down for good is then never flagged over and over); th
 not such a gap (its first reading after a reconnection measures from the reconnection).
 
 Only a connected source is judged: one that is disconnected (or still connecting) says so itself (its warning, ``source
-disconnected`` in the status), and the silence then is its consequence, not news. Silence counts from its return.
+disconnected`` in the status), and the silence then is its consequence, not news. For a Modbus asset that is the link
+of its own devices' buses, not of the whole source (connected while any bus is). Silence counts from its return.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Callable
 
 from agent.clean import HOLD_INTERVALS
-from agent.sources import CONNECTED
+from agent.sources import CONNECTED, link_state
 
 if TYPE_CHECKING:
     from agent.assets import Asset, Feed
@@ -96,10 +97,11 @@ def watch_arrivals(assets: Iterable[Asset], feeds: Iterable[Feed]) -> set[str]:
             sources = [f.source for f in feeds if a.id in f.assets]
             expected = max((getattr(s, "expected_interval_s", 0.0) for s in sources), default=0.0)
             a.arrivals = Arrivals(f"asset {a.id}" if a.id else "source", a.settings.cleaning.max_hold_s,
-                                  expected_s=expected, connected=_connected(sources))
+                                  expected_s=expected, connected=_connected(sources, a.sensors))
     return live
 
 
-def _connected(sources: list[Source]) -> Callable[[], bool]:
-    """Whether any of an asset's sources is connected now."""
-    return lambda: any(s.state == CONNECTED for s in sources)
+def _connected(sources: list[Source], sensors: set[str]) -> Callable[[], bool]:
+    """Whether any of an asset's sources is connected now: for a Modbus asset, whether the buses of its devices all
+    are (a bus down beside a live one is its own outage, not silence)."""
+    return lambda: any(link_state(s, sensors) == CONNECTED for s in sources)

@@ -25,6 +25,7 @@ place by a ``read_only`` Calibrator: ``edge-agent calibrate``), in agent/calibra
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import logging
@@ -37,7 +38,8 @@ import numpy as np
 
 from agent.calibration import (Calibration, Detector, daily_channels, fit, make_scorer, parse_calibration,
                                sidecar_normaliser)
-from agent.calibration_files import Unusable, read_checkpoint, read_folds, stored_times, write_folds
+from agent.calibration_files import (Unusable, checkpoint_sources, read_checkpoint, read_folds, stored_times,
+                                     write_folds)
 from agent.files import atomic_write
 from agent.logsafe import clip
 from agent.parse import iso
@@ -60,8 +62,10 @@ class Calibrator:
     after a restart; folds in and out the readings of alerts that operators called false."""
 
     def __init__(self, model: Detector, samples: int, state_dir: Path, duration_s: float | None = None,
-                 clock: str = "UTC", checkpoint_s: float = CHECKPOINT_S, read_only: bool = False):
+                 clock: str = "UTC", checkpoint_s: float = CHECKPOINT_S, read_only: bool = False,
+                 sources: dict[str, list[str]] | None = None):
         self.model = model
+        self.sources = sources  # the sensors of gathered channels (agent.gather): kept with the channels
         # read_only (``edge-agent calibrate``): no file is written, set aside or refitted over; an unusable one is
         # left in place and listed in self.unusable.found
         self.unusable = Unusable(read_only)
@@ -156,7 +160,7 @@ class Calibrator:
         normal = np.vstack(self._rows)
         times = np.asarray(self._ts, dtype=np.float64)
         self._rows, self._ts, self._runs, self._stride = [], [], [], 1
-        self.result = fit(self.model, normal, ts=times, clock=self.clock)
+        self.result = self._sourced(fit(self.model, normal, ts=times, clock=self.clock))
         self._save(normal, times)
         self._partial.unlink(missing_ok=True)
         shaped = daily_channels(self.result, list(self.model.sidecar.channels))
@@ -208,11 +212,16 @@ class Calibrator:
         if stored is None or self.result is None:
             return None
         normal, times = stored
-        self.result = fit(self.model, np.vstack([normal, *(r for r, _ in folds.values())]), folded=list(folds),
-                          ts=np.concatenate([times, *(t for _, t in folds.values())]), clock=self.clock)
+        self.result = self._sourced(fit(self.model, np.vstack([normal, *(r for r, _ in folds.values())]),
+                                        folded=list(folds), ts=np.concatenate([times, *(t for _, t in folds.values())]),
+                                        clock=self.clock))
         self._write_folds(folds)
         self.result.write(self._json)
         return self.result
+
+    def _sourced(self, cal: Calibration) -> Calibration:
+        """``cal`` with the gathered channels' sensors, stored with the channels they restrict."""
+        return dataclasses.replace(cal, sources=self.sources) if self.sources is not None else cal
 
     def _read_normal(self) -> tuple[np.ndarray, np.ndarray] | None:
         """The stored teach-in readings and their data times (NaN when stored without them)."""
@@ -249,7 +258,7 @@ class Calibrator:
             buf = io.BytesIO()
             np.savez(buf, normal=np.vstack(self._rows), ts=np.asarray(self._ts, dtype=np.float64),
                      runs=np.asarray(self._runs, dtype=np.int64), channels=np.asarray(self.model.sidecar.channels),
-                     sha256=np.asarray(self.model.sha256),
+                     sha256=np.asarray(self.model.sha256), sources=np.asarray(json.dumps(self.sources)),
                      counts=np.asarray([self._stride, self._seen], dtype=np.int64),
                      span=np.asarray([nan if self._first_ts is None else self._first_ts,
                                       nan if self._last_ts is None else self._last_ts], dtype=np.float64))
@@ -289,17 +298,29 @@ class Calibrator:
 
     def stored_channels(self) -> list[str] | None:
         """The channels of the stored calibration, else of a running teach-in's checkpoint, if any (a generic
-        detector learns its channels from them)."""
+        detector learns its channels from them); None from a file that cannot be used (they are gathered again)."""
+        return self._stored()[0]
+
+    def stored_sources(self) -> dict[str, list[str]] | None:
+        """The sensors of each gathered channel, kept with :meth:`stored_channels` (its file); None when not kept
+        (not gathered, or stored by a version before it: any sensor then fills a channel named like its value)."""
+        return self._stored()[1]
+
+    def _stored(self) -> tuple[list[str] | None, dict[str, list[str]] | None]:
+        """(channels, sources) of calibration.json, else of teach-in.npz; (None, None) when neither can be used
+        (none, or damaged: _load and _resume set it aside when they read it)."""
         try:
-            data = json.loads(self._json.read_text())
+            cal = parse_calibration(self._json.read_bytes())
+            return cal.channels or None, cal.sources
         except (OSError, ValueError):
-            try:
-                with np.load(self._partial, allow_pickle=False) as z:
-                    return [str(c) for c in z["channels"]] or None
-            except Exception:  # noqa: BLE001 - none, or damaged: _resume sets it aside when it reads it
-                return None
-        ch = data.get("channels") if isinstance(data, dict) else None
-        return [str(c) for c in ch] if isinstance(ch, list) and ch else None
+            pass
+        try:
+            with np.load(self._partial, allow_pickle=False) as z:
+                channels = [str(c) for c in z["channels"]] or None
+                sources = checkpoint_sources(z)
+        except Exception:  # noqa: BLE001 - none, or damaged (numpy raises many kinds)
+            return None, None
+        return channels, sources
 
     def kept_at(self) -> float | None:
         """When a running teach-in was last kept (its checkpoint's time, wall clock), None without one."""
@@ -339,8 +360,10 @@ class Calibrator:
             return None
         stored_folds = self._read_folds()
         folds = [f for f in stored_folds.values() if f[0].ndim == 2 and f[0].shape[1] == len(channels)]
-        cal = fit(self.model, np.vstack([normal, *(r for r, _ in folds)]), folded=list(stored_folds),
-                  ts=np.concatenate([times, *(t for _, t in folds)]), clock=self.clock)
+        if self.sources is None:
+            self.sources = cal.sources  # the gathered channels' sensors stay with the channels (agent.gather)
+        cal = self._sourced(fit(self.model, np.vstack([normal, *(r for r, _ in folds)]), folded=list(stored_folds),
+                                ts=np.concatenate([times, *(t for _, t in folds)]), clock=self.clock))
         if not self.unusable.read_only:
             cal.write(self._json)
         log.info("calibrated model %s from %d stored normal readings", self.model.name, len(normal))

@@ -45,9 +45,15 @@ class Calibration:
     params: dict[str, Any] | None = None  # the generic detector's baseline, scale, ...
     warning: str | None = None  # the teach-in did not look like one normal operating point
     folded: list[str] = field(default_factory=list)  # alerts whose readings feedback folded in
+    # a generic detector's gathered channels: the sensors that fill each (agent.gather); None when not gathered (or
+    # a file of before it was kept: a reading of any sensor then fills a channel named like its value)
+    sources: dict[str, list[str]] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return self.__dict__.copy()
+        out = self.__dict__.copy()
+        if out["sources"] is None:
+            del out["sources"]  # the file as before
+        return out
 
     def alert_levels(self, threshold: float | None = None) -> dict[str, dict[str, float]] | None:
         """The generic detector's learnt normal in each channel's own units: the level taught (``level``), the scale,
@@ -105,7 +111,15 @@ def parse_calibration(raw: bytes) -> Calibration:
         raise ValueError("warning must be text")
     if not isinstance(cal.folded, list) or not all(isinstance(a, str) for a in cal.folded):
         raise ValueError("folded must be a list of alert ids")
+    if cal.sources is not None and not valid_sources(cal.sources):
+        raise ValueError("sources must map channels to lists of sensor ids")
     return cal
+
+
+def valid_sources(sources: Any) -> bool:
+    """Whether ``sources`` is a gathered channel -> sensor ids map, as stored."""
+    return isinstance(sources, dict) and all(
+        isinstance(k, str) and isinstance(v, list) and all(isinstance(s, str) for s in v) for k, v in sources.items())
 
 
 def _finite(v: Any) -> bool:

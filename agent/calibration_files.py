@@ -11,6 +11,7 @@ place, and the command reports it.
 from __future__ import annotations
 
 import io
+import json
 import logging
 import math
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from agent.calibration import valid_sources
 from agent.files import atomic_write, set_aside
 from agent.logsafe import clip
 
@@ -82,6 +84,20 @@ def write_folds(path: Path, folds: dict[str, tuple[np.ndarray, np.ndarray]], wid
     atomic_write(path, buf.getvalue())
 
 
+def checkpoint_sources(z: "np.lib.npyio.NpzFile") -> dict[str, list[str]] | None:
+    """The gathered channels' sensors a checkpoint keeps (None: not gathered, or kept before they were); ValueError
+    when they are not JSON or not such a map (the checkpoint is then unusable: its channels are gathered again)."""
+    if "sources" not in z.files:
+        return None
+    try:
+        sources = json.loads(str(z["sources"]))
+    except ValueError:
+        raise ValueError("its gathered channels' sensors (sources) are not JSON") from None
+    if sources is not None and not valid_sources(sources):
+        raise ValueError("sources must map channels to lists of sensor ids")
+    return sources
+
+
 @dataclass
 class Checkpoint:
     """A running teach-in as last kept (Calibrator.checkpoint)."""
@@ -105,6 +121,7 @@ def read_checkpoint(path: Path, channels: list[str], sha256: str, unusable: Unus
             runs = np.asarray(z["runs"], dtype=np.int64).reshape(-1)
             stride, seen = (int(x) for x in z["counts"])
             first, last = (float(x) for x in z["span"])
+            checkpoint_sources(z)
     except Exception as e:  # noqa: BLE001 - numpy raises many kinds for a damaged file (zipfile, pickle, EOF)
         unusable(path, f"the running teach-in is unreadable: {clip(e, 200)}; teach-in starts again")
         return None

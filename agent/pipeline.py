@@ -26,7 +26,8 @@ from agent.evidence import EvidenceRecorder, EvidenceStore
 from agent.gather import ChannelGather
 from agent.health import LatencyRing
 from agent.pipeline_block import drop_bad_blocks, process_block
-from agent.pipeline_support import alert_event, bind_channels, canary, forget_idle, learn, refuse_unrunnable
+from agent.pipeline_support import (alert_event, bind_channels, canary, forget_idle, learn, refuse_unrunnable,
+                                    stored_channels)
 from agent.records import BLOCK_MIN, AlertEvent, Block, Event, Inference, PipelineSnapshot, Reading
 from agent.summary import Summaries
 from agent.window import Windower
@@ -73,7 +74,7 @@ class Pipeline:
         self.recorder: EvidenceRecorder | None = None
         self.scorer: Any = None
         if getattr(model, "needs_channels", False):
-            known = channels or Calibrator(model, 0, self.state_dir).stored_channels()
+            known = channels or stored_channels(self, model)  # with the sensors of each, when gathered
             if known:
                 model = model.with_channels(known)
         if getattr(model, "needs_channels", False):
@@ -93,7 +94,7 @@ class Pipeline:
             samples = 0  # a duration replaces the sidecar's count; the window still needs its readings
         if duration:
             samples = max(samples, sc.window.length * 2 + sc.decision.n)
-        return Calibrator(model, samples, self.state_dir, duration, clock)
+        return Calibrator(model, samples, self.state_dir, duration, clock, sources=self.gather.sources)
 
     def _install(self, model: Any) -> None:
         """Set up every model-dependent stage (at start and on a model swap); a model that cannot run here raises

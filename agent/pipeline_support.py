@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from agent.calibrate import make_scorer, sidecar_normaliser
+from agent.calibrate import Calibrator, make_scorer, sidecar_normaliser
 from agent.decide import CLEARED, RAISED, Transition
 from agent.infer import Model, ModelError, Scorer
 from agent.logsafe import clip
@@ -108,6 +108,16 @@ def alert_event(p: "Pipeline", t: Transition) -> AlertEvent:
         model=model, receded=t.state == CLEARED and t.receded, evidence_id=evidence_id, evidence_bytes=size,
         evidence=inline, asset=p.asset,
     )
+
+
+def stored_channels(p: "Pipeline", model: Any) -> list[str] | None:
+    """A generic detector's channels as its teach-in stored them, and the sensors of each when they were gathered:
+    only those fill them again after a restart (a topic first heard now is ``reject.not_a_channel``, agent.align)."""
+    stored = Calibrator(model, 0, p.state_dir)
+    known = stored.stored_channels()
+    if known:
+        p.gather.sources = stored.stored_sources()
+    return known
 
 
 def bind_channels(p: "Pipeline", r: Reading) -> None:

@@ -22,7 +22,7 @@ from agent.outbox import Outbox
 from agent.parse import iso
 from agent.records import PipelineSnapshot
 from agent.settings import Settings
-from agent.sources import DISCONNECTED
+from agent.sources import DISCONNECTED, link_state
 
 if TYPE_CHECKING:
     from agent.runtime import ReadingQueue
@@ -91,13 +91,16 @@ class Board:
         reasons = []
         for f in self._feeds_of(asset):
             src = f.source
-            if src.state == DISCONNECTED:
-                reasons.append("source disconnected")
             problems_of = getattr(src, "problems_of", None)
             if asset.sensors and problems_of is not None:
+                # its devices' buses and devices only: a bus down names itself ("modbus bus … disconnected (…)")
                 reasons.extend(problems_of(asset.sensors))  # a Modbus device of this asset not answering
-            else:
-                reasons.extend(getattr(src, "problems", ()))  # e.g. a serial device without the line terminator
+                continue
+            if src.state == DISCONNECTED:
+                reasons.append("source disconnected")
+            # why, when the source knows: a Modbus bus down ("modbus bus … (cannot open …)"), a serial device
+            # without the line terminator
+            reasons.extend(getattr(src, "problems", ()))
         if not reasons and asset.arrivals is not None and asset.arrivals.silent:  # the source said nothing of why
             reasons.append("no readings arriving")
         stale = asset.pipeline.snapshot.stale_channels if asset.pipeline is not None else frozenset()
@@ -108,7 +111,7 @@ class Board:
     def degraded_reasons(self) -> list[str]:
         """Why the gateway is not fully well, in words a control room can act on."""
         if self.with_assets:
-            reasons = [f"asset {a.id}: {r}" for a in self.assets for r in self.asset_reasons(a)]
+            reasons = _per_asset([(a.id, self.asset_reasons(a)) for a in self.assets])
         else:
             reasons = self.asset_reasons(self.assets[0])
         behind = self._queue_drops.update(self.counters.get("queue.dropped"))
@@ -138,7 +141,7 @@ class Board:
         """What the retained status shows (a source's state too: connected is news); a change of it is published at
         once. Asked every half second: the reasons are worked out once."""
         reasons = tuple(self.degraded_reasons())
-        snaps = tuple((a.id, a.failure, *_snapshot_key(a.pipeline.snapshot if a.pipeline else None)) for a in self.assets)
+        snaps = tuple((a.id, a.failure, self.link(a), *_snapshot_key(a.pipeline.snapshot if a.pipeline else None)) for a in self.assets)
         return (self._state(reasons), reasons, snaps, tuple(f.source.state for f in self.feeds))
 
     # -- payloads --------------------------------------------------------------------------------------------
@@ -169,13 +172,18 @@ class Board:
         st.update(model=dict(snap.model), source=self._source())
         return _machine(st, snap, reasons, config_digest=self.digest)
 
+    def link(self, a: Asset) -> str:
+        """The state of an asset's source as far as its own devices go (a Modbus asset: its devices' buses)."""
+        states = [link_state(f.source, a.sensors) for f in self._feeds_of(a)]
+        return DISCONNECTED if DISCONNECTED in states else states[0] if states else DISCONNECTED
+
     def _asset_status(self, a: Asset) -> dict[str, Any]:
         reasons = self.asset_reasons(a)
         if a.pipeline is None:
-            return {"state": "degraded", "reasons": reasons}
+            return {"state": "degraded", "reasons": reasons, "source": {"state": self.link(a)}}
         snap = a.pipeline.snapshot
         out: dict[str, Any] = {"state": "degraded" if reasons else "calibrating" if snap.calibrating else "online",
-                               "model": dict(snap.model)}
+                               "model": dict(snap.model), "source": {"state": self.link(a)}}
         return _machine(out, snap, reasons)
 
     def stats(self) -> dict[str, Any]:
@@ -267,6 +275,16 @@ def _machine(out: dict[str, Any], snap: PipelineSnapshot, reasons: list[str], **
     if calibration:
         out["calibration"] = calibration
     return out
+
+
+def _per_asset(reasons: list[tuple[str, list[str]]]) -> list[str]:
+    """The gateway's reasons from its assets': ``asset pump-2: …``; one that several share (a Modbus bus down under
+    two pumps) is said once, naming them all: ``assets pump-1, pump-2: modbus bus line disconnected (…)``."""
+    who: dict[str, list[str]] = {}
+    for aid, rs in reasons:
+        for r in rs:
+            who.setdefault(r, []).append(aid)
+    return [f"asset {ids[0]}: {r}" if len(ids) == 1 else f"assets {', '.join(ids)}: {r}" for r, ids in who.items()]
 
 
 def _asset_state(reasons: list[str], a: Asset) -> str:

@@ -78,9 +78,10 @@ class Device:
 class Server:
     """A pymodbus server on its own thread and event loop; ``stop()`` shuts it down."""
 
-    def __init__(self, devices: list[Device], *, serial_port: str | None = None, baudrate: int = 115200):
+    def __init__(self, devices: list[Device], *, serial_port: str | None = None, baudrate: int = 115200,
+                 port: int | None = None):
         self.devices = devices
-        self.port = free_port()
+        self.port = port or free_port()  # a port of a stopped server: the same device started again
         self._sims = [d.sim() for d in devices]
         self._serial_port, self._baudrate = serial_port, baudrate
         self._loop = asyncio.new_event_loop()

@@ -80,6 +80,13 @@ class Source(Protocol):
         """Degraded reasons beyond ``state`` (a Modbus device not answering), for the status; [] when none."""
 
 
+def link_state(source: Source, sensors: set[str]) -> str:
+    """The state of ``source`` as far as the devices with these sensor ids go (an asset's: a Modbus source's buses
+    each have their own link, ``state_of``); the source's own ``state`` otherwise."""
+    state_of = getattr(source, "state_of", None)
+    return state_of(sensors) if sensors and state_of is not None else source.state
+
+
 def _replay(settings: Settings, counters: Counters) -> Source:
     from agent.sources.replay import ReplaySource
 

@@ -5,9 +5,10 @@ client and polls its devices in turn, earliest due first, with ``gap_s`` between
 device that does not answer (after the client's retries), answers with a Modbus exception or with a bad CRC is
 counted by reason (``source.error.<reason>``), shown in the status while it lasts (``modbus device 3 on rs485-1 not
 answering``) and polled again with backoff (its period doubling up to ``backoff_max_s``), so it costs the others
-little bus time and never stops them. A vanished adapter or connection (pymodbus raises ``ConnectionException``)
-closes the client and reopens it with backoff, as the serial source does; the device path is opened anew each
-time, so a ``/dev/serial/by-id/`` link that now points at another ``ttyUSB`` node is followed.
+little bus time and never stops them. A vanished adapter or connection (pymodbus raises ``ConnectionException``;
+a reset socket an ``OSError``) closes the client and reopens it with backoff, as the serial source does; the
+device path is opened anew each time, so a ``/dev/serial/by-id/`` link that now points at another ``ttyUSB`` node
+is followed. A failed open is tried once: its own error is the status's reason (agent.sources.modbus_link).
 
 Each poll that reads at least one request gives one Reading: the device's channels (a failed request's channels
 are missing: the cleaner holds their last value or counts them), stamped on receipt by the shared clock
@@ -15,19 +16,21 @@ are missing: the cleaner holds their last value or counts them), stamped on rece
 
 pymodbus contract relied on (3.16, sync clients): a request that gets no valid answer after ``retries`` raises
 ``ModbusIOException``; an exception answer is returned with ``isError()`` and ``exception_code``; an I/O error on
-the port or socket closes it and raises ``ConnectionException``; ``trace_packet(False, data)`` sees every
+the port or socket closes it and raises ``ConnectionException`` (the ``OSError`` as its ``__context__``), but a
+socket's reset seen by ``recv`` escapes as ``ConnectionResetError``; ``trace_packet(False, data)`` sees every
 received buffer (after an adapter's echo is removed), which tells "no answer" from "an answer we could not use".
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from typing import Any, Callable
 
 from pymodbus import FramerType
-from pymodbus.client import ModbusSerialClient, ModbusTcpClient
+from pymodbus.client import ModbusSerialClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 from pymodbus.framer.rtu import FramerRTU
 
@@ -38,6 +41,7 @@ from agent.receipt import receipt_time
 from agent.records import Reading
 from agent.settings import ModbusSourceSettings
 from agent.sources import CONNECTED, CONNECTING, DISCONNECTED, FINISHED, Sink
+from agent.sources.modbus_link import TcpClient, lost_cause, oserror_words
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +98,7 @@ class Bus:
                 stopbits=s.stopbits, handle_local_echo=s.echo, name=f"modbus-{self.name}", timeout=s.timeout_s,
                 retries=s.retries, trace_packet=self._trace,
             )
-        return ModbusTcpClient(
+        return TcpClient(
             s.host, port=s.tcp_port, name=f"modbus-{self.name}", timeout=s.timeout_s, retries=s.retries,
             trace_packet=self._trace,
         )
@@ -111,7 +115,7 @@ class Bus:
         try:
             while not done():
                 if not self.client.connect():
-                    self._down(f"cannot open {self.where()}")
+                    self._down(f"cannot open {self.where()}: {self._why_not_open()}")
                     outage_start = outage_start or time.monotonic()
                     if not said:
                         said = True
@@ -132,23 +136,38 @@ class Bus:
                 ever, outage_start, said, delay = True, None, False, self.s.reconnect_min_s
                 try:
                     self._poll_loop(sink, done)
-                except ConnectionException as e:
+                except (ConnectionException, OSError) as e:  # OSError: a reset (RST) pymodbus does not catch
                     outage_start = time.monotonic()
                     self.counters.inc("source.error.disconnected")
-                    self._down("disconnected")
+                    why = lost_cause(e, str(self.client))
+                    self._down(f"lost {self.where()}: {why}")
                     said = True
                     log.warning("modbus bus %s: %s lost (%s); reconnecting with backoff up to %g s",
-                                self.name, self.where(), e, self.s.reconnect_max_s)
+                                self.name, self.where(), why, self.s.reconnect_max_s)
                     self.client.close()
                     self._wait(done, delay)
         finally:
             self.client.close()
 
     def _down(self, why: str) -> None:
+        self.problem = f"modbus bus {self.name} disconnected ({why})"  # first: a disconnected bus always says why
         self.state = DISCONNECTED
-        self.problem = f"modbus bus {self.name} {why}"
         for d in self.devices:
             d.problem = None  # the bus says it: not one line per device
+
+    def _why_not_open(self) -> str:
+        """The error behind a failed open (pymodbus logs it, and its logger is muted): a TCP client's own attempt
+        kept it (no second attempt: a silent host would cost its timeout twice); an RTU port is looked at (a stat,
+        at once); "open failed" when that shows nothing (the open failed for another reason)."""
+        if self.s.kind != "rtu":
+            return oserror_words(self.client.error) if self.client.error is not None else "open failed"
+        try:
+            os.stat(self.s.port)
+            if not os.access(self.s.port, os.R_OK | os.W_OK):
+                return "permission denied"
+        except OSError as e:
+            return oserror_words(e)
+        return "open failed"
 
     def _wait(self, done: Callable[[], bool], seconds: float) -> None:
         end = time.monotonic() + seconds
@@ -291,6 +310,16 @@ class ModbusSource:
         if CONNECTED in states:
             return CONNECTED
         return DISCONNECTED if DISCONNECTED in states else CONNECTING
+
+    def state_of(self, sensors: set[str]) -> str:
+        """The link state of the buses that carry the devices with these sensor ids (an asset's): disconnected while
+        any of them is down (its readings from there stop), connected when every one is up."""
+        if self._finished:
+            return FINISHED
+        states = {b.state for b in self.buses if any(d.sensor in sensors for d in b.devices)}
+        if DISCONNECTED in states:
+            return DISCONNECTED
+        return CONNECTED if states == {CONNECTED} else CONNECTING
 
     @property
     def problems(self) -> list[str]:

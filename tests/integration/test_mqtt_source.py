@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -945,3 +945,55 @@ def test_readings_the_broker_delivered_before_the_unsuback_at_close_reach_the_si
     readings = [row for x in got for row in (x.rows() if type(x) is Block else (x,))]
     assert sorted(int(x.values["value"]) for x in readings) == list(range(n))
     assert c.get("source.messages") == c.get("source.readings") == n and c.get("source.dropped_at_close") == 0
+
+
+def test_gathered_channels_keep_their_sensors_across_a_restart(
+    tmp_path: Path, live_broker: Broker, recorder: Any, publisher: Publisher,
+) -> None:
+    """Gathered channels: ``Current`` and ``Pressure`` from one topic's JSON, ``value`` from the bare number of
+    ``Flow`` alone. Only Flow fills ``value``, and after a restart too: the sensors of each channel are stored with
+    the taught-in channels (they used to be kept in memory only, so a topic first heard after the restart, Temp, a
+    bare number too, filled ``value`` again instead of being counted ``reject.not_a_channel``)."""
+    rec = recorder("edge/test-gw/#")
+    env = agent_env(
+        tmp_path, live_broker.port, EDGE_AGENT_SOURCE__KIND="mqtt", EDGE_AGENT_SOURCE__TOPICS="plant/pump1/+",
+        EDGE_AGENT_SOURCE__SENSOR_PATTERN="plant/pump1/{sensor}", EDGE_AGENT_SOURCE__QOS="1",
+        EDGE_AGENT_MODEL__PATH="generic", EDGE_AGENT_CLEANING__ALIGN_PERIOD_S="0.2",
+        EDGE_AGENT_CLEANING__ALIGN_TOLERANCE_S="2", EDGE_AGENT_CLEANING__ALIGN_SENSOR="pump1",
+        EDGE_AGENT_CALIBRATION__SAMPLES="30", EDGE_AGENT_STATS_INTERVAL_S="1",
+    )
+
+    def play(agent: AgentProcess, until: Callable[[], bool], late: bool = False) -> None:
+        wait_for(lambda: "subscribed to plant/pump1/+" in agent.stderr() or agent.proc.poll() is not None,
+                 timeout=30, what="the agent's subscription")
+        assert agent.proc.poll() is None, agent.stderr()
+        t0, i = time.monotonic(), 0
+        while time.monotonic() - t0 < 40 and not until():
+            publisher.pub("plant/pump1/telemetry", json.dumps({"Current": 10 + 0.1 * (i % 5), "Pressure": 3 + 0.05 * (i % 3)}))
+            publisher.pub("plant/pump1/Flow", f"{5 + 0.1 * (i % 4):.2f}")
+            if late:
+                publisher.pub("plant/pump1/Temp", f"{60 + i % 7}")
+            i += 1
+            time.sleep(0.1)
+
+    first = AgentProcess(env)
+    try:
+        play(first, lambda: "teach-in done" in first.stderr())
+    finally:
+        assert first.stop() == 0, first.stderr()[-3000:]
+    line = next((ln for ln in first.stderr().splitlines() if "channels from the first readings (aligned)" in ln), "")
+    assert "aligned): Current, Pressure, value;" in line, first.stderr()[-3000:]
+    assert "teach-in done" in first.stderr(), first.stderr()[-3000:]
+
+    at_restart = len(rec.on("stats"))
+    second = AgentProcess(env)
+
+    def rejected() -> int:
+        return max([s.get("rejected", {}).get("not_a_channel", 0) for s in rec.on("stats")[at_restart:]], default=0)
+
+    try:
+        play(second, lambda: rejected() >= 10, late=True)
+    finally:
+        assert second.stop() == 0, second.stderr()[-3000:]
+    assert "channels from the first readings" not in second.stderr()  # taken from the stored teach-in
+    assert rejected() >= 10, (rec.on("stats")[-1:], second.stderr()[-3000:])

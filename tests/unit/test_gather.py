@@ -149,3 +149,62 @@ def test_in_the_pipeline_a_bare_number_topic_left_out_is_counted_not_taken_for_t
             p.process(Reading(1000.5 + i, {"value": 999.0}, "B"))
     assert list(p.model.sidecar.channels) == ["A"]
     assert c.get("reject.not_a_channel") == 2  # B at 405 and 805 s
+
+
+def _machine(p, clock: _Clock, start: int, n: int, late: bool = False) -> None:
+    """M sends two keys, F a bare number (its channel: ``value``); T, ``late``, a bare number first heard now."""
+    for i in range(start, start + n):
+        clock.t = float(i)
+        p.process(Reading(1000.0 + i, {"x": 1.0 + 0.01 * (i % 7), "y": 2.0 + 0.01 * (i % 5)}, "M"))
+        p.process(Reading(1000.2 + i, {"value": 3.0 + 0.01 * (i % 3)}, "F"))
+        if late:
+            p.process(Reading(1000.4 + i, {"value": 99.0}, "T"))
+
+
+def _pipeline(tmp_path, samples: int, c: Counters, clock: _Clock):
+    from agent.bundled import bundled_model
+    from agent.clean import CleaningPolicy
+    from agent.detectors import open_model
+    from agent.pipeline import Pipeline
+
+    return Pipeline(open_model(bundled_model("generic")), c, tmp_path, calibration_samples=samples,
+                    summary_interval_s=1e9, clock=clock, live=True,
+                    cleaning=CleaningPolicy(align_period_s=1.0, align_sensor="pump-1"))
+
+
+@pytest.mark.parametrize("stored", ["calibration.json", "teach-in.npz"])
+@pytest.mark.parametrize("before", [False, True])
+def test_the_sensors_of_gathered_channels_are_kept_with_them_across_a_restart(tmp_path, stored, before):
+    """The channels gathered are stored with the teach-in (done: calibration.json; running: teach-in.npz), and the
+    sensors of each with them: after a restart T's bare number is counted, not written into F's ``value``. A file
+    of the version before (no sensors kept: ``before``) still loads, with the behaviour of then (T fills it)."""
+    import json
+
+    import numpy as np
+
+    clock = _Clock()
+    p = _pipeline(tmp_path, 50 if stored == "calibration.json" else 10**6, Counters(), clock)
+    _machine(p, clock, 0, 120)
+    assert list(p.model.sidecar.channels) == ["x", "y", "value"]
+    if stored == "teach-in.npz":
+        assert p.calibrator.checkpoint()
+    assert p.calibrator.active is (stored == "teach-in.npz")
+    path = tmp_path / stored
+    if before:  # as the version before wrote it
+        if stored == "calibration.json":
+            data = json.loads(path.read_text())
+            assert data.pop("sources") == {"x": ["M"], "y": ["M"], "value": ["F"]}
+            path.write_text(json.dumps(data))
+        else:
+            with np.load(path) as z:
+                arrays = {k: z[k] for k in z.files if k != "sources"}
+            with open(path, "wb") as f:
+                np.savez(f, **arrays)
+
+    c = Counters()
+    p = _pipeline(tmp_path, 50 if stored == "calibration.json" else 10**6, c, clock)
+    assert list(p.model.sidecar.channels) == ["x", "y", "value"]
+    assert p.calibrator.resumed if stored == "teach-in.npz" else p.calibrator.result is not None  # not taught again
+    _machine(p, clock, 1000, 30, late=True)
+    assert c.get("reject.not_a_channel") == (0 if before else 30)
+    assert p.gather.sources == (None if before else {"x": ["M"], "y": ["M"], "value": ["F"]})

@@ -57,3 +57,13 @@ def test_a_counter_that_restarts_lower_is_not_a_drop() -> None:
 
 def test_defaults_are_what_the_docs_say() -> None:
     assert (FALLING_BEHIND_QUIET_S, FALLING_BEHIND_REFRESH_S) == (10.0, 5.0)
+
+
+def test_a_reason_several_assets_share_is_said_once_naming_them() -> None:
+    """A Modbus bus down under two pumps: the gateway's reasons name it once, with both; the rest per asset."""
+    from agent.status import _per_asset
+
+    bus = "modbus bus line disconnected (cannot open 127.0.0.1:5020: connection refused)"
+    assert _per_asset([("pump-1", [bus]), ("pump-2", [bus, "channel stale: pump2/flow"]), ("fan", [])]) == [
+        f"assets pump-1, pump-2: {bus}", "asset pump-2: channel stale: pump2/flow"]
+    assert _per_asset([("pump-2", [bus])]) == [f"asset pump-2: {bus}"]
