@@ -76,6 +76,7 @@ class Bus:
     def __init__(self, name: str, s: BusSettings, devices: list[Device], counters: Counters):
         self.name, self.s, self.devices, self.counters = name, s, devices, counters
         self.state = CONNECTING
+        self.answers = 0  # polls that delivered a reading: a connection that delivered none has not proved itself
         self.problem: str | None = None
         self._rx = b""  # what the last request received (trace_packet), to tell no answer from a garbled one
         self._last_io = 0.0
@@ -112,6 +113,7 @@ class Bus:
         """Connect, poll until ``done()``, reconnect with backoff after the adapter or connection is lost."""
         delay = self.s.reconnect_min_s
         ever, outage_start, said = False, None, False
+        flaky = False  # the last connection was lost before it delivered a reading (a peer that accepts, then resets)
         try:
             while not done():
                 if not self.client.connect():
@@ -127,25 +129,32 @@ class Bus:
                 self.state, self.problem = CONNECTED, None
                 if ever:
                     self.counters.inc("source.reconnects")
-                if outage_start is not None:
-                    log.info("modbus bus %s: %s open again after %.1f s", self.name, self.where(),
-                             time.monotonic() - outage_start)
-                else:
+                if outage_start is None:
                     log.info("modbus bus %s: %s open, polling %s", self.name, self.where(),
                              ", ".join(d.name for d in self.devices))
-                ever, outage_start, said, delay = True, None, False, self.s.reconnect_min_s
+                else:
+                    log.log(logging.DEBUG if flaky else logging.INFO, "modbus bus %s: %s open again after %.1f s",
+                            self.name, self.where(), time.monotonic() - outage_start)
+                ever, said, answers = True, False, self.answers
                 try:
                     self._poll_loop(sink, done)
                 except (ConnectionException, OSError) as e:  # OSError: a reset (RST) pymodbus does not catch
-                    outage_start = time.monotonic()
                     self.counters.inc("source.error.disconnected")
                     why = lost_cause(e, str(self.client))
                     self._down(f"lost {self.where()}: {why}")
                     said = True
-                    log.warning("modbus bus %s: %s lost (%s); reconnecting with backoff up to %g s",
-                                self.name, self.where(), why, self.s.reconnect_max_s)
+                    delivered = self.answers > answers
+                    if delivered:  # it worked: a new outage, from the shortest wait
+                        outage_start, delay = None, self.s.reconnect_min_s
+                    # lost again before any reading (a peer that accepts, then resets): the same outage goes on,
+                    # the wait keeps doubling, and it is said once, not at every cycle
+                    log.log(logging.DEBUG if flaky and not delivered else logging.WARNING,
+                            "modbus bus %s: %s lost (%s); reconnecting with backoff up to %g s",
+                            self.name, self.where(), why, self.s.reconnect_max_s)
+                    outage_start, flaky = outage_start or time.monotonic(), not delivered
                     self.client.close()
                     self._wait(done, delay)
+                    delay = min(delay * 2, self.s.reconnect_max_s)
         finally:
             self.client.close()
 
@@ -202,6 +211,7 @@ class Bus:
         period = d.s.poll_s
         now = time.monotonic()
         if values:
+            self.answers += 1
             self.counters.inc("source.polls")
             self.counters.inc("source.readings")
             sink(Reading(ts=receipt_time(), values=values, sensor=d.sensor))  # stamped at the poll

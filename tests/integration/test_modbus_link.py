@@ -10,6 +10,7 @@ import socket
 import struct
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -94,6 +95,7 @@ class _ResettingFront:
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.accepted = 0
+        self.accepted_at: list[float] = []
         self._socks: list[socket.socket] = [self.listener]
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -104,6 +106,7 @@ class _ResettingFront:
             except OSError:
                 return
             self.accepted += 1
+            self.accepted_at.append(time.monotonic())
             self._socks.append(conn)
             if self.accepted <= self.resets:
                 conn.recv(260)  # the request
@@ -149,3 +152,29 @@ def test_a_connection_reset_by_the_peer_is_lost_and_reopened(cleanup: list[Any],
     lost = [m.getMessage() for m in caplog.records if " lost (" in m.getMessage()]
     assert lost == [f"modbus bus plc: 127.0.0.1:{front.port} lost (connection reset by peer); reconnecting with "
                     "backoff up to 30 s"], lost
+
+
+def test_a_peer_that_resets_every_connection_gets_the_backoff_and_one_warning(cleanup: list[Any], caplog: Any) -> None:
+    """A gateway that accepts and then resets each connection (another client holds it): every open succeeded, so
+    the wait went back to reconnect_min_s each time — reconnected twice a second for ever, a warning and an INFO
+    line each time. A connection lost before it delivered a reading has not ended the outage: the wait doubles
+    (0.2, 0.4, 0.8, 1.6 s here) and the loss is said once."""
+    server = Server([Device(1, holding={0: 5})])
+    front = _ResettingFront(server, resets=4)
+    cleanup += [server, front]
+    with caplog.at_level(logging.INFO, logger="agent.sources.modbus"):
+        r = Runner({"buses": {"plc": tcp_bus(server, tcp_port=front.port, retries=0, reconnect_min_s=0.2)},
+                    "devices": {"d": _device("plc")}})
+        cleanup.append(r)
+        wait_for(lambda: r.error is not None or len(r.of("d")) >= 2, timeout=30, what="readings after the resets")
+    assert r.error is None, repr(r.error)
+    assert front.accepted == 5
+    gaps = [b - a for a, b in zip(front.accepted_at, front.accepted_at[1:])]
+    # each gap is at least the wait before it (a sleep is never shorter): 0.2, 0.4, 0.8, 1.6 s (was 0.2 each time)
+    assert all(g >= w for g, w in zip(gaps, (0.2, 0.4, 0.8, 1.6))), gaps
+    said = [m for m in caplog.records if m.levelno >= logging.INFO and m.name == "agent.sources.modbus"]
+    lost = [m.getMessage() for m in said if " lost (" in m.getMessage()]
+    assert lost == [f"modbus bus plc: 127.0.0.1:{front.port} lost (connection reset by peer); reconnecting with "
+                    "backoff up to 30 s"], lost
+    assert not [m.getMessage() for m in said if "open again" in m.getMessage()]  # DEBUG while it keeps failing
+    assert (r.counters.get("source.error.disconnected"), r.counters.get("source.reconnects")) == (4, 4)
