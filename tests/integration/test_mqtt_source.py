@@ -382,9 +382,13 @@ def test_a_busy_stream_is_handed_over_a_few_messages_at_a_time_a_slow_one_at_onc
         if gather_ms and rate > 20:
             assert n / len(per_pass) >= 2.5, per_pass  # ~4 at 40 ms
             assert waited[-1] < gather_ms / 1000 + 0.25, waited[-5:]
-        else:
+        elif gather_ms:  # 200 ms apart: each message at once
             assert n / len(per_pass) < 1.6, per_pass
             assert waited[len(waited) // 2] < 0.02, waited  # not held back
+        else:  # off: below what gathering gives (a loaded machine lets paho's loop read a few messages per pass by
+            # itself: 150 in 91 passes seen with the suite's four workers busy), and none held back
+            assert n / len(per_pass) < 2.5, per_pass
+            assert waited[len(waited) // 2] < 0.02, waited
 
 
 def test_packets_decoded_from_the_read_buffer_are_those_paho_decodes(live_broker: Broker, publisher: Publisher,
