@@ -189,6 +189,12 @@ class AlertMachine:
             self._scores = deque(self._scores, maxlen=n)
             self._receded = deque(self._receded, maxlen=n)
 
+    def resume(self, alert_id: str, peak: float) -> None:
+        """Raised with ``alert_id`` (an alert open before a restart: agent.open_alerts), ``peak`` its raise's score."""
+        self.active_id, self._peak, self._floor, self._quiet = alert_id, peak, 0.0, None
+        self._scores.clear()
+        self._receded.clear()
+
     def reset(self) -> None:
         """Forget the debounce history (after a gap, or scores of another model); an active alert stays active."""
         self._scores.clear()
@@ -348,6 +354,10 @@ class Decisions:
         """Another model: the recent scores mean nothing against its threshold (active alerts stay)."""
         for m in self.machines.values():
             m.reset()
+
+    def resume(self, sensor: str, alert_id: str, peak: float) -> None:
+        """An alert open before a restart: ``sensor``'s machine raised with its id (its clear comes as any)."""
+        self.machine(sensor).resume(alert_id, peak)
 
     def active(self, sensor: str) -> bool:
         machine = self.machines.get(sensor)

@@ -21,6 +21,7 @@ from agent.control import Control
 from agent.counters import Counters
 from agent.health import Heartbeats
 from agent.logsafe import working_on
+from agent.open_alerts import resume
 from agent.outbox import Outbox
 from agent.records import Block, Reading
 from agent.signals import wake_main
@@ -205,6 +206,7 @@ class PipelineLoop:
         self.done = threading.Event()
         self._calibrating = {a.id: self._calibrating_now(a) for a in assets}  # a change is published at once
         self._heard: set[str] = set()  # the assets readings came for in this take (agent.arrivals)
+        resume(assets, outbox)  # the alerts open before a restart (agent.open_alerts), before this loop runs
 
     @staticmethod
     def _calibrating_now(a: Asset) -> bool:
