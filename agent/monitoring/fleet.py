@@ -13,8 +13,8 @@ Rules (also in docs/monitor.md):
   the gaps between the stats received; until two arrived, the agent's default of 300 s).
 * Open alerts: a ``raised`` adds its ``alert_id``, a ``cleared`` removes it; messages are deduplicated on ``id``
   (delivery is at least once). Alerts raised before the monitor started are not known (alerts are not retained).
-  A status with a new ``started_at`` (the agent restarted, and an agent does not carry open alerts over a
-  restart) closes the open alerts created before it.
+  A restart of the agent (a status with a new ``started_at``) closes none: the agent carries its open alerts
+  over a restart and sends each one's ``cleared`` (agent/open_alerts.py).
 * Assets: a gateway with ``[[assets]]`` has a row per asset: the assets of its latest status that is not
   ``offline`` (the last will names none: the rows are kept), and any asset an alert or advice came from (a
   restart forgets those no longer in the status). Alerts and advice on ``{prefix}/{device}/asset/<id>/…`` are
@@ -255,12 +255,6 @@ class Fleet:
             if dev.started_at is not None and started != dev.started_at:
                 for gone in set(dev.seen_assets) - set(st.assets):  # an asset no longer configured
                     del dev.seen_assets[gone]
-                # a new run of the agent: alerts of the old run are never cleared (the agent does not persist them)
-                begin = parse_iso(started)
-                for aid, a in list(dev.open_alerts.items()):
-                    created = a.message.created_at
-                    if begin is None or created is None or created < begin:
-                        del dev.open_alerts[aid]
             dev.started_at = started
 
     def _on_advice(self, dev: Device, payload: dict[str, Any], asset: str) -> bool:

@@ -69,12 +69,14 @@ def test_open_alerts_raised_add_cleared_remove_duplicates_ignored():
     assert by_id(f, T0 + 8)["gw"]["open_alert_ids"] == ["B"]
 
 
-def test_a_restarted_agent_closes_the_alerts_of_its_previous_run():
+def test_a_restarted_agent_keeps_the_alerts_of_its_previous_run_open_until_their_clear():
     f = Fleet("edge")
     f.handle("edge/gw/status", status("gw"), now=T0)
     f.handle("edge/gw/alerts", alert("gw", "m1", "A", "raised", created=T0 + 1), now=T0 + 1)
     f.handle("edge/gw/status", status("gw", started_at=iso(T0 + 50)), now=T0 + 50)
-    assert by_id(f, T0 + 50)["gw"]["open_alerts"] == 0
+    assert by_id(f, T0 + 50)["gw"]["open_alert_ids"] == ["A"]  # resumed by the new run (agent/open_alerts.py)
+    f.handle("edge/gw/alerts", alert("gw", "m2", "A", "cleared", created=T0 + 60), now=T0 + 60)
+    assert by_id(f, T0 + 60)["gw"]["open_alerts"] == 0
 
 
 def test_state_last_seen_model_outbox_ratio():
@@ -322,11 +324,16 @@ def test_asset_alerts_are_deduplicated_and_a_last_will_keeps_the_asset_rows():
     assert {a["asset_id"]: a["model"] for a in row["assets"]}["pump-1"] == {"name": "generic", "version": "1.0.0"}
 
 
-def test_a_restart_without_assets_drops_the_asset_rows_and_closes_their_alerts():
+def test_a_restart_without_assets_drops_the_asset_rows_and_their_alerts_close_by_their_clears():
     f = assets_fleet()
     f.handle("edge/gw-line/status", status("gw-line", started_at=iso(T0 + 50)), now=T0 + 50)
     row = by_id(f, T0 + 51)["gw-line"]
-    assert "assets" not in row and row["open_alerts"] == 0 and row["model"]["name"] == "pump-anomaly"
+    assert "assets" not in row and row["open_alerts"] == 2 and row["model"]["name"] == "pump-anomaly"
+    for topic, body in (asset_alert("gw-line", "pump-1", "A2", "cleared", 3.0),  # "asset removed" (agent/open_alerts.py)
+                        asset_alert("gw-line", "pump-2", "B1", "cleared", 3.0)):
+        assert f.handle(topic, body, now=T0 + 52)
+    row = by_id(f, T0 + 53)["gw-line"]
+    assert row["open_alerts"] == 0, row
 
 
 def test_asset_advice_goes_to_its_asset_row():
