@@ -25,6 +25,7 @@ from agent.records import AlertEvent
 if TYPE_CHECKING:
     from agent.assets import Asset
     from agent.outbox import Outbox
+    from agent.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,7 @@ RECALIBRATED = "recalibrated"  # teach-in runs again (or is not done) after the 
 MODEL_CHANGED = "model changed"  # another model (name or version) than the one that raised it
 ASSET_REMOVED = "asset removed"  # its asset is no longer configured
 SENSOR_REMOVED = "sensor removed"  # its Modbus device no longer feeds that asset
+SENSOR_IDLE = "sensor idle"  # its sensor sent nothing for EDGE_AGENT_CLEANING__SENSOR_IDLE_S after the restart
 
 
 def track(db: sqlite3.Connection, payload: Mapping[str, Any], state: str | None, alert_id: str | None,
@@ -112,7 +114,8 @@ def resume(assets: list["Asset"], outbox: "Outbox") -> int:
         reason = _why_not(kept, by_id)
         asset = by_id.get(kept.get("asset") or "")
         if reason is None and asset is not None and asset.pipeline is not None:
-            asset.pipeline.decisions.resume(kept["sensor"], kept["alert_id"], float(kept.get("score") or 0.0))
+            p = asset.pipeline
+            p.decisions.resume(kept["sensor"], kept["alert_id"], float(kept.get("score") or 0.0), kept, p._clock())
             resumed += 1
         elif reason:
             messages = asset.messages if asset is not None else assets[0].messages
@@ -129,3 +132,27 @@ def resume(assets: list["Asset"], outbox: "Outbox") -> int:
         log.info("open alerts from before the restart: %d resumed, %d cleared, %d left open", resumed, cleared,
                  len(kept_alerts) - resumed - cleared)
     return resumed
+
+
+def expire(p: "Pipeline") -> list[AlertEvent]:
+    """The clears (``sensor idle``) of the alerts resumed at start whose sensor has sent nothing since, for
+    ``sensor_idle_s`` (0: never); a sensor heard since is the decider's as any (its alert clears when its fault
+    ends). Periodic work of a live asset (agent.runtime)."""
+    d = p.decisions
+    if not d.resumed or p.cleaning.sensor_idle_s <= 0:
+        return []
+    out = []
+    now = p._clock()
+    for sensor, (kept, at) in list(d.resumed.items()):
+        machine = d.machines.get(sensor)
+        heard = p.cleaner is not None and sensor in p.cleaner._sensors  # noqa: SLF001
+        if heard or kept is None or machine is None or machine.active_id != kept["alert_id"]:
+            del d.resumed[sensor]
+        elif now - at >= p.cleaning.sensor_idle_s:
+            del d.resumed[sensor]
+            d.forget(sensor)
+            p.counters.inc("alerts.cleared")
+            log.warning("alert %s on %s resumed at start: its sensor sent nothing for %.0f s: cleared", kept["alert_id"],
+                        clip(sensor) or "-", p.cleaning.sensor_idle_s)
+            out.append(_clear(kept, SENSOR_IDLE))
+    return out

@@ -21,7 +21,7 @@ from agent.control import Control
 from agent.counters import Counters
 from agent.health import Heartbeats
 from agent.logsafe import working_on
-from agent.open_alerts import resume
+from agent.open_alerts import expire, resume
 from agent.outbox import Outbox
 from agent.records import Block, Reading
 from agent.signals import wake_main
@@ -268,7 +268,7 @@ class PipelineLoop:
                         working_on(a.id)
                         events = a.pipeline.tick(connected=a.arrivals is None or a.arrivals.connected())
                         working_on("")
-                        self._emit(a, events)
+                        self._emit(a, events + expire(a.pipeline))
         for a in self.assets.values():
             if a.pipeline is not None:
                 working_on(a.id)

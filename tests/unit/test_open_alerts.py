@@ -15,9 +15,9 @@ from agent.counters import Counters
 from agent.decide import CLEARED, Decisions
 from agent.detectors import open_model
 from agent.messages import Messages
-from agent.open_alerts import open_alerts, resume
+from agent.open_alerts import expire, open_alerts, resume
 from agent.outbox import Outbox
-from agent.records import AlertEvent, Inference, Window
+from agent.records import AlertEvent, Inference, Reading, Window
 from agent.settings import Settings
 
 
@@ -73,9 +73,9 @@ def test_a_resumed_alert_is_not_raised_again_and_clears_under_its_id():
 @pytest.fixture
 def pipelines(tmp_path):
     """A real pipeline with teach-in off (nothing to wait for) and one that teaches in (none kept)."""
-    def make(state, samples):
+    def make(state, samples, idle_s=86400.0):
         s = Settings(source={"kind": "replay", "path": str(tmp_path / "x.csv")}, state_dir=state,
-                     calibration={"samples": samples})
+                     calibration={"samples": samples}, cleaning={"sensor_idle_s": idle_s})
         return build_pipeline(s, open_model(bundled_model("pump-anomaly")), Counters(), state_dir=state)
     return make
 
@@ -111,3 +111,26 @@ def test_the_clear_payload_says_why():
     payload = Messages("gw").alert(_event("cleared", reason="recalibrated"))
     assert payload["reason"] == "recalibrated" and payload["peak_score"] == 4.5
     assert "reason" not in Messages("gw").alert(_event("cleared"))
+
+
+@pytest.mark.parametrize("heard", [False, True])
+def test_a_resumed_alert_whose_sensor_never_sends_again_is_cleared_after_sensor_idle(tmp_path, pipelines, heard):
+    clock = [1000.0]
+    p = pipelines(tmp_path / "state", 0, idle_s=100.0)
+    p._clock = lambda: clock[0]
+    ob = Outbox(tmp_path / "outbox.db", Counters())
+    _put(ob, "raised", model={"name": p.model.name, "version": p.model.version})
+    assert resume([Asset("", Settings(state_dir=tmp_path), tmp_path, Counters(), Messages("gw"), p)], ob) == 1
+    if heard:  # one reading: the sensor is the decider's again, its alert clears when its fault ends
+        p.process(Reading(clock[0], dict.fromkeys(p.model.sidecar.channels, 1.0), "pump-1"))
+    clock[0] += 99.0
+    assert expire(p) == []
+    clock[0] += 1.0
+    out = expire(p)
+    if heard:
+        assert out == [] and p.decisions.machines["pump-1"].active_id == "a1"
+    else:
+        assert [(e.state, e.alert_id, e.reason, e.sensor) for e in out] == [("cleared", "a1", "sensor idle", "pump-1")]
+        assert "pump-1" not in p.decisions.machines
+    assert expire(p) == []
+    ob.close()
