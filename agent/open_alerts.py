@@ -36,6 +36,7 @@ RECALIBRATED = "recalibrated"  # teach-in runs again (or is not done) after the 
 MODEL_CHANGED = "model changed"  # another model (name or version) than the one that raised it
 ASSET_REMOVED = "asset removed"  # its asset is no longer configured
 SENSOR_REMOVED = "sensor removed"  # its Modbus device no longer feeds that asset
+SUPERSEDED = "superseded"  # a later alert of its sensor is open too (its own clear was dropped on a full disk)
 SENSOR_IDLE = "sensor idle"  # its sensor sent nothing for EDGE_AGENT_CLEANING__SENSOR_IDLE_S after the restart
 
 
@@ -110,8 +111,10 @@ def resume(assets: list["Asset"], outbox: "Outbox") -> int:
     by_id = {a.id: a for a in assets}
     resumed = cleared = 0
     kept_alerts = open_alerts(outbox)
+    latest = {(k.get("asset") or "", k["sensor"]): k["alert_id"] for k in kept_alerts}  # one per sensor (raise order)
     for kept in kept_alerts:
-        reason = _why_not(kept, by_id)
+        newer = latest[(kept.get("asset") or "", kept["sensor"])] != kept["alert_id"]
+        reason = SUPERSEDED if newer else _why_not(kept, by_id)
         asset = by_id.get(kept.get("asset") or "")
         if reason is None and asset is not None and asset.pipeline is not None:
             p = asset.pipeline

@@ -134,3 +134,18 @@ def test_a_resumed_alert_whose_sensor_never_sends_again_is_cleared_after_sensor_
         assert "pump-1" not in p.decisions.machines
     assert expire(p) == []
     ob.close()
+
+
+def test_of_two_open_alerts_on_one_sensor_the_later_is_resumed_the_earlier_cleared(tmp_path, pipelines):
+    p = pipelines(tmp_path / "state", 0)
+    ob = Outbox(tmp_path / "outbox.db", Counters())
+    model = {"name": p.model.name, "version": p.model.version}
+    _put(ob, "raised", alert_id="early", model=model)  # its clear never stored (dropped: the disk was full)
+    _put(ob, "raised", alert_id="late", model=model)
+    start = len(ob.pending(100))
+    assert resume([Asset("", Settings(state_dir=tmp_path), tmp_path, Counters(), Messages("gw"), p)], ob) == 1
+    sent = [json.loads(r.payload) for r in ob.pending(100)][start:]
+    assert [(m["state"], m["alert_id"], m["reason"]) for m in sent] == [("cleared", "early", "superseded")]
+    assert p.decisions.machines["pump-1"].active_id == "late"
+    assert [k["alert_id"] for k in open_alerts(ob)] == ["late"]
+    ob.close()
