@@ -105,11 +105,14 @@ def _clear(kept: Mapping[str, Any], reason: str) -> AlertEvent:
     )
 
 
-def resume(assets: list["Asset"], outbox: "Outbox") -> int:
+def resume(assets: list["Asset"], outbox: "Outbox") -> list[str]:
     """Put every open alert back in its sensor's decider (raised, same id), or clear it with a reason; one INFO
-    line. Called once at start, before the pipeline thread runs. Returns how many were resumed."""
+    line. Called once at start, before the pipeline thread runs. Returns the ids of the alerts this run carries
+    over, still open (resumed, or left open: its asset is down): the status's ``open_alerts``, by which the
+    monitor tells them from the earlier run's alerts it must close (an outbox set aside, an older version's)."""
     by_id = {a.id: a for a in assets}
     resumed = cleared = 0
+    carried: list[str] = []
     kept_alerts = open_alerts(outbox)
     latest = {(k.get("asset") or "", k["sensor"]): k["alert_id"] for k in kept_alerts}  # one per sensor (raise order)
     for kept in kept_alerts:
@@ -120,6 +123,7 @@ def resume(assets: list["Asset"], outbox: "Outbox") -> int:
             p = asset.pipeline
             p.decisions.resume(kept["sensor"], kept["alert_id"], float(kept.get("score") or 0.0), kept, p._clock())
             resumed += 1
+            carried.append(kept["alert_id"])
         elif reason:
             messages = asset.messages if asset is not None else assets[0].messages
             outbox.put(messages.one(_clear(kept, reason)))
@@ -129,12 +133,13 @@ def resume(assets: list["Asset"], outbox: "Outbox") -> int:
                         kept["alert_id"], clip(kept["sensor"]) or "-",
                         f" of {clip(kept.get('asset'))}" if kept.get("asset") else "", reason)
         else:
+            carried.append(kept["alert_id"])
             log.warning("alert %s on %s of %s stays open: its asset is down", kept["alert_id"],
                         clip(kept["sensor"]) or "-", clip(kept.get("asset")))
     if kept_alerts:  # none (the usual start): quiet
         log.info("open alerts from before the restart: %d resumed, %d cleared, %d left open", resumed, cleared,
                  len(kept_alerts) - resumed - cleared)
-    return resumed
+    return carried
 
 
 def expire(p: "Pipeline") -> list[AlertEvent]:

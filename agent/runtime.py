@@ -206,7 +206,8 @@ class PipelineLoop:
         self.done = threading.Event()
         self._calibrating = {a.id: self._calibrating_now(a) for a in assets}  # a change is published at once
         self._heard: set[str] = set()  # the assets readings came for in this take (agent.arrivals)
-        resume(assets, outbox)  # the alerts open before a restart (agent.open_alerts), before this loop runs
+        # the alerts open before a restart (agent.open_alerts), before this loop runs; the status says which it carries
+        self.carried = resume(assets, outbox)
 
     @staticmethod
     def _calibrating_now(a: Asset) -> bool:

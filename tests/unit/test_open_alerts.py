@@ -94,7 +94,7 @@ def test_each_open_alert_is_resumed_or_cleared_with_its_reason(tmp_path, pipelin
     start = len(ob.pending(100))
     a = Asset("", Settings(state_dir=tmp_path / "state"), tmp_path / "state", Counters(), Messages("gw"), p)
     with caplog.at_level("INFO", logger="agent.open_alerts"):
-        assert resume([a], ob) == (reason is None)
+        assert resume([a], ob) == (["a1"] if reason is None else [])
     assert ("1 resumed, 0 cleared" if reason is None else "0 resumed, 1 cleared") in caplog.text
     sent = [json.loads(r.payload) for r in ob.pending(100)][start:]
     if reason is None:
@@ -120,7 +120,7 @@ def test_a_resumed_alert_whose_sensor_never_sends_again_is_cleared_after_sensor_
     p._clock = lambda: clock[0]
     ob = Outbox(tmp_path / "outbox.db", Counters())
     _put(ob, "raised", model={"name": p.model.name, "version": p.model.version})
-    assert resume([Asset("", Settings(state_dir=tmp_path), tmp_path, Counters(), Messages("gw"), p)], ob) == 1
+    assert resume([Asset("", Settings(state_dir=tmp_path), tmp_path, Counters(), Messages("gw"), p)], ob) == ["a1"]
     if heard:  # one reading: the sensor is the decider's again, its alert clears when its fault ends
         p.process(Reading(clock[0], dict.fromkeys(p.model.sidecar.channels, 1.0), "pump-1"))
     clock[0] += 99.0
@@ -143,9 +143,24 @@ def test_of_two_open_alerts_on_one_sensor_the_later_is_resumed_the_earlier_clear
     _put(ob, "raised", alert_id="early", model=model)  # its clear never stored (dropped: the disk was full)
     _put(ob, "raised", alert_id="late", model=model)
     start = len(ob.pending(100))
-    assert resume([Asset("", Settings(state_dir=tmp_path), tmp_path, Counters(), Messages("gw"), p)], ob) == 1
+    assert resume([Asset("", Settings(state_dir=tmp_path), tmp_path, Counters(), Messages("gw"), p)], ob) == ["late"]
     sent = [json.loads(r.payload) for r in ob.pending(100)][start:]
     assert [(m["state"], m["alert_id"], m["reason"]) for m in sent] == [("cleared", "early", "superseded")]
     assert p.decisions.machines["pump-1"].active_id == "late"
     assert [k["alert_id"] for k in open_alerts(ob)] == ["late"]
+    ob.close()
+
+
+def test_the_alerts_carried_over_are_those_resumed_or_left_open_with_their_asset_down(tmp_path, pipelines):
+    """What resume returns is the status's ``open_alerts``: the monitor closes the earlier run's others."""
+    p = pipelines(tmp_path / "state", 0)
+    ob = Outbox(tmp_path / "outbox.db", Counters())
+    model = {"name": p.model.name, "version": p.model.version}
+    _put(ob, "raised", alert_id="up", asset="line", model=model)
+    _put(ob, "raised", alert_id="down", asset="bench", model=model)  # its model refused at this start
+    _put(ob, "raised", alert_id="gone", asset="old", model=model)  # asset removed: cleared now, not carried
+    s = Settings(state_dir=tmp_path)
+    assets = [Asset("line", s, tmp_path, Counters(), Messages("gw"), p),
+              Asset("bench", s, tmp_path, Counters(), Messages("gw"), None, failure="model refused")]
+    assert resume(assets, ob) == ["up", "down"]
     ob.close()
