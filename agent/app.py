@@ -89,6 +89,7 @@ class Agent:
             self.uplink.wake, self.uplink.publish_status, self.commands, self.gate, self.heartbeats, self.counters,
             lambda name, reply: self.uplink.publish_now(f"reply/{name}", reply, qos=1),
         )
+        self.board.carried_alerts = self.loop.carried  # before the uplink's first status (run)
         self.guard = Guard(self.stop)
 
     # -- for one machine (no [[assets]]): its pipeline, as before -------------------------------------------------

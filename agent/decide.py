@@ -189,6 +189,12 @@ class AlertMachine:
             self._scores = deque(self._scores, maxlen=n)
             self._receded = deque(self._receded, maxlen=n)
 
+    def resume(self, alert_id: str, peak: float) -> None:
+        """Raised with ``alert_id`` (an alert open before a restart: agent.open_alerts), ``peak`` its raise's score."""
+        self.active_id, self._peak, self._floor, self._quiet = alert_id, peak, 0.0, None
+        self._scores.clear()
+        self._receded.clear()
+
     def reset(self) -> None:
         """Forget the debounce history (after a gap, or scores of another model); an active alert stays active."""
         self._scores.clear()
@@ -227,6 +233,7 @@ class Decisions:
         self.machines: dict[str, AlertMachine] = {}
         self._suppressed: set[str] = set()  # alert ids held back by the policy: their clear is not sent either
         self._held: dict[str, tuple[str, float, float]] = {}  # sensor -> (held-back alert id, held at, room at)
+        self.resumed: dict[str, tuple[Any, float]] = {}  # sensor -> (its open alert kept, resumed at): agent.open_alerts
         self.params = DecisionParams(1.0, 1, 1, 1.0)
 
     def refresh(self, spec: Any, model_threshold: float, calibrated: float | None, forget: bool = False) -> None:
@@ -348,6 +355,12 @@ class Decisions:
         """Another model: the recent scores mean nothing against its threshold (active alerts stay)."""
         for m in self.machines.values():
             m.reset()
+
+    def resume(self, sensor: str, alert_id: str, peak: float, kept: Any = None, at: float = 0.0) -> None:
+        """An alert open before a restart: ``sensor``'s machine raised with its id (its clear comes as any);
+        ``kept``, ``at``: what is kept of it and when (monotonic), until its sensor is heard (agent.open_alerts)."""
+        self.machine(sensor).resume(alert_id, peak)
+        self.resumed[sensor] = (kept, at)
 
     def active(self, sensor: str) -> bool:
         machine = self.machines.get(sensor)

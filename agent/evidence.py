@@ -125,7 +125,7 @@ class EvidenceStore:
 
     def _low_on_disk(self) -> bool:
         """The state disk is nearly full: the outbox's alerts need the space more than evidence does."""
-        from agent.outbox import low_on_disk
+        from agent.outbox_schema import low_on_disk
 
         if low_on_disk(self.path.parent):
             if not self._low_logged:

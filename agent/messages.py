@@ -67,6 +67,8 @@ class Messages:
             payload["peak_score"] = e.peak_score
             if e.receded:
                 payload["receded"] = True
+            if e.reason:
+                payload["reason"] = e.reason
         elif e.evidence_id is not None:
             payload["evidence_id"] = e.evidence_id
             payload["evidence_bytes"] = e.evidence_bytes

@@ -27,8 +27,9 @@ from pathlib import Path
 from agent.counters import Counters
 from agent.files import StateDirError, atomic_write, sqlite_corrupt
 from agent.dead_letters import DROPPED_RAISE, DeadLetters, alert_of, alert_rows, strip_evidence
-from agent.outbox_schema import Lookup, create_or_migrate, fill
+from agent.outbox_schema import Lookup, create_or_migrate, fill, low_on_disk
 from agent.outbox_schema import disk_full as _disk_full
+from agent.open_alerts import track
 from agent.records import Outgoing, message_bytes
 
 log = logging.getLogger(__name__)
@@ -36,15 +37,6 @@ log = logging.getLogger(__name__)
 PRIORITY = {"alert": 0, "advice": 1, "summary": 2}  # lower drains first; anything else sits between
 SEQ_BLOCK = 100  # alert seq numbers reserved at a time in <outbox>.seq: one small write per this many alerts
 RESERVE_BYTES = 256 * 1024  # ballast kept beside the outbox, given up when the disk is full
-
-
-def low_on_disk(directory: Path, times: int = 1) -> bool:
-    """Free space on ``directory``'s file system under the reserve (1 MiB, or 5 % of a small file system)."""
-    try:
-        du = shutil.disk_usage(directory)
-    except OSError:
-        return False
-    return du.free < times * min(2**20, du.total // 20)
 
 
 @dataclass(frozen=True)
@@ -201,6 +193,7 @@ class Outbox(DeadLetters):
             priority = PRIORITY.get(msg.kind, 1)
             alert_id, state = alert_of(payload) if msg.kind == "alert" else (None, None)
             if state == "cleared" and db.execute("DELETE FROM meta WHERE key=?", (DROPPED_RAISE + str(alert_id),)).rowcount:
+                track(db, payload, state, alert_id, False)
                 db.execute("COMMIT")  # its raise was dropped: the control room never saw it, nor sees its clear
                 self.counters.inc("outbox.dropped.alert")
                 log.warning("outbox: dropped the clear of alert %s, whose raise was dropped", alert_id)
@@ -241,6 +234,7 @@ class Outbox(DeadLetters):
                     "VALUES (?,?,?,?,?,?,?,?)",
                     (msg.kind, priority, msg.topic_suffix, body, msg.qos, int(msg.retain), time.time(), alert_id),
                 )
+            track(db, payload, state, alert_id, cur is not None)  # same transaction (agent.open_alerts)
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:  # a COMMIT that failed with SQLITE_FULL has rolled back already

@@ -11,7 +11,9 @@ for a later put or start, and until then the lookups also read the payloads of t
 
 from __future__ import annotations
 
+import shutil
 import sqlite3
+from pathlib import Path
 from typing import Callable
 
 from agent.dead_letters import DEAD_LETTER_INDEX
@@ -87,6 +89,15 @@ def has_column(db: sqlite3.Connection, table: str) -> bool:
 def unfilled(db: sqlite3.Connection) -> bool:
     """Are there alert rows without their alert_id (a file from an older version, or rows one wrote into it)?"""
     return any(db.execute(f"SELECT 1 FROM {t} WHERE {_UNFILLED} LIMIT 1").fetchone() for t in TABLES)
+
+
+def low_on_disk(directory: Path, times: int = 1) -> bool:
+    """Free space on ``directory``'s file system under the reserve (1 MiB, or 5 % of a small file system)."""
+    try:
+        du = shutil.disk_usage(directory)
+    except OSError:
+        return False
+    return du.free < times * min(2**20, du.total // 20)
 
 
 def disk_full(e: sqlite3.Error) -> bool:

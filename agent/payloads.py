@@ -99,7 +99,7 @@ class AlertMessage:
             receded=d.get("receded") is True,
             evidence_id=_text(d.get("evidence_id")),
             evidence_bytes=_int(d.get("evidence_bytes")) or 0,
-            asset=asset or (_text(d.get("asset")) or ""),
+            asset=asset or (_text(d.get("asset")) or ""), reason=_text(d.get("reason")) or "",
         )
         return cls(event, message_id(d), _text(d.get("device_id")), _text(d.get("severity")),
                    _time(d.get("created_at")))
@@ -201,6 +201,7 @@ class StatusPayload:
     device_id: str | None = None
     agent_version: str | None = None
     started_at: str | None = None  # as sent: compared as text to tell a restart
+    open_alerts: tuple[str, ...] | None = None  # the alerts open before the start that it carries; None: not said
     reason: str | None = None  # offline: shutdown, connection lost
     reasons: tuple[str, ...] = ()  # degraded
     model: Mapping[str, Any] | None = None
@@ -215,6 +216,7 @@ class StatusPayload:
         return cls(
             state=_text(d.get("state")), ts=_time(d.get("ts")), device_id=_text(d.get("device_id")),
             agent_version=_text(d.get("agent_version")), started_at=_text(d.get("started_at")),
+            open_alerts=_texts(d["open_alerts"]) if isinstance(d.get("open_alerts"), list) else None,
             reason=_text(d.get("reason")), reasons=_texts(d.get("reasons")), model=_mapping(d.get("model")),
             threshold=_number(d.get("threshold")), calibration=_mapping(d.get("calibration")),
             source=_mapping(d.get("source")),

@@ -155,6 +155,7 @@ class AlertEvent:
     evidence_bytes: int = 0
     evidence: Mapping[str, Any] | None = None  # raised: inline evidence (EDGE_AGENT_ALERTS__EVIDENCE_INLINE_MAX_BYTES)
     asset: str = ""
+    reason: str = ""  # cleared without its fault's end, at a start: why it could not be resumed (agent.open_alerts)
 
     @property
     def margin(self) -> float | None:

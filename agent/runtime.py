@@ -21,6 +21,7 @@ from agent.control import Control
 from agent.counters import Counters
 from agent.health import Heartbeats
 from agent.logsafe import working_on
+from agent.open_alerts import expire, resume
 from agent.outbox import Outbox
 from agent.records import Block, Reading
 from agent.signals import wake_main
@@ -205,6 +206,8 @@ class PipelineLoop:
         self.done = threading.Event()
         self._calibrating = {a.id: self._calibrating_now(a) for a in assets}  # a change is published at once
         self._heard: set[str] = set()  # the assets readings came for in this take (agent.arrivals)
+        # the alerts open before a restart (agent.open_alerts), before this loop runs; the status says which it carries
+        self.carried = resume(assets, outbox)
 
     @staticmethod
     def _calibrating_now(a: Asset) -> bool:
@@ -266,7 +269,7 @@ class PipelineLoop:
                         working_on(a.id)
                         events = a.pipeline.tick(connected=a.arrivals is None or a.arrivals.connected())
                         working_on("")
-                        self._emit(a, events)
+                        self._emit(a, events + expire(a.pipeline))
         for a in self.assets.values():
             if a.pipeline is not None:
                 working_on(a.id)

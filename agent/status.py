@@ -73,6 +73,7 @@ class Board:
         self.bytes_out, self.broker_connected = bytes_out, broker_connected
         self.digest = digest
         self.started_ts = time.time()
+        self.carried_alerts: list[str] = []  # the alerts open before the start this run carries (agent.open_alerts)
         # drops come one per full write (a summary period apart): a whole stats interval without one clears it
         self._outbox_drops = DropWatch(settings.stats_interval_s)
         self._queue_drops = DropWatch(FALLING_BEHIND_QUIET_S, FALLING_BEHIND_REFRESH_S)
@@ -160,6 +161,7 @@ class Board:
             "device_id": self.settings.device_id,
             "agent_version": __version__,
             "started_at": iso(self.started_ts),
+            "open_alerts": list(self.carried_alerts),  # the monitor closes the earlier run's others (docs/monitor.md)
         }
         if self.with_assets:
             st["sources"] = [{"name": f.source.name, "state": f.source.state, "assets": list(f.assets)} for f in self.feeds]

@@ -13,13 +13,15 @@ Rules (also in docs/monitor.md):
   the gaps between the stats received; until two arrived, the agent's default of 300 s).
 * Open alerts: a ``raised`` adds its ``alert_id``, a ``cleared`` removes it; messages are deduplicated on ``id``
   (delivery is at least once). Alerts raised before the monitor started are not known (alerts are not retained).
-  A status with a new ``started_at`` (the agent restarted, and an agent does not carry open alerts over a
-  restart) closes the open alerts created before it.
+  A restart of the agent (a status with a new ``started_at``) closes the alerts raised before it except those the
+  status's ``open_alerts`` names: the agent carries these over the restart and sends each one's ``cleared``
+  (agent/open_alerts.py); the others' never comes (cleared at the start, or lost: an outbox set aside, an older
+  version's). A status without ``open_alerts`` (an older agent, which carries none) closes them all.
 * Assets: a gateway with ``[[assets]]`` has a row per asset: the assets of its latest status that is not
   ``offline`` (the last will names none: the rows are kept), and any asset an alert or advice came from (a
-  restart forgets those no longer in the status). Alerts and advice on ``{prefix}/{device}/asset/<id>/…`` are
-  the asset's. An asset's state is that of its row in the latest status or stats; ``offline`` while its gateway
-  is.
+  restart forgets those no longer in the status; a ``cleared`` makes no row: the clear of a removed asset's
+  alert). Alerts and advice on ``{prefix}/{device}/asset/<id>/…`` are the asset's. An asset's state is that of its
+  row in the latest status or stats; ``offline`` while its gateway is.
 """
 
 from __future__ import annotations
@@ -255,11 +257,11 @@ class Fleet:
             if dev.started_at is not None and started != dev.started_at:
                 for gone in set(dev.seen_assets) - set(st.assets):  # an asset no longer configured
                     del dev.seen_assets[gone]
-                # a new run of the agent: alerts of the old run are never cleared (the agent does not persist them)
-                begin = parse_iso(started)
+                # a new run of the agent: the old run's alerts it does not carry over never get their clear
+                begin, carried = parse_iso(started), st.open_alerts or ()
                 for aid, a in list(dev.open_alerts.items()):
                     created = a.message.created_at
-                    if begin is None or created is None or created < begin:
+                    if aid not in carried and (begin is None or created is None or created < begin):
                         del dev.open_alerts[aid]
             dev.started_at = started
 
@@ -306,10 +308,11 @@ class Fleet:
             self.bad_messages += 1
             return False
         aid = msg.event.alert_id
-        seen = dev.seen(asset) if asset else None
+        raised = msg.event.state == "raised"  # a clear makes no asset row (a removed asset's, at a restart)
+        seen = dev.seen(asset) if asset and (raised or asset in dev.asset_status) else dev.seen_assets.get(asset)
         if seen is not None:
             seen.last_alert, seen.last_alert_at = msg, now
-        if msg.event.state == "raised":
+        if raised:
             dev.raised_seen += 1
             if seen is not None:
                 seen.raised_seen += 1

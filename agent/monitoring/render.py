@@ -103,7 +103,8 @@ def _asset_note(a: dict[str, Any]) -> str:
         parts.append("scoring")
     last = a.get("last_alert")
     if last:
-        parts.append(f"last alert {last['state']} {format_age(last.get('age_s'))}")
+        why = f" ({last['reason']})" if last.get("reason") else ""  # cleared at a restart: why (agent.open_alerts)
+        parts.append(f"last alert {last['state']}{why} {format_age(last.get('age_s'))}")
     raised = (a.get("alerts") or {}).get("raised")
     if raised:
         parts.append(f"{raised} raised since the agent started")

@@ -78,7 +78,7 @@ def _last_alert(msg: AlertMessage | None, at: float | None, now: float) -> dict[
         return None
     e = msg.event
     return {"alert_id": e.alert_id, "state": e.state, "sensor": e.sensor, "severity": msg.severity,
-            "score": _finite(e.score), "threshold": _finite(e.threshold),
+            "score": _finite(e.score), "threshold": _finite(e.threshold), "reason": e.reason or None,
             "window_end": iso(e.window_end_ts) if math.isfinite(e.window_end_ts) else None,
             "received": iso(at), "age_s": round(now - at, 1)}
 

@@ -253,8 +253,9 @@ def test_without_assets_status_and_topics_are_those_of_before(tmp_path: Path) ->
     agent = Agent(s)
     try:
         st = agent.status()
-        assert set(st) == {"state", "ts", "device_id", "agent_version", "started_at", "model", "source", "threshold",
-                           "overrides", "config_digest"}
+        assert set(st) == {"state", "ts", "device_id", "agent_version", "started_at", "open_alerts", "model", "source",
+                           "threshold", "overrides", "config_digest"}
+        assert st["open_alerts"] == []  # none carried over: a consumer closes what an earlier run left open
         assert set(agent.stats()) >= {"readings_in", "windows", "threshold", "source", "sensors"}
         assert "assets" not in agent.stats()
         assert agent.assets[0].state_dir == tmp_path / "state" and not (tmp_path / "state" / "assets").exists()

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from agent.messages import Messages, topic_suffix
 from agent.monitor import Fleet, format_age, render_header, render_table, snapshot_json
 from agent.parse import iso
@@ -69,12 +71,31 @@ def test_open_alerts_raised_add_cleared_remove_duplicates_ignored():
     assert by_id(f, T0 + 8)["gw"]["open_alert_ids"] == ["B"]
 
 
-def test_a_restarted_agent_closes_the_alerts_of_its_previous_run():
+def test_a_restarted_agent_keeps_the_alerts_it_carries_open_until_their_clear_and_closes_the_others():
     f = Fleet("edge")
     f.handle("edge/gw/status", status("gw"), now=T0)
     f.handle("edge/gw/alerts", alert("gw", "m1", "A", "raised", created=T0 + 1), now=T0 + 1)
-    f.handle("edge/gw/status", status("gw", started_at=iso(T0 + 50)), now=T0 + 50)
+    f.handle("edge/gw/alerts", alert("gw", "m2", "B", "raised", created=T0 + 2), now=T0 + 2)
+    f.handle("edge/gw/alerts", alert("gw", "m3", "N", "raised", created=T0 + 51), now=T0 + 51)  # of the new run
+    f.handle("edge/gw/status", status("gw", started_at=iso(T0 + 50), open_alerts=["A"]), now=T0 + 52)
+    # A resumed by the new run (agent/open_alerts.py); B not carried (cleared at the start, or lost): closed
+    assert by_id(f, T0 + 52)["gw"]["open_alert_ids"] == ["A", "N"]
+    f.handle("edge/gw/alerts", alert("gw", "m4", "A", "cleared", created=T0 + 60), now=T0 + 60)
+    assert by_id(f, T0 + 60)["gw"]["open_alert_ids"] == ["N"]
+
+
+@pytest.mark.parametrize("carried", [None, []], ids=["older-agent", "none-carried"])
+def test_a_restart_that_carries_no_alert_closes_the_alerts_of_the_previous_run(carried):
+    """An outbox without open alerts kept (upgraded from a version before them, set aside as corrupt, a wiped state
+    directory) carries none: ``open_alerts: []``; an older agent says nothing and carries none either."""
+    f = Fleet("edge")
+    f.handle("edge/gw/status", status("gw"), now=T0)
+    f.handle("edge/gw/alerts", alert("gw", "m1", "A", "raised", created=T0 + 1), now=T0 + 1)
+    extra = {} if carried is None else {"open_alerts": carried}
+    f.handle("edge/gw/status", status("gw", ts=T0 + 50, started_at=iso(T0 + 50), **extra), now=T0 + 50)
     assert by_id(f, T0 + 50)["gw"]["open_alerts"] == 0
+    assert StatusPayload.from_payload(json.loads(status("gw", **extra))).open_alerts == (
+        None if carried is None else ())
 
 
 def test_state_last_seen_model_outbox_ratio():
@@ -246,11 +267,12 @@ def asset_stats(dev: str) -> bytes:
                                   "comp": {"state": "degraded", "windows": 0, "alerts": {}, "rejected": {}}}}).encode()
 
 
-def asset_alert(dev: str, asset: str, aid: str, state: str, score: float = 6.5) -> tuple[str, bytes]:
+def asset_alert(dev: str, asset: str, aid: str, state: str, score: float = 6.5,
+                reason: str = "") -> tuple[str, bytes]:
     """An alert message as the agent makes it (agent.messages), on the asset's topic."""
     e = AlertEvent(state=state, alert_id=aid, sensor="pump1-meter", score=score, threshold=6.0, peak_score=score,
                    top=(("Current", 0.75), ("Pressure", 0.25)), window_start_ts=T0 - 10, window_end_ts=T0,
-                   model={"name": "generic", "version": "1.0.0"}, asset=asset)
+                   model={"name": "generic", "version": "1.0.0"}, asset=asset, reason=reason)
     return f"edge/{dev}/{topic_suffix('alerts', asset)}", json.dumps(Messages(dev).alert(e)).encode()
 
 
@@ -322,11 +344,34 @@ def test_asset_alerts_are_deduplicated_and_a_last_will_keeps_the_asset_rows():
     assert {a["asset_id"]: a["model"] for a in row["assets"]}["pump-1"] == {"name": "generic", "version": "1.0.0"}
 
 
-def test_a_restart_without_assets_drops_the_asset_rows_and_closes_their_alerts():
+@pytest.mark.parametrize("extra", [{"open_alerts": []}, {}], ids=["this-agent", "older-agent"])
+def test_a_restart_without_assets_drops_the_asset_rows_and_their_alerts_close(extra):
     f = assets_fleet()
-    f.handle("edge/gw-line/status", status("gw-line", started_at=iso(T0 + 50)), now=T0 + 50)
+    # the agent clears them at the start with reason "asset removed" (agent/open_alerts.py): it carries none over
+    f.handle("edge/gw-line/status", status("gw-line", ts=T0 + 50, started_at=iso(T0 + 50), **extra), now=T0 + 50)
     row = by_id(f, T0 + 51)["gw-line"]
     assert "assets" not in row and row["open_alerts"] == 0 and row["model"]["name"] == "pump-anomaly"
+    for topic, body in (asset_alert("gw-line", "pump-1", "A2", "cleared", 3.0, reason="asset removed"),
+                        asset_alert("gw-line", "pump-2", "B1", "cleared", 3.0, reason="asset removed")):
+        assert f.handle(topic, body, now=T0 + 52)
+    row = by_id(f, T0 + 53)["gw-line"]
+    assert row["open_alerts"] == 0 and row["alerts_seen"]["cleared"] == 3, row
+    assert "assets" not in row, row["assets"]  # the clears of removed assets bring back no asset row
+
+
+def test_a_clear_with_a_reason_shows_it_in_the_last_alert():
+    f = assets_fleet()
+    assert f.handle(*asset_alert("gw-line", "pump-2", "B1", "cleared", 3.0, reason="recalibrated"), now=T0 + 2)
+    p2 = {a["asset_id"]: a for a in by_id(f, T0 + 4)["gw-line"]["assets"]}["pump-2"]
+    assert p2["last_alert"]["reason"] == "recalibrated" and p2["open_alerts"] == 0
+    by = {line.split()[0]: line for line in render_table(f.rows(T0 + 4), width=250)[1:]}
+    assert "last alert cleared (recalibrated) 2s ago" in by["pump-2"]
+    p1 = {a["asset_id"]: a for a in by_id(f, T0 + 4)["gw-line"]["assets"]}["pump-1"]
+    assert p1["last_alert"]["reason"] is None  # a clear by the alert's own end
+    # a clear for an asset of the status that no alert named yet makes its last alert
+    assert f.handle(*asset_alert("gw-line", "bench", "C1", "cleared", 3.0), now=T0 + 5)
+    bench = {a["asset_id"]: a for a in by_id(f, T0 + 6)["gw-line"]["assets"]}["bench"]
+    assert bench["last_alert"]["alert_id"] == "C1"
 
 
 def test_asset_advice_goes_to_its_asset_row():
