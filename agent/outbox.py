@@ -131,7 +131,12 @@ class Outbox(DeadLetters):
                 if not _disk_full(e):
                     raise
                 self._room_for_sqlite(db)  # the reserve given up: room for a new column (a few pages)
-                old = create_or_migrate(db)
+                try:
+                    old = create_or_migrate(db)
+                except sqlite3.OperationalError as e2:
+                    if not _disk_full(e2):
+                        raise
+                    old = create_or_migrate(db, index=False)  # the column alone: its index once filled (fill)
         except BaseException:
             db.close()
             raise
@@ -149,7 +154,7 @@ class Outbox(DeadLetters):
 
     def _fill(self, batches: int | None) -> None:
         """Fill the alert_id of the rows an older version wrote (agent.outbox_schema.fill); never fails for the disk."""
-        self._unfilled = fill(self._db, self._room_for_sqlite, batches)
+        self._unfilled = fill(self._db, self._low_on_disk, batches)
 
     def put(self, msg: Outgoing) -> int:
         """Store one message durably (alerts get the next per-device ``seq``); returns its row id, 0 if dropped.
@@ -281,7 +286,8 @@ class Outbox(DeadLetters):
                 return None  # never evict an alert to make room for a summary
             if shed == "low" and victim[0] is not None and victim[3] == PRIORITY["alert"]:
                 break  # space is short but not gone: keep every alert and try the insert
-            if victim[1] == "alert":  # a lone clear (its raise delivered, or evicted as one the broker may have)
+            if victim[1] == "alert" and not self._unfilled:  # a lone clear (its raise delivered, or evicted as one
+                # the broker may have); not while rows lack their alert_id: a scan per candidate (35 s a put at 10,000)
                 first = db.execute(Lookup(self._unfilled).not_a_lone_clear(),  # goes after all other alerts
                                    (victim[3], after, json.dumps(sorted(self._handed)))).fetchone()
                 victim, after = (first, first[0]) if first else (victim, 2**63 - 1)

@@ -6,8 +6,9 @@ clear (queued or dead letters) by that index, not by reading every payload (a fu
 row held the outbox's lock 30 ms a row with 10,000 rows in each). A file from before it gets the column when it is
 opened (a few pages) and the column is filled from the payloads ``FILL_BATCH`` rows a commit, the WAL checkpointed
 between: filled in one transaction, the WAL grew to the size of the file, and on a nearly full disk the outbox could
-not be opened at all (exit 78 at every start). Opening never fails for the disk: what cannot be written yet waits
-for a later put or start, and until then the lookups also read the payloads of the rows without it (``Lookup``)."""
+not be opened at all (exit 78 at every start). Opening fails for the disk only where SQLite cannot open the file
+at all: what cannot be written yet waits for a later put or start (the fill never takes the room puts need), and
+until then the lookups also read the payloads of the rows without it (``Lookup``)."""
 
 from __future__ import annotations
 
@@ -59,11 +60,12 @@ _UNFILLED = ("kind='alert' AND alert_id IS NULL AND CASE WHEN json_valid(CAST(pa
              "json_type(CAST(payload AS TEXT), '$.alert_id')='text' END")
 
 
-def create_or_migrate(db: sqlite3.Connection) -> list[str]:
+def create_or_migrate(db: sqlite3.Connection, index: bool = True) -> list[str]:
     """Create the tables, or add the ``alert_id`` column to those of an older file (not filled: ``fill``); returns
     the tables that had no such column. One transaction of a few pages: a new file's schema is written to the WAL
     once (a statement at a time wrote its pages again and again: 16 KB more, on a state directory that may be nearly
-    full), an up-to-date file's not at all."""
+    full), an up-to-date file's not at all. ``index=False``: without the alert_id index (a disk too full even for
+    its first page: ``fill`` makes it once the column is filled; until then the lookups scan)."""
     db.execute("BEGIN IMMEDIATE")
     try:
         for statement in SCHEMA.split(";"):
@@ -71,8 +73,9 @@ def create_or_migrate(db: sqlite3.Connection) -> list[str]:
         old = [t for t in TABLES if not has_column(db, t)]
         for table in old:
             db.execute(f"ALTER TABLE {table} ADD COLUMN alert_id TEXT")
-        db.execute(OUTBOX_INDEX)
-        if db.execute("SELECT 1 FROM dead_letter LIMIT 1").fetchone():
+        if index:
+            db.execute(OUTBOX_INDEX)
+        if index and db.execute("SELECT 1 FROM dead_letter LIMIT 1").fetchone():
             db.execute(DEAD_LETTER_INDEX)
         db.execute("COMMIT")
     except BaseException:
@@ -104,20 +107,24 @@ def disk_full(e: sqlite3.Error) -> bool:
     return getattr(e, "sqlite_errorname", "") == "SQLITE_FULL" or "disk is full" in str(e)
 
 
-def fill(db: sqlite3.Connection, make_room: Callable[[], None], batches: int | None = None) -> bool:
+def fill(db: sqlite3.Connection, short: Callable[[], bool], batches: int | None = None) -> bool:
     """Fill the alert_id of rows without it, ``FILL_BATCH`` a commit, checkpointing the WAL after each (at most
-    ``batches`` commits; 0: only look); returns True when rows are left without it. A full disk: ``make_room`` (the
-    reserve file given up) and batches of a tenth, down to one row; then the rest waits (a later put or start)."""
-    size, done = FILL_BATCH, 0
+    ``batches`` commits; 0: only look); returns True when rows are left without it. Never takes the room that puts
+    need: it stops as soon as ``short()`` says free space is under the reserve, or at a full disk (the rest waits
+    for a later put or start); the reserve file is never given up for it. The alert_id index is made once the rows
+    are filled, if an older file's migration had to leave it out."""
+    done = 0
     for table in TABLES:
         after = 0
         while True:
             if batches is not None and done >= batches:
                 return unfilled(db)
             ids = [r[0] for r in db.execute(f"SELECT id FROM {table} WHERE id>? AND {_UNFILLED} ORDER BY id LIMIT ?",
-                                            (after, size))]
+                                            (after, FILL_BATCH))]
             if not ids:
                 break
+            if short():
+                return True
             try:
                 db.execute(f"UPDATE {table} SET alert_id={_AID.format(p='')} WHERE id IN "
                            f"({','.join(map(str, ids))})")
@@ -125,12 +132,13 @@ def fill(db: sqlite3.Connection, make_room: Callable[[], None], batches: int | N
             except sqlite3.OperationalError as e:
                 if not disk_full(e):
                     raise
-                if size == 1:
-                    return True
-                make_room()
-                size = max(1, size // 10)
-                continue
+                return True
             after, done = ids[-1], done + 1
+    try:
+        db.execute(OUTBOX_INDEX)  # IF NOT EXISTS: nothing written when it is there
+    except sqlite3.OperationalError as e:
+        if not disk_full(e):
+            raise
     return False
 
 

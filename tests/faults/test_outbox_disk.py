@@ -122,14 +122,17 @@ def test_an_outbox_file_from_the_previous_version_opens_on_a_nearly_full_disk(
     alerts = [i for i in before["outbox"] if not i.startswith("s")]  # under the free-space reserve a summary is shed
     assert [i for i in _ids(ob, "outbox") if not i.startswith("s")] == alerts + ["Z-raised"]
 
-    # the lookups find the old rows, alert_id filled or not: the summaries go, then Y's clear, the oldest alert that is
-    # not a lone clear, with its raise (a dead letter, never seen); L's clear is lone (its raise delivered): kept
+    # the lookups find the old rows, alert_id filled or not: the summaries go, then Y's clear with its raise (a dead
+    # letter, never seen: found by its payload while unfilled). Filled: Y's clear is the oldest alert that is not a
+    # lone clear; L's clear is lone (its raise delivered): kept. Unfilled: oldest first (looking for lone clears
+    # would scan the rows without alert_id once per candidate): L's clear, then Y's clear and raise
     summaries = sum(1 for r in ob.pending(100_000) if r.kind == "summary")
-    ob.max_rows = ob.depth() - summaries
+    ob.max_rows = ob.depth() - summaries - (0 if filled else 1)
     assert ob.put(Outgoing("alert", "alerts", {"id": "V-raised", "alert_id": "V", "state": "raised"}))
-    assert _ids(ob, "outbox") == ["L-cleared", "X-raised", "X-cleared"] + alerts[4:] + ["Z-raised", "V-raised"]
+    kept = ["L-cleared"] if filled else []
+    assert _ids(ob, "outbox") == kept + ["X-raised", "X-cleared"] + alerts[4:] + ["Z-raised", "V-raised"]
     assert _ids(ob, "dead_letter") == []
-    assert c.snapshot("outbox.dropped.") == {"summary": 4, "alert": 2}
+    assert c.snapshot("outbox.dropped.") == {"summary": 4, "alert": 2 if filled else 3}
     assert ob._db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     ob.close()
 
@@ -161,4 +164,56 @@ def test_a_put_whose_checkpoint_makes_room_again_sheds_nothing(tmpfs: Callable[[
     assert ob.put(Outgoing("summary", "summary", {"id": "last"}))
     assert c.snapshot("outbox.dropped.") == {}
     assert ob.depth() == 151
+    ob.close()
+
+
+def test_filling_an_older_file_never_takes_the_room_new_alerts_need(tmpfs: Callable[[str], Path]) -> None:
+    """20,000 alerts of the previous version with just over the reserve free: the fill at open grew the file
+    (column and index) until the disk was full, giving up the ballast on the way; then every new alert was dropped
+    (20 of 20) and acknowledgements failed. It stops once free space is under the reserve: the rest waits."""
+    fs = tmpfs("24m")
+    path = fs / "state" / "outbox.db"
+    path.parent.mkdir()
+    db = sqlite3.connect(path)
+    db.executescript(_OLD_SCHEMA)
+    db.executemany("INSERT INTO outbox (kind, priority, topic, payload, qos, retain, created_ts) "
+                   "VALUES ('alert', 0, 'alerts', ?, 1, 0, 0)",
+                   [(_alert(f"{i:032x}", "raised", i + 1, pad=500),) for i in range(20_000)])  # ids as long as real ones
+    db.execute("INSERT INTO meta VALUES ('alert_seq', 20000)")
+    db.commit()
+    db.close()
+    _leave_free(fs, 1100 * 1024)  # the reserve is 1 MiB here
+    c = Counters()
+    ob = Outbox(path, c, max_rows=100_000)
+    free_after_open = _free(fs)
+    for i in range(20):
+        ob.put(Outgoing("alert", "alerts", {"id": f"N{i}-raised", "alert_id": f"N{i}", "state": "raised"}))
+    assert c.get("outbox.written.alert") == 20 and c.snapshot("outbox.dropped.") == {}, (free_after_open, c.snapshot())
+    assert free_after_open >= 2**20 - 256 * 1024, free_after_open  # at most about one batch under the reserve
+    assert _unfilled(ob) > 0  # the rest later
+    for row in ob.pending(10):
+        ob.ack(row.id)
+    assert c.get("outbox.ack_failed") == 0 and ob.depth() == 20_010
+    ob.close()
+
+
+def test_an_older_file_opens_when_even_the_new_index_has_no_room(tmpfs: Callable[[str], Path]) -> None:
+    """No ballast left (the previous version gave it up) and 40 KB free: the column and its index did not fit even
+    after the WAL was emptied, and the agent could not start (exit 78). The column goes in alone; its index is
+    made once the rows are filled, at a start with room."""
+    fs = tmpfs("2m")
+    path = fs / "state" / "outbox.db"
+    path.parent.mkdir()
+    _old_outbox_file(path, 20)
+    _leave_free(fs, 40 * 1024)
+    before = {t: [json.loads(p)["id"] for (p,) in sqlite3.connect(path).execute(f"SELECT payload FROM {t} ORDER BY id")]
+              for t in ("outbox", "dead_letter")}
+    ob = Outbox(path, Counters(), max_rows=100_000)
+    assert {t: _ids(ob, t) for t in before} == before
+    assert not ob._db.execute("SELECT 1 FROM sqlite_master WHERE name='outbox_alert'").fetchone()
+    ob.close()
+    (fs / "filler").unlink()
+    ob = Outbox(path, Counters(), max_rows=100_000)
+    assert _unfilled(ob) == 0 and {t: _ids(ob, t) for t in before} == before
+    assert ob._db.execute("SELECT 1 FROM sqlite_master WHERE name='outbox_alert'").fetchone()
     ob.close()
