@@ -17,16 +17,8 @@ import pytest
 from agent.counters import Counters
 from agent.outbox import Outbox
 from agent.records import Outgoing, message_bytes
+from tests.helpers import OLD_OUTBOX_SCHEMA as _OLD_SCHEMA
 
-_OLD_SCHEMA = """
-CREATE TABLE outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, priority INTEGER NOT NULL,
-    topic TEXT NOT NULL, payload BLOB NOT NULL, qos INTEGER NOT NULL, retain INTEGER NOT NULL, created_ts REAL NOT NULL);
-CREATE INDEX outbox_order ON outbox (priority, id);
-CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
-CREATE TABLE dead_letter (id INTEGER PRIMARY KEY, kind TEXT NOT NULL, priority INTEGER NOT NULL, topic TEXT NOT NULL,
-    payload BLOB NOT NULL, qos INTEGER NOT NULL, retain INTEGER NOT NULL, created_ts REAL NOT NULL,
-    reason_code INTEGER NOT NULL, reason TEXT NOT NULL, refused_ts REAL NOT NULL);
-"""  # agent/outbox.py up to 09ee619
 
 
 @pytest.fixture

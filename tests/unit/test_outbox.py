@@ -8,6 +8,7 @@ import sqlite3
 from agent.counters import Counters
 from agent.outbox import Outbox
 from agent.records import Outgoing
+from tests.helpers import OLD_OUTBOX_SCHEMA as _OLD_SCHEMA
 
 
 def _alert(i):
@@ -431,16 +432,6 @@ def test_lone_clears_go_oldest_first_once_no_other_alert_is_left(tmp_path):
     assert c.snapshot("outbox.dropped.") == {"alert": 3}
 
 
-# The outbox file's schema before the alert_id column (agent/outbox.py up to 09ee619): the migration's subject.
-_OLD_SCHEMA = """
-CREATE TABLE outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, priority INTEGER NOT NULL,
-    topic TEXT NOT NULL, payload BLOB NOT NULL, qos INTEGER NOT NULL, retain INTEGER NOT NULL, created_ts REAL NOT NULL);
-CREATE INDEX outbox_order ON outbox (priority, id);
-CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
-CREATE TABLE dead_letter (id INTEGER PRIMARY KEY, kind TEXT NOT NULL, priority INTEGER NOT NULL, topic TEXT NOT NULL,
-    payload BLOB NOT NULL, qos INTEGER NOT NULL, retain INTEGER NOT NULL, created_ts REAL NOT NULL,
-    reason_code INTEGER NOT NULL, reason TEXT NOT NULL, refused_ts REAL NOT NULL);
-"""
 
 
 def _old_outbox_file(path):
