@@ -23,7 +23,7 @@ from agent.health import Heartbeats
 from agent.logsafe import working_on
 from agent.open_alerts import expire, resume
 from agent.outbox import Outbox
-from agent.records import Block, Reading
+from agent.records import AlertEvent, Block, Reading
 from agent.signals import wake_main
 from agent.sources import Sink
 
@@ -310,5 +310,8 @@ class PipelineLoop:
         if events:
             for m in asset.messages.outgoing(events):
                 self.outbox.put(m)
+            for e in events:  # a carried alert's clear is stored: the status no longer lists it (Board.key changes)
+                if isinstance(e, AlertEvent) and e.state == "cleared" and e.alert_id in self.carried:
+                    self.carried.remove(e.alert_id)
             self.wake_uplink()
         self._status_if_changed(asset)

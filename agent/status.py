@@ -73,7 +73,7 @@ class Board:
         self.bytes_out, self.broker_connected = bytes_out, broker_connected
         self.digest = digest
         self.started_ts = time.time()
-        self.carried_alerts: list[str] = []  # the alerts open before the start this run carries (agent.open_alerts)
+        self.carried_alerts: list[str] = []  # the alerts open before the start this run carries and not cleared yet
         # drops come one per full write (a summary period apart): a whole stats interval without one clears it
         self._outbox_drops = DropWatch(settings.stats_interval_s)
         self._queue_drops = DropWatch(FALLING_BEHIND_QUIET_S, FALLING_BEHIND_REFRESH_S)
@@ -143,7 +143,8 @@ class Board:
         once. Asked every half second: the reasons are worked out once."""
         reasons = tuple(self.degraded_reasons())
         snaps = tuple((a.id, a.failure, self.link(a), *_snapshot_key(a.pipeline.snapshot if a.pipeline else None)) for a in self.assets)
-        return (self._state(reasons), reasons, snaps, tuple(f.source.state for f in self.feeds))
+        return (self._state(reasons), reasons, snaps, tuple(f.source.state for f in self.feeds),
+                tuple(self.carried_alerts))  # a carried alert cleared: published at once
 
     # -- payloads --------------------------------------------------------------------------------------------
 

@@ -260,7 +260,9 @@ class Uplink:
             self.refusals.connected(client, properties)
             self.refusals.requeue()  # dead letters: the operator may have fixed what the broker refused
             self._connected_at = time.monotonic()
-            self.connected.set()
+            with self._batch:  # the status before any row: the monitor tells a run's alerts by it (docs/monitor.md)
+                self.connected.set()
+                self.publish_status()
             self.counters.inc("uplink.connects")
             if self._short >= SHORT_IN_A_ROW:
                 pass  # taken over again and again: said once in _taken_over, not a line per connection
@@ -272,7 +274,6 @@ class Uplink:
             self.last_error = None
             if self._on_command is not None:  # subscriptions do not survive a reconnect: renew them every time
                 client.subscribe(self.topic("cmd/+"), qos=1)
-            self.publish_status()
             self._wake.set()
         except Exception:  # noqa: BLE001 - an exception must not escape into paho's thread
             log.exception("error in on_connect")

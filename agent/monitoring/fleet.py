@@ -13,8 +13,9 @@ Rules (also in docs/monitor.md):
   the gaps between the stats received; until two arrived, the agent's default of 300 s).
 * Open alerts: a ``raised`` adds its ``alert_id``, a ``cleared`` removes it; messages are deduplicated on ``id``
   (delivery is at least once). Alerts raised before the monitor started are not known (alerts are not retained).
-  A restart of the agent (a status with a new ``started_at``) closes the alerts raised before it except those the
-  status's ``open_alerts`` names: the agent carries these over the restart and sends each one's ``cleared``
+  A restart of the agent (a status with a new ``started_at``) closes the alerts that arrived under an earlier run
+  (the ``started_at`` current at their arrival; the agent's clock is not compared) except those the status's
+  ``open_alerts`` names: the agent carries these over the restart and sends each one's ``cleared``
   (agent/open_alerts.py); the others' never comes (cleared at the start, or lost: an outbox set aside, an older
   version's). A status without ``open_alerts`` (an older agent, which carries none) closes them all.
 * Assets: a gateway with ``[[assets]]`` has a row per asset: the assets of its latest status that is not
@@ -72,6 +73,7 @@ class OpenAlert:
 
     message: AlertMessage
     asset: str  # "" for a gateway without assets
+    run: str | None = None  # the device's started_at when it arrived (its status comes before a run's alerts)
 
 
 @dataclass
@@ -258,10 +260,9 @@ class Fleet:
                 for gone in set(dev.seen_assets) - set(st.assets):  # an asset no longer configured
                     del dev.seen_assets[gone]
                 # a new run of the agent: the old run's alerts it does not carry over never get their clear
-                begin, carried = parse_iso(started), st.open_alerts or ()
+                carried = st.open_alerts or ()
                 for aid, a in list(dev.open_alerts.items()):
-                    created = a.message.created_at
-                    if aid not in carried and (begin is None or created is None or created < begin):
+                    if aid not in carried and a.run != started:  # arrived under an earlier run (not by its clock)
                         del dev.open_alerts[aid]
             dev.started_at = started
 
@@ -317,7 +318,7 @@ class Fleet:
             if seen is not None:
                 seen.raised_seen += 1
             if aid not in dev.cleared_ids:  # a late copy of a raise whose clear already came stays closed
-                dev.open_alerts[aid] = OpenAlert(msg, asset)
+                dev.open_alerts[aid] = OpenAlert(msg, asset, dev.started_at)
         else:
             dev.cleared_seen += 1
             if seen is not None:

@@ -10,7 +10,6 @@ import json
 import sqlite3
 import subprocess
 import threading
-import time
 
 import pytest
 
@@ -69,13 +68,19 @@ def test_the_monitor_closes_at_a_restart_the_open_alerts_the_new_run_does_not_ca
         carried = [s.get("open_alerts") for s in durable_recorder.on("status") if isinstance(s, dict)
                    and s.get("state") != "offline"][-1]
         assert carried == ([raised["alert_id"]] if before_restart is None else []), b.log
-        wait_for(lambda: snaps[-1]["devices"][0]["started_at"] not in (None, started), timeout=20,
-                 what="the new run's status in the monitor")
         if before_restart is not None:
             wait_for(lambda: [x["state"] for x in _alerts(durable_recorder)][1:] == ["raised", "cleared"], timeout=20,
                      what="the new run's own alert")
-        time.sleep(1.0)  # a few snapshots more
-        dev = snaps[-1]["devices"][0]
+        # the monitor's own state: the new run's status taken in, and every alert message sent (the new run's own
+        # alert, raised and cleared, when it had one)
+        seen = {"raised": 1, "cleared": 0} if before_restart is None else {"raised": 2, "cleared": 1}
+
+        def new_run_seen():
+            return [d for s in snaps[-1:] for d in s["devices"][:1]
+                    if d["started_at"] not in (None, started) and d["alerts_seen"] == seen]
+
+        wait_for(new_run_seen, timeout=20, what="the new run's status and alerts in the monitor")
+        [dev] = new_run_seen()
         expected = [raised["alert_id"]] if before_restart is None else []
         assert dev["open_alert_ids"] == expected, (_alerts(durable_recorder), dev)
     finally:

@@ -76,12 +76,35 @@ def test_a_restarted_agent_keeps_the_alerts_it_carries_open_until_their_clear_an
     f.handle("edge/gw/status", status("gw"), now=T0)
     f.handle("edge/gw/alerts", alert("gw", "m1", "A", "raised", created=T0 + 1), now=T0 + 1)
     f.handle("edge/gw/alerts", alert("gw", "m2", "B", "raised", created=T0 + 2), now=T0 + 2)
-    f.handle("edge/gw/alerts", alert("gw", "m3", "N", "raised", created=T0 + 51), now=T0 + 51)  # of the new run
     f.handle("edge/gw/status", status("gw", started_at=iso(T0 + 50), open_alerts=["A"]), now=T0 + 52)
+    # a run's own alerts come after its status (the uplink publishes it on connect, before the outbox drains)
+    f.handle("edge/gw/alerts", alert("gw", "m3", "N", "raised", created=T0 + 51), now=T0 + 53)
     # A resumed by the new run (agent/open_alerts.py); B not carried (cleared at the start, or lost): closed
     assert by_id(f, T0 + 52)["gw"]["open_alert_ids"] == ["A", "N"]
     f.handle("edge/gw/alerts", alert("gw", "m4", "A", "cleared", created=T0 + 60), now=T0 + 60)
     assert by_id(f, T0 + 60)["gw"]["open_alert_ids"] == ["N"]
+
+
+def test_a_restart_closes_the_earlier_runs_alerts_by_the_order_of_arrival_not_by_the_gateways_clock():
+    """A gateway without RTC boots after a power loss with its clock an hour behind: the new run's ``started_at``
+    is earlier than the last run's alerts. They are closed all the same (not carried), and the new run's own
+    alerts, created "before" the old run's by that clock, stay open; at a later restart they are closed when not
+    carried whatever the clocks say, kept when carried."""
+    f = Fleet("edge")
+    f.handle("edge/gw/status", status("gw", started_at=iso(T0 - 100)), now=T0)
+    f.handle("edge/gw/alerts", alert("gw", "m1", "OLD", "raised", created=T0 + 1), now=T0 + 1)
+    slow = T0 - 3600  # run 2: the clock an hour behind
+    f.handle("edge/gw/status", status("gw", ts=slow, started_at=iso(slow), open_alerts=[]), now=T0 + 60)
+    assert by_id(f, T0 + 60)["gw"]["open_alert_ids"] == []  # OLD was created after started_at by the clocks: a ghost
+    f.handle("edge/gw/alerts", alert("gw", "m2", "SLOW1", "raised", created=slow + 5), now=T0 + 65)
+    f.handle("edge/gw/alerts", alert("gw", "m3", "SLOW2", "raised", created=slow + 6), now=T0 + 66)
+    assert by_id(f, T0 + 66)["gw"]["open_alert_ids"] == ["SLOW1", "SLOW2"]
+    f.handle("edge/gw/status", status("gw", ts=slow + 10, started_at=iso(slow + 10), open_alerts=[]), now=T0 + 67)
+    assert by_id(f, T0 + 67)["gw"]["open_alert_ids"] == []  # a run after: its started_at is later by every clock
+    f.handle("edge/gw/alerts", alert("gw", "m4", "S3", "raised", created=slow + 12), now=T0 + 68)
+    f.handle("edge/gw/alerts", alert("gw", "m5", "S4", "raised", created=slow + 13), now=T0 + 69)
+    f.handle("edge/gw/status", status("gw", ts=T0 + 70, started_at=iso(T0 - 7200), open_alerts=["S4"]), now=T0 + 70)
+    assert by_id(f, T0 + 70)["gw"]["open_alert_ids"] == ["S4"]  # a started_at earlier than S3's creation: closed
 
 
 @pytest.mark.parametrize("carried", [None, []], ids=["older-agent", "none-carried"])
