@@ -5,15 +5,11 @@ agent, mosquitto and monitor processes; the monitor's link to the broker through
 
 from __future__ import annotations
 
-import json
-import subprocess
-import threading
-
 from tests.conftest import start_agent, wait_for
-from tests.faults.conftest import agent_env, demo_rows, taught_state, write_recording
+from tests.faults.conftest import agent_env, demo_rows, write_recording
 from tests.faults.proxy import Proxy
-from tests.faults.test_open_alerts_restart import CLEAR_ROW, RESTART_ROW, _alerts, _recording
-from tests.integration.test_monitor import ROOT, _cmd, _ctrl_c_default, _env
+from tests.faults.test_open_alerts_monitor import first_run_ends_raised, start_monitor
+from tests.faults.test_open_alerts_restart import CLEAR_ROW, RESTART_ROW, _alerts
 
 FAULT = 960  # the recording's row 0 in the demo's rows (tests/faults/test_open_alerts_restart.py)
 
@@ -33,22 +29,10 @@ def _live(recorder):
 def test_a_carried_alert_that_clears_leaves_the_status_and_a_reconnecting_monitor_closes_it(
         tmp_path, durable_broker, durable_recorder, taught, agents):
     px = Proxy(durable_broker.port)
-    env0 = agent_env(tmp_path / "x", durable_broker.port)
-    mon = subprocess.Popen(_cmd(px.port, env0.get("EDGE_AGENT_MQTT__TOPIC_PREFIX", "edge"), "--json",
-                                "--interval", "0.3"), env=_env(), cwd=ROOT, stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True, preexec_fn=_ctrl_c_default)
-    snaps: list[dict] = []
-    threading.Thread(target=lambda: [snaps.append(json.loads(line)) for line in mon.stdout], daemon=True).start()
+    mon, snaps = start_monitor(px.port)  # the control room's link through the proxy
     try:
-        wait_for(lambda: snaps and snaps[-1]["subscribed"], timeout=20, what="the monitor subscribed")
-        state = taught_state(taught, tmp_path / "state")
-        first = _recording(tmp_path / "before.csv", 90, CLEAR_ROW - 4)  # ends raised: the replay's end stops it
-        a = start_agent(agent_env(state, durable_broker.port, EDGE_AGENT_SOURCE__PATH=first), tmp_path)
-        agents.append(a)
-        assert a.proc.wait(60) == 0, a.log
-        wait_for(lambda: any(d["open_alerts"] == 1 for d in snaps[-1]["devices"]), timeout=20, what="open in monitor")
-        [raised] = _alerts(durable_recorder)
-        started = snaps[-1]["devices"][0]["started_at"]
+        state, raised, started = first_run_ends_raised(tmp_path, durable_broker.port, taught, agents,
+                                                       durable_recorder, snaps)
         px.cut()  # the control room's link drops: the monitor misses the clear
         b = start_agent(agent_env(state, durable_broker.port, EDGE_AGENT_SOURCE__PATH=_long_after_the_clear(
             tmp_path / "after.csv"), EDGE_AGENT_SOURCE__SPEED=8), tmp_path)

@@ -10,6 +10,7 @@ import json
 import sqlite3
 import subprocess
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -17,6 +18,30 @@ from tests.conftest import start_agent, wait_for
 from tests.faults.conftest import agent_env, taught_state
 from tests.faults.test_open_alerts_restart import CLEAR_ROW, RESTART_ROW, _alerts, _recording
 from tests.integration.test_monitor import ROOT, _cmd, _ctrl_c_default, _env
+
+
+def start_monitor(port: int) -> tuple[subprocess.Popen[str], list[dict]]:
+    """``edge-agent monitor --json`` on the broker at ``port``, and the snapshots it prints, as it prints them."""
+    prefix = agent_env(Path("unused"), port).get("EDGE_AGENT_MQTT__TOPIC_PREFIX", "edge")
+    mon = subprocess.Popen(_cmd(port, prefix, "--json", "--interval", "0.3"), env=_env(), cwd=ROOT,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_ctrl_c_default)
+    snaps: list[dict] = []
+    threading.Thread(target=lambda: [snaps.append(json.loads(line)) for line in mon.stdout], daemon=True).start()
+    return mon, snaps
+
+
+def first_run_ends_raised(tmp_path, port, taught, agents, recorder, snaps) -> tuple[Path, dict, str]:
+    """Once the monitor has subscribed: a first run whose replay ends with its alert raised, seen open by the
+    monitor. Returns its state directory, the raise and the run's started_at."""
+    wait_for(lambda: snaps and snaps[-1]["subscribed"], timeout=20, what="the monitor subscribed")
+    state = taught_state(taught, tmp_path / "state")
+    first = _recording(tmp_path / "before.csv", 90, CLEAR_ROW - 4)  # ends raised: the replay's end stops it
+    a = start_agent(agent_env(state, port, EDGE_AGENT_SOURCE__PATH=first), tmp_path)
+    agents.append(a)
+    assert a.proc.wait(60) == 0, a.log
+    wait_for(lambda: any(d["open_alerts"] == 1 for d in snaps[-1]["devices"]), timeout=20, what="open in monitor")
+    [raised] = _alerts(recorder)
+    return state, raised, snaps[-1]["devices"][0]["started_at"]
 
 
 def _forget_open_alerts(state):
@@ -39,22 +64,10 @@ def _corrupt(state):
                          ids=["resumed", "upgraded", "corrupt"])
 def test_the_monitor_closes_at_a_restart_the_open_alerts_the_new_run_does_not_carry(
         tmp_path, durable_broker, durable_recorder, taught, agents, before_restart):
-    env0 = agent_env(tmp_path / "x", durable_broker.port)
-    mon = subprocess.Popen(_cmd(durable_broker.port, env0.get("EDGE_AGENT_MQTT__TOPIC_PREFIX", "edge"), "--json",
-                                "--interval", "0.3"), env=_env(), cwd=ROOT, stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True, preexec_fn=_ctrl_c_default)
-    snaps: list[dict] = []
-    threading.Thread(target=lambda: [snaps.append(json.loads(line)) for line in mon.stdout], daemon=True).start()
+    mon, snaps = start_monitor(durable_broker.port)
     try:
-        wait_for(lambda: snaps and snaps[-1]["subscribed"], timeout=20, what="the monitor subscribed")
-        state = taught_state(taught, tmp_path / "state")
-        first = _recording(tmp_path / "before.csv", 90, CLEAR_ROW - 4)  # ends raised: the replay's end stops it
-        a = start_agent(agent_env(state, durable_broker.port, EDGE_AGENT_SOURCE__PATH=first), tmp_path)
-        agents.append(a)
-        assert a.proc.wait(60) == 0, a.log
-        wait_for(lambda: any(d["open_alerts"] == 1 for d in snaps[-1]["devices"]), timeout=20, what="open in monitor")
-        [raised] = _alerts(durable_recorder)
-        started = snaps[-1]["devices"][0]["started_at"]
+        state, raised, started = first_run_ends_raised(tmp_path, durable_broker.port, taught, agents,
+                                                       durable_recorder, snaps)
         if before_restart is not None:
             before_restart(state)
         # resumed: the fault goes on to the replay's end (the alert stays open); otherwise it goes on and ends (a
