@@ -103,9 +103,11 @@ class PayloadParser:
         else:
             t0 = received_ts - (n - 1) * period  # without a timestamp the last sample is the time of receipt
         period = float(period)
-        if t0 < 0 or not math.isfinite(t0 + (n - 1) * period) or (n > 1 and not t0 + period > t0):
-            return "block_bad_period"  # samples before 1970, past any date, or closer than a timestamp resolves
+        if t0 < 0 or not math.isfinite(t0 + (n - 1) * period):
+            return "block_bad_period"  # samples before 1970 or past any date
         ts = t0 + np.arange(n, dtype=np.float64) * period
+        if n > 1 and not (ts[1:] > ts[:-1]).all():  # closer than a timestamp resolves (each step: rounding differs)
+            return "block_bad_period"
         return Block(ts, tuple(obj[BLOCK_VALUES]), values, sensor, asset)
 
 

@@ -552,3 +552,14 @@ def test_json_payloads_and_lines_read_nan_and_big_numbers_as_before() -> None:
     assert isinstance(r, Reading) and math.isnan(r.values["a"]) and r.values["b"] == math.inf
     line = LineParser(format="json").parse(b'{"a": NaN, "b": 2.5}', 100.0)
     assert isinstance(line, Reading) and math.isnan(line.values["a"]) and line.values["b"] == 2.5
+
+
+def test_a_block_whose_samples_a_timestamp_cannot_tell_apart_is_refused() -> None:
+    # Found by test_block_payloads_never_raise: at 1.7e9 s a timestamp resolves 2.4e-7 s; a period of 1.5e-7 s
+    # passed the check of the first step (t0 + p rounds up) while the third sample got the second's timestamp.
+    t0 = 1_700_000_000.0
+    p = 1.5e-7
+    assert t0 + p > t0 and t0 + 2 * p == t0 + p
+    got = PayloadParser(max_block_samples=4).parse(json.dumps({"ts": t0, "period_s": p, "values": {"x": [1, 2, 3]}})
+                                                  .encode(), RX)
+    assert got == "block_bad_period", got
