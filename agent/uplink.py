@@ -1,14 +1,13 @@
 """The uplink: a paho-mqtt 2 client that publishes from the outbox at QoS 1 and keeps a retained status.
 
 Threads: paho's network thread runs the callbacks (which never raise: an exception there wedges paho), and the
-``uplink`` thread moves rows from the outbox into paho, at most ``max_inflight`` unacknowledged at once. A row
-is deleted only in ``on_publish`` (the PUBACK; one that refuses it, MQTT 5, makes it a dead letter:
-agent/uplink_refusals.py). ``mid → row`` is tracked so that a row waiting for its PUBACK is
-not published a second time. On every (re)connection what the last connection left unacknowledged is taken back
-from paho and published again by us from the outbox, in outbox order: paho would re-send it only after newer rows
-the publisher may already have sent on the new connection (a ``cleared`` before its ``raised``). A connection
-on which the oldest row's PUBACK does not come is dropped so that this happens (agent/uplink_acks.py).
-"""
+``uplink`` thread moves rows from the outbox into paho, at most ``max_inflight`` unacknowledged at once. A row is
+deleted only in ``on_publish`` (the PUBACK; a refusal, MQTT 5, makes it a dead letter: uplink_refusals.py); ``mid →
+row`` is tracked so that a row waiting for its PUBACK is not published twice. On every (re)connection what the last
+connection left unacknowledged is taken back from paho and published again from the outbox, in outbox order (paho
+would re-send it after newer rows: a ``cleared`` before its ``raised``); a connection whose oldest PUBACK does not
+come is dropped so that this happens (uplink_acks.py). A row of an alert with a row in flight waits, and the rows
+after it with it (a refusal of the earlier row takes it to the dead letters too): rows go in outbox order."""
 
 from __future__ import annotations
 
@@ -36,7 +35,7 @@ from agent.parse import iso
 from agent.records import message_bytes
 from agent.settings import MqttSettings
 from agent.uplink_acks import AckWatch
-from agent.uplink_refusals import PROTOCOLS, RefusalAwareClient, Refusals, code_of
+from agent.uplink_refusals import PROTOCOLS, WAIT, RefusalAwareClient, Refusals, code_of
 
 log = logging.getLogger(__name__)
 _NOT_YET = object()  # no status published yet
@@ -218,10 +217,11 @@ class Uplink:
         for row in self.outbox.pending(room, exclude=busy):
             body = self.refusals.body(row, self.topic(row.topic))  # with sent_at; within the broker's packet size
             if body is None:
-                continue  # a dead letter now (too large, behind a refused alert) or behind an alert in flight
-            # Never hold self._lock while calling into paho: paho calls on_publish holding its own message mutex,
-            # and on_publish takes self._lock (lock-order inversion = deadlock). A PUBACK that beats us to
-            # recording the mid is parked in _early_acks instead.
+                continue  # a dead letter now (too large, behind a refused alert)
+            if body == WAIT:  # behind its alert's row in flight: the batch stops there (rows go in outbox order)
+                return
+            # Never hold self._lock while calling into paho: paho calls on_publish holding its own message mutex and
+            # on_publish takes self._lock (deadlock). A PUBACK that beats us to the mid is parked in _early_acks.
             if not self.connected.is_set():  # lost during the batch: paho may already be on a new socket before its
                 return  # CONNACK, where _reset_inflight (waiting for this batch) would take the message back
             t0 = time.monotonic()

@@ -54,6 +54,7 @@ KIND_PLURAL = {"alert": "alerts", "summary": "summaries", "advice": "advice"}
 # refusals that are over by themselves (a quota, a busy or confused broker): their dead letters are retried every
 # RETRY_S even while the connection holds; any other waits for a reconnection (the operator restarts the broker)
 TEMPORARY = frozenset({0x80, 0x89, 0x91, 0x97})  # unspecified error, server busy, packet id in use, quota exceeded
+WAIT = b""  # body(): the row waits for its alert's row in flight, and the rows after it with it
 RETRY_S = 600.0
 SILENT_CLOSES = 3  # auto: MQTT 5 connections in a row ended without a CONNACK before 3.1.1 is tried
 
@@ -272,8 +273,9 @@ class Refusals:
         without its inline evidence when that fits; None when it cannot fit (then it is a dead letter)."""
         payload = json.loads(row.payload)
         alert = str(payload.get("alert_id") or "") if row.kind == "alert" and row.qos else ""
-        if alert and self._waits(row.id, alert):
-            return None
+        waits = self._waits(row.id, alert) if alert else ""
+        if waits:
+            return WAIT if waits == "flying" else None
         payload["sent_at"] = iso(time.time())
         body = message_bytes(payload)
         limit = self.max_packet
@@ -288,20 +290,23 @@ class Refusals:
         self.refuse(row.id, PACKET_TOO_LARGE, f"{size} bytes, over the broker's Maximum Packet Size {limit}")
         return None
 
-    def _waits(self, row_id: int, alert: str) -> bool:
-        """Not now for this row of ``alert``: an earlier row of it is in flight (the broker may yet refuse it), or a
-        dead letter (then this one follows it there, unsent: they go out again together, in order)."""
+    def _waits(self, row_id: int, alert: str) -> str:
+        """Why not now for this row of ``alert``: "flying", an earlier row of it is in flight (the broker may yet
+        refuse it: the row waits, and the rows after it with it); "refused", an earlier row is a dead letter (this
+        one follows it there, unsent: they go out again together, in order; or it is held, refused: the rows after
+        it go on); "" when it may go."""
         with self._lock:
-            if any(a == alert and r != row_id for r, a in self._flying.items()):
-                return True
+            earlier = [r for r, a in self._flying.items() if a == alert and r != row_id]
+            if earlier:  # one refused and held (its dead letter could not be written): the others may pass
+                return "refused" if any(r in self.held for r in earlier) else "flying"
         if self.outbox.dead_letter_behind(row_id, alert):
             self.counters.inc("uplink.held_behind_refused")
             with self._lock:
                 self._unsettled.add(row_id)
-            return True
+            return "refused"
         with self._lock:
             self._flying[row_id] = alert
-        return False
+        return ""
 
     def settle(self, row_id: int, code: int) -> None:
         """A PUBACK for this row: delete it, or (a reason code >= 0x80, MQTT 5) move it to the dead letters."""

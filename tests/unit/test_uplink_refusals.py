@@ -242,7 +242,7 @@ def test_a_row_of_an_alert_waits_while_an_earlier_one_is_in_flight(tmp_path):
     raised, cleared = _alert(ob, "A", "raised"), _alert(ob, "A", "cleared")
     rows = ob.pending(10)
     assert r.body(rows[0], "t") is not None
-    assert r.body(rows[1], "t") is None and ob.depth() == 2  # waits, in the outbox
+    assert r.body(rows[1], "t") == ur.WAIT and ob.depth() == 2  # waits, in the outbox, and the rows after it too
     assert r.body(rows[0], "t") is not None  # the raise itself, sent again (a failed publish)
     r.settle(raised, 0x97)
     assert r.body(rows[1], "t") is None  # now behind the dead letter
@@ -250,7 +250,7 @@ def test_a_row_of_an_alert_waits_while_an_earlier_one_is_in_flight(tmp_path):
     r.requeue()
     rows = ob.pending(10)
     assert [row.id for row in rows] == [raised, cleared]
-    assert r.body(rows[0], "t") is not None and r.body(rows[1], "t") is None
+    assert r.body(rows[0], "t") is not None and r.body(rows[1], "t") == ur.WAIT
     r.settle(raised, 0)
     assert r.body(rows[1], "t") is not None
 
@@ -308,7 +308,7 @@ def test_a_refusal_that_cannot_be_stored_holds_the_row_back(tmp_path, caplog):
     ob._db = db
     assert r.held == {a} and c.get("uplink.refused") == 1
     r.connected(None, None)  # a reconnection too
-    assert r.body(rows[1], "t") is None  # its clear is held back with it, not sent before it
+    assert r.body(rows[1], "t") is None  # its clear is held back with it, not sent before it; the rows after it go
     assert "stays in the outbox, not sent again before the next start" in caplog.text
     assert r.reasons() == ["broker refuses messages: not authorized"]
     ob.close()
