@@ -19,6 +19,7 @@ import pytest
 
 from agent.sources import DISCONNECTED
 from tests.conftest import wait_for
+from tests.faults.proxy import pipe
 from tests.integration.test_modbus import Runner, rtu_bus, tcp_bus
 from tests.modbus_support import Device, NullModem, Server
 
@@ -116,17 +117,7 @@ class _ResettingFront:
             up = socket.create_connection(("127.0.0.1", self.server.port))
             self._socks.append(up)
             for a, b in ((conn, up), (up, conn)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pipe(a: socket.socket, b: socket.socket) -> None:
-        try:
-            while data := a.recv(4096):
-                b.sendall(data)
-        except OSError:
-            pass
-        finally:
-            b.close()
+                threading.Thread(target=pipe, args=(a, b), daemon=True).start()
 
     def close(self) -> None:
         for s in self._socks:
