@@ -17,6 +17,7 @@ not such a gap (its first reading after a reconnection measures from the reconne
 Only a connected source is judged: one that is disconnected (or still connecting) says so itself (its warning, ``source
 disconnected`` in the status), and the silence then is its consequence, not news. For a Modbus asset that is the link
 of its own devices' buses, not of the whole source (connected while any bus is). Silence counts from its return.
+A Modbus asset's pace is its own devices' longest poll period, not the slowest on the source.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Callable
 
 from agent.clean import HOLD_INTERVALS
-from agent.sources import CONNECTED, link_state
+from agent.sources import CONNECTED, expected_interval, link_state
 
 if TYPE_CHECKING:
     from agent.assets import Asset, Feed
@@ -95,7 +96,7 @@ def watch_arrivals(assets: Iterable[Asset], feeds: Iterable[Feed]) -> set[str]:
     for a in assets:
         if a.id in live:
             sources = [f.source for f in feeds if a.id in f.assets]
-            expected = max((getattr(s, "expected_interval_s", 0.0) for s in sources), default=0.0)
+            expected = max((expected_interval(s, a.sensors) for s in sources), default=0.0)
             a.arrivals = Arrivals(f"asset {a.id}" if a.id else "source", a.settings.cleaning.max_hold_s,
                                   expected_s=expected, connected=_connected(sources, a.sensors))
     return live

@@ -87,6 +87,15 @@ def link_state(source: Source, sensors: set[str]) -> str:
     return state_of(sensors) if sensors and state_of is not None else source.state
 
 
+def expected_interval(source: Source, sensors: set[str]) -> float:
+    """The pace at which ``source`` says readings are due for the devices with these sensor ids (an asset's: a
+    Modbus source's devices each have their own poll period), 0 when it knows none (agent/arrivals.py)."""
+    of = getattr(source, "expected_interval_of", None)
+    if sensors and of is not None:
+        return float(of(sensors))
+    return float(getattr(source, "expected_interval_s", 0.0))
+
+
 def _replay(settings: Settings, counters: Counters) -> Source:
     from agent.sources.replay import ReplaySource
 

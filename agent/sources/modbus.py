@@ -306,6 +306,12 @@ class ModbusSource:
         """The longest poll period of its devices: readings are due at least that often (agent/arrivals.py)."""
         return max((d.s.poll_s for b in self.buses for d in b.devices), default=0.0)
 
+    def expected_interval_of(self, sensors: set[str]) -> float:
+        """The longest poll period of the devices with these sensor ids (an asset's): a fast asset is not judged
+        at the pace of a slow one on the same source. The whole source's when none of them is its."""
+        return max((d.s.poll_s for b in self.buses for d in b.devices if d.sensor in sensors),
+                   default=self.expected_interval_s)
+
     @property
     def channels(self) -> list[str] | None:
         """Channel names of the register maps, device by device, in map order (duplicates kept once)."""

@@ -4,6 +4,8 @@ next reading clears it."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from agent.arrivals import KEEP_GAPS, Arrivals
@@ -172,4 +174,45 @@ def test_an_outage_is_not_taken_for_the_sources_pace() -> None:
     for _ in range(30):
         clock.t += 1.0
         arr.check()
+    assert arr.silent
+
+
+def test_a_modbus_asset_is_judged_at_its_own_devices_poll_period_not_the_slowest_on_the_source() -> None:
+    """Two assets on one Modbus source: a meter polled every minute beside a drive polled every second. The drive's
+    asset was given the minute as its floor, so a drive that stopped answering showed `no readings arriving` only
+    after 3 minutes instead of after MAX_HOLD_S."""
+    from agent.counters import Counters
+    from agent.modbus_config import ModbusSettings
+    from agent.settings import ModbusSourceSettings
+    from agent.sources import expected_interval
+    from agent.sources.modbus import ModbusSource
+
+    modbus = ModbusSettings.model_validate({
+        "buses": {"plc": {"kind": "tcp", "host": "127.0.0.1", "tcp_port": 5020}},
+        "devices": {"meter": {"bus": "plc", "unit": 1, "poll_s": 60, "channels": {"v": {"address": 0}}},
+                    "drive": {"bus": "plc", "unit": 2, "poll_s": 1, "channels": {"w": {"address": 0}}}}})
+    source = ModbusSource(ModbusSourceSettings(), modbus, Counters())
+    assert expected_interval(source, {"drive"}) == 1
+    assert expected_interval(source, {"meter"}) == 60
+    assert expected_interval(source, {"meter", "drive"}) == 60
+    assert expected_interval(source, set()) == 60  # the whole source (one asset: every device)
+    from agent.arrivals import watch_arrivals
+    from agent.assets import Asset, Feed
+    from agent.messages import Messages
+    from agent.settings import Settings
+
+    assets = [Asset(aid, Settings(), Path("/nonexistent"), Counters(), Messages("gw", 0.0), sensors={sensor})
+              for aid, sensor in (("press", "drive"), ("line", "meter"))]
+    assert watch_arrivals(assets, [Feed(source, assets=("press", "line"))]) == {"press", "line"}
+    press, line = (a.arrivals for a in assets)
+    assert press is not None and line is not None
+    assert press.interval == 1 and line.interval == 60  # each asset's floor: its own devices' poll period
+    clock = Clock()
+    arr = Arrivals("asset drive", 5.0, clock, expected_s=press.interval)
+    arr.check()
+    for _ in range(3):
+        clock.t += 1.0
+        arr.heard()
+    clock.t += 5.5  # the drive stops answering
+    arr.check()
     assert arr.silent
