@@ -105,6 +105,7 @@ class Pipeline:
         old = self.model if self.cleaner is not None else None
         same_shape = old is not None and old.sidecar.channels == sc.channels and old.sidecar.window == sc.window
         self.model = model
+        self.summaries.renew(list(sc.channels))  # the scores from here on are the new model's
         if not same_shape:
             cp = self.cleaning
             self.cleaner = cleaner = Cleaner(
@@ -120,7 +121,6 @@ class Pipeline:
                 sources=self.gather.sources,  # the sensors of gathered channels (agent.gather)
             ) if cp.align_period_s > 0 else None
             self.windower = Windower(sc.window.length, sc.window.hop, len(sc.channels))
-            self.summaries.renew(list(sc.channels))
             before, inline = self._evidence
             if self.evidence is not None:
                 self.recorder = EvidenceRecorder(self.evidence, sc.channels, sc.window.length + before * sc.window.hop,

@@ -50,12 +50,11 @@ class Summariser:
 
     def with_channels(self, channels: list[str]) -> "Summariser":
         """A summariser of ``channels`` (a model swap) that goes on with this period: its start, its readings,
-        windows, alerts and scores, and the statistics of the channels read before too; a new channel's count
-        starts at the swap."""
+        windows and alerts, and the statistics of the channels read before too; a new channel's count starts at
+        the swap, and so do the scores (the old model's, against another threshold, are not the new one's)."""
         self._fold()
         new = Summariser(list(channels), self.interval_s, self.period_start, self.last_ts, self.readings,
                          self.windows, self.raised, self.cleared, self.suppressed)
-        new._buf, new._n, new._stride, new._max = self._buf, self._n, self._stride, self._max
         old = {name: i for i, name in enumerate(self.channels)}
         for j, name in enumerate(new.channels):
             i = old.get(name)
@@ -216,7 +215,7 @@ class Summaries:
         self._last_end: float | None = None  # data time: where the last summary's period ended
 
     def renew(self, channels: list[str]) -> None:
-        """Other channels (a model swap): a summariser of them that goes on with the period (``with_channels``)."""
+        """A model swap (of these channels): a summariser that goes on with the period (``with_channels``)."""
         self.summariser = self.summariser.with_channels(channels)
 
     def _moved(self, prefix: str) -> dict[str, int]:

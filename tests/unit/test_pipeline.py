@@ -325,7 +325,8 @@ def test_a_model_swap_keeps_the_summary_period_and_what_it_counted(tmp_path, mod
     """Swapping to a model of other channels (the stages are rebuilt) used to start a new summary period at the
     swap: the readings, windows and alerts counted since the last summary were gone, and the next summary came a
     whole interval after the swap instead of when the period ended. The channels both models read keep their
-    statistics; a channel only the new one reads counts from the swap."""
+    statistics; a channel only the new one reads counts from the swap. The score percentiles are the new model's
+    only (they were the old one's mixed in, beside the new model's name and threshold)."""
     from agent.detectors import open_model
 
     c = Counters()
@@ -340,7 +341,13 @@ def test_a_model_swap_keeps_the_summary_period_and_what_it_counted(tmp_path, mod
     start = p.summaries.summariser.period_start
     assert start == recording[0].ts and not any(hasattr(e, "period_start_ts") for e in before)
     p.swap_model(open_model("generic").with_channels(["Current", "Pressure"]), {"path": "generic"})
-    after = [e for r in recording[100:300] for e in p.process(r)]
+    after, new_scores, last = [], [], p.last_inference
+    for r in recording[100:300]:
+        out = p.process(r)
+        after += out
+        if p.last_inference is not last and not any(hasattr(e, "period_start_ts") for e in after):
+            last = p.last_inference  # a window of the period the first summary after the swap closes
+            new_scores.append(last.score)
     summaries = [e for e in after if hasattr(e, "period_start_ts")]
     assert summaries, "no summary when the period begun before the swap ended"
     s = summaries[0]
@@ -349,3 +356,6 @@ def test_a_model_swap_keeps_the_summary_period_and_what_it_counted(tmp_path, mod
     assert s.alerts_raised == 1 and s.alerts_cleared == 1 and s.windows > sum(1 for r in recording[100:300] if r.ts < s.period_end_ts)
     assert list(s.channels) == ["Current", "Pressure"]
     assert all(ch["count"] == s.readings for ch in s.channels.values())
+    # the scores are the new model's only: the old one's, against its own threshold, are not mixed in
+    assert new_scores and s.score is not None
+    assert [s.score["p50"], s.score["p95"], s.score["max"]] == [*np.quantile(new_scores, [0.5, 0.95]), max(new_scores)]
