@@ -82,7 +82,7 @@ class Agent:
                            self.readings.queue, lambda: self.uplink.bytes_out, self.uplink.connected.is_set,
                            config_digest(s), self.uplink.refusals.reasons)
         self.commands = Control(self.assets, self.evidence, self.counters, s.commands,
-                                Gateway(s.device_id, self.board.state, self.publish_status_and_stats,
+                                Gateway(s.device_id, self.board.state, self.board.asset_state, self.publish_status_and_stats,
                                         self.uplink.publish_status))
         self.loop = PipelineLoop(
             self.assets, self.readings, len(self.feeds), live, self.outbox,

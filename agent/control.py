@@ -47,6 +47,7 @@ class Gateway:
 
     device_id: str
     state: Callable[[], str]
+    asset_state: Callable[[Asset], str]
     publish_status_and_stats: Callable[[], None]
     status_changed: Callable[[], None]
 
@@ -120,6 +121,10 @@ class Control:
     def _named(asset: Asset, reply: dict[str, Any]) -> dict[str, Any]:
         return {"asset": asset.id, **reply} if asset.id else reply
 
+    def _state(self, asset: Asset) -> str:
+        """The state a reply about ``asset`` names: its own with ``[[assets]]``, else the gateway's."""
+        return self.gateway.asset_state(asset) if asset.id else self.gateway.state()
+
     # -- the commands ----------------------------------------------------------------------------------------
 
     def ping(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -172,12 +177,12 @@ class Control:
         if not cal.enabled:
             raise CommandError("teach-in is off for this model (EDGE_AGENT_CALIBRATION__SAMPLES=0 or the sidecar's samples 0)")
         if cal.active:  # restarting it would only throw away what is collected (and keep alerts off longer)
-            return self._named(asset, {"state": self.gateway.state(), "samples": cal.samples,
+            return self._named(asset, {"state": self._state(asset), "samples": cal.samples,
                                        "collected": cal.collected, "changed": False})
         log.warning("teach-in started again by command (threshold was %.6g)", pipe.params.threshold)
         pipe.recalibrate()
         self.gateway.status_changed()
-        return self._named(asset, {"state": self.gateway.state(), "samples": cal.samples, "changed": True})
+        return self._named(asset, {"state": self._state(asset), "samples": cal.samples, "changed": True})
 
     def reload_model(self, body: dict[str, Any]) -> dict[str, Any]:
         asset = self.asset(body)
@@ -204,7 +209,7 @@ class Control:
             new = new.with_channels(list(old.sidecar.channels))  # a generic detector takes over the channels in use
         override = {**new.describe(), "path": str(path)} if by_command else None
         if new.sha256 == old.sha256 and new.sidecar == old.sidecar:  # the model running: nothing to change
-            return {"model": old.describe(), "previous": old.describe(), "state": self.gateway.state(), "changed": False}
+            return {"model": old.describe(), "previous": old.describe(), "state": self._state(asset), "changed": False}
         why = pipe.canary(new)
         if why is not None:
             raise CommandError(why)
@@ -215,7 +220,7 @@ class Control:
         log.warning("model %s %s -> %s %s (%s)", old.name, old.version,
                     new.name, new.version, f"by command, {clip(path)}" if by_command else "the configured one")
         self.gateway.status_changed()
-        return {"model": new.describe(), "previous": old.describe(), "state": self.gateway.state(), "changed": True}
+        return {"model": new.describe(), "previous": old.describe(), "state": self._state(asset), "changed": True}
 
     def reload_configured(self) -> None:
         """SIGHUP: load every asset's configured model again (a new file at the same path); keep the old one on

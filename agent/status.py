@@ -135,6 +135,10 @@ class Board:
     def state(self) -> str:
         return self._state(self.degraded_reasons())
 
+    def asset_state(self, asset: Asset) -> str:
+        """One asset's state, as its row in the status shows it."""
+        return _asset_state(self.asset_reasons(asset), asset)
+
     def _state(self, reasons: Sequence[str]) -> str:
         return "degraded" if reasons else "calibrating" if self._calibrating() else "online"
 

@@ -214,6 +214,11 @@ calibration = {{ samples = 50 }}
         assert stale["assets"]["pump-1"]["state"] == "online"
         r = cmd.send("calibrate", {"request_id": "c1", "asset": "comp"})
         assert r["ok"] and r["asset"] == "comp" and r["changed"], r
+        # a reply's state is its asset's: pump-1 is online while the gateway is degraded (comp stale)
+        r = cmd.send("reload-model", {"request_id": "m1", "asset": "pump-1", "path": "generic",
+                                      "sha256": first["pump-1"]["model"]["sha256"]})
+        assert r["ok"] and not r["changed"] and r["state"] == "online", r
+        assert _latest_status(rec)["state"] == "degraded"
         wait_for(lambda: _latest_status(rec)["assets"]["comp"].get("calibration", {}).get("collected") == 0,
                  what="comp teaching in again")
         st = _latest_status(rec)
