@@ -19,17 +19,7 @@ from typing import Any, Callable
 import paho.mqtt.client as mqtt
 
 from agent.counters import Counters
-from agent.mqtt_client import (  # noqa: F401 - ExplainingClient, configure_tls, read_password, set_tcp_nodelay: re-exported
-    ExplainingClient,
-    configure_tls,
-    describe_connect_error,
-    explain_receive_failure,
-    make_client,
-    read_password,
-    refused_hint,
-    set_tcp_nodelay,
-    upstream_connection,
-)
+from agent.mqtt_client import describe_connect_error, explain_receive_failure, make_client, refused_hint, upstream_connection
 from agent.outbox import Outbox
 from agent.parse import iso
 from agent.records import message_bytes
