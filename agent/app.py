@@ -75,7 +75,7 @@ class Agent:
         self.gate = CommandGate(self.counters, s.commands.rate_per_minute, s.commands.burst)
         self.uplink = Uplink(s.mqtt, s.device_id, self.outbox, self.counters, lambda: self.board.status(),
                              on_command=self.gate.offer if s.commands.enabled else None,
-                             status_key=lambda: self.board.key())
+                             status_key=lambda: self.board.key(), offline=lambda *a: self.board.offline(*a))
         self.heartbeats = Heartbeats()
         self.uplink.heartbeat = lambda: self.heartbeats.beat("uplink")
         self.board = Board(s, self.assets, self.feeds, self.counters, self.outbox, self.evidence, self.heartbeats,

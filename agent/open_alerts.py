@@ -53,8 +53,9 @@ def track(db: sqlite3.Connection, payload: Mapping[str, Any], state: str | None,
         db.execute("DELETE FROM meta WHERE key=?", (OPEN_ALERT + alert_id,))
 
 
-def open_alerts(outbox: "Outbox") -> list[dict[str, Any]]:
-    """The open alerts kept in ``outbox`` (raise order); those whose raise the outbox dropped are forgotten here."""
+def open_alerts(outbox: "Outbox", tidy: bool = True) -> list[dict[str, Any]]:
+    """The open alerts kept in ``outbox`` (raise order); those whose raise the outbox dropped are forgotten here
+    (``tidy``: their rows deleted; False: only left out, nothing written: the offline status at a clean stop)."""
     out = []
     with outbox._lock:
         db = outbox._db
@@ -68,7 +69,8 @@ def open_alerts(outbox: "Outbox") -> list[dict[str, Any]]:
                 kept = None
             dropped = db.execute("SELECT 1 FROM meta WHERE key=?", (DROPPED_RAISE + alert_id,)).fetchone()
             if not isinstance(kept, dict) or not isinstance(kept.get("sensor"), str) or dropped:
-                db.execute("DELETE FROM meta WHERE key=?", (key,))  # never on screen (or unreadable): nothing to do
+                if tidy:
+                    db.execute("DELETE FROM meta WHERE key=?", (key,))  # never on screen (or unreadable): nothing to do
                 continue
             kept["alert_id"] = alert_id
             out.append(kept)

@@ -193,15 +193,17 @@ def _assets(v: Any, parse: Any) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class StatusPayload:
-    """The retained ``status`` (also the birth message and the last will). Without assets the gateway's own
-    machine fields (``model``, ``threshold``, ``calibration``, ``source``) are set; with assets, ``assets``."""
+    """The retained ``status`` (also the birth message, the last will and a clean stop's ``offline``). Without
+    assets the gateway's own machine fields (``model``, ``threshold``, ``calibration``, ``source``) are set; with
+    assets, ``assets``."""
 
     state: str | None
     ts: float | None
     device_id: str | None = None
     agent_version: str | None = None
     started_at: str | None = None  # as sent: compared as text to tell a restart
-    open_alerts: tuple[str, ...] | None = None  # the alerts open before the start that it carries; None: not said
+    open_alerts: tuple[str, ...] | None = None  # the alerts open before the start that it carries (offline, a clean
+    # stop: every alert open at the stop); None: not said (the last will, an older agent)
     reason: str | None = None  # offline: shutdown, connection lost
     reasons: tuple[str, ...] = ()  # degraded
     model: Mapping[str, Any] | None = None

@@ -9,6 +9,8 @@ each asset's state, reasons, model, threshold, overrides and teach-in; one degra
 
 from __future__ import annotations
 
+import logging
+import sqlite3
 import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable, Sequence
@@ -18,6 +20,7 @@ from agent.assets import Asset, Feed
 from agent.counters import Counters
 from agent.evidence import EvidenceStore
 from agent.health import Heartbeats, clock_synchronised, percentiles_ms, process_usage
+from agent.open_alerts import open_alerts
 from agent.outbox import Outbox
 from agent.parse import iso
 from agent.records import PipelineSnapshot
@@ -26,6 +29,8 @@ from agent.sources import DISCONNECTED, link_state
 
 if TYPE_CHECKING:
     from agent.runtime import ReadingQueue
+
+log = logging.getLogger(__name__)
 
 FALLING_BEHIND_QUIET_S = 10.0  # "falling behind" clears once the live queue dropped nothing for this long
 FALLING_BEHIND_REFRESH_S = 5.0  # the number of readings dropped in the reason is updated at most this often
@@ -178,6 +183,20 @@ class Board:
         snap = self.assets[0].pipeline.snapshot  # type: ignore[union-attr]
         st.update(model=dict(snap.model), source=self._source())
         return _machine(st, snap, reasons, config_digest=self.digest)
+
+    def offline(self, reason: str, stopping: bool) -> dict[str, Any]:
+        """The retained ``offline`` status, with the run's ``started_at``. ``stopping`` (a clean stop, after the
+        pipeline stopped and before the outbox closes): also ``open_alerts``, every alert open in the outbox
+        (agent/open_alerts.py), which the next start resumes or clears, so that a monitor closes the run's others
+        (docs/monitor.md). Not in the last will (``stopping`` False): set at start, it cannot know them."""
+        st: dict[str, Any] = {"state": "offline", "device_id": self.settings.device_id, "ts": iso(time.time()),
+                              "reason": reason, "started_at": iso(self.started_ts)}
+        if stopping:
+            try:
+                st["open_alerts"] = [kept["alert_id"] for kept in open_alerts(self.outbox, tidy=False)]
+            except sqlite3.Error as e:  # not said: a monitor keeps the alerts it has open (as for an older agent)
+                log.warning("the offline status names no open alerts: the outbox cannot be read (%s)", e)
+        return st
 
     def link(self, a: Asset) -> str:
         """The state of an asset's source as far as its own devices go (a Modbus asset: its devices' buses)."""

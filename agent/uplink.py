@@ -19,17 +19,7 @@ from typing import Any, Callable
 import paho.mqtt.client as mqtt
 
 from agent.counters import Counters
-from agent.mqtt_client import (  # noqa: F401 - ExplainingClient, configure_tls, read_password, set_tcp_nodelay: re-exported
-    ExplainingClient,
-    configure_tls,
-    describe_connect_error,
-    explain_receive_failure,
-    make_client,
-    read_password,
-    refused_hint,
-    set_tcp_nodelay,
-    upstream_connection,
-)
+from agent.mqtt_client import describe_connect_error, explain_receive_failure, make_client, refused_hint, upstream_connection
 from agent.outbox import Outbox
 from agent.parse import iso
 from agent.records import message_bytes
@@ -55,7 +45,7 @@ class Uplink:
     def __init__(
         self, settings: MqttSettings, device_id: str, outbox: Outbox, counters: Counters,
         status: Callable[[], dict[str, Any]], on_command: Callable[[str, bytes], None] | None = None,
-        status_key: Callable[[], Any] = lambda: None,
+        status_key: Callable[[], Any] = lambda: None, offline: Callable[[str, bool], dict[str, Any]] | None = None,
     ):
         self.s = settings
         self.device_id = device_id
@@ -63,6 +53,8 @@ class Uplink:
         self.counters = counters
         self._status = status
         self._status_key = status_key
+        self._offline = offline or (lambda reason, stopping: {"state": "offline", "device_id": device_id,
+                                                              "ts": iso(time.time()), "reason": reason})
         self._status_lock = threading.Lock()  # build and publish one status at a time: the newest is the retained one
         self.published_key: Any = _NOT_YET  # status_key() of the last status handed to paho
         self._on_command = on_command
@@ -110,7 +102,7 @@ class Uplink:
         """Connect in the background and start publishing; never blocks on the broker. ``spawn(name, target)``
         starts the publishing thread (the agent's guard: a thread that dies stops the process); default: a plain
         daemon thread."""
-        will = {"state": "offline", "device_id": self.device_id, "ts": iso(time.time()), "reason": "connection lost"}
+        will = self._offline("connection lost", False)  # the broker's, when the connection breaks: set now, once
         self.client.will_set(self.topic("status"), message_bytes(will), qos=1, retain=True)
         self.client.connect_async(self.s.host, self.s.port, keepalive=self.s.keepalive_s, clean_start=True)
         self.client.loop_start()
@@ -139,13 +131,14 @@ class Uplink:
             time.sleep(0.05)
 
     def stop(self, reason: str = "shutdown") -> None:
-        """Publish the retained ``offline`` status (when connected), disconnect, stop the threads."""
+        """Publish the retained ``offline`` status (when connected; ``offline(reason, True)``: after the outbox's
+        last row, before it closes), disconnect, stop the threads."""
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
         if self.connected.is_set():
-            body = message_bytes({"state": "offline", "device_id": self.device_id, "ts": iso(time.time()), "reason": reason})
+            body = message_bytes(self._offline(reason, True))
             try:
                 info = self.client.publish(self.topic("status"), body, qos=1, retain=True)
                 info.wait_for_publish(timeout=3)

@@ -17,7 +17,10 @@ Rules (also in docs/monitor.md):
   (the ``started_at`` current at their arrival; the agent's clock is not compared) except those the status's
   ``open_alerts`` names: the agent carries these over the restart and sends each one's ``cleared``
   (agent/open_alerts.py); the others' never comes (cleared at the start, or lost: an outbox set aside, an older
-  version's). A status without ``open_alerts`` (an older agent, which carries none) closes them all.
+  version's). A status without ``open_alerts`` (an older agent, which carries none) closes them all. A clean
+  stop's ``offline`` status names its run and every alert open in the agent at the stop: it closes the others,
+  whichever run they arrived under, and its run becomes the device's; an ``offline`` status without
+  ``open_alerts`` (the last will, an older agent's) closes nothing.
 * Assets: a gateway with ``[[assets]]`` has a row per asset: the assets of its latest status that is not
   ``offline`` (the last will names none: the rows are kept), and any asset an alert or advice came from (a
   restart forgets those no longer in the status; a ``cleared`` makes no row: the clear of a removed asset's
@@ -255,16 +258,24 @@ class Fleet:
         if st.state != "offline":  # the last will and a clean stop name no assets: keep the rows known
             dev.asset_status = dict(st.assets)
         started = st.started_at
-        if started is not None and st.state != "offline":
-            if dev.started_at is not None and started != dev.started_at:
-                for gone in set(dev.seen_assets) - set(st.assets):  # an asset no longer configured
-                    del dev.seen_assets[gone]
-                # a new run of the agent: the old run's alerts it does not carry over never get their clear
-                carried = st.open_alerts or ()
-                for aid, a in list(dev.open_alerts.items()):
-                    if aid not in carried and a.run != started:  # arrived under an earlier run (not by its clock)
-                        del dev.open_alerts[aid]
-            dev.started_at = started
+        if started is None or (st.state == "offline" and st.open_alerts is None):
+            return  # an older agent's, or the last will (set at start, it cannot know the alerts open when it comes)
+        if st.state == "offline":
+            # a clean stop, of the run known or of a later one: open_alerts names every alert open in the agent; the
+            # others' clears are stored (sent before this status, or sent at the next start) or never come
+            still_open = st.open_alerts or ()
+            for aid in list(dev.open_alerts):
+                if aid not in still_open:
+                    del dev.open_alerts[aid]
+        elif dev.started_at is not None and started != dev.started_at:
+            for gone in set(dev.seen_assets) - set(st.assets):  # an asset no longer configured
+                del dev.seen_assets[gone]
+            # a new run of the agent: the old run's alerts it does not carry over never get their clear
+            carried = st.open_alerts or ()
+            for aid, a in list(dev.open_alerts.items()):
+                if aid not in carried and a.run != started:  # arrived under an earlier run (not by its clock)
+                    del dev.open_alerts[aid]
+        dev.started_at = started
 
     def _on_advice(self, dev: Device, payload: dict[str, Any], asset: str) -> bool:
         try:

@@ -121,6 +121,59 @@ def test_a_restart_that_carries_no_alert_closes_the_alerts_of_the_previous_run(c
         None if carried is None else ())
 
 
+def offline(dev: str, ts: float, **extra) -> bytes:
+    return json.dumps({"state": "offline", "device_id": dev, "ts": iso(ts), **extra}).encode()
+
+
+def test_a_clean_stop_closes_the_alerts_of_its_run_that_its_offline_status_does_not_name():
+    """A monitor that was away when an alert's clear came, and is back only after the agent stopped, is given the
+    retained offline status: at a clean stop it names the run and every alert still open (the next start resumes
+    them); the others are closed (their clear is stored: sent before it, or at the next start)."""
+    f = Fleet("edge")
+    f.handle("edge/gw/status", status("gw"), now=T0)
+    f.handle("edge/gw/alerts", alert("gw", "m1", "A", "raised"), now=T0 + 1)
+    f.handle("edge/gw/alerts", alert("gw", "m2", "B", "raised"), now=T0 + 2)
+    f.handle("edge/gw/status", offline("gw", T0 + 9, reason="shutdown", started_at=iso(T0 - 100), open_alerts=["B"]),
+             retained=True, now=T0 + 20)
+    row = by_id(f, T0 + 20)["gw"]
+    assert row["state"] == "offline" and row["open_alert_ids"] == ["B"] and row["started_at"] == iso(T0 - 100)
+    # the next run carries B over: kept open until its clear
+    f.handle("edge/gw/status", status("gw", ts=T0 + 30, started_at=iso(T0 + 30), open_alerts=["B"]), now=T0 + 30)
+    assert by_id(f, T0 + 30)["gw"]["open_alert_ids"] == ["B"]
+
+
+def test_a_clean_stop_of_a_run_the_monitor_did_not_see_start_counts_as_that_runs_start():
+    """The monitor missed a restart (away for it) and is back after that later run stopped cleanly: the offline
+    status names another ``started_at`` than the one known: the earlier run's alerts it does not name are closed,
+    as a new run's status closes them, and its run becomes the device's."""
+    f = Fleet("edge")
+    f.handle("edge/gw/status", status("gw"), now=T0)
+    f.handle("edge/gw/alerts", alert("gw", "m1", "A", "raised"), now=T0 + 1)
+    f.handle("edge/gw/alerts", alert("gw", "m2", "B", "raised"), now=T0 + 2)
+    f.handle("edge/gw/status", offline("gw", T0 + 90, reason="shutdown", started_at=iso(T0 + 50), open_alerts=["A"]),
+             retained=True, now=T0 + 95)
+    row = by_id(f, T0 + 95)["gw"]
+    assert row["open_alert_ids"] == ["A"] and row["started_at"] == iso(T0 + 50)
+
+
+@pytest.mark.parametrize("extra", [{"reason": "shutdown"}, {"reason": "connection lost", "started_at": iso(T0 - 500)},
+                                   {"reason": "shutdown", "started_at": iso(T0 - 100), "open_alerts": ["B"]}],
+                         ids=["older-agent-stop", "last-will", "clean-stop"])
+def test_only_an_offline_status_that_names_the_open_alerts_closes_any(extra):
+    """An older agent's offline status names neither the run nor the open alerts, and the last will (set at start)
+    names only its run, here an earlier one's will the broker published late: the monitor keeps the alerts it has
+    open and the run it knows, as before (their clear, or the next run's status, closes them). Only a clean stop's
+    names the alerts still open, and closes the others."""
+    f = Fleet("edge")
+    f.handle("edge/gw/status", status("gw"), now=T0)
+    f.handle("edge/gw/alerts", alert("gw", "m1", "A", "raised"), now=T0 + 1)
+    f.handle("edge/gw/alerts", alert("gw", "m2", "B", "raised"), now=T0 + 2)
+    f.handle("edge/gw/status", offline("gw", T0 + 5, **extra), now=T0 + 5)
+    row = by_id(f, T0 + 5)["gw"]
+    assert row["state"] == "offline" and row["started_at"] == iso(T0 - 100)
+    assert row["open_alert_ids"] == (["B"] if "open_alerts" in extra else ["A", "B"])
+
+
 def test_state_last_seen_model_outbox_ratio():
     f = Fleet("edge")
     f.handle("edge/gw/status", status("gw", "calibrating", calibration={"collected": 5, "samples": 10, "progress": 0.5}), now=T0)

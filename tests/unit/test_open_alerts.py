@@ -59,6 +59,24 @@ def test_a_raise_the_outbox_dropped_is_not_open(tmp_path):
     too_big.close()
 
 
+def test_the_open_alerts_read_for_the_offline_status_write_nothing(tmp_path):
+    """At a clean stop the offline status names the open alerts (agent.status): read, leaving the outbox as it is
+    (a full disk); what is left out there is left out as at the next start, which tidies it."""
+    ob = Outbox(tmp_path / "outbox.db", Counters(), max_rows=1)
+    _put(ob, "raised", alert_id="old")
+    _put(ob, "raised", alert_id="new")  # the older raise dropped, never sent
+
+    def kept() -> list[str]:
+        return sorted(k for (k,) in ob._db.execute("SELECT key FROM meta WHERE key LIKE 'open_alert:%'"))
+
+    assert kept() == ["open_alert:new", "open_alert:old"]
+    assert [a["alert_id"] for a in open_alerts(ob, tidy=False)] == ["new"]
+    assert kept() == ["open_alert:new", "open_alert:old"]
+    assert [a["alert_id"] for a in open_alerts(ob)] == ["new"]
+    assert kept() == ["open_alert:new"]
+    ob.close()
+
+
 def test_a_resumed_alert_is_not_raised_again_and_clears_under_its_id():
     d = Decisions(Counters())
     d.refresh(type("Spec", (), {"k": 2, "n": 3, "clear_ratio": 0.5, "recede_ratio": 0.0, "refractory": 1})(), 1.0,
