@@ -140,7 +140,8 @@ class Uplink:
         if self.connected.is_set():
             body = message_bytes(self._offline(reason, True))
             try:
-                info = self.client.publish(self.topic("status"), body, qos=1, retain=True)
+                with self._status_lock:  # a status being published goes first, none after (publish_status)
+                    info = self.client.publish(self.topic("status"), body, qos=1, retain=True)
                 info.wait_for_publish(timeout=3)
             except (RuntimeError, ValueError) as e:
                 log.warning("could not publish offline status: %s", e)
@@ -152,6 +153,8 @@ class Uplink:
         if not self.connected.is_set():
             return
         with self._status_lock:
+            if self._stop.is_set():  # stopping: the offline status is the last one (stop), not overwritten
+                return
             key = self._status_key()  # before the payload is built: a change while building is published again
             body = message_bytes(self._status())
             t0 = time.monotonic()
