@@ -340,6 +340,7 @@ def test_huge_values_in_the_teach_in_neither_kill_the_pipeline_nor_blind_the_oth
     assert raised[0]["top_channels"][0]["channel"] == ("a" if case == "units" else "b")
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered in multiply:RuntimeWarning")  # the case under test
 def test_an_alert_on_a_value_whose_square_overflows_names_that_channel(tmp_path):
     # One reading of 1e300 on "a": its share z*z is inf, the sum of the shares too, and every channel was given
     # the same share (a 50 %, b 50 %): the alert did not say where to look.
