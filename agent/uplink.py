@@ -138,9 +138,9 @@ class Uplink:
         if self._thread is not None:
             self._thread.join(timeout=5)
         if self.connected.is_set():
-            body = message_bytes(self._offline(reason, True))
             try:
                 with self._status_lock:  # a status being published goes first, none after (publish_status)
+                    body = message_bytes(self._offline(reason, True))  # built after it: its ts is the later one
                     info = self.client.publish(self.topic("status"), body, qos=1, retain=True)
                 info.wait_for_publish(timeout=3)
             except (RuntimeError, ValueError) as e:

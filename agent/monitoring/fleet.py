@@ -250,7 +250,9 @@ class Fleet:
         at = now
         if retained:  # replayed by the broker on subscription: when it was published, not now
             at = min(st.ts, now) if st.ts is not None else now
-            if dev.status_at is not None and at < dev.status_at:
+            # the clean stop of the run known is its last status, whatever the gateway's clock said (behind at a boot)
+            last = st.state == "offline" and st.open_alerts is not None and st.started_at == dev.started_at
+            if dev.status_at is not None and at < dev.status_at and not last:
                 return  # older than what we have (a retained copy arriving after a live one)
         dev.status, dev.status_at = st, at
         if st.model is not None:

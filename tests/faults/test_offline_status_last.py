@@ -100,3 +100,34 @@ def test_a_status_built_while_stopping_does_not_overwrite_the_offline_status(tmp
         go.set()
         proxy.close()
         outbox.close()
+
+
+def test_a_status_asked_for_while_the_offline_status_awaits_its_puback_is_not_published(tmp_path, live_broker):
+    """The stop has published the offline status and waits for its PUBACK (held 1.5 s): the connection is still up.
+    A status asked for now (a state change, a command) is not published: it would be the retained one."""
+    proxy = SlowAckProxy(live_broker.port, delay_s=1.5)
+    outbox = Outbox(tmp_path / "outbox.db", Counters())
+    built: list[int] = []
+
+    def status() -> dict:
+        built.append(1)
+        return {"state": "online", "device_id": "last-gw2"}
+
+    up = Uplink(MqttSettings(host="127.0.0.1", port=proxy.port), "last-gw2", outbox, Counters(), status=status)
+    try:
+        up.start()
+        wait_for(lambda: up.connected.is_set() and built, timeout=20, what="connected, status published")
+        time.sleep(0.5)  # the first status's PUBACK is back
+        proxy.slow.set()
+        stopping = threading.Thread(target=up.stop)
+        stopping.start()
+        time.sleep(0.5)  # the offline status is out, its PUBACK held back
+        assert up.connected.is_set() and stopping.is_alive()
+        up.publish_status()
+        stopping.join(20)
+        assert not stopping.is_alive()
+        st = retained_status(live_broker.port, "edge/last-gw2/status")
+        assert st["state"] == "offline" and st["reason"] == "shutdown", st
+    finally:
+        proxy.close()
+        outbox.close()

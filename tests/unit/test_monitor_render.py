@@ -142,6 +142,21 @@ def test_a_clean_stop_closes_the_alerts_of_its_run_that_its_offline_status_does_
     assert by_id(f, T0 + 30)["gw"]["open_alert_ids"] == ["B"]
 
 
+def test_a_clean_stop_is_taken_from_a_gateway_whose_clock_is_behind():
+    """A gateway without a real-time clock, 10 minutes behind: its retained clean-stop status carries a ``ts``
+    older than the monitor's receipt of the run's live status. It was thrown away as an old retained copy (the
+    device shown online, both alerts open); a run's clean stop is its last status, whatever its clock says."""
+    f = Fleet("edge")
+    behind = T0 - 600
+    f.handle("edge/gw/status", status("gw", ts=behind, started_at=iso(behind - 100)), now=T0)
+    f.handle("edge/gw/alerts", alert("gw", "m1", "A", "raised", created=behind + 1), now=T0 + 1)
+    f.handle("edge/gw/alerts", alert("gw", "m2", "B", "raised", created=behind + 2), now=T0 + 2)
+    f.handle("edge/gw/status", offline("gw", behind + 9, reason="shutdown", started_at=iso(behind - 100),
+                                       open_alerts=["B"]), retained=True, now=T0 + 300)
+    row = by_id(f, T0 + 300)["gw"]
+    assert row["state"] == "offline" and row["open_alert_ids"] == ["B"]
+
+
 def test_a_clean_stop_of_a_run_the_monitor_did_not_see_start_counts_as_that_runs_start():
     """The monitor missed a restart (away for it) and is back after that later run stopped cleanly: the offline
     status names another ``started_at`` than the one known: the earlier run's alerts it does not name are closed,

@@ -359,3 +359,27 @@ def test_a_model_swap_keeps_the_summary_period_and_what_it_counted(tmp_path, mod
     # the scores are the new model's only: the old one's, against its own threshold, are not mixed in
     assert new_scores and s.score is not None
     assert [s.score["p50"], s.score["p95"], s.score["max"]] == [*np.quantile(new_scores, [0.5, 0.95]), max(new_scores)]
+
+
+def test_a_swap_to_a_model_of_the_same_channels_and_window_also_starts_the_scores_afresh(tmp_path, model, recording):
+    """A model of the same channels and window keeps the stages (cleaner, windows): the summariser was not renewed,
+    and its percentiles mixed the old model's scores with the new one's."""
+    from agent.detectors import open_model
+
+    p = Pipeline(model, Counters(), tmp_path, calibration_samples=30, summary_interval_s=200)
+    for r in recording[:100]:
+        p.process(r)
+    assert not p.calibrating and p.summaries.summariser.windows > 0
+    same = open_model("generic").with_channels(list(model.sidecar.channels))
+    assert same.sidecar.window == model.sidecar.window  # the same-shape path of the swap
+    p.swap_model(same, {"path": "generic"})
+    new_scores, last, summary = [], p.last_inference, None
+    for r in recording[100:300]:
+        out = p.process(r)
+        summary = summary or next((e for e in out if hasattr(e, "period_start_ts")), None)
+        if summary is None and p.last_inference is not last:
+            last = p.last_inference
+            new_scores.append(last.score)
+    assert summary is not None and new_scores and summary.score is not None
+    assert [summary.score["p50"], summary.score["p95"], summary.score["max"]] == [
+        *np.quantile(new_scores, [0.5, 0.95]), max(new_scores)]
