@@ -168,10 +168,11 @@ class Uplink:
 
     def publish_now(self, suffix: str, payload: dict[str, Any], qos: int = 0, retain: bool = False) -> bool:
         """Publish straight away, not through the outbox (stats, command replies: worthless once stale)."""
-        if not self.connected.is_set():
-            return False
         body = message_bytes(payload)
-        info = self.client.publish(self.topic(suffix), body, qos=qos, retain=retain)
+        with self._status_lock:  # none after a clean stop's offline status (stop): it would show the gateway alive
+            if not self.connected.is_set() or self._stop.is_set():
+                return False
+            info = self.client.publish(self.topic(suffix), body, qos=qos, retain=retain)
         self.bytes_out += len(body) + len(self.base) + len(suffix) + 1
         return info.rc == mqtt.MQTT_ERR_SUCCESS
 

@@ -124,6 +124,7 @@ def test_a_status_asked_for_while_the_offline_status_awaits_its_puback_is_not_pu
         time.sleep(0.5)  # the offline status is out, its PUBACK held back
         assert up.connected.is_set() and stopping.is_alive()
         up.publish_status()
+        assert not up.publish_now("stats", {"device_id": "last-gw2", "state": "online"})  # stats: not after it either
         stopping.join(20)
         assert not stopping.is_alive()
         st = retained_status(live_broker.port, "edge/last-gw2/status")
