@@ -21,6 +21,17 @@ def resolve(path: str | Path) -> Path:
     return Path(path)
 
 
+def missing(path: Path, given: str | Path) -> ModelError | None:
+    """Why ``path`` (``given`` resolved) cannot be a model when it does not exist: a name that is no bundled
+    model's, or no such file; None when it exists."""
+    if path.exists():
+        return None
+    text = str(given)
+    if "/" not in text and not Path(text).suffix:  # a name, not a path
+        return ModelError(f"{text}: no bundled model of that name ({', '.join(BUNDLED_MODELS)}) and no such file")
+    return ModelError(f"{path}: no such file")
+
+
 def is_generic_spec(path: Path) -> bool:
     """True for a JSON file whose ``kind`` is ``generic``."""
     if path.suffix.lower() != ".json":
@@ -34,9 +45,10 @@ def is_generic_spec(path: Path) -> bool:
 def open_model(path: str | Path, runtime: str = "auto", num_threads: int = 1) -> Model | GenericModel:
     """Load and check a model; ModelError with the reason when it is refused."""
     p = resolve(path)
+    gone = missing(p, path)
+    if gone is not None:
+        raise gone
     if p.suffix.lower() == ".json":
-        if not p.is_file():
-            raise ModelError(f"{p}: no such file")
         if not is_generic_spec(p):
             raise ModelError(f"{p}: a JSON file here must be a generic detector spec (kind \"generic\"); "
                              f"for a TFLite model give the .tflite file (its sidecar is found beside it)")
@@ -44,11 +56,13 @@ def open_model(path: str | Path, runtime: str = "auto", num_threads: int = 1) ->
     return Model(p, runtime=runtime, num_threads=num_threads)
 
 
-def read_spec(path: Path) -> Sidecar | GenericSpec:
-    """The validated sidecar (TFLite) or spec (generic) of ``path``, without loading a runtime; ModelError."""
+def read_spec(path: Path, given: str | Path | None = None) -> Sidecar | GenericSpec:
+    """The validated sidecar (TFLite) or spec (generic) of ``path`` (``given``: as configured, before ``resolve``),
+    without loading a runtime; ModelError."""
+    gone = missing(path, path if given is None else given)
+    if gone is not None:
+        raise gone
     if path.suffix.lower() == ".json":
-        if not path.is_file():
-            raise ModelError(f"{path}: no such file")
         if not is_generic_spec(path):
             raise ModelError(f"{path}: a JSON file here must be a generic detector spec (kind \"generic\")")
         return GenericModel.load(path).sidecar

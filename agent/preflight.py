@@ -12,6 +12,7 @@ first window).
 from __future__ import annotations
 
 import difflib
+import hashlib
 import stat
 from pathlib import Path
 from typing import Mapping
@@ -123,11 +124,18 @@ def against_sidecar(settings: Settings) -> list[str]:
     from agent.detectors import read_spec, resolve
     from agent.infer import ModelError
 
-    path = resolve(settings.model.path) if settings.model.path else default_model_path()
+    given = settings.model.path or default_model_path()
+    path = resolve(given)
     try:
-        sc = read_spec(path)
+        sc = read_spec(path, given)
+        if path.suffix.lower() != ".json":  # the sidecar alone does not make a model: run checks its file's hash
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+            if digest != sc.sha256:  # type: ignore[union-attr]  # a TFLite sidecar
+                raise ModelError(f"{path.name}'s sha256 {digest} does not match the sidecar's {sc.sha256}")  # type: ignore[union-attr]
     except ModelError as e:
-        return [f"{ENV_PREFIX}MODEL__PATH={path}: {e}"]
+        return [f"{ENV_PREFIX}MODEL__PATH={given}: {e}"]
+    except OSError as e:
+        return [f"{ENV_PREFIX}MODEL__PATH={given}: cannot read it ({e.strerror or e})"]
     problems = []
     if sc.kind == "generic" and settings.calibration.samples == 0 and not settings.calibration.duration:
         problems.append(f"{ENV_PREFIX}CALIBRATION__SAMPLES=0: the {sc.name} detector learns normal on site: "

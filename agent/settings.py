@@ -113,8 +113,8 @@ def secret_env_names() -> set[str]:
     return {env for env, f in _walk(Settings, ENV_PREFIX) if f.annotation in (SecretStr, SecretStr | None)}
 
 
-def _read_env_file(path: Path) -> dict[str, str]:
-    """The file's NAME=value pairs; ConfigError naming each line that is none of NAME=value, a comment or blank
+def _read_env_file(path: Path) -> tuple[dict[str, str], list[str]]:
+    """The file's NAME=value pairs, and a problem naming each line that is none of NAME=value, a comment or blank
     (python-dotenv would skip it in silence: a setting lost to a typo). The line's text is not shown (a secret)."""
     from dotenv import dotenv_values  # python-dotenv comes with pydantic-settings
     from dotenv.parser import parse_stream
@@ -127,9 +127,7 @@ def _read_env_file(path: Path) -> dict[str, str]:
                 lead = text[: len(text) - len(text.lstrip())]  # blank lines the parser took with it
                 bad.append(f"{path} line {b.original.line + lead.count(chr(10))}: not NAME=value "
                            "(each line must be NAME=value, a # comment or blank)")
-    if bad:
-        raise ConfigError(bad)
-    return {k: v for k, v in dotenv_values(path).items() if v is not None}
+    return {k: v for k, v in dotenv_values(path).items() if v is not None}, bad
 
 
 def _present(path: Path) -> bool:
@@ -163,7 +161,7 @@ def load_settings(env_file: Path | None = None, environ: dict[str, str] | None =
             raise ConfigError([f"{named}: " + ("is a directory, not an env file" if stat.S_ISDIR(mode) else
                                                "not a regular file (a pipe, socket or device)")])
         try:
-            file_values = _read_env_file(env_file)
+            file_values, problems = _read_env_file(env_file)  # a bad line hides none of the other problems
         except (OSError, UnicodeDecodeError) as e:
             raise ConfigError([f"{named}: cannot read ({getattr(e, 'strerror', None) or e})"]) from e
     known = set(known_env_names())

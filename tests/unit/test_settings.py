@@ -203,6 +203,34 @@ def test_a_missing_replay_recording_is_exit_78_naming_the_variable(tmp_path, com
         assert f"EDGE_AGENT_SOURCE__PATH={bad}: no such file" in r.stderr, r.stderr
 
 
+@pytest.mark.parametrize("command", ["check-config", "run"])
+def test_a_model_run_would_refuse_is_exit_78_in_check_config_too_naming_the_variable(tmp_path, command):
+    """A sidecar without its .tflite beside it, or with another file's hash, passed check-config (exit 0) and was
+    refused by run only; a mistyped bundled name was said to lack a sidecar."""
+    side = tmp_path / "x.json"
+    side.write_text((Path(__file__).resolve().parents[2] / "models" / "pump-anomaly.json").read_text())
+    garbage = tmp_path / "y.tflite"
+    garbage.write_bytes(b"not a model" * 10)
+    (tmp_path / "y.json").write_text(side.read_text())
+    cases = {str(tmp_path / "x.tflite"): "x.tflite: no such file",
+             str(garbage): "y.tflite's sha256 ",
+             "pump_anomaly": "pump_anomaly: no bundled model of that name (generic, pump-anomaly, machine-failure)"}
+    for path, expected in cases.items():
+        r = _cli(command, env={"EDGE_AGENT_MODEL__PATH": path, "EDGE_AGENT_STATE_DIR": str(tmp_path / "s"),
+                               "EDGE_AGENT_MQTT__PORT": "1", "EDGE_AGENT_DRAIN_TIMEOUT_S": "0"})
+        assert r.returncode == 78, r.stderr
+        assert f"EDGE_AGENT_MODEL__PATH={path}: " in r.stderr and expected in r.stderr, r.stderr
+
+
+def test_a_line_that_is_not_name_value_hides_none_of_the_other_problems(tmp_path):
+    f = tmp_path / "agent.env"
+    f.write_text("garbage line\nEDGE_AGENT_MQTT__KEEPALIVE_S=-5\nEDGE_AGENT_MQTT__HOTS=x\n")
+    r = _cli("check-config", "--env-file", str(f))
+    assert r.returncode == 78, r.stderr
+    assert f"{f} line 1: not NAME=value" in r.stderr and "EDGE_AGENT_MQTT__KEEPALIVE_S='-5'" in r.stderr, r.stderr
+    assert "EDGE_AGENT_MQTT__HOTS=x: unknown setting" in r.stderr, r.stderr
+
+
 # -- issue 12 item 12: password files and unknown variables in the environment -----------------------------------
 
 
