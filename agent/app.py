@@ -185,7 +185,7 @@ class Agent:
             log.error("pipeline did not finish draining in time")
         drain = self.settings.drain_timeout_s
         if not self.uplink.drain(drain):
-            log.warning("%d messages still in the outbox after %.0f s without progress: they are sent on the next start",
+            log.warning("%d message(s) still in the outbox after %.0f s without progress: they are sent on the next start",
                         self.outbox.depth(), drain)
         self.stop.set()
         self.uplink.stop()

@@ -355,7 +355,8 @@ def _parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     m = sub.add_parser("model", help="model tools", description="model tools")
     msub = m.add_subparsers(dest="model_command", required=True, metavar="SUBCOMMAND")
     mi = msub.add_parser("info", help="print a model's sidecar, tensor details and the result of every check", description="print a model's sidecar, tensor details and the result of every check")
-    mi.add_argument("path", help="the .tflite file (its .json sidecar beside it)")
+    mi.add_argument("path", help="a bundled model's name (generic, pump-anomaly, machine-failure), a .tflite file "
+                                 "(its .json sidecar beside it) or a generic detector's .json spec")
     mi.add_argument("--runtime", default="auto", choices=["auto", "ai_edge_litert", "tflite_runtime"])
     mi.set_defaults(fn=cmd_model_info)
     cal = add("calibrate", cmd_calibrate, "show the teach-in result, or --reset it so teach-in starts again")

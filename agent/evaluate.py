@@ -10,7 +10,7 @@ The scoring rules are in agent/evaluation/scoring.py (and docs/evaluate.md); the
 agent/evaluation/runner.py; tables and plots in agent/evaluation/report.py and plot.py. This module is the command
 and the public API: every name scripts import from ``agent.evaluate`` is re-exported here.
 
-matplotlib is optional (``pip install 'edge-agent[eval]'``): without it the tables are written, not the plots.
+matplotlib is optional (``pip install matplotlib``): without it the tables are written, not the plots.
 """
 
 from __future__ import annotations
@@ -108,8 +108,9 @@ def add_arguments(parser: argparse.ArgumentParser, env_file: bool = True) -> arg
                              "learnt; reports the alerts raised after the last label (default 0: no labels)")
     if env_file:
         parser.add_argument("--env-file", metavar="PATH", default=None,
-                            help="take model, runtime, teach-in (samples, duration), threshold and decision (k, n, "
-                                 "clear_ratio) from this agent env file and the environment, as the daemon would; "
+                            help="take model, runtime, teach-in (samples, duration, time zone), threshold, decision (k, "
+                                 "n, clear_ratio) and alert policy (cooldown, rate limit) from this agent env file and "
+                                 "the environment, as the daemon would; "
                                  "options given here win (default: none of them, the sidecar's values)")
     parser.add_argument("-v", "--verbose", action="store_true", help="show the pipeline's log lines (alerts, teach-in)")
     return parser

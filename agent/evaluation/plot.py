@@ -1,4 +1,4 @@
-"""The per-file plot of ``edge-agent evaluate`` (matplotlib is optional: ``pip install 'edge-agent[eval]'``)."""
+"""The per-file plot of ``edge-agent evaluate`` (matplotlib is optional: ``pip install matplotlib``)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 from agent.evaluation.runner import FileRun
 from agent.evaluation.scoring import label_segments
 
-MATPLOTLIB_HINT = "plots need matplotlib: pip install 'edge-agent[eval]'"
+MATPLOTLIB_HINT = "plots need matplotlib: pip install matplotlib"
 
 
 def plot_name(rel: str) -> str:
