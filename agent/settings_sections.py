@@ -201,7 +201,7 @@ class DecisionSettings(_Section):
     def _k_le_n(cls, v: int | None, info: ValidationInfo) -> int | None:
         k = info.data.get("k")
         if v is not None and k is not None and k > v:
-            raise ValueError(f"must be at least EDGE_AGENT_DECISION__K ({k})")
+            raise ValueError(f"must be at least k ({k}, EDGE_AGENT_DECISION__K or decision.k in the file)")
         return v
 
 

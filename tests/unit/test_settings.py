@@ -154,7 +154,7 @@ def test_version_from_module_and_script():
         ({"EDGE_AGENT_ALERTS__CRITICAL_MARGIN": "inf"}, "EDGE_AGENT_ALERTS__CRITICAL_MARGIN='inf'"),
         ({"EDGE_AGENT_COMMANDS__THRESHOLD_MAX": "inf"}, "EDGE_AGENT_COMMANDS__THRESHOLD_MAX='inf'"),
         ({"EDGE_AGENT_DECISION__K": "6", "EDGE_AGENT_DECISION__N": "5"},
-         "EDGE_AGENT_DECISION__N='5': Value error, must be at least EDGE_AGENT_DECISION__K (6)"),
+         "EDGE_AGENT_DECISION__N='5': Value error, must be at least k (6, EDGE_AGENT_DECISION__K or decision.k in the file)"),
         ({"EDGE_AGENT_COMMANDS__ALLOW": "ping,reboot"}, "unknown command(s) reboot"),
         ({"EDGE_AGENT_COMMANDS__MODEL_DIRS": "models"}, "must be absolute paths: models"),
     ],
