@@ -60,12 +60,41 @@ def make_state_dir(path: Path) -> None:
         raise StateDirError(path, "exists and is not a directory")
 
 
-def probe_state_dir(path: Path, reserve_name: str = "outbox.db.reserve") -> None:
+SPACE_CHECK_S = 5.0  # under systemd, a full state directory at start is looked at again this often
+
+
+def probe_state_dir(path: Path, reserve_name: str = "outbox.db.reserve", wait: bool | None = None) -> None:
     """Make sure the agent can create, write and remove a file in ``path`` (creating the directory), before any
     state file is opened: a read-only or full directory, or a file in its place, is then one clear error naming the
     path and the reason, instead of a store that claims corruption and a restart loop. On a full disk the outbox's
-    ballast file (``reserve_name``) is given up first: that is what it is kept for."""
+    ballast file (``reserve_name``) is given up first: that is what it is kept for. Still full: under systemd
+    (``wait`` None: ``$NOTIFY_SOCKET`` set) it waits for room, saying so in the journal and ``systemctl status``
+    and extending the start timeout, because a full disk is no configuration error: exit 78 would keep the
+    service down (``RestartPreventExitStatus=78``) after the disk has room again; by hand it is that error."""
+    from agent import sdnotify
+
     make_state_dir(path)
+    wait = bool(os.environ.get("NOTIFY_SOCKET")) if wait is None else wait
+    since = None
+    while True:
+        e = _probe(path, reserve_name)
+        if e is None:
+            if since is not None:
+                log.warning("state directory %s has room again after %.0f s: starting", path, time.monotonic() - since)
+            return
+        if not (wait and e.errno in (errno.ENOSPC, errno.EDQUOT)):
+            raise StateDirError(path, f"cannot write in it ({e.strerror}); it must be a writable directory with free space")
+        if since is None:
+            since = time.monotonic()
+            log.error("state directory %s is full (%s): waiting for free space, checked every %.0f s", path,
+                      e.strerror, SPACE_CHECK_S)
+        sdnotify.notify(f"EXTEND_TIMEOUT_USEC={int(3 * SPACE_CHECK_S * 1e6)}",
+                        f"STATUS=waiting for free space in {path} (full for {time.monotonic() - since:.0f} s)")
+        time.sleep(SPACE_CHECK_S)
+
+
+def _probe(path: Path, reserve_name: str) -> OSError | None:
+    """One write probe (the outbox's ballast given up once on a full disk); None when it succeeded."""
     probe = path / f".write-probe-{os.getpid()}"
     for attempt in (1, 2):
         try:
@@ -74,7 +103,7 @@ def probe_state_dir(path: Path, reserve_name: str = "outbox.db.reserve") -> None
                 f.flush()
                 os.fsync(f.fileno())
             probe.unlink()
-            return
+            return None
         except OSError as e:
             try:
                 probe.unlink(missing_ok=True)
@@ -85,7 +114,8 @@ def probe_state_dir(path: Path, reserve_name: str = "outbox.db.reserve") -> None
                 log.error("state directory %s is full at start: giving up the outbox's reserve %s", path, reserve.name)
                 reserve.unlink()
                 continue
-            raise StateDirError(path, f"cannot write in it ({e.strerror}); it must be a writable directory with free space") from None
+            return e
+    return None  # not reached: the second attempt returns
 
 
 def sqlite_corrupt(e: BaseException) -> bool:

@@ -1,6 +1,7 @@
 """Start-up faults of the state directory (issue 12 item 10): a state path that is a file, a read-only or full file
 system. Each is exit 78 (systemd does not restart-loop on it) with the path and the reason, and no store claims to
-be corrupt; a full disk with the outbox's ballast file gives that up and starts.
+be corrupt; a full disk with the outbox's ballast file gives that up and starts, and under systemd a full disk waits
+for room instead of exit 78 (it is no configuration error: the service would stay down once there is room).
 
 The read-only and full file systems are real tmpfs mounts (root, as the full-disk test: ``tiny_fs``).
 """
@@ -65,6 +66,40 @@ def test_a_full_state_directory_is_exit_78_with_the_reason(tmp_path: Path, tiny_
     assert r.returncode == 78, r.stderr
     assert f"state directory {state}: cannot write in it (No space left on device)" in r.stderr
     assert "corrupt" not in r.stderr and "Traceback" not in r.stderr
+
+
+def test_under_systemd_a_full_state_directory_waits_for_room_then_starts(tmp_path: Path, tiny_fs: Path) -> None:
+    """By hand a full disk is exit 78, but under systemd that kept the service down for good
+    (``RestartPreventExitStatus=78``) after the disk had room again: a gateway left alone stayed dead. It now waits,
+    saying so (journal, ``STATUS=``) and extending the start timeout, and starts once there is room."""
+    import sys
+    import time
+
+    from tests.conftest import ROOT
+    from tests.faults.test_watchdog import Supervisor
+
+    state = tiny_fs / "state"
+    state.mkdir()
+    _fill(tiny_fs)
+    sup = Supervisor(tmp_path)
+    log = tmp_path / "agent.log"
+    with open(log, "w") as err:
+        p = subprocess.Popen([sys.executable, "-m", "agent", "run"], env=sup.env(_env(state)), cwd=ROOT,
+                             stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        assert sup.receive_until(lambda d: "EXTEND_TIMEOUT_USEC=" in d and "STATUS=waiting for free space" in d,
+                                 30), log.read_text()
+        time.sleep(1.0)
+        assert p.poll() is None, log.read_text()  # not exit 78: waiting
+        assert not any("READY=1" in d for _, d in sup.messages)
+        (tiny_fs / "filler").unlink()
+        assert sup.receive_until(lambda d: "READY=1" in d, 30), log.read_text()
+    finally:
+        p.terminate()
+        p.wait(30)
+    text = log.read_text()
+    assert f"state directory {state} is full (No space left on device): waiting for free space" in text, text
+    assert "has room again" in text and "Traceback" not in text and "corrupt" not in text, text
 
 
 def test_a_full_disk_with_the_outbox_reserve_gives_it_up_and_starts(tmp_path: Path, tiny_fs: Path) -> None:
