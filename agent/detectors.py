@@ -24,7 +24,12 @@ def resolve(path: str | Path) -> Path:
 def missing(path: Path, given: str | Path) -> ModelError | None:
     """Why ``path`` (``given`` resolved) cannot be a model when it does not exist: a name that is no bundled
     model's, or no such file; None when it exists."""
-    if path.exists():
+    try:
+        path.stat()
+        return None
+    except (FileNotFoundError, NotADirectoryError):
+        pass
+    except OSError:  # there but not to be looked at (a directory on the way the agent may not enter): read says why
         return None
     text = str(given)
     if "/" not in text and not Path(text).suffix:  # a name, not a path

@@ -4,6 +4,7 @@ reading it. Split from agent.infer, which re-exports every name here."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -175,6 +176,8 @@ def read_sidecar(model_path: Path) -> Sidecar:
             raise ModelError(f"{path}: larger than {MAX_SIDECAR_BYTES} bytes: not a sidecar")
         raw = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as e:
+        if not os.path.exists(model_path):  # the model itself is not there: say that, not that its sidecar is missing
+            raise ModelError(f"{model_path}: no such file") from e
         raise ModelError(f"{model_path}: sidecar {path.name} not found beside the model") from e
     except (OSError, ValueError, RecursionError) as e:
         raise ModelError(f"{path}: not readable JSON ({e})") from e

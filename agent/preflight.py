@@ -57,10 +57,10 @@ def check(settings: Settings, environ: Mapping[str, str]) -> tuple[list[str], li
         for i, asset in enumerate(settings.assets):
             eff = effective_settings(settings, asset)  # load_settings has checked that it merges
             found = [f"assets[{i}] ({asset.id}).{as_key(p)}" for p in against_sidecar(eff)]
-            if found and ".model.path=" in found[0]:  # its model is unreadable: that asset is down, the others run
-                warnings += [f"{p} (asset {asset.id} will be down; the others run)" for p in found]
-            else:
-                problems += found
+            # its model is unreadable: that asset is down, the others run; its settings against the sidecar (when
+            # that could be read) are still problems: a fixed model file must not stop the gateway at its restart
+            warnings += [f"{p} (asset {asset.id} will be down; the others run)" for p in found if ".model.path=" in p]
+            problems += [p for p in found if ".model.path=" not in p]
     else:
         problems += against_sidecar(settings)
     problems += _replay_files(settings)
@@ -128,15 +128,13 @@ def against_sidecar(settings: Settings) -> list[str]:
     path = resolve(given)
     try:
         sc = read_spec(path, given)
-        if path.suffix.lower() != ".json":  # the sidecar alone does not make a model: run checks its file's hash
-            digest = hashlib.sha256(path.read_bytes()).hexdigest()
-            if digest != sc.sha256:  # type: ignore[union-attr]  # a TFLite sidecar
-                raise ModelError(f"{path.name}'s sha256 {digest} does not match the sidecar's {sc.sha256}")  # type: ignore[union-attr]
     except ModelError as e:
         return [f"{ENV_PREFIX}MODEL__PATH={given}: {e}"]
-    except OSError as e:
-        return [f"{ENV_PREFIX}MODEL__PATH={given}: cannot read it ({e.strerror or e})"]
     problems = []
+    if path.suffix.lower() != ".json":  # the sidecar alone does not make a model: run checks its file too
+        why = _model_file(path, sc.sha256)  # type: ignore[union-attr]  # a TFLite sidecar
+        if why is not None:
+            problems.append(f"{ENV_PREFIX}MODEL__PATH={given}: {why}")
     if sc.kind == "generic" and settings.calibration.samples == 0 and not settings.calibration.duration:
         problems.append(f"{ENV_PREFIX}CALIBRATION__SAMPLES=0: the {sc.name} detector learns normal on site: "
                         f"teach-in cannot be off")
@@ -153,3 +151,24 @@ def against_sidecar(settings: Settings) -> list[str]:
         problems.append(f"{ENV_PREFIX}CALIBRATION__SAMPLES={samples!r}: must cover at least the window and the "
                         f"debounce ({sc.window.length} + {n} readings) for teach-in to fit a threshold")
     return problems
+
+
+def _model_file(path: Path, sha256: str) -> str | None:
+    """Why ``run`` would refuse the .tflite file itself (not there, too large, another file's hash), None if not."""
+    from agent.infer import MAX_MODEL_BYTES
+
+    try:
+        size = path.stat().st_size
+        if not stat.S_ISREG(path.stat().st_mode):
+            return f"{path}: not a regular file"
+        if size > MAX_MODEL_BYTES:
+            return f"{path}: {size} bytes, more than the {MAX_MODEL_BYTES >> 20} MiB a model may have"
+        with open(path, "rb") as f:
+            digest = hashlib.file_digest(f, "sha256").hexdigest()
+    except FileNotFoundError:
+        return f"{path}: no such file"
+    except OSError as e:
+        return f"{path}: cannot read it ({e.strerror or e})"
+    if digest != sha256:
+        return f"{path.name}'s sha256 {digest} does not match the sidecar's {sha256}"
+    return None

@@ -10,6 +10,7 @@ rather than a silently ignored typo; the process environment overrides the file.
 from __future__ import annotations
 
 import difflib
+import logging
 import os
 import socket
 import stat
@@ -127,7 +128,12 @@ def _read_env_file(path: Path) -> tuple[dict[str, str], list[str]]:
                 lead = text[: len(text) - len(text.lstrip())]  # blank lines the parser took with it
                 bad.append(f"{path} line {b.original.line + lead.count(chr(10))}: not NAME=value "
                            "(each line must be NAME=value, a # comment or blank)")
-    return {k: v for k, v in dotenv_values(path).items() if v is not None}, bad
+    quiet = logging.getLogger("dotenv.main")  # it logs each bad line again, raw: said above, once, by number
+    was, quiet.disabled = quiet.disabled, bool(bad)
+    try:
+        return {k: v for k, v in dotenv_values(path).items() if v is not None}, bad
+    finally:
+        quiet.disabled = was
 
 
 def _present(path: Path) -> bool:

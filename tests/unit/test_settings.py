@@ -417,3 +417,38 @@ def test_the_teach_in_log_line_writes_a_duration_as_it_is_set():
     from agent.parse import duration_text as _span
 
     assert [_span(s) for s in (604_800, 86_400, 5_400, 90, 45, 1.5)] == ["7d", "1d", "90m", "90s", "45s", "1.5s"]
+
+
+def test_an_assets_model_file_refused_keeps_its_settings_checked_and_a_huge_file_is_not_read(tmp_path):
+    """An asset whose .tflite is another file (its hash) is down and the others run (a warning), but its decision
+    settings against the sidecar are still a problem: the early return of the model file's check skipped them, and
+    the gateway then exited 78 at the restart after the file was fixed. A model file over 64 MiB is refused by its
+    size, not read whole (a sparse file here)."""
+    side = (Path(__file__).resolve().parents[2] / "models" / "pump-anomaly.json").read_text()
+    (tmp_path / "y.json").write_text(side)
+    (tmp_path / "y.tflite").write_bytes(b"another file")
+    (tmp_path / "big.json").write_text(side)
+    with open(tmp_path / "big.tflite", "wb") as f:
+        f.truncate(65 * 2**20)
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text(f"""
+[[assets]]
+id = "good"
+source = {{ kind = "replay" }}
+
+[[assets]]
+id = "bad"
+source = {{ kind = "replay" }}
+model = {{ path = "{tmp_path / 'y.tflite'}" }}
+decision = {{ k = 9 }}
+""")
+    r = _cli("check-config", env={"EDGE_AGENT_CONFIG_FILE": str(cfg), "EDGE_AGENT_STATE_DIR": str(tmp_path / "s")})
+    assert r.returncode == 78, r.stderr
+    assert "assets[1] (bad).decision.k=9: must not exceed n" in r.stderr, r.stderr
+    cfg.write_text(cfg.read_text().replace("decision = { k = 9 }", ""))
+    r = _cli("check-config", env={"EDGE_AGENT_CONFIG_FILE": str(cfg), "EDGE_AGENT_STATE_DIR": str(tmp_path / "s")})
+    assert r.returncode == 0, r.stderr  # the model file alone: that asset down, the others run
+    assert "y.tflite's sha256" in r.stderr and "asset bad will be down" in r.stderr, r.stderr
+    r = _cli("check-config", env={"EDGE_AGENT_MODEL__PATH": str(tmp_path / "big.tflite"),
+                                  "EDGE_AGENT_STATE_DIR": str(tmp_path / "s")})
+    assert r.returncode == 78 and "more than the 64 MiB a model may have" in r.stderr, r.stderr
