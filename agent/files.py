@@ -9,8 +9,10 @@ import os
 import sqlite3
 import time
 from pathlib import Path
+from typing import Callable, TypeVar
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -48,10 +50,45 @@ class StateDirError(Exception):
         self.path, self.reason = path, reason
 
 
+FULL = (errno.ENOSPC, errno.EDQUOT)  # no room (blocks, inodes, quota): room may come back
+SPACE_CHECK_S = 5.0  # under systemd, a full state directory at start is looked at again this often
+START_BUDGET_S = 120.0  # the unit's TimeoutStartSec: asked for again once there is room, to start in
+
+
+def until_room(path: Path, attempt: Callable[[], T], wait: bool | None = None) -> T:
+    """``attempt()``, again and again while it fails for a full disk when ``wait`` (None: under systemd, with
+    ``$NOTIFY_SOCKET``), saying so in the journal and ``systemctl status`` and extending the start timeout: a full
+    disk is no configuration error, and exit 78 would keep the service down (``RestartPreventExitStatus=78``)
+    after the disk has room again. By hand (or another error) the OSError is raised."""
+    from agent import sdnotify
+
+    wait = bool(os.environ.get("NOTIFY_SOCKET")) if wait is None else wait
+    since = None
+    while True:
+        try:
+            out = attempt()
+        except OSError as e:
+            if not (wait and e.errno in FULL):
+                raise
+            if since is None:
+                since = time.monotonic()
+                log.error("state directory %s is full (%s): waiting for free space, checked every %.0f s", path,
+                          e.strerror, SPACE_CHECK_S)
+            sdnotify.notify(f"EXTEND_TIMEOUT_USEC={int(3 * SPACE_CHECK_S * 1e6)}",
+                            f"STATUS=waiting for free space in {path} (full for {time.monotonic() - since:.0f} s)")
+            time.sleep(SPACE_CHECK_S)
+            continue
+        if since is not None:
+            log.warning("state directory %s has room again after %.0f s: starting", path, time.monotonic() - since)
+            sdnotify.notify(f"EXTEND_TIMEOUT_USEC={int(START_BUDGET_S * 1e6)}", "STATUS=starting")
+        return out
+
+
 def make_state_dir(path: Path) -> None:
-    """Create ``path`` (and its parents); StateDirError when that fails or a file is in its place."""
+    """Create ``path`` (and its parents); StateDirError when that fails or a file is in its place (a full disk
+    under systemd: ``until_room``)."""
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        until_room(path, lambda: path.mkdir(parents=True, exist_ok=True))
     except FileExistsError:
         raise StateDirError(path, "exists and is not a directory") from None
     except OSError as e:
@@ -60,41 +97,21 @@ def make_state_dir(path: Path) -> None:
         raise StateDirError(path, "exists and is not a directory")
 
 
-SPACE_CHECK_S = 5.0  # under systemd, a full state directory at start is looked at again this often
-
-
 def probe_state_dir(path: Path, reserve_name: str = "outbox.db.reserve", wait: bool | None = None) -> None:
     """Make sure the agent can create, write and remove a file in ``path`` (creating the directory), before any
     state file is opened: a read-only or full directory, or a file in its place, is then one clear error naming the
     path and the reason, instead of a store that claims corruption and a restart loop. On a full disk the outbox's
-    ballast file (``reserve_name``) is given up first: that is what it is kept for. Still full: under systemd
-    (``wait`` None: ``$NOTIFY_SOCKET`` set) it waits for room, saying so in the journal and ``systemctl status``
-    and extending the start timeout, because a full disk is no configuration error: exit 78 would keep the
-    service down (``RestartPreventExitStatus=78``) after the disk has room again; by hand it is that error."""
-    from agent import sdnotify
-
+    ballast file (``reserve_name``) is given up first: that is what it is kept for. Still full: under systemd it
+    waits for room (``until_room``); by hand it is that error."""
     make_state_dir(path)
-    wait = bool(os.environ.get("NOTIFY_SOCKET")) if wait is None else wait
-    since = None
-    while True:
-        e = _probe(path, reserve_name)
-        if e is None:
-            if since is not None:
-                log.warning("state directory %s has room again after %.0f s: starting", path, time.monotonic() - since)
-            return
-        if not (wait and e.errno in (errno.ENOSPC, errno.EDQUOT)):
-            raise StateDirError(path, f"cannot write in it ({e.strerror}); it must be a writable directory with free space")
-        if since is None:
-            since = time.monotonic()
-            log.error("state directory %s is full (%s): waiting for free space, checked every %.0f s", path,
-                      e.strerror, SPACE_CHECK_S)
-        sdnotify.notify(f"EXTEND_TIMEOUT_USEC={int(3 * SPACE_CHECK_S * 1e6)}",
-                        f"STATUS=waiting for free space in {path} (full for {time.monotonic() - since:.0f} s)")
-        time.sleep(SPACE_CHECK_S)
+    try:
+        until_room(path, lambda: _probe(path, reserve_name), wait)
+    except OSError as e:
+        raise StateDirError(path, f"cannot write in it ({e.strerror}); it must be a writable directory with free space") from None
 
 
-def _probe(path: Path, reserve_name: str) -> OSError | None:
-    """One write probe (the outbox's ballast given up once on a full disk); None when it succeeded."""
+def _probe(path: Path, reserve_name: str) -> None:
+    """One write probe (the outbox's ballast given up once on a full disk); OSError when it failed."""
     probe = path / f".write-probe-{os.getpid()}"
     for attempt in (1, 2):
         try:
@@ -103,19 +120,18 @@ def _probe(path: Path, reserve_name: str) -> OSError | None:
                 f.flush()
                 os.fsync(f.fileno())
             probe.unlink()
-            return None
+            return
         except OSError as e:
             try:
                 probe.unlink(missing_ok=True)
             except OSError:
                 pass
             reserve = path / reserve_name
-            if attempt == 1 and e.errno == errno.ENOSPC and reserve.exists():
+            if attempt == 1 and e.errno in FULL and reserve.exists():
                 log.error("state directory %s is full at start: giving up the outbox's reserve %s", path, reserve.name)
                 reserve.unlink()
                 continue
-            return e
-    return None  # not reached: the second attempt returns
+            raise
 
 
 def sqlite_corrupt(e: BaseException) -> bool:
@@ -141,7 +157,7 @@ def hold_state_dir(path: Path, wait_s: float = LOCK_WAIT_S) -> int:
     make_state_dir(path)
     lock = path / LOCK_NAME
     try:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = until_room(path, lambda: os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644))
     except OSError as e:
         try:  # a lock file another user made (a first run by hand as root), a read-only disk: flock needs no write
             fd = os.open(lock, os.O_RDONLY | os.O_CLOEXEC)

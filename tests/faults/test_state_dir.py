@@ -12,6 +12,8 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
+
 
 from tests.faults.conftest import agent_env
 from tests.conftest import free_port, run_agent
@@ -68,19 +70,45 @@ def test_a_full_state_directory_is_exit_78_with_the_reason(tmp_path: Path, tiny_
     assert "corrupt" not in r.stderr and "Traceback" not in r.stderr
 
 
-def test_under_systemd_a_full_state_directory_waits_for_room_then_starts(tmp_path: Path, tiny_fs: Path) -> None:
+@pytest.mark.parametrize("full", ["blocks", "inodes"])
+def test_under_systemd_a_full_state_directory_waits_for_room_then_starts(tmp_path: Path, full: str) -> None:
     """By hand a full disk is exit 78, but under systemd that kept the service down for good
     (``RestartPreventExitStatus=78``) after the disk had room again: a gateway left alone stayed dead. It now waits,
-    saying so (journal, ``STATUS=``) and extending the start timeout, and starts once there is room."""
+    saying so (journal, ``STATUS=``) and extending the start timeout, and starts once there is room. ``inodes``: a
+    first start, no state directory yet, on a file system out of inodes (its mkdir and lock file failed first)."""
+    fs = tmp_path / "fs"
+    fs.mkdir()
+    opts = "size=1m" if full == "blocks" else "size=1m,nr_inodes=16"
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(fs)], capture_output=True, text=True, check=False)
+    if r.returncode != 0:
+        pytest.fail(f"cannot mount a tmpfs for the full-disk test (root needed, as for tiny_fs): {r.stderr.strip()}")
+    try:
+        _wait_for_room(tmp_path, fs, full)
+    finally:
+        if subprocess.run(["umount", str(fs)], capture_output=True, check=False).returncode != 0:
+            subprocess.run(["umount", "-l", str(fs)], capture_output=True, check=False)
+
+
+def _wait_for_room(tmp_path: Path, fs: Path, full: str) -> None:
     import sys
     import time
 
     from tests.conftest import ROOT
     from tests.faults.test_watchdog import Supervisor
 
-    state = tiny_fs / "state"
-    state.mkdir()
-    _fill(tiny_fs)
+    state = fs / "state"
+    if full == "blocks":
+        state.mkdir()
+        _fill(fs)
+        fillers = [fs / "filler"]
+    else:
+        fillers = []
+        try:
+            while True:
+                (fs / f"f{len(fillers)}").touch()
+                fillers.append(fs / f"f{len(fillers)}")
+        except OSError:
+            pass
     sup = Supervisor(tmp_path)
     log = tmp_path / "agent.log"
     with open(log, "w") as err:
@@ -92,8 +120,10 @@ def test_under_systemd_a_full_state_directory_waits_for_room_then_starts(tmp_pat
         time.sleep(1.0)
         assert p.poll() is None, log.read_text()  # not exit 78: waiting
         assert not any("READY=1" in d for _, d in sup.messages)
-        (tiny_fs / "filler").unlink()
+        for f in fillers:
+            f.unlink()
         assert sup.receive_until(lambda d: "READY=1" in d, 30), log.read_text()
+        assert any("EXTEND_TIMEOUT_USEC=120000000" in d and "STATUS=starting" in d for _, d in sup.messages)
     finally:
         p.terminate()
         p.wait(30)
