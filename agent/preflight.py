@@ -63,7 +63,7 @@ def check(settings: Settings, environ: Mapping[str, str]) -> tuple[list[str], li
             problems += [p for p in found if ".model.path=" not in p]
     else:
         problems += against_sidecar(settings)
-    problems += _replay_files(settings)
+    problems += _replay_files(settings) + _serial_urls(settings)
     for path, env in _secret_files(settings):
         try:
             read_secret_file(path, env, warnings)
@@ -105,6 +105,24 @@ def _replay_files(settings: Settings) -> list[str]:
             out.append(f"{name}={e}")
         except OSError as e:
             out.append(f"{name}={path}: cannot read it ({e.strerror})")
+    return out
+
+
+def _serial_urls(settings: Settings) -> list[str]:
+    """A serial port URL whose scheme pyserial does not know: ``run`` refuses it (the source is built), so
+    ``check-config`` says so too, naming the variable."""
+    sources = ([(a.source, f"assets[{i}] ({a.id}).source.port") for i, a in enumerate(settings.assets)]
+               if settings.assets else [(settings.source, f"{ENV_PREFIX}SOURCE__PORT")])
+    out = []
+    for src, name in sources:
+        port = getattr(src, "port", None) if src.kind == "serial" else None
+        if isinstance(port, str) and "://" in port:
+            import serial
+
+            try:
+                serial.serial_for_url(port, do_not_open=True)
+            except ValueError as e:
+                out.append(f"{name}={port}: {e}")
     return out
 
 

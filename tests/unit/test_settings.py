@@ -452,3 +452,12 @@ decision = {{ k = 9 }}
     r = _cli("check-config", env={"EDGE_AGENT_MODEL__PATH": str(tmp_path / "big.tflite"),
                                   "EDGE_AGENT_STATE_DIR": str(tmp_path / "s")})
     assert r.returncode == 78 and "more than the 64 MiB a model may have" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("command", ["check-config", "run"])
+def test_an_unknown_serial_url_scheme_is_exit_78_in_check_config_too_naming_the_variable(tmp_path, command):
+    """run refused it (the source is built at start) with pyserial's words only; check-config passed it."""
+    r = _cli(command, env={"EDGE_AGENT_SOURCE__KIND": "serial", "EDGE_AGENT_SOURCE__PORT": "foo://bar",
+                           "EDGE_AGENT_STATE_DIR": str(tmp_path / "s"), "EDGE_AGENT_MQTT__PORT": "1"})
+    assert r.returncode == 78, r.stderr
+    assert "EDGE_AGENT_SOURCE__PORT=foo://bar: invalid URL, protocol 'foo' not known" in r.stderr, r.stderr
