@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 from typing import Callable, TypeVar
 
+from agent import sdnotify
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -60,8 +62,6 @@ def until_room(path: Path, attempt: Callable[[], T], wait: bool | None = None) -
     ``$NOTIFY_SOCKET``), saying so in the journal and ``systemctl status`` and extending the start timeout: a full
     disk is no configuration error, and exit 78 would keep the service down (``RestartPreventExitStatus=78``)
     after the disk has room again. By hand (or another error) the OSError is raised."""
-    from agent import sdnotify
-
     wait = bool(os.environ.get("NOTIFY_SOCKET")) if wait is None else wait
     since = None
     while True:

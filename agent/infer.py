@@ -8,6 +8,7 @@ agent starts, and can say what is wrong, on a machine that has neither. TensorFl
 from __future__ import annotations
 
 import hashlib
+import stat
 import importlib
 import importlib.metadata
 import logging
@@ -57,23 +58,33 @@ def interpreter_class(runtime: str = "auto") -> tuple[type, str, str]:
     raise ModelError("no TFLite runtime importable (" + "; ".join(errors) + "); install tflite-runtime or ai-edge-litert")
 
 
+def read_model_file(path: Path, sha256: str) -> tuple[bytes, str]:
+    """The model file's bytes and their sha256, checked against the sidecar's ``sha256``; ModelError when it is not a
+    regular file, larger than ``MAX_MODEL_BYTES`` (refused before it is read whole), unreadable or another file."""
+    try:
+        st = path.stat()
+        if not stat.S_ISREG(st.st_mode):  # a pipe would hang the read, a directory fail it obscurely
+            raise ModelError(f"{path}: not a regular file")
+        if st.st_size > MAX_MODEL_BYTES:
+            raise ModelError(f"{path}: {st.st_size} bytes, more than the {MAX_MODEL_BYTES >> 20} MiB a model may have")
+        content = path.read_bytes()
+    except FileNotFoundError as e:
+        raise ModelError(f"{path}: no such file") from e
+    except OSError as e:
+        raise ModelError(f"{path}: cannot read ({e.strerror})") from e
+    digest = hashlib.sha256(content).hexdigest()
+    if digest != sha256:
+        raise ModelError(f"{sidecar_path(path)}: {path.name}'s sha256 {digest} does not match the sidecar's {sha256}")
+    return content, digest
+
+
 class Model:
     """A loaded, checked int8 TFLite model with its sidecar. Not thread-safe: one thread invokes it."""
 
     def __init__(self, path: Path, runtime: str = "auto", num_threads: int = 1, batch: int = BATCH):
         self.path = Path(path)
         self.sidecar = read_sidecar(self.path)
-        try:
-            size = self.path.stat().st_size  # before reading: a huge file is refused, not read whole
-            if size > MAX_MODEL_BYTES:
-                raise ModelError(f"{self.path}: {size} bytes, more than the {MAX_MODEL_BYTES >> 20} MiB a model may have")
-            content = self.path.read_bytes()
-        except OSError as e:
-            raise ModelError(f"{self.path}: cannot read ({e.strerror})") from e
-        self.sha256 = hashlib.sha256(content).hexdigest()
-        if self.sha256 != self.sidecar.sha256:
-            raise ModelError(f"{sidecar_path(self.path)}: {self.path.name}'s sha256 {self.sha256} does not match the "
-                             f"sidecar's {self.sidecar.sha256}")
+        content, self.sha256 = read_model_file(self.path, self.sidecar.sha256)
         cls, self.runtime, self.runtime_version = interpreter_class(runtime)
         self._content, self._cls, self._threads, self._batch_rows = content, cls, num_threads, batch
         self._batch_interp: Any = None  # a second interpreter resized to ``batch`` rows, made on first use

@@ -12,10 +12,9 @@ first window).
 from __future__ import annotations
 
 import difflib
-import hashlib
 import stat
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 from agent.config_checks import as_key
 from agent.settings import ENV_PREFIX, Settings, known_env_names
@@ -85,10 +84,16 @@ def unknown_environment(environ: Mapping[str, str]) -> list[str]:
     return out
 
 
+def _sources(settings: Settings, key: str) -> list[tuple[Any, str]]:
+    """Each source of the configuration (the gateway's, or every asset's) with the name of its setting ``key``."""
+    if settings.assets:
+        return [(a.source, f"assets[{i}] ({a.id}).source.{key}") for i, a in enumerate(settings.assets)]
+    return [(settings.source, f"{ENV_PREFIX}SOURCE__{key.upper()}")]
+
+
 def _replay_files(settings: Settings) -> list[str]:
     """A replay whose recording is not a file, or whose header ``run`` refuses: ``check-config`` says so too."""
-    sources = ([(a.source, f"assets[{i}] ({a.id}).source.path") for i, a in enumerate(settings.assets)]
-               if settings.assets else [(settings.source, f"{ENV_PREFIX}SOURCE__PATH")])
+    sources = _sources(settings, "path")
     from agent.sources.replay import recording_channels
 
     out = []
@@ -111,10 +116,8 @@ def _replay_files(settings: Settings) -> list[str]:
 def _serial_urls(settings: Settings) -> list[str]:
     """A serial port URL whose scheme pyserial does not know: ``run`` refuses it (the source is built), so
     ``check-config`` says so too, naming the variable."""
-    sources = ([(a.source, f"assets[{i}] ({a.id}).source.port") for i, a in enumerate(settings.assets)]
-               if settings.assets else [(settings.source, f"{ENV_PREFIX}SOURCE__PORT")])
     out = []
-    for src, name in sources:
+    for src, name in _sources(settings, "port"):
         port = getattr(src, "port", None) if src.kind == "serial" else None
         if isinstance(port, str) and "://" in port:
             import serial
@@ -140,7 +143,7 @@ def against_sidecar(settings: Settings) -> list[str]:
     """The settings that do not fit the model they complete (the sidecar), one line each naming the variable."""
     from agent.bundled import default_model_path
     from agent.detectors import read_spec, resolve
-    from agent.infer import ModelError
+    from agent.infer import ModelError, read_model_file
 
     given = settings.model.path or default_model_path()
     path = resolve(given)
@@ -150,9 +153,10 @@ def against_sidecar(settings: Settings) -> list[str]:
         return [f"{ENV_PREFIX}MODEL__PATH={given}: {e}"]
     problems = []
     if path.suffix.lower() != ".json":  # the sidecar alone does not make a model: run checks its file too
-        why = _model_file(path, sc.sha256)  # type: ignore[union-attr]  # a TFLite sidecar
-        if why is not None:
-            problems.append(f"{ENV_PREFIX}MODEL__PATH={given}: {why}")
+        try:
+            read_model_file(path, sc.sha256)  # type: ignore[union-attr]  # a TFLite sidecar
+        except ModelError as e:
+            problems.append(f"{ENV_PREFIX}MODEL__PATH={given}: {e}")
     if sc.kind == "generic" and settings.calibration.samples == 0 and not settings.calibration.duration:
         problems.append(f"{ENV_PREFIX}CALIBRATION__SAMPLES=0: the {sc.name} detector learns normal on site: "
                         f"teach-in cannot be off")
@@ -170,23 +174,3 @@ def against_sidecar(settings: Settings) -> list[str]:
                         f"debounce ({sc.window.length} + {n} readings) for teach-in to fit a threshold")
     return problems
 
-
-def _model_file(path: Path, sha256: str) -> str | None:
-    """Why ``run`` would refuse the .tflite file itself (not there, too large, another file's hash), None if not."""
-    from agent.infer import MAX_MODEL_BYTES
-
-    try:
-        size = path.stat().st_size
-        if not stat.S_ISREG(path.stat().st_mode):
-            return f"{path}: not a regular file"
-        if size > MAX_MODEL_BYTES:
-            return f"{path}: {size} bytes, more than the {MAX_MODEL_BYTES >> 20} MiB a model may have"
-        with open(path, "rb") as f:
-            digest = hashlib.file_digest(f, "sha256").hexdigest()
-    except FileNotFoundError:
-        return f"{path}: no such file"
-    except OSError as e:
-        return f"{path}: cannot read it ({e.strerror or e})"
-    if digest != sha256:
-        return f"{path.name}'s sha256 {digest} does not match the sidecar's {sha256}"
-    return None
