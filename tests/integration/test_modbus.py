@@ -10,7 +10,6 @@ from __future__ import annotations
 import struct
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -68,14 +67,6 @@ class Runner:
         self.thread.join(10)
         assert not self.thread.is_alive() and self.error is None, self.error
         assert self.source.state == FINISHED
-
-
-@pytest.fixture
-def cleanup() -> Iterator[list[Any]]:
-    things: list[Any] = []
-    yield things
-    for t in reversed(things):
-        (t.finish if isinstance(t, Runner) else t.stop if isinstance(t, Server) else t.close)()
 
 
 def tcp_bus(server: Server, **kw: Any) -> dict[str, Any]:

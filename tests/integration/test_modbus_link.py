@@ -11,11 +11,8 @@ import struct
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from agent.sources import DISCONNECTED
 from tests.conftest import wait_for
@@ -32,14 +29,6 @@ def _count_connects(event: str, args: tuple[Any, ...]) -> None:
 
 
 sys.addaudithook(_count_connects)  # the interpreter's own audit events: every socket.connect, as it is made
-
-
-@pytest.fixture
-def cleanup() -> Iterator[list[Any]]:
-    things: list[Any] = []
-    yield things
-    for t in reversed(things):
-        (t.finish if isinstance(t, Runner) else t.stop if isinstance(t, Server) else t.close)()
 
 
 def _device(bus: str) -> dict[str, Any]:
