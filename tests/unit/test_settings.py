@@ -461,3 +461,15 @@ def test_an_unknown_serial_url_scheme_is_exit_78_in_check_config_too_naming_the_
                            "EDGE_AGENT_STATE_DIR": str(tmp_path / "s"), "EDGE_AGENT_MQTT__PORT": "1"})
     assert r.returncode == 78, r.stderr
     assert "EDGE_AGENT_SOURCE__PORT=foo://bar: invalid URL, protocol 'foo' not known" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("command", ["check-config", "run"])
+def test_a_model_path_that_is_a_pipe_is_refused_not_read(tmp_path, command):
+    """A FIFO named like a model beside a valid sidecar: reading it would block for ever."""
+    import os
+
+    (tmp_path / "p.json").write_text((Path(__file__).resolve().parents[2] / "models" / "pump-anomaly.json").read_text())
+    os.mkfifo(tmp_path / "p.tflite")
+    r = _cli(command, env={"EDGE_AGENT_MODEL__PATH": str(tmp_path / "p.tflite"), "EDGE_AGENT_STATE_DIR": str(tmp_path / "s"),
+                           "EDGE_AGENT_MQTT__PORT": "1"})
+    assert r.returncode == 78 and f"{tmp_path / 'p.tflite'}: not a regular file" in r.stderr, r.stderr
